@@ -1,0 +1,15 @@
+//! sluice-backend: devices, device-resident tensors, and the ops a transformer needs.
+//!
+//! Knows nothing of requests or models: the model crate drives these ops.
+
+pub mod cpu;
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod quant;
+pub mod tensor;
+
+pub use device::{AttentionParams, Device, PagedAttentionMeta, RopeStyle, ACTIVATION_DTYPE};
+pub use dtype::DType;
+pub use error::{BackendError, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,1 @@
+//! Chat templates (minijinja, rendered the way Hugging Face renders them).

@@ -1,0 +1,1 @@
+//! Loaders: GGUF, Hugging Face safetensors + config.json, llama2.c checkpoints.

@@ -1,0 +1,1 @@
+//! Tokenizers: tokenizer.json, GGUF-embedded vocabularies, llama2.c tokenizer.bin.
