@@ -89,6 +89,14 @@ impl Device {
         }
     }
 
+    /// Moves a host tensor onto the device in its file layout (no repacking): for
+    /// tables read by row, such as token embeddings.
+    pub fn load_weight_rows(&self, host: Tensor) -> Result<Tensor> {
+        match self {
+            Device::Cpu(_) => Ok(host),
+        }
+    }
+
     /// Copies i32 values from the host into a device I32 tensor (first `src.len()` elements).
     pub fn copy_i32_from_host(&self, dst: &mut Tensor, src: &[i32]) -> Result<()> {
         match dst.storage() {

@@ -159,6 +159,25 @@ impl Tensor {
         Tensor::from_storage(dtype, shape, Storage::Cpu(CpuBuffer::Mapped { map, offset, len }))
     }
 
+    /// Another handle to the same data: shares a mapped file, copies owned bytes.
+    pub fn duplicate(&self) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cpu(CpuBuffer::Mapped { map, offset, len }) => Storage::Cpu(CpuBuffer::Mapped {
+                map: Arc::clone(map),
+                offset: *offset,
+                len: *len,
+            }),
+            Storage::Cpu(CpuBuffer::Owned(b)) => {
+                Storage::Cpu(CpuBuffer::Owned(AlignedBytes::from_bytes(b.as_slice())))
+            }
+        };
+        Ok(Tensor {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            storage,
+        })
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -224,6 +243,16 @@ impl Tensor {
             )));
         }
         self.shape = vec![rows, cols];
+        Ok(())
+    }
+
+    /// Makes this a 1-D tensor of `n` elements (<= the storage capacity).
+    pub fn set_len(&mut self, n: usize) -> Result<()> {
+        let cap = self.size_in_bytes() / self.dtype.row_bytes(self.dtype.block_size());
+        if n > cap * self.dtype.block_size() {
+            return Err(BackendError::Shape(format!("{n} elements exceed the capacity {cap}")));
+        }
+        self.shape = vec![n];
         Ok(())
     }
 

@@ -1,0 +1,258 @@
+//! Pieces every architecture shares: the run state (activation buffers allocated once),
+//! RoPE tables, and the upload of a step's batch metadata to the device.
+
+use sluice_backend::{DType, Device, PagedAttentionMeta, Tensor};
+
+use crate::batch::BatchInput;
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{ModelError, Result};
+
+/// RoPE cos/sin for one base frequency, `[max_positions, head_dim / 2]` each.
+pub struct RopeTable {
+    pub theta: f32,
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+/// Inverse frequencies `theta^(-2i/d)`, with Llama 3 / linear scaling applied.
+pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f64> {
+    let half = head_dim / 2;
+    let mut inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
+    match scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear(f) => inv.iter_mut().for_each(|v| *v /= *f as f64),
+        // Meta's llama3 rule: keep high frequencies, divide low ones by `factor`,
+        // interpolate smoothly in between (transformers `_compute_llama3_parameters`).
+        RopeScaling::Llama3(s) => {
+            let old = s.original_max_position as f64;
+            let low_wavelen = old / s.low_freq_factor as f64;
+            let high_wavelen = old / s.high_freq_factor as f64;
+            for v in inv.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *v;
+                if wavelen < high_wavelen {
+                    continue;
+                }
+                if wavelen > low_wavelen {
+                    *v /= s.factor as f64;
+                } else {
+                    let smooth = (old / wavelen - s.low_freq_factor as f64)
+                        / (s.high_freq_factor as f64 - s.low_freq_factor as f64);
+                    *v = (1.0 - smooth) * *v / s.factor as f64 + smooth * *v;
+                }
+            }
+        }
+    }
+    inv
+}
+
+impl RopeTable {
+    pub fn new(
+        device: &Device,
+        head_dim: usize,
+        theta: f32,
+        scaling: &RopeScaling,
+        max_positions: usize,
+    ) -> Result<RopeTable> {
+        let inv = rope_inv_freq(head_dim, theta, scaling);
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_positions * half];
+        let mut sin = vec![0f32; max_positions * half];
+        for p in 0..max_positions {
+            for (i, f) in inv.iter().enumerate() {
+                // Angles in f64: at 100k positions f32 products lose several digits.
+                let a = p as f64 * f;
+                cos[p * half + i] = a.cos() as f32;
+                sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        let shape = [max_positions, half];
+        Ok(RopeTable {
+            theta,
+            cos: upload_f32(device, &shape, &cos)?,
+            sin: upload_f32(device, &shape, &sin)?,
+        })
+    }
+}
+
+fn upload_f32(device: &Device, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+    let host = Tensor::from_f32_cpu(shape, data)?;
+    Ok(device.load_weight(host)?)
+}
+
+/// Activation buffers, allocated for `cap_tokens` rows and reused every step
+/// (llama2.c's RunState). `set_rows` shrinks their logical shape per step.
+pub struct RunState {
+    pub cap_tokens: usize,
+    pub cap_logits: usize,
+    /// `[T, hidden]` residual stream
+    pub x: Tensor,
+    /// `[T, hidden]` normed input of a block
+    pub xb: Tensor,
+    /// `[T, hidden]` block output before the residual add
+    pub xo: Tensor,
+    /// `[T, n_heads * head_dim]`
+    pub q: Tensor,
+    /// `[T, n_kv_heads * head_dim]`
+    pub k: Tensor,
+    /// `[T, n_kv_heads * head_dim]`
+    pub v: Tensor,
+    /// `[T, n_heads * head_dim]` attention output
+    pub att: Tensor,
+    /// `[T, ffn]`
+    pub gate: Tensor,
+    /// `[T, ffn]`
+    pub up: Tensor,
+    /// `[T, ffn]` activation(gate) * up
+    pub act: Tensor,
+    /// `[L, hidden]` rows whose logits are wanted
+    pub last: Tensor,
+    /// `[L, vocab]`
+    pub logits: Tensor,
+    pub meta: BatchTensors,
+}
+
+/// The step's batch metadata as device I32 tensors.
+pub struct BatchTensors {
+    /// `[T]`
+    pub tokens: Tensor,
+    /// `[T]`
+    pub positions: Tensor,
+    /// `[T]`
+    pub slots: Tensor,
+    /// `[S + 1]`
+    pub query_start: Tensor,
+    /// `[S]`
+    pub context_lens: Tensor,
+    /// `[S, max_blocks]`
+    pub block_tables: Tensor,
+    /// `[L]`
+    pub logits_rows: Tensor,
+    pub num_seqs: usize,
+    /// Host staging, reused.
+    staging: Vec<i32>,
+}
+
+impl RunState {
+    pub fn new(device: &Device, cfg: &ModelConfig, cap_tokens: usize, cap_logits: usize) -> Result<RunState> {
+        let z = |cols: usize, rows: usize| device.zeros(DType::F32, &[rows, cols]);
+        let i = |n: usize| device.zeros(DType::I32, &[n]);
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(RunState {
+            cap_tokens,
+            cap_logits,
+            x: z(h, cap_tokens)?,
+            xb: z(h, cap_tokens)?,
+            xo: z(h, cap_tokens)?,
+            q: z(cfg.q_dim(), cap_tokens)?,
+            k: z(cfg.kv_dim(), cap_tokens)?,
+            v: z(cfg.kv_dim(), cap_tokens)?,
+            att: z(cfg.q_dim(), cap_tokens)?,
+            gate: z(f, cap_tokens)?,
+            up: z(f, cap_tokens)?,
+            act: z(f, cap_tokens)?,
+            last: z(h, cap_logits)?,
+            logits: z(cfg.vocab_size, cap_logits)?,
+            meta: BatchTensors {
+                tokens: i(cap_tokens)?,
+                positions: i(cap_tokens)?,
+                slots: i(cap_tokens)?,
+                query_start: i(cap_tokens + 1)?,
+                context_lens: i(cap_tokens)?,
+                block_tables: device.zeros(DType::I32, &[cap_tokens, 1])?,
+                logits_rows: i(cap_logits)?,
+                num_seqs: 0,
+                staging: Vec::new(),
+            },
+        })
+    }
+
+    /// Makes room for the batch (reallocating only when it outgrows the buffers), sets
+    /// every buffer's logical row count, and uploads the metadata.
+    pub fn prepare(&mut self, device: &Device, cfg: &ModelConfig, batch: &BatchInput) -> Result<()> {
+        let t = batch.num_tokens();
+        let l = batch.logits_indices.len();
+        if t > self.cap_tokens || l > self.cap_logits || batch.seqs.len() > self.cap_tokens {
+            let ct = t.max(batch.seqs.len()).next_power_of_two().max(self.cap_tokens);
+            let cl = l.next_power_of_two().max(self.cap_logits);
+            let block_cols = self.meta.block_tables.cols();
+            *self = RunState::new(device, cfg, ct, cl)?;
+            self.meta.block_tables = device.zeros(DType::I32, &[ct, block_cols])?;
+        }
+        for b in [
+            &mut self.x,
+            &mut self.xb,
+            &mut self.xo,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.att,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.act,
+        ] {
+            b.set_rows(t)?;
+        }
+        self.last.set_rows(l)?;
+        self.logits.set_rows(l)?;
+        self.meta.upload(device, batch, self.cap_tokens)
+    }
+}
+
+impl BatchTensors {
+    fn upload(&mut self, device: &Device, batch: &BatchInput, cap_tokens: usize) -> Result<()> {
+        let s = batch.seqs.len();
+        let max_blocks = batch.seqs.iter().map(|q| q.block_table.len()).max().unwrap_or(0).max(1);
+        if max_blocks > self.block_tables.cols() {
+            self.block_tables = device.zeros(DType::I32, &[cap_tokens, max_blocks.next_power_of_two()])?;
+        }
+        let cols = self.block_tables.cols();
+        let st = &mut self.staging;
+        let as_i32 = |v: u32| -> Result<i32> {
+            i32::try_from(v).map_err(|_| ModelError::Batch(format!("value {v} exceeds i32")))
+        };
+        macro_rules! put {
+            ($dst:expr, $iter:expr) => {{
+                st.clear();
+                for v in $iter {
+                    st.push(as_i32(v)?);
+                }
+                $dst.set_len(st.len())?;
+                device.copy_i32_from_host(&mut $dst, st)?;
+            }};
+        }
+        put!(self.tokens, batch.tokens.iter().copied());
+        put!(self.positions, batch.positions.iter().copied());
+        put!(self.slots, batch.slot_mapping.iter().copied());
+        let mut acc = 0u32;
+        let starts = std::iter::once(0u32).chain(batch.seqs.iter().map(|q| {
+            acc += q.num_tokens as u32;
+            acc
+        }));
+        put!(self.query_start, starts);
+        put!(self.context_lens, batch.seqs.iter().map(|q| q.context_len as u32));
+        put!(self.logits_rows, batch.logits_indices.iter().copied());
+        st.clear();
+        for q in &batch.seqs {
+            for &b in &q.block_table {
+                st.push(as_i32(b)?);
+            }
+            st.resize(st.len() + cols - q.block_table.len(), 0);
+        }
+        self.block_tables.set_rows(s.max(1))?;
+        device.copy_i32_from_host(&mut self.block_tables, st)?;
+        self.num_seqs = s;
+        Ok(())
+    }
+
+    pub fn attention_meta(&self, block_size: usize) -> PagedAttentionMeta<'_> {
+        PagedAttentionMeta {
+            query_start: &self.query_start,
+            context_lens: &self.context_lens,
+            block_tables: &self.block_tables,
+            num_seqs: self.num_seqs,
+            block_size,
+        }
+    }
+}

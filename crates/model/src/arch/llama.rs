@@ -1,0 +1,47 @@
+//! The Llama family block (Llama 2/3, Mistral, Qwen2, SmolLM, llama2.c):
+//! pre-norm attention with RoPE and GQA, then a pre-norm SwiGLU FFN.
+//!
+//! ```text
+//! h = x + Wo · attn(rope(Wq·n), rope(Wk·n), Wv·n),  n = rmsnorm(x)
+//! y = h + Wdown · (silu(Wgate·m) ⊙ Wup·m),          m = rmsnorm(h)
+//! ```
+
+use sluice_backend::Device;
+
+use super::common::{RopeTable, RunState};
+use super::{qkv, LayerWeights};
+use crate::config::{FfnActivation, ModelConfig};
+use crate::error::Result;
+use crate::kv_cache::LayerKv;
+
+pub fn block(
+    dev: &Device,
+    cfg: &ModelConfig,
+    l: &LayerWeights,
+    rope: &RopeTable,
+    kv: &mut LayerKv,
+    block_size: usize,
+    st: &mut RunState,
+) -> Result<()> {
+    dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
+    qkv(dev, l, st)?;
+    let (hd, pos) = (cfg.head_dim, &st.meta.positions);
+    dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, cfg.rope_style)?;
+    dev.rope_inplace(&mut st.k, pos, &rope.cos, &rope.sin, cfg.n_kv_heads, hd, cfg.rope_style)?;
+    dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
+    let meta = st.meta.attention_meta(block_size);
+    dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
+    dev.matmul(&st.att, &l.wo, &mut st.xo)?;
+    dev.add_inplace(&mut st.x, &st.xo)?;
+
+    dev.rms_norm(&st.x, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
+    dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
+    dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
+    match cfg.activation {
+        FfnActivation::Silu => dev.silu_mul(&st.gate, &st.up, &mut st.act)?,
+        FfnActivation::GeluTanh => dev.gelu_mul(&st.gate, &st.up, &mut st.act)?,
+    }
+    dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
+    dev.add_inplace(&mut st.x, &st.xo)?;
+    Ok(())
+}
