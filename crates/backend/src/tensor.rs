@@ -10,21 +10,34 @@ use std::sync::Arc;
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
-/// 64-byte aligned chunk, so that owned buffers suit AVX-512 loads.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Align64([u8; 64]);
-
-/// Bytes owned by the CPU backend, 64-byte aligned, length in bytes.
+/// Bytes owned by the CPU backend, 64-byte aligned, zero-initialised.
+///
+/// Allocated with `alloc_zeroed`, so large buffers (the KV cache) come as untouched
+/// zero pages from the OS and cost nothing until written.
 pub struct AlignedBytes {
-    chunks: Vec<Align64>,
+    ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: AlignedBytes owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBytes {}
+unsafe impl Sync for AlignedBytes {}
+
+const ALIGN: usize = 64;
+
 impl AlignedBytes {
+    fn layout(len: usize) -> std::alloc::Layout {
+        // Size rounded up to whole cache lines; never zero-sized.
+        std::alloc::Layout::from_size_align(len.max(1).div_ceil(ALIGN) * ALIGN, ALIGN)
+            .unwrap_or_else(|_| panic!("allocation of {len} bytes is too large"))
+    }
+
     pub fn zeroed(len: usize) -> Self {
-        let chunks = vec![Align64([0; 64]); len.div_ceil(64)];
-        AlignedBytes { chunks, len }
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBytes { ptr, len }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Self {
@@ -34,13 +47,13 @@ impl AlignedBytes {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `chunks` holds at least `len` initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const u8, self.len) }
+        // SAFETY: the allocation holds at least `len` initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and we hold `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u8, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     pub fn len(&self) -> usize {
@@ -49,6 +62,13 @@ impl AlignedBytes {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
     }
 }
 

@@ -1,1 +1,105 @@
-fn main() {}
+//! `sluice`: wiring and argument parsing only.
+
+mod generate;
+mod pull;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "LLM inference engine and OpenAI-compatible server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (streams the text to stdout, timings to stderr).
+    Generate(generate::GenerateArgs),
+    /// Show a model's architecture, size, quantization mix and special tokens.
+    Info(InfoArgs),
+    /// Download a known model into the cache (checksum verified, never twice).
+    Pull(PullArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Model path (GGUF file, Hugging Face directory, llama2.c checkpoint) or known name.
+    model: String,
+    /// Tokenizer file, when it is not next to the model.
+    #[arg(long)]
+    tokenizer: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// Known model name; `--list` shows them.
+    name: Option<String>,
+    /// List the known models.
+    #[arg(long)]
+    list: bool,
+    /// Download again even if cached.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        // One clear line: the chain of causes, outermost first.
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Info(a) => info(a),
+        Command::Pull(a) => pull_cmd(a),
+    }
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let path = pull::resolve_model(&a.model)?;
+    let opts = sluice_model::loader::LoadOptions {
+        tokenizer_path: a.tokenizer,
+    };
+    let loaded = sluice_model::loader::load_model(&path, &opts)?;
+    let summary = sluice_model::loader::info::ModelSummary::new(&loaded, sluice_backend::DType::F32);
+    println!("{summary}");
+    Ok(())
+}
+
+fn pull_cmd(a: PullArgs) -> Result<()> {
+    if a.list || a.name.is_none() {
+        for m in pull::KNOWN_MODELS {
+            let cached = pull::cached_path(m).map(|p| p.exists()).unwrap_or(false);
+            println!(
+                "{:<24} {:>6.1} MB  {}{}",
+                m.name,
+                m.size as f64 / 1e6,
+                m.description,
+                if cached { "  [cached]" } else { "" }
+            );
+        }
+        return Ok(());
+    }
+    let name = a.name.unwrap_or_default();
+    let m = pull::find_known(&name).ok_or_else(|| {
+        let names: Vec<&str> = pull::KNOWN_MODELS.iter().map(|m| m.name).collect();
+        anyhow::anyhow!("unknown model `{name}` (known: {})", names.join(", "))
+    })?;
+    let p = pull::pull(m, a.force)?;
+    println!("{}", p.display());
+    Ok(())
+}

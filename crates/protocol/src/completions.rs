@@ -53,9 +53,9 @@ impl<'de> Deserialize<'de> for Prompt {
         match value {
             Value::String(s) => Ok(Prompt::Text(s)),
             Value::Array(items) => {
-                // An empty array is taken as an empty token list; the server rejects it.
+                // An empty array is an empty batch; `check_ranges` rejects it.
                 let Some(first) = items.first() else {
-                    return Ok(Prompt::Tokens(Vec::new()));
+                    return Ok(Prompt::TextBatch(Vec::new()));
                 };
                 match first {
                     Value::String(_) => items
@@ -239,6 +239,17 @@ impl CompletionRequest {
         if self.prompt.is_empty() {
             return Err(ApiError::invalid_request(
                 "prompt must not be empty",
+                Some("prompt"),
+            ));
+        }
+        let empty_tokens = match &self.prompt {
+            Prompt::Tokens(t) => t.is_empty(),
+            Prompt::TokenBatch(b) => b.iter().any(Vec::is_empty),
+            Prompt::Text(_) | Prompt::TextBatch(_) => false,
+        };
+        if empty_tokens {
+            return Err(ApiError::invalid_request(
+                "prompt token lists must not be empty",
                 Some("prompt"),
             ));
         }

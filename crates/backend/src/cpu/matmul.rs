@@ -1,19 +1,90 @@
 //! Matrix multiplication `out[T, M] = x[T, K] · w[M, K]^T` for every weight dtype.
-//! (Placeholder: dequantize a row at a time. Replaced by the SIMD kernels.)
+//!
+//! * Float weights (F32/F16/BF16): f32 activations, weights widened on load, FMA.
+//! * Quantized weights: the activation rows are quantized once per call into the
+//!   format matching the weight's blocks (`simd::acts`), into a grow-only scratch
+//!   buffer owned by the backend; then integer dot products run block by block on the
+//!   weights in place (never dequantized as a whole).
+//!
+//! Work is split over the pool by weight rows (contiguous ranges, so each thread
+//! streams its own part of the matrix). Inside, kernels tile rows x tokens so that a
+//! weight block loaded once serves several tokens (batched decode, prefill).
+//!
+//! `prepare_weight` keeps the ggml layout (no repacking): the kernels read it directly,
+//! so loading costs nothing and mapped weights stay mapped.
+
+use std::sync::Mutex;
 
 use super::ops::SendPtr;
+use super::simd::acts::{self, ActFormat};
+use super::simd::{FJob, Isa, QJob};
 use super::CpuBackend;
+use crate::dtype::DType;
 use crate::error::{BackendError, Result};
-use crate::quant;
-use crate::tensor::Tensor;
+use crate::tensor::{AlignedBytes, Tensor};
 
+/// Activation rows below which quantization stays on the calling thread.
+const PAR_QUANT_MIN_ELEMS: usize = 1 << 14;
+
+/// Grow-only scratch for quantized activations (64-byte aligned).
+pub struct Scratch {
+    buf: AlignedBytes,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            buf: AlignedBytes::zeroed(0),
+        }
+    }
+}
+
+impl Scratch {
+    /// At least `len` bytes; reallocates only to grow.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() < len {
+            self.buf = AlignedBytes::zeroed(len.next_power_of_two());
+        }
+        &mut self.buf.as_mut_slice()[..len]
+    }
+
+    /// Current capacity in bytes (for tests of the no-allocation property).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// The scratch owned by a backend.
+pub type ScratchCell = Mutex<Scratch>;
+
+/// Weight types `matmul` accepts.
+pub fn supports(dtype: DType) -> bool {
+    dtype.is_float() || ActFormat::for_weight(dtype).is_some()
+}
+
+/// Load-time preparation of a weight: identity. The kernels read ggml blocks in place,
+/// so there is no load-time cost and no extra memory; rejects nothing (a weight that
+/// is only used as a row table, such as a token embedding, need not be a matmul type).
 pub fn prepare_weight(_cpu: &CpuBackend, host: Tensor) -> Result<Tensor> {
     Ok(host)
 }
 
+/// `out[t, m] = sum_k x[t, k] * w[m, k]` on the backend's best path.
 pub fn matmul(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+    matmul_on(cpu, Isa::select(&cpu.features), x, w, out)
+}
+
+/// As [`matmul`], on path `isa` (capped to what the CPU has).
+pub fn matmul_on(cpu: &CpuBackend, isa: Isa, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+    let isa = isa.min(Isa::select(&cpu.features));
+    let dtype = w.dtype();
+    if !supports(dtype) {
+        return Err(BackendError::Unsupported { op: "matmul", dtype });
+    }
+    if w.shape().len() != 2 {
+        return Err(BackendError::Shape(format!("matmul: weight must be 2-D, got {:?}", w.shape())));
+    }
     let (m, k) = (w.rows(), w.cols());
-    let xs = x.as_f32()?;
     if x.cols() != k || out.cols() != m || out.rows() != x.rows() {
         return Err(BackendError::Shape(format!(
             "matmul: x {:?} w {:?} out {:?}",
@@ -23,26 +94,75 @@ pub fn matmul(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Res
         )));
     }
     let t = x.rows();
+    let xs = x.as_f32()?;
     let wb = w.cpu_bytes()?;
-    let rb = w.dtype().row_bytes(k);
-    let o = SendPtr(out.as_f32_mut()?.as_mut_ptr());
-    let dtype = w.dtype();
-    cpu.pool.for_range(m, 8, |rows| {
-        let mut buf = vec![0f32; k];
+    let out_ptr = SendPtr(out.as_f32_mut()?.as_mut_ptr());
+    if t == 0 || m == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // SAFETY: out holds t * m f32 (checked above) and we hold it mutably.
+        unsafe { out_ptr.slice_mut(0, t * m).fill(0.0) };
+        return Ok(());
+    }
+
+    if dtype.is_float() {
+        let job = FJob {
+            dtype,
+            w: wb,
+            k,
+            x: xs,
+            t,
+            m,
+            out: out_ptr,
+        };
+        // SAFETY: shapes checked; each thread gets disjoint rows; isa is runnable.
+        cpu.pool.for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
+        return Ok(());
+    }
+
+    let fmt = ActFormat::for_weight(dtype).ok_or(BackendError::Unsupported { op: "matmul", dtype })?;
+    let arb = fmt.row_bytes(k);
+    let mut scratch = cpu.matmul_scratch.lock().unwrap_or_else(|e| e.into_inner());
+    let acts_buf = scratch.get(t * arb);
+    quantize_acts(cpu, isa, fmt, xs, k, acts_buf);
+    let job = QJob {
+        dtype,
+        w: wb,
+        row_bytes: dtype.row_bytes(k),
+        k,
+        acts: acts_buf,
+        act_row_bytes: arb,
+        t,
+        m,
+        out: out_ptr,
+    };
+    // SAFETY: as above; the activation rows were all written by `quantize_acts`.
+    cpu.pool.for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
+    Ok(())
+}
+
+/// Quantizes the `t` rows of `xs` (`k` each) into `dst` (`t` rows of `fmt.row_bytes(k)`).
+fn quantize_acts(cpu: &CpuBackend, isa: Isa, fmt: ActFormat, xs: &[f32], k: usize, dst: &mut [u8]) {
+    let t = xs.len() / k;
+    let arb = fmt.row_bytes(k);
+    if t < 2 || xs.len() < PAR_QUANT_MIN_ELEMS {
+        for (x, d) in xs.chunks_exact(k).zip(dst.chunks_exact_mut(arb)) {
+            acts::quantize_row(isa, fmt, x, d);
+        }
+        return;
+    }
+    let p = SendPtr(dst.as_mut_ptr());
+    cpu.pool.for_range(t, 1, |rows| {
         for r in rows {
-            if quant::dequantize_row(dtype, &wb[r * rb..(r + 1) * rb], &mut buf).is_err() {
-                return;
-            }
-            for ti in 0..t {
-                let xr = &xs[ti * k..(ti + 1) * k];
-                let mut acc = 0f32;
-                for (a, b) in xr.iter().zip(&buf) {
-                    acc += a * b;
-                }
-                // SAFETY: each (ti, r) is written by exactly one thread.
-                unsafe { o.slice_mut(ti * m + r, 1)[0] = acc };
-            }
+            // SAFETY: row r of `dst` is written by this thread only; in bounds (t rows).
+            let d = unsafe { p.slice_mut(r * arb, arb) };
+            acts::quantize_row(isa, fmt, &xs[r * k..(r + 1) * k], d);
         }
     });
-    Ok(())
+}
+
+/// Bytes held by a backend's activation scratch (grows, never shrinks).
+pub fn scratch_capacity(cpu: &CpuBackend) -> usize {
+    cpu.matmul_scratch.lock().unwrap_or_else(|e| e.into_inner()).capacity()
 }

@@ -5,6 +5,7 @@ pub mod features;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+pub mod simd;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -15,6 +16,8 @@ use pool::ThreadPool;
 pub struct CpuBackend {
     pub(crate) pool: ThreadPool,
     pub(crate) features: CpuFeatures,
+    /// Quantized-activation scratch of the matmul (grow-only).
+    pub(crate) matmul_scratch: matmul::ScratchCell,
 }
 
 impl CpuBackend {
@@ -28,6 +31,30 @@ impl CpuBackend {
         CpuBackend {
             pool: ThreadPool::new(n),
             features: CpuFeatures::detect(),
+            matmul_scratch: Default::default(),
+        }
+    }
+
+    /// A backend with `threads` threads (at least 1) whose kernels use at most
+    /// `features` (intersected with what the CPU really has), to run and test each
+    /// SIMD path.
+    pub fn with_features(threads: usize, features: CpuFeatures) -> CpuBackend {
+        let real = CpuFeatures::detect_capped(None);
+        let f = CpuFeatures {
+            avx2: features.avx2 && real.avx2,
+            fma: features.fma && real.fma,
+            f16c: features.f16c && real.f16c,
+            avx512f: features.avx512f && real.avx512f,
+            avx512bw: features.avx512bw && real.avx512bw,
+            avx512vnni: features.avx512vnni && real.avx512vnni,
+            avx512bf16: features.avx512bf16 && real.avx512bf16,
+            avxvnni: features.avxvnni && real.avxvnni,
+            neon: features.neon && real.neon,
+        };
+        CpuBackend {
+            pool: ThreadPool::new(threads.max(1)),
+            features: f,
+            matmul_scratch: Default::default(),
         }
     }
 

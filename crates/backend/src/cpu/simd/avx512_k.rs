@@ -1,0 +1,365 @@
+//! AVX-512 VNNI kernels for the K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
+//!
+//! A super-block (256 elements) unpacks, once per weight row, into four registers of
+//! unsigned quants (64 elements each, in the activation record's order) and four of
+//! 16-bit sub-block scales, one scale per word. Per token: `vpmaddubsw` multiplies
+//! quants with activations into 16-bit pair sums (at most 2 * 63 * 127, no
+//! saturation), `vpdpwssd` multiplies those by the scales and accumulates 32-bit sums
+//! (ggml's AVX2 scheme, with VNNI fusing its `madd` + `add`). Mins and offsets go
+//! through the activations' per-16 sums: `sum_g mvec[g] * bsum[g]` with
+//! * Q4_K/Q5_K/Q2_K: `mvec` = sub-block mins, factor `-dmin`;
+//! * Q6_K: quants stored as `q + 32`, `mvec` = scales, factor `-32 d`;
+//! * Q3_K: quants stored as `q + 4`, `mvec` = scales, factor `-4 d`.
+//!
+//! GEMV runs 2 rows at a time; GEMM 1 row x 8 tokens (the unpacked super-block needs
+//! 11 registers).
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::acts::{off, K_BYTES};
+use super::float::panel_rows;
+use super::QJob;
+use crate::dtype::DType;
+
+/// One unpacked super-block.
+#[derive(Clone, Copy)]
+pub struct WK {
+    q: [__m512i; 4],
+    sc: [__m512i; 4],
+    /// 16 x i16, one per 16 elements, multiplied with the activation sums.
+    mvec: __m256i,
+    d: __m512,
+    dmin: __m512,
+}
+
+pub trait KW {
+    const BYTES: usize;
+    unsafe fn unpack(p: *const u8) -> WK;
+}
+
+#[inline(always)]
+unsafe fn idx16(f: impl Fn(usize) -> usize) -> __m512i {
+    let v: [i16; 32] = std::array::from_fn(|w| f(w) as i16);
+    _mm512_loadu_si512(v.as_ptr() as *const __m512i)
+}
+
+#[inline(always)]
+unsafe fn lanes64(lo: i64, hi: i64) -> __m512i {
+    _mm512_setr_epi64(lo, lo, lo, lo, hi, hi, hi, hi)
+}
+
+/// Two f16 at `p` (d, then dmin) as broadcast f32 vectors.
+#[inline(always)]
+unsafe fn two_halves(p: *const u8) -> (__m512, __m512) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+    (_mm512_broadcastss_ps(v), _mm512_broadcastss_ps(_mm_movehdup_ps(v)))
+}
+
+#[inline(always)]
+unsafe fn half(p: *const u8) -> __m512 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32));
+    _mm512_broadcastss_ps(v)
+}
+
+/// The 32 bytes at `p` in both 256-bit halves.
+#[inline(always)]
+unsafe fn bcast32(p: *const u8) -> __m512i {
+    _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i))
+}
+
+/// Scale registers for formats with one scale per 16 elements: register i covers
+/// elements 64i..64i+64, word w holds elements 64i+2w, +1, i.e. sub-block 4i + w/8.
+#[inline(always)]
+unsafe fn scales16(sc: __m256i) -> [__m512i; 4] {
+    let s = _mm512_castsi256_si512(sc);
+    std::array::from_fn(|i| _mm512_permutexvar_epi16(idx16(|w| 4 * i + w / 8), s))
+}
+
+/// Q4_K/Q5_K 6-bit scales and mins (12 bytes at `p`) as bytes `[sc0..8, m0..8]`
+/// (ggml's kmask unpacking of `get_scale_min_k4` on 32-bit words).
+#[inline(always)]
+unsafe fn scales_mins_k4(p: *const u8) -> __m128i {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = p as *const u32;
+    let (u0, u1, u2) = (u.read_unaligned(), u.add(1).read_unaligned(), u.add(2).read_unaligned());
+    let m4 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let m0 = u1 & KMASK1;
+    let s4 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let s0 = u0 & KMASK1;
+    _mm_setr_epi32(s0 as i32, s4 as i32, m0 as i32, m4 as i32)
+}
+
+/// Scale registers and mins for Q4_K/Q5_K. Quant register i holds sub-blocks
+/// (2i', 2i'+2) for i = 2i'' ... in the `KSwap` order [0,2 | 1,3 | 4,6 | 5,7].
+#[inline(always)]
+unsafe fn k4_scales(p: *const u8) -> ([__m512i; 4], __m256i) {
+    let w = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scales_mins_k4(p)));
+    const FIRST: [usize; 4] = [0, 1, 4, 5];
+    let sc = std::array::from_fn(|i| _mm512_permutexvar_epi16(idx16(|x| FIRST[i] + 2 * (x / 16)), w));
+    let mvec = _mm512_castsi512_si256(_mm512_permutexvar_epi16(idx16(|x| 8 + x / 2), w));
+    (sc, mvec)
+}
+
+pub struct Q2K;
+pub struct Q3K;
+pub struct Q4K;
+pub struct Q5K;
+pub struct Q6K;
+
+impl KW for Q2K {
+    // scales[16] | qs[64] | d | dmin
+    const BYTES: usize = 84;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> WK {
+        let f = _mm_set1_epi8(0x0F);
+        let s = _mm_loadu_si128(p as *const __m128i);
+        let sc = _mm256_cvtepu8_epi16(_mm_and_si128(s, f));
+        let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), f));
+        let three = _mm512_set1_epi8(3);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let qb = bcast32(p.add(16 + 32 * n));
+            for h in 0..2 {
+                let sh = lanes64(4 * h as i64, 4 * h as i64 + 2);
+                q[2 * n + h] = _mm512_and_si512(_mm512_srlv_epi64(qb, sh), three);
+            }
+        }
+        let (d, dmin) = two_halves(p.add(80));
+        WK { q, sc: scales16(sc), mvec: mn, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+    }
+}
+
+impl KW for Q3K {
+    // hmask[32] | qs[64] | scales[12] | d
+    const BYTES: usize = 110;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> WK {
+        // Sixteen 6-bit scales minus 32 (ggml's kmask unpacking).
+        const KMASK1: u32 = 0x0303_0303;
+        const KMASK2: u32 = 0x0f0f_0f0f;
+        let u = p.add(96) as *const u32;
+        let (a0, a1, tmp) = (u.read_unaligned(), u.add(1).read_unaligned(), u.add(2).read_unaligned());
+        let s2 = ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
+        let s3 = ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
+        let s0 = (a0 & KMASK2) | ((tmp & KMASK1) << 4);
+        let s1 = (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
+        let s = _mm_sub_epi8(_mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32), _mm_set1_epi8(32));
+        let sc = _mm256_cvtepi8_epi16(s);
+        let hb = bcast32(p);
+        let (three, four) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let qb = bcast32(p.add(32 + 32 * n));
+            for h in 0..2 {
+                let lo = _mm512_and_si512(_mm512_srlv_epi64(qb, lanes64(4 * h as i64, 4 * h as i64 + 2)), three);
+                // High bit of element 128n + 32j + l is bit 4n + j of hmask[l]; rotate it
+                // to bit 2 (rotation keeps it inside its byte).
+                let b0 = (4 * n + 2 * h) as i64;
+                let rot = lanes64((2 - b0).rem_euclid(64), (1 - b0).rem_euclid(64));
+                let hbit = _mm512_and_si512(_mm512_rolv_epi64(hb, rot), four);
+                q[2 * n + h] = _mm512_or_si512(lo, hbit);
+            }
+        }
+        let d = half(p.add(108));
+        WK { q, sc: scales16(sc), mvec: sc, d, dmin: _mm512_mul_ps(d, _mm512_set1_ps(-4.0)) }
+    }
+}
+
+impl KW for Q4K {
+    // d | dmin | scales[12] | qs[128]
+    const BYTES: usize = 144;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> WK {
+        let (sc, mvec) = k4_scales(p.add(4));
+        let f = _mm512_set1_epi8(0x0F);
+        let z0 = _mm512_loadu_si512(p.add(16) as *const __m512i);
+        let z1 = _mm512_loadu_si512(p.add(80) as *const __m512i);
+        let q = [
+            _mm512_and_si512(z0, f),
+            _mm512_and_si512(_mm512_srli_epi16(z0, 4), f),
+            _mm512_and_si512(z1, f),
+            _mm512_and_si512(_mm512_srli_epi16(z1, 4), f),
+        ];
+        let (d, dmin) = two_halves(p);
+        WK { q, sc, mvec, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+    }
+}
+
+impl KW for Q5K {
+    // d | dmin | scales[12] | qh[32] | qs[128]
+    const BYTES: usize = 176;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> WK {
+        let (sc, mvec) = k4_scales(p.add(4));
+        let f = _mm512_set1_epi8(0x0F);
+        let bit4 = _mm512_set1_epi8(0x10);
+        let z0 = _mm512_loadu_si512(p.add(48) as *const __m512i);
+        let z1 = _mm512_loadu_si512(p.add(112) as *const __m512i);
+        let hb = bcast32(p.add(16));
+        // Register i holds sub-blocks (s, s + 2) whose fifth bits are qh bits (s, s + 2),
+        // s = 0, 1, 4, 5: move each to bit 4.
+        let h0 = _mm512_and_si512(_mm512_sllv_epi64(hb, lanes64(4, 2)), bit4);
+        let h1 = _mm512_and_si512(_mm512_sllv_epi64(hb, lanes64(3, 1)), bit4);
+        let h2 = _mm512_and_si512(_mm512_srlv_epi64(hb, lanes64(0, 2)), bit4);
+        let h3 = _mm512_and_si512(_mm512_srlv_epi64(hb, lanes64(1, 3)), bit4);
+        let q = [
+            _mm512_or_si512(_mm512_and_si512(z0, f), h0),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(z0, 4), f), h1),
+            _mm512_or_si512(_mm512_and_si512(z1, f), h2),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(z1, 4), f), h3),
+        ];
+        let (d, dmin) = two_halves(p);
+        WK { q, sc, mvec, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+    }
+}
+
+impl KW for Q6K {
+    // ql[128] | qh[64] | scales[16] (i8) | d
+    const BYTES: usize = 210;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> WK {
+        let f = _mm512_set1_epi8(0x0F);
+        let top = _mm512_set1_epi8(0x30);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let zl = _mm512_loadu_si512(p.add(64 * n) as *const __m512i);
+            let hb = bcast32(p.add(128 + 32 * n));
+            let h_lo = _mm512_and_si512(_mm512_sllv_epi64(hb, lanes64(4, 2)), top);
+            let h_hi = _mm512_and_si512(_mm512_srlv_epi64(hb, lanes64(0, 2)), top);
+            q[2 * n] = _mm512_or_si512(_mm512_and_si512(zl, f), h_lo);
+            q[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(zl, 4), f), h_hi);
+        }
+        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+        let d = half(p.add(208));
+        WK { q, sc: scales16(sc), mvec: sc, d, dmin: _mm512_mul_ps(d, _mm512_set1_ps(-32.0)) }
+    }
+}
+
+/// Accumulates super-block `sb` of R rows against C tokens.
+#[inline(always)]
+unsafe fn step<F: KW, const R: usize, const C: usize>(
+    acc: &mut [[__m512; C]; R],
+    w: &[*const u8; R],
+    a: &[*const u8; C],
+    sb: usize,
+) {
+    let mut wv = [WK {
+        q: [_mm512_setzero_si512(); 4],
+        sc: [_mm512_setzero_si512(); 4],
+        mvec: _mm256_setzero_si256(),
+        d: _mm512_setzero_ps(),
+        dmin: _mm512_setzero_ps(),
+    }; R];
+    for r in 0..R {
+        wv[r] = F::unpack(w[r].add(sb * F::BYTES));
+    }
+    for c in 0..C {
+        let rec = a[c].add(sb * K_BYTES);
+        let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
+        let da = _mm512_set1_ps((rec.add(off::KD) as *const f32).read());
+        let av: [__m512i; 4] = std::array::from_fn(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
+        for r in 0..R {
+            let wk = &wv[r];
+            let z = _mm512_setzero_si512();
+            // Two independent chains keep the dpwssd latency off the critical path.
+            let s0 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(wk.q[0], av[0]), wk.sc[0]);
+            let s1 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(wk.q[1], av[1]), wk.sc[1]);
+            let s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(wk.q[2], av[2]), wk.sc[2]);
+            let s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(wk.q[3], av[3]), wk.sc[3]);
+            let isum = _mm512_add_epi32(s0, s1);
+            let imin = _mm256_madd_epi16(wk.mvec, bs);
+            acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wk.d, da), acc[r][c]);
+            let minf = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(imin));
+            acc[r][c] = _mm512_fmadd_ps(minf, _mm512_mul_ps(wk.dmin, da), acc[r][c]);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile<F: KW, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: [*const u8; C],
+    nsb: usize,
+) -> [[f32; C]; R] {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    for sb in 0..nsb {
+        step::<F, R, C>(&mut acc, &w, &a, sb);
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn rows<F: KW, const R: usize, const C: usize>(job: &QJob, rows: Range<usize>, t0: usize) {
+    let nsb = job.k / 256;
+    let a: [*const u8; C] = std::array::from_fn(|c| job.a_row(t0 + c));
+    let mut r = rows.start;
+    while r + R <= rows.end {
+        let w: [*const u8; R] = std::array::from_fn(|i| job.w_row(r + i));
+        let v = tile::<F, R, C>(w, a, nsb);
+        for (i, vr) in v.iter().enumerate() {
+            for (c, val) in vr.iter().enumerate() {
+                job.store(t0 + c, r + i, *val);
+            }
+        }
+        r += R;
+    }
+    while r < rows.end {
+        let v = tile::<F, 1, C>([job.w_row(r)], a, nsb);
+        for (c, val) in v[0].iter().enumerate() {
+            job.store(t0 + c, r, *val);
+        }
+        r += 1;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn run_fmt<F: KW>(job: &QJob, rws: Range<usize>) {
+    if job.t == 1 {
+        rows::<F, 2, 1>(job, rws, 0);
+        return;
+    }
+    let panel = panel_rows(job.row_bytes);
+    let mut p0 = rws.start;
+    while p0 < rws.end {
+        let p = p0..(p0 + panel).min(rws.end);
+        let mut t0 = 0;
+        while job.t - t0 >= 8 {
+            rows::<F, 1, 8>(job, p.clone(), t0);
+            t0 += 8;
+        }
+        if job.t - t0 >= 4 {
+            rows::<F, 1, 4>(job, p.clone(), t0);
+            t0 += 4;
+        }
+        if job.t - t0 >= 2 {
+            rows::<F, 1, 2>(job, p.clone(), t0);
+            t0 += 2;
+        }
+        if job.t - t0 >= 1 {
+            rows::<F, 2, 1>(job, p.clone(), t0);
+        }
+        p0 = p.end;
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VNNI present; as [`QJob::run`].
+pub unsafe fn run(job: &QJob, rows: Range<usize>) {
+    match job.dtype {
+        DType::Q2_K => run_fmt::<Q2K>(job, rows),
+        DType::Q3_K => run_fmt::<Q3K>(job, rows),
+        DType::Q4_K => run_fmt::<Q4K>(job, rows),
+        DType::Q5_K => run_fmt::<Q5K>(job, rows),
+        DType::Q6_K => run_fmt::<Q6K>(job, rows),
+        other => unreachable!("avx512_k with {other}"),
+    }
+}

@@ -1,0 +1,172 @@
+//! Matmul kernels: one scalar reference per weight type, AVX2 and AVX-512 (VNNI)
+//! versions chosen at run time.
+//!
+//! Every kernel computes `out[t, r] = sum_k x[t, k] * w[r, k]` for a range of weight
+//! rows `r` and all tokens `t`, reading the weights in their ggml layout in place.
+//! Quantized weights meet activations quantized once per call (see [`acts`]); float
+//! weights meet the f32 activations directly.
+
+pub mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q32;
+#[cfg(target_arch = "x86_64")]
+mod avx512_k;
+#[cfg(target_arch = "x86_64")]
+mod avx512_q32;
+mod float;
+pub mod scalar;
+
+use std::ops::Range;
+
+use crate::cpu::features::CpuFeatures;
+use crate::cpu::ops::SendPtr;
+use crate::dtype::DType;
+
+/// The instruction set a kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW with VNNI (plus AVX2/FMA/F16C).
+    Avx512,
+}
+
+impl Isa {
+    /// The best path `features` allow, never beyond what this CPU really has (so a
+    /// hand-built `CpuFeatures` cannot select instructions the CPU lacks).
+    pub fn select(features: &CpuFeatures) -> Isa {
+        let real = CpuFeatures::detect_capped(None);
+        if features.has_avx512_vnni() && real.has_avx512_vnni() {
+            Isa::Avx512
+        } else if features.has_avx2() && real.has_avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Every path this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::select(&CpuFeatures::detect_capped(None));
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= best)
+            .collect()
+    }
+
+    /// Features capped to this path (for building a backend that runs it).
+    pub fn cap(self, f: CpuFeatures) -> CpuFeatures {
+        match self {
+            Isa::Scalar => CpuFeatures::none(),
+            Isa::Avx2 => CpuFeatures {
+                avx512f: false,
+                avx512bw: false,
+                avx512vnni: false,
+                avx512bf16: false,
+                ..f
+            },
+            Isa::Avx512 => f,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512-vnni",
+        }
+    }
+}
+
+/// A matmul with a quantized weight, activations already quantized.
+pub(crate) struct QJob<'a> {
+    pub dtype: DType,
+    /// `[m, row_bytes]` weight rows in ggml layout.
+    pub w: &'a [u8],
+    pub row_bytes: usize,
+    /// Elements per row.
+    pub k: usize,
+    /// `[t, act_row_bytes]` quantized activations (64-byte aligned rows).
+    pub acts: &'a [u8],
+    pub act_row_bytes: usize,
+    pub t: usize,
+    pub m: usize,
+    /// `[t, m]` f32 output.
+    pub out: SendPtr<f32>,
+}
+
+impl QJob<'_> {
+    /// Pointer to weight row `r`.
+    #[inline]
+    pub fn w_row(&self, r: usize) -> *const u8 {
+        debug_assert!(r < self.m);
+        // SAFETY: r < m and `w` holds m rows (checked by the caller).
+        unsafe { self.w.as_ptr().add(r * self.row_bytes) }
+    }
+
+    /// Pointer to quantized activation row `t`.
+    #[inline]
+    pub fn a_row(&self, t: usize) -> *const u8 {
+        debug_assert!(t < self.t);
+        // SAFETY: t < self.t rows of `act_row_bytes`.
+        unsafe { self.acts.as_ptr().add(t * self.act_row_bytes) }
+    }
+
+    /// Stores `v` as `out[t, r]`.
+    ///
+    /// # Safety
+    /// `t < self.t`, `r < self.m`, and no other thread writes that element.
+    #[inline]
+    pub unsafe fn store(&self, t: usize, r: usize, v: f32) {
+        *self.out.0.add(t * self.m + r) = v;
+    }
+
+    /// Computes rows `rows` for every token on path `isa`.
+    ///
+    /// # Safety
+    /// The rows of `rows` must be written by no other thread; `isa` must be runnable.
+    pub unsafe fn run(&self, isa: Isa, rows: Range<usize>) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match self.dtype {
+                DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
+                    avx512_q32::run(self, rows)
+                }
+                _ => avx512_k::run(self, rows),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => match self.dtype {
+                DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
+                    avx2_q32::run(self, rows)
+                }
+                _ => avx2_k::run(self, rows),
+            },
+            _ => scalar::run(self, rows),
+        }
+    }
+}
+
+/// A matmul with an F32/F16/BF16 weight and f32 activations.
+pub(crate) struct FJob<'a> {
+    pub dtype: DType,
+    /// `[m, k]` weight elements.
+    pub w: &'a [u8],
+    pub k: usize,
+    /// `[t, k]` activations.
+    pub x: &'a [f32],
+    pub t: usize,
+    pub m: usize,
+    /// `[t, m]` output.
+    pub out: SendPtr<f32>,
+}
+
+impl FJob<'_> {
+    /// # Safety
+    /// As [`QJob::run`].
+    pub unsafe fn run(&self, isa: Isa, rows: Range<usize>) {
+        float::run(self, isa, rows)
+    }
+}

@@ -1,0 +1,447 @@
+//! The step loop: schedule -> one batched forward -> sample -> stream deltas.
+//!
+//! `LlmEngine` owns every piece of mutable state (model, KV memory, scheduler, per-request
+//! samplers and detokenizers). It is driven either in-process (`sluice generate`) or by the
+//! engine thread behind `EngineHandle` (the server).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_model::arch::Model;
+use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
+use sluice_model::{BatchInput, KvCache};
+
+use crate::kv::KvCacheManager;
+use crate::metrics::EngineMetrics;
+use crate::sampling::{SampledToken, Sampler, SamplingParams};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
+use crate::sequence::{FinishReason, SeqId, Sequence};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("{0}")]
+    Scheduler(#[from] SchedulerError),
+    #[error("model error: {0}")]
+    Model(#[from] sluice_model::ModelError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl EngineError {
+    /// Errors caused by the request (400), as opposed to engine failures (500).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            EngineError::InvalidRequest { .. }
+                | EngineError::Scheduler(
+                    SchedulerError::ContextTooLong { .. }
+                        | SchedulerError::ExceedsKvCache { .. }
+                        | SchedulerError::EmptyPrompt
+                        | SchedulerError::ZeroMaxTokens
+                )
+        )
+    }
+}
+
+/// Engine sizing. `None` fields take defaults derived from the model and the machine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Bytes for the KV cache; default: a quarter of available memory, at most 4 GiB.
+    pub kv_cache_memory: Option<u64>,
+    /// Exact number of blocks (overrides `kv_cache_memory`; tests use it).
+    pub num_blocks: Option<usize>,
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    /// Longest prompt + output; default: the model's context length, capped at 8192.
+    pub max_model_len: Option<usize>,
+    pub enable_prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            kv_cache_memory: None,
+            num_blocks: None,
+            max_num_batched_tokens: 512,
+            max_num_seqs: 64,
+            max_model_len: None,
+            enable_prefix_caching: true,
+        }
+    }
+}
+
+/// A request as the engine sees it: tokens and validated sampling parameters.
+#[derive(Clone, Debug)]
+pub struct EngineRequest {
+    pub prompt_token_ids: Vec<u32>,
+    pub params: SamplingParams,
+    /// Separates prefix-cache entries (e.g. per tenant); None shares with everyone.
+    pub cache_salt: Option<String>,
+}
+
+/// What one step produced for one request.
+#[derive(Clone, Debug)]
+pub struct RequestOutput {
+    pub id: SeqId,
+    /// Tokens sampled this step (several with speculative decoding).
+    pub new_token_ids: Vec<u32>,
+    /// Text completed by those tokens (held back while it could be a stop string).
+    pub new_text: String,
+    pub logprobs: Vec<SampledToken>,
+    pub finished: Option<FinishReason>,
+    pub num_prompt_tokens: usize,
+    pub num_output_tokens: usize,
+    pub num_cached_tokens: usize,
+}
+
+struct SeqState {
+    params: SamplingParams,
+    sampler: Sampler,
+    detok: IncrementalDecoder,
+    /// Text decoded but not yet emitted (may be the start of a stop string).
+    pending: String,
+    arrival: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+pub struct LlmEngine {
+    model: Model,
+    kv: KvCache,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    states: HashMap<SeqId, SeqState>,
+    next_id: u64,
+    batch: BatchInput,
+    logits: Vec<f32>,
+    sampled: Vec<Vec<u32>>,
+    metrics: EngineMetrics,
+    max_model_len: usize,
+}
+
+/// Free memory as the OS reports it (Linux `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl LlmEngine {
+    pub fn new(model: Model, tokenizer: Arc<Tokenizer>, cfg: &EngineConfig) -> Result<LlmEngine, EngineError> {
+        let max_model_len = cfg
+            .max_model_len
+            .unwrap_or_else(|| model.config.max_position.min(8192))
+            .min(model.max_model_len());
+        let per_block = KvCache::bytes_per_block(&model.config, cfg.block_size, sluice_backend::DType::F32);
+        let num_blocks = match cfg.num_blocks {
+            Some(n) => n,
+            None => {
+                let budget = cfg.kv_cache_memory.unwrap_or_else(|| {
+                    let avail = available_memory().unwrap_or(4 << 30);
+                    (avail / 4).min(4 << 30)
+                });
+                // Never more than every sequence at full length could use at once.
+                let useful = cfg.max_num_seqs * max_model_len.div_ceil(cfg.block_size);
+                ((budget / per_block.max(1) as u64) as usize).min(useful.max(1))
+            }
+        };
+        if num_blocks == 0 {
+            return Err(EngineError::InvalidRequest {
+                message: format!(
+                    "the KV cache budget holds no block of {} tokens ({} bytes each)",
+                    cfg.block_size, per_block
+                ),
+                param: Some("kv_cache_memory"),
+            });
+        }
+        let kv = model.new_kv_cache(num_blocks, cfg.block_size)?;
+        let manager = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching, &model.config.name);
+        let sched_cfg = SchedulerConfig {
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_num_seqs: cfg.max_num_seqs,
+            block_size: cfg.block_size,
+            max_model_len,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+        };
+        let scheduler = Scheduler::new(sched_cfg, manager)?;
+        Ok(LlmEngine {
+            model,
+            kv,
+            scheduler,
+            tokenizer,
+            states: HashMap::new(),
+            next_id: 0,
+            batch: BatchInput::default(),
+            logits: Vec::new(),
+            sampled: Vec::new(),
+            metrics: EngineMetrics::default(),
+            max_model_len,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.kv.num_blocks
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.kv.block_size
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Validates and queues a request; errors name the problem (context too long...).
+    pub fn add_request(&mut self, req: EngineRequest) -> Result<SeqId, EngineError> {
+        let vocab = self.model.config.vocab_size;
+        req.params
+            .validate(vocab)
+            .map_err(|(message, param)| EngineError::InvalidRequest {
+                message,
+                param: Some(param),
+            })?;
+        if let Some(&t) = req.prompt_token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidRequest {
+                message: format!("prompt token id {t} is outside the vocabulary of {vocab}"),
+                param: Some("prompt"),
+            });
+        }
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let mut seq = Sequence::new(id, req.prompt_token_ids.clone(), req.params.max_tokens);
+        if let Some(salt) = &req.cache_salt {
+            seq = seq.with_cache_salt(salt.clone());
+        }
+        self.scheduler.add(seq)?;
+        let sampler = Sampler::new(&req.params, &req.prompt_token_ids);
+        let detok = IncrementalDecoder::new(req.params.skip_special_tokens);
+        self.states.insert(
+            id,
+            SeqState {
+                params: req.params,
+                sampler,
+                detok,
+                pending: String::new(),
+                arrival: Instant::now(),
+                first_token: None,
+                last_token: None,
+            },
+        );
+        self.metrics.requests_received += 1;
+        Ok(id)
+    }
+
+    /// Cancels a request; its blocks are freed at once.
+    pub fn abort(&mut self, id: SeqId) {
+        if self.states.remove(&id).is_some() {
+            let _ = self.scheduler.abort(id);
+            self.metrics.requests_aborted += 1;
+        }
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// Runs one step. Returns the deltas of every request that produced something.
+    pub fn step(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let out = self.scheduler.schedule()?;
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t0 = Instant::now();
+        self.scheduler.fill_batch(&out, &mut self.batch)?;
+        let device = self.model.device().clone();
+        let logits = self.model.forward(&self.batch, &mut self.kv)?;
+        device
+            .copy_f32_to_host(logits, &mut self.logits)
+            .map_err(sluice_model::ModelError::from)?;
+        let outputs = self.sample_and_update(&out)?;
+        self.metrics.record_step(&out, t0.elapsed(), self.scheduler.stats());
+        Ok(outputs)
+    }
+
+    fn sample_and_update(&mut self, out: &SchedulerOutput) -> Result<Vec<RequestOutput>, EngineError> {
+        let vocab = self.model.config.vocab_size;
+        self.sampled.resize(out.scheduled.len(), Vec::new());
+        let mut row = 0usize;
+        let mut logprobs: Vec<Vec<SampledToken>> = Vec::with_capacity(out.scheduled.len());
+        for (i, s) in out.scheduled.iter().enumerate() {
+            self.sampled[i].clear();
+            let mut lp = Vec::new();
+            if s.produces_token {
+                let state = self
+                    .states
+                    .get_mut(&s.seq_id)
+                    .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+                let slice = &mut self.logits[row * vocab..(row + 1) * vocab];
+                let tok = state.sampler.sample(&state.params, slice);
+                state.sampler.observe(tok.id);
+                self.sampled[i].push(tok.id);
+                if state.params.logprobs.is_some() {
+                    lp.push(tok);
+                }
+            }
+            row += s.num_logits();
+            logprobs.push(lp);
+        }
+        self.scheduler.update_from_output(out, &self.sampled)?;
+        let now = Instant::now();
+        let mut outputs = Vec::new();
+        for ((s, toks), lp) in out.scheduled.iter().zip(&self.sampled).zip(logprobs) {
+            if toks.is_empty() {
+                continue;
+            }
+            let Some(state) = self.states.get_mut(&s.seq_id) else {
+                continue;
+            };
+            match state.first_token {
+                None => {
+                    state.first_token = Some(now);
+                    self.metrics.ttft.observe((now - state.arrival).as_secs_f64());
+                }
+                Some(_) => {
+                    if let Some(last) = state.last_token {
+                        self.metrics.itl.observe((now - last).as_secs_f64());
+                    }
+                }
+            }
+            state.last_token = Some(now);
+            self.metrics.generation_tokens += toks.len() as u64;
+            let Some(seq) = self.scheduler.seq(s.seq_id) else {
+                continue;
+            };
+            let (n_prompt, n_out, n_cached) = (seq.num_prompt_tokens(), seq.num_output_tokens(), seq.num_cached_tokens);
+            let mut finished = None;
+            let mut text = String::new();
+            for &t in toks {
+                let is_eos = self.tokenizer.eos_ids().contains(&t) && !state.params.ignore_eos;
+                if is_eos || state.params.stop_token_ids.contains(&t) {
+                    finished = Some(FinishReason::Stop);
+                    break;
+                }
+                let piece = state
+                    .detok
+                    .push(&self.tokenizer, t)
+                    .map_err(EngineError::Model)?;
+                state.pending.push_str(&piece);
+            }
+            if finished.is_none() && (n_out >= state.params.max_tokens || n_prompt + n_out >= self.max_model_len) {
+                finished = Some(FinishReason::Length);
+            }
+            if finished.is_some() {
+                let rest = state.detok.flush(&self.tokenizer).map_err(EngineError::Model)?;
+                state.pending.push_str(&rest);
+            }
+            // Stop strings: cut at the first match; otherwise hold back a tail that could
+            // still grow into one.
+            if let Some(cut) = find_stop(&state.pending, &state.params.stop) {
+                state.pending.truncate(cut);
+                finished = Some(FinishReason::Stop);
+            }
+            let keep = if finished.is_some() {
+                0
+            } else {
+                stop_prefix_len(&state.pending, &state.params.stop)
+            };
+            let emit = state.pending.len() - keep;
+            text.push_str(&state.pending[..emit]);
+            state.pending.drain(..emit);
+            outputs.push(RequestOutput {
+                id: s.seq_id,
+                new_token_ids: toks.clone(),
+                new_text: text,
+                logprobs: lp,
+                finished,
+                num_prompt_tokens: n_prompt,
+                num_output_tokens: n_out,
+                num_cached_tokens: n_cached,
+            });
+            if let Some(reason) = finished {
+                if let Some(st) = self.states.remove(&s.seq_id) {
+                    self.metrics.e2e.observe(st.arrival.elapsed().as_secs_f64());
+                }
+                self.metrics.prompt_tokens += n_prompt as u64;
+                self.metrics.requests_finished += 1;
+                self.scheduler.finish(s.seq_id, reason)?;
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Runs steps until every queued request finished (offline use: generate, benches).
+    pub fn run_to_completion<F: FnMut(&RequestOutput)>(&mut self, mut on_output: F) -> Result<(), EngineError> {
+        while self.has_unfinished() {
+            for o in self.step()? {
+                on_output(&o);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Byte offset of the earliest stop string in `text`.
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of some stop string
+/// (held back until we know whether the stop string completes).
+fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..i]) {
+                best = best.max(i);
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_prefixes_held_back() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(find_stop("abc END def", &stops), Some(4));
+        assert_eq!(find_stop("a\n\nb END", &stops), Some(1));
+        assert_eq!(find_stop("nothing", &stops), None);
+        assert_eq!(stop_prefix_len("the EN", &stops), 2);
+        assert_eq!(stop_prefix_len("line\n", &stops), 1);
+        assert_eq!(stop_prefix_len("plain", &stops), 0);
+    }
+}

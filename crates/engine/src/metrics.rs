@@ -1,0 +1,114 @@
+//! Engine counters and latency histograms, exported by the server as Prometheus text.
+
+use std::time::Duration;
+
+use crate::scheduler::{SchedulerOutput, SchedulerStats};
+
+/// A cumulative histogram with fixed upper bounds (seconds), Prometheus style.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// `counts[i]`: observations <= `bounds[i]` (not cumulative; summed when exported).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Latency buckets from 1 ms to 60 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 60.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound (the `le` buckets), then +Inf = `count`.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut acc = 0;
+        self.counts
+            .iter()
+            .map(|c| {
+                acc += c;
+                acc
+            })
+            .collect()
+    }
+}
+
+/// Everything /metrics shows about the engine.
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    pub requests_received: u64,
+    pub requests_finished: u64,
+    pub requests_aborted: u64,
+    pub prompt_tokens: u64,
+    pub generation_tokens: u64,
+    pub steps: u64,
+    pub batched_tokens: u64,
+    pub step_seconds: f64,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    /// From the scheduler after the latest step.
+    pub scheduler: SchedulerStats,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics {
+            requests_received: 0,
+            requests_finished: 0,
+            requests_aborted: 0,
+            prompt_tokens: 0,
+            generation_tokens: 0,
+            steps: 0,
+            batched_tokens: 0,
+            step_seconds: 0.0,
+            ttft: Histogram::new(LATENCY_BUCKETS),
+            itl: Histogram::new(LATENCY_BUCKETS),
+            e2e: Histogram::new(LATENCY_BUCKETS),
+            scheduler: SchedulerStats::default(),
+        }
+    }
+}
+
+impl EngineMetrics {
+    pub fn record_step(&mut self, out: &SchedulerOutput, took: Duration, stats: SchedulerStats) {
+        self.steps += 1;
+        self.batched_tokens += out.num_batched_tokens as u64;
+        self.step_seconds += took.as_secs_f64();
+        self.scheduler = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(3.0);
+        assert_eq!(h.cumulative(), vec![1, 2]);
+        assert_eq!(h.count, 3);
+        assert!((h.sum - 3.55).abs() < 1e-12);
+    }
+}
