@@ -17,7 +17,15 @@ fn backend(isa: Isa, threads: usize) -> CpuBackend {
 }
 
 /// Runs the matmul with the output poisoned (NaN) first.
-fn run(cpu: &CpuBackend, dtype: DType, w: &[u8], m: usize, k: usize, x: &[f32], t: usize) -> Vec<f32> {
+fn run(
+    cpu: &CpuBackend,
+    dtype: DType,
+    w: &[u8],
+    m: usize,
+    k: usize,
+    x: &[f32],
+    t: usize,
+) -> Vec<f32> {
     let xt = Tensor::from_f32_cpu(&[t, k], x).unwrap();
     let wt = Tensor::from_bytes_cpu(dtype, &[m, k], w).unwrap();
     let mut out = Tensor::from_f32_cpu(&[t, m], &vec![f32::NAN; t * m]).unwrap();
@@ -75,7 +83,10 @@ fn ks_for(dtype: DType) -> &'static [usize] {
 fn matmul_matches_reference_every_type_and_path() {
     let isas = Isa::available();
     let cpus: Vec<(Isa, CpuBackend)> = isas.iter().map(|&i| (i, backend(i, 2))).collect();
-    println!("paths: {:?}", isas.iter().map(|i| i.name()).collect::<Vec<_>>());
+    println!(
+        "paths: {:?}",
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>()
+    );
     let mut r = rng(100);
     for dtype in WEIGHT_TYPES {
         for &k in ks_for(dtype) {
@@ -152,7 +163,11 @@ fn all_paths_agree_exactly_on_dyadic_inputs() {
     let cpus: Vec<(Isa, CpuBackend)> = isas.iter().map(|&i| (i, backend(i, 2))).collect();
     let mut r = rng(200);
     for dtype in WEIGHT_TYPES.into_iter().filter(|d| d.is_quantized()) {
-        let ks: &[usize] = if dtype.block_size() == 32 { &[32, 96, 160] } else { &[256, 768] };
+        let ks: &[usize] = if dtype.block_size() == 32 {
+            &[32, 96, 160]
+        } else {
+            &[256, 768]
+        };
         for &k in ks {
             let m = 19;
             let w = dyadic_weight(&mut r, dtype, m, k);
@@ -185,7 +200,13 @@ fn thread_count_does_not_change_results() {
     let mut r = rng(300);
     for isa in Isa::available() {
         let (one, three) = (backend(isa, 1), backend(isa, 3));
-        for dtype in [DType::F16, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [
+            DType::F16,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q6_K,
+        ] {
             let k = if dtype.block_size() == 256 { 512 } else { 96 };
             let (m, t) = (37, 6);
             let w = random_weight(&mut r, dtype, m, k);
@@ -243,12 +264,21 @@ fn bad_shapes_and_types_are_errors() {
 fn mapped_weights_at_odd_offsets() {
     let mut r = rng(500);
     let dir = std::env::temp_dir();
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q5_1, DType::Q3_K, DType::F16] {
+    for dtype in [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q5_1,
+        DType::Q3_K,
+        DType::F16,
+    ] {
         let k = if dtype.block_size() == 256 { 512 } else { 160 };
         let (m, t) = (13, 3);
         let w = random_weight(&mut r, dtype, m, k);
         let x = randn_vec(&mut r, t * k, 1.0);
-        let path = dir.join(format!("sluice-matmul-test-{}-{dtype}.bin", std::process::id()));
+        let path = dir.join(format!(
+            "sluice-matmul-test-{}-{dtype}.bin",
+            std::process::id()
+        ));
         let offset = 13;
         let mut file = vec![0xAAu8; offset];
         file.extend_from_slice(&w);
@@ -262,7 +292,11 @@ fn mapped_weights_at_odd_offsets() {
             let xt = Tensor::from_f32_cpu(&[t, k], &x).unwrap();
             let mut out = Tensor::from_f32_cpu(&[t, m], &vec![f32::NAN; t * m]).unwrap();
             cpu.matmul(&xt, &wt, &mut out).unwrap();
-            assert_eq!(out.as_f32().unwrap(), run(&cpu, dtype, &w, m, k, &x, t).as_slice(), "{dtype}");
+            assert_eq!(
+                out.as_f32().unwrap(),
+                run(&cpu, dtype, &w, m, k, &x, t).as_slice(),
+                "{dtype}"
+            );
         }
         let _ = std::fs::remove_file(&path);
     }

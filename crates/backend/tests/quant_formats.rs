@@ -71,7 +71,11 @@ fn q4_1_and_q5_1_known_bytes() {
     quant::dequantize_row(DType::Q4_1, &b, &mut y).unwrap();
     for i in 0..32 {
         let q = ((x[i] * (1.0 / d) + 0.5) as u32).min(15);
-        assert_eq!(b[4 + i % 16] >> (4 * (i / 16)) & 0xF, q as u8, "element {i}");
+        assert_eq!(
+            b[4 + i % 16] >> (4 * (i / 16)) & 0xF,
+            q as u8,
+            "element {i}"
+        );
         assert_eq!(y[i], q as f32 * f16r(d));
     }
 }
@@ -112,7 +116,9 @@ fn round_trip(dtype: DType, seed: u64) {
         quant::dequantize_row(dtype, &b, &mut y).unwrap();
         for (blk, (xb, yb)) in x.chunks_exact(32).zip(y.chunks_exact(32)).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let (min, max) = xb.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let (min, max) = xb
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             for (i, (&xv, &yv)) in xb.iter().zip(yb).enumerate() {
                 // d as computed and as stored (f16); q * d16 vs x.
                 let tol = match dtype {
@@ -174,10 +180,16 @@ fn q8_1_round_trip_and_sums() {
     let x = randn_vec(&mut r, 32 * 8, 2.0);
     let mut b = vec![0u8; DType::Q8_1.bytes_for(x.len()).unwrap()];
     quant::quantize_row(DType::Q8_1, &x, &mut b).unwrap();
-    for (xb, blk) in x.chunks_exact(32).zip(blocks::as_blocks::<blocks::BlockQ8_1>(&b).unwrap()) {
+    for (xb, blk) in x
+        .chunks_exact(32)
+        .zip(blocks::as_blocks::<blocks::BlockQ8_1>(&b).unwrap())
+    {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
-        assert_eq!(blk.s, f16::from_f32(sum as f32 * (amax / 127.0)).to_le_bytes());
+        assert_eq!(
+            blk.s,
+            f16::from_f32(sum as f32 * (amax / 127.0)).to_le_bytes()
+        );
     }
 }
 
@@ -190,7 +202,11 @@ fn q8_k_round_trip_and_sums() {
     quant::quantize_row(DType::Q8_K, &x, &mut b).unwrap();
     let mut y = vec![0f32; x.len()];
     quant::dequantize_row(DType::Q8_K, &b, &mut y).unwrap();
-    for (sb, (xs, blk)) in x.chunks_exact(256).zip(blocks::as_blocks::<blocks::BlockQ8K>(&b).unwrap()).enumerate() {
+    for (sb, (xs, blk)) in x
+        .chunks_exact(256)
+        .zip(blocks::as_blocks::<blocks::BlockQ8K>(&b).unwrap())
+        .enumerate()
+    {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = blk.d().abs();
         assert!((d - amax / 127.0).abs() <= 1e-6 * amax, "sb {sb}");
@@ -200,7 +216,11 @@ fn q8_k_round_trip_and_sums() {
         }
         for i in 0..256 {
             let e = (xs[i] - y[256 * sb + i]).abs();
-            assert!(e <= 0.5 * d * (1.0 + 1e-5) + 1e-30, "sb {sb} i {i}: {e} > {}", d / 2.0);
+            assert!(
+                e <= 0.5 * d * (1.0 + 1e-5) + 1e-30,
+                "sb {sb} i {i}: {e} > {}",
+                d / 2.0
+            );
             assert!(blk.qs[i] != -128);
         }
     }
@@ -209,7 +229,13 @@ fn q8_k_round_trip_and_sums() {
 #[test]
 fn k_quants_dequantize_hand_built_blocks() {
     let mut r = rng(9);
-    for dtype in [DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+    for dtype in [
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
         for trial in 0..50 {
             let d = 0.001 + trial as f32 * 0.013;
             let kl = KLogical::random(&mut r, dtype, 127, d, 0.5 * d);

@@ -255,18 +255,14 @@ fn violations(r: &BenchResult, slo: &SloBounds, p: f64) -> Vec<String> {
     ] {
         if let Some(b) = bound {
             let x = slo_metric_ms(r, name, p);
-            if x > b {
-                let shown = if x.is_finite() {
-                    format!("{x:.1} ms")
+            // `!(x <= b)` so a NaN can never pass.
+            if !(x <= b) {
+                let what = format!("p{} {}", percentile_word(p), name.to_uppercase());
+                v.push(if x.is_finite() {
+                    format!("{what} {x:.1} ms > {} ms", crate::result::trim_float(b))
                 } else {
-                    "failed requests".into()
-                };
-                v.push(format!(
-                    "p{} {} {shown} > {} ms",
-                    percentile_word(p),
-                    name.to_uppercase(),
-                    crate::result::trim_float(b)
-                ));
+                    format!("{what} lands on failed requests")
+                });
             }
         }
     }
@@ -468,8 +464,23 @@ pub fn plots(
                     .filter_map(|r| metric_ms(r, metric, p).map(|y| (x(r), y)))
                     .collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                // Latency curves cover successful requests; say so when some failed.
+                let failed: usize = results
+                    .iter()
+                    .filter(|r| &r.label == l)
+                    .map(|r| r.failed)
+                    .sum();
+                let total: usize = results
+                    .iter()
+                    .filter(|r| &r.label == l)
+                    .map(|r| r.num_requests())
+                    .sum();
                 Series {
-                    name: l.clone(),
+                    name: if failed > 0 {
+                        format!("{l} ({failed}/{total} requests failed)")
+                    } else {
+                        l.clone()
+                    },
                     color: color_of(l),
                     points: pts,
                 }

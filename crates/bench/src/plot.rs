@@ -8,6 +8,7 @@ use crate::error::{BenchError, Result};
 use crate::stats::ecdf;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -62,6 +63,8 @@ pub struct LineChart {
     pub h_line: Option<(f64, String)>,
     /// Draw point markers as well as lines.
     pub markers: bool,
+    /// Put the legend bottom-right (CDFs leave that corner empty) instead of top-left.
+    pub legend_lower_right: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> BenchError {
@@ -138,7 +141,11 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .label_font((FONT, 12))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(if c.legend_lower_right {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
         .draw()
         .map_err(err)?;
     Ok(())
@@ -187,6 +194,7 @@ pub fn cdf_chart(title: &str, x_label: &str, samples: &[(String, usize, Vec<f64>
             .collect(),
         h_line: None,
         markers: false,
+        legend_lower_right: true,
     }
 }
 
@@ -200,26 +208,23 @@ where
     DB::ErrorType: 'static,
 {
     let (_, y1) = range(bars.iter().map(|b| b.2));
+    let y1 = y1 * 1.08; // room for the value captions
     let n = bars.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n as f64, 0.0..y1)
+        .build_cartesian_2d((0..n).into_segmented(), 0.0..y1)
         .map_err(err)?;
     let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.26 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
         })
         .y_desc(y_label)
         .label_style((FONT, 12))
@@ -227,19 +232,32 @@ where
         .map_err(err)?;
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, c, v))| {
-            Rectangle::new(
-                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+            let mut r = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), *v),
+                ],
                 color(*c).filled(),
-            )
+            );
+            r.set_margin(0, 0, 12, 12);
+            r
         }))
         .map_err(err)?;
-    // Value captions above the bars.
     chart
-        .draw_series(
-            bars.iter().enumerate().map(|(i, (_, _, v))| {
-                Text::new(format!("{v:.2}"), (i as f64 + 0.4, *v), (FONT, 12))
-            }),
-        )
+        .draw_series(bars.iter().enumerate().map(|(i, (_, _, v))| {
+            let caption = if *v > 0.0 {
+                format!("{v:.2}")
+            } else {
+                "never".to_string()
+            };
+            Text::new(
+                caption,
+                (SegmentValue::CenterOf(i), v + y1 * 0.05),
+                (FONT, 13)
+                    .into_font()
+                    .pos(Pos::new(HPos::Center, VPos::Center)),
+            )
+        }))
         .map_err(err)?;
     Ok(())
 }

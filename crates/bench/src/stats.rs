@@ -85,10 +85,13 @@ pub fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
             let frac = rank - lo as f64;
             // Exact ranks return the element itself, so +inf entries (failed requests in
             // SLO checks) never produce inf - inf = NaN.
-            if hi == lo || frac == 0.0 {
-                sorted[lo]
+            let (a, b) = (sorted[lo], sorted[hi]);
+            if frac == 0.0 || a == b {
+                a
+            } else if b.is_infinite() {
+                b
             } else {
-                sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+                a + (b - a) * frac
             }
         }
     }
@@ -157,6 +160,8 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, inf, inf], 100.0), inf);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, inf], 50.0), 2.5);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, inf], 90.0), inf);
+        // Between two infinities (inf - inf would be NaN).
+        assert_eq!(percentile(&[1.0, inf, inf, inf, inf], 90.0), inf);
     }
 
     #[test]

@@ -377,3 +377,27 @@ fn truncate_refuses_cached_blocks() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(mgr.block_table(a.id).len(), 3);
     Ok(())
 }
+
+/// A freed sequence's blocks join the free queue tail first, so its last blocks (the
+/// least likely to be shared) are evicted before its first ones, and blocks still held
+/// by another sequence stay out of the queue.
+#[test]
+fn free_queues_tail_blocks_first() -> Result<(), Box<dyn std::error::Error>> {
+    let mut mgr = KvCacheManager::new(8, 2, true, KEY);
+    let mut a = Sequence::new(SeqId(1), vec![1, 2, 3, 4, 5, 6, 7], 4);
+    mgr.allocate_slots(&a, 7, &ComputedBlocks::default(), 0)?;
+    a.num_computed_tokens = 7;
+    mgr.cache_blocks(&a)?;
+    let table_a = mgr.block_table(a.id).to_vec();
+    assert_eq!(table_a, vec![0, 1, 2, 3]);
+    let b = Sequence::new(SeqId(2), vec![1, 2, 3, 4, 9], 4);
+    let hit = mgr.get_computed_blocks(&b);
+    assert_eq!(hit.blocks, vec![0, 1]);
+    mgr.allocate_slots(&b, 1, &hit, 0)?;
+    assert_eq!(mgr.block_table(b.id), &[0, 1, 4]);
+    mgr.free(a.id)?;
+    assert_eq!(mgr.pool().free_queue(), vec![5, 6, 7, 3, 2]);
+    mgr.free(b.id)?;
+    assert_eq!(mgr.pool().free_queue(), vec![5, 6, 7, 3, 2, 4, 1, 0]);
+    Ok(())
+}

@@ -525,6 +525,7 @@ fn seeded_workloads_match_reference_and_cover_preemption_and_hits() -> TestResul
         preemptions += p;
         hits += h;
     }
+    eprintln!("{preemptions} preemptions, {hits} prefix-hit tokens over 200 workloads");
     assert!(preemptions > 20, "only {preemptions} preemptions");
     assert!(hits > 100, "only {hits} prefix-hit tokens");
     Ok(())

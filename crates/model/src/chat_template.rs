@@ -207,7 +207,6 @@ fn write_json(out: &mut String, v: &serde_json::Value, st: &JsonStyle, depth: us
 /// Prints values like Python's `str()`: minijinja already writes `None`/`True`/`False`;
 /// containers need Python's `repr` of their items (single-quoted strings).
 fn python_formatter(out: &mut Output, _state: &State, value: &Value) -> std::result::Result<(), Error> {
-    use std::fmt::Write;
     let res = match value.kind() {
         ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();

@@ -29,7 +29,14 @@ fn every_value_type() -> Vec<(&'static str, GgufValue)> {
         ("t.empty_string", String(std::string::String::new())),
         ("t.array_u8", Array(vec![U8(1), U8(2), U8(3)])),
         ("t.array_f32", Array(vec![F32(0.5), F32(-2.0)])),
-        ("t.array_str", Array(vec![String("a".into()), String("".into()), String("ccc".into())])),
+        (
+            "t.array_str",
+            Array(vec![
+                String("a".into()),
+                String("".into()),
+                String("ccc".into()),
+            ]),
+        ),
         ("t.array_bool", Array(vec![Bool(false), Bool(true)])),
         ("t.array_empty", Array(vec![])),
         (
@@ -124,7 +131,9 @@ fn writer_rejects_mixed_arrays_and_duplicate_tensors() {
     w.add_tensor_bytes("t", DType::F32, &[2], &[0; 8]).unwrap();
     assert!(w.add_tensor_bytes("t", DType::F32, &[2], &[0; 8]).is_err());
     assert!(w.add_tensor_bytes("u", DType::F32, &[3], &[0; 8]).is_err());
-    assert!(w.add_tensor_bytes("q", DType::Q8_0, &[2, 31], &[0; 62]).is_err());
+    assert!(w
+        .add_tensor_bytes("q", DType::Q8_0, &[2, 31], &[0; 62])
+        .is_err());
 }
 
 #[test]
@@ -139,7 +148,14 @@ fn llama_config_from_metadata() {
         assert_eq!(c.arch, Arch::Llama);
         assert_eq!(c.name, "tiny-llama");
         assert_eq!(
-            (c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim),
+            (
+                c.hidden_size,
+                c.intermediate_size,
+                c.n_layers,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim
+            ),
             (64, 96, 2, 4, 2, 16)
         );
         assert_eq!(c.vocab_size, 40);
@@ -159,7 +175,10 @@ fn llama_config_from_metadata() {
         assert_eq!(parts.quant_mix().get(dtype.name()), Some(&n2d));
         assert_eq!(parts.quant_mix().get("F32"), Some(&(2 * d.layers + 1)));
         // The file has no tokenizer.ggml.* keys: load_model must say so.
-        assert!(matches!(parts.tokenizer_source, TokenizerSource::Missing(_)));
+        assert!(matches!(
+            parts.tokenizer_source,
+            TokenizerSource::Missing(_)
+        ));
         let msg = err_text(load_model(&path, &LoadOptions::default()));
         assert!(msg.contains("no embedded tokenizer"), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -171,7 +190,9 @@ fn qwen2_and_gemma3_configs() {
     let dir = tempfile::tempdir().unwrap();
     let d = Dims::tiny();
     let path = dir.path().join("qwen2.gguf");
-    tiny_gguf("qwen2", &d, false, DType::Q8_0, 8).write(&path).unwrap();
+    tiny_gguf("qwen2", &d, false, DType::Q8_0, 8)
+        .write(&path)
+        .unwrap();
     let parts = load_model_parts(&path, &LoadOptions::default()).unwrap();
     let c = &parts.config;
     assert!(c.qkv_bias);
@@ -180,8 +201,12 @@ fn qwen2_and_gemma3_configs() {
 
     let g3 = Dims::tiny_gemma();
     let path = dir.path().join("gemma3.gguf");
-    tiny_gguf("gemma3", &g3, true, DType::Q8_0, 9).write(&path).unwrap();
-    let c = load_model_parts(&path, &LoadOptions::default()).unwrap().config;
+    tiny_gguf("gemma3", &g3, true, DType::Q8_0, 9)
+        .write(&path)
+        .unwrap();
+    let c = load_model_parts(&path, &LoadOptions::default())
+        .unwrap()
+        .config;
     assert_eq!(c.arch, Arch::Gemma3);
     assert_eq!(c.head_dim, 32);
     assert_eq!(c.rope_style, RopeStyle::Neox);
@@ -194,7 +219,10 @@ fn qwen2_and_gemma3_configs() {
     assert_eq!(c.embedding_scale, Some(8.0));
     assert_eq!(c.attn_scale, Some(1.0 / (32f32).sqrt()));
     let windows: Vec<Option<usize>> = (0..6).map(|l| c.layer_window(l)).collect();
-    assert_eq!(windows, [Some(16), Some(16), Some(16), Some(16), Some(16), None]);
+    assert_eq!(
+        windows,
+        [Some(16), Some(16), Some(16), Some(16), Some(16), None]
+    );
     assert_eq!(c.layer_rope_theta(0), 10_000.0);
     assert_eq!(c.layer_rope_theta(5), 1_000_000.0);
 }
@@ -210,10 +238,13 @@ fn gemma3_per_layer_pattern_and_softcap_keys() {
         GgufValue::Array(flags.iter().map(|&b| GgufValue::Bool(b)).collect()),
     )
     .unwrap();
-    w.add_metadata("gemma3.final_logit_softcapping", GgufValue::F32(30.0)).unwrap();
+    w.add_metadata("gemma3.final_logit_softcapping", GgufValue::F32(30.0))
+        .unwrap();
     let path = dir.path().join("g.gguf");
     w.write(&path).unwrap();
-    let c = load_model_parts(&path, &LoadOptions::default()).unwrap().config;
+    let c = load_model_parts(&path, &LoadOptions::default())
+        .unwrap()
+        .config;
     assert_eq!(c.sliding_window_pattern, Some(3));
     assert_eq!(c.final_logit_softcap, Some(30.0));
 
@@ -247,9 +278,15 @@ fn llama3_rope_table_is_recognised() {
 
     let make = |table: &[f32], path: &std::path::Path| {
         let mut w = tiny_gguf("llama", &d, true, DType::F32, 11);
-        w.add_metadata("llama.rope.freq_base", GgufValue::F32(theta)).unwrap();
-        w.add_tensor_bytes("rope_freqs.weight", DType::F32, &[table.len()], &f32_bytes(table))
+        w.add_metadata("llama.rope.freq_base", GgufValue::F32(theta))
             .unwrap();
+        w.add_tensor_bytes(
+            "rope_freqs.weight",
+            DType::F32,
+            &[table.len()],
+            &f32_bytes(table),
+        )
+        .unwrap();
         w.write(path).unwrap();
     };
     let path = dir.path().join("l3.gguf");
@@ -271,20 +308,30 @@ fn linear_rope_scaling_and_unsupported_type() {
     let d = Dims::tiny();
     let path = dir.path().join("lin.gguf");
     let mut w = tiny_gguf("llama", &d, true, DType::F32, 12);
-    w.add_metadata("llama.rope.scaling.type", GgufValue::String("linear".into())).unwrap();
-    w.add_metadata("llama.rope.scaling.factor", GgufValue::F32(4.0)).unwrap();
+    w.add_metadata(
+        "llama.rope.scaling.type",
+        GgufValue::String("linear".into()),
+    )
+    .unwrap();
+    w.add_metadata("llama.rope.scaling.factor", GgufValue::F32(4.0))
+        .unwrap();
     w.write(&path).unwrap();
-    let c = load_model_parts(&path, &LoadOptions::default()).unwrap().config;
+    let c = load_model_parts(&path, &LoadOptions::default())
+        .unwrap()
+        .config;
     assert_eq!(c.rope_scaling, RopeScaling::Linear(4.0));
 
-    w.add_metadata("llama.rope.scaling.type", GgufValue::String("yarn".into())).unwrap();
+    w.add_metadata("llama.rope.scaling.type", GgufValue::String("yarn".into()))
+        .unwrap();
     w.write(&path).unwrap();
     let msg = err_text(load_model_parts(&path, &LoadOptions::default()));
     assert_error(&msg, &path, &["yarn"]);
 }
 
 /// Writes a tiny llama after `edit` changed its tensor list; returns the load error.
-fn llama_with(edit: impl FnOnce(&mut Vec<(String, Vec<usize>)>)) -> (String, std::path::PathBuf, tempfile::TempDir) {
+fn llama_with(
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>)>),
+) -> (String, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let d = Dims::tiny();
     let mut tensors = gguf_tensors("llama", &d, true);
@@ -296,11 +343,16 @@ fn llama_with(edit: impl FnOnce(&mut Vec<(String, Vec<usize>)>)) -> (String, std
     let mut r = rng(3);
     for (name, shape) in tensors {
         let bytes = random_tensor_bytes(&mut r, DType::F32, &shape);
-        w.add_tensor_bytes(name, DType::F32, &shape, &bytes).unwrap();
+        w.add_tensor_bytes(name, DType::F32, &shape, &bytes)
+            .unwrap();
     }
     let path = dir.path().join("m.gguf");
     w.write(&path).unwrap();
-    (err_text(load_model_parts(&path, &LoadOptions::default())), path, dir)
+    (
+        err_text(load_model_parts(&path, &LoadOptions::default())),
+        path,
+        dir,
+    )
 }
 
 #[test]
@@ -315,7 +367,11 @@ fn missing_misshapen_and_unexpected_tensors() {
             }
         }
     });
-    assert_error(&msg, &path, &["blk.0.attn_k.weight", "[32, 64]", "[64, 64]"]);
+    assert_error(
+        &msg,
+        &path,
+        &["blk.0.attn_k.weight", "[32, 64]", "[64, 64]"],
+    );
 
     let (msg, path, _d) = llama_with(|t| t.push(("blk.0.attn_output.bias".into(), vec![64])));
     assert_error(&msg, &path, &["blk.0.attn_output.bias", "not used"]);
@@ -333,8 +389,14 @@ fn missing_and_mistyped_metadata() {
         ("llama.embedding_length", None),
         ("llama.block_count", None),
         ("llama.attention.layer_norm_rms_epsilon", None),
-        ("llama.context_length", Some(GgufValue::String("long".into()))),
-        ("general.architecture", Some(GgufValue::String("phi3".into()))),
+        (
+            "llama.context_length",
+            Some(GgufValue::String("long".into())),
+        ),
+        (
+            "general.architecture",
+            Some(GgufValue::String("phi3".into())),
+        ),
         ("general.architecture", Some(GgufValue::U32(1))),
     ] {
         let mut w = GgufWriter::new();
@@ -349,11 +411,16 @@ fn missing_and_mistyped_metadata() {
         let mut r = rng(1);
         for (name, shape) in gguf_tensors("llama", &d, true) {
             let bytes = random_tensor_bytes(&mut r, DType::F32, &shape);
-            w.add_tensor_bytes(name, DType::F32, &shape, &bytes).unwrap();
+            w.add_tensor_bytes(name, DType::F32, &shape, &bytes)
+                .unwrap();
         }
         w.write(&path).unwrap();
         let msg = err_text(load_model_parts(&path, &LoadOptions::default()));
-        let needle = if replacement == Some(GgufValue::String("phi3".into())) { "phi3" } else { key };
+        let needle = if replacement == Some(GgufValue::String("phi3".into())) {
+            "phi3"
+        } else {
+            key
+        };
         assert_error(&msg, &path, &[needle]);
     }
 }
@@ -392,10 +459,16 @@ fn truncated_anywhere_is_an_error_naming_the_file() {
         std::fs::write(&cut, &bytes[..n]).unwrap();
         let msg = open_err(&cut);
         assert!(!msg.contains('\n'), "cut at {n}: {msg}");
-        assert!(msg.contains(&cut.display().to_string()), "cut at {n}: {msg}");
         assert!(
-            msg.contains("truncated") || msg.contains("too short") || msg.contains("past the end")
-                || msg.contains("cannot fit") || msg.contains("absurd"),
+            msg.contains(&cut.display().to_string()),
+            "cut at {n}: {msg}"
+        );
+        assert!(
+            msg.contains("truncated")
+                || msg.contains("too short")
+                || msg.contains("past the end")
+                || msg.contains("cannot fit")
+                || msg.contains("absurd"),
             "cut at {n}: {msg}"
         );
         // The same through the top-level loader.
@@ -425,7 +498,9 @@ fn wrong_magic_old_formats_and_versions() {
 
     // Version 2 reads like 3.
     let mut raw = RawGguf::new(2, 1, 1);
-    raw.kv_u32("general.alignment", 32).tensor("t", &[8], 0, 0).data(32);
+    raw.kv_u32("general.alignment", 32)
+        .tensor("t", &[8], 0, 0)
+        .data(32);
     raw.write(&path);
     let g = GgufFile::open(&path).unwrap();
     assert_eq!((g.version, g.tensors.len()), (2, 1));
@@ -440,39 +515,193 @@ fn absurd_counts_lengths_and_dims() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.gguf");
     let cases: Vec<(RawGguf, &[&str])> = vec![
-        ({ let mut r = RawGguf::new(3, u64::MAX, 0); r.data(64); r }, &["tensor count"]),
-        ({ let mut r = RawGguf::new(3, 0, 1 << 40); r.data(64); r }, &["metadata count"]),
+        (
+            {
+                let mut r = RawGguf::new(3, u64::MAX, 0);
+                r.data(64);
+                r
+            },
+            &["tensor count"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1 << 40);
+                r.data(64);
+                r
+            },
+            &["metadata count"],
+        ),
         // key length far beyond the file
-        ({ let mut r = RawGguf::new(3, 0, 1); r.u64(u64::MAX / 2).data(64); r }, &["key"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.u64(u64::MAX / 2).data(64);
+                r
+            },
+            &["key"],
+        ),
         // string value longer than the file
-        ({ let mut r = RawGguf::new(3, 0, 1); r.str("k").u32(8).u64(1 << 50).data(16); r }, &["`k`", "past the end"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.str("k").u32(8).u64(1 << 50).data(16);
+                r
+            },
+            &["`k`", "past the end"],
+        ),
         // array count far beyond the file
-        ({ let mut r = RawGguf::new(3, 0, 1); r.str("k").u32(9).u32(4).u64(1 << 60).data(16); r }, &["`k`", "cannot fit"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.str("k").u32(9).u32(4).u64(1 << 60).data(16);
+                r
+            },
+            &["`k`", "cannot fit"],
+        ),
         // unknown value type / array element type
-        ({ let mut r = RawGguf::new(3, 0, 1); r.str("k").u32(13).data(16); r }, &["unknown value type 13"]),
-        ({ let mut r = RawGguf::new(3, 0, 1); r.str("k").u32(9).u32(77).u64(1).data(16); r }, &["unknown array element type 77"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.str("k").u32(13).data(16);
+                r
+            },
+            &["unknown value type 13"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.str("k").u32(9).u32(77).u64(1).data(16);
+                r
+            },
+            &["unknown array element type 77"],
+        ),
         // bad alignment
-        ({ let mut r = RawGguf::new(3, 0, 1); r.kv_u32("general.alignment", 48).data(16); r }, &["general.alignment"]),
-        ({ let mut r = RawGguf::new(3, 0, 1); r.kv_u32("general.alignment", 0).data(16); r }, &["general.alignment"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.kv_u32("general.alignment", 48).data(16);
+                r
+            },
+            &["general.alignment"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 1);
+                r.kv_u32("general.alignment", 0).data(16);
+                r
+            },
+            &["general.alignment"],
+        ),
         // duplicate key
-        ({ let mut r = RawGguf::new(3, 0, 2); r.kv_u32("a", 1).kv_u32("a", 2).data(16); r }, &["duplicate metadata key `a`"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 0, 2);
+                r.kv_u32("a", 1).kv_u32("a", 2).data(16);
+                r
+            },
+            &["duplicate metadata key `a`"],
+        ),
         // tensors: too many dims, zero dims, empty dim, overflowing dims
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[1, 1, 1, 1, 1], 0, 0).data(64); r }, &["`t`", "5 dimensions"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[], 0, 0).data(64); r }, &["`t`", "0 dimensions"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[4, 0], 0, 0).data(64); r }, &["`t`", "empty dimension"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[1 << 32, 1 << 32, 1 << 32], 0, 0).data(64); r }, &["`t`", "absurd dimensions"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[1 << 40, 1 << 20], 0, 0).data(64); r }, &["`t`", "past the end"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[1, 1, 1, 1, 1], 0, 0).data(64);
+                r
+            },
+            &["`t`", "5 dimensions"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[], 0, 0).data(64);
+                r
+            },
+            &["`t`", "0 dimensions"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[4, 0], 0, 0).data(64);
+                r
+            },
+            &["`t`", "empty dimension"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[1 << 32, 1 << 32, 1 << 32], 0, 0).data(64);
+                r
+            },
+            &["`t`", "absurd dimensions"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[1 << 40, 1 << 20], 0, 0).data(64);
+                r
+            },
+            &["`t`", "past the end"],
+        ),
         // unsupported type, named
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[256], 16, 0).data(256); r }, &["`t`", "IQ2_XXS", "16"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[256], 99, 0).data(256); r }, &["`t`", "unknown", "99"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[256], 16, 0).data(256);
+                r
+            },
+            &["`t`", "IQ2_XXS", "16"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[256], 99, 0).data(256);
+                r
+            },
+            &["`t`", "unknown", "99"],
+        ),
         // row length not a multiple of the block size
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[48, 2], 8, 0).data(256); r }, &["`t`", "row length 48", "Q8_0", "32"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[48, 2], 8, 0).data(256);
+                r
+            },
+            &["`t`", "row length 48", "Q8_0", "32"],
+        ),
         // offset past the end / misaligned
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[8], 0, 4096).data(64); r }, &["`t`", "past the end"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[8], 0, 8).data(64); r }, &["`t`", "not a multiple of the alignment"]),
-        ({ let mut r = RawGguf::new(3, 1, 0); r.tensor("t", &[8], 0, u64::MAX - 31).data(64); r }, &["`t`", "past the end"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[8], 0, 4096).data(64);
+                r
+            },
+            &["`t`", "past the end"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[8], 0, 8).data(64);
+                r
+            },
+            &["`t`", "not a multiple of the alignment"],
+        ),
+        (
+            {
+                let mut r = RawGguf::new(3, 1, 0);
+                r.tensor("t", &[8], 0, u64::MAX - 31).data(64);
+                r
+            },
+            &["`t`", "past the end"],
+        ),
         // duplicate tensor name
-        ({ let mut r = RawGguf::new(3, 2, 0); r.tensor("t", &[8], 0, 0).tensor("t", &[8], 0, 32).data(64); r }, &["duplicate tensor `t`"]),
+        (
+            {
+                let mut r = RawGguf::new(3, 2, 0);
+                r.tensor("t", &[8], 0, 0).tensor("t", &[8], 0, 32).data(64);
+                r
+            },
+            &["duplicate tensor `t`"],
+        ),
     ];
     for (i, (raw, needles)) in cases.iter().enumerate() {
         raw.write(&path);

@@ -79,7 +79,13 @@ fn config(model_type: &str, d: &Dims, tied: bool) -> Value {
         m.insert("rope_theta".into(), json!(1000000.0));
         m.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
         let types: Vec<&str> = (0..d.layers)
-            .map(|i| if (i + 1) % 3 == 0 { "full_attention" } else { "sliding_attention" })
+            .map(|i| {
+                if (i + 1) % 3 == 0 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
             .collect();
         m.insert("layer_types".into(), json!(types));
     }
@@ -100,8 +106,14 @@ fn values(tensors: &[(String, Vec<usize>)], seed: u64) -> Values {
 fn encode(v: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::F32 => f32_bytes(v),
-        Dtype::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
-        Dtype::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        Dtype::F16 => v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -165,7 +177,11 @@ fn fixture(model_type: &str, d: &Dims, tied: bool, dtype: Dtype, shards: usize) 
             }
         }
         let index = json!({"metadata": {"total_size": 0}, "weight_map": map});
-        std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
     }
     Fixture { dir, vals }
 }
@@ -174,49 +190,103 @@ fn f32_values(t: &sluice_backend::Tensor) -> Vec<f32> {
     let b = t.cpu_bytes().unwrap();
     match t.dtype() {
         DType::F32 => bytes_f32(b),
-        DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => panic!("{other}"),
     }
 }
 
 /// Every HF tensor landed under its GGUF name with the same values (norms +1 for Gemma).
-fn check_mapping(fx: &Fixture, model_type: &str, dtype: Dtype, weights: &sluice_model::WeightStore) {
+fn check_mapping(
+    fx: &Fixture,
+    model_type: &str,
+    dtype: Dtype,
+    weights: &sluice_model::WeightStore,
+) {
     let gemma = model_type.starts_with("gemma3");
     let pairs = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
         ("lm_head.weight", "output.weight"),
-        ("model.layers.1.input_layernorm.weight", "blk.1.attn_norm.weight"),
-        ("model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight"),
-        ("model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight"),
-        ("model.layers.1.self_attn.v_proj.weight", "blk.1.attn_v.weight"),
-        ("model.layers.1.self_attn.o_proj.weight", "blk.1.attn_output.weight"),
+        (
+            "model.layers.1.input_layernorm.weight",
+            "blk.1.attn_norm.weight",
+        ),
+        (
+            "model.layers.1.self_attn.q_proj.weight",
+            "blk.1.attn_q.weight",
+        ),
+        (
+            "model.layers.1.self_attn.k_proj.weight",
+            "blk.1.attn_k.weight",
+        ),
+        (
+            "model.layers.1.self_attn.v_proj.weight",
+            "blk.1.attn_v.weight",
+        ),
+        (
+            "model.layers.1.self_attn.o_proj.weight",
+            "blk.1.attn_output.weight",
+        ),
         ("model.layers.1.self_attn.q_proj.bias", "blk.1.attn_q.bias"),
         ("model.layers.1.self_attn.k_proj.bias", "blk.1.attn_k.bias"),
         ("model.layers.1.self_attn.v_proj.bias", "blk.1.attn_v.bias"),
-        ("model.layers.1.self_attn.q_norm.weight", "blk.1.attn_q_norm.weight"),
-        ("model.layers.1.self_attn.k_norm.weight", "blk.1.attn_k_norm.weight"),
+        (
+            "model.layers.1.self_attn.q_norm.weight",
+            "blk.1.attn_q_norm.weight",
+        ),
+        (
+            "model.layers.1.self_attn.k_norm.weight",
+            "blk.1.attn_k_norm.weight",
+        ),
         (
             "model.layers.1.post_attention_layernorm.weight",
-            if gemma { "blk.1.post_attention_norm.weight" } else { "blk.1.ffn_norm.weight" },
+            if gemma {
+                "blk.1.post_attention_norm.weight"
+            } else {
+                "blk.1.ffn_norm.weight"
+            },
         ),
-        ("model.layers.1.pre_feedforward_layernorm.weight", "blk.1.ffn_norm.weight"),
-        ("model.layers.1.post_feedforward_layernorm.weight", "blk.1.post_ffw_norm.weight"),
-        ("model.layers.1.mlp.gate_proj.weight", "blk.1.ffn_gate.weight"),
+        (
+            "model.layers.1.pre_feedforward_layernorm.weight",
+            "blk.1.ffn_norm.weight",
+        ),
+        (
+            "model.layers.1.post_feedforward_layernorm.weight",
+            "blk.1.post_ffw_norm.weight",
+        ),
+        (
+            "model.layers.1.mlp.gate_proj.weight",
+            "blk.1.ffn_gate.weight",
+        ),
         ("model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight"),
-        ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight"),
+        (
+            "model.layers.1.mlp.down_proj.weight",
+            "blk.1.ffn_down.weight",
+        ),
     ];
     let mut checked = 0;
     for (hf, gguf) in pairs {
         let Some((shape, want)) = fx.vals.get(hf) else {
             continue;
         };
-        let t = weights.get(gguf).unwrap_or_else(|_| panic!("{gguf} missing"));
+        let t = weights
+            .get(gguf)
+            .unwrap_or_else(|_| panic!("{gguf} missing"));
         assert_eq!(t.shape(), shape.as_slice(), "{gguf}");
         let vector = shape.len() == 1;
         assert_eq!(t.dtype(), if vector { DType::F32 } else { t.dtype() });
-        let plus = if gemma && gguf.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        let plus = if gemma && gguf.ends_with("norm.weight") {
+            1.0
+        } else {
+            0.0
+        };
         let got = f32_values(t);
         for (g, w) in got.iter().zip(want) {
             assert_eq!(*g, rounded(*w, dtype) + plus, "{gguf}");
@@ -231,23 +301,41 @@ fn check_mapping(fx: &Fixture, model_type: &str, dtype: Dtype, weights: &sluice_
 fn llama_single_file_f32_by_dir_config_and_weights_path() {
     let d = Dims::tiny();
     let fx = fixture("llama", &d, false, Dtype::F32, 1);
-    for p in [fx.path(), fx.path().join("config.json"), fx.path().join("model.safetensors")] {
+    for p in [
+        fx.path(),
+        fx.path().join("config.json"),
+        fx.path().join("model.safetensors"),
+    ] {
         let parts = load_model_parts(&p, &LoadOptions::default()).unwrap();
         assert_eq!(parts.format, ModelFormat::SafeTensors);
         assert_eq!(parts.path, fx.path());
         let c = &parts.config;
         assert_eq!(c.arch, Arch::Llama);
         assert_eq!(
-            (c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size),
+            (
+                c.hidden_size,
+                c.intermediate_size,
+                c.n_layers,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.vocab_size
+            ),
             (64, 96, 2, 4, 2, 16, 40)
         );
         assert_eq!(c.rope_style, RopeStyle::Neox);
-        assert_eq!((c.max_position, c.rope_theta, c.rms_eps), (512, 50000.0, 1e-6));
+        assert_eq!(
+            (c.max_position, c.rope_theta, c.rms_eps),
+            (512, 50000.0, 1e-6)
+        );
         assert!(!c.tie_embeddings && !c.qkv_bias);
         assert_eq!(parts.generation.eos_token_ids, vec![2]);
         check_mapping(&fx, "llama", Dtype::F32, &parts.weights);
         // No tokenizer.json: located as missing, and load_model says what it looked for.
-        assert!(matches!(parts.tokenizer_source, TokenizerSource::Missing(_)));
+        assert!(matches!(
+            parts.tokenizer_source,
+            TokenizerSource::Missing(_)
+        ));
     }
     let msg = err_text(load_model(&fx.path(), &LoadOptions::default()));
     assert!(msg.contains("tokenizer.json"), "{msg}");
@@ -260,9 +348,19 @@ fn half_precision_matrices_stay_half_and_vectors_become_f32() {
         let fx = fixture("qwen2", &d, true, dtype, 1);
         let parts = load_model_parts(&fx.path(), &LoadOptions::default()).unwrap();
         assert!(parts.config.qkv_bias && parts.config.tie_embeddings);
-        let want = if dtype == Dtype::F16 { DType::F16 } else { DType::BF16 };
-        assert_eq!(parts.weights.get("blk.0.attn_q.weight").unwrap().dtype(), want);
-        assert_eq!(parts.weights.get("blk.0.attn_q.bias").unwrap().dtype(), DType::F32);
+        let want = if dtype == Dtype::F16 {
+            DType::F16
+        } else {
+            DType::BF16
+        };
+        assert_eq!(
+            parts.weights.get("blk.0.attn_q.weight").unwrap().dtype(),
+            want
+        );
+        assert_eq!(
+            parts.weights.get("blk.0.attn_q.bias").unwrap().dtype(),
+            DType::F32
+        );
         check_mapping(&fx, "qwen2", dtype, &parts.weights);
         let mix = parts.quant_mix();
         assert_eq!(mix.get(want.name()), Some(&(1 + 7 * d.layers)));
@@ -282,13 +380,23 @@ fn sharded_index() {
 
     // An index entry whose tensor is not in its shard.
     let index_path = fx.path().join("model.safetensors.index.json");
-    let mut index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
     let map = index["weight_map"].as_object_mut().unwrap();
-    map.insert("model.layers.0.mlp.up_proj.weight".into(), json!("model-00003-of-00003.safetensors"));
-    let first = map["model.embed_tokens.weight"].as_str().unwrap().to_string();
+    map.insert(
+        "model.layers.0.mlp.up_proj.weight".into(),
+        json!("model-00003-of-00003.safetensors"),
+    );
+    let first = map["model.embed_tokens.weight"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::fs::write(&index_path, index.to_string()).unwrap();
     let msg = err_text(load_model_parts(&fx.path(), &LoadOptions::default()));
-    assert!(msg.contains("model.layers.0.mlp.up_proj.weight") && msg.contains("not there"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.mlp.up_proj.weight") && msg.contains("not there"),
+        "{msg}"
+    );
 
     // A missing shard file.
     std::fs::remove_file(fx.path().join(&first)).unwrap();
@@ -297,10 +405,17 @@ fn sharded_index() {
 
     // A shard outside the directory.
     let map = index["weight_map"].as_object_mut().unwrap();
-    map.insert("model.norm.weight".into(), json!("../elsewhere.safetensors"));
+    map.insert(
+        "model.norm.weight".into(),
+        json!("../elsewhere.safetensors"),
+    );
     std::fs::write(&index_path, index.to_string()).unwrap();
     let msg = err_text(load_model_parts(&fx.path(), &LoadOptions::default()));
-    assert_error(&msg, &index_path, &["../elsewhere.safetensors", "plain file name"]);
+    assert_error(
+        &msg,
+        &index_path,
+        &["../elsewhere.safetensors", "plain file name"],
+    );
 }
 
 #[test]
@@ -333,11 +448,20 @@ fn multimodal_gemma3_checkpoint_uses_the_language_model() {
     for (n, v) in &fx.vals {
         vals.insert(n.replacen("model.", "model.language_model.", 1), v.clone());
     }
-    vals.insert("model.vision_tower.patch.weight".into(), (vec![4, 4], vec![0.5; 16]));
+    vals.insert(
+        "model.vision_tower.patch.weight".into(),
+        (vec![4, 4], vec![0.5; 16]),
+    );
     let names: Vec<&String> = vals.keys().collect();
-    write_safetensors(&fx.path().join("model.safetensors"), &vals, &names, Dtype::F32);
+    write_safetensors(
+        &fx.path().join("model.safetensors"),
+        &vals,
+        &names,
+        Dtype::F32,
+    );
     let text = config("gemma3_text", &d, true);
-    let cfg = json!({"model_type": "gemma3", "text_config": text, "vision_config": {"hidden_size": 4}});
+    let cfg =
+        json!({"model_type": "gemma3", "text_config": text, "vision_config": {"hidden_size": 4}});
     std::fs::write(fx.path().join("config.json"), cfg.to_string()).unwrap();
     let parts = load_model_parts(&fx.path(), &LoadOptions::default()).unwrap();
     assert_eq!(parts.config.arch, Arch::Gemma3);
@@ -377,7 +501,11 @@ fn misaligned_data_is_copied_into_aligned_memory() {
     // Aligned files stay mapped.
     let fx = fixture("llama", &d, true, Dtype::F32, 1);
     let parts = load_model_parts(&fx.path(), &LoadOptions::default()).unwrap();
-    let mapped = parts.weights.iter().filter(|(_, t)| format!("{t:?}").contains("mapped")).count();
+    let mapped = parts
+        .weights
+        .iter()
+        .filter(|(_, t)| format!("{t:?}").contains("mapped"))
+        .count();
     assert!(mapped > 0);
 }
 
@@ -411,13 +539,19 @@ fn config_rope_scaling_and_sliding_windows() {
         })
     );
     let c = set(&|m| {
-        m.insert("rope_scaling".into(), json!({"type": "linear", "factor": 2.0}));
+        m.insert(
+            "rope_scaling".into(),
+            json!({"type": "linear", "factor": 2.0}),
+        );
     })
     .unwrap()
     .config;
     assert_eq!(c.rope_scaling, RopeScaling::Linear(2.0));
     let msg = err_text(set(&|m| {
-        m.insert("rope_scaling".into(), json!({"rope_type": "dynamic", "factor": 2.0}));
+        m.insert(
+            "rope_scaling".into(),
+            json!({"rope_type": "dynamic", "factor": 2.0}),
+        );
     }));
     assert_error(&msg, &cfg_path, &["dynamic"]);
 
@@ -427,7 +561,10 @@ fn config_rope_scaling_and_sliding_windows() {
     })
     .unwrap()
     .config;
-    assert_eq!((c.sliding_window, c.sliding_window_pattern), (Some(128), None));
+    assert_eq!(
+        (c.sliding_window, c.sliding_window_pattern),
+        (Some(128), None)
+    );
     assert_eq!(c.layer_window(0), Some(128));
     let c = set(&|m| {
         m.insert("model_type".into(), json!("mistral"));
@@ -480,13 +617,27 @@ fn missing_config_fields_are_named() {
 }
 
 /// Rewrites the fixture's weights after `edit` changes the tensor table.
-fn with_tensors(edit: impl FnOnce(&mut Values)) -> (String, Fixture) {
+fn with_tensors_fixture(edit: impl FnOnce(&mut Values)) -> Fixture {
     let d = Dims::tiny();
     let mut fx = fixture("llama", &d, false, Dtype::F32, 1);
     edit(&mut fx.vals);
     let names: Vec<&String> = fx.vals.keys().collect();
-    write_safetensors(&fx.path().join("model.safetensors"), &fx.vals, &names, Dtype::F32);
-    (err_text(load_model_parts(&fx.path(), &LoadOptions::default())), fx)
+    write_safetensors(
+        &fx.path().join("model.safetensors"),
+        &fx.vals,
+        &names,
+        Dtype::F32,
+    );
+    fx
+}
+
+/// The load error after `edit`.
+fn with_tensors(edit: impl FnOnce(&mut Values)) -> (String, Fixture) {
+    let fx = with_tensors_fixture(edit);
+    (
+        err_text(load_model_parts(&fx.path(), &LoadOptions::default())),
+        fx,
+    )
 }
 
 #[test]
@@ -494,7 +645,10 @@ fn bad_tensor_tables() {
     let (msg, _fx) = with_tensors(|v| {
         v.remove("model.layers.1.mlp.up_proj.weight");
     });
-    assert!(msg.contains("missing tensor `blk.1.ffn_up.weight`"), "{msg}");
+    assert!(
+        msg.contains("missing tensor `blk.1.ffn_up.weight`"),
+        "{msg}"
+    );
 
     let (msg, _fx) = with_tensors(|v| {
         v.remove("lm_head.weight");
@@ -502,28 +656,51 @@ fn bad_tensor_tables() {
     assert!(msg.contains("output.weight"), "{msg}");
 
     let (msg, _fx) = with_tensors(|v| {
-        v.insert("model.layers.0.weird.weight".into(), (vec![2], vec![0.0; 2]));
+        v.insert(
+            "model.layers.0.weird.weight".into(),
+            (vec![2], vec![0.0; 2]),
+        );
     });
-    assert!(msg.contains("unexpected tensor `model.layers.0.weird.weight`"), "{msg}");
+    assert!(
+        msg.contains("unexpected tensor `model.layers.0.weird.weight`"),
+        "{msg}"
+    );
 
     let (msg, _fx) = with_tensors(|v| {
-        v.insert("model.layers.0.self_attn.o_proj.bias".into(), (vec![64], vec![0.0; 64]));
+        v.insert(
+            "model.layers.0.self_attn.o_proj.bias".into(),
+            (vec![64], vec![0.0; 64]),
+        );
     });
-    assert!(msg.contains("blk.0.attn_output.bias") && msg.contains("not used"), "{msg}");
+    assert!(
+        msg.contains("blk.0.attn_output.bias") && msg.contains("not used"),
+        "{msg}"
+    );
 
     let (msg, _fx) = with_tensors(|v| {
-        v.insert("model.layers.7.mlp.up_proj.weight".into(), (vec![96, 64], vec![0.0; 96 * 64]));
+        v.insert(
+            "model.layers.7.mlp.up_proj.weight".into(),
+            (vec![96, 64], vec![0.0; 96 * 64]),
+        );
     });
     assert!(msg.contains("layer 7"), "{msg}");
 
     let (msg, _fx) = with_tensors(|v| {
-        v.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap().0 = vec![16, 128];
+        v.get_mut("model.layers.0.self_attn.k_proj.weight")
+            .unwrap()
+            .0 = vec![16, 128];
     });
-    assert!(msg.contains("blk.0.attn_k.weight") && msg.contains("[32, 64]"), "{msg}");
+    assert!(
+        msg.contains("blk.0.attn_k.weight") && msg.contains("[32, 64]"),
+        "{msg}"
+    );
 
     // Old checkpoints carry rotary caches: skipped.
-    let (_, fx) = with_tensors(|v| {
-        v.insert("model.layers.0.self_attn.rotary_emb.inv_freq".into(), (vec![8], vec![1.0; 8]));
+    let fx = with_tensors_fixture(|v| {
+        v.insert(
+            "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+            (vec![8], vec![1.0; 8]),
+        );
     });
     assert!(load_model_parts(&fx.path(), &LoadOptions::default()).is_ok());
 }
@@ -534,17 +711,23 @@ fn unsupported_dtype_and_corrupt_files() {
     let fx = fixture("llama", &d, true, Dtype::F32, 1);
     let st = fx.path().join("model.safetensors");
     let raw = vec![1u8; 4];
-    let views = vec![("model.norm.weight".to_string(), TensorView::new(Dtype::I8, vec![4], &raw).unwrap())];
+    let views = vec![(
+        "model.norm.weight".to_string(),
+        TensorView::new(Dtype::I8, vec![4], &raw).unwrap(),
+    )];
     safetensors::serialize_to_file(views, None, &st).unwrap();
     let msg = err_text(load_model_parts(&fx.path(), &LoadOptions::default()));
     assert_error(&msg, &st, &["model.norm.weight", "I8"]);
 
     let fx = fixture("llama", &d, true, Dtype::F32, 1);
-    let bytes = std::fs::read(&st).unwrap();
+    let bytes = std::fs::read(fx.path().join("model.safetensors")).unwrap();
     for cut in [0, 5, 8, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(fx.path().join("model.safetensors"), &bytes[..cut]).unwrap();
         let msg = err_text(load_model_parts(&fx.path(), &LoadOptions::default()));
-        assert!(msg.contains("model.safetensors") && !msg.contains('\n'), "cut {cut}: {msg}");
+        assert!(
+            msg.contains("model.safetensors") && !msg.contains('\n'),
+            "cut {cut}: {msg}"
+        );
     }
     std::fs::remove_file(fx.path().join("model.safetensors")).unwrap();
     let msg = err_text(load_model_parts(&fx.path(), &LoadOptions::default()));
@@ -584,7 +767,11 @@ fn generation_and_tokenizer_configs() {
     )
     .unwrap();
     // A plain string template; and chat_template.jinja when the config has none.
-    std::fs::write(p.join("tokenizer_config.json"), json!({"chat_template": "T1"}).to_string()).unwrap();
+    std::fs::write(
+        p.join("tokenizer_config.json"),
+        json!({"chat_template": "T1"}).to_string(),
+    )
+    .unwrap();
     let parts = load_model_parts(&p, &LoadOptions::default()).unwrap();
     assert_eq!(parts.generation.temperature, None);
     assert_eq!(parts.generation.eos_token_ids, vec![9]);
@@ -594,7 +781,11 @@ fn generation_and_tokenizer_configs() {
     let parts = load_model_parts(&p, &LoadOptions::default()).unwrap();
     assert_eq!(parts.chat_template.as_deref(), Some("T2"));
 
-    std::fs::write(p.join("generation_config.json"), json!({"eos_token_id": "x"}).to_string()).unwrap();
+    std::fs::write(
+        p.join("generation_config.json"),
+        json!({"eos_token_id": "x"}).to_string(),
+    )
+    .unwrap();
     let msg = err_text(load_model_parts(&p, &LoadOptions::default()));
     assert_error(&msg, &p.join("generation_config.json"), &["eos_token_id"]);
 }
@@ -646,17 +837,27 @@ fn full_load_with_tokenizer_json_and_override() {
     // A tokenizer bigger than the embedding is refused.
     write_tokenizer_json(&p.join("tokenizer.json"), d.vocab + 5);
     let msg = err_text(load_model(&p, &LoadOptions::default()));
-    assert!(msg.contains("45 tokens") && msg.contains("40 rows"), "{msg}");
+    assert!(
+        msg.contains("45 tokens") && msg.contains("40 rows"),
+        "{msg}"
+    );
 
     // --tokenizer: a tokenizer.json elsewhere.
     let other = tempfile::tempdir().unwrap();
     write_tokenizer_json(&other.path().join("tokenizer.json"), d.vocab);
     std::fs::remove_file(p.join("tokenizer.json")).unwrap();
-    for tok in [other.path().to_path_buf(), other.path().join("tokenizer.json")] {
-        let opts = LoadOptions { tokenizer_path: Some(tok) };
+    for tok in [
+        other.path().to_path_buf(),
+        other.path().join("tokenizer.json"),
+    ] {
+        let opts = LoadOptions {
+            tokenizer_path: Some(tok),
+        };
         let m = load_model(&p, &opts).unwrap();
         assert_eq!(m.tokenizer.vocab_size(), d.vocab);
     }
-    let opts = LoadOptions { tokenizer_path: Some(p.join("config.json").with_file_name("nope.json")) };
+    let opts = LoadOptions {
+        tokenizer_path: Some(p.join("config.json").with_file_name("nope.json")),
+    };
     assert!(load_model(&p, &opts).is_err());
 }

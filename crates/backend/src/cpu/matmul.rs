@@ -75,14 +75,26 @@ pub fn matmul(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Res
 }
 
 /// As [`matmul`], on path `isa` (capped to what the CPU has).
-pub fn matmul_on(cpu: &CpuBackend, isa: Isa, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+pub fn matmul_on(
+    cpu: &CpuBackend,
+    isa: Isa,
+    x: &Tensor,
+    w: &Tensor,
+    out: &mut Tensor,
+) -> Result<()> {
     let isa = isa.min(Isa::select(&cpu.features));
     let dtype = w.dtype();
     if !supports(dtype) {
-        return Err(BackendError::Unsupported { op: "matmul", dtype });
+        return Err(BackendError::Unsupported {
+            op: "matmul",
+            dtype,
+        });
     }
     if w.shape().len() != 2 {
-        return Err(BackendError::Shape(format!("matmul: weight must be 2-D, got {:?}", w.shape())));
+        return Err(BackendError::Shape(format!(
+            "matmul: weight must be 2-D, got {:?}",
+            w.shape()
+        )));
     }
     let (m, k) = (w.rows(), w.cols());
     if x.cols() != k || out.cols() != m || out.rows() != x.rows() {
@@ -117,11 +129,15 @@ pub fn matmul_on(cpu: &CpuBackend, isa: Isa, x: &Tensor, w: &Tensor, out: &mut T
             out: out_ptr,
         };
         // SAFETY: shapes checked; each thread gets disjoint rows; isa is runnable.
-        cpu.pool.for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
+        cpu.pool
+            .for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
         return Ok(());
     }
 
-    let fmt = ActFormat::for_weight(dtype).ok_or(BackendError::Unsupported { op: "matmul", dtype })?;
+    let fmt = ActFormat::for_weight(dtype).ok_or(BackendError::Unsupported {
+        op: "matmul",
+        dtype,
+    })?;
     let arb = fmt.row_bytes(k);
     let mut scratch = cpu.matmul_scratch.lock().unwrap_or_else(|e| e.into_inner());
     let acts_buf = scratch.get(t * arb);
@@ -138,7 +154,8 @@ pub fn matmul_on(cpu: &CpuBackend, isa: Isa, x: &Tensor, w: &Tensor, out: &mut T
         out: out_ptr,
     };
     // SAFETY: as above; the activation rows were all written by `quantize_acts`.
-    cpu.pool.for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
+    cpu.pool
+        .for_range(m, 4, |rows| unsafe { job.run(isa, rows) });
     Ok(())
 }
 
@@ -164,5 +181,8 @@ fn quantize_acts(cpu: &CpuBackend, isa: Isa, fmt: ActFormat, xs: &[f32], k: usiz
 
 /// Bytes held by a backend's activation scratch (grows, never shrinks).
 pub fn scratch_capacity(cpu: &CpuBackend) -> usize {
-    cpu.matmul_scratch.lock().unwrap_or_else(|e| e.into_inner()).capacity()
+    cpu.matmul_scratch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .capacity()
 }

@@ -312,7 +312,9 @@ mod tests {
         // Pack with ggml's quantize_row_q4_K layout, read back with scale_min_k4.
         for seed in 0..64u32 {
             let ls: Vec<u8> = (0..8).map(|j| ((seed * 7 + j * 13) % 64) as u8).collect();
-            let lm: Vec<u8> = (0..8).map(|j| ((seed * 11 + j * 5 + 3) % 64) as u8).collect();
+            let lm: Vec<u8> = (0..8)
+                .map(|j| ((seed * 11 + j * 5 + 3) % 64) as u8)
+                .collect();
             let mut q = [0u8; 12];
             for j in 0..8 {
                 if j < 4 {
@@ -333,7 +335,10 @@ mod tests {
     #[test]
     fn block_views_check_length() {
         let bytes = [0u8; 40];
-        assert_eq!(as_blocks::<BlockQ4_1>(&bytes).map(|b| b.len()).ok(), Some(2));
+        assert_eq!(
+            as_blocks::<BlockQ4_1>(&bytes).map(|b| b.len()).ok(),
+            Some(2)
+        );
         assert!(as_blocks::<BlockQ4_0>(&bytes).is_err());
     }
 }

@@ -38,7 +38,11 @@ pub struct KLogical {
 impl KLogical {
     /// The value of element `i` in f64 (after the f16 rounding of d and dmin).
     pub fn value(&self, dtype: DType, i: usize) -> f64 {
-        let g = if matches!(dtype, DType::Q4_K | DType::Q5_K) { i / 32 } else { i / 16 };
+        let g = if matches!(dtype, DType::Q4_K | DType::Q5_K) {
+            i / 32
+        } else {
+            i / 16
+        };
         let d = f16::from_f32(self.d).to_f64();
         let dmin = f16::from_f32(self.dmin).to_f64();
         d * self.sc[g] as f64 * self.q[i] as f64 - dmin * self.mn[g] as f64
@@ -54,11 +58,21 @@ impl KLogical {
             DType::Q6_K => (-32, 31, (-128).max(-max_sc), 127.min(max_sc), false),
             other => panic!("not a K-quant: {other}"),
         };
-        let mut k = KLogical { q: [0; 256], sc: [0; 16], mn: [0; 16], d, dmin: if has_min { dmin } else { 0.0 } };
+        let mut k = KLogical {
+            q: [0; 256],
+            sc: [0; 16],
+            mn: [0; 16],
+            d,
+            dmin: if has_min { dmin } else { 0.0 },
+        };
         for q in k.q.iter_mut() {
             *q = r.random_range(qlo..=qhi);
         }
-        let ng = if matches!(dtype, DType::Q4_K | DType::Q5_K) { 8 } else { 16 };
+        let ng = if matches!(dtype, DType::Q4_K | DType::Q5_K) {
+            8
+        } else {
+            16
+        };
         for g in 0..ng {
             k.sc[g] = r.random_range(slo..=shi);
             if has_min {
@@ -87,7 +101,8 @@ fn pack2(l: &[u8; 256]) -> [u8; 64] {
     let mut qs = [0u8; 64];
     for j in (0..256).step_by(128) {
         for i in 0..32 {
-            qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
     qs
@@ -191,11 +206,18 @@ fn pack_q6k(k: &KLogical) -> Vec<u8> {
     let mut qh = [0u8; 64];
     for (h, j) in (0..256).step_by(128).enumerate() {
         for i in 0..32 {
-            let (q1, q2, q3, q4) = (l[j + i] & 0xF, l[j + i + 32] & 0xF, l[j + i + 64] & 0xF, l[j + i + 96] & 0xF);
+            let (q1, q2, q3, q4) = (
+                l[j + i] & 0xF,
+                l[j + i + 32] & 0xF,
+                l[j + i + 64] & 0xF,
+                l[j + i + 96] & 0xF,
+            );
             ql[64 * h + i] = q1 | (q3 << 4);
             ql[64 * h + i + 32] = q2 | (q4 << 4);
-            qh[32 * h + i] =
-                (l[j + i] >> 4) | ((l[j + i + 32] >> 4) << 2) | ((l[j + i + 64] >> 4) << 4) | ((l[j + i + 96] >> 4) << 6);
+            qh[32 * h + i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
         }
     }
     let mut out = Vec::with_capacity(210);

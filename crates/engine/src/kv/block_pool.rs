@@ -96,7 +96,6 @@ impl BlockPool {
         for _ in 0..n {
             let b = self.head;
             self.unlink(b);
-            self.evict_hash(b);
             self.blocks[b as usize].ref_cnt = 1;
             out.push(b);
         }

@@ -115,10 +115,7 @@ impl GgufFile {
     /// Maps and parses a GGUF file, validating every header field and tensor extent.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| ModelError::io(path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
         if len < 24 {
             return Err(ModelError::format(
                 path,
@@ -171,11 +168,13 @@ impl GgufFile {
             .ok()
             .and_then(|o| o.checked_add(self.data_offset))
             .ok_or_else(|| {
-                ModelError::format(&self.path, format!("tensor `{}`: offset overflows", info.name))
+                ModelError::format(
+                    &self.path,
+                    format!("tensor `{}`: offset overflows", info.name),
+                )
             })?;
-        Tensor::mapped_cpu(info.dtype, &info.shape, self.map.clone(), offset).map_err(|e| {
-            ModelError::format(&self.path, format!("tensor `{}`: {e}", info.name))
-        })
+        Tensor::mapped_cpu(info.dtype, &info.shape, self.map.clone(), offset)
+            .map_err(|e| ModelError::format(&self.path, format!("tensor `{}`: {e}", info.name)))
     }
 
     /// Every tensor, mapped, in a weight store.
@@ -244,7 +243,9 @@ impl GgufFile {
 
     pub fn require_f64(&self, key: &str) -> Result<f64> {
         match self.get(key) {
-            Some(v) => v.as_f64().ok_or_else(|| self.wrong_type(key, "a number", v)),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.wrong_type(key, "a number", v)),
             None => Err(self.missing_key(key)),
         }
     }
@@ -400,7 +401,9 @@ impl<'a> Reader<'a> {
                 }
                 let elem = self.u32(&|| format!("array element type of `{key}`"))?;
                 let min = min_value_size(elem).ok_or_else(|| {
-                    self.err(format!("metadata `{key}`: unknown array element type {elem}"))
+                    self.err(format!(
+                        "metadata `{key}`: unknown array element type {elem}"
+                    ))
                 })?;
                 let count = self.u64(&|| format!("array length of `{key}`"))?;
                 if count > (self.remaining() / min) as u64 {
@@ -446,22 +449,26 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Header> {
     let mut r = Reader { buf, pos: 0, path };
     let magic = r.array::<4>(&|| "magic".into())?;
     if &magic != GGUF_MAGIC {
-        let old = matches!(&magic, b"lmgg" | b"fmgg" | b"tjgg" | b"GGML" | b"GGMF" | b"GGJT");
+        let old = matches!(
+            &magic,
+            b"lmgg" | b"fmgg" | b"tjgg" | b"GGML" | b"GGMF" | b"GGJT"
+        );
         return Err(r.err(if old {
             "this is a pre-GGUF ggml/ggjt file; re-convert it to GGUF with a current llama.cpp"
                 .to_string()
         } else {
-            format!("not a GGUF file (magic {:?}, expected \"GGUF\")", magic_text(&magic))
+            format!(
+                "not a GGUF file (magic {:?}, expected \"GGUF\")",
+                magic_text(&magic)
+            )
         }));
     }
     let version = r.u32(&|| "version".into())?;
     match version {
         2 | 3 => {}
-        1 => {
-            return Err(r.err(
-                "GGUF version 1 is not supported (32-bit counts); re-convert with a current llama.cpp",
-            ))
-        }
+        1 => return Err(r.err(
+            "GGUF version 1 is not supported (32-bit counts); re-convert with a current llama.cpp",
+        )),
         v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
             return Err(r.err("big-endian GGUF files are not supported"))
         }
@@ -566,7 +573,9 @@ fn check_tensor(
         ))
     })?;
     if let Some(d) = ne.iter().position(|&n| n == 0) {
-        return Err(r.err(format!("tensor `{name}` has an empty dimension {d} ({ne:?})")));
+        return Err(r.err(format!(
+            "tensor `{name}` has an empty dimension {d} ({ne:?})"
+        )));
     }
     // Elements must be countable (and, below, bytes addressable) without overflow.
     let numel = ne
@@ -575,7 +584,7 @@ fn check_tensor(
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| r.err(format!("tensor `{name}` has absurd dimensions {ne:?}")))?;
     let row_len = ne[0];
-    if row_len % dtype.block_size() as u64 != 0 {
+    if !row_len.is_multiple_of(dtype.block_size() as u64) {
         return Err(r.err(format!(
             "tensor `{name}`: row length {row_len} is not a multiple of the {dtype} block size {}",
             dtype.block_size()
@@ -584,7 +593,7 @@ fn check_tensor(
     let size = (numel / dtype.block_size() as u64)
         .checked_mul(dtype.block_bytes() as u64)
         .ok_or_else(|| r.err(format!("tensor `{name}` has absurd dimensions {ne:?}")))?;
-    if offset % alignment as u64 != 0 {
+    if !offset.is_multiple_of(alignment as u64) {
         return Err(r.err(format!(
             "tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"
         )));

@@ -54,15 +54,20 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
     let max_position = req("context_length")?;
     if n_heads == 0 {
-        return Err(ModelError::format(&g.path, format!("{} is 0", key("attention.head_count"))));
+        return Err(ModelError::format(
+            &g.path,
+            format!("{} is 0", key("attention.head_count")),
+        ));
     }
     let head_dim = match opt("attention.key_length")? {
         Some(d) => d,
         None => {
-            if hidden_size % n_heads != 0 {
+            if !hidden_size.is_multiple_of(n_heads) {
                 return Err(ModelError::format(
                     &g.path,
-                    format!("embedding_length {hidden_size} is not a multiple of head_count {n_heads}"),
+                    format!(
+                        "embedding_length {hidden_size} is not a multiple of head_count {n_heads}"
+                    ),
                 ));
             }
             hidden_size / n_heads
@@ -89,9 +94,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let rope_theta = opt_f32("rope.freq_base")?.unwrap_or(10_000.0);
     let rope_scaling = rope_scaling(g, &arch_name, rope_theta, head_dim)?;
 
-    let embd = g.tensor_info("token_embd.weight").ok_or_else(|| {
-        ModelError::format(&g.path, "missing tensor `token_embd.weight`")
-    })?;
+    let embd = g
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| ModelError::format(&g.path, "missing tensor `token_embd.weight`"))?;
     let vocab_size = embd.shape.first().copied().unwrap_or(0);
     let tie_embeddings = g.tensor_info("output.weight").is_none();
     let qkv_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
@@ -137,8 +142,13 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
 
     if arch == Arch::Gemma3 {
         cfg.sliding_window = Some(req("attention.sliding_window")?);
-        cfg.sliding_window_pattern = Some(gemma3_pattern(g, &key("attention.sliding_window_pattern"), n_layers)?);
-        cfg.rope_local_theta = Some(opt_f32("rope.freq_base_swa")?.unwrap_or(GEMMA3_LOCAL_ROPE_BASE));
+        cfg.sliding_window_pattern = Some(gemma3_pattern(
+            g,
+            &key("attention.sliding_window_pattern"),
+            n_layers,
+        )?);
+        cfg.rope_local_theta =
+            Some(opt_f32("rope.freq_base_swa")?.unwrap_or(GEMMA3_LOCAL_ROPE_BASE));
         cfg.activation = FfnActivation::GeluTanh;
         cfg.qk_norm = true;
         cfg.sandwich_norms = true;
@@ -233,7 +243,7 @@ pub(crate) fn pattern_from_flags(sliding: &[bool]) -> Option<usize> {
     let ok = sliding
         .iter()
         .enumerate()
-        .all(|(i, &s)| s == ((i + 1) % n != 0));
+        .all(|(i, &s)| s == !(i + 1).is_multiple_of(n));
     ok.then_some(n)
 }
 

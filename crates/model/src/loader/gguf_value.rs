@@ -82,7 +82,9 @@ impl GgufValue {
     /// Short rendering for `sluice info` (arrays summarised).
     pub fn summary(&self) -> String {
         match self {
-            GgufValue::String(s) if s.len() > 60 => format!("{:?}… ({} chars)", &s[..s.floor_char_boundary(60)], s.len()),
+            GgufValue::String(s) if s.len() > 60 => {
+                format!("{:?}… ({} chars)", &s[..s.floor_char_boundary(60)], s.len())
+            }
             GgufValue::String(s) => format!("{s:?}"),
             GgufValue::Array(a) => format!("[{} values]", a.len()),
             GgufValue::F32(v) => v.to_string(),

@@ -95,9 +95,8 @@ impl GgufWriter {
         bytes: &[u8],
     ) -> Result<()> {
         let name = name.into();
-        let t = Tensor::from_bytes_cpu(dtype, shape, bytes).map_err(|e| {
-            ModelError::Unsupported(format!("GGUF writer: tensor `{name}`: {e}"))
-        })?;
+        let t = Tensor::from_bytes_cpu(dtype, shape, bytes)
+            .map_err(|e| ModelError::Unsupported(format!("GGUF writer: tensor `{name}`: {e}")))?;
         self.add_tensor(name, t)
     }
 

@@ -34,8 +34,7 @@ pub const SUPPORTED_HF_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gemma3_t
 /// Reads and parses a JSON file (errors name the file).
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))
 }
 
 /// Typed access to one JSON object, errors naming the file and field.
@@ -61,7 +60,11 @@ impl Fields<'_> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| self.err(format!("field `{name}` should be a non-negative integer, found {v}"))),
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "field `{name}` should be a non-negative integer, found {v}"
+                    ))
+                }),
         }
     }
 
@@ -83,10 +86,9 @@ impl Fields<'_> {
     fn bool(&self, name: &str) -> Result<Option<bool>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("field `{name}` should be true or false, found {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                self.err(format!("field `{name}` should be true or false, found {v}"))
+            }),
         }
     }
 
@@ -102,8 +104,16 @@ impl Fields<'_> {
 
     /// An id or a list of ids (`eos_token_id`).
     fn ids(&self, name: &str) -> Result<Vec<u32>> {
-        let bad = || self.err(format!("field `{name}` should be a token id or a list of ids"));
-        let one = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad);
+        let bad = || {
+            self.err(format!(
+                "field `{name}` should be a token id or a list of ids"
+            ))
+        };
+        let one = |v: &Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(bad)
+        };
         match self.get(name) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items.iter().map(one).collect(),
@@ -153,7 +163,7 @@ pub fn parse_config(path: &Path, json: &Value) -> Result<HfConfig> {
     let n_kv_heads = f.usize("num_key_value_heads")?.unwrap_or(n_heads);
     let head_dim = match f.usize("head_dim")? {
         Some(d) => d,
-        None if hidden_size % n_heads == 0 => hidden_size / n_heads,
+        None if hidden_size.is_multiple_of(n_heads) => hidden_size / n_heads,
         None => {
             return Err(f.err(format!(
                 "hidden_size {hidden_size} is not a multiple of num_attention_heads {n_heads} and no head_dim is given"
@@ -275,7 +285,11 @@ fn gemma3_layout(f: &Fields<'_>, n_layers: usize) -> Result<usize> {
         let list = types
             .as_array()
             .filter(|l| l.len() == n_layers)
-            .ok_or_else(|| f.err(format!("field `layer_types` should list {n_layers} layer types")))?;
+            .ok_or_else(|| {
+                f.err(format!(
+                    "field `layer_types` should list {n_layers} layer types"
+                ))
+            })?;
         let mut sliding = Vec::with_capacity(n_layers);
         for t in list {
             match t.as_str() {
@@ -376,8 +390,12 @@ pub fn chat_template_from_tokenizer_config(path: &Path, json: &Value) -> Result<
             named(Some("default"))
                 .or_else(|| named(None))
                 .map(Some)
-                .ok_or_else(|| f.err("field `chat_template`: list holds no {name, template} entry".into()))
+                .ok_or_else(|| {
+                    f.err("field `chat_template`: list holds no {name, template} entry".into())
+                })
         }
-        Some(v) => Err(f.err(format!("field `chat_template` should be a string or a list, found {v}"))),
+        Some(v) => Err(f.err(format!(
+            "field `chat_template` should be a string or a list, found {v}"
+        ))),
     }
 }

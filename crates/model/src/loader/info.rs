@@ -80,7 +80,7 @@ fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -107,7 +107,12 @@ impl fmt::Display for ModelSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         writeln!(f, "model:          {}", self.name)?;
-        writeln!(f, "path:           {} ({})", self.path.display(), self.format)?;
+        writeln!(
+            f,
+            "path:           {} ({})",
+            self.path.display(),
+            self.format
+        )?;
         writeln!(
             f,
             "architecture:   {} ({} layers, hidden {}, FFN {} {}, {} heads / {} KV heads x {})",
@@ -128,7 +133,11 @@ impl fmt::Display for ModelSummary {
             "parameters:     {} ({:.1} M){}",
             grouped(self.parameters),
             self.parameters as f64 / 1e6,
-            if c.tie_embeddings { ", tied embeddings" } else { "" }
+            if c.tie_embeddings {
+                ", tied embeddings"
+            } else {
+                ""
+            }
         )?;
         let mix: Vec<String> = self
             .quant_mix

@@ -95,7 +95,8 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<Llama2cHeader, String> 
                 .into(),
         );
     }
-    let (dim, hidden, layers, heads, kv_heads, vocab, seq) = (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+    let (dim, hidden, layers, heads, kv_heads, vocab, seq) =
+        (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
     let checks = [
         ("dim", dim, MAX_DIM),
         ("hidden_dim", hidden, MAX_DIM * 8),
@@ -107,7 +108,9 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<Llama2cHeader, String> 
     ];
     for (name, v, max) in checks {
         if v <= 0 || v > max {
-            return Err(format!("header field {name} = {v} is out of range (1..={max})"));
+            return Err(format!(
+                "header field {name} = {v} is out of range (1..={max})"
+            ));
         }
     }
     if dim % heads != 0 || heads % kv_heads != 0 {
@@ -185,16 +188,21 @@ pub fn load_llama2c(path: &Path) -> Result<(ModelConfig, WeightStore)> {
     cfg.validate()
         .map_err(|e| ModelError::format(path, format!("invalid config: {e}")))?;
 
-    let mut r = FloatReader { bytes: &bytes, pos: HEADER_BYTES, path };
+    let mut r = FloatReader {
+        bytes: &bytes,
+        pos: HEADER_BYTES,
+        path,
+    };
     let (d, hd, kv, l) = (h.dim, h.hidden_dim, h.kv_dim(), h.n_layers);
     let mut w = WeightStore::new();
     w.insert("token_embd.weight", r.tensor(&[h.vocab_size, d])?);
-    let per_layer = |r: &mut FloatReader<'_>, w: &mut WeightStore, name: &str, shape: &[usize]| -> Result<()> {
-        for i in 0..l {
-            w.insert(format!("blk.{i}.{name}"), r.tensor(shape)?);
-        }
-        Ok(())
-    };
+    let per_layer =
+        |r: &mut FloatReader<'_>, w: &mut WeightStore, name: &str, shape: &[usize]| -> Result<()> {
+            for i in 0..l {
+                w.insert(format!("blk.{i}.{name}"), r.tensor(shape)?);
+            }
+            Ok(())
+        };
     per_layer(&mut r, &mut w, "attn_norm.weight", &[d])?;
     per_layer(&mut r, &mut w, "attn_q.weight", &[d, d])?;
     per_layer(&mut r, &mut w, "attn_k.weight", &[kv, d])?;
@@ -253,9 +261,13 @@ struct FloatReader<'a> {
 
 impl FloatReader<'_> {
     fn skip(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            ModelError::format(self.path, format!("truncated at byte {}", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                ModelError::format(self.path, format!("truncated at byte {}", self.pos))
+            })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -264,7 +276,11 @@ impl FloatReader<'_> {
     fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let bytes = self.skip(n * 4)?;
-        Ok(Tensor::from_bytes_cpu(sluice_backend::DType::F32, shape, bytes)?)
+        Ok(Tensor::from_bytes_cpu(
+            sluice_backend::DType::F32,
+            shape,
+            bytes,
+        )?)
     }
 }
 
@@ -298,13 +314,20 @@ pub fn find_in_dir(dir: &Path) -> Result<Option<Llama2cDir>> {
                 dir,
                 format!(
                     "several llama2.c checkpoints ({}); name one",
-                    checkpoints.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    checkpoints
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ))
         }
     };
     let tokenizer = find_tokenizer_beside(&checkpoint)?;
-    Ok(Some(Llama2cDir { checkpoint, tokenizer }))
+    Ok(Some(Llama2cDir {
+        checkpoint,
+        tokenizer,
+    }))
 }
 
 /// `tokenizer.bin`, then `tok*.bin`, beside the checkpoint, whose content is a
@@ -321,12 +344,20 @@ pub fn find_tokenizer_beside(checkpoint: &Path) -> Result<Option<PathBuf>> {
         .map_err(|e| ModelError::io(&dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             p.is_file() && p != checkpoint && name.starts_with("tok") && name.ends_with(".bin")
         })
         .collect();
     // `tokenizer.bin` first, then the others by name.
-    candidates.sort_by_key(|p| (p.file_name().is_none_or(|n| n != "tokenizer.bin"), p.clone()));
+    candidates.sort_by_key(|p| {
+        (
+            p.file_name().is_none_or(|n| n != "tokenizer.bin"),
+            p.clone(),
+        )
+    });
     for p in candidates {
         // Tokenizer files are small; a large file is not one.
         if std::fs::metadata(&p).is_ok_and(|m| m.len() < 64 << 20) {

@@ -135,7 +135,10 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         } => Tokenizer::from_hf_files(tokenizer_json, tokenizer_config.as_deref())?,
         TokenizerSource::Llama2c(p) => Tokenizer::from_llama2c(p)?,
         TokenizerSource::Missing(what) => {
-            return Err(ModelError::Tokenizer(format!("{}: {what}", parts.path.display())))
+            return Err(ModelError::Tokenizer(format!(
+                "{}: {what}",
+                parts.path.display()
+            )))
         }
     };
     if tokenizer.vocab_size() > parts.config.vocab_size {
@@ -215,9 +218,8 @@ fn load_dir(dir: &Path) -> Result<ModelParts> {
 }
 
 fn load_file(path: &Path, len: u64) -> Result<ModelParts> {
-    let (head, _) = llama2c::read_head(path).ok_or_else(|| {
-        ModelError::format(path, "cannot read the file's first bytes")
-    })?;
+    let (head, _) = llama2c::read_head(path)
+        .ok_or_else(|| ModelError::format(path, "cannot read the file's first bytes"))?;
     if gguf::is_gguf(&head) {
         return load_gguf_parts(path);
     }
@@ -225,9 +227,15 @@ fn load_file(path: &Path, len: u64) -> Result<ModelParts> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if name == safetensors::CONFIG_FILE || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+    if name == safetensors::CONFIG_FILE
+        || name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+    {
         let dir = safetensors::hf_dir(path).ok_or_else(|| {
-            ModelError::format(path, "no config.json beside this file (a Hugging Face model needs one)")
+            ModelError::format(
+                path,
+                "no config.json beside this file (a Hugging Face model needs one)",
+            )
         })?;
         return load_hf_parts(&dir);
     }
@@ -287,7 +295,8 @@ fn load_hf_parts(dir: &Path) -> Result<ModelParts> {
     let mut generation = GenerationDefaults::default();
     let gen_path = dir.join("generation_config.json");
     if gen_path.is_file() {
-        generation = hf_config::parse_generation_config(&gen_path, &hf_config::read_json(&gen_path)?)?;
+        generation =
+            hf_config::parse_generation_config(&gen_path, &hf_config::read_json(&gen_path)?)?;
     }
     if generation.eos_token_ids.is_empty() {
         generation.eos_token_ids = hf.eos_token_ids.clone();
@@ -335,7 +344,10 @@ fn chat_template_file(dir: &Path) -> Result<Option<String>> {
     }
     let json = dir.join("chat_template.json");
     if json.is_file() {
-        return hf_config::chat_template_from_tokenizer_config(&json, &hf_config::read_json(&json)?);
+        return hf_config::chat_template_from_tokenizer_config(
+            &json,
+            &hf_config::read_json(&json)?,
+        );
     }
     Ok(None)
 }
@@ -382,8 +394,9 @@ fn tokenizer_override(path: &Path) -> Result<TokenizerSource> {
             tokenizer_config: config.is_file().then_some(config),
         });
     }
-    let (head, len) = llama2c::read_head(path)
-        .ok_or_else(|| ModelError::Tokenizer(format!("{}: cannot read the file", path.display())))?;
+    let (head, len) = llama2c::read_head(path).ok_or_else(|| {
+        ModelError::Tokenizer(format!("{}: cannot read the file", path.display()))
+    })?;
     if gguf::is_gguf(&head) {
         return Ok(TokenizerSource::GgufFile(path.to_path_buf()));
     }

@@ -35,7 +35,10 @@ pub fn hf_dir(path: &Path) -> Option<PathBuf> {
         path.to_path_buf()
     } else {
         let name = path.file_name()?.to_string_lossy();
-        if name != CONFIG_FILE && !name.ends_with(".safetensors") && !name.ends_with(".safetensors.index.json") {
+        if name != CONFIG_FILE
+            && !name.ends_with(".safetensors")
+            && !name.ends_with(".safetensors.index.json")
+        {
             return None;
         }
         match path.parent() {
@@ -63,7 +66,10 @@ pub fn load_hf(dir: &Path) -> Result<(HfConfig, WeightStore)> {
     if cfg.tie_embeddings {
         weights.take_opt("output.weight");
     }
-    let first_shard = shards.first().map(|(p, _)| p.clone()).unwrap_or_else(|| dir.to_path_buf());
+    let first_shard = shards
+        .first()
+        .map(|(p, _)| p.clone())
+        .unwrap_or_else(|| dir.to_path_buf());
     let embd = weights.get("token_embd.weight").map_err(|_| {
         ModelError::format(&first_shard, "missing tensor `model.embed_tokens.weight`")
     })?;
@@ -72,7 +78,10 @@ pub fn load_hf(dir: &Path) -> Result<(HfConfig, WeightStore)> {
         if v != cfg.vocab_size {
             return Err(ModelError::format(
                 &config_path,
-                format!("vocab_size {v} differs from the embedding's {} rows", cfg.vocab_size),
+                format!(
+                    "vocab_size {v} differs from the embedding's {} rows",
+                    cfg.vocab_size
+                ),
             ));
         }
     }
@@ -80,7 +89,13 @@ pub fn load_hf(dir: &Path) -> Result<(HfConfig, WeightStore)> {
         .map_err(|e| ModelError::format(&config_path, format!("invalid config: {e}")))?;
     if cfg.arch == Arch::Gemma3 {
         // Gemma's RMSNorm computes x * (1 + w); every Gemma norm is named `*norm.weight`.
-        let plus_one = |name: &str, x: f32| if name.ends_with("norm.weight") { x + 1.0 } else { x };
+        let plus_one = |name: &str, x: f32| {
+            if name.ends_with("norm.weight") {
+                x + 1.0
+            } else {
+                x
+            }
+        };
         validate::vectors_to_f32(&first_shard, &mut weights, Some(&plus_one))?;
     } else {
         validate::vectors_to_f32(&first_shard, &mut weights, None)?;
@@ -109,10 +124,15 @@ fn shard_files(dir: &Path) -> Result<Shards> {
             if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
                 return Err(ModelError::format(
                     &index,
-                    format!("weight_map entry `{file}` is not a plain file name in the model directory"),
+                    format!(
+                        "weight_map entry `{file}` is not a plain file name in the model directory"
+                    ),
                 ));
             }
-            by_file.entry(file.to_string()).or_default().insert(tensor.clone());
+            by_file
+                .entry(file.to_string())
+                .or_default()
+                .insert(tensor.clone());
         }
         if by_file.is_empty() {
             return Err(ModelError::format(&index, "weight_map is empty"));
@@ -165,8 +185,7 @@ fn load_shard(
     }
     let base = map.as_ptr() as usize;
     for (hf_name, view) in st.iter() {
-        let Some(name) = hf_to_gguf_name(hf_name, hf)
-            .map_err(|e| ModelError::format(file, e))?
+        let Some(name) = hf_to_gguf_name(hf_name, hf).map_err(|e| ModelError::format(file, e))?
         else {
             continue;
         };
@@ -177,14 +196,16 @@ fn load_shard(
             other => {
                 return Err(ModelError::format(
                     file,
-                    format!("tensor `{hf_name}` has dtype {other}; only F32, F16 and BF16 are supported"),
+                    format!(
+                    "tensor `{hf_name}` has dtype {other}; only F32, F16 and BF16 are supported"
+                ),
                 ))
             }
         };
         let data = view.data();
         let offset = data.as_ptr() as usize - base;
         let shape = view.shape();
-        let t = if offset % MAP_ALIGNMENT == 0 {
+        let t = if offset.is_multiple_of(MAP_ALIGNMENT) {
             Tensor::mapped_cpu(dtype, shape, map.clone(), offset)
         } else {
             Tensor::from_bytes_cpu(dtype, shape, data)
@@ -213,9 +234,14 @@ pub fn hf_to_gguf_name(name: &str, hf: &HfConfig) -> std::result::Result<Option<
             name = rest.to_string();
         } else if let Some(rest) = name.strip_prefix("model.language_model.") {
             name = format!("model.{rest}");
-        } else if ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."]
-            .iter()
-            .any(|p| name.starts_with(p))
+        } else if [
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
         {
             return Ok(None);
         }
@@ -223,7 +249,12 @@ pub fn hf_to_gguf_name(name: &str, hf: &HfConfig) -> std::result::Result<Option<
     if name.ends_with("rotary_emb.inv_freq") {
         return Ok(None);
     }
-    let unknown = || Err(format!("unexpected tensor `{name}` for a {} model", hf.model_type));
+    let unknown = || {
+        Err(format!(
+            "unexpected tensor `{name}` for a {} model",
+            hf.model_type
+        ))
+    };
     match name.as_str() {
         "model.embed_tokens.weight" => return Ok(Some("token_embd.weight".into())),
         "model.norm.weight" => return Ok(Some("output_norm.weight".into())),

@@ -59,7 +59,10 @@ pub fn check_weights(path: &Path, cfg: &ModelConfig, weights: &WeightStore) -> R
         let t = weights.get(name).map_err(|_| {
             ModelError::format(
                 path,
-                format!("missing tensor `{name}` (needed by this {} model)", cfg.arch.name()),
+                format!(
+                    "missing tensor `{name}` (needed by this {} model)",
+                    cfg.arch.name()
+                ),
             )
         })?;
         if t.shape() != shape.as_slice() {
@@ -116,6 +119,9 @@ pub fn to_f32_vec(t: &Tensor) -> std::result::Result<Vec<f32>, String> {
     })
 }
 
+/// A per-value adjustment of a named vector.
+pub type Adjust = dyn Fn(&str, f32) -> f32;
+
 /// Converts every 1-D tensor (norm weights, biases) to an owned F32 tensor, applying
 /// `adjust` to each value (Hugging Face Gemma stores norm weights as `w` and applies
 /// `1 + w`; we add the 1 here, as llama.cpp's converter does). F32 vectors without an
@@ -123,7 +129,7 @@ pub fn to_f32_vec(t: &Tensor) -> std::result::Result<Vec<f32>, String> {
 pub fn vectors_to_f32(
     path: &Path,
     weights: &mut WeightStore,
-    adjust: Option<&dyn Fn(&str, f32) -> f32>,
+    adjust: Option<&Adjust>,
 ) -> Result<()> {
     let names: Vec<String> = weights
         .iter()

@@ -118,20 +118,32 @@ pub fn gguf_tensors(arch: &str, d: &Dims, tied: bool) -> Vec<(String, Vec<usize>
 pub fn gguf_metadata(arch: &str, d: &Dims) -> Vec<(String, GgufValue)> {
     let k = |s: &str| format!("{arch}.{s}");
     let mut md = vec![
-        ("general.architecture".to_string(), GgufValue::String(arch.into())),
-        ("general.name".to_string(), GgufValue::String(format!("tiny-{arch}"))),
+        (
+            "general.architecture".to_string(),
+            GgufValue::String(arch.into()),
+        ),
+        (
+            "general.name".to_string(),
+            GgufValue::String(format!("tiny-{arch}")),
+        ),
         (k("context_length"), GgufValue::U32(256)),
         (k("embedding_length"), GgufValue::U32(d.hidden as u32)),
         (k("block_count"), GgufValue::U32(d.layers as u32)),
         (k("feed_forward_length"), GgufValue::U32(d.ffn as u32)),
         (k("attention.head_count"), GgufValue::U32(d.heads as u32)),
-        (k("attention.head_count_kv"), GgufValue::U32(d.kv_heads as u32)),
+        (
+            k("attention.head_count_kv"),
+            GgufValue::U32(d.kv_heads as u32),
+        ),
         (k("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5)),
         (k("rope.freq_base"), GgufValue::F32(10_000.0)),
     ];
     if d.hidden != d.heads * d.head_dim {
         md.push((k("attention.key_length"), GgufValue::U32(d.head_dim as u32)));
-        md.push((k("attention.value_length"), GgufValue::U32(d.head_dim as u32)));
+        md.push((
+            k("attention.value_length"),
+            GgufValue::U32(d.head_dim as u32),
+        ));
     }
     if arch == "gemma3" {
         md.push((k("attention.sliding_window"), GgufValue::U32(16)));
@@ -148,9 +160,14 @@ pub fn tiny_gguf(arch: &str, d: &Dims, tied: bool, matrix_dtype: DType, seed: u6
         w.add_metadata(k, v).expect("metadata");
     }
     for (name, shape) in gguf_tensors(arch, d, tied) {
-        let dtype = if shape.len() == 1 { DType::F32 } else { matrix_dtype };
+        let dtype = if shape.len() == 1 {
+            DType::F32
+        } else {
+            matrix_dtype
+        };
         let bytes = random_tensor_bytes(&mut r, dtype, &shape);
-        w.add_tensor_bytes(name, dtype, &shape, &bytes).expect("tensor");
+        w.add_tensor_bytes(name, dtype, &shape, &bytes)
+            .expect("tensor");
     }
     w
 }

@@ -214,7 +214,8 @@ mod x86 {
                     let j = b % 4;
                     let v0 = _mm512_loadu_ps(xb.as_ptr());
                     let v1 = _mm512_loadu_ps(xb.as_ptr().add(16));
-                    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+                    let amax =
+                        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
                     let (d, id) = scale_of(amax);
                     let idv = _mm512_set1_ps(id);
                     let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv));
@@ -222,7 +223,10 @@ mod x86 {
                     let q0 = _mm512_min_epi32(_mm512_max_epi32(q0, lo_clamp), hi_clamp);
                     let q1 = _mm512_min_epi32(_mm512_max_epi32(q1, lo_clamp), hi_clamp);
                     _mm_storeu_si128(rec.add(16 * j) as *mut __m128i, _mm512_cvtsepi32_epi8(q0));
-                    _mm_storeu_si128(rec.add(off::HI + 16 * j) as *mut __m128i, _mm512_cvtsepi32_epi8(q1));
+                    _mm_storeu_si128(
+                        rec.add(off::HI + 16 * j) as *mut __m128i,
+                        _mm512_cvtsepi32_epi8(q1),
+                    );
                     let isum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                     let s4 = d * isum as f32 * 0.25;
                     _mm_storeu_ps(rec.add(off::D + 16 * j) as *mut f32, _mm_set1_ps(d));
@@ -235,7 +239,10 @@ mod x86 {
                     let rec = dst.as_mut_ptr().add(sb * K_BYTES);
                     let mut m = _mm512_setzero_ps();
                     for c in 0..16 {
-                        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xs.as_ptr().add(16 * c))));
+                        m = _mm512_max_ps(
+                            m,
+                            _mm512_abs_ps(_mm512_loadu_ps(xs.as_ptr().add(16 * c))),
+                        );
                     }
                     let (d, id) = scale_of(_mm512_reduce_max_ps(m));
                     let idv = _mm512_set1_ps(id);
@@ -246,7 +253,11 @@ mod x86 {
                         let pos = k_pos(swap, 16 * g);
                         _mm_storeu_si128(rec.add(pos) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
                         let sum = _mm512_reduce_add_epi32(q) as i16;
-                        std::ptr::copy_nonoverlapping(sum.to_le_bytes().as_ptr(), rec.add(off::BSUMS + 2 * g), 2);
+                        std::ptr::copy_nonoverlapping(
+                            sum.to_le_bytes().as_ptr(),
+                            rec.add(off::BSUMS + 2 * g),
+                            2,
+                        );
                     }
                     std::ptr::copy_nonoverlapping(d.to_le_bytes().as_ptr(), rec.add(off::KD), 4);
                 }
@@ -286,7 +297,10 @@ mod x86 {
             let v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(8 * i)), idv));
             *q = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
         }
-        let sum = hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        let sum = hsum8_epi32(_mm256_add_epi32(
+            _mm256_add_epi32(q[0], q[1]),
+            _mm256_add_epi32(q[2], q[3]),
+        ));
         // packs work within 128-bit lanes; the permute restores element order.
         let p01 = _mm256_packs_epi32(q[0], q[1]);
         let p23 = _mm256_packs_epi32(q[2], q[3]);
@@ -319,7 +333,10 @@ mod x86 {
                     let (d, id) = scale_of(absmax_avx2(xb.as_ptr(), 32));
                     let (q, isum) = quant32_avx2(xb.as_ptr(), id);
                     _mm_storeu_si128(rec.add(16 * j) as *mut __m128i, _mm256_castsi256_si128(q));
-                    _mm_storeu_si128(rec.add(off::HI + 16 * j) as *mut __m128i, _mm256_extracti128_si256(q, 1));
+                    _mm_storeu_si128(
+                        rec.add(off::HI + 16 * j) as *mut __m128i,
+                        _mm256_extracti128_si256(q, 1),
+                    );
                     let s4 = d * isum as f32 * 0.25;
                     _mm_storeu_ps(rec.add(off::D + 16 * j) as *mut f32, _mm_set1_ps(d));
                     _mm_storeu_ps(rec.add(off::S + 16 * j) as *mut f32, _mm_set1_ps(s4));
@@ -336,10 +353,18 @@ mod x86 {
                         _mm256_storeu_si256(rec.add(k_pos(swap, 32 * c)) as *mut __m256i, q);
                         // Sums of each 16 bytes: widen to i16 and add pairs.
                         for h in 0..2 {
-                            let half = if h == 0 { _mm256_castsi256_si128(q) } else { _mm256_extracti128_si256(q, 1) };
+                            let half = if h == 0 {
+                                _mm256_castsi256_si128(q)
+                            } else {
+                                _mm256_extracti128_si256(q, 1)
+                            };
                             let w = _mm256_madd_epi16(_mm256_cvtepi8_epi16(half), ones);
                             let s = hsum8_epi32(w) as i16;
-                            std::ptr::copy_nonoverlapping(s.to_le_bytes().as_ptr(), rec.add(off::BSUMS + 2 * (2 * c + h)), 2);
+                            std::ptr::copy_nonoverlapping(
+                                s.to_le_bytes().as_ptr(),
+                                rec.add(off::BSUMS + 2 * (2 * c + h)),
+                                2,
+                            );
                         }
                     }
                     std::ptr::copy_nonoverlapping(d.to_le_bytes().as_ptr(), rec.add(off::KD), 4);

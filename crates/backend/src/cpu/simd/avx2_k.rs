@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::acts::{off, K_BYTES};
 use super::float::panel_rows;
-use super::QJob;
+use super::{arr, QJob};
 use crate::dtype::DType;
 use crate::quant::blocks::{scales_mins_k4, scales_q3k, K_SCALE_SIZE};
 
@@ -35,7 +35,7 @@ pub trait KW2 {
 /// for chunk i).
 #[inline(always)]
 unsafe fn scale_regs(s: &[i16; 16]) -> [__m256i; 8] {
-    std::array::from_fn(|i| _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i])))
+    arr(|i| _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i])))
 }
 
 #[inline(always)]
@@ -59,7 +59,10 @@ unsafe fn k_scales12(p: *const u8) -> [u8; K_SCALE_SIZE] {
 /// `(x >> s) & mask` per byte for a run-time shift `s`.
 #[inline(always)]
 unsafe fn shr_mask(x: __m256i, s: u32, mask: i8) -> __m256i {
-    _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(s as i32)), _mm256_set1_epi8(mask))
+    _mm256_and_si256(
+        _mm256_srl_epi16(x, _mm_cvtsi32_si128(s as i32)),
+        _mm256_set1_epi8(mask),
+    )
 }
 
 /// Bit `b` of each byte moved to bit `to`.
@@ -90,7 +93,7 @@ impl KW2 for Q2K {
             mn[g] = (*p.add(g) >> 4) as i16;
         }
         // chunk i = elements 32i..32i+32: bits 2j of qs[32n + l], n = i/4, j = i%4.
-        let q = std::array::from_fn(|i| shr_mask(ld32(p.add(16 + 32 * (i / 4))), 2 * (i as u32 % 4), 3));
+        let q = arr(|i| shr_mask(ld32(p.add(16 + 32 * (i / 4))), 2 * (i as u32 % 4), 3));
         WK2 {
             q,
             sc: scale_regs(&sc),
@@ -106,9 +109,9 @@ impl KW2 for Q3K {
     #[inline(always)]
     unsafe fn unpack(p: *const u8) -> WK2 {
         let s8 = scales_q3k(&k_scales12(p.add(96)));
-        let sc: [i16; 16] = std::array::from_fn(|g| s8[g] as i16);
+        let sc: [i16; 16] = arr(|g| s8[g] as i16);
         let hm = ld32(p);
-        let q = std::array::from_fn(|i| {
+        let q = arr(|i| {
             let (n, j) = (i / 4, i as u32 % 4);
             let lo = shr_mask(ld32(p.add(32 + 32 * n)), 2 * j, 3);
             _mm256_or_si256(lo, bit_to(hm, 4 * n as u32 + j, 2))
@@ -131,8 +134,8 @@ const SWAP: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
 #[inline(always)]
 unsafe fn k4_scales(p: *const u8) -> ([i16; 16], __m256i) {
     let sm = scales_mins_k4(&k_scales12(p));
-    let sc: [i16; 16] = std::array::from_fn(|x| sm[SWAP[x / 2]] as i16);
-    let mn: [i16; 16] = std::array::from_fn(|x| sm[8 + x / 2] as i16);
+    let sc: [i16; 16] = arr(|x| sm[SWAP[x / 2]] as i16);
+    let mn: [i16; 16] = arr(|x| sm[8 + x / 2] as i16);
     (sc, _mm256_loadu_si256(mn.as_ptr() as *const __m256i))
 }
 
@@ -142,11 +145,17 @@ impl KW2 for Q4K {
     unsafe fn unpack(p: *const u8) -> WK2 {
         let (sc, mvec) = k4_scales(p.add(4));
         // Sub-block s: nibble s % 2 of qs chunk s / 2.
-        let q = std::array::from_fn(|i| {
+        let q = arr(|i| {
             let s = SWAP[i];
             shr_mask(ld32(p.add(16 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F)
         });
-        WK2 { q, sc: scale_regs(&sc), mvec, d: f16_at(p), dmin: -f16_at(p.add(2)) }
+        WK2 {
+            q,
+            sc: scale_regs(&sc),
+            mvec,
+            d: f16_at(p),
+            dmin: -f16_at(p.add(2)),
+        }
     }
 }
 
@@ -156,12 +165,18 @@ impl KW2 for Q5K {
     unsafe fn unpack(p: *const u8) -> WK2 {
         let (sc, mvec) = k4_scales(p.add(4));
         let qh = ld32(p.add(16));
-        let q = std::array::from_fn(|i| {
+        let q = arr(|i| {
             let s = SWAP[i];
             let lo = shr_mask(ld32(p.add(48 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F);
             _mm256_or_si256(lo, bit_to(qh, s as u32, 4))
         });
-        WK2 { q, sc: scale_regs(&sc), mvec, d: f16_at(p), dmin: -f16_at(p.add(2)) }
+        WK2 {
+            q,
+            sc: scale_regs(&sc),
+            mvec,
+            d: f16_at(p),
+            dmin: -f16_at(p.add(2)),
+        }
     }
 }
 
@@ -169,17 +184,27 @@ impl KW2 for Q6K {
     const BYTES: usize = 210;
     #[inline(always)]
     unsafe fn unpack(p: *const u8) -> WK2 {
-        let sc: [i16; 16] = std::array::from_fn(|g| *p.add(192 + g) as i8 as i16);
+        let sc: [i16; 16] = arr(|g| *p.add(192 + g) as i8 as i16);
         // chunk i = 128n + 32c: low nibbles (c < 2) or high nibbles (c >= 2) of
         // ql[64n + 32(c%2) ..], top bits 2c of qh[32n ..].
-        let q = std::array::from_fn(|i| {
+        let q = arr(|i| {
             let (n, c) = (i / 4, i as u32 % 4);
-            let lo = shr_mask(ld32(p.add(64 * n + 32 * (c as usize % 2))), 4 * (c / 2), 0x0F);
+            let lo = shr_mask(
+                ld32(p.add(64 * n + 32 * (c as usize % 2))),
+                4 * (c / 2),
+                0x0F,
+            );
             let hb = ld32(p.add(128 + 32 * n));
             let top = if 2 * c >= 4 {
-                _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 - 4)), _mm256_set1_epi8(0x30))
+                _mm256_and_si256(
+                    _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 - 4)),
+                    _mm256_set1_epi8(0x30),
+                )
             } else {
-                _mm256_and_si256(_mm256_sll_epi16(hb, _mm_cvtsi32_si128(4 - 2 * c as i32)), _mm256_set1_epi8(0x30))
+                _mm256_and_si256(
+                    _mm256_sll_epi16(hb, _mm_cvtsi32_si128(4 - 2 * c as i32)),
+                    _mm256_set1_epi8(0x30),
+                )
             };
             _mm256_or_si256(lo, top)
         });
@@ -219,15 +244,25 @@ unsafe fn tile<F: KW2, const R: usize, const C: usize>(
                 for i in (0..8).step_by(2) {
                     let a0 = _mm256_load_si256(rec.add(32 * i) as *const __m256i);
                     let a1 = _mm256_load_si256(rec.add(32 * i + 32) as *const __m256i);
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i], a0), wk.sc[i]));
-                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i + 1], a1), wk.sc[i + 1]));
+                    s0 = _mm256_add_epi32(
+                        s0,
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i], a0), wk.sc[i]),
+                    );
+                    s1 = _mm256_add_epi32(
+                        s1,
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i + 1], a1), wk.sc[i + 1]),
+                    );
                 }
                 let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
                 let imin = _mm256_madd_epi16(wk.mvec, bs);
                 let da = (rec.add(off::KD) as *const f32).read();
                 let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
                 acc[r][c] = _mm256_fmadd_ps(isum, _mm256_set1_ps(wk.d * da), acc[r][c]);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_set1_ps(wk.dmin * da), acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(imin),
+                    _mm256_set1_ps(wk.dmin * da),
+                    acc[r][c],
+                );
             }
         }
     }
@@ -243,10 +278,10 @@ unsafe fn tile<F: KW2, const R: usize, const C: usize>(
 #[inline(always)]
 unsafe fn rows<F: KW2, const R: usize, const C: usize>(job: &QJob, rows: Range<usize>, t0: usize) {
     let nsb = job.k / 256;
-    let a: [*const u8; C] = std::array::from_fn(|c| job.a_row(t0 + c));
+    let a: [*const u8; C] = arr(|c| job.a_row(t0 + c));
     let mut r = rows.start;
     while r + R <= rows.end {
-        let w: [*const u8; R] = std::array::from_fn(|i| job.w_row(r + i));
+        let w: [*const u8; R] = arr(|i| job.w_row(r + i));
         let v = tile::<F, R, C>(w, a, nsb);
         for (i, vr) in v.iter().enumerate() {
             for (c, val) in vr.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::acts::{off, Q32_GROUP_BYTES};
 use super::float::panel_rows;
-use super::QJob;
+use super::{arr, QJob};
 use crate::dtype::DType;
 
 /// Two unpacked blocks: quants `[A 0..16 | B 0..16]`, `[A 16..32 | B 16..32]`, scales
@@ -41,7 +41,11 @@ unsafe fn load16(p: *const u8) -> __m128i {
 #[inline(always)]
 unsafe fn pair(p: *const u8, at: usize, stride: usize, nb: usize) -> __m256i {
     let a = load16(p.add(at));
-    let b = if nb == 2 { load16(p.add(stride + at)) } else { _mm_setzero_si128() };
+    let b = if nb == 2 {
+        load16(p.add(stride + at))
+    } else {
+        _mm_setzero_si128()
+    };
     _mm256_set_m128i(b, a)
 }
 
@@ -63,7 +67,10 @@ unsafe fn halves(a: u32, b: u32) -> (__m256, __m256) {
 #[inline(always)]
 unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
     let f = _mm256_set1_epi8(0x0F);
-    (_mm256_and_si256(v, f), _mm256_and_si256(_mm256_srli_epi16(v, 4), f))
+    (
+        _mm256_and_si256(v, f),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), f),
+    )
 }
 
 /// 0xFF in byte i where bit i of `x` is set (ggml's `bytes_from_bits_32`).
@@ -71,7 +78,12 @@ unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
 unsafe fn bytes_from_bits(x: u32) -> __m256i {
     let v = _mm256_shuffle_epi8(
         _mm256_set1_epi32(x as i32),
-        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
     );
     let v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
     _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1))
@@ -101,10 +113,19 @@ impl Q32W2 for Q4_0 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nb: usize) -> W2 {
         let (lo, hi) = nibbles(pair(p, 2, Self::BYTES, nb));
-        let db = if nb == 2 { (p.add(18) as *const u16).read_unaligned() as u32 } else { 0 };
+        let db = if nb == 2 {
+            (p.add(18) as *const u16).read_unaligned() as u32
+        } else {
+            0
+        };
         let da = (p as *const u16).read_unaligned() as u32;
         let (d, _) = halves(da, db);
-        W2 { lo, hi, d, m: _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) }
+        W2 {
+            lo,
+            hi,
+            d,
+            m: _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+        }
     }
 }
 
@@ -126,11 +147,23 @@ impl Q32W2 for Q5_0 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nb: usize) -> W2 {
         let (lo, hi) = nibbles(pair(p, 6, Self::BYTES, nb));
-        let (qa, qb) = (u32_at(p.add(2)), if nb == 2 { u32_at(p.add(24)) } else { 0 });
+        let (qa, qb) = (
+            u32_at(p.add(2)),
+            if nb == 2 { u32_at(p.add(24)) } else { 0 },
+        );
         let (lo, hi) = fifth(lo, hi, qa, qb);
-        let db = if nb == 2 { (p.add(22) as *const u16).read_unaligned() as u32 } else { 0 };
+        let db = if nb == 2 {
+            (p.add(22) as *const u16).read_unaligned() as u32
+        } else {
+            0
+        };
         let (d, _) = halves((p as *const u16).read_unaligned() as u32, db);
-        W2 { lo, hi, d, m: _mm256_mul_ps(d, _mm256_set1_ps(-16.0)) }
+        W2 {
+            lo,
+            hi,
+            d,
+            m: _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+        }
     }
 }
 
@@ -140,7 +173,10 @@ impl Q32W2 for Q5_1 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nb: usize) -> W2 {
         let (lo, hi) = nibbles(pair(p, 8, Self::BYTES, nb));
-        let (qa, qb) = (u32_at(p.add(4)), if nb == 2 { u32_at(p.add(28)) } else { 0 });
+        let (qa, qb) = (
+            u32_at(p.add(4)),
+            if nb == 2 { u32_at(p.add(28)) } else { 0 },
+        );
         let (lo, hi) = fifth(lo, hi, qa, qb);
         let b = if nb == 2 { u32_at(p.add(24)) } else { 0 };
         let (d, m) = halves(u32_at(p), b);
@@ -155,9 +191,18 @@ impl Q32W2 for Q8_0 {
     unsafe fn unpack(p: *const u8, nb: usize) -> W2 {
         let lo = pair(p, 2, Self::BYTES, nb);
         let hi = pair(p, 18, Self::BYTES, nb);
-        let db = if nb == 2 { (p.add(34) as *const u16).read_unaligned() as u32 } else { 0 };
+        let db = if nb == 2 {
+            (p.add(34) as *const u16).read_unaligned() as u32
+        } else {
+            0
+        };
         let (d, _) = halves((p as *const u16).read_unaligned() as u32, db);
-        W2 { lo, hi, d, m: _mm256_setzero_ps() }
+        W2 {
+            lo,
+            hi,
+            d,
+            m: _mm256_setzero_ps(),
+        }
     }
 }
 
@@ -170,7 +215,10 @@ unsafe fn dot<F: Q32W2>(w: &W2, alo: __m256i, ahi: __m256i) -> __m256i {
         let phi = _mm256_maddubs_epi16(_mm256_sign_epi8(w.hi, w.hi), _mm256_sign_epi8(ahi, w.hi));
         _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones))
     } else {
-        let p = _mm256_add_epi16(_mm256_maddubs_epi16(w.lo, alo), _mm256_maddubs_epi16(w.hi, ahi));
+        let p = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w.lo, alo),
+            _mm256_maddubs_epi16(w.hi, ahi),
+        );
         _mm256_madd_epi16(p, ones)
     }
 }
@@ -202,7 +250,8 @@ unsafe fn step<F: Q32W2, const R: usize, const C: usize>(
         let s4 = _mm256_load_ps(rec.add(off::S) as *const f32);
         for r in 0..R {
             let i = dot::<F>(&wv[r], alo, ahi);
-            acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(wv[r].d, da), acc[r][c]);
+            acc[r][c] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(wv[r].d, da), acc[r][c]);
             if !F::SIGNED {
                 acc[r][c] = _mm256_fmadd_ps(wv[r].m, s4, acc[r][c]);
             }
@@ -242,12 +291,16 @@ unsafe fn tile<F: Q32W2, const R: usize, const C: usize>(
 }
 
 #[inline(always)]
-unsafe fn rows<F: Q32W2, const R: usize, const C: usize>(job: &QJob, rows: Range<usize>, t0: usize) {
+unsafe fn rows<F: Q32W2, const R: usize, const C: usize>(
+    job: &QJob,
+    rows: Range<usize>,
+    t0: usize,
+) {
     let nb = job.k / 32;
-    let a: [*const u8; C] = std::array::from_fn(|c| job.a_row(t0 + c));
+    let a: [*const u8; C] = arr(|c| job.a_row(t0 + c));
     let mut r = rows.start;
     while r + R <= rows.end {
-        let w: [*const u8; R] = std::array::from_fn(|i| job.w_row(r + i));
+        let w: [*const u8; R] = arr(|i| job.w_row(r + i));
         let v = tile::<F, R, C>(w, a, nb);
         for (i, vr) in v.iter().enumerate() {
             for (c, val) in vr.iter().enumerate() {

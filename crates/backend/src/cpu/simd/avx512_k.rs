@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::acts::{off, K_BYTES};
 use super::float::panel_rows;
-use super::QJob;
+use super::{arr, word_table, QJob};
 use crate::dtype::DType;
 
 /// One unpacked super-block.
@@ -39,10 +39,26 @@ pub trait KW {
 }
 
 #[inline(always)]
-unsafe fn idx16(f: impl Fn(usize) -> usize) -> __m512i {
-    let v: [i16; 32] = std::array::from_fn(|w| f(w) as i16);
-    _mm512_loadu_si512(v.as_ptr() as *const __m512i)
+unsafe fn idx16(t: &'static [i16; 32]) -> __m512i {
+    _mm512_loadu_si512(t.as_ptr() as *const __m512i)
 }
+
+/// Per-16 scale registers: register i, word w -> sub-block 4i + w/8.
+const SC16: [[i16; 32]; 4] = [
+    word_table!(|w| w / 8),
+    word_table!(|w| 4 + w / 8),
+    word_table!(|w| 8 + w / 8),
+    word_table!(|w| 12 + w / 8),
+];
+/// Q4_K/Q5_K scale registers: register i holds sub-blocks (s, s + 2), s = 0, 1, 4, 5.
+const SC32: [[i16; 32]; 4] = [
+    word_table!(|w| 2 * (w / 16)),
+    word_table!(|w| 1 + 2 * (w / 16)),
+    word_table!(|w| 4 + 2 * (w / 16)),
+    word_table!(|w| 5 + 2 * (w / 16)),
+];
+/// Q4_K/Q5_K mins per 16 elements: word x -> min x/2 (words 8.. of the source).
+const MIN32: [i16; 32] = word_table!(|w| 8 + (w % 16) / 2);
 
 #[inline(always)]
 unsafe fn lanes64(lo: i64, hi: i64) -> __m512i {
@@ -53,7 +69,10 @@ unsafe fn lanes64(lo: i64, hi: i64) -> __m512i {
 #[inline(always)]
 unsafe fn two_halves(p: *const u8) -> (__m512, __m512) {
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-    (_mm512_broadcastss_ps(v), _mm512_broadcastss_ps(_mm_movehdup_ps(v)))
+    (
+        _mm512_broadcastss_ps(v),
+        _mm512_broadcastss_ps(_mm_movehdup_ps(v)),
+    )
 }
 
 #[inline(always)]
@@ -73,7 +92,7 @@ unsafe fn bcast32(p: *const u8) -> __m512i {
 #[inline(always)]
 unsafe fn scales16(sc: __m256i) -> [__m512i; 4] {
     let s = _mm512_castsi256_si512(sc);
-    std::array::from_fn(|i| _mm512_permutexvar_epi16(idx16(|w| 4 * i + w / 8), s))
+    arr(|i| _mm512_permutexvar_epi16(idx16(&SC16[i]), s))
 }
 
 /// Q4_K/Q5_K 6-bit scales and mins (12 bytes at `p`) as bytes `[sc0..8, m0..8]`
@@ -84,7 +103,11 @@ unsafe fn scales_mins_k4(p: *const u8) -> __m128i {
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
     let u = p as *const u32;
-    let (u0, u1, u2) = (u.read_unaligned(), u.add(1).read_unaligned(), u.add(2).read_unaligned());
+    let (u0, u1, u2) = (
+        u.read_unaligned(),
+        u.add(1).read_unaligned(),
+        u.add(2).read_unaligned(),
+    );
     let m4 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
     let m0 = u1 & KMASK1;
     let s4 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
@@ -97,9 +120,8 @@ unsafe fn scales_mins_k4(p: *const u8) -> __m128i {
 #[inline(always)]
 unsafe fn k4_scales(p: *const u8) -> ([__m512i; 4], __m256i) {
     let w = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scales_mins_k4(p)));
-    const FIRST: [usize; 4] = [0, 1, 4, 5];
-    let sc = std::array::from_fn(|i| _mm512_permutexvar_epi16(idx16(|x| FIRST[i] + 2 * (x / 16)), w));
-    let mvec = _mm512_castsi512_si256(_mm512_permutexvar_epi16(idx16(|x| 8 + x / 2), w));
+    let sc = arr(|i| _mm512_permutexvar_epi16(idx16(&SC32[i]), w));
+    let mvec = _mm512_castsi512_si256(_mm512_permutexvar_epi16(idx16(&MIN32), w));
     (sc, mvec)
 }
 
@@ -128,7 +150,13 @@ impl KW for Q2K {
             }
         }
         let (d, dmin) = two_halves(p.add(80));
-        WK { q, sc: scales16(sc), mvec: mn, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+        WK {
+            q,
+            sc: scales16(sc),
+            mvec: mn,
+            d,
+            dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin),
+        }
     }
 }
 
@@ -141,12 +169,19 @@ impl KW for Q3K {
         const KMASK1: u32 = 0x0303_0303;
         const KMASK2: u32 = 0x0f0f_0f0f;
         let u = p.add(96) as *const u32;
-        let (a0, a1, tmp) = (u.read_unaligned(), u.add(1).read_unaligned(), u.add(2).read_unaligned());
+        let (a0, a1, tmp) = (
+            u.read_unaligned(),
+            u.add(1).read_unaligned(),
+            u.add(2).read_unaligned(),
+        );
         let s2 = ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
         let s3 = ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
         let s0 = (a0 & KMASK2) | ((tmp & KMASK1) << 4);
         let s1 = (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
-        let s = _mm_sub_epi8(_mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32), _mm_set1_epi8(32));
+        let s = _mm_sub_epi8(
+            _mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32),
+            _mm_set1_epi8(32),
+        );
         let sc = _mm256_cvtepi8_epi16(s);
         let hb = bcast32(p);
         let (three, four) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
@@ -154,7 +189,10 @@ impl KW for Q3K {
         for n in 0..2 {
             let qb = bcast32(p.add(32 + 32 * n));
             for h in 0..2 {
-                let lo = _mm512_and_si512(_mm512_srlv_epi64(qb, lanes64(4 * h as i64, 4 * h as i64 + 2)), three);
+                let lo = _mm512_and_si512(
+                    _mm512_srlv_epi64(qb, lanes64(4 * h as i64, 4 * h as i64 + 2)),
+                    three,
+                );
                 // High bit of element 128n + 32j + l is bit 4n + j of hmask[l]; rotate it
                 // to bit 2 (rotation keeps it inside its byte).
                 let b0 = (4 * n + 2 * h) as i64;
@@ -164,7 +202,13 @@ impl KW for Q3K {
             }
         }
         let d = half(p.add(108));
-        WK { q, sc: scales16(sc), mvec: sc, d, dmin: _mm512_mul_ps(d, _mm512_set1_ps(-4.0)) }
+        WK {
+            q,
+            sc: scales16(sc),
+            mvec: sc,
+            d,
+            dmin: _mm512_mul_ps(d, _mm512_set1_ps(-4.0)),
+        }
     }
 }
 
@@ -184,7 +228,13 @@ impl KW for Q4K {
             _mm512_and_si512(_mm512_srli_epi16(z1, 4), f),
         ];
         let (d, dmin) = two_halves(p);
-        WK { q, sc, mvec, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+        WK {
+            q,
+            sc,
+            mvec,
+            d,
+            dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin),
+        }
     }
 }
 
@@ -212,7 +262,13 @@ impl KW for Q5K {
             _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(z1, 4), f), h3),
         ];
         let (d, dmin) = two_halves(p);
-        WK { q, sc, mvec, d, dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin) }
+        WK {
+            q,
+            sc,
+            mvec,
+            d,
+            dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin),
+        }
     }
 }
 
@@ -234,7 +290,13 @@ impl KW for Q6K {
         }
         let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
         let d = half(p.add(208));
-        WK { q, sc: scales16(sc), mvec: sc, d, dmin: _mm512_mul_ps(d, _mm512_set1_ps(-32.0)) }
+        WK {
+            q,
+            sc: scales16(sc),
+            mvec: sc,
+            d,
+            dmin: _mm512_mul_ps(d, _mm512_set1_ps(-32.0)),
+        }
     }
 }
 
@@ -260,7 +322,7 @@ unsafe fn step<F: KW, const R: usize, const C: usize>(
         let rec = a[c].add(sb * K_BYTES);
         let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
         let da = _mm512_set1_ps((rec.add(off::KD) as *const f32).read());
-        let av: [__m512i; 4] = std::array::from_fn(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
+        let av: [__m512i; 4] = arr(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
         for r in 0..R {
             let wk = &wv[r];
             let z = _mm512_setzero_si512();
@@ -271,7 +333,8 @@ unsafe fn step<F: KW, const R: usize, const C: usize>(
             let s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(wk.q[3], av[3]), wk.sc[3]);
             let isum = _mm512_add_epi32(s0, s1);
             let imin = _mm256_madd_epi16(wk.mvec, bs);
-            acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wk.d, da), acc[r][c]);
+            acc[r][c] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wk.d, da), acc[r][c]);
             let minf = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(imin));
             acc[r][c] = _mm512_fmadd_ps(minf, _mm512_mul_ps(wk.dmin, da), acc[r][c]);
         }
@@ -300,10 +363,10 @@ unsafe fn tile<F: KW, const R: usize, const C: usize>(
 #[inline(always)]
 unsafe fn rows<F: KW, const R: usize, const C: usize>(job: &QJob, rows: Range<usize>, t0: usize) {
     let nsb = job.k / 256;
-    let a: [*const u8; C] = std::array::from_fn(|c| job.a_row(t0 + c));
+    let a: [*const u8; C] = arr(|c| job.a_row(t0 + c));
     let mut r = rows.start;
     while r + R <= rows.end {
-        let w: [*const u8; R] = std::array::from_fn(|i| job.w_row(r + i));
+        let w: [*const u8; R] = arr(|i| job.w_row(r + i));
         let v = tile::<F, R, C>(w, a, nsb);
         for (i, vr) in v.iter().enumerate() {
             for (c, val) in vr.iter().enumerate() {

@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use super::acts::{off, Q32_GROUP_BYTES};
 use super::float::panel_rows;
-use super::QJob;
+use super::{arr, word_table, QJob};
 use crate::dtype::DType;
 
 /// One unpacked group: unsigned quants (low halves, high halves), per-lane weight
@@ -57,9 +57,8 @@ fn bytes_mask(n: isize) -> u64 {
 
 /// Word-index vector for `vpermt2w` (indices 32.. pick from the second register).
 #[inline(always)]
-unsafe fn idx(f: impl Fn(usize) -> usize) -> __m512i {
-    let v: [i16; 32] = std::array::from_fn(|w| f(w) as i16);
-    _mm512_loadu_si512(v.as_ptr() as *const __m512i)
+unsafe fn idx(t: &[i16; 32]) -> __m512i {
+    _mm512_loadu_si512(t.as_ptr() as *const __m512i)
 }
 
 /// Loads the `len` bytes at `p` (len <= 128) into two registers, zeros after.
@@ -74,7 +73,10 @@ unsafe fn load2(p: *const u8, len: usize) -> (__m512i, __m512i) {
 #[inline(always)]
 unsafe fn nibbles(qs: __m512i) -> (__m512i, __m512i) {
     let f = _mm512_set1_epi8(0x0F);
-    (_mm512_and_si512(qs, f), _mm512_and_si512(_mm512_srli_epi16(qs, 4), f))
+    (
+        _mm512_and_si512(qs, f),
+        _mm512_and_si512(_mm512_srli_epi16(qs, 4), f),
+    )
 }
 
 /// Low 256 bits as 16 floats from 16 halves; high 256 bits likewise.
@@ -112,11 +114,30 @@ impl Q32W for Q4_0 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
         let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(a, idx(|w| 9 * (w / 8) + 1 + w % 8), b);
-        let meta = _mm512_permutex2var_epi16(a, idx(|w| 9 * (w % 16 / 4)), b);
+        let qs = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 9 * (w / 8) + 1 + w % 8);
+                T
+            }),
+            b,
+        );
+        let meta = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 9 * (w % 16 / 4));
+                T
+            }),
+            b,
+        );
         let (lo, hi) = nibbles(qs);
         let (d, _) = halves_to_f32(meta);
-        W4 { lo, hi, d, m: _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) }
+        W4 {
+            lo,
+            hi,
+            d,
+            m: _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+        }
     }
 }
 
@@ -126,8 +147,22 @@ impl Q32W for Q4_1 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
         let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(a, idx(|w| 10 * (w / 8) + 2 + w % 8), b);
-        let meta = _mm512_permutex2var_epi16(a, idx(|w| 10 * (w % 16 / 4) + w / 16), b);
+        let qs = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 10 * (w / 8) + 2 + w % 8);
+                T
+            }),
+            b,
+        );
+        let meta = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 10 * (w % 16 / 4) + w / 16);
+                T
+            }),
+            b,
+        );
         let (lo, hi) = nibbles(qs);
         let (d, m) = halves_to_f32(meta);
         W4 { lo, hi, d, m }
@@ -140,21 +175,38 @@ impl Q32W for Q5_0 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
         let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(a, idx(|w| 11 * (w / 8) + 3 + w % 8), b);
+        let qs = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 11 * (w / 8) + 3 + w % 8);
+                T
+            }),
+            b,
+        );
         // words 0..16: d of block w/4; words 16..20: qh low halves; 20..24: high halves.
         let meta = _mm512_permutex2var_epi16(
             a,
-            idx(|w| match w {
-                0..=15 => 11 * (w / 4),
-                16..=23 => 11 * ((w - 16) % 4) + 1 + (w - 16) / 4,
-                _ => 0,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| if w < 16 {
+                    11 * (w / 4)
+                } else if w < 24 {
+                    11 * ((w - 16) % 4) + 1 + (w - 16) / 4
+                } else {
+                    0
+                });
+                T
             }),
             b,
         );
         let (lo, hi) = nibbles(qs);
         let (lo, hi) = fifth_bits(lo, hi, _mm512_extracti32x4_epi32(meta, 2));
         let (d, _) = halves_to_f32(meta);
-        W4 { lo, hi, d, m: _mm512_mul_ps(d, _mm512_set1_ps(-16.0)) }
+        W4 {
+            lo,
+            hi,
+            d,
+            m: _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+        }
     }
 }
 
@@ -164,9 +216,30 @@ impl Q32W for Q5_1 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
         let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(a, idx(|w| 12 * (w / 8) + 4 + w % 8), b);
-        let meta = _mm512_permutex2var_epi16(a, idx(|w| 12 * (w % 16 / 4) + w / 16), b);
-        let qh = _mm512_permutex2var_epi16(a, idx(|w| 12 * (w % 4) + 2 + (w / 4) % 2), b);
+        let qs = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 12 * (w / 8) + 4 + w % 8);
+                T
+            }),
+            b,
+        );
+        let meta = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 12 * (w % 16 / 4) + w / 16);
+                T
+            }),
+            b,
+        );
+        let qh = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 12 * (w % 4) + 2 + (w / 4) % 2);
+                T
+            }),
+            b,
+        );
         let (lo, hi) = nibbles(qs);
         let (lo, hi) = fifth_bits(lo, hi, _mm512_castsi512_si128(qh));
         let (d, m) = halves_to_f32(meta);
@@ -183,9 +256,30 @@ impl Q32W for Q8_0 {
         let len = nbg * Self::BYTES;
         let (a, b) = load2(p, len.min(128));
         let (c, e) = load2(p.add(8), len - 8);
-        let lo = _mm512_permutex2var_epi16(a, idx(|w| 17 * (w / 8) + 1 + w % 8), b);
-        let hi = _mm512_permutex2var_epi16(c, idx(|w| 17 * (w / 8) + 9 + w % 8 - 4), e);
-        let meta = _mm512_permutex2var_epi16(a, idx(|w| 17 * (w % 16 / 4)), b);
+        let lo = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 17 * (w / 8) + 1 + w % 8);
+                T
+            }),
+            b,
+        );
+        let hi = _mm512_permutex2var_epi16(
+            c,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 17 * (w / 8) + 9 + w % 8 - 4);
+                T
+            }),
+            e,
+        );
+        let meta = _mm512_permutex2var_epi16(
+            a,
+            idx(&{
+                const T: [i16; 32] = word_table!(|w| 17 * (w % 16 / 4));
+                T
+            }),
+            b,
+        );
         let flip = _mm512_set1_epi8(-128);
         let (d, _) = halves_to_f32(meta);
         W4 {
@@ -258,10 +352,10 @@ unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
 #[inline(always)]
 unsafe fn rows<F: Q32W, const R: usize, const C: usize>(job: &QJob, rows: Range<usize>, t0: usize) {
     let nb = job.k / 32;
-    let a: [*const u8; C] = std::array::from_fn(|c| job.a_row(t0 + c));
+    let a: [*const u8; C] = arr(|c| job.a_row(t0 + c));
     let mut r = rows.start;
     while r + R <= rows.end {
-        let w: [*const u8; R] = std::array::from_fn(|i| job.w_row(r + i));
+        let w: [*const u8; R] = arr(|i| job.w_row(r + i));
         let v = tile::<F, R, C>(w, a, nb);
         for (i, vr) in v.iter().enumerate() {
             for (c, val) in vr.iter().enumerate() {

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::{FJob, Isa};
+use super::{arr, FJob, Isa};
 use crate::dtype::DType;
 
 /// Weight bytes per panel: rows are processed in panels about this big, and every
@@ -44,7 +44,9 @@ pub unsafe fn run(job: &FJob, isa: Isa, rows: Range<usize>) {
 #[inline]
 fn weight(dtype: DType, row: &[u8], i: usize) -> f32 {
     match dtype {
-        DType::F32 => f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]]),
+        DType::F32 => {
+            f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]])
+        }
         DType::F16 => f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
         _ => bf16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
     }
@@ -206,13 +208,17 @@ pub(super) mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn rows512<W: FloatW, const R: usize, const C: usize>(job: &FJob, rows: Range<usize>, t0: usize) {
+    unsafe fn rows512<W: FloatW, const R: usize, const C: usize>(
+        job: &FJob,
+        rows: Range<usize>,
+        t0: usize,
+    ) {
         let rb = job.k * W::SIZE;
         let base = job.w.as_ptr();
-        let x: [*const f32; C] = std::array::from_fn(|c| job.x.as_ptr().add((t0 + c) * job.k));
+        let x: [*const f32; C] = arr(|c| job.x.as_ptr().add((t0 + c) * job.k));
         let mut r = rows.start;
         while r + R <= rows.end {
-            let w: [*const u8; R] = std::array::from_fn(|i| base.add((r + i) * rb));
+            let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
             let v = tile512::<W, R, C>(w, x, job.k);
             for (i, vr) in v.iter().enumerate() {
                 for (c, val) in vr.iter().enumerate() {
@@ -303,13 +309,17 @@ pub(super) mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn rows256<W: FloatW, const R: usize, const C: usize>(job: &FJob, rows: Range<usize>, t0: usize) {
+    unsafe fn rows256<W: FloatW, const R: usize, const C: usize>(
+        job: &FJob,
+        rows: Range<usize>,
+        t0: usize,
+    ) {
         let rb = job.k * W::SIZE;
         let base = job.w.as_ptr();
-        let x: [*const f32; C] = std::array::from_fn(|c| job.x.as_ptr().add((t0 + c) * job.k));
+        let x: [*const f32; C] = arr(|c| job.x.as_ptr().add((t0 + c) * job.k));
         let mut r = rows.start;
         while r + R <= rows.end {
-            let w: [*const u8; R] = std::array::from_fn(|i| base.add((r + i) * rb));
+            let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
             let v = tile256::<W, R, C>(w, x, job.k);
             for (i, vr) in v.iter().enumerate() {
                 for (c, val) in vr.iter().enumerate() {

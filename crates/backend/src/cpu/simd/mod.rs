@@ -170,3 +170,30 @@ impl FJob<'_> {
         float::run(self, isa, rows)
     }
 }
+
+/// `[f(0), .., f(N - 1)]`, always inlined. `std::array::from_fn` is not always inlined,
+/// and a closure left out of line cannot inline the SIMD intrinsics it calls into the
+/// `#[target_feature]` kernel (each becomes a function call).
+#[inline(always)]
+pub(crate) fn arr<T: Copy, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
+    let mut a = [f(0); N];
+    for (i, v) in a.iter_mut().enumerate().skip(1) {
+        *v = f(i);
+    }
+    a
+}
+
+/// A `[i16; 32]` table of `f(w)` for w = 0..32, computed at compile time (indices for
+/// the word permutes).
+macro_rules! word_table {
+    (|$w:ident| $e:expr) => {{
+        let mut t = [0i16; 32];
+        let mut $w = 0usize;
+        while $w < 32 {
+            t[$w] = ($e) as i16;
+            $w += 1;
+        }
+        t
+    }};
+}
+pub(crate) use word_table;

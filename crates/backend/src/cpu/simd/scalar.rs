@@ -46,7 +46,11 @@ pub fn decode32(dtype: DType, b: &[u8]) -> Dec32 {
         }
         DType::Q4_1 => {
             nib(&b[4..20], &mut q);
-            Dec32 { q, d: h(0), m: h(2) }
+            Dec32 {
+                q,
+                d: h(0),
+                m: h(2),
+            }
         }
         DType::Q5_0 => {
             nib(&b[6..22], &mut q);
@@ -57,7 +61,11 @@ pub fn decode32(dtype: DType, b: &[u8]) -> Dec32 {
         DType::Q5_1 => {
             nib(&b[8..24], &mut q);
             fifth(u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &mut q);
-            Dec32 { q, d: h(0), m: h(2) }
+            Dec32 {
+                q,
+                d: h(0),
+                m: h(2),
+            }
         }
         DType::Q8_0 => {
             for (v, &x) in q.iter_mut().zip(&b[2..34]) {
@@ -139,7 +147,8 @@ pub fn decode_k(dtype: DType, b: &[u8]) -> DecK {
                     k.mn[4 * j + 2 + g] = m2 as i32;
                 }
                 for l in 0..32 {
-                    let (mut lo, mut hi) = ((qs[32 * j + l] & 0xF) as i32, (qs[32 * j + l] >> 4) as i32);
+                    let (mut lo, mut hi) =
+                        ((qs[32 * j + l] & 0xF) as i32, (qs[32 * j + l] >> 4) as i32);
                     if q5 {
                         let qh = b[16 + l];
                         lo |= (((qh >> (2 * j)) & 1) << 4) as i32;
@@ -239,7 +248,8 @@ unsafe fn row_k(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; CH
                     dot += w.q[i] * rec[acts::k_pos(swap, i)] as i8 as i32;
                 }
                 isum += w.sc[g] * dot;
-                let bsum = i16::from_le_bytes([rec[off::BSUMS + 2 * g], rec[off::BSUMS + 2 * g + 1]]);
+                let bsum =
+                    i16::from_le_bytes([rec[off::BSUMS + 2 * g], rec[off::BSUMS + 2 * g + 1]]);
                 imin += w.mn[g] * bsum as i32;
             }
             let da = f32_at(rec, off::KD);
