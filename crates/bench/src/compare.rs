@@ -496,6 +496,7 @@ pub fn plots(
             .and_then(|s| s.ttft_ms)
             .map(|b| (b, format!("SLO {b} ms"))),
         markers: true,
+        legend_lower_right: false,
     };
     let tpot_chart = LineChart {
         title: format!("p{pw} TPOT vs output throughput"),
@@ -506,6 +507,7 @@ pub fn plots(
             .and_then(|s| s.tpot_ms)
             .map(|b| (b, format!("SLO {b} ms"))),
         markers: true,
+        legend_lower_right: false,
     };
     files.extend(save_charts(
         dir,

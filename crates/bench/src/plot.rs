@@ -209,13 +209,14 @@ where
 {
     let (_, y1) = range(bars.iter().map(|b| b.2));
     let y1 = y1 * 1.08; // room for the value captions
+    // A segmented axis over 0..n-1 has n segments, one per bar.
     let n = bars.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..y1)
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..y1)
         .map_err(err)?;
     let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
@@ -253,9 +254,7 @@ where
             Text::new(
                 caption,
                 (SegmentValue::CenterOf(i), v + y1 * 0.05),
-                (FONT, 13)
-                    .into_font()
-                    .pos(Pos::new(HPos::Center, VPos::Center)),
+                TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
             )
         }))
         .map_err(err)?;

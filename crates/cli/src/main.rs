@@ -1,5 +1,6 @@
 //! `sluice`: wiring and argument parsing only.
 
+mod bench_offline;
 mod generate;
 mod pull;
 
@@ -21,6 +22,18 @@ enum Command {
     Info(InfoArgs),
     /// Download a known model into the cache (checksum verified, never twice).
     Pull(PullArgs),
+    /// Benchmarks: offline through the engine (model, throughput) or online against any
+    /// OpenAI-compatible server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// llama-bench-style prompt processing / generation rates (pp512, tg128, batched).
+    Model(bench_offline::ModelBenchArgs),
+    /// Offline throughput: all requests submitted at once.
+    Throughput(bench_offline::ThroughputArgs),
 }
 
 #[derive(clap::Args)]
@@ -66,6 +79,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info(a),
         Command::Pull(a) => pull_cmd(a),
+        Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),
+        Command::Bench(BenchCommand::Throughput(a)) => bench_offline::run_throughput(a),
     }
 }
 

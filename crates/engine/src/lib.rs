@@ -2,6 +2,7 @@
 //! sluice-engine: requests, sequences, the scheduler, the paged KV cache with prefix
 //! caching, sampling, and the step loop. No HTTP.
 
+pub mod bench;
 pub mod engine;
 pub mod handle;
 pub mod kv;

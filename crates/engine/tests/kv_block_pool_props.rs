@@ -66,7 +66,10 @@ impl Model {
 }
 
 fn check(pool: &BlockPool, m: &Model) -> Result<(), TestCaseError> {
-    prop_assert_eq!(pool.free_queue(), m.queue.iter().copied().collect::<Vec<_>>());
+    prop_assert_eq!(
+        pool.free_queue(),
+        m.queue.iter().copied().collect::<Vec<_>>()
+    );
     prop_assert_eq!(pool.num_free_blocks(), m.queue.len());
     for b in 0..m.refs.len() {
         prop_assert_eq!(pool.ref_count(b as BlockId), m.refs[b], "refcount of {}", b);

@@ -31,7 +31,11 @@ enum Op {
     },
     /// Computes `1 + n % remaining` more tokens of live sequence `idx`, reserving
     /// `lookahead` extra slots.
-    Step { idx: usize, n: usize, lookahead: usize },
+    Step {
+        idx: usize,
+        n: usize,
+        lookahead: usize,
+    },
     /// A decoding sequence verifies `k` drafts and accepts `accept % (k + 1)`.
     Spec { idx: usize, k: usize, accept: usize },
     /// Frees sequence `idx`.
@@ -84,8 +88,18 @@ impl Sim {
         prop_assert!(table.len() * self.bs >= start + n);
         for pos in start..start + n {
             let b = table[pos / self.bs];
-            prop_assert_eq!(self.mgr.pool().ref_count(b), 1, "write into shared block {}", b);
-            prop_assert_eq!(self.mgr.pool().block_hash(b), None, "write into cached block {}", b);
+            prop_assert_eq!(
+                self.mgr.pool().ref_count(b),
+                1,
+                "write into shared block {}",
+                b
+            );
+            prop_assert_eq!(
+                self.mgr.pool().block_hash(b),
+                None,
+                "write into cached block {}",
+                b
+            );
             let slot = self.slot(&table, pos);
             self.shadow[slot] = self.seqs[i].token_with_spec(pos);
         }
@@ -108,7 +122,8 @@ impl Sim {
         let mut hashes = Vec::new();
         extend_block_hashes(&mut hashes, root_hash(KEY, salt(seq)), tokens, self.bs);
         for (j, h) in hashes.into_iter().enumerate() {
-            self.known.insert(h, tokens[j * self.bs..(j + 1) * self.bs].to_vec());
+            self.known
+                .insert(h, tokens[j * self.bs..(j + 1) * self.bs].to_vec());
         }
         Ok(())
     }
@@ -122,27 +137,47 @@ impl Sim {
         let computed = self.mgr.get_computed_blocks(&seq);
         let cached = computed.num_cached_tokens;
         prop_assert_eq!(cached, computed.blocks.len() * self.bs);
-        prop_assert!(cached < seq.num_tokens(), "the whole prompt was served from cache");
+        prop_assert!(
+            cached < seq.num_tokens(),
+            "the whole prompt was served from cache"
+        );
         // Hits are exact (the content behind them is the prompt's) and maximal.
         let mut hashes = Vec::new();
-        extend_block_hashes(&mut hashes, root_hash(KEY, salt(&seq)), seq.all_token_ids(), self.bs);
+        extend_block_hashes(
+            &mut hashes,
+            root_hash(KEY, salt(&seq)),
+            seq.all_token_ids(),
+            self.bs,
+        );
         for (j, &b) in computed.blocks.iter().enumerate() {
             prop_assert_eq!(self.mgr.pool().get_cached_block(hashes[j]), Some(b));
             for o in 0..self.bs {
                 let pos = j * self.bs + o;
-                prop_assert_eq!(self.shadow[b as usize * self.bs + o], Some(seq.all_token_ids()[pos]));
+                prop_assert_eq!(
+                    self.shadow[b as usize * self.bs + o],
+                    Some(seq.all_token_ids()[pos])
+                );
             }
         }
         let max_hits = (seq.num_tokens() - 1) / self.bs;
         if self.mgr.prefix_caching_enabled() && computed.blocks.len() < max_hits {
-            prop_assert_eq!(self.mgr.pool().get_cached_block(hashes[computed.blocks.len()]), None);
+            prop_assert_eq!(
+                self.mgr
+                    .pool()
+                    .get_cached_block(hashes[computed.blocks.len()]),
+                None
+            );
         }
         if !self.mgr.prefix_caching_enabled() {
             prop_assert_eq!(&computed, &ComputedBlocks::default());
         }
         let n = 1 + chunk % (seq.num_tokens() - cached);
         let need = (cached + n).div_ceil(self.bs) - computed.blocks.len();
-        let free_hits = computed.blocks.iter().filter(|&&b| self.mgr.pool().ref_count(b) == 0).count();
+        let free_hits = computed
+            .blocks
+            .iter()
+            .filter(|&&b| self.mgr.pool().ref_count(b) == 0)
+            .count();
         let feasible = need + free_hits <= self.mgr.num_free_blocks();
         let got = self.mgr.allocate_slots(&seq, n, &computed, 0);
         prop_assert_eq!(got, Ok(feasible.then_some(need)));
@@ -162,9 +197,13 @@ impl Sim {
         let remaining = seq.num_tokens() - seq.num_computed_tokens;
         let n = 1 + n % remaining;
         let have = self.mgr.block_table(seq.id).len();
-        let need = (seq.num_computed_tokens + n + lookahead).div_ceil(self.bs).saturating_sub(have);
+        let need = (seq.num_computed_tokens + n + lookahead)
+            .div_ceil(self.bs)
+            .saturating_sub(have);
         let feasible = need <= self.mgr.num_free_blocks();
-        let got = self.mgr.allocate_slots(seq, n, &ComputedBlocks::default(), lookahead);
+        let got = self
+            .mgr
+            .allocate_slots(seq, n, &ComputedBlocks::default(), lookahead);
         prop_assert_eq!(got, Ok(feasible.then_some(need)));
         if feasible {
             self.compute(i, n)?;
@@ -177,9 +216,13 @@ impl Sim {
         if seq.num_tokens() - seq.num_computed_tokens != 1 {
             return Ok(()); // still in its prompt
         }
-        seq.spec_token_ids = (0..k as u32).map(|d| (d * 7 + seq.num_tokens() as u32) % 3).collect();
+        seq.spec_token_ids = (0..k as u32)
+            .map(|d| (d * 7 + seq.num_tokens() as u32) % 3)
+            .collect();
         let before = seq.num_computed_tokens;
-        let got = self.mgr.allocate_slots(seq, 1 + k, &ComputedBlocks::default(), 0);
+        let got = self
+            .mgr
+            .allocate_slots(seq, 1 + k, &ComputedBlocks::default(), 0);
         prop_assert!(got.is_ok());
         if got.ok().flatten().is_none() {
             self.seqs[i].spec_token_ids.clear();
@@ -205,7 +248,10 @@ impl Sim {
         seq.num_computed_tokens = before + 1 + a;
         let num_computed = seq.num_computed_tokens;
         prop_assert!(self.mgr.truncate(id, num_computed).is_ok());
-        prop_assert_eq!(self.mgr.block_table(id).len(), num_computed.div_ceil(self.bs));
+        prop_assert_eq!(
+            self.mgr.block_table(id).len(),
+            num_computed.div_ceil(self.bs)
+        );
         self.cache(i)
     }
 
@@ -221,7 +267,13 @@ impl Sim {
             // Every computed position reads back its own token.
             for pos in 0..s.num_computed_tokens {
                 let slot = self.slot(table, pos);
-                prop_assert_eq!(self.shadow[slot], Some(s.all_token_ids()[pos]), "{} pos {}", s.id, pos);
+                prop_assert_eq!(
+                    self.shadow[slot],
+                    Some(s.all_token_ids()[pos]),
+                    "{} pos {}",
+                    s.id,
+                    pos
+                );
             }
         }
         let mut free_blocks = Vec::new();
@@ -234,15 +286,26 @@ impl Sim {
         let mut queue = pool.free_queue();
         queue.sort();
         prop_assert_eq!(queue, free_blocks);
-        prop_assert_eq!(pool.num_free_blocks(), owners.iter().filter(|&&o| o == 0).count());
+        prop_assert_eq!(
+            pool.num_free_blocks(),
+            owners.iter().filter(|&&o| o == 0).count()
+        );
         for (h, b) in pool.cached_entries() {
             prop_assert_eq!(pool.block_hash(b), Some(h));
-            let content: Vec<Option<u32>> = self.shadow[b as usize * self.bs..(b as usize + 1) * self.bs].to_vec();
-            let want: Option<Vec<Option<u32>>> = self.known.get(&h).map(|t| t.iter().map(|&x| Some(x)).collect());
+            let content: Vec<Option<u32>> =
+                self.shadow[b as usize * self.bs..(b as usize + 1) * self.bs].to_vec();
+            let want: Option<Vec<Option<u32>>> = self
+                .known
+                .get(&h)
+                .map(|t| t.iter().map(|&x| Some(x)).collect());
             prop_assert_eq!(Some(content), want, "cached block {} content", b);
         }
         for id in self.mgr.tracked_seqs() {
-            prop_assert!(self.seqs.iter().any(|s| s.id == id), "{} tracked after free", id);
+            prop_assert!(
+                self.seqs.iter().any(|s| s.id == id),
+                "{} tracked after free",
+                id
+            );
         }
         let st = self.mgr.stats();
         prop_assert!(st.prefix_cache_hits <= st.prefix_cache_queries);

@@ -78,10 +78,13 @@ impl FakeModel {
                 let pos = batch.positions[r] as usize;
                 let mut ctx = Vec::with_capacity(pos + 1);
                 for p in 0..=pos {
-                    let slot = s.block_table[p / self.block_size] as usize * self.block_size + p % self.block_size;
+                    let slot = s.block_table[p / self.block_size] as usize * self.block_size
+                        + p % self.block_size;
                     match self.kv[slot] {
                         Some((t, q)) if q as usize == p => ctx.push(t),
-                        other => return Err(format!("position {p} reads {other:?} from slot {slot}")),
+                        other => {
+                            return Err(format!("position {p} reads {other:?} from slot {slot}"))
+                        }
                     }
                 }
                 out.push(next_token(&ctx));
@@ -103,7 +106,11 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(cfg: SchedulerConfig, num_blocks: usize, prefix_caching: bool) -> Result<Driver, SchedulerError> {
+    fn new(
+        cfg: SchedulerConfig,
+        num_blocks: usize,
+        prefix_caching: bool,
+    ) -> Result<Driver, SchedulerError> {
         let kv = KvCacheManager::new(num_blocks, cfg.block_size, prefix_caching, "fake");
         let model = FakeModel::new(num_blocks, cfg.block_size);
         Ok(Driver {
@@ -122,14 +129,23 @@ impl Driver {
         let out = self.sched.schedule()?;
         let cfg = self.sched.config().clone();
         assert!(out.num_batched_tokens <= cfg.max_num_batched_tokens);
-        assert_eq!(out.num_batched_tokens, out.scheduled.iter().map(|s| s.num_new_tokens).sum::<usize>());
+        assert_eq!(
+            out.num_batched_tokens,
+            out.scheduled
+                .iter()
+                .map(|s| s.num_new_tokens)
+                .sum::<usize>()
+        );
         assert!(self.sched.num_running() <= cfg.max_num_seqs);
         self.sched.fill_batch(&out, &mut self.batch)?;
         let row_tokens = self.model.forward(&self.batch)?;
         let mut rows = row_tokens.into_iter();
         let mut sampled = Vec::with_capacity(out.scheduled.len());
         for s in &out.scheduled {
-            let seq = self.sched.seq(s.seq_id).ok_or("scheduled sequence vanished")?;
+            let seq = self
+                .sched
+                .seq(s.seq_id)
+                .ok_or("scheduled sequence vanished")?;
             let preds: Vec<u32> = rows.by_ref().take(s.num_logits()).collect();
             // Accept drafts while the model agrees, then take its next token.
             let drafts = &seq.spec_token_ids;
@@ -144,7 +160,9 @@ impl Driver {
         }
         self.sched.update_from_output(&out, &sampled)?;
         for s in &out.scheduled {
-            let Some(seq) = self.sched.seq(s.seq_id) else { continue };
+            let Some(seq) = self.sched.seq(s.seq_id) else {
+                continue;
+            };
             if seq.reached_max_tokens() {
                 let seq = self.sched.finish(s.seq_id, FinishReason::Length)?;
                 self.done.insert(seq.id, seq);
@@ -161,23 +179,38 @@ impl Driver {
             }
             self.step()?;
         }
-        assert!(!self.sched.has_unfinished(), "work left after {max_steps} steps");
+        assert!(
+            !self.sched.has_unfinished(),
+            "work left after {max_steps} steps"
+        );
         self.assert_all_free();
         Ok(())
     }
 
     fn output(&self, id: u64) -> Vec<u32> {
-        self.done.get(&SeqId(id)).map(|s| s.output_token_ids()[..s.max_tokens].to_vec()).unwrap_or_default()
+        self.done
+            .get(&SeqId(id))
+            .map(|s| s.output_token_ids()[..s.max_tokens].to_vec())
+            .unwrap_or_default()
     }
 
     fn assert_all_free(&self) {
         let kv = self.sched.kv();
-        assert_eq!(kv.num_free_blocks(), kv.pool().num_blocks(), "blocks leaked");
+        assert_eq!(
+            kv.num_free_blocks(),
+            kv.pool().num_blocks(),
+            "blocks leaked"
+        );
         assert_eq!(kv.tracked_seqs().count(), 0);
     }
 }
 
-fn cfg(budget: usize, max_num_seqs: usize, block_size: usize, max_model_len: usize) -> SchedulerConfig {
+fn cfg(
+    budget: usize,
+    max_num_seqs: usize,
+    block_size: usize,
+    max_model_len: usize,
+) -> SchedulerConfig {
     SchedulerConfig {
         max_num_batched_tokens: budget,
         max_num_seqs,
@@ -206,7 +239,13 @@ fn chunked_prefill_splits_long_prompt_by_budget() -> TestResult {
     }
     assert_eq!(
         chunks,
-        vec![(0, 8, false), (8, 8, false), (16, 4, true), (20, 1, true), (21, 1, true)]
+        vec![
+            (0, 8, false),
+            (8, 8, false),
+            (16, 4, true),
+            (20, 1, true),
+            (21, 1, true)
+        ]
     );
     assert_eq!(d.output(1), reference(&p, 3));
     d.assert_all_free();
@@ -225,9 +264,15 @@ fn decodes_share_a_step_with_a_prefill_chunk() -> TestResult {
     let mixed = d.step()?;
     // The running decode goes first with 1 token, the new prompt gets the rest.
     assert_eq!(mixed.scheduled.len(), 2);
-    assert_eq!((mixed.scheduled[0].seq_id, mixed.scheduled[0].num_new_tokens), (SeqId(1), 1));
+    assert_eq!(
+        (mixed.scheduled[0].seq_id, mixed.scheduled[0].num_new_tokens),
+        (SeqId(1), 1)
+    );
     assert!(mixed.scheduled[0].produces_token);
-    assert_eq!((mixed.scheduled[1].seq_id, mixed.scheduled[1].num_new_tokens), (SeqId(2), 9));
+    assert_eq!(
+        (mixed.scheduled[1].seq_id, mixed.scheduled[1].num_new_tokens),
+        (SeqId(2), 9)
+    );
     assert!(!mixed.scheduled[1].produces_token);
     assert_eq!(mixed.num_batched_tokens, 10);
     d.run(100)?;
@@ -321,10 +366,19 @@ fn identical_prompts_in_one_step_do_not_hit_unwritten_blocks() -> TestResult {
     d.add(1, p.clone(), 4)?;
     d.add(2, p.clone(), 4)?;
     let out = d.step()?;
-    assert_eq!(out.scheduled.iter().map(|s| s.num_computed_before).collect::<Vec<_>>(), vec![0, 0]);
+    assert_eq!(
+        out.scheduled
+            .iter()
+            .map(|s| s.num_computed_before)
+            .collect::<Vec<_>>(),
+        vec![0, 0]
+    );
     d.add(3, p.clone(), 4)?;
     let out = d.step()?;
-    assert_eq!(out.scheduled.last().map(|s| s.num_computed_before), Some(12));
+    assert_eq!(
+        out.scheduled.last().map(|s| s.num_computed_before),
+        Some(12)
+    );
     d.run(50)?;
     for id in 1..=3 {
         assert_eq!(d.output(id), reference(&p, 4));
@@ -343,11 +397,17 @@ fn abort_frees_blocks_at_once() -> TestResult {
     assert_eq!(d.sched.num_waiting(), 1);
     assert!(d.sched.kv().num_free_blocks() < 16);
     let running = d.sched.abort(SeqId(1))?;
-    assert_eq!(running.status, SequenceStatus::Finished(FinishReason::Abort));
+    assert_eq!(
+        running.status,
+        SequenceStatus::Finished(FinishReason::Abort)
+    );
     assert_eq!(d.sched.kv().num_free_blocks(), 16);
     let waiting = d.sched.abort(SeqId(2))?;
     assert_eq!(waiting.num_computed_tokens, 0);
-    assert_eq!(d.sched.abort(SeqId(2)).err(), Some(SchedulerError::UnknownSeq(SeqId(2))));
+    assert_eq!(
+        d.sched.abort(SeqId(2)).err(),
+        Some(SchedulerError::UnknownSeq(SeqId(2)))
+    );
     assert!(!d.sched.has_unfinished());
     assert!(d.sched.schedule()?.is_empty());
     d.assert_all_free();
@@ -362,7 +422,10 @@ fn abort_between_schedule_and_update_is_skipped() -> TestResult {
     let out = d.sched.schedule()?;
     d.sched.abort(SeqId(1))?;
     d.sched.update_from_output(&out, &[vec![7], vec![8]])?;
-    assert_eq!(d.sched.seq(SeqId(2)).map(|s| s.output_token_ids().to_vec()), Some(vec![8]));
+    assert_eq!(
+        d.sched.seq(SeqId(2)).map(|s| s.output_token_ids().to_vec()),
+        Some(vec![8])
+    );
     // Applying the same output twice is refused.
     assert!(matches!(
         d.sched.update_from_output(&out, &[vec![7], vec![8]]),
@@ -378,15 +441,24 @@ fn impossible_requests_are_rejected_at_add() -> TestResult {
     let mut d = Driver::new(cfg(16, 4, 4, 32), 5, true)?;
     assert_eq!(d.add(1, vec![], 4), Err(SchedulerError::EmptyPrompt));
     assert_eq!(d.add(1, vec![1], 0), Err(SchedulerError::ZeroMaxTokens));
-    assert!(matches!(d.add(1, prompt(1, 30), 3), Err(SchedulerError::ContextTooLong { .. })));
+    assert!(matches!(
+        d.add(1, prompt(1, 30), 3),
+        Err(SchedulerError::ContextTooLong { .. })
+    ));
     // 5 blocks = 20 slots; 15 + 7 - 1 = 21 slots needed.
     assert_eq!(
         d.add(1, prompt(1, 15), 7),
-        Err(SchedulerError::ExceedsKvCache { needed_blocks: 6, num_blocks: 5 })
+        Err(SchedulerError::ExceedsKvCache {
+            needed_blocks: 6,
+            num_blocks: 5
+        })
     );
     // Exactly fitting: 15 + 6 - 1 = 20 slots.
     d.add(1, prompt(1, 15), 6)?;
-    assert_eq!(d.add(1, vec![1], 1), Err(SchedulerError::DuplicateSeq(SeqId(1))));
+    assert_eq!(
+        d.add(1, vec![1], 1),
+        Err(SchedulerError::DuplicateSeq(SeqId(1)))
+    );
     d.run(50)?;
     assert_eq!(d.output(1), reference(&prompt(1, 15), 6));
     // Bad configurations.
@@ -412,7 +484,13 @@ fn without_chunked_prefill_prompts_run_whole() -> TestResult {
     // B does not fit the 6 tokens left and is not chunked.
     assert_eq!(out.scheduled.len(), 1);
     let out = d.step()?;
-    assert_eq!(out.scheduled.iter().map(|s| s.num_new_tokens).collect::<Vec<_>>(), vec![1, 10]);
+    assert_eq!(
+        out.scheduled
+            .iter()
+            .map(|s| s.num_new_tokens)
+            .collect::<Vec<_>>(),
+        vec![1, 10]
+    );
     d.run(50)?;
     assert_eq!(d.output(1), reference(&pa, 5));
     assert_eq!(d.output(2), reference(&pb, 5));
@@ -428,7 +506,13 @@ fn long_prefill_threshold_caps_each_chunk() -> TestResult {
     d.add(1, pa.clone(), 2)?;
     d.add(2, pb.clone(), 2)?;
     let out = d.step()?;
-    assert_eq!(out.scheduled.iter().map(|s| s.num_new_tokens).collect::<Vec<_>>(), vec![6, 3]);
+    assert_eq!(
+        out.scheduled
+            .iter()
+            .map(|s| s.num_new_tokens)
+            .collect::<Vec<_>>(),
+        vec![6, 3]
+    );
     d.run(50)?;
     assert_eq!(d.output(1), reference(&pa, 2));
     Ok(())
@@ -444,15 +528,23 @@ fn speculative_tokens_are_verified_and_rolled_back() -> TestResult {
     let id = SeqId(1);
     // Two right drafts and a wrong one: 2 accepted + the model's token.
     let wrong = (want[3] + 1) % VOCAB;
-    d.sched.set_spec_token_ids(id, vec![want[1], want[2], wrong])?;
+    d.sched
+        .set_spec_token_ids(id, vec![want[1], want[2], wrong])?;
     let out = d.step()?;
-    assert_eq!((out.scheduled[0].num_new_tokens, out.scheduled[0].num_spec_tokens), (4, 3));
+    assert_eq!(
+        (
+            out.scheduled[0].num_new_tokens,
+            out.scheduled[0].num_spec_tokens
+        ),
+        (4, 3)
+    );
     let seq = d.sched.seq(id).ok_or("missing")?;
     assert_eq!(seq.output_token_ids(), &want[..4]);
     assert_eq!(seq.num_computed_tokens, 6 + 3);
     assert_eq!(d.sched.block_table(id).len(), 3); // ceil(9 / 4): the rejected slot's block is kept
-    // All drafts wrong: only the model's token.
-    d.sched.set_spec_token_ids(id, vec![(want[4] + 1) % VOCAB; 5])?;
+                                                  // All drafts wrong: only the model's token.
+    d.sched
+        .set_spec_token_ids(id, vec![(want[4] + 1) % VOCAB; 5])?;
     d.step()?;
     let seq = d.sched.seq(id).ok_or("missing")?;
     assert_eq!(seq.output_token_ids(), &want[..5]);
@@ -460,7 +552,10 @@ fn speculative_tokens_are_verified_and_rolled_back() -> TestResult {
     // All drafts right, including past a block boundary: 4 accepted + 1.
     d.sched.set_spec_token_ids(id, want[5..9].to_vec())?;
     d.step()?;
-    assert_eq!(d.sched.seq(id).ok_or("missing")?.output_token_ids(), &want[..10]);
+    assert_eq!(
+        d.sched.seq(id).ok_or("missing")?.output_token_ids(),
+        &want[..10]
+    );
     // Drafts beyond max_tokens are not scheduled: 2 tokens left, so at most 1 draft.
     d.sched.set_spec_token_ids(id, want[10..12].to_vec())?;
     let out = d.step()?;
@@ -473,7 +568,10 @@ fn speculative_tokens_are_verified_and_rolled_back() -> TestResult {
 /// Random workloads: requests arrive over time with random lengths into random, often
 /// tight, configurations. Every request must finish with exactly the reference tokens
 /// and the pool must end whole.
-fn random_workload(seed: u64, prefix_caching: bool) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+fn random_workload(
+    seed: u64,
+    prefix_caching: bool,
+) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let block_size = rng.random_range(1..=5);
     let max_model_len = 40;
@@ -483,9 +581,14 @@ fn random_workload(seed: u64, prefix_caching: bool) -> Result<(u64, u64), Box<dy
         block_size,
         max_model_len,
         enable_chunked_prefill: true,
-        long_prefill_token_threshold: if rng.random_bool(0.3) { rng.random_range(1..8) } else { 0 },
+        long_prefill_token_threshold: if rng.random_bool(0.3) {
+            rng.random_range(1..8)
+        } else {
+            0
+        },
     };
-    let num_blocks = rng.random_range(max_model_len.div_ceil(block_size)..=3 * max_model_len / block_size);
+    let num_blocks =
+        rng.random_range(max_model_len.div_ceil(block_size)..=3 * max_model_len / block_size);
     let mut d = Driver::new(c, num_blocks, prefix_caching)?;
     let shared = prompt(seed ^ 0xabc, 20);
     let mut want = HashMap::new();
@@ -494,7 +597,10 @@ fn random_workload(seed: u64, prefix_caching: bool) -> Result<(u64, u64), Box<dy
     for _ in 0..20_000 {
         if next < n_req && rng.random_bool(0.4) {
             let mut p = shared[..rng.random_range(0..=20)].to_vec();
-            p.extend(prompt(seed.wrapping_mul(100).wrapping_add(next), rng.random_range(1..10)));
+            p.extend(prompt(
+                seed.wrapping_mul(100).wrapping_add(next),
+                rng.random_range(1..10),
+            ));
             let max_tokens = rng.random_range(1..=(max_model_len - p.len()).min(12));
             d.add(next, p.clone(), max_tokens)?;
             want.insert(next, reference(&p, max_tokens));

@@ -200,7 +200,7 @@ fn truncated_oversized_and_absurd_checkpoints() {
         (3, 5, "multiple of n_heads"),
     ] {
         let mut b = bytes.clone();
-        b[field * 4..field * 4 + 4].copy_from_slice(&(value as i32).to_le_bytes());
+        b[field * 4..field * 4 + 4].copy_from_slice(&value.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         let msg = err_text(load_model_parts(&path, &LoadOptions::default()));
         assert_error(&msg, &path, &[needle]);

@@ -184,7 +184,8 @@ fn pre_tokenizer_follows_tokenizer_ggml_pre() {
     assert_eq!(pieces("qwen2", "12345"), ["1", "2", "3", "4", "5"]);
     assert_eq!(pieces("smollm", "12345"), ["1", "2", "3", "4", "5"]);
     assert_eq!(pieces("smollm", " 12"), ["Ġ", "1", "2"]);
-    assert_eq!(pieces("gpt2", " 12"), ["Ġ1", "2"]);
+    // One pre-token " 12": merge "1 2" (rank 0) beats "Ġ 1" (rank 4).
+    assert_eq!(pieces("gpt2", " 12"), ["Ġ", "12"]);
 }
 
 /// A SentencePiece vocabulary: `<unk>` (0, unknown), `<s>` (1), `</s>` (2), `<ctl>` (3,

@@ -96,6 +96,7 @@ impl BlockPool {
         for _ in 0..n {
             let b = self.head;
             self.unlink(b);
+            self.evict_hash(b);
             self.blocks[b as usize].ref_cnt = 1;
             out.push(b);
         }
@@ -121,7 +122,10 @@ impl BlockPool {
     ///
     /// Stops at the first unknown or already free block and reports it (blocks before it
     /// have been freed): that is an engine bug.
-    pub fn free_blocks<I: IntoIterator<Item = BlockId>>(&mut self, blocks: I) -> Result<(), KvError> {
+    pub fn free_blocks<I: IntoIterator<Item = BlockId>>(
+        &mut self,
+        blocks: I,
+    ) -> Result<(), KvError> {
         for b in blocks {
             let meta = self
                 .blocks

@@ -69,7 +69,10 @@ pub fn extend_block_hashes(
     while hashes.len() < full {
         let i = hashes.len();
         let parent = hashes.last().copied().unwrap_or(root);
-        hashes.push(hash_block(parent, &tokens[i * block_size..(i + 1) * block_size]));
+        hashes.push(hash_block(
+            parent,
+            &tokens[i * block_size..(i + 1) * block_size],
+        ));
     }
 }
 

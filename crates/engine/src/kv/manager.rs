@@ -180,7 +180,8 @@ impl KvCacheManager {
             + computed.num_cached_tokens
             + num_new_tokens
             + num_lookahead_tokens;
-        let num_new_blocks = cdiv(total, self.block_size).saturating_sub(have + computed.blocks.len());
+        let num_new_blocks =
+            cdiv(total, self.block_size).saturating_sub(have + computed.blocks.len());
         // Hits on free cached blocks take them off the free queue too.
         let free_hits = computed
             .blocks
@@ -194,7 +195,8 @@ impl KvCacheManager {
         self.pool.touch(&computed.blocks)?;
         let Some(new_blocks) = self.pool.get_new_blocks(num_new_blocks) else {
             // Not reached (counted above); undo the touch rather than fail.
-            self.pool.free_blocks(computed.blocks.iter().rev().copied())?;
+            self.pool
+                .free_blocks(computed.blocks.iter().rev().copied())?;
             return Ok(None);
         };
         let state = self.seqs.entry(seq.id).or_default();
@@ -222,8 +224,8 @@ impl KvCacheManager {
             return Ok(());
         };
         let tokens = seq.all_token_ids();
-        let num_full = (seq.num_computed_tokens.min(tokens.len()) / self.block_size)
-            .min(state.blocks.len());
+        let num_full =
+            (seq.num_computed_tokens.min(tokens.len()) / self.block_size).min(state.blocks.len());
         if num_full <= state.num_cached_blocks {
             return Ok(());
         }
@@ -238,7 +240,8 @@ impl KvCacheManager {
         );
         for i in state.num_cached_blocks..num_full {
             // `false` means another block already caches this prefix: keep that one.
-            self.pool.cache_full_block(state.blocks[i], state.block_hashes[i])?;
+            self.pool
+                .cache_full_block(state.blocks[i], state.block_hashes[i])?;
         }
         state.num_cached_blocks = num_full;
         Ok(())

@@ -181,11 +181,18 @@ impl Scheduler {
                     // prefill: wait for a step with more room (FCFS, no overtaking).
                     break;
                 }
-                if self.kv.allocate_slots(seq, num_new, &computed, 0)?.is_none() {
+                if self
+                    .kv
+                    .allocate_slots(seq, num_new, &computed, 0)?
+                    .is_none()
+                {
                     break;
                 }
                 self.waiting.pop_front();
-                let seq = self.seqs.get_mut(&id).ok_or(SchedulerError::UnknownSeq(id))?;
+                let seq = self
+                    .seqs
+                    .get_mut(&id)
+                    .ok_or(SchedulerError::UnknownSeq(id))?;
                 if seq.status == SequenceStatus::Waiting {
                     seq.num_cached_tokens = computed.num_cached_tokens;
                 }
@@ -194,9 +201,9 @@ impl Scheduler {
                 out.scheduled.push(Self::scheduled(seq, num_new));
                 budget -= num_new;
                 let arrival = seq.arrival;
-                let pos = self.running.partition_point(|r| {
-                    self.seqs.get(r).is_some_and(|s| s.arrival < arrival)
-                });
+                let pos = self
+                    .running
+                    .partition_point(|r| self.seqs.get(r).is_some_and(|s| s.arrival < arrival));
                 self.running.insert(pos, id);
             }
         }
@@ -228,7 +235,9 @@ impl Scheduler {
                 continue;
             };
             let mismatch = |m: String| SchedulerError::OutputMismatch(format!("{}: {m}", s.seq_id));
-            if seq.status != SequenceStatus::Running || seq.num_computed_tokens != s.num_computed_before {
+            if seq.status != SequenceStatus::Running
+                || seq.num_computed_tokens != s.num_computed_before
+            {
                 return Err(mismatch(format!(
                     "status {:?} with {} computed tokens, schedule said {} (applied twice?)",
                     seq.status, seq.num_computed_tokens, s.num_computed_before
@@ -269,7 +278,10 @@ impl Scheduler {
     /// Ends a sequence (any state), freeing its blocks at once; returns it with
     /// `status = Finished(reason)`.
     pub fn finish(&mut self, id: SeqId, reason: FinishReason) -> Result<Sequence, SchedulerError> {
-        let mut seq = self.seqs.remove(&id).ok_or(SchedulerError::UnknownSeq(id))?;
+        let mut seq = self
+            .seqs
+            .remove(&id)
+            .ok_or(SchedulerError::UnknownSeq(id))?;
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&w| w != id);
         self.kv.free(id)?;
@@ -283,8 +295,15 @@ impl Scheduler {
     }
 
     /// Sets the draft tokens a running sequence verifies in its next step.
-    pub fn set_spec_token_ids(&mut self, id: SeqId, drafts: Vec<u32>) -> Result<(), SchedulerError> {
-        let seq = self.seqs.get_mut(&id).ok_or(SchedulerError::UnknownSeq(id))?;
+    pub fn set_spec_token_ids(
+        &mut self,
+        id: SeqId,
+        drafts: Vec<u32>,
+    ) -> Result<(), SchedulerError> {
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(SchedulerError::UnknownSeq(id))?;
         seq.spec_token_ids = drafts;
         Ok(())
     }
@@ -302,15 +321,25 @@ impl Scheduler {
     /// Appends the step's tokens, positions, slots, block tables and logits rows to
     /// `batch` (cleared first), in `out.scheduled` order. Logits rows: the last
     /// `num_logits()` tokens of each sequence.
-    pub fn fill_batch(&self, out: &SchedulerOutput, batch: &mut BatchInput) -> Result<(), SchedulerError> {
+    pub fn fill_batch(
+        &self,
+        out: &SchedulerOutput,
+        batch: &mut BatchInput,
+    ) -> Result<(), SchedulerError> {
         batch.clear();
         let mut tokens = Vec::new();
         for s in &out.scheduled {
-            let seq = self.seqs.get(&s.seq_id).ok_or(SchedulerError::UnknownSeq(s.seq_id))?;
+            let seq = self
+                .seqs
+                .get(&s.seq_id)
+                .ok_or(SchedulerError::UnknownSeq(s.seq_id))?;
             tokens.clear();
             for pos in s.num_computed_before..s.context_len() {
                 let t = seq.token_with_spec(pos).ok_or_else(|| {
-                    SchedulerError::OutputMismatch(format!("{}: no token at position {pos}", s.seq_id))
+                    SchedulerError::OutputMismatch(format!(
+                        "{}: no token at position {pos}",
+                        s.seq_id
+                    ))
                 })?;
                 tokens.push(t);
             }
@@ -323,7 +352,13 @@ impl Scheduler {
                     s.context_len()
                 )));
             }
-            batch.push_seq(&tokens, s.context_len(), table, self.config.block_size, false);
+            batch.push_seq(
+                &tokens,
+                s.context_len(),
+                table,
+                self.config.block_size,
+                false,
+            );
             let end = batch.tokens.len() as u32;
             let rows = s.num_logits().min(s.num_new_tokens) as u32;
             batch.logits_indices.extend((end - rows)..end);
@@ -380,7 +415,11 @@ impl Scheduler {
         let mut n = target.saturating_sub(computed);
         if !self.config.enable_chunked_prefill {
             // A prompt is scheduled whole or not at all.
-            return if n > budget && computed < known { 0 } else { n.min(budget) };
+            return if n > budget && computed < known {
+                0
+            } else {
+                n.min(budget)
+            };
         }
         let threshold = self.config.long_prefill_token_threshold;
         if threshold > 0 && n > threshold {
@@ -407,7 +446,10 @@ impl Scheduler {
     /// arrival (ahead of every later arrival, i.e. at the front of newer requests).
     fn preempt(&mut self, id: SeqId) -> Result<(), SchedulerError> {
         self.kv.free(id)?;
-        let seq = self.seqs.get_mut(&id).ok_or(SchedulerError::UnknownSeq(id))?;
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(SchedulerError::UnknownSeq(id))?;
         seq.status = SequenceStatus::Preempted;
         seq.num_computed_tokens = 0;
         seq.spec_token_ids.clear();

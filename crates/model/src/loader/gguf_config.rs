@@ -243,7 +243,7 @@ pub(crate) fn pattern_from_flags(sliding: &[bool]) -> Option<usize> {
     let ok = sliding
         .iter()
         .enumerate()
-        .all(|(i, &s)| s == !(i + 1).is_multiple_of(n));
+        .all(|(i, &sliding)| sliding != (i + 1).is_multiple_of(n));
     ok.then_some(n)
 }
 

@@ -35,7 +35,11 @@ pub trait KW2 {
 /// for chunk i).
 #[inline(always)]
 unsafe fn scale_regs(s: &[i16; 16]) -> [__m256i; 8] {
-    arr(|i| _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i])))
+    let mut r = [_mm256_setzero_si256(); 8];
+    for (i, r) in r.iter_mut().enumerate() {
+        *r = _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i]));
+    }
+    r
 }
 
 #[inline(always)]
@@ -93,7 +97,10 @@ impl KW2 for Q2K {
             mn[g] = (*p.add(g) >> 4) as i16;
         }
         // chunk i = elements 32i..32i+32: bits 2j of qs[32n + l], n = i/4, j = i%4.
-        let q = arr(|i| shr_mask(ld32(p.add(16 + 32 * (i / 4))), 2 * (i as u32 % 4), 3));
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (i, q) in q.iter_mut().enumerate() {
+            *q = shr_mask(ld32(p.add(16 + 32 * (i / 4))), 2 * (i as u32 % 4), 3);
+        }
         WK2 {
             q,
             sc: scale_regs(&sc),
@@ -111,11 +118,12 @@ impl KW2 for Q3K {
         let s8 = scales_q3k(&k_scales12(p.add(96)));
         let sc: [i16; 16] = arr(|g| s8[g] as i16);
         let hm = ld32(p);
-        let q = arr(|i| {
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (i, q) in q.iter_mut().enumerate() {
             let (n, j) = (i / 4, i as u32 % 4);
             let lo = shr_mask(ld32(p.add(32 + 32 * n)), 2 * j, 3);
-            _mm256_or_si256(lo, bit_to(hm, 4 * n as u32 + j, 2))
-        });
+            *q = _mm256_or_si256(lo, bit_to(hm, 4 * n as u32 + j, 2));
+        }
         let d = f16_at(p.add(108));
         WK2 {
             q,
@@ -145,10 +153,11 @@ impl KW2 for Q4K {
     unsafe fn unpack(p: *const u8) -> WK2 {
         let (sc, mvec) = k4_scales(p.add(4));
         // Sub-block s: nibble s % 2 of qs chunk s / 2.
-        let q = arr(|i| {
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (i, q) in q.iter_mut().enumerate() {
             let s = SWAP[i];
-            shr_mask(ld32(p.add(16 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F)
-        });
+            *q = shr_mask(ld32(p.add(16 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F);
+        }
         WK2 {
             q,
             sc: scale_regs(&sc),
@@ -165,11 +174,12 @@ impl KW2 for Q5K {
     unsafe fn unpack(p: *const u8) -> WK2 {
         let (sc, mvec) = k4_scales(p.add(4));
         let qh = ld32(p.add(16));
-        let q = arr(|i| {
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (i, q) in q.iter_mut().enumerate() {
             let s = SWAP[i];
             let lo = shr_mask(ld32(p.add(48 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F);
-            _mm256_or_si256(lo, bit_to(qh, s as u32, 4))
-        });
+            *q = _mm256_or_si256(lo, bit_to(qh, s as u32, 4));
+        }
         WK2 {
             q,
             sc: scale_regs(&sc),
@@ -187,7 +197,8 @@ impl KW2 for Q6K {
         let sc: [i16; 16] = arr(|g| *p.add(192 + g) as i8 as i16);
         // chunk i = 128n + 32c: low nibbles (c < 2) or high nibbles (c >= 2) of
         // ql[64n + 32(c%2) ..], top bits 2c of qh[32n ..].
-        let q = arr(|i| {
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (i, q) in q.iter_mut().enumerate() {
             let (n, c) = (i / 4, i as u32 % 4);
             let lo = shr_mask(
                 ld32(p.add(64 * n + 32 * (c as usize % 2))),
@@ -206,8 +217,8 @@ impl KW2 for Q6K {
                     _mm256_set1_epi8(0x30),
                 )
             };
-            _mm256_or_si256(lo, top)
-        });
+            *q = _mm256_or_si256(lo, top);
+        }
         let d = f16_at(p.add(208));
         WK2 {
             q,

@@ -1,0 +1,103 @@
+//! `sluice bench model|throughput`: offline benchmarks through the engine.
+
+use anyhow::Result;
+use sluice_engine::bench;
+use sluice_engine::EngineConfig;
+
+use crate::generate::ModelArgs;
+
+/// llama-bench-style table: pp (prompt tokens/s) and tg (generated tokens/s), plus
+/// batched decode rates and the achieved weight bandwidth.
+#[derive(clap::Args, Debug)]
+pub struct ModelBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths to time (comma-separated), like llama-bench -p.
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to time, like llama-bench -n.
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    pub n_gen: Vec<usize>,
+    /// Batch sizes for batched decode (aggregate tokens/s).
+    #[arg(short = 'b', long = "batch", value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub reps: usize,
+    /// Write the table as JSON lines here too.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+pub fn run_model_bench(a: ModelBenchArgs) -> Result<()> {
+    let max_p = a.n_prompt.iter().copied().max().unwrap_or(512).max(1);
+    let max_b = a.batch.iter().copied().max().unwrap_or(1).max(1);
+    let cfg = EngineConfig {
+        max_num_batched_tokens: max_p.max(512),
+        max_num_seqs: max_b.max(1),
+        enable_prefix_caching: false,
+        ..a.model.engine_config()?
+    };
+    let (mut engine, _, name) = a.model.build_engine(cfg)?;
+    let threads = engine.model().device().name();
+    let weight_bytes = engine.model().weight_bytes() as f64;
+    println!("model: {name} ({:.1} MB of weights read per decode step), device: {threads}", weight_bytes / 1e6);
+    println!("| test | batch | tokens/s | weight GB/s |");
+    println!("| ---- | ----: | -------: | ----------: |");
+    let mut rows = Vec::new();
+    // Warm-up: first touches of mapped weights and buffers.
+    bench::decode(&mut engine, 1, 8, 4, 1, 1)?;
+    for &p in &a.n_prompt {
+        let s = bench::prompt_processing(&mut engine, p, a.reps, 42)?;
+        println!("| pp{p} | 1 | {s} | - |");
+        rows.push(serde_json::json!({"test": format!("pp{p}"), "batch": 1, "tokens_per_s": s.mean, "std": s.std}));
+    }
+    for &n in &a.n_gen {
+        for &b in &a.batch {
+            let s = bench::decode(&mut engine, b, 1, n, a.reps, 43)?;
+            // Each decode step reads every weight once for the whole batch.
+            let gbs = s.mean / b as f64 * weight_bytes / 1e9;
+            println!("| tg{n} | {b} | {s} | {gbs:.1} |");
+            rows.push(serde_json::json!({"test": format!("tg{n}"), "batch": b, "tokens_per_s": s.mean, "std": s.std, "weight_gb_per_s": gbs}));
+        }
+    }
+    if let Some(p) = a.json {
+        let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        std::fs::write(&p, text.join("\n") + "\n")?;
+    }
+    Ok(())
+}
+
+/// All requests at once (like `vllm bench throughput`).
+#[derive(clap::Args, Debug)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub num_prompts: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+}
+
+pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
+    let cfg = EngineConfig {
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        max_num_seqs: a.max_num_seqs,
+        enable_prefix_caching: false,
+        ..a.model.engine_config()?
+    };
+    let (mut engine, _, name) = a.model.build_engine(cfg)?;
+    let r = bench::throughput(&mut engine, a.num_prompts, a.input_len, a.output_len, 7)?;
+    println!("model: {name}, device: {}", engine.model().device().name());
+    println!(
+        "{} requests of {} in / {} out in {:.2} s: {:.2} requests/s, {:.1} output tokens/s, {:.1} total tokens/s",
+        a.num_prompts, a.input_len, a.output_len, r.seconds, r.requests_per_s, r.output_tokens_per_s, r.total_tokens_per_s
+    );
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Offline benchmarks through the engine (no HTTP): llama-bench-style prompt processing
+//! (pp) and token generation (tg) rates, batched decode, and all-at-once throughput.
+//!
+//! Prompts are random token ids drawn fresh for every repetition so that the prefix cache
+//! cannot help; `--ignore-eos` semantics keep every request at its requested length.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::engine::{EngineError, EngineRequest, LlmEngine};
+use crate::sampling::SamplingParams;
+
+/// Mean and sample standard deviation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Stat {
+    pub fn of(xs: &[f64]) -> Stat {
+        if xs.is_empty() {
+            return Stat::default();
+        }
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = if xs.len() > 1 {
+            xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Stat { mean, std: var.sqrt() }
+    }
+}
+
+impl std::fmt::Display for Stat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ± {:.2}", self.mean, self.std)
+    }
+}
+
+fn random_prompt(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
+    // Skip the first ids: they are usually special tokens.
+    let lo = 300.min(vocab as u32 / 2);
+    (0..n).map(|_| rng.random_range(lo..vocab as u32)).collect()
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
+    EngineRequest {
+        prompt_token_ids: prompt,
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(max_tokens)
+        },
+        cache_salt: None,
+    }
+}
+
+/// Tokens/s of processing a `n_prompt`-token prompt (one request; time to its first token).
+pub fn prompt_processing(engine: &mut LlmEngine, n_prompt: usize, reps: usize, seed: u64) -> Result<Stat, EngineError> {
+    let vocab = engine.model().config.vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let id = engine.add_request(request(random_prompt(&mut rng, n_prompt, vocab), 1))?;
+        let t0 = Instant::now();
+        let mut done = false;
+        while !done {
+            for o in engine.step()? {
+                if o.id == id {
+                    done = true;
+                }
+            }
+        }
+        rates.push(n_prompt as f64 / t0.elapsed().as_secs_f64());
+        engine.abort(id);
+        engine.run_to_completion(|_| {})?;
+    }
+    Ok(Stat::of(&rates))
+}
+
+/// Aggregate decode tokens/s with `batch` sequences generating `n_gen` tokens each after a
+/// `n_prompt`-token prompt. Time counts from the step after every sequence has its first
+/// token (so prefill is excluded), as llama-bench's tg and llama-batched-bench's S_TG do.
+pub fn decode(
+    engine: &mut LlmEngine,
+    batch: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+    seed: u64,
+) -> Result<Stat, EngineError> {
+    let vocab = engine.model().config.vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let ids: Vec<_> = (0..batch)
+            .map(|_| engine.add_request(request(random_prompt(&mut rng, n_prompt.max(1), vocab), n_gen + 1)))
+            .collect::<Result<_, _>>()?;
+        // Prefill everything and sample each sequence's first token.
+        let mut started = std::collections::HashSet::new();
+        while started.len() < ids.len() {
+            for o in engine.step()? {
+                if !o.new_token_ids.is_empty() {
+                    started.insert(o.id);
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let mut generated = 0usize;
+        engine.run_to_completion(|o| generated += o.new_token_ids.len())?;
+        rates.push(generated as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok(Stat::of(&rates))
+}
+
+/// Offline throughput: `n_requests` requests of `n_in` random prompt tokens and `n_out`
+/// generated tokens, all submitted at once (like `vllm bench throughput`).
+pub struct ThroughputResult {
+    pub seconds: f64,
+    pub requests_per_s: f64,
+    pub output_tokens_per_s: f64,
+    pub total_tokens_per_s: f64,
+}
+
+pub fn throughput(
+    engine: &mut LlmEngine,
+    n_requests: usize,
+    n_in: usize,
+    n_out: usize,
+    seed: u64,
+) -> Result<ThroughputResult, EngineError> {
+    let vocab = engine.model().config.vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let t0 = Instant::now();
+    for _ in 0..n_requests {
+        engine.add_request(request(random_prompt(&mut rng, n_in.max(1), vocab), n_out))?;
+    }
+    let mut out_tokens = 0usize;
+    engine.run_to_completion(|o| out_tokens += o.new_token_ids.len())?;
+    let s = t0.elapsed().as_secs_f64();
+    Ok(ThroughputResult {
+        seconds: s,
+        requests_per_s: n_requests as f64 / s,
+        output_tokens_per_s: out_tokens as f64 / s,
+        total_tokens_per_s: (out_tokens + n_requests * n_in.max(1)) as f64 / s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_uses_the_sample_standard_deviation() {
+        let s = Stat::of(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((s.mean - 2.5).abs() < 1e-12);
+        assert!((s.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(Stat::of(&[]).mean, 0.0);
+    }
+}
