@@ -209,7 +209,7 @@ where
 {
     let (_, y1) = range(bars.iter().map(|b| b.2));
     let y1 = y1 * 1.08; // room for the value captions
-    // A segmented axis over 0..n-1 has n segments, one per bar.
+                        // A segmented axis over 0..n-1 has n segments, one per bar.
     let n = bars.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 18))

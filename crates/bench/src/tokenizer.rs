@@ -32,7 +32,14 @@ impl std::fmt::Debug for BenchTokenizer {
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> BenchError {
-    BenchError::Tokenizer(format!("{}: {e}", path.display()))
+    let msg = e.to_string();
+    let shown = path.display().to_string();
+    // sluice-model's errors usually name the file already.
+    if msg.contains(&shown) {
+        BenchError::Tokenizer(msg)
+    } else {
+        BenchError::Tokenizer(format!("{shown}: {msg}"))
+    }
 }
 
 fn load_hf_json(json: &Path) -> Result<Tokenizer> {

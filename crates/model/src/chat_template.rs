@@ -59,7 +59,10 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{RAISED}{msg}"),
+    ))
 }
 
 fn strftime_now(format: String) -> std::result::Result<Value, Error> {
@@ -85,8 +88,12 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
             if let Some(s) = v.as_str() {
                 Some(s.to_string())
             } else {
-                let n = i64::try_from(v.clone())
-                    .map_err(|_| Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string"))?;
+                let n = i64::try_from(v.clone()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
+                })?;
                 Some(" ".repeat(n.max(0) as usize))
             }
         }
@@ -206,7 +213,11 @@ fn write_json(out: &mut String, v: &serde_json::Value, st: &JsonStyle, depth: us
 
 /// Prints values like Python's `str()`: minijinja already writes `None`/`True`/`False`;
 /// containers need Python's `repr` of their items (single-quoted strings).
-fn python_formatter(out: &mut Output, _state: &State, value: &Value) -> std::result::Result<(), Error> {
+fn python_formatter(
+    out: &mut Output,
+    _state: &State,
+    value: &Value,
+) -> std::result::Result<(), Error> {
     let res = match value.kind() {
         ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
@@ -220,7 +231,11 @@ fn python_formatter(out: &mut Output, _state: &State, value: &Value) -> std::res
 
 /// Python `repr()` of a string.
 fn python_str_repr(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -232,7 +247,9 @@ fn python_str_repr(out: &mut String, s: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -284,10 +301,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// C `strftime` for a UTC time (the directives chat templates use).
 fn strftime(format: &str, unix_secs: i64) -> std::result::Result<String, Error> {
@@ -321,11 +356,16 @@ fn strftime(format: &str, unix_secs: i64) -> std::result::Result<String, Error> 
                 Some('d') => out.push_str(&day.to_string()),
                 Some('m') => out.push_str(&month.to_string()),
                 Some('H') => out.push_str(&hour.to_string()),
-                Some('I') => out.push_str(&(if hour % 12 == 0 { 12 } else { hour % 12 }).to_string()),
+                Some('I') => {
+                    out.push_str(&(if hour % 12 == 0 { 12 } else { hour % 12 }).to_string())
+                }
                 other => {
                     return Err(Error::new(
                         ErrorKind::InvalidOperation,
-                        format!("strftime_now: unsupported directive %-{}", other.unwrap_or(' ')),
+                        format!(
+                            "strftime_now: unsupported directive %-{}",
+                            other.unwrap_or(' ')
+                        ),
                     ))
                 }
             },
@@ -334,7 +374,10 @@ fn strftime(format: &str, unix_secs: i64) -> std::result::Result<String, Error> 
             'A' => out.push_str(WEEKDAYS[weekday]),
             'a' => out.push_str(&WEEKDAYS[weekday][..3]),
             'H' => out.push_str(&format!("{hour:02}")),
-            'I' => out.push_str(&format!("{:02}", if hour % 12 == 0 { 12 } else { hour % 12 })),
+            'I' => out.push_str(&format!(
+                "{:02}",
+                if hour % 12 == 0 { 12 } else { hour % 12 }
+            )),
             'p' => out.push_str(if hour < 12 { "AM" } else { "PM" }),
             'M' => out.push_str(&format!("{minute:02}")),
             'S' => out.push_str(&format!("{second:02}")),
@@ -389,7 +432,11 @@ fn template_error(e: Error) -> ModelError {
 
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the strings the template sees.
-    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<ChatTemplate> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -411,7 +458,8 @@ impl ChatTemplate {
 
     /// Renders plain `{role, content}` messages.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let messages = serde_json::to_value(messages).map_err(|e| ModelError::Template(e.to_string()))?;
+        let messages =
+            serde_json::to_value(messages).map_err(|e| ModelError::Template(e.to_string()))?;
         self.render_json(&messages, &serde_json::Value::Null, add_generation_prompt)
     }
 
@@ -443,12 +491,20 @@ impl ChatTemplate {
                     ctx.insert(k.clone(), v.clone());
                 }
             }
-            _ => return Err(ModelError::Template("extra template variables must be an object".into())),
+            _ => {
+                return Err(ModelError::Template(
+                    "extra template variables must be an object".into(),
+                ))
+            }
         }
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
-        tmpl.render(Value::from_serialize(&ctx)).map_err(template_error)
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(template_error)?;
+        tmpl.render(Value::from_serialize(&ctx))
+            .map_err(template_error)
     }
 }
 
@@ -476,7 +532,10 @@ mod tests {
             ("it's", "\"it's\""),
             ("say \"hi\"", "'say \"hi\"'"),
             ("both ' and \"", "'both \\' and \"'"),
-            ("tab\tnl\n\\ \u{1} \u{7f} é 日本", "'tab\\tnl\\n\\\\ \\x01 \\x7f é 日本'"),
+            (
+                "tab\tnl\n\\ \u{1} \u{7f} é 日本",
+                "'tab\\tnl\\n\\\\ \\x01 \\x7f é 日本'",
+            ),
         ];
         for (s, want) in cases {
             let mut out = String::new();
@@ -494,10 +553,26 @@ mod tests {
                 "%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %I%p %-d %e|%%",
                 "2024-07-26 13:45:09 Fri Friday Jul July 208 24 01PM 26 26|%",
             ),
-            (0, "%d %b %Y %H:%M:%S %A %j", "01 Jan 1970 00:00:00 Thursday 001"),
-            (951_868_799, "%d %b %Y %H:%M:%S %A %j", "29 Feb 2000 23:59:59 Tuesday 060"),
-            (4_102_444_800, "%d %b %Y %H:%M:%S %A %j", "01 Jan 2100 00:00:00 Friday 001"),
-            (-3_153_600_000, "%d %b %Y %H:%M:%S %A %j", "25 Jan 1870 00:00:00 Tuesday 025"),
+            (
+                0,
+                "%d %b %Y %H:%M:%S %A %j",
+                "01 Jan 1970 00:00:00 Thursday 001",
+            ),
+            (
+                951_868_799,
+                "%d %b %Y %H:%M:%S %A %j",
+                "29 Feb 2000 23:59:59 Tuesday 060",
+            ),
+            (
+                4_102_444_800,
+                "%d %b %Y %H:%M:%S %A %j",
+                "01 Jan 2100 00:00:00 Friday 001",
+            ),
+            (
+                -3_153_600_000,
+                "%d %b %Y %H:%M:%S %A %j",
+                "25 Jan 1870 00:00:00 Tuesday 025",
+            ),
         ];
         for (t, fmt, want) in cases {
             assert_eq!(strftime(fmt, t).ok().as_deref(), Some(want), "t = {t}");

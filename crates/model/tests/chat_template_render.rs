@@ -24,9 +24,12 @@ const EXPECT_LLAMA3_CONV_NOAGP: &str = "<|begin_of_text|><|start_header_id|>syst
 const EXPECT_GEMMA_AGP: &str = "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nWie geht's?<end_of_turn>\n<start_of_turn>model\n";
 const EXPECT_GEMMA_NOAGP: &str = "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nWie geht's?<end_of_turn>\n";
 const EXPECT_GEMMA_SYSTEM: &str = "ERROR: System role not supported";
-const EXPECT_GEMMA_ALTERNATE: &str = "ERROR: Conversation roles must alternate user/assistant/user/assistant/...";
-const EXPECT_MULTILINE_AGP: &str = "User: Hi there\nAssistant: Hello!\nUser: Wie geht's? 日本語 😀\nAssistant:\n";
-const EXPECT_MULTILINE_NOAGP: &str = "User: Hi there\nAssistant: Hello!\nUser: Wie geht's? 日本語 😀\n";
+const EXPECT_GEMMA_ALTERNATE: &str =
+    "ERROR: Conversation roles must alternate user/assistant/user/assistant/...";
+const EXPECT_MULTILINE_AGP: &str =
+    "User: Hi there\nAssistant: Hello!\nUser: Wie geht's? 日本語 😀\nAssistant:\n";
+const EXPECT_MULTILINE_NOAGP: &str =
+    "User: Hi there\nAssistant: Hello!\nUser: Wie geht's? 日本語 😀\n";
 const EXPECT_TOOLS: &str = "Tools: [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather \\\"now\\\" in a city\\n\", \"parameters\": {\"type\": \"object\", \"properties\": {\"zeta\": {\"type\": \"string\"}, \"alpha\": {\"type\": \"integer\"}}, \"required\": [\"zeta\"]}}}, {\"b\": 1.5, \"a\": null, \"é\": [true, false, []], \"ctrl\": \"\\t\\u0001\"}]\nPretty: [\n    {\n        \"type\": \"function\",\n        \"function\": {\n            \"name\": \"get_weather\",\n            \"description\": \"Weather \\\"now\\\" in a city\\n\",\n            \"parameters\": {\n                \"type\": \"object\",\n                \"properties\": {\n                    \"zeta\": {\n                        \"type\": \"string\"\n                    },\n                    \"alpha\": {\n                        \"type\": \"integer\"\n                    }\n                },\n                \"required\": [\n                    \"zeta\"\n                ]\n            }\n        }\n    },\n    {\n        \"b\": 1.5,\n        \"a\": null,\n        \"é\": [\n            true,\n            false,\n            []\n        ],\n        \"ctrl\": \"\\t\\u0001\"\n    }\n]\n{\"role\": \"user\", \"content\": \"  Hi there  \"}\n{\"role\": \"assistant\", \"content\": \"Hello!\"}\n";
 const EXPECT_TOOLS_NONE: &str = "{\"role\": \"user\", \"content\": \"  Hi there  \"}\n{\"role\": \"assistant\", \"content\": \"Hello!\"}\n";
 const EXPECT_PYMETHODS: &str = "  HI THERE  [role=user][content=  Hi there  ]HELLO![role=assistant][content=Hello!]WIE GEHT'S?[role=user][content=Wie geht's?]";
@@ -73,7 +76,11 @@ fn smollm_gguf() -> Option<PathBuf> {
         return None;
     };
     let p = PathBuf::from(dir).join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} missing under SLUICE_TEST_MODELS", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing under SLUICE_TEST_MODELS",
+        p.display()
+    );
     Some(p)
 }
 
@@ -81,7 +88,9 @@ fn smollm_gguf() -> Option<PathBuf> {
 fn smollm2_embedded_chatml_template() {
     let Some(path) = smollm_gguf() else { return };
     let g = GgufFile::open(&path).expect("open SmolLM2 GGUF");
-    let source = g.get_str("tokenizer.chat_template").expect("SmolLM2 ships a chat template");
+    let source = g
+        .get_str("tokenizer.chat_template")
+        .expect("SmolLM2 ships a chat template");
     let t = ChatTemplate::new(source, Some("<|im_start|>"), Some("<|im_end|>")).unwrap();
     let user = [ChatMessage::new("user", "What is the capital of France?")];
     let with = t.render(&user, true).unwrap();
@@ -90,7 +99,9 @@ fn smollm2_embedded_chatml_template() {
     // exactly the README's prompt.
     assert!(with.ends_with(SMOL_README_PROMPT), "{with:?}");
     let system_turn = &with[..with.len() - SMOL_README_PROMPT.len()];
-    assert!(system_turn.starts_with("<|im_start|>system\n") && system_turn.ends_with("<|im_end|>\n"));
+    assert!(
+        system_turn.starts_with("<|im_start|>system\n") && system_turn.ends_with("<|im_end|>\n")
+    );
     assert_eq!(t.render(&user, false).unwrap(), EXPECT_SMOL_USER_NOAGP);
     assert_eq!(render(&t, &conv(), true), EXPECT_SMOL_CONV);
 }
@@ -135,10 +146,15 @@ fn tojson_keeps_key_order_and_python_formatting() {
         {"b": 1.5, "a": null, "é": [true, false, []], "ctrl": "\t\u{1}"}
     ]);
     let msgs = json!([gemma_conv()[0], gemma_conv()[1]]);
-    let out = t.render_json(&msgs, &json!({ "tools": tools }), false).unwrap();
+    let out = t
+        .render_json(&msgs, &json!({ "tools": tools }), false)
+        .unwrap();
     assert_eq!(out, EXPECT_TOOLS);
     // Without `tools`, the template sees None.
-    assert_eq!(t.render_json(&msgs, &Value::Null, false).unwrap(), EXPECT_TOOLS_NONE);
+    assert_eq!(
+        t.render_json(&msgs, &Value::Null, false).unwrap(),
+        EXPECT_TOOLS_NONE
+    );
 }
 
 #[test]
@@ -166,16 +182,26 @@ fn syntax_errors_are_reported_at_compile_time() {
 
 #[test]
 fn strftime_now_formats_the_current_date() {
-    let t = ChatTemplate::new("{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}", None, None).unwrap();
+    let t = ChatTemplate::new(
+        "{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}",
+        None,
+        None,
+    )
+    .unwrap();
     let out = render(&t, &json!([]), false);
     let (iso, human) = out.split_once('|').unwrap();
     let parts: Vec<&str> = iso.split('-').collect();
     assert_eq!(parts.len(), 3, "{out}");
     let year: i32 = parts[0].parse().unwrap();
     assert!((2024..2200).contains(&year), "{out}");
-    assert!(human.ends_with(parts[0]) && human.starts_with(parts[2]), "{out}");
+    assert!(
+        human.ends_with(parts[0]) && human.starts_with(parts[2]),
+        "{out}"
+    );
     let bad = ChatTemplate::new("{{ strftime_now('%Q') }}", None, None).unwrap();
-    assert!(template_error_message(bad.render_json(&json!([]), &Value::Null, false)).contains("%Q"));
+    assert!(
+        template_error_message(bad.render_json(&json!([]), &Value::Null, false)).contains("%Q")
+    );
 }
 
 #[test]
@@ -183,7 +209,11 @@ fn special_tokens_extra_variables_and_python_value_rendering() {
     // Values print as Python's str() does (None, True, ['a', "b'c"], {'k': 'v'}).
     let src = r#"{{ bos_token }}|{{ eos_token }}|{{ tools is none }}|{{ enable_thinking }}|{{ messages | length }}|{{ none }}|{{ [1, none, true, 2.5, "a", "b'c"] }}|{{ {"k": "v"} }}|{{ messages[0] }}"#;
     let t = ChatTemplate::new(src, Some("<s>"), Some("</s>")).unwrap();
-    let out = t.render_json(&json!([{"role": "user", "content": "x"}]), &json!({"enable_thinking": false}), true);
+    let out = t.render_json(
+        &json!([{"role": "user", "content": "x"}]),
+        &json!({"enable_thinking": false}),
+        true,
+    );
     assert_eq!(
         out.unwrap(),
         r#"<s>|</s>|True|False|1|None|[1, None, True, 2.5, 'a', "b'c"]|{'k': 'v'}|{'role': 'user', 'content': 'x'}"#
@@ -196,7 +226,11 @@ fn special_tokens_extra_variables_and_python_value_rendering() {
     );
     // `extra` can't replace the messages.
     let t = ChatTemplate::new("{{ messages | length }}", None, None).unwrap();
-    assert_eq!(t.render_json(&json!([1, 2]), &json!({"messages": []}), true).unwrap(), "2");
+    assert_eq!(
+        t.render_json(&json!([1, 2]), &json!({"messages": []}), true)
+            .unwrap(),
+        "2"
+    );
     assert!(t.render_json(&json!({}), &Value::Null, true).is_err());
     assert!(t.render_json(&json!([]), &json!([1]), true).is_err());
 }

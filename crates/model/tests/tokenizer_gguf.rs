@@ -30,13 +30,15 @@ fn models_dir() -> Option<PathBuf> {
 
 /// Loaded once per test binary (building Gemma's 262k-piece tokenizer takes a moment).
 fn load(rel: &'static str, required: bool) -> Option<&'static (Tokenizer, GgufMetadata)> {
-    static CACHE: OnceLock<Mutex<HashMap<&'static str, &'static (Tokenizer, GgufMetadata)>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, &'static (Tokenizer, GgufMetadata)>>> =
+        OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(hit) = cache.get(rel) {
         return Some(*hit);
     }
-    let loaded: &'static (Tokenizer, GgufMetadata) = Box::leak(Box::new(load_uncached(rel, required)?));
+    let loaded: &'static (Tokenizer, GgufMetadata) =
+        Box::leak(Box::new(load_uncached(rel, required)?));
     cache.insert(rel, loaded);
     Some(loaded)
 }
@@ -44,7 +46,11 @@ fn load(rel: &'static str, required: bool) -> Option<&'static (Tokenizer, GgufMe
 fn load_uncached(rel: &str, required: bool) -> Option<(Tokenizer, GgufMetadata)> {
     let path = models_dir()?.join(rel);
     if !path.is_file() {
-        assert!(!required, "{} missing under SLUICE_TEST_MODELS", path.display());
+        assert!(
+            !required,
+            "{} missing under SLUICE_TEST_MODELS",
+            path.display()
+        );
         eprintln!("note: {} absent; skipping", path.display());
         return None;
     }
@@ -56,7 +62,8 @@ fn load_uncached(rel: &str, required: bool) -> Option<(Tokenizer, GgufMetadata)>
 }
 
 fn enc(tok: &Tokenizer, text: &str, add_special: bool) -> Vec<u32> {
-    tok.encode(text, add_special).unwrap_or_else(|e| panic!("encode {text:?}: {e}"))
+    tok.encode(text, add_special)
+        .unwrap_or_else(|e| panic!("encode {text:?}: {e}"))
 }
 
 /// Text exercising the awkward parts: digits, punctuation, whitespace runs, newlines, tabs,
@@ -79,27 +86,36 @@ const MIXED: &[&str] = &[
 
 #[test]
 fn smollm2_reference_ids() {
-    let Some((tok, _)) = load(SMOLLM, true) else { return };
+    let Some((tok, _)) = load(SMOLLM, true) else {
+        return;
+    };
     assert_eq!(tok.vocab_size(), 49152);
     // README: prompt "Once upon a time" -> [6403, 1980, 253, 655] (add_bos_token = false).
     assert_eq!(enc(&tok, "Once upon a time", true), [6403, 1980, 253, 655]);
     assert_eq!(enc(&tok, "Once upon a time", false), [6403, 1980, 253, 655]);
     // README: the ChatML prompt.
-    let chat = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let chat =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         enc(&tok, chat, true),
         [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
     );
     assert_eq!(tok.decode(&enc(&tok, chat, true), false).unwrap(), chat);
     assert_eq!(
-        tok.decode(&[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2], true).unwrap(),
+        tok.decode(
+            &[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2],
+            true
+        )
+        .unwrap(),
         "user\nWhat is the capital of France?"
     );
 }
 
 #[test]
 fn smollm2_special_tokens_and_ids() {
-    let Some((tok, _)) = load(SMOLLM, true) else { return };
+    let Some((tok, _)) = load(SMOLLM, true) else {
+        return;
+    };
     assert_eq!(tok.bos_id(), Some(1));
     assert_eq!(tok.bos_token(), Some("<|im_start|>"));
     assert_eq!(tok.eos_token(), Some("<|im_end|>"));
@@ -128,7 +144,9 @@ fn smollm2_special_tokens_and_ids() {
 
 #[test]
 fn smollm2_digits_split_individually() {
-    let Some((tok, _)) = load(SMOLLM, true) else { return };
+    let Some((tok, _)) = load(SMOLLM, true) else {
+        return;
+    };
     for text in ["1234567890", " 2024", "x42y", "3.14159"] {
         let ids = enc(&tok, text, false);
         let digits = text.chars().filter(char::is_ascii_digit).count();
@@ -142,7 +160,11 @@ fn smollm2_digits_split_individually() {
         assert_eq!(digit_tokens.len(), digits, "{text:?} -> {ids:?}");
         for &&id in &digit_tokens {
             let t = tok.id_to_token(id).unwrap();
-            assert_eq!(t.chars().filter(char::is_ascii_digit).count(), 1, "{text:?}: token {t:?}");
+            assert_eq!(
+                t.chars().filter(char::is_ascii_digit).count(),
+                1,
+                "{text:?}: token {t:?}"
+            );
             // The GPT-2 regex keeps a digit away from the space before it (Digits splits
             // first), so a digit token is exactly one digit.
             assert_eq!(t.chars().count(), 1, "{text:?}: token {t:?}");
@@ -152,7 +174,9 @@ fn smollm2_digits_split_individually() {
 
 #[test]
 fn smollm2_round_trips() {
-    let Some((tok, _)) = load(SMOLLM, true) else { return };
+    let Some((tok, _)) = load(SMOLLM, true) else {
+        return;
+    };
     for text in MIXED {
         let ids = enc(&tok, text, true);
         assert_eq!(tok.decode(&ids, false).unwrap(), *text, "ids {ids:?}");
@@ -165,11 +189,19 @@ fn smollm2_round_trips() {
 
 #[test]
 fn gemma3_reference_ids_and_round_trips() {
-    let Some((tok, _)) = load(GEMMA, false) else { return };
+    let Some((tok, _)) = load(GEMMA, false) else {
+        return;
+    };
     assert_eq!(tok.vocab_size(), 262144);
     // README: "Once upon a time" with BOS -> [2, 14946, 3324, 496, 990].
-    assert_eq!(enc(&tok, "Once upon a time", true), [2, 14946, 3324, 496, 990]);
-    assert_eq!(enc(&tok, "Once upon a time", false), [14946, 3324, 496, 990]);
+    assert_eq!(
+        enc(&tok, "Once upon a time", true),
+        [2, 14946, 3324, 496, 990]
+    );
+    assert_eq!(
+        enc(&tok, "Once upon a time", false),
+        [14946, 3324, 496, 990]
+    );
     assert_eq!(enc(&tok, "", true), [2]);
     assert_eq!(tok.bos_token(), Some("<bos>"));
     assert_eq!(tok.eos_token(), Some("<eos>"));
@@ -179,6 +211,12 @@ fn gemma3_reference_ids_and_round_trips() {
     for text in MIXED {
         let ids = enc(&tok, text, true);
         assert_eq!(tok.decode(&ids, true).unwrap(), *text, "ids {ids:?}");
+        // Our SentencePiece decoder and HF's agree on valid UTF-8.
+        assert_eq!(tok.inner().decode(&ids, true).unwrap(), *text);
+        assert_eq!(
+            tok.inner().decode(&ids, false).unwrap(),
+            tok.decode(&ids, false).unwrap()
+        );
     }
     let turn = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n";
     let ids = enc(&tok, turn, false);
@@ -194,8 +232,16 @@ fn gemma3_reference_ids_and_round_trips() {
         .collect();
     assert_eq!(rare.chars().count(), 3);
     let ids = enc(&tok, &rare, false);
-    assert_eq!(ids.len(), rare.len(), "one byte token per UTF-8 byte: {ids:?}");
-    assert!(ids.iter().all(|&i| tok.id_to_token(i).unwrap().starts_with("<0x")), "{ids:?}");
+    assert_eq!(
+        ids.len(),
+        rare.len(),
+        "one byte token per UTF-8 byte: {ids:?}"
+    );
+    assert!(
+        ids.iter()
+            .all(|&i| tok.id_to_token(i).unwrap().starts_with("<0x")),
+        "{ids:?}"
+    );
     assert_eq!(tok.decode(&ids, false).unwrap(), rare);
 }
 
@@ -217,13 +263,23 @@ struct NaiveSpm {
 
 impl NaiveSpm {
     fn from_gguf(md: &GgufMetadata) -> NaiveSpm {
-        let arr = |k: &str| md.get(k).and_then(GgufValue::as_array).unwrap_or_else(|| panic!("{k}"));
+        let arr = |k: &str| {
+            md.get(k)
+                .and_then(GgufValue::as_array)
+                .unwrap_or_else(|| panic!("{k}"))
+        };
         let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-        let scores: Vec<f32> = arr("tokenizer.ggml.scores").iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let types: Vec<i64> = arr("tokenizer.ggml.token_type").iter().map(|v| v.as_i64().unwrap()).collect();
+        let scores: Vec<f32> = arr("tokenizer.ggml.scores")
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let types: Vec<i64> = arr("tokenizer.ggml.token_type")
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         let mut pieces = HashMap::new();
         for (i, t) in tokens.iter().enumerate() {
             pieces.entry(t.clone()).or_insert(i as u32);
@@ -254,7 +310,11 @@ impl NaiveSpm {
         let mut run_start = 0;
         let mut i = 0;
         while i < text.len() {
-            if let Some((t, id)) = self.added.iter().find(|(t, _)| text[i..].starts_with(t.as_str())) {
+            if let Some((t, id)) = self
+                .added
+                .iter()
+                .find(|(t, _)| text[i..].starts_with(t.as_str()))
+            {
                 self.encode_run(&text[run_start..i], prev_special, &mut out);
                 out.push(*id);
                 prev_special = true;
@@ -317,9 +377,18 @@ fn random_text(rng: &mut ChaCha8Rng, pieces: &[String], specials: &[String]) -> 
     for _ in 0..n {
         match rng.random_range(0..10) {
             0..=4 => s.push_str(&pieces[rng.random_range(0..pieces.len())].replace('▁', " ")),
-            5 => s.push_str([" ", "  ", "\n", "\n\n", "\t", "   \n ", "\r\n"][rng.random_range(0..7)]),
+            5 => s.push_str(
+                [" ", "  ", "\n", "\n\n", "\t", "   \n ", "\r\n"][rng.random_range(0..7)],
+            ),
             6 => {
-                let ranges = [(0x20u32, 0x7f), (0xa0, 0x250), (0x400, 0x4ff), (0x3040, 0x30ff), (0x4e00, 0x9fff), (0x1f300, 0x1f6ff)];
+                let ranges = [
+                    (0x20u32, 0x7f),
+                    (0xa0, 0x250),
+                    (0x400, 0x4ff),
+                    (0x3040, 0x30ff),
+                    (0x4e00, 0x9fff),
+                    (0x1f300, 0x1f6ff),
+                ];
                 let (lo, hi) = ranges[rng.random_range(0..ranges.len())];
                 for _ in 0..rng.random_range(1..4) {
                     if let Some(c) = char::from_u32(rng.random_range(lo..hi)) {
@@ -336,7 +405,9 @@ fn random_text(rng: &mut ChaCha8Rng, pieces: &[String], specials: &[String]) -> 
 
 #[test]
 fn gemma3_matches_naive_sentencepiece_on_random_text() {
-    let Some((tok, md)) = load(GEMMA, false) else { return };
+    let Some((tok, md)) = load(GEMMA, false) else {
+        return;
+    };
     let naive = NaiveSpm::from_gguf(&md);
     let tokens: Vec<String> = md["tokenizer.ggml.tokens"]
         .as_array()
@@ -350,10 +421,17 @@ fn gemma3_matches_naive_sentencepiece_on_random_text() {
         .filter(|(i, _)| naive.types[*i] == 1)
         .map(|(_, t)| t.clone())
         .collect();
-    let specials: Vec<String> = ["<start_of_turn>", "<end_of_turn>", "<bos>", "</s>", "<div>", "    "]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let specials: Vec<String> = [
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<bos>",
+        "</s>",
+        "<div>",
+        "    ",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_6e33);
     let mut checked = 0;
     for case in 0..300 {

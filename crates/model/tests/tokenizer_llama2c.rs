@@ -24,7 +24,11 @@ fn write_bin(path: &Path, tokens: &[(&str, f32)]) {
 
 /// `<unk>`, BOS, EOS, 256 byte tokens, then `extra` (ids from 259).
 fn tiny_vocab(extra: &[(&'static str, f32)]) -> Vec<(String, f32)> {
-    let mut v: Vec<(String, f32)> = vec![("<unk>".into(), 0.0), ("\n<s>\n".into(), 0.0), ("\n</s>\n".into(), 0.0)];
+    let mut v: Vec<(String, f32)> = vec![
+        ("<unk>".into(), 0.0),
+        ("\n<s>\n".into(), 0.0),
+        ("\n</s>\n".into(), 0.0),
+    ];
     v.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0)));
     v.extend(extra.iter().map(|(s, sc)| (s.to_string(), *sc)));
     v
@@ -44,11 +48,23 @@ fn tiny_vocab_merges_by_score_with_byte_fallback() {
     // ids: 259 " ", 260 "a", 261 "b", 262 "c", 263 "ab", 264 "bc", 265 "abc", 266 " a"
     let tok = build_tiny(
         dir.path(),
-        &[(" ", -100.0), ("a", -100.0), ("b", -100.0), ("c", -100.0), ("ab", -5.0), ("bc", -1.0), ("abc", -2.0), (" a", -3.0)],
+        &[
+            (" ", -100.0),
+            ("a", -100.0),
+            ("b", -100.0),
+            ("c", -100.0),
+            ("ab", -5.0),
+            ("bc", -1.0),
+            ("abc", -2.0),
+            (" a", -3.0),
+        ],
     );
     assert_eq!(tok.vocab_size(), 267);
     assert_eq!((tok.bos_id(), tok.eos_ids()), (Some(1), &[2u32][..]));
-    assert_eq!((tok.bos_token(), tok.eos_token()), (Some("<s>"), Some("</s>")));
+    assert_eq!(
+        (tok.bos_token(), tok.eos_token()),
+        (Some("<s>"), Some("</s>"))
+    );
     assert!(tok.is_special(0) && tok.is_special(1) && tok.is_special(2) && !tok.is_special(3));
     // "▁abc": candidates "▁a" (-3), "ab" (-5), "bc" (-1) -> bc first; then "▁a"+"bc"? not a
     // piece; "a"+"bc" = "abc" (-2) beats "▁a" (-3) -> [▁, abc].
@@ -60,11 +76,17 @@ fn tiny_vocab_merges_by_score_with_byte_fallback() {
     assert_eq!(ids, [266, 3 + b'x' as u32]);
     // Multi-byte characters fall back to their UTF-8 bytes.
     let ids = tok.encode("é中", false).unwrap();
-    let want: Vec<u32> = std::iter::once(259).chain("é中".bytes().map(|b| 3 + b as u32)).collect();
+    let want: Vec<u32> = std::iter::once(259)
+        .chain("é中".bytes().map(|b| 3 + b as u32))
+        .collect();
     assert_eq!(ids, want);
     assert_eq!(tok.decode(&ids, false).unwrap(), "é中");
     // The dummy prefix space is removed again when decoding.
-    assert_eq!(tok.decode(&tok.encode("abc ab", true).unwrap(), true).unwrap(), "abc ab");
+    assert_eq!(
+        tok.decode(&tok.encode("abc ab", true).unwrap(), true)
+            .unwrap(),
+        "abc ab"
+    );
     assert_eq!(tok.encode("", true).unwrap(), [1]);
     assert_eq!(tok.encode("", false).unwrap(), Vec::<u32>::new());
     // Special tokens written in the text are recognised.
@@ -98,7 +120,10 @@ fn bad_files_are_clear_errors() {
     bad.extend_from_slice(&[0xff, 0xfe]);
     let p = dir.path().join("utf8.bin");
     std::fs::write(&p, &bad).unwrap();
-    assert!(matches!(Tokenizer::from_llama2c(&p), Err(ModelError::Format { .. })));
+    assert!(matches!(
+        Tokenizer::from_llama2c(&p),
+        Err(ModelError::Format { .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -110,7 +135,11 @@ fn tok512_path() -> Option<PathBuf> {
         return None;
     };
     let p = PathBuf::from(dir).join("stories260K/tok512.bin");
-    assert!(p.is_file(), "{} missing under SLUICE_TEST_MODELS", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing under SLUICE_TEST_MODELS",
+        p.display()
+    );
     Some(p)
 }
 
@@ -127,8 +156,14 @@ fn stories260k_reference_ids_and_decoding() {
     assert_eq!(tok.encode("Once upon a time", true).unwrap(), PROMPT_IDS);
     let all: Vec<u32> = PROMPT_IDS.iter().chain(&GENERATED_IDS).copied().collect();
     let text = tok.decode(&all, true).unwrap();
-    assert!(text.len() > "Once upon a time, there was a little".len(), "{text:?}");
-    assert!(README_TEXT.starts_with(&text), "{text:?} is not a prefix of the README story");
+    assert!(
+        text.len() > "Once upon a time, there was a little".len(),
+        "{text:?}"
+    );
+    assert!(
+        README_TEXT.starts_with(&text),
+        "{text:?} is not a prefix of the README story"
+    );
     // Streaming the generated ids after the prompt gives the same continuation.
     let mut dec = IncrementalDecoder::with_prefix(true, &PROMPT_IDS);
     let mut streamed = String::new();
@@ -164,7 +199,11 @@ impl RunC {
         for (i, t) in vocab.iter().enumerate() {
             lookup.entry(t.clone()).or_insert(i);
         }
-        RunC { vocab, scores, lookup }
+        RunC {
+            vocab,
+            scores,
+            lookup,
+        }
     }
 
     fn encode(&self, text: &str) -> Vec<u32> {
@@ -218,7 +257,11 @@ fn stories260k_matches_run_c_encode_on_random_text() {
             }
         }
         let want = runc.encode(&text);
-        assert_eq!(tok.encode(&text, true).unwrap(), want, "case {case}: {text:?}");
+        assert_eq!(
+            tok.encode(&text, true).unwrap(),
+            want,
+            "case {case}: {text:?}"
+        );
         // Decoding gives the text back (the dummy prefix is stripped again).
         assert_eq!(tok.decode(&want, true).unwrap(), text, "case {case}");
     }

@@ -29,7 +29,10 @@ fn floats(v: &[f32]) -> GgufValue {
 
 /// GPT-2's byte -> printable character table (`bytes_to_unicode`).
 fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut out = vec!['\0'; 256];
     let mut extra = 0;
     for b in 0..256u32 {
@@ -69,7 +72,11 @@ impl TinyBpe {
     fn metadata(&self, pre: &str) -> GgufMetadata {
         let mut types = vec![1; self.tokens.len()];
         types[256] = 3;
-        let merges: Vec<String> = self.merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
+        let merges: Vec<String> = self
+            .merges
+            .iter()
+            .map(|(a, b)| format!("{a} {b}"))
+            .collect();
         let mut md = GgufMetadata::new();
         md.insert("tokenizer.ggml.model".into(), s("gpt2"));
         md.insert("tokenizer.ggml.pre".into(), s(pre));
@@ -88,12 +95,19 @@ impl TinyBpe {
     /// Naive BPE of one pre-token (already in byte characters): repeatedly merge the adjacent
     /// pair with the lowest merge rank, leftmost first.
     fn naive_word(&self, word: &str) -> Vec<u32> {
-        let rank: HashMap<(&str, &str), usize> =
-            self.merges.iter().enumerate().map(|(i, (a, b))| ((a.as_str(), b.as_str()), i)).collect();
+        let rank: HashMap<(&str, &str), usize> = self
+            .merges
+            .iter()
+            .enumerate()
+            .map(|(i, (a, b))| ((a.as_str(), b.as_str()), i))
+            .collect();
         let mut syms: Vec<String> = word.chars().map(String::from).collect();
         loop {
             let best = (0..syms.len().saturating_sub(1))
-                .filter_map(|k| rank.get(&(syms[k].as_str(), syms[k + 1].as_str())).map(|&r| (r, k)))
+                .filter_map(|k| {
+                    rank.get(&(syms[k].as_str(), syms[k + 1].as_str()))
+                        .map(|&r| (r, k))
+                })
                 .min();
             let Some((_, k)) = best else { break };
             let right = syms.remove(k + 1);
@@ -104,22 +118,46 @@ impl TinyBpe {
 }
 
 #[test]
+fn shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<sluice_model::tokenizer::IncrementalDecoder>();
+    send_sync::<sluice_model::chat_template::ChatTemplate>();
+}
+
+#[test]
 fn gpt2_merge_priority_decides() {
     // Same tokens, opposite priorities: "abc" -> [a, bc] or [ab, c].
     let bc_first = TinyBpe::new(&[("b", "c"), ("a", "b")]);
     let tok = Tokenizer::from_gguf(&bc_first.metadata("gpt2")).unwrap();
-    assert_eq!(tok.encode("abc", false).unwrap(), [bc_first.id("a"), bc_first.id("bc")]);
+    assert_eq!(
+        tok.encode("abc", false).unwrap(),
+        [bc_first.id("a"), bc_first.id("bc")]
+    );
     let ab_first = TinyBpe::new(&[("a", "b"), ("b", "c")]);
     let tok = Tokenizer::from_gguf(&ab_first.metadata("gpt2")).unwrap();
-    assert_eq!(tok.encode("abc", false).unwrap(), [ab_first.id("ab"), ab_first.id("c")]);
+    assert_eq!(
+        tok.encode("abc", false).unwrap(),
+        [ab_first.id("ab"), ab_first.id("c")]
+    );
     // A later merge can join the results.
     let chain = TinyBpe::new(&[("b", "c"), ("a", "b"), ("a", "bc"), ("Ġ", "abc")]);
     let tok = Tokenizer::from_gguf(&chain.metadata("gpt2")).unwrap();
-    assert_eq!(tok.encode("abc abc", false).unwrap(), [chain.id("abc"), chain.id("Ġabc")]);
-    assert_eq!(tok.decode(&tok.encode("abc abc", false).unwrap(), false).unwrap(), "abc abc");
+    assert_eq!(
+        tok.encode("abc abc", false).unwrap(),
+        [chain.id("abc"), chain.id("Ġabc")]
+    );
+    assert_eq!(
+        tok.decode(&tok.encode("abc abc", false).unwrap(), false)
+            .unwrap(),
+        "abc abc"
+    );
     // No BOS for byte-level BPE unless the file asks.
     assert_eq!(tok.encode("abc", true).unwrap(), [chain.id("abc")]);
-    assert_eq!(tok.encode("<|endoftext|>abc", false).unwrap(), [256, chain.id("abc")]);
+    assert_eq!(
+        tok.encode("<|endoftext|>abc", false).unwrap(),
+        [256, chain.id("abc")]
+    );
 }
 
 #[test]
@@ -128,7 +166,11 @@ fn gpt2_random_merges_match_naive_bpe() {
     let letters = ["a", "b", "c", "d", "e", "f"];
     for round in 0..8 {
         // Random merges over a small alphabet (space is 'Ġ' in byte-level form).
-        let mut pieces: Vec<String> = letters.iter().map(|s| s.to_string()).chain(["Ġ".to_string()]).collect();
+        let mut pieces: Vec<String> = letters
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["Ġ".to_string()])
+            .collect();
         let mut merges: Vec<(String, String)> = Vec::new();
         while merges.len() < 80 {
             let a = pieces[rng.random_range(0..pieces.len())].clone();
@@ -145,12 +187,19 @@ fn gpt2_random_merges_match_naive_bpe() {
             }
             merges.push((a, b));
         }
-        let refs: Vec<(&str, &str)> = merges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let refs: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let bpe = TinyBpe::new(&refs);
         let tok = Tokenizer::from_gguf(&bpe.metadata("gpt2")).unwrap();
         for case in 0..50 {
             let words: Vec<String> = (0..rng.random_range(1..8))
-                .map(|_| (0..rng.random_range(1..9)).map(|_| letters[rng.random_range(0..6)]).collect())
+                .map(|_| {
+                    (0..rng.random_range(1..9))
+                        .map(|_| letters[rng.random_range(0..6)])
+                        .collect()
+                })
                 .collect();
             let text = words.join(" ");
             // GPT-2's regex on letters and single spaces: "w1", " w2", " w3", ...
@@ -159,7 +208,11 @@ fn gpt2_random_merges_match_naive_bpe() {
                 let word = if i == 0 { w.clone() } else { format!("Ġ{w}") };
                 want.extend(bpe.naive_word(&word));
             }
-            assert_eq!(tok.encode(&text, false).unwrap(), want, "round {round} case {case}: {text:?}");
+            assert_eq!(
+                tok.encode(&text, false).unwrap(),
+                want,
+                "round {round} case {case}: {text:?}"
+            );
             assert_eq!(tok.decode(&want, false).unwrap(), text);
         }
     }
@@ -167,7 +220,13 @@ fn gpt2_random_merges_match_naive_bpe() {
 
 #[test]
 fn pre_tokenizer_follows_tokenizer_ggml_pre() {
-    let bpe = TinyBpe::new(&[("1", "2"), ("12", "3"), ("4", "5"), ("123", "45"), ("Ġ", "1")]);
+    let bpe = TinyBpe::new(&[
+        ("1", "2"),
+        ("12", "3"),
+        ("4", "5"),
+        ("123", "45"),
+        ("Ġ", "1"),
+    ]);
     let pieces = |pre: &str, text: &str| -> Vec<String> {
         let tok = Tokenizer::from_gguf(&bpe.metadata(pre)).unwrap();
         let ids = tok.encode(text, false).unwrap();
@@ -191,7 +250,10 @@ fn pre_tokenizer_follows_tokenizer_ggml_pre() {
 /// A SentencePiece vocabulary: `<unk>` (0, unknown), `<s>` (1), `</s>` (2), `<ctl>` (3,
 /// control), `<tab>` (4, user-defined), 256 byte tokens, then scored pieces.
 fn tiny_spm(add_space_prefix: bool, add_bos: bool) -> (GgufMetadata, Vec<String>) {
-    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<ctl>", "<tab>"].iter().map(|s| s.to_string()).collect();
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<ctl>", "<tab>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut types = vec![2, 3, 3, 3, 4];
     let mut scores = vec![0.0f32; 5];
     for b in 0..=255u8 {
@@ -199,14 +261,21 @@ fn tiny_spm(add_space_prefix: bool, add_bos: bool) -> (GgufMetadata, Vec<String>
         types.push(6);
         scores.push(0.0);
     }
-    for (i, p) in ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "▁wor", "▁world", "ld"]
-        .iter()
-        .enumerate()
+    for (i, p) in [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or",
+        "▁wor", "▁world", "ld",
+    ]
+    .iter()
+    .enumerate()
     {
         tokens.push(p.to_string());
         types.push(1);
         // Single characters score lowest; later pieces score lower than earlier ones.
-        scores.push(if p.chars().count() == 1 { -1000.0 - i as f32 } else { -(i as f32) });
+        scores.push(if p.chars().count() == 1 {
+            -1000.0 - i as f32
+        } else {
+            -(i as f32)
+        });
     }
     let mut md = GgufMetadata::new();
     md.insert("tokenizer.ggml.model".into(), s("llama"));
@@ -216,8 +285,14 @@ fn tiny_spm(add_space_prefix: bool, add_bos: bool) -> (GgufMetadata, Vec<String>
     md.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1));
     md.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2));
     md.insert("tokenizer.ggml.unknown_token_id".into(), GgufValue::U32(0));
-    md.insert("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(add_bos));
-    md.insert("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(add_space_prefix));
+    md.insert(
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(add_bos),
+    );
+    md.insert(
+        "tokenizer.ggml.add_space_prefix".into(),
+        GgufValue::Bool(add_space_prefix),
+    );
     md.insert("tokenizer.chat_template".into(), s("{{ messages }}"));
     (md, tokens)
 }
@@ -229,8 +304,14 @@ fn sentencepiece_space_prefix_bytes_and_specials() {
     let tok = Tokenizer::from_gguf(&md).unwrap();
     assert_eq!(tok.chat_template(), Some("{{ messages }}"));
     assert_eq!(tok.source(), "gguf-llama");
-    assert_eq!(tok.encode("hello world", true).unwrap(), [1, id("▁hello"), id("▁world")]);
-    assert_eq!(tok.decode(&[1, id("▁hello"), id("▁world")], true).unwrap(), "hello world");
+    assert_eq!(
+        tok.encode("hello world", true).unwrap(),
+        [1, id("▁hello"), id("▁world")]
+    );
+    assert_eq!(
+        tok.decode(&[1, id("▁hello"), id("▁world")], true).unwrap(),
+        "hello world"
+    );
     // After a special token the space prefix is added again (llama.cpp / HF legacy).
     assert_eq!(
         tok.encode("hello<ctl>hello", false).unwrap(),
@@ -239,7 +320,10 @@ fn sentencepiece_space_prefix_bytes_and_specials() {
     // A user-defined token is matched in text too, but is not "special".
     assert_eq!(tok.encode("<tab>", false).unwrap(), [4]);
     assert!(tok.is_special(3) && !tok.is_special(4) && tok.is_special(0));
-    assert_eq!(tok.decode(&[id("▁hello"), 3, 4], true).unwrap(), "hello<tab>");
+    assert_eq!(
+        tok.decode(&[id("▁hello"), 3, 4], true).unwrap(),
+        "hello<tab>"
+    );
     // Characters outside the vocabulary: bytes. 'x' = 0x78 -> id 5 + 0x78.
     assert_eq!(tok.encode("x", false).unwrap(), [id("▁"), 5 + 0x78]);
     let ids = tok.encode("hé", false).unwrap();
@@ -248,8 +332,14 @@ fn sentencepiece_space_prefix_bytes_and_specials() {
 
     let (md, _) = tiny_spm(false, false);
     let tok = Tokenizer::from_gguf(&md).unwrap();
-    assert_eq!(tok.encode("hello world", true).unwrap(), [id("hello"), id("▁world")]);
-    assert_eq!(tok.decode(&[id("hello"), id("▁world")], true).unwrap(), "hello world");
+    assert_eq!(
+        tok.encode("hello world", true).unwrap(),
+        [id("hello"), id("▁world")]
+    );
+    assert_eq!(
+        tok.decode(&[id("hello"), id("▁world")], true).unwrap(),
+        "hello world"
+    );
     assert_eq!(tok.bos_id(), Some(1));
 }
 
@@ -270,14 +360,20 @@ fn bad_gguf_metadata_is_an_error() {
     md.insert("tokenizer.ggml.token_type".into(), ints(&[1, 1]));
     assert!(tokenizer_error(&md).contains("token types"));
     let mut md = good.clone();
-    md.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1 << 20));
+    md.insert(
+        "tokenizer.ggml.bos_token_id".into(),
+        GgufValue::U32(1 << 20),
+    );
     assert!(tokenizer_error(&md).contains("bos_token_id"));
     let mut md = good.clone();
     md.insert("tokenizer.ggml.tokens".into(), ints(&[1, 2, 3]));
     assert!(tokenizer_error(&md).contains("not a string"));
     let mut md = good.clone();
     md.insert("tokenizer.ggml.model".into(), s("bert"));
-    assert!(matches!(Tokenizer::from_gguf(&md), Err(ModelError::Unsupported(_))));
+    assert!(matches!(
+        Tokenizer::from_gguf(&md),
+        Err(ModelError::Unsupported(_))
+    ));
     let mut md = TinyBpe::new(&[("a", "b")]).metadata("gpt2");
     md.remove("tokenizer.ggml.merges");
     assert!(tokenizer_error(&md).contains("merges"));
@@ -323,7 +419,11 @@ fn tokenizer_json_with_config() {
     let (md, tokens) = tiny_spm(true, true);
     let spm = Tokenizer::from_gguf(&md).unwrap();
     std::fs::write(&json, spm.inner().to_string(false).unwrap()).unwrap();
-    std::fs::write(&config, r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": false}"#).unwrap();
+    std::fs::write(
+        &config,
+        r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": false}"#,
+    )
+    .unwrap();
     let tok = Tokenizer::from_hf_files(&json, Some(&config)).unwrap();
     let hello = tokens.iter().position(|t| t == "▁hello").unwrap() as u32;
     assert_eq!(spm.encode("hello", true).unwrap(), [1, hello]);
@@ -337,7 +437,13 @@ fn tokenizer_json_with_config() {
     ));
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{\"model\": ").unwrap();
-    assert!(matches!(Tokenizer::from_hf_files(&broken, None), Err(ModelError::Format { .. })));
+    assert!(matches!(
+        Tokenizer::from_hf_files(&broken, None),
+        Err(ModelError::Format { .. })
+    ));
     std::fs::write(&config, r#"{"bos_token": "<nope>"}"#).unwrap();
-    assert!(matches!(Tokenizer::from_hf_files(&json, Some(&config)), Err(ModelError::Tokenizer(_))));
+    assert!(matches!(
+        Tokenizer::from_hf_files(&json, Some(&config)),
+        Err(ModelError::Tokenizer(_))
+    ));
 }

@@ -263,6 +263,7 @@ pub fn write_bpe_tokenizer(dir: &Path) -> PathBuf {
     let merges_plain = [
         ("t", "h"),
         ("th", "e"),
+        ("h", "e"),
         (" ", "t"),
         (" t", "he"),
         ("i", "n"),
@@ -271,6 +272,7 @@ pub fn write_bpe_tokenizer(dir: &Path) -> PathBuf {
         (" ", "a"),
         ("a", "n"),
         ("an", "d"),
+        ("n", "d"),
         (" a", "nd"),
         ("o", "n"),
         ("e", "s"),

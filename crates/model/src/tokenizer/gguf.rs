@@ -38,7 +38,9 @@ fn get<'a>(md: &'a GgufMetadata, name: &str) -> Option<&'a GgufValue> {
 }
 
 fn string_array(md: &GgufMetadata, name: &str) -> Result<Option<Vec<String>>> {
-    let Some(v) = get(md, name) else { return Ok(None) };
+    let Some(v) = get(md, name) else {
+        return Ok(None);
+    };
     let arr = v
         .as_array()
         .ok_or_else(|| tok_err(format!("GGUF `{}` is not an array", key(name))))?;
@@ -60,7 +62,9 @@ fn bool_key(md: &GgufMetadata, name: &str) -> Option<bool> {
 /// A token id key; `required_range` ids outside the vocabulary are an error, others are
 /// ignored (some converters write placeholder padding ids).
 fn id_key(md: &GgufMetadata, name: &str, n_vocab: usize, strict: bool) -> Result<Option<u32>> {
-    let Some(v) = get(md, name) else { return Ok(None) };
+    let Some(v) = get(md, name) else {
+        return Ok(None);
+    };
     match v.as_u64() {
         Some(id) if (id as usize) < n_vocab => Ok(Some(id as u32)),
         _ if strict => Err(tok_err(format!(
@@ -85,7 +89,9 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
     let types: Vec<TokenType> = match get(md, "token_type") {
         None => vec![TokenType::Normal; n],
         Some(v) => {
-            let arr = v.as_array().ok_or_else(|| tok_err("GGUF `tokenizer.ggml.token_type` is not an array"))?;
+            let arr = v
+                .as_array()
+                .ok_or_else(|| tok_err("GGUF `tokenizer.ggml.token_type` is not an array"))?;
             if arr.len() != n {
                 return Err(tok_err(format!(
                     "GGUF has {n} tokens but {} token types",
@@ -94,9 +100,9 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
             }
             arr.iter()
                 .map(|x| {
-                    x.as_i64()
-                        .map(TokenType::from_gguf)
-                        .ok_or_else(|| tok_err("GGUF `tokenizer.ggml.token_type` holds a non-integer"))
+                    x.as_i64().map(TokenType::from_gguf).ok_or_else(|| {
+                        tok_err("GGUF `tokenizer.ggml.token_type` holds a non-integer")
+                    })
                 })
                 .collect::<Result<_>>()?
         }
@@ -114,12 +120,20 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
         .and_then(GgufValue::as_str)
         .map(str::to_string);
 
-    let (mut inner, source, default_add_bos) = match model {
+    let (mut inner, source, default_add_bos, spm_decoder) = match model {
         "gpt2" => {
-            let merges = string_array(md, "merges")?
-                .ok_or_else(|| tok_err("GGUF byte-level BPE vocabulary has no `tokenizer.ggml.merges`"))?;
-            let pre = get(md, "pre").and_then(GgufValue::as_str).unwrap_or("default");
-            (byte_level_bpe(&tokens, &types, &merges, pre)?, "gguf-gpt2", false)
+            let merges = string_array(md, "merges")?.ok_or_else(|| {
+                tok_err("GGUF byte-level BPE vocabulary has no `tokenizer.ggml.merges`")
+            })?;
+            let pre = get(md, "pre")
+                .and_then(GgufValue::as_str)
+                .unwrap_or("default");
+            (
+                byte_level_bpe(&tokens, &types, &merges, pre)?,
+                "gguf-gpt2",
+                false,
+                None,
+            )
         }
         "llama" => {
             let scores = match get(md, "scores") {
@@ -128,12 +142,16 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
                     .ok_or_else(|| tok_err("GGUF `tokenizer.ggml.scores` is not an array"))?
                     .iter()
                     .map(|x| {
-                        x.as_f64()
-                            .map(|s| s as f32)
-                            .ok_or_else(|| tok_err("GGUF `tokenizer.ggml.scores` holds a non-number"))
+                        x.as_f64().map(|s| s as f32).ok_or_else(|| {
+                            tok_err("GGUF `tokenizer.ggml.scores` holds a non-number")
+                        })
                     })
                     .collect::<Result<Vec<f32>>>()?,
-                None => return Err(tok_err("GGUF SentencePiece vocabulary has no `tokenizer.ggml.scores`")),
+                None => {
+                    return Err(tok_err(
+                        "GGUF SentencePiece vocabulary has no `tokenizer.ggml.scores`",
+                    ))
+                }
             };
             let vocab = SpmVocab {
                 pieces: tokens,
@@ -142,7 +160,12 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
                 unk_id,
                 add_space_prefix: bool_key(md, "add_space_prefix").unwrap_or(true),
             };
-            (spm::build(&vocab)?, "gguf-llama", true)
+            (
+                spm::build(&vocab)?,
+                "gguf-llama",
+                true,
+                Some(spm::SpmDecoder::new(&vocab)),
+            )
         }
         other => {
             return Err(crate::error::ModelError::Unsupported(format!(
@@ -195,6 +218,7 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
         auto_eos,
         chat_template,
         source,
+        spm_decoder,
     })
 }
 
@@ -202,10 +226,18 @@ pub(super) fn from_gguf(md: &GgufMetadata) -> Result<Tokenizer> {
 /// merging for words that are whole tokens (`ignore_merges`, Llama 3).
 fn byte_level_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
     let split = |re: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| tok_err(format!("pre-tokenizer regex for `{pre}`: {e}")))?;
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(format!("pre-tokenizer regex for `{pre}`: {e}")))?;
         // The regex did the splitting; ByteLevel only maps bytes to its printable alphabet.
-        Ok(PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+        Ok(PreSequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
     };
     // GPT-2's regex, built into ByteLevel with use_regex = true.
     let gpt2 = || -> PreTokenizerWrapper { ByteLevel::new(false, true, true).into() };
@@ -241,7 +273,9 @@ fn byte_level_bpe(
         .iter()
         .filter_map(|m| {
             let (a, b) = m.split_once(' ')?;
-            let ok = vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}"));
+            let ok = vocab.contains_key(a)
+                && vocab.contains_key(b)
+                && vocab.contains_key(&format!("{a}{b}"));
             ok.then(|| (a.to_string(), b.to_string()))
         })
         .collect();

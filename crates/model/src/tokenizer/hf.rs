@@ -37,7 +37,8 @@ fn chat_template_of(config: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => {
             let named = |name: &str| {
-                list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+                list.iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
             };
             named("default")
                 .or_else(|| list.first())
@@ -49,12 +50,16 @@ fn chat_template_of(config: &Value) -> Option<String> {
     }
 }
 
-pub(super) fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Tokenizer> {
+pub(super) fn from_hf_files(
+    tokenizer_json: &Path,
+    tokenizer_config: Option<&Path>,
+) -> Result<Tokenizer> {
     // Read it ourselves first so that a missing file is an I/O error naming the path.
-    let text = std::fs::read_to_string(tokenizer_json).map_err(|e| ModelError::io(tokenizer_json, e))?;
-    let inner: tokenizers::Tokenizer = text
-        .parse()
-        .map_err(|e| ModelError::format(tokenizer_json, format!("not a usable tokenizer.json: {e}")))?;
+    let text =
+        std::fs::read_to_string(tokenizer_json).map_err(|e| ModelError::io(tokenizer_json, e))?;
+    let inner: tokenizers::Tokenizer = text.parse().map_err(|e| {
+        ModelError::format(tokenizer_json, format!("not a usable tokenizer.json: {e}"))
+    })?;
     let config = tokenizer_config.map(read_json).transpose()?;
 
     let added = inner.get_added_tokens_decoder();
@@ -64,16 +69,30 @@ pub(super) fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Pat
         .map(|(id, _)| *id)
         .collect();
     let lookup = |name: &str| -> Result<u32> {
-        inner
-            .token_to_id(name)
-            .ok_or_else(|| tok_err(format!("tokenizer_config.json names `{name}`, which is not in tokenizer.json")))
+        inner.token_to_id(name).ok_or_else(|| {
+            tok_err(format!(
+                "tokenizer_config.json names `{name}`, which is not in tokenizer.json"
+            ))
+        })
     };
-    let guess = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n).filter(|id| special.contains(id)));
+    let guess = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| inner.token_to_id(n).filter(|id| special.contains(id)))
+    };
 
     let (bos_id, eos_id, want_bos, want_eos, mut chat_template) = match &config {
         Some(c) => {
-            let bos_id = c.get("bos_token").and_then(token_text).map(|s| lookup(&s)).transpose()?;
-            let eos_id = c.get("eos_token").and_then(token_text).map(|s| lookup(&s)).transpose()?;
+            let bos_id = c
+                .get("bos_token")
+                .and_then(token_text)
+                .map(|s| lookup(&s))
+                .transpose()?;
+            let eos_id = c
+                .get("eos_token")
+                .and_then(token_text)
+                .map(|s| lookup(&s))
+                .transpose()?;
             (
                 bos_id,
                 eos_id,
@@ -87,18 +106,27 @@ pub(super) fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Pat
     if chat_template.is_none() {
         // Newer exports keep the template in its own file next to the others.
         let dir = tokenizer_config.unwrap_or(tokenizer_json).parent();
-        if let Some(p) = dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
+        if let Some(p) = dir
+            .map(|d| d.join("chat_template.jinja"))
+            .filter(|p| p.is_file())
+        {
             chat_template = Some(std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e))?);
         }
     }
 
     // What does the post-processor do on its own? Probe with a plain word.
     let probe = |add: bool| -> Result<Vec<u32>> {
-        Ok(inner.encode_fast("a", add).map_err(tok_err)?.get_ids().to_vec())
+        Ok(inner
+            .encode_fast("a", add)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     };
     let (with, without) = (probe(true)?, probe(false)?);
-    let inner_adds_bos = bos_id.is_some() && with.first() == bos_id.as_ref() && without.first() != bos_id.as_ref();
-    let inner_adds_eos = eos_id.is_some() && with.last() == eos_id.as_ref() && without.last() != eos_id.as_ref();
+    let inner_adds_bos =
+        bos_id.is_some() && with.first() == bos_id.as_ref() && without.first() != bos_id.as_ref();
+    let inner_adds_eos =
+        eos_id.is_some() && with.last() == eos_id.as_ref() && without.last() != eos_id.as_ref();
     let policy = |want: Option<bool>, inner_adds: bool| match (want, inner_adds) {
         (Some(true), false) => AutoToken::Add,
         (Some(false), true) => AutoToken::Remove,
@@ -120,6 +148,7 @@ pub(super) fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Pat
         auto_eos: policy(want_eos, inner_adds_eos),
         chat_template,
         source: "tokenizer.json",
+        spm_decoder: None,
         inner,
     })
 }

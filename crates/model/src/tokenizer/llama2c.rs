@@ -26,7 +26,9 @@ fn is_byte_piece(s: &str) -> bool {
     b.len() == 6
         && s.starts_with("<0x")
         && b[5] == b'>'
-        && b[3..5].iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+        && b[3..5]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
 }
 
 /// Parsed `tokenizer.bin`: (piece bytes, score) per token.
@@ -44,22 +46,31 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<(Vec<u8>, f32)>> {
     while off < bytes.len() {
         let i = out.len();
         let (Some(score), Some(len)) = (read4(off), read4(off + 4)) else {
-            return Err(fmt(format!("token {i}: truncated entry header at byte {off}")));
+            return Err(fmt(format!(
+                "token {i}: truncated entry header at byte {off}"
+            )));
         };
         let score = f32::from_le_bytes(score);
         let len = i32::from_le_bytes(len);
         if len < 0 {
-            return Err(fmt(format!("token {i}: negative length {len} at byte {off}")));
+            return Err(fmt(format!(
+                "token {i}: negative length {len} at byte {off}"
+            )));
         }
         let start = off + 8;
-        let piece = bytes
-            .get(start..start + len as usize)
-            .ok_or_else(|| fmt(format!("token {i}: {len} bytes announced at byte {off}, file ends first")))?;
+        let piece = bytes.get(start..start + len as usize).ok_or_else(|| {
+            fmt(format!(
+                "token {i}: {len} bytes announced at byte {off}, file ends first"
+            ))
+        })?;
         out.push((piece.to_vec(), score));
         off = start + len as usize;
     }
     if out.len() <= EOS_ID as usize {
-        return Err(fmt(format!("only {} tokens (need at least <unk>, BOS and EOS)", out.len())));
+        return Err(fmt(format!(
+            "only {} tokens (need at least <unk>, BOS and EOS)",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -118,6 +129,7 @@ pub(super) fn from_llama2c(path: &Path) -> Result<Tokenizer> {
         auto_eos: AutoToken::AsInner,
         chat_template: None,
         source: "llama2.c",
+        spm_decoder: Some(spm::SpmDecoder::new(&vocab)),
     })
 }
 

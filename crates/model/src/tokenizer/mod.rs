@@ -20,6 +20,7 @@ mod spm;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use incremental::IncrementalDecoder;
 
@@ -66,7 +67,10 @@ impl TokenType {
 
     /// Matched as a whole in input text before the model sees it (HF "added tokens").
     pub(crate) fn is_added(self) -> bool {
-        matches!(self, TokenType::Unknown | TokenType::Control | TokenType::UserDefined)
+        matches!(
+            self,
+            TokenType::Unknown | TokenType::Control | TokenType::UserDefined
+        )
     }
 
     /// Skipped by `decode(.., skip_special_tokens = true)`.
@@ -102,6 +106,8 @@ pub struct Tokenizer {
     auto_eos: AutoToken,
     chat_template: Option<String>,
     source: &'static str,
+    /// SentencePiece vocabularies decode with our own decoder (see `spm::SpmDecoder`).
+    spm_decoder: Option<Arc<spm::SpmDecoder>>,
 }
 
 /// Everything a constructor gathers before [`Tokenizer::assemble`].
@@ -117,6 +123,7 @@ struct Parts {
     auto_eos: AutoToken,
     chat_template: Option<String>,
     source: &'static str,
+    spm_decoder: Option<spm::SpmDecoder>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -144,7 +151,10 @@ impl Tokenizer {
 
     /// From a Hugging Face `tokenizer.json`, with BOS/EOS and `add_bos_token` taken from
     /// `tokenizer_config.json` when given.
-    pub fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Tokenizer> {
+    pub fn from_hf_files(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Tokenizer> {
         hf::from_hf_files(tokenizer_json, tokenizer_config)
     }
 
@@ -155,9 +165,11 @@ impl Tokenizer {
 
     fn assemble(p: Parts) -> Result<Tokenizer> {
         let name = |id: u32| -> Result<String> {
-            p.inner
-                .id_to_token(id)
-                .ok_or_else(|| tok_err(format!("special token id {id} has no text in the vocabulary")))
+            p.inner.id_to_token(id).ok_or_else(|| {
+                tok_err(format!(
+                    "special token id {id} has no text in the vocabulary"
+                ))
+            })
         };
         let bos = p.bos_id.map(|id| name(id).map(|s| (id, s))).transpose()?;
         let eos = p.eos_id.map(|id| name(id).map(|s| (id, s))).transpose()?;
@@ -197,6 +209,7 @@ impl Tokenizer {
             auto_eos: p.auto_eos,
             chat_template: p.chat_template,
             source: p.source,
+            spm_decoder: p.spm_decoder.map(Arc::new),
         })
     }
 
@@ -204,7 +217,10 @@ impl Tokenizer {
     /// are always recognised as such. With `add_special_tokens`, BOS (and EOS) are added
     /// when the model wants them.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(tok_err)?;
+        let enc = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         if add_special_tokens {
             match (self.auto_bos, &self.bos) {
@@ -227,6 +243,10 @@ impl Tokenizer {
     }
 
     /// Text of `ids`; invalid UTF-8 (an incomplete byte sequence) becomes U+FFFD.
+    ///
+    /// For SentencePiece vocabularies (GGUF `llama`, llama2.c) each invalid byte sequence
+    /// becomes one U+FFFD, as in llama.cpp, where `inner().decode` (HF's ByteFallback) would
+    /// blank the whole run of byte tokens around it; the results agree on valid UTF-8.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return Err(tok_err(format!(
@@ -234,7 +254,10 @@ impl Tokenizer {
                 self.vocab_size
             )));
         }
-        self.inner.decode(ids, skip_special_tokens).map_err(tok_err)
+        match &self.spm_decoder {
+            Some(d) => Ok(d.decode(ids, skip_special_tokens)),
+            None => self.inner.decode(ids, skip_special_tokens).map_err(tok_err),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -23,8 +23,8 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::AddedToken;
 
 use super::{tok_err, TokenType};
@@ -40,6 +40,81 @@ pub(crate) struct SpmVocab {
     pub types: Vec<TokenType>,
     pub unk_id: Option<u32>,
     pub add_space_prefix: bool,
+}
+
+/// What one id contributes to decoded text.
+#[derive(Clone, Debug)]
+enum DecodePiece {
+    /// A `<0xNN>` byte-fallback token.
+    Byte(u8),
+    /// A normal or user-defined piece, '▁' already turned back into ' '.
+    Text(String),
+    /// A control/unknown token: its text, or nothing when skipping special tokens.
+    Special(String),
+}
+
+/// SentencePiece decoding done like llama.cpp: concatenate the bytes of all pieces, then
+/// turn invalid UTF-8 into U+FFFD per invalid sequence (`from_utf8_lossy`), then drop the
+/// dummy-prefix space. HF's `ByteFallback` decoder instead replaces a whole run of byte tokens
+/// by U+FFFDs as soon as one byte in it is invalid, which makes the text of a prefix depend on
+/// what follows it; this decoder keeps `decode(a ++ b)` = `decode(a) ++ decode(b)` at
+/// character boundaries, which the streaming detokenizer relies on. The two agree on
+/// every sequence that decodes to valid UTF-8.
+#[derive(Clone, Debug)]
+pub(crate) struct SpmDecoder {
+    pieces: Vec<DecodePiece>,
+    strip_space_prefix: bool,
+}
+
+impl SpmDecoder {
+    pub(crate) fn new(v: &SpmVocab) -> SpmDecoder {
+        let pieces = v
+            .pieces
+            .iter()
+            .zip(&v.types)
+            .map(|(p, t)| match t {
+                TokenType::Byte => match byte_of(p) {
+                    Some(b) => DecodePiece::Byte(b),
+                    None => DecodePiece::Text(p.replace(SPACE, " ")),
+                },
+                t if t.is_special() => DecodePiece::Special(p.clone()),
+                _ => DecodePiece::Text(p.replace(SPACE, " ")),
+            })
+            .collect();
+        SpmDecoder {
+            pieces,
+            strip_space_prefix: v.add_space_prefix,
+        }
+    }
+
+    /// The caller checked that every id is in range.
+    pub(crate) fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        let mut bytes: Vec<u8> = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            match self.pieces.get(id as usize) {
+                Some(DecodePiece::Byte(b)) => bytes.push(*b),
+                Some(DecodePiece::Text(t)) => bytes.extend_from_slice(t.as_bytes()),
+                Some(DecodePiece::Special(t)) if !skip_special_tokens => {
+                    bytes.extend_from_slice(t.as_bytes())
+                }
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        match text.strip_prefix(' ') {
+            Some(rest) if self.strip_space_prefix => rest.to_string(),
+            _ => text.into_owned(),
+        }
+    }
+}
+
+/// `<0xNN>` -> NN.
+fn byte_of(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 /// Pieces that take part in merging: SentencePiece merges into normal and user-defined
@@ -84,11 +159,7 @@ pub(crate) fn build(v: &SpmVocab) -> Result<tokenizers::Tokenizer> {
         }
     }
     // Highest score first; NaN scores (never seen in practice) last.
-    ranked.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-    });
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let merges: Vec<(String, String)> = ranked
         .into_iter()
         .map(|(_, l, r)| (v.pieces[l as usize].clone(), v.pieces[r as usize].clone()))
@@ -105,12 +176,18 @@ pub(crate) fn build(v: &SpmVocab) -> Result<tokenizers::Tokenizer> {
             .ok_or_else(|| tok_err(format!("unknown-token id {unk} out of range ({n} pieces)")))?;
         builder = builder.unk_token(piece.clone());
     }
-    let model = builder.build().map_err(|e| tok_err(format!("building SentencePiece BPE: {e}")))?;
+    let model = builder
+        .build()
+        .map_err(|e| tok_err(format!("building SentencePiece BPE: {e}")))?;
 
     let mut tok = tokenizers::Tokenizer::new(model);
     let replace_space = Replace::new(" ", SPACE).map_err(tok_err)?;
     let normalizer: NormalizerWrapper = if v.add_space_prefix {
-        NormalizerSequence::new(vec![Prepend::new(SPACE.to_string()).into(), replace_space.into()]).into()
+        NormalizerSequence::new(vec![
+            Prepend::new(SPACE.to_string()).into(),
+            replace_space.into(),
+        ])
+        .into()
     } else {
         replace_space.into()
     };
@@ -133,7 +210,11 @@ pub(crate) fn build(v: &SpmVocab) -> Result<tokenizers::Tokenizer> {
 
 /// Registers control/unknown tokens as special added tokens and user-defined ones as normal
 /// added tokens, all matched on the raw (un-normalized) text.
-pub(crate) fn add_tokens_by_type(tok: &mut tokenizers::Tokenizer, pieces: &[String], types: &[TokenType]) {
+pub(crate) fn add_tokens_by_type(
+    tok: &mut tokenizers::Tokenizer,
+    pieces: &[String],
+    types: &[TokenType],
+) {
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (piece, t) in pieces.iter().zip(types) {

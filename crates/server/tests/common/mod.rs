@@ -12,6 +12,7 @@ use sluice_backend::Device;
 use sluice_engine::{EngineConfig, EngineHandle, LlmEngine};
 use sluice_model::arch::Model;
 use sluice_model::loader::{load_model, LoadOptions};
+use sluice_model::tokenizer::Tokenizer;
 use sluice_server::metrics::{parse_exposition, sample_value};
 use sluice_server::{AppState, ServerConfig};
 use tokio::sync::oneshot;
@@ -36,6 +37,7 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub model: String,
     pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -220,7 +222,8 @@ pub async fn start(model: &std::path::Path, engine_cfg: EngineConfig, server_cfg
     .await
     .expect("load task");
     let handle = EngineHandle::spawn(engine, name);
-    let state = AppState::new(&server_cfg, handle.clone(), tokenizer, template.as_deref()).expect("server state");
+    let state = AppState::new(&server_cfg, handle.clone(), Arc::clone(&tokenizer), template.as_deref())
+        .expect("server state");
     let model_name = state.served_model_name().to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -241,6 +244,7 @@ pub async fn start(model: &std::path::Path, engine_cfg: EngineConfig, server_cfg
             .expect("client"),
         model: model_name,
         engine: handle,
+        tokenizer,
         stop: Some(tx),
         task: Some(task),
     }

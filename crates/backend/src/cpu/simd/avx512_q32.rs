@@ -354,8 +354,13 @@ unsafe fn rows<F: Q32W, const R: usize, const C: usize>(job: &QJob, rows: Range<
     let nb = job.k / 32;
     let a: [*const u8; C] = arr(|c| job.a_row(t0 + c));
     let mut r = rows.start;
+    let pf = super::prefetch_distance();
+    let end = job.w.as_ptr().wrapping_add(job.w.len());
     while r + R <= rows.end {
         let w: [*const u8; R] = arr(|i| job.w_row(r + i));
+        if C == 1 && pf > 0 {
+            super::prefetch(w[0].wrapping_add(pf), R * job.row_bytes, end);
+        }
         let v = tile::<F, R, C>(w, a, nb);
         for (i, vr) in v.iter().enumerate() {
             for (c, val) in vr.iter().enumerate() {

@@ -217,8 +217,13 @@ pub(super) mod x86 {
         let base = job.w.as_ptr();
         let x: [*const f32; C] = arr(|c| job.x.as_ptr().add((t0 + c) * job.k));
         let mut r = rows.start;
+        let pf = super::super::prefetch_distance();
+        let end = base.wrapping_add(job.w.len());
         while r + R <= rows.end {
             let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
+            if C == 1 && pf > 0 {
+                super::super::prefetch(w[0].wrapping_add(pf), R * rb, end);
+            }
             let v = tile512::<W, R, C>(w, x, job.k);
             for (i, vr) in v.iter().enumerate() {
                 for (c, val) in vr.iter().enumerate() {
@@ -318,8 +323,13 @@ pub(super) mod x86 {
         let base = job.w.as_ptr();
         let x: [*const f32; C] = arr(|c| job.x.as_ptr().add((t0 + c) * job.k));
         let mut r = rows.start;
+        let pf = super::super::prefetch_distance();
+        let end = base.wrapping_add(job.w.len());
         while r + R <= rows.end {
             let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
+            if C == 1 && pf > 0 {
+                super::super::prefetch(w[0].wrapping_add(pf), R * rb, end);
+            }
             let v = tile256::<W, R, C>(w, x, job.k);
             for (i, vr) in v.iter().enumerate() {
                 for (c, val) in vr.iter().enumerate() {

@@ -197,3 +197,25 @@ macro_rules! word_table {
     }};
 }
 pub(crate) use word_table;
+
+/// Bytes ahead of the current weight rows that GEMV prefetches. Decode streams the
+/// whole model from DRAM; the hardware prefetcher alone left a single core at ~21 GB/s
+/// on this Zen 5 (Q4_1 head GEMV), software prefetch 8-16 KB ahead reaches ~35 GB/s.
+pub(crate) const fn prefetch_distance() -> usize {
+    8192
+}
+
+/// Prefetches the cache lines of `[p, p + len)` that lie before `end`.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, len: usize, end: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut q = p;
+        let stop = p.wrapping_add(len);
+        while q < stop && q < end {
+            // SAFETY: prefetch never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(q as *const i8) };
+            q = q.wrapping_add(64);
+        }
+    }
+}
