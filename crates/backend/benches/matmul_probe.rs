@@ -176,6 +176,35 @@ fn main() {
             }
         }
     }
+    if want("batch") {
+        println!("batch scaling (cache-resident):");
+        for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::F16] {
+            let k = if dtype.block_size() == 256 { 1536 } else { 576 };
+            for t in [1usize, 2, 4, 8, 16, 64] {
+                gemv_case(&cpus[0], &mut r, dtype, 576, k, t, reps * 5, 1);
+            }
+        }
+    }
+    if want("dram") {
+        println!("DRAM-streamed weights, batched:");
+        for t in [1usize, 2, 4, 8, 16] {
+            gemv_case(&cpus[0], &mut r, DType::Q4_1, 1536, 576, t, reps * 5, 80);
+        }
+    }
+    if want("headbatch") {
+        println!("head, batched (Q8_0 49152x576):");
+        for t in [1usize, 8, 16] {
+            gemv_case(&cpus[0], &mut r, DType::Q8_0, 49152, 576, t, reps, 4);
+        }
+    }
+    if want("kscale") {
+        println!("GEMM vs K (T=64, cache-resident):");
+        for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
+            for k in [512usize, 576, 4608] {
+                gemv_case(&cpus[0], &mut r, dtype, 256, k, 64, reps * 3, 1);
+            }
+        }
+    }
     if want("step") {
         step_case(&mut r, reps);
     }

@@ -286,3 +286,59 @@ pub fn save_bars(
     }
     Ok(vec![png, svg])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_ok(p: &Path) {
+        let b = std::fs::read(p).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn degenerate_inputs_still_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        // One bar, zero height.
+        let f = save_bars(dir.path(), "one", "t", "y", &[("a".into(), 0, 0.0)]).unwrap();
+        png_ok(&f[0]);
+        // No bars at all.
+        let f = save_bars(dir.path(), "none", "t", "y", &[]).unwrap();
+        png_ok(&f[0]);
+        // A single point, an empty series, a constant CDF, no series.
+        let chart = LineChart {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![
+                Series {
+                    name: "p".into(),
+                    color: 0,
+                    points: vec![(3.0, 3.0)],
+                },
+                Series {
+                    name: "e".into(),
+                    color: 1,
+                    points: vec![],
+                },
+            ],
+            h_line: Some((5.0, "slo".into())),
+            markers: true,
+            legend_lower_right: false,
+        };
+        let cdf = cdf_chart("c", "ms", &[("k".into(), 2, vec![4.0, 4.0, 4.0])]);
+        let empty = cdf_chart("c", "ms", &[]);
+        let f = save_charts(dir.path(), "lines", &[chart, cdf, empty]).unwrap();
+        png_ok(&f[0]);
+        let svg = std::fs::read_to_string(&f[1]).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("slo"));
+    }
+
+    #[test]
+    fn unwritable_directory_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir");
+        let e = save_bars(&missing, "x", "t", "y", &[("a".into(), 0, 1.0)]).unwrap_err();
+        assert!(e.to_string().starts_with("plot: "), "{e}");
+    }
+}

@@ -163,6 +163,11 @@ impl Driver {
             let Some(seq) = self.sched.seq(s.seq_id) else {
                 continue;
             };
+            assert!(
+                seq.num_output_tokens() <= seq.max_tokens,
+                "{} overran max_tokens",
+                seq.id
+            );
             if seq.reached_max_tokens() {
                 let seq = self.sched.finish(s.seq_id, FinishReason::Length)?;
                 self.done.insert(seq.id, seq);
@@ -575,12 +580,19 @@ fn random_workload(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let block_size = rng.random_range(1..=5);
     let max_model_len = 40;
+    // Without chunked prefill the budget must hold a whole prompt (Scheduler::new).
+    let chunked = rng.random_bool(0.8);
+    let spec = rng.random_bool(0.4);
     let c = SchedulerConfig {
-        max_num_batched_tokens: rng.random_range(1..=24),
+        max_num_batched_tokens: if chunked {
+            rng.random_range(1..=24)
+        } else {
+            rng.random_range(max_model_len..=60)
+        },
         max_num_seqs: rng.random_range(1..=5),
         block_size,
         max_model_len,
-        enable_chunked_prefill: true,
+        enable_chunked_prefill: chunked,
         long_prefill_token_threshold: if rng.random_bool(0.3) {
             rng.random_range(1..8)
         } else {
@@ -606,6 +618,9 @@ fn random_workload(
             want.insert(next, reference(&p, max_tokens));
             next += 1;
         }
+        if spec {
+            propose_drafts(&mut d, &mut rng)?;
+        }
         if d.sched.has_unfinished() {
             d.step()?;
         } else if next == n_req {
@@ -619,6 +634,31 @@ fn random_workload(
     d.assert_all_free();
     let st = d.sched.stats();
     Ok((st.num_preemptions, st.kv.prefix_cache_hits))
+}
+
+/// Gives about half the decoding sequences 1..=4 draft tokens: the true continuation,
+/// sometimes with one token corrupted so the rest is rejected.
+fn propose_drafts(d: &mut Driver, rng: &mut ChaCha8Rng) -> TestResult {
+    for id in d.sched.running().to_vec() {
+        let seq = d.sched.seq(id).ok_or("running sequence missing")?;
+        if seq.num_tokens() - seq.num_computed_tokens != 1 || !rng.random_bool(0.5) {
+            continue;
+        }
+        let k = rng.random_range(1..=4);
+        let mut ctx = seq.all_token_ids().to_vec();
+        let mut drafts = Vec::with_capacity(k);
+        for _ in 0..k {
+            let t = next_token(&ctx);
+            ctx.push(t);
+            drafts.push(t);
+        }
+        if rng.random_bool(0.5) {
+            let r = rng.random_range(0..k);
+            drafts[r] = (drafts[r] + 1) % VOCAB;
+        }
+        d.sched.set_spec_token_ids(id, drafts)?;
+    }
+    Ok(())
 }
 
 /// Fixed seeds, so the run is reproducible, and a check that the workloads do reach

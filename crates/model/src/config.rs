@@ -91,7 +91,7 @@ impl ModelConfig {
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         let w = self.sliding_window?;
         match self.sliding_window_pattern {
-            Some(n) if n > 0 && (layer + 1) % n == 0 => None,
+            Some(n) if n > 0 && (layer + 1).is_multiple_of(n) => None,
             _ => Some(w),
         }
     }
@@ -147,13 +147,13 @@ impl ModelConfig {
                 return Err(format!("{name} = {v} is absurd (limit {max})"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
         }
         Ok(())

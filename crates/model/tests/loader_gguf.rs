@@ -455,17 +455,19 @@ fn truncated_anywhere_is_an_error_naming_the_file() {
     let mut points: Vec<usize> = (0..header_end).collect();
     points.extend((header_end..data_end).step_by(997));
     points.push(data_end - 1);
-    eprintln!("{} cut points, header {header_end}", points.len());
-    let t0 = std::time::Instant::now();
-    for _ in 0..200 { std::fs::write(&cut, &bytes[..100]).unwrap(); }
-    eprintln!("200 writes {:?}", t0.elapsed());
-    let t0 = std::time::Instant::now();
-    for _ in 0..200 { let _ = GgufFile::open(&full).unwrap(); }
-    eprintln!("200 opens {:?}", t0.elapsed());
-    let t0 = std::time::Instant::now();
     for n in points {
-        std::fs::write(&cut, &bytes[..n]).unwrap();
-        let msg = open_err(&cut);
+        // Parse from an anonymous map (writing thousands of files is slow); every 16th
+        // cut also goes through a real file and the top-level loader.
+        let through_file = n % 16 == 0 || n == 0;
+        let result = if through_file {
+            std::fs::write(&cut, &bytes[..n]).unwrap();
+            GgufFile::open(&cut)
+        } else {
+            let mut m = memmap2::MmapMut::map_anon(n).unwrap();
+            m.copy_from_slice(&bytes[..n]);
+            GgufFile::from_map(&cut, std::sync::Arc::new(m.make_read_only().unwrap()))
+        };
+        let msg = err_text(result);
         assert!(!msg.contains('\n'), "cut at {n}: {msg}");
         assert!(
             msg.contains(&cut.display().to_string()),
@@ -479,12 +481,10 @@ fn truncated_anywhere_is_an_error_naming_the_file() {
                 || msg.contains("absurd"),
             "cut at {n}: {msg}"
         );
-        // The same through the top-level loader (a sample of the cuts, for time).
-        if n % 16 == 0 {
+        if through_file {
             assert!(load_model_parts(&cut, &LoadOptions::default()).is_err());
         }
     }
-    eprintln!("{:?}", t0.elapsed());
 }
 
 #[test]
@@ -532,7 +532,7 @@ fn absurd_counts_lengths_and_dims() {
                 r.data(64);
                 r
             },
-            &["tensor count"],
+            &["tensors, more than"],
         ),
         (
             {
@@ -540,7 +540,7 @@ fn absurd_counts_lengths_and_dims() {
                 r.data(64);
                 r
             },
-            &["metadata count"],
+            &["metadata entries, more than"],
         ),
         // key length far beyond the file
         (

@@ -91,16 +91,16 @@ fn smollm2_reference_ids() {
     };
     assert_eq!(tok.vocab_size(), 49152);
     // README: prompt "Once upon a time" -> [6403, 1980, 253, 655] (add_bos_token = false).
-    assert_eq!(enc(&tok, "Once upon a time", true), [6403, 1980, 253, 655]);
-    assert_eq!(enc(&tok, "Once upon a time", false), [6403, 1980, 253, 655]);
+    assert_eq!(enc(tok, "Once upon a time", true), [6403, 1980, 253, 655]);
+    assert_eq!(enc(tok, "Once upon a time", false), [6403, 1980, 253, 655]);
     // README: the ChatML prompt.
     let chat =
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
-        enc(&tok, chat, true),
+        enc(tok, chat, true),
         [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
     );
-    assert_eq!(tok.decode(&enc(&tok, chat, true), false).unwrap(), chat);
+    assert_eq!(tok.decode(&enc(tok, chat, true), false).unwrap(), chat);
     assert_eq!(
         tok.decode(
             &[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2],
@@ -130,13 +130,13 @@ fn smollm2_special_tokens_and_ids() {
     assert_eq!(tok.id_to_token(1980).as_deref(), Some("Ġupon"));
     assert_eq!(tok.id_to_token(49152), None);
     // Special tokens are never split, wherever they sit.
-    assert_eq!(enc(&tok, "<|im_start|>", false), [1]);
-    let ids = enc(&tok, "x<|im_end|>y<|im_start|><|im_start|>", false);
+    assert_eq!(enc(tok, "<|im_start|>", false), [1]);
+    let ids = enc(tok, "x<|im_end|>y<|im_start|><|im_start|>", false);
     assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1);
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 2);
     assert_eq!(&ids[ids.len() - 2..], [1, 1]);
     // A near miss is ordinary text.
-    assert!(!enc(&tok, "<|im_start>", false).contains(&1));
+    assert!(!enc(tok, "<|im_start>", false).contains(&1));
     // Skipping special tokens when decoding.
     assert_eq!(tok.decode(&ids, true).unwrap(), "xy");
     assert!(tok.decode(&[49152], false).is_err());
@@ -148,7 +148,7 @@ fn smollm2_digits_split_individually() {
         return;
     };
     for text in ["1234567890", " 2024", "x42y", "3.14159"] {
-        let ids = enc(&tok, text, false);
+        let ids = enc(tok, text, false);
         let digits = text.chars().filter(char::is_ascii_digit).count();
         let digit_tokens = ids
             .iter()
@@ -178,7 +178,7 @@ fn smollm2_round_trips() {
         return;
     };
     for text in MIXED {
-        let ids = enc(&tok, text, true);
+        let ids = enc(tok, text, true);
         assert_eq!(tok.decode(&ids, false).unwrap(), *text, "ids {ids:?}");
         assert_eq!(tok.decode(&ids, true).unwrap(), *text);
     }
@@ -195,21 +195,21 @@ fn gemma3_reference_ids_and_round_trips() {
     assert_eq!(tok.vocab_size(), 262144);
     // README: "Once upon a time" with BOS -> [2, 14946, 3324, 496, 990].
     assert_eq!(
-        enc(&tok, "Once upon a time", true),
+        enc(tok, "Once upon a time", true),
         [2, 14946, 3324, 496, 990]
     );
     assert_eq!(
-        enc(&tok, "Once upon a time", false),
+        enc(tok, "Once upon a time", false),
         [14946, 3324, 496, 990]
     );
-    assert_eq!(enc(&tok, "", true), [2]);
+    assert_eq!(enc(tok, "", true), [2]);
     assert_eq!(tok.bos_token(), Some("<bos>"));
     assert_eq!(tok.eos_token(), Some("<eos>"));
     let end_of_turn = tok.token_to_id("<end_of_turn>").unwrap();
     assert!(tok.eos_ids().contains(&1) && tok.eos_ids().contains(&end_of_turn));
     // add_space_prefix = false: exact round trips, and special tokens in text stay whole.
     for text in MIXED {
-        let ids = enc(&tok, text, true);
+        let ids = enc(tok, text, true);
         assert_eq!(tok.decode(&ids, true).unwrap(), *text, "ids {ids:?}");
         // Our SentencePiece decoder and HF's agree on valid UTF-8.
         assert_eq!(tok.inner().decode(&ids, true).unwrap(), *text);
@@ -219,7 +219,7 @@ fn gemma3_reference_ids_and_round_trips() {
         );
     }
     let turn = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n";
-    let ids = enc(&tok, turn, false);
+    let ids = enc(tok, turn, false);
     assert_eq!(ids[0], tok.token_to_id("<start_of_turn>").unwrap());
     assert!(ids.contains(&end_of_turn));
     assert_eq!(tok.decode(&ids, false).unwrap(), turn);
@@ -231,7 +231,7 @@ fn gemma3_reference_ids_and_round_trips() {
         .take(3)
         .collect();
     assert_eq!(rare.chars().count(), 3);
-    let ids = enc(&tok, &rare, false);
+    let ids = enc(tok, &rare, false);
     assert_eq!(
         ids.len(),
         rare.len(),
@@ -408,7 +408,7 @@ fn gemma3_matches_naive_sentencepiece_on_random_text() {
     let Some((tok, md)) = load(GEMMA, false) else {
         return;
     };
-    let naive = NaiveSpm::from_gguf(&md);
+    let naive = NaiveSpm::from_gguf(md);
     let tokens: Vec<String> = md["tokenizer.ggml.tokens"]
         .as_array()
         .unwrap()
@@ -437,13 +437,13 @@ fn gemma3_matches_naive_sentencepiece_on_random_text() {
     for case in 0..300 {
         let text = random_text(&mut rng, &normal, &specials);
         let want = naive.encode(&text);
-        let got = enc(&tok, &text, false);
+        let got = enc(tok, &text, false);
         assert_eq!(got, want, "case {case}: {text:?}");
         assert_eq!(tok.decode(&got, false).unwrap(), text, "case {case}");
         checked += got.len();
     }
     for text in MIXED {
-        assert_eq!(enc(&tok, text, false), naive.encode(text), "{text:?}");
+        assert_eq!(enc(tok, text, false), naive.encode(text), "{text:?}");
     }
     eprintln!("gemma: {checked} tokens checked against the naive SentencePiece merge loop");
 }

@@ -16,6 +16,7 @@ pub mod generation;
 pub mod metrics;
 mod openai;
 pub mod validate;
+pub mod web;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -414,8 +414,10 @@ impl Scheduler {
         let computed = seq.num_computed_tokens + num_cached;
         let mut n = target.saturating_sub(computed);
         if !self.config.enable_chunked_prefill {
-            // A prompt is scheduled whole or not at all.
-            return if n > budget && computed < known {
+            // A prompt (more than one known token to compute) is scheduled whole or not
+            // at all; a decode may still get fewer drafts.
+            let is_prefill = known.saturating_sub(computed) > 1;
+            return if is_prefill && n > budget {
                 0
             } else {
                 n.min(budget)

@@ -480,13 +480,13 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Header> {
     // info at least 8 + 4 + 8 + 4 + 8.
     if n_kv > (r.remaining() / 13) as u64 {
         return Err(r.err(format!(
-            "metadata count {n_kv} is absurd for a file of {} bytes",
+            "the header declares {n_kv} metadata entries, more than a file of {} bytes can hold (truncated or corrupt file)",
             buf.len()
         )));
     }
     if n_tensors > (r.remaining() / 32) as u64 {
         return Err(r.err(format!(
-            "tensor count {n_tensors} is absurd for a file of {} bytes",
+            "the header declares {n_tensors} tensors, more than a file of {} bytes can hold (truncated or corrupt file)",
             buf.len()
         )));
     }

@@ -369,7 +369,7 @@ unsafe fn rows<F: KW, const R: usize, const C: usize>(job: &QJob, rows: Range<us
     let end = job.w.as_ptr().wrapping_add(job.w.len());
     while r + R <= rows.end {
         let w: [*const u8; R] = arr(|i| job.w_row(r + i));
-        if C == 1 && pf > 0 {
+        if t0 == 0 && pf > 0 {
             super::prefetch(w[0].wrapping_add(pf), R * job.row_bytes, end);
         }
         let v = tile::<F, R, C>(w, a, nsb);

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::{arr, FJob, Isa};
+use super::{arr, each, FJob, Isa};
 use crate::dtype::DType;
 
 /// Weight bytes per panel: rows are processed in panels about this big, and every
@@ -175,15 +175,20 @@ pub(super) mod x86 {
         let full = k / 16 * 16;
         let mut k0 = 0;
         while k0 < full {
-            for r in 0..R {
-                wv[r] = W::load16(w[r].add(k0 * W::SIZE));
-            }
-            for c in 0..C {
-                let xv = _mm512_loadu_ps(x[c].add(k0));
-                for r in 0..R {
-                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
-                }
-            }
+            each::<R>(
+                #[inline(always)]
+                |r| wv[r] = W::load16(w[r].add(k0 * W::SIZE)),
+            );
+            each::<C>(
+                #[inline(always)]
+                |c| {
+                    let xv = _mm512_loadu_ps(x[c].add(k0));
+                    each::<R>(
+                        #[inline(always)]
+                        |r| acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]),
+                    );
+                },
+            );
             k0 += 16;
         }
         if k0 < k {
@@ -221,7 +226,7 @@ pub(super) mod x86 {
         let end = base.wrapping_add(job.w.len());
         while r + R <= rows.end {
             let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
-            if C == 1 && pf > 0 {
+            if t0 == 0 && pf > 0 {
                 super::super::prefetch(w[0].wrapping_add(pf), R * rb, end);
             }
             let v = tile512::<W, R, C>(w, x, job.k);
@@ -327,7 +332,7 @@ pub(super) mod x86 {
         let end = base.wrapping_add(job.w.len());
         while r + R <= rows.end {
             let w: [*const u8; R] = arr(|i| base.add((r + i) * rb));
-            if C == 1 && pf > 0 {
+            if t0 == 0 && pf > 0 {
                 super::super::prefetch(w[0].wrapping_add(pf), R * rb, end);
             }
             let v = tile256::<W, R, C>(w, x, job.k);

@@ -219,3 +219,20 @@ pub(crate) fn prefetch(p: *const u8, len: usize, end: *const u8) {
         }
     }
 }
+
+/// Calls `f(0), .., f(N - 1)` with literal indices, fully unrolled (N <= 16). LLVM does
+/// not always unroll nested constant-trip loops over tile rows and tokens; then the
+/// accumulator arrays stay in memory instead of registers. Unrolled calls with
+/// constant indices let every accumulator live in its own register.
+#[inline(always)]
+pub(crate) fn each<const N: usize>(mut f: impl FnMut(usize)) {
+    const { assert!(N <= 16) };
+    macro_rules! call {
+        ($($i:literal)*) => {$(
+            if $i < N {
+                f($i);
+            }
+        )*};
+    }
+    call!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+}

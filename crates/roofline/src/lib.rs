@@ -1,0 +1,1 @@
+//! sluice-roofline: where the time of a forward step goes, against the physical floor.
