@@ -255,8 +255,8 @@ fn violations(r: &BenchResult, slo: &SloBounds, p: f64) -> Vec<String> {
     ] {
         if let Some(b) = bound {
             let x = slo_metric_ms(r, name, p);
-            // `!(x <= b)` so a NaN can never pass.
-            if !(x <= b) {
+            // Written so that a NaN can never pass.
+            if x.is_nan() || x > b {
                 let what = format!("p{} {}", percentile_word(p), name.to_uppercase());
                 v.push(if x.is_finite() {
                     format!("{what} {x:.1} ms > {} ms", crate::result::trim_float(b))

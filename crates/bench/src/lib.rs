@@ -10,6 +10,8 @@
 //! Wiring in a CLI: `#[command(subcommand)] bench: sluice_bench::BenchCommand`, then
 //! `sluice_bench::run(cmd).await?`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod client;
 pub mod compare;
 pub mod dataset;
@@ -33,7 +35,7 @@ pub use serve::{run_serve, BenchServeArgs, ServeOutput};
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
     /// Benchmark an OpenAI-compatible server (one run, or a sweep of rates/concurrencies).
-    Serve(BenchServeArgs),
+    Serve(Box<BenchServeArgs>),
     /// Compare saved results: table, plots, SLO recommendation.
     Compare(BenchCompareArgs),
 }
@@ -43,5 +45,64 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Serve(a) => run_serve(&a).await.map(|_| ()),
         BenchCommand::Compare(a) => run_compare(&a).map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "serve",
+            "--base-url",
+            "http://127.0.0.1:8000",
+            "--model",
+            "m",
+            "--request-rate",
+            "1,2,inf",
+            "--goodput",
+            "ttft:500",
+            "tpot:50",
+        ])
+        .unwrap();
+        match cli.bench {
+            BenchCommand::Serve(a) => {
+                assert_eq!(a.request_rate, "1,2,inf");
+                assert_eq!(a.goodput, vec!["ttft:500", "tpot:50"]);
+                assert_eq!(a.endpoint, "/v1/completions");
+                assert_eq!(a.num_warmups, 1);
+            }
+            BenchCommand::Compare(_) => panic!("wrong subcommand"),
+        }
+        let cli = Cli::try_parse_from([
+            "bench",
+            "compare",
+            "a.json",
+            "dir",
+            "--slo",
+            "ttft:500,tpot:50",
+        ])
+        .unwrap();
+        match cli.bench {
+            BenchCommand::Compare(a) => {
+                assert_eq!(a.results.len(), 2);
+                assert_eq!(a.slo_percentile, 90.0);
+            }
+            BenchCommand::Serve(_) => panic!("wrong subcommand"),
+        }
+        assert!(
+            Cli::try_parse_from(["bench", "compare"]).is_err(),
+            "results are required"
+        );
     }
 }

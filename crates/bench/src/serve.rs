@@ -140,7 +140,7 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>> {
                 BenchError::arg(format!("--request-rate: {item:?} is not a number or inf"))
             })?,
         };
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             return Err(BenchError::arg(format!(
                 "--request-rate must be positive, got {item}; use inf to send all requests at once"
             )));

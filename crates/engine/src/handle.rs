@@ -29,7 +29,7 @@ pub struct EngineInfo {
 
 enum Command {
     Add {
-        req: EngineRequest,
+        req: Box<EngineRequest>,
         out: tmpsc::UnboundedSender<RequestOutput>,
         reply: oneshot::Sender<Result<SeqId, EngineError>>,
     },
@@ -92,7 +92,7 @@ impl EngineHandle {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
             .send(Command::Add {
-                req,
+                req: Box::new(req),
                 out: out_tx,
                 reply: reply_tx,
             })
@@ -107,7 +107,7 @@ impl EngineHandle {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
             .send(Command::Add {
-                req,
+                req: Box::new(req),
                 out: out_tx,
                 reply: reply_tx,
             })
@@ -210,7 +210,7 @@ fn apply(
 ) -> bool {
     match cmd {
         Command::Add { req, out, reply } => {
-            let r = engine.add_request(req);
+            let r = engine.add_request(*req);
             if let Ok(id) = &r {
                 streams.insert(*id, out);
             }

@@ -355,7 +355,7 @@ mod tests {
         let mut p = params(0.0);
         p.logit_bias = vec![(3, 100.0)];
         let mut s = Sampler::new(&p, &[]);
-        assert_eq!(s.sample(&p, &mut vec![5.0, 1.0, 0.0, 0.0]).id, 3);
+        assert_eq!(s.sample(&p, &mut [5.0, 1.0, 0.0, 0.0]).id, 3);
     }
 
     #[test]
@@ -424,7 +424,7 @@ mod tests {
         p.logprobs = Some(2);
         p.logit_bias = vec![(2, 50.0)];
         let mut s = Sampler::new(&p, &[]);
-        let t = s.sample(&p, &mut vec![1.0, 2.0, 0.0]);
+        let t = s.sample(&p, &mut [1.0, 2.0, 0.0]);
         assert_eq!(t.id, 2);
         let lse = (1f32.exp() + 2f32.exp() + 1.0).ln();
         assert!((t.logprob.unwrap_or(0.0) - (0.0 - lse)).abs() < 1e-5);

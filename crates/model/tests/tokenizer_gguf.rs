@@ -198,10 +198,7 @@ fn gemma3_reference_ids_and_round_trips() {
         enc(tok, "Once upon a time", true),
         [2, 14946, 3324, 496, 990]
     );
-    assert_eq!(
-        enc(tok, "Once upon a time", false),
-        [14946, 3324, 496, 990]
-    );
+    assert_eq!(enc(tok, "Once upon a time", false), [14946, 3324, 496, 990]);
     assert_eq!(enc(tok, "", true), [2]);
     assert_eq!(tok.bos_token(), Some("<bos>"));
     assert_eq!(tok.eos_token(), Some("<eos>"));
@@ -446,4 +443,36 @@ fn gemma3_matches_naive_sentencepiece_on_random_text() {
         assert_eq!(enc(tok, text, false), naive.encode(text), "{text:?}");
     }
     eprintln!("gemma: {checked} tokens checked against the naive SentencePiece merge loop");
+}
+
+/// Long inputs stay fast (a SentencePiece run between newlines is one BPE "word"); prints the
+/// encode/decode rate for the record.
+#[test]
+fn long_inputs_encode_quickly() {
+    for (rel, required) in [(SMOLLM, true), (GEMMA, false)] {
+        let Some((tok, _)) = load(rel, required) else {
+            continue;
+        };
+        let paragraph = MIXED.join(" ").replace('\n', " ");
+        let text = paragraph.repeat(300);
+        let t0 = Instant::now();
+        let ids = enc(tok, &text, false);
+        let t_enc = t0.elapsed();
+        let t0 = Instant::now();
+        let back = tok.decode(&ids, false).unwrap();
+        let t_dec = t0.elapsed();
+        assert_eq!(back, text);
+        eprintln!(
+            "{rel}: {} bytes -> {} tokens: encode {:.1} MB/s, decode {:.1} MB/s",
+            text.len(),
+            ids.len(),
+            text.len() as f64 / t_enc.as_secs_f64() / 1e6,
+            text.len() as f64 / t_dec.as_secs_f64() / 1e6
+        );
+        assert!(
+            t_enc.as_secs_f64() < 20.0,
+            "encoding {} bytes took {t_enc:?}",
+            text.len()
+        );
+    }
 }

@@ -10,6 +10,8 @@
 //! models, errors) and vLLM's `entrypoints/openai/protocol.py` for the sampling extras
 //! (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `min_tokens`, ...).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod chat;
 pub mod common;
 pub mod completions;

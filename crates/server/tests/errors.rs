@@ -219,6 +219,7 @@ async fn overload_429_and_disconnect_mid_stream() {
     assert_eq!(e["type"], "rate_limit_error");
     assert!(t0.elapsed() < Duration::from_secs(2), "429 took {:?}", t0.elapsed());
     let m = s.metrics().await;
+    eprintln!("{m:?}");
     assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:http_requests_rejected_total"), Some(1.0));
     assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:http_requests_in_flight"), Some(1.0));
     assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:num_requests_running"), Some(1.0));

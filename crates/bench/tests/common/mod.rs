@@ -256,8 +256,8 @@ pub fn write_bpe_tokenizer(dir: &Path) -> PathBuf {
     let enc = |s: &str| -> String { s.bytes().map(|b| map[b as usize]).collect() };
     let mut vocab = serde_json::Map::new();
     let mut next = 0u32;
-    for b in 0..256usize {
-        vocab.insert(map[b].to_string(), json!(next));
+    for c in &map {
+        vocab.insert(c.to_string(), json!(next));
         next += 1;
     }
     let merges_plain = [

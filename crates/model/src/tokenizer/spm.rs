@@ -77,7 +77,8 @@ impl SpmDecoder {
                     Some(b) => DecodePiece::Byte(b),
                     None => DecodePiece::Text(p.replace(SPACE, " ")),
                 },
-                t if t.is_special() => DecodePiece::Special(p.clone()),
+                // HF's Replace decoder rewrites '▁' in every token, special ones included.
+                t if t.is_special() => DecodePiece::Special(p.replace(SPACE, " ")),
                 _ => DecodePiece::Text(p.replace(SPACE, " ")),
             })
             .collect();

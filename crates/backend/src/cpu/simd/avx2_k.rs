@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::acts::{off, K_BYTES};
 use super::float::panel_rows;
-use super::{arr, QJob};
+use super::{arr, unroll, QJob};
 use crate::dtype::DType;
 use crate::quant::blocks::{scales_mins_k4, scales_q3k, K_SCALE_SIZE};
 
@@ -246,9 +246,9 @@ unsafe fn tile<F: KW2, const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     for sb in 0..nsb {
-        for r in 0..R {
+        unroll!(r in R => {
             let wk = F::unpack(w[r].add(sb * F::BYTES));
-            for c in 0..C {
+            unroll!(c in C => {
                 let rec = a[c].add(sb * K_BYTES);
                 let mut s0 = _mm256_setzero_si256();
                 let mut s1 = _mm256_setzero_si256();
@@ -274,15 +274,15 @@ unsafe fn tile<F: KW2, const R: usize, const C: usize>(
                     _mm256_set1_ps(wk.dmin * da),
                     acc[r][c],
                 );
-            }
-        }
+            });
+        });
     }
     let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
+    unroll!(r in R => {
+        unroll!(c in C => {
             out[r][c] = hsum(acc[r][c]);
-        }
-    }
+        });
+    });
     out
 }
 

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::acts::{off, Q32_GROUP_BYTES};
 use super::float::panel_rows;
-use super::{arr, QJob};
+use super::{arr, unroll, QJob};
 use crate::dtype::DType;
 
 /// Two unpacked blocks: quants `[A 0..16 | B 0..16]`, `[A 16..32 | B 16..32]`, scales
@@ -239,24 +239,24 @@ unsafe fn step<F: Q32W2, const R: usize, const C: usize>(
         d: _mm256_setzero_ps(),
         m: _mm256_setzero_ps(),
     }; R];
-    for r in 0..R {
+    unroll!(r in R => {
         wv[r] = F::unpack(w[r].add((4 * g + 2 * h) * F::BYTES), nb);
-    }
-    for c in 0..C {
+    });
+    unroll!(c in C => {
         let rec = a[c].add(g * Q32_GROUP_BYTES + 32 * h);
         let alo = _mm256_load_si256(rec as *const __m256i);
         let ahi = _mm256_load_si256(rec.add(off::HI) as *const __m256i);
         let da = _mm256_load_ps(rec.add(off::D) as *const f32);
         let s4 = _mm256_load_ps(rec.add(off::S) as *const f32);
-        for r in 0..R {
+        unroll!(r in R => {
             let i = dot::<F>(&wv[r], alo, ahi);
             acc[r][c] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(wv[r].d, da), acc[r][c]);
             if !F::SIGNED {
                 acc[r][c] = _mm256_fmadd_ps(wv[r].m, s4, acc[r][c]);
             }
-        }
-    }
+        });
+    });
 }
 
 #[inline(always)]
@@ -282,11 +282,11 @@ unsafe fn tile<F: Q32W2, const R: usize, const C: usize>(
         step::<F, R, C>(&mut acc, &w, &a, pairs / 2, pairs % 2, 1);
     }
     let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
+    unroll!(r in R => {
+        unroll!(c in C => {
             out[r][c] = hsum(acc[r][c]);
-        }
-    }
+        });
+    });
     out
 }
 

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::acts::{off, K_BYTES};
 use super::float::panel_rows;
-use super::{arr, word_table, QJob};
+use super::{arr, unroll, word_table, QJob};
 use crate::dtype::DType;
 
 /// One unpacked super-block.
@@ -315,15 +315,15 @@ unsafe fn step<F: KW, const R: usize, const C: usize>(
         d: _mm512_setzero_ps(),
         dmin: _mm512_setzero_ps(),
     }; R];
-    for r in 0..R {
+    unroll!(r in R => {
         wv[r] = F::unpack(w[r].add(sb * F::BYTES));
-    }
-    for c in 0..C {
+    });
+    unroll!(c in C => {
         let rec = a[c].add(sb * K_BYTES);
         let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
         let da = _mm512_set1_ps((rec.add(off::KD) as *const f32).read());
         let av: [__m512i; 4] = arr(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
-        for r in 0..R {
+        unroll!(r in R => {
             let wk = &wv[r];
             let z = _mm512_setzero_si512();
             // Two independent chains keep the dpwssd latency off the critical path.
@@ -337,8 +337,8 @@ unsafe fn step<F: KW, const R: usize, const C: usize>(
                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wk.d, da), acc[r][c]);
             let minf = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(imin));
             acc[r][c] = _mm512_fmadd_ps(minf, _mm512_mul_ps(wk.dmin, da), acc[r][c]);
-        }
-    }
+        });
+    });
 }
 
 #[inline(always)]
@@ -352,11 +352,11 @@ unsafe fn tile<F: KW, const R: usize, const C: usize>(
         step::<F, R, C>(&mut acc, &w, &a, sb);
     }
     let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
+    unroll!(r in R => {
+        unroll!(c in C => {
             out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-        }
-    }
+        });
+    });
     out
 }
 

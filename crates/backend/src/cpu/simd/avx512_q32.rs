@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use super::acts::{off, Q32_GROUP_BYTES};
 use super::float::panel_rows;
-use super::{arr, word_table, QJob};
+use super::{arr, unroll, word_table, QJob};
 use crate::dtype::DType;
 
 /// One unpacked group: unsigned quants (low halves, high halves), per-lane weight
@@ -306,23 +306,23 @@ unsafe fn step<F: Q32W, const R: usize, const C: usize>(
         d: _mm512_setzero_ps(),
         m: _mm512_setzero_ps(),
     }; R];
-    for r in 0..R {
+    unroll!(r in R => {
         wv[r] = F::unpack(w[r].add(g * 4 * F::BYTES), nbg);
-    }
-    for c in 0..C {
+    });
+    unroll!(c in C => {
         let rec = a[c].add(g * Q32_GROUP_BYTES);
         let alo = _mm512_load_si512(rec as *const __m512i);
         let ahi = _mm512_load_si512(rec.add(off::HI) as *const __m512i);
         let da = _mm512_load_ps(rec.add(off::D) as *const f32);
         let s4 = _mm512_load_ps(rec.add(off::S) as *const f32);
-        for r in 0..R {
+        unroll!(r in R => {
             let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r].lo, alo);
             let dot = _mm512_dpbusd_epi32(dot, wv[r].hi, ahi);
             let sc = _mm512_mul_ps(wv[r].d, da);
             acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][c]);
             acc[r][c] = _mm512_fmadd_ps(wv[r].m, s4, acc[r][c]);
-        }
-    }
+        });
+    });
 }
 
 /// Dot products of R weight rows with C activation rows (`nb` blocks each).
@@ -341,11 +341,11 @@ unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
         step::<F, R, C>(&mut acc, &w, &a, full, nb % 4);
     }
     let mut out = [[0f32; C]; R];
-    for r in 0..R {
-        for c in 0..C {
+    unroll!(r in R => {
+        unroll!(c in C => {
             out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-        }
-    }
+        });
+    });
     out
 }
 

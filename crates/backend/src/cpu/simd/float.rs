@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::{arr, each, FJob, Isa};
+use super::{arr, unroll, FJob, Isa};
 use crate::dtype::DType;
 
 /// Weight bytes per panel: rows are processed in panels about this big, and every
@@ -175,40 +175,35 @@ pub(super) mod x86 {
         let full = k / 16 * 16;
         let mut k0 = 0;
         while k0 < full {
-            each::<R>(
-                #[inline(always)]
-                |r| wv[r] = W::load16(w[r].add(k0 * W::SIZE)),
-            );
-            each::<C>(
-                #[inline(always)]
-                |c| {
-                    let xv = _mm512_loadu_ps(x[c].add(k0));
-                    each::<R>(
-                        #[inline(always)]
-                        |r| acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]),
-                    );
-                },
-            );
+            unroll!(r in R => {
+                wv[r] = W::load16(w[r].add(k0 * W::SIZE));
+            });
+            unroll!(c in C => {
+                let xv = _mm512_loadu_ps(x[c].add(k0));
+                unroll!(r in R => {
+                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                });
+            });
             k0 += 16;
         }
         if k0 < k {
             let n = k - k0;
-            for r in 0..R {
+            unroll!(r in R => {
                 wv[r] = W::load16_part(w[r].add(k0 * W::SIZE), n);
-            }
-            for c in 0..C {
+            });
+            unroll!(c in C => {
                 let xv = _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, x[c].add(k0));
-                for r in 0..R {
+                unroll!(r in R => {
                     acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
-                }
-            }
+                });
+            });
         }
         let mut out = [[0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
+        unroll!(r in R => {
+            unroll!(c in C => {
                 out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-            }
-        }
+            });
+        });
         out
     }
 
@@ -294,27 +289,27 @@ pub(super) mod x86 {
         let full = k / 8 * 8;
         let mut k0 = 0;
         while k0 < full {
-            for r in 0..R {
+            unroll!(r in R => {
                 wv[r] = W::load8(w[r].add(k0 * W::SIZE));
-            }
-            for c in 0..C {
+            });
+            unroll!(c in C => {
                 let xv = _mm256_loadu_ps(x[c].add(k0));
-                for r in 0..R {
+                unroll!(r in R => {
                     acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-                }
-            }
+                });
+            });
             k0 += 8;
         }
         let mut out = [[0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
+        unroll!(r in R => {
+            unroll!(c in C => {
                 let mut s = hsum256(acc[r][c]);
                 for i in full..k {
                     s += W::scalar(w[r].add(i * W::SIZE)) * *x[c].add(i);
                 }
                 out[r][c] = s;
-            }
-        }
+            });
+        });
         out
     }
 

@@ -214,7 +214,11 @@ pub(crate) fn prefetch(p: *const u8, len: usize, end: *const u8) {
         let stop = p.wrapping_add(len);
         while q < stop && q < end {
             // SAFETY: prefetch never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(q as *const i8) };
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    q as *const i8,
+                )
+            };
             q = q.wrapping_add(64);
         }
     }
@@ -236,3 +240,14 @@ pub(crate) fn each<const N: usize>(mut f: impl FnMut(usize)) {
     }
     call!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 }
+
+/// `for $i in 0..$n { $body }` fully unrolled with literal indices (see [`each`]).
+macro_rules! unroll {
+    ($i:ident in $n:expr => $body:block) => {
+        $crate::cpu::simd::each::<{ $n }>(
+            #[inline(always)]
+            |$i: usize| $body,
+        )
+    };
+}
+pub(crate) use unroll;
