@@ -1,6 +1,7 @@
 //! `sluice`: wiring and argument parsing only.
 
 mod bench_offline;
+mod chat;
 mod generate;
 mod pull;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (streams the text to stdout, timings to stderr).
     Generate(generate::GenerateArgs),
+    /// Chat in the terminal, in-process on a model or with an OpenAI-compatible server (--url).
+    Chat(chat::ChatArgs),
     /// Show a model's architecture, size, quantization mix and special tokens.
     Info(InfoArgs),
     /// Download a known model into the cache (checksum verified, never twice).
@@ -77,6 +80,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Info(a) => info(a),
         Command::Pull(a) => pull_cmd(a),
         Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),

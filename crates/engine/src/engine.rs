@@ -241,7 +241,7 @@ impl LlmEngine {
         }
         self.scheduler.add(seq)?;
         let sampler = Sampler::new(&req.params, &req.prompt_token_ids);
-        let detok = IncrementalDecoder::new(req.params.skip_special_tokens);
+        let detok = IncrementalDecoder::with_prefix(req.params.skip_special_tokens, &req.prompt_token_ids);
         self.states.insert(
             id,
             SeqState {

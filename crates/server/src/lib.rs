@@ -228,7 +228,14 @@ async fn health() -> StatusCode {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let text = metrics::render(state.served_model_name(), &state.0.engine.metrics(), state.server_stats());
+    let mut m = state.0.engine.metrics();
+    if m.scheduler.kv.num_blocks == 0 {
+        // Before the engine's first published snapshot: every block is free.
+        let blocks = state.0.engine.info().num_blocks;
+        m.scheduler.kv.num_blocks = blocks;
+        m.scheduler.kv.num_free_blocks = blocks;
+    }
+    let text = metrics::render(state.served_model_name(), &m, state.server_stats());
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -218,12 +218,15 @@ async fn overload_429_and_disconnect_mid_stream() {
     assert_eq!(st, 429);
     assert_eq!(e["type"], "rate_limit_error");
     assert!(t0.elapsed() < Duration::from_secs(2), "429 took {:?}", t0.elapsed());
-    let m = s.metrics().await;
-    eprintln!("{m:?}");
-    assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:http_requests_rejected_total"), Some(1.0));
-    assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:http_requests_in_flight"), Some(1.0));
-    assert_eq!(sluice_server::metrics::sample_value(&m, "sluice:num_requests_running"), Some(1.0));
-    assert!(sluice_server::metrics::sample_value(&m, "sluice:kv_cache_blocks_used").unwrap_or(0.0) > 0.0);
+    // /metrics is a snapshot the engine publishes after each step: poll until it shows
+    // the stream's sequence.
+    let m = s
+        .wait_for_metrics(Duration::from_secs(10), |v| v("sluice:num_requests_running") == 1.0)
+        .await;
+    let v = |n: &str| sluice_server::metrics::sample_value(&m, n).unwrap_or(f64::NAN);
+    assert_eq!(v("sluice:http_requests_rejected_total"), 1.0);
+    assert_eq!(v("sluice:http_requests_in_flight"), 1.0);
+    assert!(v("sluice:kv_cache_blocks_used") > 0.0);
 
     // Disconnect mid-stream.
     drop(sse);

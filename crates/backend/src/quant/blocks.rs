@@ -202,7 +202,7 @@ impl_block! {
 /// Views `bytes` (a whole number of blocks) as blocks of `B`.
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> Result<&[B]> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(BackendError::Shape(format!(
             "{} bytes are not whole {} blocks of {size}",
             bytes.len(),
@@ -216,7 +216,7 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> Result<&[B]> {
 /// Mutable counterpart of [`as_blocks`].
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> Result<&mut [B]> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(BackendError::Shape(format!(
             "{} bytes are not whole {} blocks of {size}",
             bytes.len(),

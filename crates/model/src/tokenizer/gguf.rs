@@ -59,7 +59,7 @@ fn bool_key(md: &GgufMetadata, name: &str) -> Option<bool> {
     get(md, name).and_then(GgufValue::as_bool)
 }
 
-/// A token id key; `required_range` ids outside the vocabulary are an error, others are
+/// A token id key; with `strict`, an id outside the vocabulary is an error, otherwise it is
 /// ignored (some converters write placeholder padding ids).
 fn id_key(md: &GgufMetadata, name: &str, n_vocab: usize, strict: bool) -> Result<Option<u32>> {
     let Some(v) = get(md, name) else {

@@ -110,27 +110,38 @@ impl TestServer {
         sample_value(&m, name).unwrap_or_else(|| panic!("no metric {name}"))
     }
 
-    /// Waits (up to `timeout`) until the engine holds no sequences and no KV blocks.
-    pub async fn wait_idle(&self, timeout: Duration) -> Vec<(String, f64)> {
+    /// Polls /metrics until `cond` holds (the engine publishes a snapshot after each step).
+    pub async fn wait_for_metrics<F>(&self, timeout: Duration, cond: F) -> Vec<(String, f64)>
+    where
+        F: Fn(&dyn Fn(&str) -> f64) -> bool,
+    {
         let t0 = Instant::now();
         loop {
             let m = self.metrics().await;
             let v = |n: &str| sample_value(&m, n).unwrap_or(f64::NAN);
-            if v("sluice:num_requests_running") == 0.0
-                && v("sluice:num_requests_waiting") == 0.0
-                && v("sluice:kv_cache_blocks_used") == 0.0
-            {
+            if cond(&v) {
                 return m;
             }
-            assert!(
-                t0.elapsed() < timeout,
-                "engine not idle after {timeout:?}: running {} waiting {} blocks used {}",
-                v("sluice:num_requests_running"),
-                v("sluice:num_requests_waiting"),
-                v("sluice:kv_cache_blocks_used")
-            );
+            if t0.elapsed() > timeout {
+                let summary: Vec<String> = m
+                    .iter()
+                    .filter(|(k, _)| !k.contains("_bucket"))
+                    .map(|(k, x)| format!("{} = {x}", k.split('{').next().unwrap_or_default()))
+                    .collect();
+                panic!("metrics condition not met after {timeout:?}:\n{}", summary.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits (up to `timeout`) until the engine holds no sequences and no KV blocks.
+    pub async fn wait_idle(&self, timeout: Duration) -> Vec<(String, f64)> {
+        self.wait_for_metrics(timeout, |v| {
+            v("sluice:num_requests_running") == 0.0
+                && v("sluice:num_requests_waiting") == 0.0
+                && v("sluice:kv_cache_blocks_used") == 0.0
+        })
+        .await
     }
 
     pub async fn shutdown(mut self) {

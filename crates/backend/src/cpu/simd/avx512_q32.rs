@@ -337,7 +337,7 @@ unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
     for g in 0..full {
         step::<F, R, C>(&mut acc, &w, &a, g, 4);
     }
-    if nb % 4 != 0 {
+    if !nb.is_multiple_of(4) {
         step::<F, R, C>(&mut acc, &w, &a, full, nb % 4);
     }
     let mut out = [[0f32; C]; R];

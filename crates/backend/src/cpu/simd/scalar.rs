@@ -99,9 +99,9 @@ pub fn decode_k(dtype: DType, b: &[u8]) -> DecK {
     match dtype {
         DType::Q2_K => {
             // scales[16] | qs[64] | d | dmin
-            for g in 0..16 {
-                k.sc[g] = (b[g] & 0xF) as i32;
-                k.mn[g] = (b[g] >> 4) as i32;
+            for (g, &s) in b[..16].iter().enumerate() {
+                k.sc[g] = (s & 0xF) as i32;
+                k.mn[g] = (s >> 4) as i32;
             }
             for n in 0..2 {
                 for j in 0..4 {
