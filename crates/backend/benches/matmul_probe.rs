@@ -61,7 +61,16 @@ fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 /// Times `out = x w^T`; `copies` distinct weights are used in turn (enough of them
 /// to exceed the last-level cache makes the case DRAM-bound).
 #[allow(clippy::too_many_arguments)]
-fn gemv_case(cpu: &CpuBackend, r: &mut ChaCha8Rng, dtype: DType, m: usize, k: usize, t: usize, reps: usize, copies: usize) {
+fn gemv_case(
+    cpu: &CpuBackend,
+    r: &mut ChaCha8Rng,
+    dtype: DType,
+    m: usize,
+    k: usize,
+    t: usize,
+    reps: usize,
+    copies: usize,
+) {
     let ws: Vec<Tensor> = (0..copies).map(|_| weight(r, dtype, m, k)).collect();
     let x = acts(r, t, k);
     let mut out = Tensor::zeros_cpu(DType::F32, &[t, m]).expect("t");
@@ -96,7 +105,11 @@ fn step_case(r: &mut ChaCha8Rng, reps: usize) {
     let head = weight(r, DType::Q8_0, vocab, h);
     let layer_bytes: usize = mats.iter().flatten().map(|w| w.size_in_bytes()).sum();
     let layer_flops: usize = mats.iter().flatten().map(|w| 2 * w.numel()).sum();
-    println!("step: SmolLM2-135M Q4_1 layers ({} MB) + Q8_0 head ({} MB)", layer_bytes / 1_000_000, head.size_in_bytes() / 1_000_000);
+    println!(
+        "step: SmolLM2-135M Q4_1 layers ({} MB) + Q8_0 head ({} MB)",
+        layer_bytes / 1_000_000,
+        head.size_in_bytes() / 1_000_000
+    );
     for threads in [1usize, 2] {
         let cpu = CpuBackend::new(Some(threads));
         for t in [1usize, 8, 16, 512] {
@@ -107,7 +120,11 @@ fn step_case(r: &mut ChaCha8Rng, reps: usize) {
             let mut of = Tensor::zeros_cpu(DType::F32, &[t, f]).expect("t");
             let mut ov = Tensor::zeros_cpu(DType::F32, &[t.min(16), vocab]).expect("t");
             let xl = acts(r, t.min(16), h);
-            let n = if t == 512 { reps.div_ceil(4).max(3) } else { reps };
+            let n = if t == 512 {
+                reps.div_ceil(4).max(3)
+            } else {
+                reps
+            };
             let (best, med) = time(n, || {
                 for l in &mats {
                     for (i, w) in l.iter().enumerate() {
@@ -125,7 +142,12 @@ fn step_case(r: &mut ChaCha8Rng, reps: usize) {
                 }
             });
             let bytes = (layer_bytes + if with_head { head.size_in_bytes() } else { 0 }) as f64;
-            let flops = (t * layer_flops + if with_head { t.min(16) * 2 * head.numel() } else { 0 }) as f64;
+            let flops = (t * layer_flops
+                + if with_head {
+                    t.min(16) * 2 * head.numel()
+                } else {
+                    0
+                }) as f64;
             println!(
                 "  {threads}thr T={t:<4} best {:8.3} ms = {:7.1} tok/s ({:5.1} GB/s, {:6.1} GFLOP/s)   median {:8.3} ms = {:7.1} tok/s",
                 best * 1e3,
@@ -140,9 +162,15 @@ fn step_case(r: &mut ChaCha8Rng, reps: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |c: &str| args.is_empty() || args.iter().any(|a| a == c);
-    let reps: usize = std::env::var("PROBE_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let reps: usize = std::env::var("PROBE_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let mut r = ChaCha8Rng::seed_from_u64(7);
     let cpus = [CpuBackend::new(Some(1)), CpuBackend::new(Some(2))];
     if want("head") {

@@ -74,7 +74,7 @@ fn check(dtype: DType, isa: Isa, wd: &[f64], x: &[f32], t: usize, m: usize, k: u
 fn ks_for(dtype: DType) -> &'static [usize] {
     match act_block(dtype) {
         0 => &[1, 17, 64, 100],
-        32 => &[32, 96, 160, 576],
+        32 => &[32, 96, 160, 256, 448, 576],
         _ => &[256, 768],
     }
 }

@@ -20,13 +20,13 @@ fn q4_0_known_bytes() {
     let mut b = [0u8; 18];
     quant::quantize_row(DType::Q4_0, &x, &mut b).unwrap();
     assert_eq!(&b[..2], &f16::from_f32(2.0).to_le_bytes());
-    for j in 0..16 {
+    for j in 0..16usize {
         let (q0, q1) = (j.div_ceil(2), (j + 16).div_ceil(2).min(15));
         assert_eq!(b[2 + j], (q0 | (q1 << 4)) as u8, "byte {j}");
     }
     let mut y = [0f32; 32];
     quant::dequantize_row(DType::Q4_0, &b, &mut y).unwrap();
-    for i in 0..32 {
+    for i in 0..32usize {
         let q = i.div_ceil(2).min(15) as f32;
         assert_eq!(y[i], (q - 8.0) * 2.0);
     }

@@ -108,7 +108,7 @@ pub struct BenchServeArgs {
     /// Where result files go.
     #[arg(long, default_value = ".")]
     pub result_dir: PathBuf,
-    /// File name stem for a single run (default: label_dataset_rRATE_cCONC).
+    /// File name stem for a single run (default: LABEL_DATASET[_chat]_rRATE_cCONC).
     #[arg(long)]
     pub result_filename: Option<String>,
     /// Print results only; write no files.
@@ -394,9 +394,13 @@ pub async fn run_serve(a: &BenchServeArgs) -> Result<ServeOutput> {
                     format!("{}_r{rate_word}_c{conc_word}", f.trim_end_matches(".json"))
                 }
                 (None, _) => sanitize(&format!(
-                    "{}_{}_r{rate_word}_c{conc_word}",
+                    "{}_{}{}_r{rate_word}_c{conc_word}",
                     plan.label,
-                    a.dataset_name.as_str()
+                    a.dataset_name.as_str(),
+                    match plan.spec.endpoint {
+                        Endpoint::Chat => "_chat",
+                        Endpoint::Completions => "",
+                    }
                 )),
             };
             let json = a.result_dir.join(format!("{stem}.json"));

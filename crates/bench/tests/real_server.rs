@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{serve_args, start_sluice};
+use common::{serve_args_for, start_sluice};
 use sluice_bench::{run_compare, run_serve, BenchCompareArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,8 +15,9 @@ async fn token_counts_match_usage_and_ttft_precedes_e2e() {
     let dir = tempfile::tempdir().unwrap();
     let model = server.model_path.to_str().unwrap().to_string();
     for endpoint in ["/v1/completions", "/v1/chat/completions"] {
-        let args = serve_args(
+        let args = serve_args_for(
             &server.base_url,
+            &server.model_name,
             &[
                 "--endpoint",
                 endpoint,
@@ -93,8 +94,9 @@ async fn sweep_and_compare_against_sluice() {
     let dir = tempfile::tempdir().unwrap();
     let res = dir.path().join("results");
     let model = server.model_path.to_str().unwrap().to_string();
-    let args = serve_args(
+    let args = serve_args_for(
         &server.base_url,
+        &server.model_name,
         &[
             "--tokenizer",
             &model,

@@ -37,6 +37,10 @@ enum BenchCommand {
     Model(bench_offline::ModelBenchArgs),
     /// Offline throughput: all requests submitted at once.
     Throughput(bench_offline::ThroughputArgs),
+    /// Online serving benchmark against any OpenAI-compatible server.
+    Serve(Box<sluice_bench::BenchServeArgs>),
+    /// Compare saved results: table, plots, SLO recommendation.
+    Compare(sluice_bench::BenchCompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +89,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull(a) => pull_cmd(a),
         Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),
         Command::Bench(BenchCommand::Throughput(a)) => bench_offline::run_throughput(a),
+        Command::Bench(BenchCommand::Serve(a)) => {
+            tokio::runtime::Runtime::new()?.block_on(sluice_bench::run_serve(&a))?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Compare(a)) => {
+            sluice_bench::run_compare(&a)?;
+            Ok(())
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use sluice_backend::{DType, Device, Tensor};
+use sluice_backend::{DType, Device};
 use sluice_engine::{EngineConfig, LlmEngine};
 use sluice_model::arch::Model;
 use sluice_model::loader::{load_model, load_model_parts, LoadOptions};
@@ -265,10 +265,6 @@ pub fn run_bench(
     }
     Ok(out)
 }
-
-/// Unused tensors keep this module's imports honest across backends.
-#[allow(dead_code)]
-fn _assert_send(_: &Tensor) {}
 
 #[cfg(test)]
 mod tests {

@@ -137,6 +137,11 @@ impl OpHarness {
         })
     }
 
+    /// The logits of the last step, `[rows, vocab]`.
+    pub fn logits(&self) -> &Tensor {
+        &self.state.logits
+    }
+
     /// Runs one step op by op, returning the seconds per op kind (in execution order).
     pub fn timed_forward(&mut self, batch: &BatchInput, kv: &mut KvCache) -> Result<OpTimes> {
         batch

@@ -183,7 +183,7 @@ where
                     Text::new(
                         p.label.clone(),
                         (p.intensity * 1.12, p.flops_per_s),
-                        TextStyle::from((FONT, 10).into_font().color(&col)).pos(Pos::new(HPos::Left, VPos::Center)),
+                        (FONT, 10).into_font().color(&col).pos(Pos::new(HPos::Left, VPos::Center)),
                     )
                 }))
                 .map_err(err)?;

@@ -278,7 +278,7 @@ pub struct QuantRow {
 /// Weight and KV types to compare, as (weights, kv); `None` weights = the model's own.
 pub fn quant_variants(hw_kv: DType) -> Vec<(Option<DType>, DType)> {
     let mut v = vec![(None, hw_kv)];
-    for w in [DType::BF16, DType::Q8_0, DType::Q4_K, DType::Q4_0] {
+    for w in [DType::BF16, DType::Q8_0, DType::Q6_K, DType::Q4_K] {
         v.push((Some(w), hw_kv));
     }
     // A quantized KV cache (8 bits) with 4-bit weights.
@@ -299,8 +299,14 @@ pub fn quant_table(
     prompt: usize,
 ) -> Result<Vec<QuantRow>> {
     let mut rows = Vec::new();
+    let mut seen: Vec<Precision> = Vec::new();
     for (w, kv) in quant_variants(base.kv) {
         let p = variant(cfg, base, w, kv);
+        // A what-if equal to the model's own types adds nothing.
+        if seen.iter().any(|q| q.weights.label() == p.weights.label() && q.kv == p.kv) {
+            continue;
+        }
+        seen.push(p.clone());
         let b1 = predict(cfg, &p, Step::decode(1, context), hw)?;
         let bn = predict(cfg, &p, Step::decode(batch, context), hw)?;
         let pf = predict(cfg, &p, Step::prefill(1, prompt), hw)?;

@@ -138,6 +138,9 @@ function renderSidebar() {
 function formatStats(s) {
   if (!s) return "";
   const parts = [];
+  if (s.ttft_ms == null && s.elapsed_ms != null) {
+    return `waiting for the first token\u2026 ${Math.floor(s.elapsed_ms / 1000)} s`;
+  }
   if (s.ttft_ms != null) parts.push(`first token ${s.ttft_ms < 1000 ? Math.round(s.ttft_ms) + " ms" : (s.ttft_ms / 1000).toFixed(2) + " s"}`);
   if (s.tok_s != null) parts.push(`${s.tok_s.toFixed(1)} tokens/s`);
   if (s.tokens != null) parts.push(`${s.tokens} tokens`);
@@ -418,6 +421,8 @@ async function generate(conv, msg) {
       scrollToEnd(false);
     }
   };
+  // Until the first token, show the time waited, so a slow prompt is not a silent stall.
+  const ticker = setInterval(() => tFirst == null && redraw(), 1000);
   try {
     const resp = await fetch("v1/chat/completions", {
       method: "POST",
@@ -453,6 +458,7 @@ async function generate(conv, msg) {
       }
     }
   } finally {
+    clearInterval(ticker);
     if (frame) cancelAnimationFrame(frame);
     msg.streaming = false;
     const tokens = usage?.completion_tokens ?? chunks;

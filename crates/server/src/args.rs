@@ -25,7 +25,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     if !(v.is_finite() && v >= 1.0) {
         return Err(format!("size `{s}` must be at least one byte"));
@@ -134,7 +138,11 @@ mod tests {
         assert_eq!(cfg.api_key.as_deref(), Some("k"));
         assert_eq!(cfg.max_pending, 3);
         assert_eq!(cfg.max_body_bytes, 1024);
-        assert!(!c.serve.engine_config(EngineConfig::default()).enable_prefix_caching);
+        assert!(
+            !c.serve
+                .engine_config(EngineConfig::default())
+                .enable_prefix_caching
+        );
         assert!(Cli::try_parse_from(["x", "--max-pending", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--max-request-body", "12 parsecs"]).is_err());
     }

@@ -40,23 +40,34 @@ impl From<ApiError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.0.to_json()).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }
 
 /// 503: the engine thread is gone (shutting down or crashed).
 pub fn engine_unavailable() -> ApiError {
-    ApiError::new(503, "server_error", "the engine has stopped", None, Some("engine_unavailable"))
+    ApiError::new(
+        503,
+        "server_error",
+        "the engine has stopped",
+        None,
+        Some("engine_unavailable"),
+    )
 }
 
 /// Maps an engine rejection onto the OpenAI error it means for the client.
 pub fn from_engine(e: &EngineError) -> ApiError {
     match e {
-        EngineError::InvalidRequest { message, param } => ApiError::invalid_request(message.clone(), *param),
+        EngineError::InvalidRequest { message, param } => {
+            ApiError::invalid_request(message.clone(), *param)
+        }
         EngineError::Scheduler(SchedulerError::ContextTooLong {
             prompt_tokens,
             max_tokens,
@@ -115,7 +126,10 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             };
             let detail = humanize(&raw);
             match param {
-                Some(p) => ApiError::invalid_request(format!("Invalid value for `{p}`: {detail}"), Some(&p)),
+                Some(p) => ApiError::invalid_request(
+                    format!("Invalid value for `{p}`: {detail}"),
+                    Some(&p),
+                ),
                 None => ApiError::invalid_request(format!("Invalid request body: {detail}"), None),
             }
         }
@@ -164,7 +178,11 @@ mod tests {
         assert_eq!(e.status, 400);
         assert_eq!(e.body.error.param.as_deref(), Some("max_tokens"));
         assert!(e.message().contains("-5"), "{}", e.message());
-        assert!(e.message().contains("non-negative integer"), "{}", e.message());
+        assert!(
+            e.message().contains("non-negative integer"),
+            "{}",
+            e.message()
+        );
         assert_eq!(e.body.error.kind, "invalid_request_error");
     }
 
@@ -172,8 +190,15 @@ mod tests {
     fn wrong_types_name_the_field() {
         let e = err_of::<CompletionRequest>(r#"{"prompt": "hi", "temperature": "hot"}"#);
         assert_eq!(e.body.error.param.as_deref(), Some("temperature"));
-        let e = err_of::<ChatCompletionRequest>(r#"{"messages": [{"role": "wizard", "content": "x"}]}"#);
-        assert_eq!(e.body.error.param.as_deref(), Some("messages[0].role"), "{}", e.message());
+        let e = err_of::<ChatCompletionRequest>(
+            r#"{"messages": [{"role": "wizard", "content": "x"}]}"#,
+        );
+        assert_eq!(
+            e.body.error.param.as_deref(),
+            Some("messages[0].role"),
+            "{}",
+            e.message()
+        );
         let e = err_of::<CompletionRequest>(r#"{"prompt": {"a": 1}}"#);
         assert_eq!(e.body.error.param.as_deref(), Some("prompt"));
     }
@@ -181,15 +206,29 @@ mod tests {
     #[test]
     fn missing_field_is_named() {
         let e = err_of::<CompletionRequest>(r#"{"model": "m"}"#);
-        assert_eq!(e.body.error.param.as_deref(), Some("prompt"), "{}", e.message());
+        assert_eq!(
+            e.body.error.param.as_deref(),
+            Some("prompt"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
     fn syntax_errors_are_invalid_json() {
-        for body in [r#"{"prompt": "hi""#, "not json", r#"{"prompt": "hi"} trailing"#, ""] {
+        for body in [
+            r#"{"prompt": "hi""#,
+            "not json",
+            r#"{"prompt": "hi"} trailing"#,
+            "",
+        ] {
             let e = err_of::<CompletionRequest>(body);
             assert_eq!(e.status, 400);
-            assert!(e.message().starts_with("Invalid JSON body"), "{body}: {}", e.message());
+            assert!(
+                e.message().starts_with("Invalid JSON body"),
+                "{body}: {}",
+                e.message()
+            );
             assert_eq!(e.body.error.param, None);
         }
     }
@@ -198,7 +237,15 @@ mod tests {
     fn context_message_names_both_numbers() {
         let e = context_too_long(100, 50, 128);
         let m = e.message();
-        assert!(m.contains("128") && m.contains("150") && m.contains("100") && m.contains("50"), "{m}");
-        assert_eq!(e.body.error.code, Some(sluice_protocol::ErrorCode::Str("context_length_exceeded".into())));
+        assert!(
+            m.contains("128") && m.contains("150") && m.contains("100") && m.contains("50"),
+            "{m}"
+        );
+        assert_eq!(
+            e.body.error.code,
+            Some(sluice_protocol::ErrorCode::Str(
+                "context_length_exceeded".into()
+            ))
+        );
     }
 }

@@ -69,7 +69,10 @@ pub struct Generation {
     _permit: OwnedSemaphorePermit,
 }
 
-fn receiver_stream(index: usize, rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>) -> BoxStream<'static, SeqEvent> {
+fn receiver_stream(
+    index: usize,
+    rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
+) -> BoxStream<'static, SeqEvent> {
     stream::unfold(Some(rx), move |rx| async move {
         let mut rx = rx?;
         match rx.recv().await {
@@ -282,7 +285,11 @@ fn finite_logprob(lp: f32) -> f32 {
 /// Whether tokens are spelt in GPT-2's byte-to-unicode alphabet.
 fn is_byte_level(tok: &Tokenizer) -> bool {
     use tokenizers::DecoderWrapper;
-    tok.source() == "gguf-gpt2" || matches!(tok.inner().get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
+    tok.source() == "gguf-gpt2"
+        || matches!(
+            tok.inner().get_decoder(),
+            Some(DecoderWrapper::ByteLevel(_))
+        )
 }
 
 /// GPT-2's `bytes_to_unicode` inverted: printable stand-in char -> byte.
@@ -297,7 +304,9 @@ fn unicode_to_byte(c: char) -> Option<u8> {
         let k = cp - 256;
         let mut seen = 0u32;
         for b in 0u32..=255 {
-            let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+            let printable = (0x21..=0x7E).contains(&b)
+                || (0xA1..=0xAC).contains(&b)
+                || (0xAE..=0xFF).contains(&b);
             if !printable {
                 if seen == k {
                     return Some(b as u8);
@@ -340,7 +349,10 @@ mod tests {
 
     /// GPT-2's table, built the way `bytes_to_unicode` in openai/gpt-2 encoder.py does.
     fn bytes_to_unicode() -> Vec<(u8, char)> {
-        let mut bs: Vec<u32> = (0x21..=0x7E).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+        let mut bs: Vec<u32> = (0x21..=0x7E)
+            .chain(0xA1..=0xAC)
+            .chain(0xAE..=0xFF)
+            .collect();
         let mut cs = bs.clone();
         let mut n = 0;
         for b in 0..256u32 {
@@ -361,7 +373,12 @@ mod tests {
         let table = bytes_to_unicode();
         assert_eq!(table.len(), 256);
         for (b, c) in table {
-            assert_eq!(unicode_to_byte(c), Some(b), "char {c:?} (U+{:04X})", c as u32);
+            assert_eq!(
+                unicode_to_byte(c),
+                Some(b),
+                "char {c:?} (U+{:04X})",
+                c as u32
+            );
         }
         // 'Ġ' is the space, 'Ċ' the newline.
         assert_eq!(unicode_to_byte('Ġ'), Some(b' '));

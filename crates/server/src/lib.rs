@@ -2,7 +2,8 @@
 //! sluice-server: the OpenAI-compatible HTTP server in front of the engine.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON or SSE streams),
-//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), and the web chat
+//! (`GET /`, `GET /assets/{file}`, see `web`).
 //!
 //! The server never touches a device: a request is validated into a typed
 //! `ValidatedRequest` (on a blocking thread: tokenizing and templating are CPU work),
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -99,7 +100,9 @@ impl AppState {
             return Err(ServerError::Config("max_pending must be at least 1".into()));
         }
         if config.max_body_bytes == 0 {
-            return Err(ServerError::Config("the request body limit must be positive".into()));
+            return Err(ServerError::Config(
+                "the request body limit must be positive".into(),
+            ));
         }
         let template = chat_template
             .map(|src| ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token()))
@@ -148,13 +151,15 @@ impl AppState {
 
     /// Takes an admission permit or answers 429 at once.
     fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.0.admission).try_acquire_owned().map_err(|_| {
-            self.0.rejected.fetch_add(1, Ordering::Relaxed);
-            ApiError::overloaded(format!(
-                "The server is at its limit of {} requests in flight; retry later.",
-                self.0.max_pending
-            ))
-        })
+        Arc::clone(&self.0.admission)
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.0.rejected.fetch_add(1, Ordering::Relaxed);
+                ApiError::overloaded(format!(
+                    "The server is at its limit of {} requests in flight; retry later.",
+                    self.0.max_pending
+                ))
+            })
     }
 
     fn body_error(&self, r: &BytesRejection) -> ApiError {
@@ -162,12 +167,18 @@ impl AppState {
             ApiError::new(
                 413,
                 "invalid_request_error",
-                format!("The request body is larger than the limit of {} bytes.", self.0.max_body_bytes),
+                format!(
+                    "The request body is larger than the limit of {} bytes.",
+                    self.0.max_body_bytes
+                ),
                 None,
                 Some("request_too_large"),
             )
         } else {
-            ApiError::invalid_request(format!("Cannot read the request body: {}", r.body_text()), None)
+            ApiError::invalid_request(
+                format!("Cannot read the request body: {}", r.body_text()),
+                None,
+            )
         }
     }
 
@@ -217,10 +228,22 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     next.run(req).await
 }
 
-async fn models(State(state): State<AppState>) -> Response {
+fn model_card_of(state: &AppState) -> ModelCard {
     let mut card = ModelCard::new(state.served_model_name(), state.0.created, "sluice");
     card.max_model_len = Some(state.0.validator.limits().max_model_len as u64);
-    axum::Json(ModelList::new(vec![card])).into_response()
+    card
+}
+
+async fn models(State(state): State<AppState>) -> Response {
+    axum::Json(ModelList::new(vec![model_card_of(&state)])).into_response()
+}
+
+/// `GET /v1/models/{id}` (ids may contain `/`, as Hugging Face names do).
+async fn model_card(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    if id != state.served_model_name() {
+        return HttpError(ApiError::model_not_found(&id)).into_response();
+    }
+    axum::Json(model_card_of(&state)).into_response()
 }
 
 async fn health() -> StatusCode {
@@ -244,22 +267,24 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
     resp
 }
 
-async fn root() -> Response {
-    HttpError(ApiError::not_found(
-        "Nothing here yet: the web chat is not built. The API lives under /v1.",
-    ))
-    .into_response()
-}
-
 async fn not_found(req: Request) -> Response {
-    HttpError(ApiError::not_found(format!("No route for {} {}", req.method(), req.uri().path()))).into_response()
+    HttpError(ApiError::not_found(format!(
+        "No route for {} {}",
+        req.method(),
+        req.uri().path()
+    )))
+    .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {
     HttpError(ApiError::new(
         405,
         "invalid_request_error",
-        format!("Method {} is not allowed on {}", req.method(), req.uri().path()),
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
         None,
         None,
     ))
@@ -272,12 +297,16 @@ pub fn router(state: AppState) -> Router {
         .route("/completions", post(openai::completions))
         .route("/chat/completions", post(openai::chat_completions))
         .route("/models", get(models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route("/models/{*id}", get(model_card))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))
         .route("/metrics", get(metrics_handler))
-        .route("/", get(root))
+        .merge(web::web_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.0.max_body_bytes))
@@ -310,7 +339,12 @@ async fn shutdown_signal() {
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets requests in flight
 /// finish for up to `grace`.
-pub async fn serve_on<F>(listener: TcpListener, state: AppState, shutdown: F, grace: Duration) -> Result<(), ServerError>
+pub async fn serve_on<F>(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: F,
+    grace: Duration,
+) -> Result<(), ServerError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -352,13 +386,20 @@ pub async fn serve(
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr)
         .await
-        .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     let local = listener.local_addr()?;
     eprintln!(
         "sluice: serving model `{}` on http://{local} (max context {} tokens{})",
         state.served_model_name(),
         engine.info().max_model_len,
-        if config.api_key.is_some() { ", API key required" } else { "" }
+        if config.api_key.is_some() {
+            ", API key required"
+        } else {
+            ""
+        }
     );
     let shutdown = async {
         shutdown_signal().await;

@@ -73,9 +73,18 @@ impl Writer {
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, "histogram", help);
         for (bound, c) in h.bounds.iter().zip(h.cumulative()) {
-            let _ = writeln!(self.out, "{name}_bucket{{{},le=\"{}\"}} {c}", self.labels, num(*bound));
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{{{},le=\"{}\"}} {c}",
+                self.labels,
+                num(*bound)
+            );
         }
-        let _ = writeln!(self.out, "{name}_bucket{{{},le=\"+Inf\"}} {}", self.labels, h.count);
+        let _ = writeln!(
+            self.out,
+            "{name}_bucket{{{},le=\"+Inf\"}} {}",
+            self.labels, h.count
+        );
         let _ = writeln!(self.out, "{name}_sum{{{}}} {}", self.labels, num(h.sum));
         let _ = writeln!(self.out, "{name}_count{{{}}} {}", self.labels, h.count);
     }
@@ -89,9 +98,21 @@ pub fn render(model_name: &str, m: &EngineMetrics, server: ServerStats) -> Strin
     };
     let s = &m.scheduler;
     let kv = &s.kv;
-    w.gauge("sluice:num_requests_running", "Sequences holding KV blocks and being stepped.", s.num_running as f64);
-    w.gauge("sluice:num_requests_waiting", "Sequences queued for admission (new or preempted).", s.num_waiting as f64);
-    w.gauge("sluice:kv_cache_blocks_total", "KV cache blocks in the pool.", kv.num_blocks as f64);
+    w.gauge(
+        "sluice:num_requests_running",
+        "Sequences holding KV blocks and being stepped.",
+        s.num_running as f64,
+    );
+    w.gauge(
+        "sluice:num_requests_waiting",
+        "Sequences queued for admission (new or preempted).",
+        s.num_waiting as f64,
+    );
+    w.gauge(
+        "sluice:kv_cache_blocks_total",
+        "KV cache blocks in the pool.",
+        kv.num_blocks as f64,
+    );
     w.gauge(
         "sluice:kv_cache_blocks_used",
         "KV cache blocks owned by sequences (cached blocks with no owner count as free).",
@@ -102,7 +123,11 @@ pub fn render(model_name: &str, m: &EngineMetrics, server: ServerStats) -> Strin
         "KV cache blocks registered in the prefix cache.",
         kv.num_cached_blocks as f64,
     );
-    w.gauge("sluice:kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", kv.usage);
+    w.gauge(
+        "sluice:kv_cache_usage_perc",
+        "Fraction of KV cache blocks in use (1 = full).",
+        kv.usage,
+    );
     w.gauge(
         "sluice:prefix_cache_hit_rate",
         "Prefix cache hits / queries, in tokens, since start.",
@@ -128,7 +153,11 @@ pub fn render(model_name: &str, m: &EngineMetrics, server: ServerStats) -> Strin
         "Prompt tokens of finished requests.",
         m.prompt_tokens as f64,
     );
-    w.counter("sluice:generation_tokens_total", "Tokens generated.", m.generation_tokens as f64);
+    w.counter(
+        "sluice:generation_tokens_total",
+        "Tokens generated.",
+        m.generation_tokens as f64,
+    );
     w.counter(
         "sluice:requests_received_total",
         "Sequences the engine accepted.",
@@ -144,7 +173,11 @@ pub fn render(model_name: &str, m: &EngineMetrics, server: ServerStats) -> Strin
         "Sequences aborted (client gone or cancelled).",
         m.requests_aborted as f64,
     );
-    w.counter("sluice:engine_steps_total", "Engine steps run.", m.steps as f64);
+    w.counter(
+        "sluice:engine_steps_total",
+        "Engine steps run.",
+        m.steps as f64,
+    );
     w.counter(
         "sluice:engine_step_seconds_total",
         "Time spent in engine steps (schedule + forward + sample).",
@@ -236,13 +269,14 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            x => x.parse().map_err(|_| format!("line {ln}: bad value {x:?}"))?,
+            x => x
+                .parse()
+                .map_err(|_| format!("line {ln}: bad value {x:?}"))?,
         };
         let name = series.split('{').next().unwrap_or_default();
-        let valid_name = name
-            .chars()
-            .enumerate()
-            .all(|(k, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (k > 0 && c.is_ascii_digit()));
+        let valid_name = name.chars().enumerate().all(|(k, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (k > 0 && c.is_ascii_digit())
+        });
         if name.is_empty() || !valid_name {
             return Err(format!("line {ln}: bad metric name {name:?}"));
         }
@@ -259,7 +293,8 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
                 .ok_or_else(|| format!("line {ln}: sample {name} has no TYPE"))?;
             base.to_string()
         };
-        if name.ends_with("_bucket") && types.get(&family).map(String::as_str) == Some("histogram") {
+        if name.ends_with("_bucket") && types.get(&family).map(String::as_str) == Some("histogram")
+        {
             let le = series
                 .split("le=\"")
                 .nth(1)
@@ -268,9 +303,12 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
             let le: f64 = if le == "+Inf" {
                 f64::INFINITY
             } else {
-                le.parse().map_err(|_| format!("line {ln}: bad le {le:?}"))?
+                le.parse()
+                    .map_err(|_| format!("line {ln}: bad le {le:?}"))?
             };
-            let e = buckets.entry(family.clone()).or_insert((f64::NEG_INFINITY, 0.0, None));
+            let e = buckets
+                .entry(family.clone())
+                .or_insert((f64::NEG_INFINITY, 0.0, None));
             if le <= e.0 {
                 return Err(format!("line {ln}: le values of {family} not increasing"));
             }
@@ -282,7 +320,11 @@ pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
         if name.ends_with("_count") && types.get(&family).map(String::as_str) == Some("histogram") {
             match buckets.get(&family) {
                 Some((_, _, Some(inf))) if *inf == v => {}
-                _ => return Err(format!("line {ln}: {family}_count does not equal its +Inf bucket")),
+                _ => {
+                    return Err(format!(
+                        "line {ln}: {family}_count does not equal its +Inf bucket"
+                    ))
+                }
             }
         }
         samples.push((series.to_string(), v));
@@ -316,17 +358,32 @@ mod tests {
         m.scheduler.kv.prefix_cache_hits = 4;
         let text = render("my \"model\"\n", &m, ServerStats::default());
         let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(sample_value(&samples, "sluice:generation_tokens_total"), Some(42.0));
-        assert_eq!(sample_value(&samples, "sluice:kv_cache_blocks_used"), Some(25.0));
-        assert_eq!(sample_value(&samples, "sluice:prefix_cache_hit_rate"), Some(0.4));
-        assert_eq!(sample_value(&samples, "sluice:time_to_first_token_seconds_count"), Some(6.0));
+        assert_eq!(
+            sample_value(&samples, "sluice:generation_tokens_total"),
+            Some(42.0)
+        );
+        assert_eq!(
+            sample_value(&samples, "sluice:kv_cache_blocks_used"),
+            Some(25.0)
+        );
+        assert_eq!(
+            sample_value(&samples, "sluice:prefix_cache_hit_rate"),
+            Some(0.4)
+        );
+        assert_eq!(
+            sample_value(&samples, "sluice:time_to_first_token_seconds_count"),
+            Some(6.0)
+        );
         // Label escaping.
         assert!(text.contains(r#"model_name="my \"model\"\n""#), "{text}");
         // Buckets: 0.001 holds 1, 0.005 holds 3 (cumulative), +Inf holds all 6 including 90 s.
         let bucket = |le: &str| {
             samples
                 .iter()
-                .find(|(s, _)| s.starts_with("sluice:time_to_first_token_seconds_bucket") && s.contains(&format!("le=\"{le}\"")))
+                .find(|(s, _)| {
+                    s.starts_with("sluice:time_to_first_token_seconds_bucket")
+                        && s.contains(&format!("le=\"{le}\""))
+                })
                 .map(|(_, v)| *v)
         };
         assert_eq!(bucket("0.001"), Some(1.0));

@@ -14,10 +14,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sluice_protocol::{
-    ApiError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-    ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob, CompletionChoice, CompletionChunk,
-    CompletionLogprobs, CompletionRequest, CompletionResponse, FinishReason, Role, TopLogprob, TopLogprobMap,
-    Usage,
+    ApiError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob,
+    CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse,
+    FinishReason, Role, TopLogprob, TopLogprobMap, Usage,
 };
 
 use crate::error::{parse_json, HttpError};
@@ -63,21 +63,31 @@ fn response_id(prefix: &str) -> String {
     format!("{prefix}-{nonce:016x}{n:08x}")
 }
 
-pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(state, body, Api::Completions).await {
         Ok(r) => r,
         Err(e) => HttpError(e).into_response(),
     }
 }
 
-pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(state, body, Api::Chat).await {
         Ok(r) => r,
         Err(e) => HttpError(e).into_response(),
     }
 }
 
-async fn handle(state: AppState, body: Result<Bytes, BytesRejection>, api: Api) -> Result<Response, ApiError> {
+async fn handle(
+    state: AppState,
+    body: Result<Bytes, BytesRejection>,
+    api: Api,
+) -> Result<Response, ApiError> {
     // Admission first: when full, answer 429 before doing any work.
     let permit = state.admit()?;
     let body = body.map_err(|r| state.body_error(&r))?;
@@ -102,8 +112,10 @@ async fn handle(state: AppState, body: Result<Bytes, BytesRejection>, api: Api) 
     } else {
         let json = collect(&meta, gen).await?;
         let mut resp = (StatusCode::OK, json).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         Ok(resp)
     }
 }
@@ -121,7 +133,8 @@ fn completion_logprobs(lps: &[TokenLogprob]) -> CompletionLogprobs {
             t.top.iter().map(|(s, _, lp)| (s.clone(), *lp)).collect()
         };
         out.top_logprobs.push(Some(TopLogprobMap(top)));
-        out.text_offset.push(t.text_offset.min(u32::MAX as usize) as u32);
+        out.text_offset
+            .push(t.text_offset.min(u32::MAX as usize) as u32);
     }
     out
 }
@@ -190,7 +203,13 @@ async fn collect(meta: &Meta, mut gen: Generation) -> Result<String, ApiError> {
                     stop_reason: None,
                 })
                 .collect();
-            serde_json::to_string(&CompletionResponse::new(&meta.id, meta.created, &meta.model, choices, usage))
+            serde_json::to_string(&CompletionResponse::new(
+                &meta.id,
+                meta.created,
+                &meta.model,
+                choices,
+                usage,
+            ))
         }
         Api::Chat => {
             let choices = choices
@@ -229,7 +248,11 @@ fn frame<T: Serialize>(value: &T) -> Bytes {
     buf.extend_from_slice(b"data: ");
     if serde_json::to_writer(&mut buf, value).is_err() {
         buf.truncate(6);
-        buf.extend_from_slice(ApiError::server_error("chunk serialization failed").to_json().as_bytes());
+        buf.extend_from_slice(
+            ApiError::server_error("chunk serialization failed")
+                .to_json()
+                .as_bytes(),
+        );
     }
     buf.extend_from_slice(b"\n\n");
     Bytes::from(buf)
@@ -307,7 +330,8 @@ impl SseStream {
         let logprobs_on = self.gen.logprobs_requested();
         Some(match m.api {
             Api::Completions => {
-                let mut chunk = CompletionChunk::delta(&m.id, m.created, &m.model, d.index, d.text, d.finish);
+                let mut chunk =
+                    CompletionChunk::delta(&m.id, m.created, &m.model, d.index, d.text, d.finish);
                 if logprobs_on {
                     if let Some(c) = chunk.choices.first_mut() {
                         c.logprobs = Some(completion_logprobs(&d.logprobs));
@@ -328,7 +352,14 @@ impl SseStream {
                         finish_reason: d.finish,
                         stop_reason: None,
                     }],
-                    ..ChatCompletionChunk::delta(&m.id, m.created, &m.model, d.index, ChatDelta::default(), None)
+                    ..ChatCompletionChunk::delta(
+                        &m.id,
+                        m.created,
+                        &m.model,
+                        d.index,
+                        ChatDelta::default(),
+                        None,
+                    )
                 };
                 frame(&chunk)
             }
@@ -338,8 +369,12 @@ impl SseStream {
     fn usage_frame(&self, usage: Usage) -> Bytes {
         let m = &self.meta;
         match m.api {
-            Api::Completions => frame(&CompletionChunk::usage_only(&m.id, m.created, &m.model, usage)),
-            Api::Chat => frame(&ChatCompletionChunk::usage_only(&m.id, m.created, &m.model, usage)),
+            Api::Completions => frame(&CompletionChunk::usage_only(
+                &m.id, m.created, &m.model, usage,
+            )),
+            Api::Chat => frame(&ChatCompletionChunk::usage_only(
+                &m.id, m.created, &m.model, usage,
+            )),
         }
     }
 
@@ -380,11 +415,16 @@ impl SseStream {
 
 fn sse_response(stream: SseStream) -> Response {
     let body = futures_util::stream::unfold(stream, |mut s| async move {
-        s.next_frame().await.map(|f| (Ok::<Bytes, Infallible>(f), s))
+        s.next_frame()
+            .await
+            .map(|f| (Ok::<Bytes, Infallible>(f), s))
     });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell reverse proxies (nginx) not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));

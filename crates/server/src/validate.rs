@@ -94,7 +94,11 @@ fn bad(message: impl Into<String>, param: &str) -> ApiError {
 }
 
 impl Validator {
-    pub fn new(limits: ModelLimits, tokenizer: Arc<Tokenizer>, template: Option<ChatTemplate>) -> Validator {
+    pub fn new(
+        limits: ModelLimits,
+        tokenizer: Arc<Tokenizer>,
+        template: Option<ChatTemplate>,
+    ) -> Validator {
         Validator {
             limits,
             tokenizer,
@@ -139,9 +143,12 @@ impl Validator {
         let mut logit_bias = Vec::new();
         if let Some(map) = s.logit_bias {
             for (k, &v) in map {
-                let id: u32 = k
-                    .parse()
-                    .map_err(|_| bad(format!("logit_bias keys must be token ids, got {k:?}"), "logit_bias"))?;
+                let id: u32 = k.parse().map_err(|_| {
+                    bad(
+                        format!("logit_bias keys must be token ids, got {k:?}"),
+                        "logit_bias",
+                    )
+                })?;
                 logit_bias.push((id, v));
             }
         }
@@ -177,7 +184,12 @@ impl Validator {
 
     /// The completion budget of a `prompt_len`-token prompt: the requested one if it fits,
     /// else up to the context (and what the KV cache can hold for one sequence).
-    fn max_tokens_for(&self, prompt_len: usize, requested: Option<u32>, prompt_param: &str) -> Result<usize, ApiError> {
+    fn max_tokens_for(
+        &self,
+        prompt_len: usize,
+        requested: Option<u32>,
+        prompt_param: &str,
+    ) -> Result<usize, ApiError> {
         let l = &self.limits;
         // A sequence of T tokens keeps T - 1 tokens' KV (the last one is never fed back).
         let longest = l.max_model_len.min(l.kv_capacity_tokens + 1);
@@ -231,7 +243,12 @@ impl Validator {
         Ok(())
     }
 
-    fn encode(&self, text: &str, add_special_tokens: bool, param: &str) -> Result<Vec<u32>, ApiError> {
+    fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        param: &str,
+    ) -> Result<Vec<u32>, ApiError> {
         self.tokenizer
             .encode(text, add_special_tokens)
             .map_err(|e| bad(format!("the prompt cannot be tokenized: {e}"), param))
@@ -261,7 +278,10 @@ impl Validator {
         let n = self.check_n(req.n, req.prompt.len())?;
         if let Some(b) = req.best_of {
             if b as usize != n {
-                return Err(bad(format!("best_of other than n ({n}) is not supported, got {b}"), "best_of"));
+                return Err(bad(
+                    format!("best_of other than n ({n}) is not supported, got {b}"),
+                    "best_of",
+                ));
             }
         }
         if !req.extra.is_empty() {
@@ -289,11 +309,9 @@ impl Validator {
             let echo_text = if req.echo {
                 match text {
                     Some(t) => Some(t),
-                    None => Some(
-                        self.tokenizer
-                            .decode(&ids, false)
-                            .map_err(|e| bad(format!("the prompt cannot be decoded: {e}"), "prompt"))?,
-                    ),
+                    None => Some(self.tokenizer.decode(&ids, false).map_err(|e| {
+                        bad(format!("the prompt cannot be decoded: {e}"), "prompt")
+                    })?),
                 }
             } else {
                 None
@@ -339,7 +357,11 @@ impl Validator {
                 "messages",
             )
         })?;
-        if req.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
+        if req
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
+        {
             return Err(bad("tools are not supported", "tools"));
         }
         if let Some(rf) = &req.response_format {
@@ -402,7 +424,9 @@ impl Validator {
         let mut text = template
             .render_json(&Value::Array(messages), &extra, add_generation_prompt)
             .map_err(|e| match e {
-                ModelError::Template(msg) => bad(format!("the chat template failed: {msg}"), "messages"),
+                ModelError::Template(msg) => {
+                    bad(format!("the chat template failed: {msg}"), "messages")
+                }
                 other => bad(format!("the chat template failed: {other}"), "messages"),
             })?;
         if continue_final && !last_text.is_empty() {
@@ -416,7 +440,8 @@ impl Validator {
         self.check_prompt_ids(&ids, "messages")?;
         let max_tokens = self.max_tokens_for(ids.len(), req.effective_max_tokens(), "messages")?;
         // vLLM's chat echo: the last message's content, when it is the assistant's own.
-        let echo_text = (req.echo == Some(true) && last_role == Some(Role::Assistant)).then_some(last_text);
+        let echo_text =
+            (req.echo == Some(true) && last_role == Some(Role::Assistant)).then_some(last_text);
         let logprobs = if req.logprobs == Some(true) {
             Some(req.top_logprobs.unwrap_or(0) as usize)
         } else {

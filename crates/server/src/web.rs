@@ -92,8 +92,14 @@ pub fn web_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 async fn index(headers: HeaderMap) -> Response {
     let mut resp = serve(&INDEX, &headers);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
@@ -122,14 +128,19 @@ fn serve(a: &Asset, headers: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = a.bytes.into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        );
         r
     };
     let h = resp.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_static(a.etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
@@ -184,10 +195,19 @@ mod tests {
 
         // The page's references and app.js's imports must all resolve.
         let mut refs = references(&html);
-        let app = ASSETS.iter().find(|a| a.name == "app.js").expect("app.js embedded");
+        let app = ASSETS
+            .iter()
+            .find(|a| a.name == "app.js")
+            .expect("app.js embedded");
         refs.extend(references(std::str::from_utf8(app.bytes).expect("utf-8")));
-        assert!(refs.iter().any(|r| r == "app.js"), "index.html loads app.js: {refs:?}");
-        assert!(refs.iter().any(|r| r == "markdown.js"), "app.js imports markdown.js: {refs:?}");
+        assert!(
+            refs.iter().any(|r| r == "app.js"),
+            "index.html loads app.js: {refs:?}"
+        );
+        assert!(
+            refs.iter().any(|r| r == "markdown.js"),
+            "app.js imports markdown.js: {refs:?}"
+        );
         for name in &refs {
             let r = client
                 .get(format!("{base}/assets/{name}"))
@@ -195,7 +215,11 @@ mod tests {
                 .await
                 .expect("GET asset");
             assert_eq!(r.status(), 200, "assets/{name}");
-            let want = ASSETS.iter().find(|a| a.name == name).expect("listed").content_type;
+            let want = ASSETS
+                .iter()
+                .find(|a| a.name == name)
+                .expect("listed")
+                .content_type;
             assert_eq!(header(&r, "content-type"), want);
             assert_eq!(header(&r, "x-content-type-options"), "nosniff");
             let body = r.bytes().await.expect("body");
@@ -216,7 +240,11 @@ mod tests {
         assert_eq!(tag.len(), 18);
         assert!(tag.starts_with('"') && tag.ends_with('"'));
         // Same tag (also as a weak tag, or in a list) -> 304 with no body.
-        for inm in [tag.clone(), format!("W/{tag}"), format!("\"0000000000000000\", {tag}")] {
+        for inm in [
+            tag.clone(),
+            format!("W/{tag}"),
+            format!("\"0000000000000000\", {tag}"),
+        ] {
             let r = client
                 .get(format!("{base}/assets/style.css"))
                 .header("if-none-match", inm.as_str())
@@ -236,11 +264,16 @@ mod tests {
             .expect("GET");
         assert_eq!(r.status(), 200);
         // Different files have different tags.
-        let tags: std::collections::HashSet<&str> = ASSETS.iter().chain([&INDEX]).map(|a| a.etag).collect();
+        let tags: std::collections::HashSet<&str> =
+            ASSETS.iter().chain([&INDEX]).map(|a| a.etag).collect();
         assert_eq!(tags.len(), ASSETS.len() + 1);
 
         for path in ["/assets/nope.js", "/assets/..%2Fsrc%2Flib.rs", "/assets/"] {
-            let r = client.get(format!("{base}{path}")).send().await.expect("GET");
+            let r = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("GET");
             assert_eq!(r.status(), 404, "{path}");
         }
         let r = client
@@ -249,7 +282,10 @@ mod tests {
             .await
             .expect("GET");
         let j: serde_json::Value = r.json().await.expect("OpenAI error JSON");
-        assert!(j["error"]["message"].as_str().unwrap_or("").contains("nope.js"));
+        assert!(j["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nope.js"));
     }
 
     #[test]

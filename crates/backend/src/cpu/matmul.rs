@@ -59,7 +59,7 @@ pub type ScratchCell = Mutex<Scratch>;
 
 /// Weight types `matmul` accepts.
 pub fn supports(dtype: DType) -> bool {
-    dtype.is_float() || ActFormat::for_weight(dtype).is_some()
+    dtype.is_float() || ActFormat::for_weight(dtype, Isa::Scalar).is_some()
 }
 
 /// Load-time preparation of a weight: identity. The kernels read ggml blocks in place,
@@ -134,7 +134,7 @@ pub fn matmul_on(
         return Ok(());
     }
 
-    let fmt = ActFormat::for_weight(dtype).ok_or(BackendError::Unsupported {
+    let fmt = ActFormat::for_weight(dtype, isa).ok_or(BackendError::Unsupported {
         op: "matmul",
         dtype,
     })?;

@@ -322,8 +322,13 @@ pub fn test_models(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Builds bench args with everything defaulted, for `base_url` and `model`.
+/// Builds bench args with everything defaulted, for `base_url`, sending model name "fake".
 pub fn serve_args(base_url: &str, extra: &[&str]) -> sluice_bench::BenchServeArgs {
+    serve_args_for(base_url, "fake", extra)
+}
+
+/// Builds bench args with everything defaulted, for `base_url` and the model name `model`.
+pub fn serve_args_for(base_url: &str, model: &str, extra: &[&str]) -> sluice_bench::BenchServeArgs {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Cli {
@@ -335,7 +340,7 @@ pub fn serve_args(base_url: &str, extra: &[&str]) -> sluice_bench::BenchServeArg
         "--base-url",
         base_url,
         "--model",
-        "fake",
+        model,
         "--no-progress",
     ];
     argv.extend_from_slice(extra);
@@ -346,6 +351,8 @@ pub fn serve_args(base_url: &str, extra: &[&str]) -> sluice_bench::BenchServeArg
 pub struct SluiceServer {
     pub base_url: String,
     pub model_path: PathBuf,
+    /// The model name the server answers to (its `/v1/models` id).
+    pub model_name: String,
     child: std::process::Child,
 }
 
@@ -357,7 +364,7 @@ impl Drop for SluiceServer {
 }
 
 /// Starts `$SLUICE_BIN serve` on a free 127.0.0.1 port with the SmolLM2 test model, and
-/// waits until `/v1/models` answers. `None` (with a note) when `SLUICE_BIN` or
+/// waits until `/v1/models` answers (its first model id becomes `model_name`). `None` (with a note) when `SLUICE_BIN` or
 /// `SLUICE_TEST_MODELS` is unset. The arguments can be overridden with
 /// `SLUICE_SERVE_ARGS` (whitespace separated, `{model}` and `{port}` substituted).
 pub async fn start_sluice(test: &str) -> Option<SluiceServer> {
@@ -374,7 +381,7 @@ pub async fn start_sluice(test: &str) -> Option<SluiceServer> {
         l.local_addr().expect("addr").port()
     };
     let template = std::env::var("SLUICE_SERVE_ARGS")
-        .unwrap_or_else(|_| "serve {model} --host 127.0.0.1 --port {port}".to_string());
+        .unwrap_or_else(|_| "serve --model {model} --host 127.0.0.1 --port {port}".to_string());
     let args: Vec<String> = template
         .split_whitespace()
         .map(|a| {
@@ -382,14 +389,24 @@ pub async fn start_sluice(test: &str) -> Option<SluiceServer> {
                 .replace("{port}", &port.to_string())
         })
         .collect();
+    // Tests run in the crate directory; a relative path is taken from the workspace root.
+    let bin = {
+        let p = PathBuf::from(&bin);
+        if p.is_relative() && !p.exists() {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
+        } else {
+            p
+        }
+    };
     let child = std::process::Command::new(&bin)
         .args(&args)
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("spawn SLUICE_BIN");
-    let server = SluiceServer {
+        .unwrap_or_else(|e| panic!("cannot start SLUICE_BIN {}: {e}", bin.display()));
+    let mut server = SluiceServer {
         base_url: format!("http://127.0.0.1:{port}"),
         model_path: model,
+        model_name: String::new(),
         child,
     };
     let client = reqwest::Client::new();
@@ -397,8 +414,13 @@ pub async fn start_sluice(test: &str) -> Option<SluiceServer> {
     for _ in 0..600 {
         if let Ok(r) = client.get(&url).send().await {
             if r.status().is_success() {
+                let list: sluice_protocol::ModelList = r.json().await.expect("/v1/models JSON");
+                server.model_name = list.data.first().expect("one model served").id.clone();
                 return Some(server);
             }
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("sluice serve exited early with {status} (args: {args:?})");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -27,7 +27,11 @@ pub fn test_model(rel: &str) -> Option<PathBuf> {
         return None;
     };
     let p = PathBuf::from(dir).join(rel);
-    assert!(p.is_file(), "{} missing under SLUICE_TEST_MODELS", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing under SLUICE_TEST_MODELS",
+        p.display()
+    );
     Some(p)
 }
 
@@ -70,7 +74,11 @@ impl TestServer {
     pub async fn stream(&self, path: &str, body: &Value) -> (Vec<Value>, bool) {
         let r = self.post(path, body).await;
         let status = r.status();
-        assert!(status.is_success(), "{path} -> {status}: {}", r.text().await.unwrap_or_default());
+        assert!(
+            status.is_success(),
+            "{path} -> {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
         let ct = r
             .headers()
             .get("content-type")
@@ -86,7 +94,10 @@ impl TestServer {
             if data == "[DONE]" {
                 done = true;
             } else {
-                events.push(serde_json::from_str(&data).unwrap_or_else(|e| panic!("bad chunk {data:?}: {e}")));
+                events.push(
+                    serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("bad chunk {data:?}: {e}")),
+                );
             }
         }
         (events, done)
@@ -128,7 +139,10 @@ impl TestServer {
                     .filter(|(k, _)| !k.contains("_bucket"))
                     .map(|(k, x)| format!("{} = {x}", k.split('{').next().unwrap_or_default()))
                     .collect();
-                panic!("metrics condition not met after {timeout:?}:\n{}", summary.join("\n"));
+                panic!(
+                    "metrics condition not met after {timeout:?}:\n{}",
+                    summary.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -213,7 +227,11 @@ impl SseReader {
 }
 
 /// Builds the engine like `sluice generate` does and serves it on 127.0.0.1:0.
-pub async fn start(model: &std::path::Path, engine_cfg: EngineConfig, server_cfg: ServerConfig) -> TestServer {
+pub async fn start(
+    model: &std::path::Path,
+    engine_cfg: EngineConfig,
+    server_cfg: ServerConfig,
+) -> TestServer {
     let path = model.to_path_buf();
     let (engine, tokenizer, template, name) = tokio::task::spawn_blocking(move || {
         let loaded = load_model(&path, &LoadOptions::default()).expect("model loads");
@@ -226,24 +244,34 @@ pub async fn start(model: &std::path::Path, engine_cfg: EngineConfig, server_cfg
         let max_len = engine_cfg
             .max_model_len
             .unwrap_or(loaded.config.max_position.min(8192));
-        let model = Model::new(&device, loaded.config, loaded.weights, max_len).expect("model builds");
-        let engine = LlmEngine::new(model, Arc::clone(&tokenizer), &engine_cfg).expect("engine builds");
+        let model =
+            Model::new(&device, loaded.config, loaded.weights, max_len).expect("model builds");
+        let engine =
+            LlmEngine::new(model, Arc::clone(&tokenizer), &engine_cfg).expect("engine builds");
         (engine, tokenizer, template, name)
     })
     .await
     .expect("load task");
     let handle = EngineHandle::spawn(engine, name);
-    let state = AppState::new(&server_cfg, handle.clone(), Arc::clone(&tokenizer), template.as_deref())
-        .expect("server state");
+    let state = AppState::new(
+        &server_cfg,
+        handle.clone(),
+        Arc::clone(&tokenizer),
+        template.as_deref(),
+    )
+    .expect("server state");
     let model_name = state.served_model_name().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let stop = async {
             let _ = rx.await;
         };
-        if let Err(e) = sluice_server::serve_on(listener, state, stop, Duration::from_secs(5)).await {
+        if let Err(e) = sluice_server::serve_on(listener, state, stop, Duration::from_secs(5)).await
+        {
             eprintln!("server failed: {e}");
         }
     });
@@ -294,6 +322,10 @@ pub fn stream_finish(events: &[Value], index: u64) -> String {
         .filter(|c| c["index"].as_u64() == Some(index))
         .filter_map(|c| c["finish_reason"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(reasons.len(), 1, "choice {index} finish reasons: {reasons:?}");
+    assert_eq!(
+        reasons.len(),
+        1,
+        "choice {index} finish reasons: {reasons:?}"
+    );
     reasons[0].clone()
 }

@@ -20,6 +20,23 @@
 //! 4j..4j+4, which line up with the repeated scales. The `/ 4` undoes the fourfold
 //! repetition when the kernel sums all lanes. A row's last group is zero-padded.
 //!
+//! `Q32x8Sum` / `Q32x8Off(o)` (the AVX-512 kernels'): per group of 8 blocks (256
+//! elements), a 384-byte record
+//! ```text
+//!   [  0..256) i8   four 64-byte vectors; vector v holds 8 elements of each block j
+//!                   at bytes 8j..8j+8: v0 = elements 0..8, v1 = 16..24, v2 = 8..16,
+//!                   v3 = 24..32 (low nibbles of qs[0..8], high nibbles of qs[0..8],
+//!                   low and high nibbles of qs[8..16])
+//!   [256..320) f32  d of block j in lanes 2j and 2j+1
+//!   [320..384)      Sum: f32 d * sum(q) of block j in lane 2j, 0 in lane 2j+1;
+//!                   Off(o): i32 -o * sum(q) in lane 2j, 0 in 2j+1
+//! ```
+//! After four `vpdpbusd` into one register, block j's dot sits in lanes 2j, 2j+1, so one
+//! convert, multiply and FMA serve 256 elements (twice `Q32`'s 128: the float work per
+//! block is what limits the GEMM). With `Off(o)` the dot starts from `-o * sum(a)`, which
+//! removes the unsigned weights' offset (Q4_0: 8, Q5_0: 16, Q8_0: 128) exactly, in the
+//! integer domain.
+//!
 //! `K` / `KSwap`: per 256-element super-block, a 320-byte record
 //! ```text
 //!   [  0..256) i8   quants; `KSwap` stores the 32-element sub-blocks in the order
@@ -39,6 +56,8 @@ use super::Isa;
 pub const GROUP_BLOCKS: usize = 4;
 /// Bytes of one `Q32` group record (128 elements).
 pub const Q32_GROUP_BYTES: usize = 256;
+/// Bytes of one `Q32x8*` group record (8 blocks, 256 elements).
+pub const X8_GROUP_BYTES: usize = 384;
 /// Bytes of one `K` super-block record (256 elements).
 pub const K_BYTES: usize = 320;
 
@@ -49,19 +68,30 @@ pub mod off {
     pub const S: usize = 192;
     pub const BSUMS: usize = 256;
     pub const KD: usize = 288;
+    pub const X8_D: usize = 256;
+    pub const X8_EXT: usize = 320;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActFormat {
     Q32,
+    /// 8-block groups with per-block `d * sum(q)` (Q4_1/Q5_1 on AVX-512).
+    Q32x8Sum,
+    /// 8-block groups with per-block `-offset * sum(q)` (Q4_0/Q5_0/Q8_0 on AVX-512).
+    Q32x8Off(i32),
     K,
     KSwap,
 }
 
 impl ActFormat {
-    /// The activation format a quantized weight type is multiplied with.
-    pub fn for_weight(w: DType) -> Option<ActFormat> {
+    /// The activation format a quantized weight type is multiplied with on `isa`.
+    pub fn for_weight(w: DType, isa: Isa) -> Option<ActFormat> {
+        let x8 = isa == Isa::Avx512;
         match w {
+            DType::Q4_1 | DType::Q5_1 if x8 => Some(ActFormat::Q32x8Sum),
+            DType::Q4_0 if x8 => Some(ActFormat::Q32x8Off(8)),
+            DType::Q5_0 if x8 => Some(ActFormat::Q32x8Off(16)),
+            DType::Q8_0 if x8 => Some(ActFormat::Q32x8Off(128)),
             DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
                 Some(ActFormat::Q32)
             }
@@ -74,7 +104,7 @@ impl ActFormat {
     /// Elements per block of the format.
     pub fn block(self) -> usize {
         match self {
-            ActFormat::Q32 => 32,
+            ActFormat::Q32 | ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => 32,
             ActFormat::K | ActFormat::KSwap => 256,
         }
     }
@@ -84,6 +114,7 @@ impl ActFormat {
     pub fn row_bytes(self, k: usize) -> usize {
         match self {
             ActFormat::Q32 => (k / 32).div_ceil(GROUP_BLOCKS) * Q32_GROUP_BYTES,
+            ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => (k / 32).div_ceil(8) * X8_GROUP_BYTES,
             ActFormat::K | ActFormat::KSwap => k / 256 * K_BYTES,
         }
     }
@@ -110,6 +141,13 @@ pub fn q32_pos(j: usize, i: usize) -> usize {
     } else {
         off::HI + 16 * j + i - 16
     }
+}
+
+/// Byte position of element `i` (< 32) of block `j` (< 8) inside a `Q32x8*` record.
+#[inline]
+pub fn x8_pos(j: usize, i: usize) -> usize {
+    const VEC: [usize; 4] = [0, 2, 1, 3];
+    64 * VEC[i / 8] + 8 * j + i % 8
 }
 
 /// Scale and inverse scale of a block with largest magnitude `amax` (ggml's Q8_0 rule).
@@ -173,6 +211,27 @@ pub fn quantize_row_scalar(fmt: ActFormat, x: &[f32], dst: &mut [u8]) {
             }
             debug_assert!(nb.div_ceil(4) * Q32_GROUP_BYTES == dst.len());
         }
+        ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => {
+            for (b, xb) in x.chunks_exact(32).enumerate() {
+                let rec = &mut dst[b / 8 * X8_GROUP_BYTES..][..X8_GROUP_BYTES];
+                let j = b % 8;
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let (d, id) = scale_of(amax);
+                let mut isum = 0i32;
+                for (i, &v) in xb.iter().enumerate() {
+                    let q = quant1(v, id);
+                    isum += q;
+                    rec[x8_pos(j, i)] = q as i8 as u8;
+                }
+                put_f32(rec, off::X8_D + 8 * j, d);
+                put_f32(rec, off::X8_D + 8 * j + 4, d);
+                let ext = match fmt {
+                    ActFormat::Q32x8Off(o) => (-o * isum).to_le_bytes(),
+                    _ => (d * isum as f32).to_le_bytes(),
+                };
+                rec[off::X8_EXT + 8 * j..][..4].copy_from_slice(&ext);
+            }
+        }
         ActFormat::K | ActFormat::KSwap => {
             let swap = fmt == ActFormat::KSwap;
             for (sb, xs) in x.chunks_exact(256).enumerate() {
@@ -231,6 +290,44 @@ mod x86 {
                     let s4 = d * isum as f32 * 0.25;
                     _mm_storeu_ps(rec.add(off::D + 16 * j) as *mut f32, _mm_set1_ps(d));
                     _mm_storeu_ps(rec.add(off::S + 16 * j) as *mut f32, _mm_set1_ps(s4));
+                }
+            }
+            ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => {
+                for (b, xb) in x.chunks_exact(32).enumerate() {
+                    let rec = dst.as_mut_ptr().add(b / 8 * X8_GROUP_BYTES);
+                    let j = b % 8;
+                    let v0 = _mm512_loadu_ps(xb.as_ptr());
+                    let v1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+                    let amax =
+                        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+                    let (d, id) = scale_of(amax);
+                    let idv = _mm512_set1_ps(id);
+                    let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv));
+                    let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, idv));
+                    let q0 = _mm512_min_epi32(_mm512_max_epi32(q0, lo_clamp), hi_clamp);
+                    let q1 = _mm512_min_epi32(_mm512_max_epi32(q1, lo_clamp), hi_clamp);
+                    // Elements 0..8, 8..16, 16..24, 24..32 go to vectors 0, 2, 1, 3.
+                    let b0 = _mm512_cvtsepi32_epi8(q0);
+                    let b1 = _mm512_cvtsepi32_epi8(q1);
+                    _mm_storel_epi64(rec.add(8 * j) as *mut __m128i, b0);
+                    _mm_storel_epi64(
+                        rec.add(128 + 8 * j) as *mut __m128i,
+                        _mm_unpackhi_epi64(b0, b0),
+                    );
+                    _mm_storel_epi64(rec.add(64 + 8 * j) as *mut __m128i, b1);
+                    _mm_storel_epi64(
+                        rec.add(192 + 8 * j) as *mut __m128i,
+                        _mm_unpackhi_epi64(b1, b1),
+                    );
+                    let isum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                    let dd = d.to_le_bytes();
+                    std::ptr::copy_nonoverlapping(dd.as_ptr(), rec.add(off::X8_D + 8 * j), 4);
+                    std::ptr::copy_nonoverlapping(dd.as_ptr(), rec.add(off::X8_D + 8 * j + 4), 4);
+                    let ext = match fmt {
+                        ActFormat::Q32x8Off(o) => (-o * isum).to_le_bytes(),
+                        _ => (d * isum as f32).to_le_bytes(),
+                    };
+                    std::ptr::copy_nonoverlapping(ext.as_ptr(), rec.add(off::X8_EXT + 8 * j), 4);
                 }
             }
             ActFormat::K | ActFormat::KSwap => {
@@ -326,6 +423,8 @@ mod x86 {
     pub unsafe fn quantize_row_avx2(fmt: ActFormat, x: &[f32], dst: &mut [u8]) {
         dst.fill(0);
         match fmt {
+            // Only the AVX-512 kernels read these layouts.
+            ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => quantize_row_scalar(fmt, x, dst),
             ActFormat::Q32 => {
                 for (b, xb) in x.chunks_exact(32).enumerate() {
                     let rec = dst.as_mut_ptr().add(b / 4 * Q32_GROUP_BYTES);

@@ -1,37 +1,39 @@
 //! AVX-512 VNNI kernels for the 32-wide formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 //!
-//! Step = one group of 4 weight blocks (128 elements) of R rows against C tokens:
-//! * unpack (once per row): two masked 64-byte loads cover the group's 4 blocks in
-//!   their ggml layout (72..136 bytes); `vpermt2w` gathers the 4 blocks' quants into
-//!   one register and their f16 scales, each repeated 4 times, into another (ggml
-//!   blocks are an even number of bytes, so every field is word aligned). Nibbles
-//!   split into low halves (elements 0..16 of each block) and high halves (16..32):
-//!   exactly the `Q32` activation layout, so no activation shuffles are needed.
-//! * weights become unsigned bytes: `q` for Q4_1/Q5_1, `q + 8` / `q + 16` for
-//!   Q4_0/Q5_0 (their natural nibbles), `q ^ 0x80 = q + 128` for Q8_0. `vpdpbusd`
-//!   multiplies unsigned weights with signed activations; the offset comes back as
-//!   `m_eff * d_a * sum(a)` with `m_eff = -8 d`, `-16 d`, `-128 d` (and `m` itself for
-//!   the `_1` formats), from the activations' precomputed `d * sum / 4`.
-//! * per (row, token): 2 `vpdpbusd`, 1 convert, 1 multiply, 2 FMA for 128 elements.
+//! Step = one group of 8 weight blocks (256 elements) of R rows against C tokens, with
+//! activations in the `Q32x8*` layout (see `acts`):
+//! * unpack, once per row and group: each half-group (4 blocks, 72..136 bytes) comes
+//!   in with two 64-byte loads and `vpermt2w` gathers its quants and f16 scales (ggml
+//!   blocks are an even number of bytes, so every field is word aligned); the halves
+//!   merge with one 128-bit-lane shuffle. Nibbles split into the four vectors of the
+//!   layout; Q5 fifth bits come in through byte masks.
+//! * weights become unsigned bytes (`q`, `q + 8`, `q + 16`, `q ^ 0x80 = q + 128`) for
+//!   `vpdpbusd` (unsigned x signed). For Q4_0/Q5_0/Q8_0 the accumulator starts at the
+//!   activations' `-offset * sum(a)`, so the offset cancels in integers; Q4_1/Q5_1 add
+//!   `m * d_a * sum(a)` with one FMA.
+//! * per (row, token) and 256 elements: 4 `vpdpbusd`, 1 convert, 1 multiply, 1 FMA
+//!   (+1 FMA for the `_1` formats). The float work per element is what bounds this
+//!   kernel (measured: dropping one FMA per 128 elements gained 24%), hence 8-block
+//!   groups where each block owns 2 lanes.
+//! * a partial last group (K not a multiple of 256) is copied to a zero-padded stack
+//!   buffer, so nothing past a row is read; up to 4 blocks run at 256-bit width.
 //!
-//! GEMV (one token) runs 4 rows at a time; GEMM runs 2 rows x 8 tokens so each
-//! unpacked weight group serves 8 tokens, over panels of rows small enough to stay in
-//! L1 while every token chunk passes over them.
+//! GEMV (one token) runs 4 rows at a time with software prefetch; GEMM runs 2 rows x 8
+//! tokens over panels of rows that stay in L1 while every token chunk passes.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::acts::{off, Q32_GROUP_BYTES};
+use super::acts::{off, X8_GROUP_BYTES};
 use super::float::panel_rows;
 use super::{arr, unroll, word_table, QJob};
 use crate::dtype::DType;
 
-/// One unpacked group: unsigned quants (low halves, high halves), per-lane weight
-/// scale and offset term (block j in lanes 4j..4j+4).
+/// One unpacked 8-block group: unsigned quants in the four layout vectors, per-lane
+/// weight scale and min (block j in lanes 2j, 2j+1).
 #[derive(Clone, Copy)]
-pub struct W4 {
-    lo: __m512i,
-    hi: __m512i,
+pub struct W8 {
+    v: [__m512i; 4],
     d: __m512,
     m: __m512,
 }
@@ -39,8 +41,11 @@ pub struct W4 {
 /// A 32-wide weight format as the AVX-512 kernel sees it.
 pub trait Q32W {
     const BYTES: usize;
-    /// Unpacks blocks `0..nbg` (1..=4) of the group at `p`; reads no byte past them.
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4;
+    /// The activation record holds `-offset * sum(a)` (Q4_0/Q5_0/Q8_0) rather than
+    /// `d_a * sum(a)` for a min (Q4_1/Q5_1).
+    const OFFSET: bool;
+    /// Unpacks the 8 blocks at `p` (reads exactly `8 * BYTES` bytes).
+    unsafe fn unpack(p: *const u8) -> W8;
 }
 
 /// Mask of the first `n` (clamped to 0..=64) bytes.
@@ -55,31 +60,56 @@ fn bytes_mask(n: isize) -> u64 {
     }
 }
 
-/// Word-index vector for `vpermt2w` (indices 32.. pick from the second register).
 #[inline(always)]
 unsafe fn idx(t: &[i16; 32]) -> __m512i {
     _mm512_loadu_si512(t.as_ptr() as *const __m512i)
 }
 
-/// Loads the `len` bytes at `p` (len <= 128) into two registers, zeros after.
+/// The `len` (64..=128) bytes at `p` in two registers, zeros after.
 #[inline(always)]
 unsafe fn load2(p: *const u8, len: usize) -> (__m512i, __m512i) {
-    let a = _mm512_maskz_loadu_epi8(bytes_mask(len as isize), p as *const i8);
+    let a = _mm512_loadu_si512(p as *const __m512i);
     let b = _mm512_maskz_loadu_epi8(bytes_mask(len as isize - 64), p.add(64) as *const i8);
     (a, b)
 }
 
-/// Splits 64 bytes of packed nibbles into low and high nibbles.
+/// Word table of a half-group's quants for the nibble formats (`w` words per block,
+/// quants from word `q`): words 0..16 = `qs[0..8]` of blocks 0..4, 16..32 = `qs[8..16]`.
+const fn qs_table(w: usize, q: usize) -> [i16; 32] {
+    word_table!(|x| if x < 16 {
+        w * (x / 4) + q + x % 4
+    } else {
+        w * ((x - 16) / 4) + q + 4 + x % 4
+    })
+}
+
+/// Words 0..8 of a table: each block's word `at` twice; then `rest`.
+const fn pairs_table(w: usize, at: usize, second: usize) -> [i16; 32] {
+    word_table!(|x| if x < 8 {
+        w * (x / 2) + at
+    } else if x < 16 {
+        w * ((x - 8) / 2) + second
+    } else {
+        0
+    })
+}
+
+/// Merges two half-groups `[lo 256 | hi 256]` into `(lo A | lo B, hi A | hi B)`.
 #[inline(always)]
-unsafe fn nibbles(qs: __m512i) -> (__m512i, __m512i) {
-    let f = _mm512_set1_epi8(0x0F);
+unsafe fn merge(a: __m512i, b: __m512i) -> (__m512i, __m512i) {
     (
-        _mm512_and_si512(qs, f),
-        _mm512_and_si512(_mm512_srli_epi16(qs, 4), f),
+        _mm512_shuffle_i64x2(a, b, 0x44),
+        _mm512_shuffle_i64x2(a, b, 0xEE),
     )
 }
 
-/// Low 256 bits as 16 floats from 16 halves; high 256 bits likewise.
+/// Merges two halves' metadata `[x 128 | y 128 | ..]` into `[xA | xB | yA | yB]`.
+#[inline(always)]
+unsafe fn merge_meta(a: __m512i, b: __m512i) -> __m512i {
+    _mm512_permutex2var_epi64(a, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), b)
+}
+
+/// 16 halves -> 16 floats (low 256 bits), and the high 256 bits likewise.
 #[inline(always)]
 unsafe fn halves_to_f32(v: __m512i) -> (__m512, __m512) {
     (
@@ -88,18 +118,42 @@ unsafe fn halves_to_f32(v: __m512i) -> (__m512, __m512) {
     )
 }
 
-/// Sets bit 4 of the bytes selected by the fifth-bit masks (Q5 formats). `qh` holds,
-/// in its low 128 bits, the low 16 bits of each block's `qh` (words 0..4) and then the
-/// high 16 bits (words 4..8): bit i of word j is element i (resp. 16 + i) of block j.
+/// The four layout vectors from `qs[0..8]` and `qs[8..16]` pieces of 8 blocks.
 #[inline(always)]
-unsafe fn fifth_bits(lo: __m512i, hi: __m512i, qh: __m128i) -> (__m512i, __m512i) {
-    let klo = _mm_cvtsi128_si64(qh) as u64;
-    let khi = _mm_extract_epi64(qh, 1) as u64;
+unsafe fn nibble_vectors(q0: __m512i, q8: __m512i) -> [__m512i; 4] {
+    let f = _mm512_set1_epi8(0x0F);
+    [
+        _mm512_and_si512(q0, f),
+        _mm512_and_si512(_mm512_srli_epi16(q0, 4), f),
+        _mm512_and_si512(q8, f),
+        _mm512_and_si512(_mm512_srli_epi16(q8, 4), f),
+    ]
+}
+
+/// Sets the fifth bit (0x10) of the quants from `qh`, 32 bytes: each block's four `qh`
+/// bytes, blocks 0..8 in order. Byte k of block j's `qh` holds elements 8k..8k+8, which
+/// live in vector [0, 2, 1, 3][k] at bytes 8j..8j+8.
+#[inline(always)]
+unsafe fn fifth_bits(v: &mut [__m512i; 4], qh: __m256i) {
+    // Per 128-bit lane (4 blocks): reorder block-major bytes to k-major.
+    let ctrl = _mm256_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
+        14, 3, 7, 11, 15,
+    );
+    let t = _mm256_shuffle_epi8(qh, ctrl);
+    // Dwords [A.k0, B.k0, A.k1, B.k1, ..]: quadword k = byte k of blocks 0..8.
+    let t = _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     let b = _mm512_set1_epi8(0x10);
-    (
-        _mm512_or_si512(lo, _mm512_maskz_mov_epi8(klo, b)),
-        _mm512_or_si512(hi, _mm512_maskz_mov_epi8(khi, b)),
-    )
+    const VEC: [usize; 4] = [0, 2, 1, 3];
+    let masks = [
+        _mm256_extract_epi64(t, 0) as u64,
+        _mm256_extract_epi64(t, 1) as u64,
+        _mm256_extract_epi64(t, 2) as u64,
+        _mm256_extract_epi64(t, 3) as u64,
+    ];
+    for (k, &m) in masks.iter().enumerate() {
+        v[VEC[k]] = _mm512_or_si512(v[VEC[k]], _mm512_maskz_mov_epi8(m, b));
+    }
 }
 
 pub struct Q4_0;
@@ -109,221 +163,248 @@ pub struct Q5_1;
 pub struct Q8_0;
 
 impl Q32W for Q4_0 {
-    // d | qs[16]: 9 words per block.
+    // d | qs[16]: 9 words per block, 72 bytes per half-group.
     const BYTES: usize = 18;
+    const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
-        let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 9 * (w / 8) + 1 + w % 8);
-                T
-            }),
-            b,
+    unsafe fn unpack(p: *const u8) -> W8 {
+        const QS: [i16; 32] = qs_table(9, 1);
+        const META: [i16; 32] = pairs_table(9, 0, 0);
+        let (a0, a1) = load2(p, 72);
+        let (b0, b1) = load2(p.add(72), 72);
+        let (q0, q8) = merge(
+            _mm512_permutex2var_epi16(a0, idx(&QS), a1),
+            _mm512_permutex2var_epi16(b0, idx(&QS), b1),
         );
-        let meta = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 9 * (w % 16 / 4));
-                T
-            }),
-            b,
+        let meta = merge_meta(
+            _mm512_permutex2var_epi16(a0, idx(&META), a1),
+            _mm512_permutex2var_epi16(b0, idx(&META), b1),
         );
-        let (lo, hi) = nibbles(qs);
         let (d, _) = halves_to_f32(meta);
-        W4 {
-            lo,
-            hi,
+        W8 {
+            v: nibble_vectors(q0, q8),
             d,
-            m: _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            m: _mm512_setzero_ps(),
         }
     }
 }
 
 impl Q32W for Q4_1 {
-    // d | m | qs[16]: 10 words per block.
+    // d | m | qs[16]: 10 words per block, 80 bytes per half-group.
     const BYTES: usize = 20;
+    const OFFSET: bool = false;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
-        let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 10 * (w / 8) + 2 + w % 8);
-                T
-            }),
-            b,
+    unsafe fn unpack(p: *const u8) -> W8 {
+        const QS: [i16; 32] = qs_table(10, 2);
+        const META: [i16; 32] = pairs_table(10, 0, 1);
+        let (a0, a1) = load2(p, 80);
+        let (b0, b1) = load2(p.add(80), 80);
+        let (q0, q8) = merge(
+            _mm512_permutex2var_epi16(a0, idx(&QS), a1),
+            _mm512_permutex2var_epi16(b0, idx(&QS), b1),
         );
-        let meta = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 10 * (w % 16 / 4) + w / 16);
-                T
-            }),
-            b,
+        let meta = merge_meta(
+            _mm512_permutex2var_epi16(a0, idx(&META), a1),
+            _mm512_permutex2var_epi16(b0, idx(&META), b1),
         );
-        let (lo, hi) = nibbles(qs);
         let (d, m) = halves_to_f32(meta);
-        W4 { lo, hi, d, m }
+        W8 {
+            v: nibble_vectors(q0, q8),
+            d,
+            m,
+        }
     }
 }
 
 impl Q32W for Q5_0 {
-    // d | qh[4] | qs[16]: 11 words per block.
+    // d | qh[4] | qs[16]: 11 words per block, 88 bytes per half-group.
     const BYTES: usize = 22;
+    const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
-        let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 11 * (w / 8) + 3 + w % 8);
-                T
-            }),
-            b,
+    unsafe fn unpack(p: *const u8) -> W8 {
+        const QS: [i16; 32] = qs_table(11, 3);
+        // Words 0..8: d pairs; 8..16: each block's qh (2 words).
+        const META: [i16; 32] = word_table!(|x| if x < 8 {
+            11 * (x / 2)
+        } else if x < 16 {
+            11 * ((x - 8) / 2) + 1 + (x - 8) % 2
+        } else {
+            0
+        });
+        let (a0, a1) = load2(p, 88);
+        let (b0, b1) = load2(p.add(88), 88);
+        let (q0, q8) = merge(
+            _mm512_permutex2var_epi16(a0, idx(&QS), a1),
+            _mm512_permutex2var_epi16(b0, idx(&QS), b1),
         );
-        // words 0..16: d of block w/4; words 16..20: qh low halves; 20..24: high halves.
-        let meta = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| if w < 16 {
-                    11 * (w / 4)
-                } else if w < 24 {
-                    11 * ((w - 16) % 4) + 1 + (w - 16) / 4
-                } else {
-                    0
-                });
-                T
-            }),
-            b,
+        let meta = merge_meta(
+            _mm512_permutex2var_epi16(a0, idx(&META), a1),
+            _mm512_permutex2var_epi16(b0, idx(&META), b1),
         );
-        let (lo, hi) = nibbles(qs);
-        let (lo, hi) = fifth_bits(lo, hi, _mm512_extracti32x4_epi32(meta, 2));
+        let mut v = nibble_vectors(q0, q8);
+        fifth_bits(&mut v, _mm512_extracti64x4_epi64(meta, 1));
         let (d, _) = halves_to_f32(meta);
-        W4 {
-            lo,
-            hi,
+        W8 {
+            v,
             d,
-            m: _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+            m: _mm512_setzero_ps(),
         }
     }
 }
 
 impl Q32W for Q5_1 {
-    // d | m | qh[4] | qs[16]: 12 words per block.
+    // d | m | qh[4] | qs[16]: 12 words per block, 96 bytes per half-group.
     const BYTES: usize = 24;
+    const OFFSET: bool = false;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
-        let (a, b) = load2(p, nbg * Self::BYTES);
-        let qs = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 12 * (w / 8) + 4 + w % 8);
-                T
-            }),
-            b,
+    unsafe fn unpack(p: *const u8) -> W8 {
+        const QS: [i16; 32] = qs_table(12, 4);
+        // Words 0..8: d pairs; 8..16: m pairs; 16..24: each block's qh.
+        const META: [i16; 32] = word_table!(|x| if x < 8 {
+            12 * (x / 2)
+        } else if x < 16 {
+            12 * ((x - 8) / 2) + 1
+        } else if x < 24 {
+            12 * ((x - 16) / 2) + 2 + (x - 16) % 2
+        } else {
+            0
+        });
+        let (a0, a1) = load2(p, 96);
+        let (b0, b1) = load2(p.add(96), 96);
+        let (q0, q8) = merge(
+            _mm512_permutex2var_epi16(a0, idx(&QS), a1),
+            _mm512_permutex2var_epi16(b0, idx(&QS), b1),
         );
-        let meta = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 12 * (w % 16 / 4) + w / 16);
-                T
-            }),
-            b,
+        let (ma, mb) = (
+            _mm512_permutex2var_epi16(a0, idx(&META), a1),
+            _mm512_permutex2var_epi16(b0, idx(&META), b1),
         );
-        let qh = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 12 * (w % 4) + 2 + (w / 4) % 2);
-                T
-            }),
-            b,
-        );
-        let (lo, hi) = nibbles(qs);
-        let (lo, hi) = fifth_bits(lo, hi, _mm512_castsi512_si128(qh));
+        let meta = merge_meta(ma, mb);
+        let qh = _mm512_permutex2var_epi64(ma, _mm512_setr_epi64(4, 5, 12, 13, 4, 5, 12, 13), mb);
+        let mut v = nibble_vectors(q0, q8);
+        fifth_bits(&mut v, _mm512_castsi512_si256(qh));
         let (d, m) = halves_to_f32(meta);
-        W4 { lo, hi, d, m }
+        W8 { v, d, m }
     }
 }
 
 impl Q32W for Q8_0 {
-    // d | qs[32]: 17 words per block; a group spans 136 bytes, so the high halves
-    // come from a second pair of loads 8 bytes further on.
+    // d | qs[32]: 17 words per block, 136 bytes per half-group: the pieces of qs[0..16]
+    // come from bytes 0..128, those of qs[16..32] from bytes 8..136.
     const BYTES: usize = 34;
+    const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, nbg: usize) -> W4 {
-        let len = nbg * Self::BYTES;
-        let (a, b) = load2(p, len.min(128));
-        let (c, e) = load2(p.add(8), len - 8);
-        let lo = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 17 * (w / 8) + 1 + w % 8);
-                T
-            }),
-            b,
-        );
-        let hi = _mm512_permutex2var_epi16(
-            c,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 17 * (w / 8) + 9 + w % 8 - 4);
-                T
-            }),
-            e,
-        );
-        let meta = _mm512_permutex2var_epi16(
-            a,
-            idx(&{
-                const T: [i16; 32] = word_table!(|w| 17 * (w % 16 / 4));
-                T
-            }),
-            b,
-        );
+    unsafe fn unpack(p: *const u8) -> W8 {
+        const LO: [i16; 32] = qs_table(17, 1);
+        const HI: [i16; 32] = qs_table(17, 9 - 4);
+        const META: [i16; 32] = pairs_table(17, 0, 0);
+        let mut x02 = [_mm512_setzero_si512(); 2];
+        let mut x13 = [_mm512_setzero_si512(); 2];
+        let mut meta = [_mm512_setzero_si512(); 2];
+        for h in 0..2 {
+            let q = p.add(136 * h);
+            let (z0, z1) = load2(q, 128);
+            let (y0, y1) = load2(q.add(8), 128);
+            x02[h] = _mm512_permutex2var_epi16(z0, idx(&LO), z1);
+            x13[h] = _mm512_permutex2var_epi16(y0, idx(&HI), y1);
+            meta[h] = _mm512_permutex2var_epi16(z0, idx(&META), z1);
+        }
+        let (v0, v2) = merge(x02[0], x02[1]);
+        let (v1, v3) = merge(x13[0], x13[1]);
         let flip = _mm512_set1_epi8(-128);
-        let (d, _) = halves_to_f32(meta);
-        W4 {
-            lo: _mm512_xor_si512(lo, flip),
-            hi: _mm512_xor_si512(hi, flip),
+        let (d, _) = halves_to_f32(merge_meta(meta[0], meta[1]));
+        W8 {
+            v: [
+                _mm512_xor_si512(v0, flip),
+                _mm512_xor_si512(v1, flip),
+                _mm512_xor_si512(v2, flip),
+                _mm512_xor_si512(v3, flip),
+            ],
             d,
-            m: _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+            m: _mm512_setzero_ps(),
         }
     }
 }
 
-/// Accumulates one group of R rows against C tokens.
+/// Accumulates group `g` of R rows (blocks at `w[r]`) against C tokens.
 #[inline(always)]
 unsafe fn step<F: Q32W, const R: usize, const C: usize>(
     acc: &mut [[__m512; C]; R],
     w: &[*const u8; R],
     a: &[*const u8; C],
     g: usize,
-    nbg: usize,
 ) {
-    let mut wv = [W4 {
-        lo: _mm512_setzero_si512(),
-        hi: _mm512_setzero_si512(),
+    let z = W8 {
+        v: [_mm512_setzero_si512(); 4],
         d: _mm512_setzero_ps(),
         m: _mm512_setzero_ps(),
-    }; R];
+    };
+    let mut wv = [z; R];
     unroll!(r in R => {
-        wv[r] = F::unpack(w[r].add(g * 4 * F::BYTES), nbg);
+        wv[r] = F::unpack(w[r]);
     });
     unroll!(c in C => {
-        let rec = a[c].add(g * Q32_GROUP_BYTES);
-        let alo = _mm512_load_si512(rec as *const __m512i);
-        let ahi = _mm512_load_si512(rec.add(off::HI) as *const __m512i);
-        let da = _mm512_load_ps(rec.add(off::D) as *const f32);
-        let s4 = _mm512_load_ps(rec.add(off::S) as *const f32);
+        let rec = a[c].add(g * X8_GROUP_BYTES);
+        let av: [__m512i; 4] = arr(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
+        let da = _mm512_load_ps(rec.add(off::X8_D) as *const f32);
+        let ext = _mm512_load_si512(rec.add(off::X8_EXT) as *const __m512i);
         unroll!(r in R => {
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r].lo, alo);
-            let dot = _mm512_dpbusd_epi32(dot, wv[r].hi, ahi);
+            let init = if F::OFFSET { ext } else { _mm512_setzero_si512() };
+            let dot = _mm512_dpbusd_epi32(init, wv[r].v[0], av[0]);
+            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[1], av[1]);
+            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[2], av[2]);
+            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[3], av[3]);
             let sc = _mm512_mul_ps(wv[r].d, da);
             acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][c]);
-            acc[r][c] = _mm512_fmadd_ps(wv[r].m, s4, acc[r][c]);
+            if !F::OFFSET {
+                acc[r][c] = _mm512_fmadd_ps(wv[r].m, _mm512_castsi512_ps(ext), acc[r][c]);
+            }
         });
     });
 }
+
+/// As [`step`] for a last group of at most 4 blocks: 256-bit arithmetic on the first
+/// half of each vector (the weights come from zero-padded copies).
+#[inline(always)]
+unsafe fn half_step<F: Q32W, const R: usize, const C: usize>(
+    acc: &mut [[__m512; C]; R],
+    w: &[*const u8; R],
+    a: &[*const u8; C],
+    g: usize,
+) {
+    let z = W8 {
+        v: [_mm512_setzero_si512(); 4],
+        d: _mm512_setzero_ps(),
+        m: _mm512_setzero_ps(),
+    };
+    let mut wv = [z; R];
+    unroll!(r in R => {
+        wv[r] = F::unpack(w[r]);
+    });
+    unroll!(c in C => {
+        let rec = a[c].add(g * X8_GROUP_BYTES);
+        let av: [__m256i; 4] = arr(|i| _mm256_load_si256(rec.add(64 * i) as *const __m256i));
+        let da = _mm256_load_ps(rec.add(off::X8_D) as *const f32);
+        let ext = _mm256_load_si256(rec.add(off::X8_EXT) as *const __m256i);
+        unroll!(r in R => {
+            let wr = &wv[r];
+            let init = if F::OFFSET { ext } else { _mm256_setzero_si256() };
+            let dot = _mm256_dpbusd_epi32(init, _mm512_castsi512_si256(wr.v[0]), av[0]);
+            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[1]), av[1]);
+            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[2]), av[2]);
+            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[3]), av[3]);
+            let sc = _mm256_mul_ps(_mm512_castps512_ps256(wr.d), da);
+            let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc);
+            if !F::OFFSET {
+                t = _mm256_fmadd_ps(_mm512_castps512_ps256(wr.m), _mm256_castsi256_ps(ext), t);
+            }
+            acc[r][c] = _mm512_add_ps(acc[r][c], _mm512_zextps256_ps512(t));
+        });
+    });
+}
+
+/// Largest block size of these formats (Q8_0).
+const MAX_BYTES: usize = 34;
 
 /// Dot products of R weight rows with C activation rows (`nb` blocks each).
 #[inline(always)]
@@ -333,12 +414,24 @@ unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
     nb: usize,
 ) -> [[f32; C]; R] {
     let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let full = nb / 4;
+    let full = nb / 8;
     for g in 0..full {
-        step::<F, R, C>(&mut acc, &w, &a, g, 4);
+        let wg: [*const u8; R] = arr(|r| w[r].add(g * 8 * F::BYTES));
+        step::<F, R, C>(&mut acc, &wg, &a, g);
     }
-    if !nb.is_multiple_of(4) {
-        step::<F, R, C>(&mut acc, &w, &a, full, nb % 4);
+    let rest = nb % 8;
+    if rest != 0 {
+        // Copy the partial group so that unpacking reads nothing past the row.
+        let mut buf = [[0u8; 8 * MAX_BYTES]; R];
+        unroll!(r in R => {
+            std::ptr::copy_nonoverlapping(w[r].add(full * 8 * F::BYTES), buf[r].as_mut_ptr(), rest * F::BYTES);
+        });
+        let wg: [*const u8; R] = arr(|r| buf[r].as_ptr());
+        if rest <= 4 {
+            half_step::<F, R, C>(&mut acc, &wg, &a, full);
+        } else {
+            step::<F, R, C>(&mut acc, &wg, &a, full);
+        }
     }
     let mut out = [[0f32; C]; R];
     unroll!(r in R => {
@@ -378,7 +471,7 @@ unsafe fn rows<F: Q32W, const R: usize, const C: usize>(job: &QJob, rows: Range<
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_fmt<F: Q32W>(job: &QJob, rws: Range<usize>) {
     if job.t == 1 {
         rows::<F, 4, 1>(job, rws, 0);
@@ -409,7 +502,7 @@ unsafe fn run_fmt<F: Q32W>(job: &QJob, rws: Range<usize>) {
 }
 
 /// # Safety
-/// AVX-512 F/BW/VNNI present; as [`QJob::run`].
+/// AVX-512 F/BW/VL/VNNI present; as [`QJob::run`].
 pub unsafe fn run(job: &QJob, rows: Range<usize>) {
     match job.dtype {
         DType::Q4_0 => run_fmt::<Q4_0>(job, rows),

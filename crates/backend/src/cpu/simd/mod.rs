@@ -30,7 +30,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW with VNNI (plus AVX2/FMA/F16C).
+    /// AVX-512 F/BW/VL with VNNI (plus AVX2/FMA/F16C).
     Avx512,
 }
 
@@ -39,7 +39,7 @@ impl Isa {
     /// hand-built `CpuFeatures` cannot select instructions the CPU lacks).
     pub fn select(features: &CpuFeatures) -> Isa {
         let real = CpuFeatures::detect_capped(None);
-        if features.has_avx512_vnni() && real.has_avx512_vnni() {
+        if features.has_avx512_vnni() && real.has_avx512_vnni() && has_avx512vl() {
             Isa::Avx512
         } else if features.has_avx2() && real.has_avx2() {
             Isa::Avx2
@@ -78,6 +78,19 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512-vnni",
         }
+    }
+}
+
+/// AVX-512VL (256-bit forms of the AVX-512 instructions, used for short tails); every
+/// CPU with AVX-512 VNNI has it, `CpuFeatures` does not track it.
+fn has_avx512vl() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
