@@ -112,9 +112,11 @@ fn matmul_matches_reference_every_type_and_path() {
     }
 }
 
-/// Activations whose Q8 quantization is exact: per block one element `±127 * 2^-3`, the
-/// others small multiples of `2^-3` (so `d = 2^-3`, `q = x * 8`).
-fn dyadic_acts(r: &mut ChaCha8Rng, t: usize, k: usize, block: usize) -> Vec<f32> {
+/// Activations whose Q8 quantization is exact: per 32 elements one `±127 * 2^-3`, the
+/// others small multiples of `2^-3` (so `d = 2^-3`, `q = x * 8` for blocks of 32 or
+/// 256).
+fn dyadic_acts(r: &mut ChaCha8Rng, t: usize, k: usize) -> Vec<f32> {
+    let block = 32;
     let mut x = vec![0f32; t * k];
     for row in x.chunks_exact_mut(block) {
         for v in row.iter_mut() {
@@ -173,7 +175,7 @@ fn all_paths_agree_exactly_on_dyadic_inputs() {
             let w = dyadic_weight(&mut r, dtype, m, k);
             let wd = dequant_f64(dtype, &w, m, k);
             for t in [1usize, 3, 8, 9] {
-                let x = dyadic_acts(&mut r, t, k, dtype.block_size());
+                let x = dyadic_acts(&mut r, t, k);
                 for (isa, cpu) in &cpus {
                     let got = run(cpu, dtype, &w, m, k, &x, t);
                     for ti in 0..t {

@@ -71,6 +71,19 @@ impl ModelArgs {
         Ok(loaded)
     }
 
+    /// The name clients use for this model: a known name as given, else the file stem
+    /// (or directory name) of the path.
+    pub fn served_name(&self) -> String {
+        if pull::find_known(&self.model).is_some() {
+            return self.model.clone();
+        }
+        let p = std::path::Path::new(&self.model);
+        let stem = if p.is_dir() { p.file_name() } else { p.file_stem() };
+        stem.map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.model.clone())
+    }
+
     pub fn engine_config(&self) -> Result<EngineConfig> {
         Ok(EngineConfig {
             block_size: self.block_size,
@@ -86,7 +99,7 @@ impl ModelArgs {
             bail!("--block-size must be between 1 and 1024");
         }
         let loaded = self.load()?;
-        let name = loaded.config.name.clone();
+        let name = self.served_name();
         let device = Device::cpu(self.threads);
         let max_len = cfg.max_model_len.unwrap_or(loaded.config.max_position.min(8192));
         let template = loaded.chat_template.clone();

@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API and the web chat (default model: smollm2-135m-instruct).
+    Serve(ServeCmd),
     /// Generate text from a prompt (streams the text to stdout, timings to stderr).
     Generate(generate::GenerateArgs),
     /// Chat in the terminal, in-process on a model or with an OpenAI-compatible server (--url).
@@ -41,6 +43,14 @@ enum BenchCommand {
     Serve(Box<sluice_bench::BenchServeArgs>),
     /// Compare saved results: table, plots, SLO recommendation.
     Compare(sluice_bench::BenchCompareArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    model: generate::ModelArgs,
+    #[command(flatten)]
+    serve: sluice_server::ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +93,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => serve_cmd(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info(a),
@@ -98,6 +109,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve_cmd(a: ServeCmd) -> Result<()> {
+    let cfg = a.serve.engine_config(a.model.engine_config()?);
+    let (engine, template, name) = a.model.build_engine(cfg)?;
+    let tokenizer = std::sync::Arc::clone(engine.tokenizer());
+    eprintln!(
+        "sluice: {name} on {}; KV cache {} blocks x {} tokens = {} tokens; max model length {}",
+        engine.model().device().name(),
+        engine.num_blocks(),
+        engine.block_size(),
+        engine.num_blocks() * engine.block_size(),
+        engine.max_model_len()
+    );
+    let handle = sluice_engine::EngineHandle::spawn(engine, name);
+    tokio::runtime::Runtime::new()?.block_on(sluice_server::serve(
+        a.serve.server_config(),
+        handle,
+        tokenizer,
+        template,
+    ))?;
+    Ok(())
 }
 
 fn info(a: InfoArgs) -> Result<()> {

@@ -133,6 +133,7 @@ impl EngineHandle {
 
 fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, metrics: Arc<Mutex<EngineMetrics>>) {
     let mut streams: HashMap<SeqId, tmpsc::UnboundedSender<RequestOutput>> = HashMap::new();
+    publish(&engine, &metrics);
     loop {
         // Block when idle; otherwise take whatever arrived since the last step.
         if !engine.has_unfinished() {

@@ -5,7 +5,10 @@ use clap::Parser;
 use sluice_roofline::RooflineArgs;
 
 #[derive(Parser)]
-#[command(name = "roofline", about = "FLOPs and bytes per op against the hardware floor")]
+#[command(
+    name = "roofline",
+    about = "FLOPs and bytes per op against the hardware floor"
+)]
 struct Cli {
     #[command(flatten)]
     args: RooflineArgs,

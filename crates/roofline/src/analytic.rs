@@ -399,7 +399,10 @@ pub fn check(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<()> {
         return Err(RooflineError::invalid("batch", "must be at least 1"));
     }
     if step.query_len == 0 {
-        return Err(RooflineError::invalid("tokens", "a step needs at least one new token per sequence"));
+        return Err(RooflineError::invalid(
+            "tokens",
+            "a step needs at least one new token per sequence",
+        ));
     }
     let len = step.past + step.query_len;
     if len > cfg.max_position {
@@ -418,7 +421,11 @@ pub fn check(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<()> {
 pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<StepCost> {
     check(cfg, prec, step)?;
     let f = |n: usize| n as f64;
-    let (h, ffn, hd) = (f(cfg.hidden_size), f(cfg.intermediate_size), f(cfg.head_dim));
+    let (h, ffn, hd) = (
+        f(cfg.hidden_size),
+        f(cfg.intermediate_size),
+        f(cfg.head_dim),
+    );
     let (qd, kvd, vocab) = (f(cfg.q_dim()), f(cfg.kv_dim()), f(cfg.vocab_size));
     let t = f(step.tokens());
     let b = f(step.batch);
@@ -429,7 +436,13 @@ pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<Ste
     let wt = &prec.weights;
     let mut ops = Vec::with_capacity(cfg.n_layers * 14 + 3);
 
-    let op = |kind: OpKind, layer: Option<usize>, flops: f64, w: f64, kvb: f64, a: f64, class: ComputeClass| OpCost {
+    let op = |kind: OpKind,
+              layer: Option<usize>,
+              flops: f64,
+              w: f64,
+              kvb: f64,
+              a: f64,
+              class: ComputeClass| OpCost {
         kind,
         layer,
         flops,
@@ -440,19 +453,36 @@ pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<Ste
     };
     // RMSNorm over `rows` rows of `n`: read and write the rows, read the weight once.
     let rms = |kind: OpKind, layer: Option<usize>, rows: f64, n: f64, wn: f64| {
-        op(kind, layer, 4.0 * rows * n, wn * norm, 0.0, 2.0 * rows * n * act, ew)
+        op(
+            kind,
+            layer,
+            4.0 * rows * n,
+            wn * norm,
+            0.0,
+            2.0 * rows * n * act,
+            ew,
+        )
     };
 
     // Embedding: gather T rows of the table (dequantizing), scaled for Gemma.
     let embd_row = h * bytes_per_elem(wt.token_embd);
-    ops.push(op(OpKind::Embedding, None, t * h, t * embd_row, 0.0, t * h * act, ew));
+    ops.push(op(
+        OpKind::Embedding,
+        None,
+        t * h,
+        t * embd_row,
+        0.0,
+        t * h * act,
+        ew,
+    ));
 
     for (i, lt) in wt.layers.iter().enumerate() {
         let l = Some(i);
         ops.push(rms(OpKind::AttnNorm, l, t, h, h));
 
         // Q, K, V: one pass over the normed input, three weight matrices.
-        let qkv_w = h * (qd * bytes_per_elem(lt.q) + kvd * (bytes_per_elem(lt.k) + bytes_per_elem(lt.v)));
+        let qkv_w =
+            h * (qd * bytes_per_elem(lt.q) + kvd * (bytes_per_elem(lt.k) + bytes_per_elem(lt.v)));
         let mut qkv_flops = 2.0 * t * h * (qd + 2.0 * kvd);
         let mut qkv_wbytes = qkv_w;
         if cfg.qkv_bias {
@@ -460,23 +490,63 @@ pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<Ste
             qkv_wbytes += (qd + 2.0 * kvd) * norm;
         }
         let qkv_act = t * h * act + t * (qd + 2.0 * kvd) * act;
-        ops.push(op(OpKind::QkvProj, l, qkv_flops, qkv_wbytes, 0.0, qkv_act, matmul_class(lt.q, prec)));
+        ops.push(op(
+            OpKind::QkvProj,
+            l,
+            qkv_flops,
+            qkv_wbytes,
+            0.0,
+            qkv_act,
+            matmul_class(lt.q, prec),
+        ));
 
         if cfg.qk_norm {
             let n = t * (qd + kvd);
-            ops.push(op(OpKind::QkNorm, l, 4.0 * n, 2.0 * hd * norm, 0.0, 2.0 * n * act, ew));
+            ops.push(op(
+                OpKind::QkNorm,
+                l,
+                4.0 * n,
+                2.0 * hd * norm,
+                0.0,
+                2.0 * n * act,
+                ew,
+            ));
         }
         // RoPE on q and k in place, reading hd/2 cos and hd/2 sin (F32) per token.
         let rot = t * (qd + kvd);
-        ops.push(op(OpKind::Rope, l, 3.0 * rot, 0.0, 0.0, 2.0 * rot * act + t * hd * 4.0, ew));
+        ops.push(op(
+            OpKind::Rope,
+            l,
+            3.0 * rot,
+            0.0,
+            0.0,
+            2.0 * rot * act + t * hd * 4.0,
+            ew,
+        ));
         // This step's K and V into the cache.
-        ops.push(op(OpKind::KvWrite, l, 0.0, 0.0, 2.0 * t * kvd * kv, 2.0 * t * kvd * act, ew));
+        ops.push(op(
+            OpKind::KvWrite,
+            l,
+            0.0,
+            0.0,
+            2.0 * t * kvd * kv,
+            2.0 * t * kvd * act,
+            ew,
+        ));
 
         let (attended, distinct) = attention_keys(step, cfg.layer_window(i));
         let nh = f(cfg.n_heads);
         let att_flops = b * nh * attended as f64 * (4.0 * hd + 5.0);
         let att_kv = b * distinct as f64 * 2.0 * kvd * kv;
-        ops.push(op(OpKind::Attention, l, att_flops, 0.0, att_kv, 2.0 * t * qd * act, ew));
+        ops.push(op(
+            OpKind::Attention,
+            l,
+            att_flops,
+            0.0,
+            att_kv,
+            2.0 * t * qd * act,
+            ew,
+        ));
 
         ops.push(op(
             OpKind::OProj,
@@ -491,7 +561,15 @@ pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<Ste
             ops.push(rms(OpKind::PostAttnNorm, l, t, h, h));
         }
         // Two residual adds per layer: read both operands, write the sum.
-        ops.push(op(OpKind::Residual, l, 2.0 * t * h, 0.0, 0.0, 2.0 * 3.0 * t * h * act, ew));
+        ops.push(op(
+            OpKind::Residual,
+            l,
+            2.0 * t * h,
+            0.0,
+            0.0,
+            2.0 * 3.0 * t * h * act,
+            ew,
+        ));
         ops.push(rms(OpKind::FfnNorm, l, t, h, h));
         ops.push(op(
             OpKind::GateUp,
@@ -506,7 +584,15 @@ pub fn step_cost(cfg: &ModelConfig, prec: &Precision, step: &Step) -> Result<Ste
             FfnActivation::Silu => 5.0,
             FfnActivation::GeluTanh => 9.0,
         };
-        ops.push(op(OpKind::Glu, l, glu_flops * t * ffn, 0.0, 0.0, 3.0 * t * ffn * act, ew));
+        ops.push(op(
+            OpKind::Glu,
+            l,
+            glu_flops * t * ffn,
+            0.0,
+            0.0,
+            3.0 * t * ffn * act,
+            ew,
+        ));
         ops.push(op(
             OpKind::DownProj,
             l,

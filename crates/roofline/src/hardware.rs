@@ -222,7 +222,9 @@ impl CpuInfo {
         } else if logical > 0 {
             logical
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         };
         let ghz = if mhz.is_empty() {
             // No clock in /proc/cpuinfo (some ARM kernels): a common base clock; the
@@ -240,7 +242,11 @@ impl CpuInfo {
         } else {
             ("scalar", 1.0)
         };
-        let fma = if simd.fma || simd.neon || simd.avx512f { 2.0 } else { 1.0 };
+        let fma = if simd.fma || simd.neon || simd.avx512f {
+            2.0
+        } else {
+            1.0
+        };
         let pipes = 2.0;
         let f32_per_cycle = lanes * fma * pipes;
         let int8_per_cycle = if simd.avx512f && simd.avx512vnni {
@@ -262,7 +268,11 @@ impl CpuInfo {
             f32_per_cycle
         };
         CpuInfo {
-            model: if model.is_empty() { "unknown CPU".into() } else { model },
+            model: if model.is_empty() {
+                "unknown CPU".into()
+            } else {
+                model
+            },
             cores: n_cores,
             ghz,
             simd: simd_name.to_string(),
@@ -277,7 +287,12 @@ impl CpuInfo {
     pub fn profile(&self, bandwidth_gbs: f64, bandwidth_source: &str) -> HardwareProfile {
         let tera = |per_cycle: f64| self.cores as f64 * self.ghz * 1e9 * per_cycle / 1e12;
         HardwareProfile {
-            name: format!("this CPU ({}, {} cores)", self.model, self.cores),
+            name: format!(
+                "this CPU ({}, {} core{})",
+                self.model,
+                self.cores,
+                if self.cores == 1 { "" } else { "s" }
+            ),
             kind: DeviceKind::Cpu,
             memory_bandwidth_gbs: bandwidth_gbs,
             peak_tflops_f32: tera(self.f32_per_cycle),
@@ -442,21 +457,33 @@ impl HardwareProfile {
 pub fn parse_dtype(what: &'static str, s: &str) -> Result<DType> {
     DType::from_name(s.trim()).ok_or_else(|| {
         let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-        RooflineError::invalid(what, format!("unknown type `{s}` (known: {})", names.join(", ")))
+        RooflineError::invalid(
+            what,
+            format!("unknown type `{s}` (known: {})", names.join(", ")),
+        )
     })
 }
 
-/// A built-in profile or a TOML file. `cpu_bandwidth` supplies this CPU's bandwidth
-/// (a probe result) when `spec` is `cpu`.
-pub fn resolve(spec: &str, cpu_bandwidth: impl FnOnce() -> (f64, String)) -> Result<HardwareProfile> {
+/// A built-in profile or a TOML file. For `cpu`, `threads` caps the cores counted (the
+/// peaks of the cores a run may use) and `cpu_bandwidth` supplies the bandwidth (a probe
+/// result).
+pub fn resolve(
+    spec: &str,
+    threads: Option<usize>,
+    cpu_bandwidth: impl FnOnce() -> (f64, String),
+) -> Result<HardwareProfile> {
     let path = Path::new(spec);
     if spec.ends_with(".toml") || path.is_file() {
         return HardwareProfile::from_toml_file(path);
     }
     let key = spec.trim().to_ascii_lowercase();
     if key == "cpu" || key == "this-cpu" {
+        let mut info = CpuInfo::detect();
+        if let Some(t) = threads {
+            info.cores = info.cores.min(t.max(1));
+        }
         let (bw, why) = cpu_bandwidth();
-        return Ok(CpuInfo::detect().profile(bw, &why));
+        return Ok(info.profile(bw, &why));
     }
     builtin_gpu(&key).ok_or_else(|| RooflineError::UnknownHardware {
         name: spec.to_string(),
@@ -475,7 +502,9 @@ mod tests {
 
     #[test]
     fn unknown_hardware_lists_the_known_profiles() {
-        let err = resolve("h900", || (1.0, String::new())).unwrap_err().to_string();
+        let err = resolve("h900", None, || (1.0, String::new()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("h900"), "{err}");
         for name in BUILTIN {
             assert!(err.contains(name), "{name} missing from: {err}");
@@ -484,7 +513,7 @@ mod tests {
 
     #[test]
     fn datasheet_ridges_are_the_published_ones() {
-        let h100 = resolve("h100-sxm", || (1.0, String::new())).unwrap();
+        let h100 = resolve("h100-sxm", None, || (1.0, String::new())).unwrap();
         // 989.4 TFLOP/s / 3.35 TB/s = 295 FLOP/byte.
         assert!((h100.ridge_intensity(ComputeClass::Half) - 295.3).abs() < 0.5);
         assert_eq!(builtin_gpus().len(), BUILTIN.len() - 1);
@@ -511,7 +540,10 @@ mod tests {
         // Two physical cores (processor 2 is core 0's hyper-thread), mean clock 2.5 GHz.
         assert_eq!(c.cores, 2);
         assert!((c.ghz - 2.5).abs() < 1e-9);
-        assert_eq!((c.f32_per_cycle, c.int8_per_cycle, c.half_per_cycle), (64.0, 256.0, 128.0));
+        assert_eq!(
+            (c.f32_per_cycle, c.int8_per_cycle, c.half_per_cycle),
+            (64.0, 256.0, 128.0)
+        );
         let p = c.profile(10.0, "test");
         // 2 cores x 2.5 GHz x 64 = 320 GFLOP/s.
         assert!((p.peak_tflops_f32 - 0.32).abs() < 1e-12);
@@ -521,14 +553,17 @@ mod tests {
             ..SimdFlags::default()
         };
         let c2 = CpuInfo::from_cpuinfo(text, &avx2, None);
-        assert_eq!((c2.f32_per_cycle, c2.int8_per_cycle, c2.half_per_cycle), (32.0, 64.0, 32.0));
+        assert_eq!(
+            (c2.f32_per_cycle, c2.int8_per_cycle, c2.half_per_cycle),
+            (32.0, 64.0, 32.0)
+        );
     }
 
     #[test]
     fn profiles_round_trip_through_toml_and_missing_fields_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h100.toml");
-        let p = resolve("h100-sxm", || (1.0, String::new())).unwrap();
+        let p = resolve("h100-sxm", None, || (1.0, String::new())).unwrap();
         p.save(&path).unwrap();
         assert_eq!(HardwareProfile::from_toml_file(&path).unwrap(), p);
 
@@ -539,12 +574,16 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(&path, broken).unwrap();
-        let err = HardwareProfile::from_toml_file(&path).unwrap_err().to_string();
+        let err = HardwareProfile::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("memory_bandwidth_gbs"), "{err}");
 
         let bad = text.replace("kv_dtype = \"BF16\"", "kv_dtype = \"FP7\"");
         std::fs::write(&path, bad).unwrap();
-        let err = HardwareProfile::from_toml_file(&path).unwrap_err().to_string();
+        let err = HardwareProfile::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("FP7") && err.contains("kv_dtype"), "{err}");
     }
 }

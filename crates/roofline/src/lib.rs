@@ -27,7 +27,9 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use sluice_backend::DType;
 
-use analytic::{kv_bytes_per_token, matmul_parameters, stored_weight_bytes, ComputeClass, Precision, Step};
+use analytic::{
+    kv_bytes_per_token, matmul_parameters, stored_weight_bytes, ComputeClass, Precision, Step,
+};
 use hardware::{parse_dtype, DeviceKind, HardwareProfile};
 use measure::{BenchPlan, Measurement, WeightsFrom};
 use plot::{PlotPoint, PointSeries, RooflinePlot};
@@ -88,9 +90,13 @@ pub struct RooflineArgs {
     /// and for each prompt (needs the model's tokenizer; runs real prefills).
     #[arg(long)]
     pub engine: bool,
-    /// Timed repetitions per step (the median is reported).
+    /// Timed repetitions per step.
     #[arg(long, short = 'r', default_value_t = 5)]
     pub reps: usize,
+    /// Statistic over repetitions: median, or min (closest to the uncontended time on a
+    /// shared machine).
+    #[arg(long, value_enum, default_value = "median")]
+    pub stat: measure::Summary,
     /// CPU threads for --bench and --measure (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -149,20 +155,30 @@ fn validate_grid(a: &RooflineArgs) -> anyhow::Result<()> {
 }
 
 /// The hardware profile, measured when asked.
-fn hardware_profile(a: &RooflineArgs) -> anyhow::Result<(HardwareProfile, Option<probe::CpuMeasurement>)> {
+fn hardware_profile(
+    a: &RooflineArgs,
+) -> anyhow::Result<(HardwareProfile, Option<probe::CpuMeasurement>)> {
     let llc = hardware::CpuInfo::detect().llc_bytes;
     let threads = a.threads;
     let measure = a.measure;
-    let mut hw = hardware::resolve(&a.hardware, || {
+    let mut hw = hardware::resolve(&a.hardware, a.threads, || {
         if measure {
             // Replaced by the full probe below.
             (1.0, "measured".to_string())
         } else {
-            let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let n = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
             let bw = probe::quick_bandwidth(n, llc);
             (
                 bw.gbs,
-                format!("streaming-read probe, {} MiB, {} threads", bw.buffer_bytes >> 20, bw.threads),
+                format!(
+                    "streaming-read probe, {} MiB, {} threads",
+                    bw.buffer_bytes >> 20,
+                    bw.threads
+                ),
             )
         }
     })?;
@@ -187,11 +203,12 @@ fn describe_model(spec: &ModelSpec, prec: &Precision) -> String {
         ModelSource::HfConfig(p) | ModelSource::File(p) => p.display().to_string(),
     };
     let d1 = Step::decode(1, 0);
-    let read = analytic::step_cost(c, prec, &d1).map(|s| s.weight_bytes()).unwrap_or(f64::NAN);
+    let read = analytic::step_cost(c, prec, &d1)
+        .map(|s| s.weight_bytes())
+        .unwrap_or(f64::NAN);
     format!(
         "model: {} ({src}): {} parameters, {} layers, hidden {}, FFN {}, heads {}/{} x {}, vocab {}{}\n\
-         weights {}: {} stored, {} read per decode step (the embedding table is gathered, not read); \
-         2 x {} matmul FLOPs per token\n\
+         weights {}: {} stored, {} read per decode step ({}); 2 x {} matmul FLOPs per token\n\
          KV cache {}: {} per token; activations {}",
         c.name,
         si(c.parameter_count() as f64, ""),
@@ -206,6 +223,11 @@ fn describe_model(spec: &ModelSpec, prec: &Precision) -> String {
         prec.weights.label(),
         si(stored_weight_bytes(c, &prec.weights), "B"),
         si(read, "B"),
+        if c.tie_embeddings {
+            "the tied embedding table is read whole, as the LM head"
+        } else {
+            "the embedding table is gathered, not read"
+        },
         si(matmul_parameters(c), ""),
         prec.kv,
         si(kv_bytes_per_token(c, prec.kv), "B"),
@@ -271,7 +293,12 @@ fn step_points(preds: &[StepPrediction], measured: &[Measurement]) -> Vec<PointS
     out
 }
 
-fn op_points(pred: &StepPrediction, m: Option<&Measurement>, color: usize, tag: &str) -> Vec<PointSeries> {
+fn op_points(
+    pred: &StepPrediction,
+    m: Option<&Measurement>,
+    color: usize,
+    tag: &str,
+) -> Vec<PointSeries> {
     let mut out = vec![PointSeries {
         name: format!("{tag}: predicted"),
         color,
@@ -356,6 +383,12 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the grid does not fit {}", cfg.name))?;
 
     let measured: Vec<Measurement> = if a.bench {
+        if hw.kind == DeviceKind::Gpu {
+            bail!(
+                "--bench runs on this CPU (the CUDA backend is not available in this build); measured CPU times against the {} floor would mean nothing: use --hardware cpu or a CPU profile file",
+                hw.name
+            );
+        }
         let from = match &spec.source {
             ModelSource::File(p) => {
                 if weights.is_some() {
@@ -382,6 +415,7 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         let plan = BenchPlan {
             steps: steps.clone(),
             reps: a.reps,
+            stat: a.stat,
             ops: !a.no_ops,
             engine: a.engine,
             threads: a.threads,
@@ -398,7 +432,10 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
     let b_first = a.batch[0];
     let focus: Vec<&StepPrediction> = preds
         .iter()
-        .filter(|p| p.step == Step::decode(b_first, c_max) || Some(p.step) == a.prompt.first().map(|&p| Step::prefill(1, p)))
+        .filter(|p| {
+            p.step == Step::decode(b_first, c_max)
+                || Some(p.step) == a.prompt.first().map(|&p| Step::prefill(1, p))
+        })
         .collect();
     for p in &focus {
         let m = measured.iter().find(|m| m.step == p.step);
@@ -409,7 +446,9 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         for p in &focus {
             let cost = analytic::step_cost(cfg, &prec, &p.step)?;
             println!("## {}, per layer\n", step_label(&p.step));
-            println!("| layer | op | FLOPs | bytes | FLOP/B |\n| ----: | -- | ----: | ----: | -----: |");
+            println!(
+                "| layer | op | FLOPs | bytes | FLOP/B |\n| ----: | -- | ----: | ----: | -----: |"
+            );
             for o in &cost.ops {
                 println!(
                     "| {} | {} | {} | {} | {:.2} |",
@@ -424,7 +463,14 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("## Steps: floor and ceiling{}\n", if measured.is_empty() { "" } else { " against measured" });
+    println!(
+        "## Steps: floor and ceiling{}\n",
+        if measured.is_empty() {
+            ""
+        } else {
+            " against measured"
+        }
+    );
     println!("{}", report::steps_table(&preds, &measured));
 
     let b_max = *a.batch.iter().max().unwrap_or(&1);
@@ -435,7 +481,12 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
     let sweep = predict::context_sweep(cfg, &prec, &hw, b_max, &contexts)?;
     println!("## Ridge point: decode turns compute-bound, and how context moves it\n");
     println!("{}", report::context_table(&sweep));
-    let w_main = prec.weights.layers.first().map(|l| l.gate).unwrap_or(DType::BF16);
+    let w_main = prec
+        .weights
+        .layers
+        .first()
+        .map(|l| l.gate)
+        .unwrap_or(DType::BF16);
     let class = analytic::matmul_class(w_main, &prec);
     println!(
         "One {} weight matmul alone turns compute-bound at batch {:.0} (ridge {:.1} FLOP/B at the {} rate x {:.3} bytes per weight / 2 FLOPs).\n",
@@ -465,7 +516,9 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         }
         let ops_stem = stem.with_file_name(format!(
             "{}-ops",
-            stem.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "roofline".into())
+            stem.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "roofline".into())
         ));
         files.extend(plot::save(
             &ops_stem,
@@ -526,7 +579,12 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
             .filter_map(|p| measured.iter().find(|m| m.step == p.step).map(|m| (p, m)))
             .map(|(p, m)| p.floor_s / m.forward_s)
             .fold(f64::INFINITY, f64::min);
-        println!("lowest fraction of the floor reached: {:.0}% (time is measured with {} reps, median)", 100.0 * worst, a.reps);
+        println!(
+            "lowest fraction of the floor reached: {:.0}% (times: {} of {} reps)",
+            100.0 * worst,
+            a.stat.name(),
+            a.reps
+        );
     }
     Ok(())
 }

@@ -40,14 +40,41 @@ pub enum WeightsFrom {
 #[derive(Clone, Debug)]
 pub struct BenchPlan {
     pub steps: Vec<Step>,
-    /// Timed repetitions per cell (the median is reported).
+    /// Timed repetitions per cell.
     pub reps: usize,
+    /// How repetitions are summarized.
+    pub stat: Summary,
     /// Also time each op (a second, instrumented replay of each cell).
     pub ops: bool,
     /// Also time the engine (decode at the smallest context, and prefill).
     pub engine: bool,
     pub threads: Option<usize>,
     pub block_size: usize,
+}
+
+/// The statistic reported over repetitions: the median (the default), or the minimum,
+/// which on a shared, oversubscribed machine is the closest to the uncontended time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Summary {
+    Median,
+    Min,
+}
+
+impl Summary {
+    pub fn name(self) -> &'static str {
+        match self {
+            Summary::Median => "median",
+            Summary::Min => "min",
+        }
+    }
+
+    pub fn of(self, xs: &mut [f64]) -> f64 {
+        match self {
+            Summary::Median => median(xs),
+            Summary::Min => xs.iter().copied().fold(f64::INFINITY, f64::min),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -60,10 +87,12 @@ pub struct OpMeasure {
 #[derive(Clone, Debug, Serialize)]
 pub struct Measurement {
     pub step: Step,
-    /// Median and best of the timed `Model::forward` calls.
+    /// The timed `Model::forward` calls summarized by `stat`, and their median and best.
     pub forward_s: f64,
+    pub forward_median_s: f64,
     pub forward_min_s: f64,
-    /// Per op kind, summed over layers (median over reps), and their total.
+    pub stat: Summary,
+    /// Per op kind, summed over layers (`stat` over reps), and their total.
     pub ops: Vec<OpMeasure>,
     pub ops_total_s: Option<f64>,
     /// Seconds per step through the engine, where measured.
@@ -89,14 +118,21 @@ fn blocks_for(step: &Step, block_size: usize) -> usize {
 }
 
 /// The step as the engine would batch it: sequence `s` owns a disjoint run of blocks.
-pub fn build_batch(step: &Step, vocab: usize, block_size: usize, rng: &mut ChaCha8Rng) -> BatchInput {
+pub fn build_batch(
+    step: &Step,
+    vocab: usize,
+    block_size: usize,
+    rng: &mut ChaCha8Rng,
+) -> BatchInput {
     let ctx = step.past + step.query_len;
     let nb = ctx.div_ceil(block_size);
     let mut batch = BatchInput::default();
     for s in 0..step.batch {
         let table: Vec<u32> = ((s * nb) as u32..((s + 1) * nb) as u32).collect();
         let lo = 300.min(vocab as u32 / 2);
-        let tokens: Vec<u32> = (0..step.query_len).map(|_| rng.random_range(lo..vocab as u32)).collect();
+        let tokens: Vec<u32> = (0..step.query_len)
+            .map(|_| rng.random_range(lo..vocab as u32))
+            .collect();
         batch.push_seq(&tokens, ctx, &table, block_size, true);
     }
     batch
@@ -113,8 +149,12 @@ fn fill_kv(kv: &mut KvCache) -> Result<()> {
                     .chunks_exact_mut(4)
                     .for_each(|c| c.copy_from_slice(&0.01f32.to_le_bytes())),
                 // 0.01 in BF16 (the top half of the f32) and F16.
-                DType::BF16 => bytes.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&0x3C24u16.to_le_bytes())),
-                DType::F16 => bytes.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&0x211Fu16.to_le_bytes())),
+                DType::BF16 => bytes
+                    .chunks_exact_mut(2)
+                    .for_each(|c| c.copy_from_slice(&0x3C24u16.to_le_bytes())),
+                DType::F16 => bytes
+                    .chunks_exact_mut(2)
+                    .for_each(|c| c.copy_from_slice(&0x211Fu16.to_le_bytes())),
                 _ => bytes.fill(0x11),
             }
         }
@@ -164,14 +204,24 @@ fn engine_times(
     let mut engine = LlmEngine::new(model, Arc::new(tokenizer), &cfg)?;
     sluice_engine::bench::decode(&mut engine, 1, 8, 2, 1, 1)?; // warm-up
     let mut out = Vec::new();
-    let mut batches: Vec<usize> = decode.iter().filter(|s| s.past == min_ctx).map(|s| s.batch).collect();
+    let mut batches: Vec<usize> = decode
+        .iter()
+        .filter(|s| s.past == min_ctx)
+        .map(|s| s.batch)
+        .collect();
     batches.dedup();
     for b in batches {
-        progress(&format!("engine decode: batch {b}, context {min_ctx}, {n_gen} tokens each"));
+        progress(&format!(
+            "engine decode: batch {b}, context {min_ctx}, {n_gen} tokens each"
+        ));
         let r = sluice_engine::bench::decode(&mut engine, b, min_ctx, n_gen, 1, 43)?;
         out.push((Step::decode(b, min_ctx), b as f64 / r.mean));
     }
-    for s in plan.steps.iter().filter(|s| !s.is_decode() && s.batch == 1 && s.past == 0) {
+    for s in plan
+        .steps
+        .iter()
+        .filter(|s| !s.is_decode() && s.batch == 1 && s.past == 0)
+    {
         progress(&format!("engine prefill: {} tokens", s.query_len));
         let r = sluice_engine::bench::prompt_processing(&mut engine, s.query_len, 1, 42)?;
         out.push((*s, s.query_len as f64 / r.mean));
@@ -187,14 +237,27 @@ pub fn run_bench(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Measurement>> {
     if plan.steps.is_empty() {
-        return Err(RooflineError::invalid("benchmark grid", "no steps to measure"));
+        return Err(RooflineError::invalid(
+            "benchmark grid",
+            "no steps to measure",
+        ));
     }
     if plan.block_size == 0 || plan.block_size > 1024 {
-        return Err(RooflineError::invalid("block size", "must be between 1 and 1024"));
+        return Err(RooflineError::invalid(
+            "block size",
+            "must be between 1 and 1024",
+        ));
     }
     let device = Device::cpu(plan.threads);
     let engine = match (&from, plan.engine) {
-        (WeightsFrom::File(p), true) => engine_times(p, &device, plan, progress)?,
+        // A file without a tokenizer (or any engine failure) costs the engine columns,
+        // not the whole benchmark.
+        (WeightsFrom::File(p), true) => {
+            engine_times(p, &device, plan, progress).unwrap_or_else(|e| {
+                progress(&format!("engine timing skipped: {e}"));
+                Vec::new()
+            })
+        }
         (WeightsFrom::Random { .. }, true) => {
             progress("engine timing skipped: random weights have no tokenizer");
             Vec::new()
@@ -202,14 +265,30 @@ pub fn run_bench(
         _ => Vec::new(),
     };
 
-    let max_len = plan.steps.iter().map(|s| s.past + s.query_len).max().unwrap_or(1) + 1;
+    let max_len = plan
+        .steps
+        .iter()
+        .map(|s| s.past + s.query_len)
+        .max()
+        .unwrap_or(1)
+        + 1;
     let mut model = Model::new(&device, cfg.clone(), host_weights(cfg, from)?, max_len)?;
     let mut harness = if plan.ops {
-        Some(OpHarness::new(&device, cfg.clone(), host_weights(cfg, from)?, max_len)?)
+        Some(OpHarness::new(
+            &device,
+            cfg.clone(),
+            host_weights(cfg, from)?,
+            max_len,
+        )?)
     } else {
         None
     };
-    let num_blocks = plan.steps.iter().map(|s| blocks_for(s, plan.block_size)).max().unwrap_or(1);
+    let num_blocks = plan
+        .steps
+        .iter()
+        .map(|s| blocks_for(s, plan.block_size))
+        .max()
+        .unwrap_or(1);
     let mut kv = model.new_kv_cache(num_blocks, plan.block_size)?;
     fill_kv(&mut kv)?;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -227,8 +306,9 @@ pub fn run_bench(
             model.forward(&batch, &mut kv)?;
             times.push(t0.elapsed().as_secs_f64());
         }
-        let forward_min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let forward_s = median(&mut times);
+        let forward_min_s = Summary::Min.of(&mut times);
+        let forward_median_s = median(&mut times);
+        let forward_s = plan.stat.of(&mut times);
         let (ops, ops_total_s) = match harness.as_mut() {
             Some(h) => {
                 h.timed_forward(&batch, &mut kv)?;
@@ -245,7 +325,7 @@ pub fn run_bench(
                     .into_iter()
                     .map(|(kind, mut v)| OpMeasure {
                         kind,
-                        seconds: median(&mut v),
+                        seconds: plan.stat.of(&mut v),
                     })
                     .collect();
                 let total = ops.iter().map(|o| o.seconds).sum();
@@ -257,7 +337,9 @@ pub fn run_bench(
         out.push(Measurement {
             step: *step,
             forward_s,
+            forward_median_s,
             forward_min_s,
+            stat: plan.stat,
             ops,
             ops_total_s,
             engine_step_s,

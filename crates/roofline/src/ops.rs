@@ -48,7 +48,12 @@ pub struct OpHarness {
 
 impl OpHarness {
     /// Builds the replica from host weights, as `Model::new` does.
-    pub fn new(device: &Device, config: ModelConfig, mut w: WeightStore, max_model_len: usize) -> Result<OpHarness> {
+    pub fn new(
+        device: &Device,
+        config: ModelConfig,
+        mut w: WeightStore,
+        max_model_len: usize,
+    ) -> Result<OpHarness> {
         config
             .validate()
             .map_err(|m| RooflineError::invalid("model config", m))?;
@@ -83,16 +88,33 @@ impl OpHarness {
                 mat("attn_v.weight")?,
                 mat("attn_output.weight")?,
             );
-            let (w_gate, w_up, w_down) = (mat("ffn_gate.weight")?, mat("ffn_up.weight")?, mat("ffn_down.weight")?);
-            let mut vec = |s: &str| -> Result<Tensor> { Ok(device.load_weight(to_f32(w.take(&p(s))?)?)?) };
-            let mut opt = |on: bool, s: &str| -> Result<Option<Tensor>> { if on { vec(s).map(Some) } else { Ok(None) } };
-            let (attn_norm, ffn_norm) = (opt(true, "attn_norm.weight")?, opt(true, "ffn_norm.weight")?);
+            let (w_gate, w_up, w_down) = (
+                mat("ffn_gate.weight")?,
+                mat("ffn_up.weight")?,
+                mat("ffn_down.weight")?,
+            );
+            let mut vec =
+                |s: &str| -> Result<Tensor> { Ok(device.load_weight(to_f32(w.take(&p(s))?)?)?) };
+            let mut opt = |on: bool, s: &str| -> Result<Option<Tensor>> {
+                if on {
+                    vec(s).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (attn_norm, ffn_norm) = (
+                opt(true, "attn_norm.weight")?,
+                opt(true, "ffn_norm.weight")?,
+            );
             let (bq, bk, bv) = (
                 opt(c.qkv_bias, "attn_q.bias")?,
                 opt(c.qkv_bias, "attn_k.bias")?,
                 opt(c.qkv_bias, "attn_v.bias")?,
             );
-            let (q_norm, k_norm) = (opt(c.qk_norm, "attn_q_norm.weight")?, opt(c.qk_norm, "attn_k_norm.weight")?);
+            let (q_norm, k_norm) = (
+                opt(c.qk_norm, "attn_q_norm.weight")?,
+                opt(c.qk_norm, "attn_k_norm.weight")?,
+            );
             let post_attn_norm = opt(c.sandwich_norms, "post_attention_norm.weight")?;
             let post_ffn_norm = opt(c.sandwich_norms, "post_ffw_norm.weight")?;
             let missing = |what: &str| RooflineError::Model(ModelError::MissingTensor(p(what)));
@@ -163,7 +185,12 @@ impl OpHarness {
             return Ok(Vec::new());
         }
         let eps = cfg.rms_eps;
-        dev.embedding(&st.meta.tokens, &self.tok_embd, cfg.embedding_scale.unwrap_or(1.0), &mut st.x)?;
+        dev.embedding(
+            &st.meta.tokens,
+            &self.tok_embd,
+            cfg.embedding_scale.unwrap_or(1.0),
+            &mut st.x,
+        )?;
         mark(OpKind::Embedding);
         for (l, lkv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let rope = &self.ropes[l.rope];
@@ -184,8 +211,24 @@ impl OpHarness {
                 mark(OpKind::QkNorm);
             }
             let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-            dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, cfg.rope_style)?;
-            dev.rope_inplace(&mut st.k, pos, &rope.cos, &rope.sin, cfg.n_kv_heads, hd, cfg.rope_style)?;
+            dev.rope_inplace(
+                &mut st.q,
+                pos,
+                &rope.cos,
+                &rope.sin,
+                cfg.n_heads,
+                hd,
+                cfg.rope_style,
+            )?;
+            dev.rope_inplace(
+                &mut st.k,
+                pos,
+                &rope.cos,
+                &rope.sin,
+                cfg.n_kv_heads,
+                hd,
+                cfg.rope_style,
+            )?;
             mark(OpKind::Rope);
             dev.kv_write(&st.k, &st.v, &mut lkv.k, &mut lkv.v, &st.meta.slots)?;
             mark(OpKind::KvWrite);

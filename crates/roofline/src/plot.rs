@@ -35,7 +35,11 @@ fn register_font() {
     ONCE.call_once(|| {
         // Valid TrueType bytes shipped by the crate; a failure would surface as a text
         // drawing error, reported as a plot error.
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR);
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            epaint_default_fonts::HACK_REGULAR,
+        );
     });
 }
 
@@ -95,7 +99,11 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, plot: &RooflinePlot, hw: &HardwareProfile) -> Result<()>
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    plot: &RooflinePlot,
+    hw: &HardwareProfile,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -103,7 +111,12 @@ where
         plot.series
             .iter()
             .flat_map(|s| s.points.iter())
-            .filter(|p| p.intensity > 0.0 && p.flops_per_s > 0.0 && p.intensity.is_finite() && p.flops_per_s.is_finite())
+            .filter(|p| {
+                p.intensity > 0.0
+                    && p.flops_per_s > 0.0
+                    && p.intensity.is_finite()
+                    && p.flops_per_s.is_finite()
+            })
     };
     let roofs = roofs(hw);
     let bw = hw.bandwidth();
@@ -117,7 +130,7 @@ where
         .caption(&plot.title, (FONT, 18))
         .margin(14)
         .x_label_area_size(44)
-        .y_label_area_size(76)
+        .y_label_area_size(96)
         .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())
         .map_err(err)?;
     chart
@@ -140,7 +153,10 @@ where
     // Bandwidth roof up to the highest peak, then one flat roof per class.
     let grey = RGBColor(60, 60, 60);
     chart
-        .draw_series(LineSeries::new([(x_lo, bw * x_lo), (max_ridge, max_peak)], grey.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            [(x_lo, bw * x_lo), (max_ridge, max_peak)],
+            grey.stroke_width(2),
+        ))
         .map_err(err)?
         .label(format!("memory {:.1} GB/s", hw.memory_bandwidth_gbs))
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(2)));
@@ -152,7 +168,12 @@ where
             .map_err(err)?;
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("{} peak {}FLOP/s (ridge {:.1} FLOP/B)", c.name(), fmt_rate(*p), ridge),
+                format!(
+                    "{} peak {}FLOP/s (ridge {:.1} FLOP/B)",
+                    c.name(),
+                    fmt_rate(*p),
+                    ridge
+                ),
                 (x_hi / 1.15, *p * 1.12),
                 TextStyle::from((FONT, 11).into_font()).pos(Pos::new(HPos::Right, VPos::Bottom)),
             )))
@@ -179,13 +200,21 @@ where
             .legend(move |(x, y)| Circle::new((x + 9, y), 5, style));
         if s.labels {
             chart
-                .draw_series(s.points.iter().filter(|p| p.intensity > 0.0 && p.flops_per_s > 0.0).map(|p| {
-                    Text::new(
-                        p.label.clone(),
-                        (p.intensity * 1.12, p.flops_per_s),
-                        (FONT, 10).into_font().color(&col).pos(Pos::new(HPos::Left, VPos::Center)),
-                    )
-                }))
+                .draw_series(
+                    s.points
+                        .iter()
+                        .filter(|p| p.intensity > 0.0 && p.flops_per_s > 0.0)
+                        .map(|p| {
+                            Text::new(
+                                p.label.clone(),
+                                (p.intensity * 1.12, p.flops_per_s),
+                                (FONT, 10)
+                                    .into_font()
+                                    .color(&col)
+                                    .pos(Pos::new(HPos::Left, VPos::Center)),
+                            )
+                        }),
+                )
                 .map_err(err)?;
         }
     }
@@ -228,7 +257,7 @@ mod tests {
     #[test]
     fn plots_render_with_and_without_points() {
         let dir = tempfile::tempdir().unwrap();
-        let hw = crate::hardware::resolve("h100-sxm", || (1.0, String::new())).unwrap();
+        let hw = crate::hardware::resolve("h100-sxm", None, || (1.0, String::new())).unwrap();
         let plot = RooflinePlot {
             title: "test".into(),
             series: vec![

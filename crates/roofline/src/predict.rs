@@ -8,7 +8,9 @@ use serde::Serialize;
 use sluice_backend::DType;
 use sluice_model::ModelConfig;
 
-use crate::analytic::{step_cost, ComputeClass, OpCost, OpKind, Precision, Step, StepCost, WeightTypes};
+use crate::analytic::{
+    step_cost, ComputeClass, OpCost, OpKind, Precision, Step, StepCost, WeightTypes,
+};
 use crate::error::Result;
 use crate::hardware::HardwareProfile;
 
@@ -148,7 +150,12 @@ pub fn predict_cost(cost: &StepCost, hw: &HardwareProfile) -> StepPrediction {
 }
 
 /// Counts and times one step.
-pub fn predict(cfg: &ModelConfig, prec: &Precision, step: Step, hw: &HardwareProfile) -> Result<StepPrediction> {
+pub fn predict(
+    cfg: &ModelConfig,
+    prec: &Precision,
+    step: Step,
+    hw: &HardwareProfile,
+) -> Result<StepPrediction> {
     Ok(predict_cost(&step_cost(cfg, prec, &step)?, hw))
 }
 
@@ -160,7 +167,12 @@ pub const MAX_RIDGE_BATCH: usize = 1 << 20;
 /// [`MAX_RIDGE_BATCH`] gets there: past some context the KV cache, read once per
 /// sequence at about `n_heads / n_kv_heads` FLOPs per byte, grows as fast as the
 /// arithmetic and decode stays memory-bound at any batch.
-pub fn ridge_batch(cfg: &ModelConfig, prec: &Precision, context: usize, hw: &HardwareProfile) -> Result<Option<usize>> {
+pub fn ridge_batch(
+    cfg: &ModelConfig,
+    prec: &Precision,
+    context: usize,
+    hw: &HardwareProfile,
+) -> Result<Option<usize>> {
     let bound_at = |b: usize| -> Result<bool> {
         Ok(predict(cfg, prec, Step::decode(b, context), hw)?.bound == Bound::Compute)
     };
@@ -195,7 +207,12 @@ pub fn matmul_ridge_batch(w: DType, class: ComputeClass, hw: &HardwareProfile) -
 }
 
 /// A what-if precision: every matrix in `weights` (or the model's own types), KV in `kv`.
-pub fn variant(cfg: &ModelConfig, base: &Precision, weights: Option<DType>, kv: DType) -> Precision {
+pub fn variant(
+    cfg: &ModelConfig,
+    base: &Precision,
+    weights: Option<DType>,
+    kv: DType,
+) -> Precision {
     Precision {
         weights: match weights {
             Some(d) => WeightTypes {
@@ -303,7 +320,10 @@ pub fn quant_table(
     for (w, kv) in quant_variants(base.kv) {
         let p = variant(cfg, base, w, kv);
         // A what-if equal to the model's own types adds nothing.
-        if seen.iter().any(|q| q.weights.label() == p.weights.label() && q.kv == p.kv) {
+        if seen
+            .iter()
+            .any(|q| q.weights.label() == p.weights.label() && q.kv == p.kv)
+        {
             continue;
         }
         seen.push(p.clone());

@@ -42,7 +42,10 @@ fn sum_words(xs: &[u64]) -> u64 {
             acc[i] = acc[i].wrapping_add(c[i]);
         }
     }
-    let tail = chunks.remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_add(b));
     acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 
@@ -98,9 +101,18 @@ pub struct MatmulProbe {
 }
 
 /// Best-of-`reps` rate of the backend's matmul with weights of `dtype`.
-pub fn matmul_rate(device: &Device, dtype: DType, t: usize, k: usize, m: usize, reps: usize) -> Result<f64> {
+pub fn matmul_rate(
+    device: &Device,
+    dtype: DType,
+    t: usize,
+    k: usize,
+    m: usize,
+    reps: usize,
+) -> Result<f64> {
     let w = device.load_weight(random_matrix(dtype, m, k, 11)?)?;
-    let xs: Vec<f32> = (0..t * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let xs: Vec<f32> = (0..t * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let x = Tensor::from_f32_cpu(&[t, k], &xs)?;
     let mut out = device.zeros(DType::F32, &[t, m])?;
     device.matmul(&x, &w, &mut out)?; // warm-up: scratch allocation, page faults
@@ -126,10 +138,18 @@ pub fn quick_bandwidth(threads: usize, llc: Option<usize>) -> BandwidthProbe {
 }
 
 /// Probes this CPU and writes the results into `profile`.
-pub fn measure_cpu(profile: &mut HardwareProfile, threads: Option<usize>, llc: Option<usize>) -> Result<CpuMeasurement> {
+pub fn measure_cpu(
+    profile: &mut HardwareProfile,
+    threads: Option<usize>,
+    llc: Option<usize>,
+) -> Result<CpuMeasurement> {
     let device = Device::cpu(threads);
     // The same default as `Device::cpu`: every available core.
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let bandwidth = quick_bandwidth(n, llc);
     let (t, k, m) = (128, 2048, 2048);
     let mut matmul = Vec::new();
@@ -168,7 +188,9 @@ mod tests {
 
     #[test]
     fn word_sums_match_a_plain_fold() {
-        let xs: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let xs: Vec<u64> = (0..1003u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
         let plain = xs.iter().fold(0u64, |a, &b| a.wrapping_add(b));
         assert_eq!(sum_words(&xs), plain);
         assert_eq!(sum_words(&[]), 0);

@@ -21,7 +21,10 @@ pub fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> Resul
     if !cols.is_multiple_of(dtype.block_size()) {
         return Err(RooflineError::invalid(
             "weights",
-            format!("rows of {cols} are not whole {dtype} blocks of {}", dtype.block_size()),
+            format!(
+                "rows of {cols} are not whole {dtype} blocks of {}",
+                dtype.block_size()
+            ),
         ));
     }
     let mut t = Tensor::zeros_cpu(dtype, &[rows, cols])?;
@@ -29,8 +32,13 @@ pub fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> Resul
     let scale = 1.0 / (cols as f32).sqrt();
     const CHUNK_ROWS: usize = 64;
     let bytes = t.cpu_bytes_mut()?;
-    let chunks: Vec<(usize, &mut [u8])> = bytes.chunks_mut(CHUNK_ROWS * row_bytes).enumerate().collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunks: Vec<(usize, &mut [u8])> = bytes
+        .chunks_mut(CHUNK_ROWS * row_bytes)
+        .enumerate()
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let per = chunks.len().div_ceil(threads).max(1);
     let mut groups: Vec<Vec<(usize, &mut [u8])>> = Vec::new();
     let mut it = chunks.into_iter().peekable();
@@ -44,7 +52,9 @@ pub fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> Resul
                 s.spawn(move || -> Result<()> {
                     let mut row = vec![0f32; cols];
                     for (ci, chunk) in group {
-                        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let mut rng = ChaCha8Rng::seed_from_u64(
+                            seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        );
                         for dst in chunk.chunks_mut(row_bytes) {
                             for x in row.iter_mut() {
                                 *x = rng.random_range(-scale..scale);
@@ -57,8 +67,9 @@ pub fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> Resul
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| RooflineError::Unsupported("a weight generator thread panicked".into()))??;
+            h.join().map_err(|_| {
+                RooflineError::Unsupported("a weight generator thread panicked".into())
+            })??;
         }
         Ok::<(), RooflineError>(())
     })?;
@@ -90,9 +101,15 @@ pub fn random_weights(cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Weig
         n = n.wrapping_add(1);
         n
     };
-    w.insert("token_embd.weight", random_matrix(dtype, cfg.vocab_size, h, next())?);
+    w.insert(
+        "token_embd.weight",
+        random_matrix(dtype, cfg.vocab_size, h, next())?,
+    );
     if !cfg.tie_embeddings {
-        w.insert("output.weight", random_matrix(dtype, cfg.vocab_size, h, next())?);
+        w.insert(
+            "output.weight",
+            random_matrix(dtype, cfg.vocab_size, h, next())?,
+        );
     }
     w.insert("output_norm.weight", ones(h)?);
     for i in 0..cfg.n_layers {
@@ -100,7 +117,10 @@ pub fn random_weights(cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Weig
         w.insert(p("attn_q.weight"), random_matrix(dtype, qd, h, next())?);
         w.insert(p("attn_k.weight"), random_matrix(dtype, kvd, h, next())?);
         w.insert(p("attn_v.weight"), random_matrix(dtype, kvd, h, next())?);
-        w.insert(p("attn_output.weight"), random_matrix(dtype, h, qd, next())?);
+        w.insert(
+            p("attn_output.weight"),
+            random_matrix(dtype, h, qd, next())?,
+        );
         w.insert(p("ffn_gate.weight"), random_matrix(dtype, f, h, next())?);
         w.insert(p("ffn_up.weight"), random_matrix(dtype, f, h, next())?);
         w.insert(p("ffn_down.weight"), random_matrix(dtype, h, f, next())?);

@@ -67,12 +67,19 @@ pub fn op_table(pred: &StepPrediction, measured: Option<&Measurement>) -> String
         let _ = write!(s, " measured | of floor | GB/s | GFLOP/s |");
     }
     s.push('\n');
-    let _ = write!(s, "| -- | ----: | ----: | -----: | ------: | -----: | ----: | ----- | ----: |");
+    let _ = write!(
+        s,
+        "| -- | ----: | ----: | -----: | ------: | -----: | ----: | ----- | ----: |"
+    );
     if with_m {
         let _ = write!(s, " ----: | ----: | ----: | ----: |");
     }
     s.push('\n');
-    let m_of = |k: OpKind| measured.and_then(|m| m.ops.iter().find(|o| o.kind == k)).map(|o| o.seconds);
+    let m_of = |k: OpKind| {
+        measured
+            .and_then(|m| m.ops.iter().find(|o| o.kind == k))
+            .map(|o| o.seconds)
+    };
     for o in &pred.ops {
         let c = &o.cost;
         let _ = write!(
@@ -116,6 +123,9 @@ pub fn op_table(pred: &StepPrediction, measured: Option<&Measurement>) -> String
         secs(pred.floor_s),
         pred.bound.name()
     );
+    let from_cache = pred.ops.iter().any(|o| {
+        m_of(o.cost.kind).is_some_and(|t| t < o.floor_s && o.bound == crate::predict::Bound::Memory)
+    });
     if let (true, Some(m)) = (with_m, measured) {
         let total = m.ops_total_s.unwrap_or(f64::NAN);
         let _ = write!(
@@ -129,6 +139,11 @@ pub fn op_table(pred: &StepPrediction, measured: Option<&Measurement>) -> String
         );
     }
     s.push('\n');
+    if from_cache {
+        s.push_str(
+            "\nOps above 100% of their floor found their data in cache: the floor counts every byte from main memory.\n",
+        );
+    }
     s
 }
 
@@ -211,7 +226,9 @@ pub fn context_table(rows: &[ContextRow]) -> String {
             secs(r.floor_s),
             r.tokens_per_s,
             100.0 * r.kv_share,
-            r.ridge_batch.map(|b| b.to_string()).unwrap_or_else(|| "never".into())
+            r.ridge_batch
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "never".into())
         );
     }
     s
@@ -235,7 +252,9 @@ pub fn quant_table(rows: &[QuantRow], batch: usize, context: usize, prompt: usiz
             r.decode_tokens_per_s_b1,
             r.decode_tokens_per_s,
             r.prefill_tokens_per_s,
-            r.ridge_batch.map(|b| b.to_string()).unwrap_or_else(|| "never".into())
+            r.ridge_batch
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "never".into())
         );
     }
     s
@@ -255,7 +274,13 @@ mod tests {
         assert_eq!(secs(0.003_62), "3.62 ms");
         assert_eq!(secs(812e-6), "812.0 µs");
         assert_eq!(secs(2.5), "2.50 s");
-        assert_eq!(step_label(&crate::analytic::Step::decode(4, 1024)), "decode b4 c1024");
-        assert_eq!(step_label(&crate::analytic::Step::prefill(1, 512)), "prefill p512");
+        assert_eq!(
+            step_label(&crate::analytic::Step::decode(4, 1024)),
+            "decode b4 c1024"
+        );
+        assert_eq!(
+            step_label(&crate::analytic::Step::prefill(1, 512)),
+            "prefill p512"
+        );
     }
 }

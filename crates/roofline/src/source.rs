@@ -167,19 +167,28 @@ mod tests {
         assert_eq!(spec.config.parameter_count(), preset.parameter_count());
         assert_eq!(spec.weights.layers[0].q, DType::BF16);
 
-        for field in ["hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings"] {
+        for field in [
+            "hidden_size",
+            "num_hidden_layers",
+            "vocab_size",
+            "max_position_embeddings",
+        ] {
             let v: serde_json::Value = serde_json::from_str(full).unwrap();
             let mut obj = v.as_object().unwrap().clone();
             obj.remove(field);
             let p = write(dir.path(), &serde_json::Value::Object(obj).to_string());
-            let err = resolve_model(p.to_str().unwrap(), None).unwrap_err().to_string();
+            let err = resolve_model(p.to_str().unwrap(), None)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
         }
     }
 
     #[test]
     fn unknown_names_list_the_presets() {
-        let err = resolve_model("no-such-model-7b", None).unwrap_err().to_string();
+        let err = resolve_model("no-such-model-7b", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no-such-model-7b"), "{err}");
         for p in presets::names() {
             assert!(err.contains(p), "{p} missing from {err}");

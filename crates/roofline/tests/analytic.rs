@@ -6,8 +6,8 @@ use rand_chacha::ChaCha8Rng;
 use sluice_backend::DType;
 use sluice_model::ModelConfig;
 use sluice_roofline::analytic::{
-    attention_keys, kv_bytes_per_token, matmul_parameters, step_cost, stored_weight_bytes, ComputeClass, OpKind,
-    Precision, Step, WeightTypes,
+    attention_keys, kv_bytes_per_token, matmul_parameters, step_cost, stored_weight_bytes,
+    ComputeClass, OpKind, Precision, Step, WeightTypes,
 };
 use sluice_roofline::hardware::{self, HardwareProfile};
 use sluice_roofline::predict::{self, matmul_ridge_batch, predict, ridge_batch, Bound};
@@ -31,7 +31,10 @@ fn bf16(cfg: &ModelConfig, quant: ComputeClass) -> Precision {
 }
 
 fn h100() -> HardwareProfile {
-    hardware::resolve("h100-sxm", || unreachable!("a GPU profile needs no probe")).expect("h100")
+    hardware::resolve("h100-sxm", None, || {
+        unreachable!("a GPU profile needs no probe")
+    })
+    .expect("h100")
 }
 
 // Hand computation for Llama-3.1-8B (hidden 4096, FFN 14336, 32 layers, 32 query / 8 KV
@@ -66,7 +69,12 @@ fn llama_8b_bf16_decode_counts_match_hand_computed_values() {
 
     // FLOPs: 2 per multiplied parameter (2 x 7.50 G), plus a few MFLOPs of norms, RoPE,
     // attention over one key, SwiGLU and residuals.
-    let matmul_flops: f64 = cost.ops.iter().filter(|o| o.kind.is_weight_matmul()).map(|o| o.flops).sum();
+    let matmul_flops: f64 = cost
+        .ops
+        .iter()
+        .filter(|o| o.kind.is_weight_matmul())
+        .map(|o| o.flops)
+        .sum();
     assert_eq!(matmul_flops, 2.0 * (32.0 * LAYER_MATMUL + HEAD));
     assert_eq!(matmul_flops, 2.0 * (matmul_parameters(&cfg) - 266_240.0));
     let attention = 32.0 * 32.0 * (4.0 * 128.0 + 5.0);
@@ -75,7 +83,10 @@ fn llama_8b_bf16_decode_counts_match_hand_computed_values() {
     let residual = 2.0 * 4096.0 * 32.0;
     let glu = 5.0 * 14336.0 * 32.0;
     let embedding = 4096.0;
-    assert_eq!(cost.flops(), matmul_flops + attention + norms + rope + residual + glu + embedding);
+    assert_eq!(
+        cost.flops(),
+        matmul_flops + attention + norms + rope + residual + glu + embedding
+    );
     // The "2 x 8.03 G" rule of thumb counts the embedding table as if it were multiplied.
     assert!((cost.flops() / 2.0 / 1e9 - 7.505).abs() < 0.005);
 
@@ -93,9 +104,19 @@ fn kv_and_activation_bytes_scale_with_batch_and_context() {
     assert_eq!(kv_bytes_per_token(&cfg, DType::BF16), 131_072.0);
     let (b, c) = (4usize, 1000usize);
     let cost = step_cost(&cfg, &prec, &Step::decode(b, c)).unwrap();
-    let att_kv: f64 = cost.ops.iter().filter(|o| o.kind == OpKind::Attention).map(|o| o.kv_bytes).sum();
+    let att_kv: f64 = cost
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Attention)
+        .map(|o| o.kv_bytes)
+        .sum();
     assert_eq!(att_kv, (b * (c + 1)) as f64 * 131_072.0);
-    let write_kv: f64 = cost.ops.iter().filter(|o| o.kind == OpKind::KvWrite).map(|o| o.kv_bytes).sum();
+    let write_kv: f64 = cost
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::KvWrite)
+        .map(|o| o.kv_bytes)
+        .sum();
     assert_eq!(write_kv, b as f64 * 131_072.0);
     // Weight bytes do not depend on the batch (read once per step).
     let one = step_cost(&cfg, &prec, &Step::decode(1, c)).unwrap();
@@ -103,7 +124,12 @@ fn kv_and_activation_bytes_scale_with_batch_and_context() {
     // A quantized head and matrices: bytes x 18/32 (Q4_0) exactly.
     let q4 = predict::variant(&cfg, &prec, Some(DType::Q4_0), DType::BF16);
     let q4_cost = step_cost(&cfg, &q4, &Step::decode(1, 0)).unwrap();
-    let q4_matmul: f64 = q4_cost.ops.iter().filter(|o| o.kind.is_weight_matmul()).map(|o| o.weight_bytes).sum();
+    let q4_matmul: f64 = q4_cost
+        .ops
+        .iter()
+        .filter(|o| o.kind.is_weight_matmul())
+        .map(|o| o.weight_bytes)
+        .sum();
     assert_eq!(q4_matmul, (32.0 * LAYER_MATMUL + HEAD) * 18.0 / 32.0);
 }
 
@@ -115,11 +141,24 @@ fn prefill_computes_logits_once_per_sequence() {
     let head = cost.ops.iter().find(|o| o.kind == OpKind::LmHead).unwrap();
     assert_eq!(head.flops, 2.0 * 2.0 * HEAD);
     // Causal attention over 512 tokens: 512·513/2 (query, key) pairs per head.
-    let att: f64 = cost.ops.iter().filter(|o| o.kind == OpKind::Attention).map(|o| o.flops).sum();
-    assert_eq!(att, 2.0 * 32.0 * 32.0 * (512.0 * 513.0 / 2.0) * (4.0 * 128.0 + 5.0));
+    let att: f64 = cost
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Attention)
+        .map(|o| o.flops)
+        .sum();
+    assert_eq!(
+        att,
+        2.0 * 32.0 * 32.0 * (512.0 * 513.0 / 2.0) * (4.0 * 128.0 + 5.0)
+    );
     // Prefill of 512 tokens is compute-bound on an H100, decode at batch 1 is not.
     let hw = h100();
-    assert_eq!(predict(&cfg, &prec, Step::prefill(1, 512), &hw).unwrap().bound, Bound::Compute);
+    assert_eq!(
+        predict(&cfg, &prec, Step::prefill(1, 512), &hw)
+            .unwrap()
+            .bound,
+        Bound::Compute
+    );
 }
 
 #[test]
@@ -128,7 +167,11 @@ fn attention_key_counts_match_a_naive_loop() {
     for _ in 0..2000 {
         let past = rng.random_range(0..300usize);
         let q = rng.random_range(1..80usize);
-        let window = if rng.random_bool(0.5) { Some(rng.random_range(1..200usize)) } else { None };
+        let window = if rng.random_bool(0.5) {
+            Some(rng.random_range(1..200usize))
+        } else {
+            None
+        };
         let step = Step {
             batch: 1,
             query_len: q,
@@ -147,14 +190,23 @@ fn attention_key_counts_match_a_naive_loop() {
                 attended += 1;
             }
         }
-        assert_eq!(attention_keys(&step, window), (attended, keys.len() as u64), "past {past} q {q} window {window:?}");
+        assert_eq!(
+            attention_keys(&step, window),
+            (attended, keys.len() as u64),
+            "past {past} q {q} window {window:?}"
+        );
     }
 }
 
 /// The ridge batch from the step's affine pieces: memory time `W + B·m` (weights once,
 /// activations and KV per sequence), compute time `B·c`; compute-bound from
 /// `B* = W / (c - m)`, never if `c <= m`.
-fn closed_form_ridge(cfg: &ModelConfig, prec: &Precision, context: usize, hw: &HardwareProfile) -> Option<f64> {
+fn closed_form_ridge(
+    cfg: &ModelConfig,
+    prec: &Precision,
+    context: usize,
+    hw: &HardwareProfile,
+) -> Option<f64> {
     let one = predict(cfg, prec, Step::decode(1, context), hw).unwrap();
     let two = predict(cfg, prec, Step::decode(2, context), hw).unwrap();
     let m = two.memory_s - one.memory_s;
@@ -175,15 +227,25 @@ fn quantizing_weights_moves_the_ridge_point_down_by_the_byte_ratio() {
     // (3.5 µs at 3.35 TB/s) against 15.2 µs of matmuls, so B* = 4.48 ms / 11.7 µs.
     let r_bf16 = ridge_batch(&cfg, &base, 0, &hw).unwrap().unwrap();
     let closed = closed_form_ridge(&cfg, &base, 0, &hw).unwrap();
-    assert!((r_bf16 as f64 - closed.ceil()).abs() <= 1.0, "search {r_bf16}, closed form {closed}");
+    assert!(
+        (r_bf16 as f64 - closed.ceil()).abs() <= 1.0,
+        "search {r_bf16}, closed form {closed}"
+    );
     assert!((370..=400).contains(&r_bf16), "{r_bf16}");
     let mut last = r_bf16;
-    for (d, bytes) in [(DType::Q8_0, 34.0 / 32.0), (DType::Q4_K, 0.5625), (DType::Q4_0, 0.5625)] {
+    for (d, bytes) in [
+        (DType::Q8_0, 34.0 / 32.0),
+        (DType::Q4_K, 0.5625),
+        (DType::Q4_0, 0.5625),
+    ] {
         let p = predict::variant(&cfg, &base, Some(d), DType::BF16);
         let r = ridge_batch(&cfg, &p, 0, &hw).unwrap().unwrap();
         // Only W shrinks: the ridge falls by the weight byte ratio.
         let expect = r_bf16 as f64 * bytes / 2.0;
-        assert!((r as f64 / expect - 1.0).abs() < 0.02, "{d}: ridge {r}, expected about {expect:.0}");
+        assert!(
+            (r as f64 / expect - 1.0).abs() < 0.02,
+            "{d}: ridge {r}, expected about {expect:.0}"
+        );
         assert!(r <= last, "{d}: {r} > {last}");
         last = r;
     }
@@ -198,7 +260,10 @@ fn quantizing_weights_moves_the_ridge_point_down_by_the_byte_ratio() {
     let r_int8 = ridge_batch(&cfg, &q8_int8, 0, &hw).unwrap().unwrap() as f64;
     let closed_int8 = closed_form_ridge(&cfg, &q8_int8, 0, &hw).unwrap();
     assert!(r_int8 > 2.0 * r_half, "{r_int8} vs {r_half}");
-    assert!((r_int8 - closed_int8.ceil()).abs() <= 1.0, "{r_int8} vs {closed_int8}");
+    assert!(
+        (r_int8 - closed_int8.ceil()).abs() <= 1.0,
+        "{r_int8} vs {closed_int8}"
+    );
 }
 
 #[test]
@@ -207,7 +272,11 @@ fn kv_cache_growth_pushes_the_ridge_point_out_until_decode_never_turns_compute_b
     let hw = h100();
     let prec = bf16(&cfg, ComputeClass::Half);
     let ridge = |p: &Precision, c: usize| ridge_batch(&cfg, p, c, &hw).unwrap();
-    let (r0, r128, r256) = (ridge(&prec, 0).unwrap(), ridge(&prec, 128).unwrap(), ridge(&prec, 256).unwrap());
+    let (r0, r128, r256) = (
+        ridge(&prec, 0).unwrap(),
+        ridge(&prec, 128).unwrap(),
+        ridge(&prec, 256).unwrap(),
+    );
     assert!(r0 < r128 && r128 < r256, "{r0} {r128} {r256}");
     for c in [128, 256] {
         let closed = closed_form_ridge(&cfg, &prec, c, &hw).unwrap();
@@ -220,10 +289,16 @@ fn kv_cache_growth_pushes_the_ridge_point_out_until_decode_never_turns_compute_b
     assert_eq!(ridge(&prec, 310), None);
     assert_eq!(ridge(&prec, 8192), None);
     // An 8-bit KV cache (Q8_0, 1.06 bytes) nearly doubles that context; F32 halves it.
-    let q8 = Precision { kv: DType::Q8_0, ..prec.clone() };
+    let q8 = Precision {
+        kv: DType::Q8_0,
+        ..prec.clone()
+    };
     assert!(ridge(&q8, 500).is_some());
     assert_eq!(ridge(&q8, 600), None);
-    let f32_kv = Precision { kv: DType::F32, ..prec.clone() };
+    let f32_kv = Precision {
+        kv: DType::F32,
+        ..prec.clone()
+    };
     assert!(ridge(&f32_kv, 140).is_some());
     assert_eq!(ridge(&f32_kv, 160), None);
 }
@@ -232,9 +307,13 @@ fn kv_cache_growth_pushes_the_ridge_point_out_until_decode_never_turns_compute_b
 fn bad_steps_are_named() {
     let cfg = presets::by_name("smollm2-135m").unwrap();
     let prec = bf16(&cfg, ComputeClass::Half);
-    let err = step_cost(&cfg, &prec, &Step::decode(0, 5)).unwrap_err().to_string();
+    let err = step_cost(&cfg, &prec, &Step::decode(0, 5))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("batch"), "{err}");
-    let err = step_cost(&cfg, &prec, &Step::decode(1, 8192)).unwrap_err().to_string();
+    let err = step_cost(&cfg, &prec, &Step::decode(1, 8192))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("8192") && err.contains("context"), "{err}");
     let short = Precision {
         weights: WeightTypes {
@@ -243,13 +322,17 @@ fn bad_steps_are_named() {
         },
         ..prec.clone()
     };
-    let err = step_cost(&cfg, &short, &Step::decode(1, 5)).unwrap_err().to_string();
+    let err = step_cost(&cfg, &short, &Step::decode(1, 5))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("0 layers"), "{err}");
     let zero = ModelConfig {
         hidden_size: 0,
         ..cfg
     };
-    let err = step_cost(&zero, &prec, &Step::decode(1, 5)).unwrap_err().to_string();
+    let err = step_cost(&zero, &prec, &Step::decode(1, 5))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hidden_size"), "{err}");
 }
 
@@ -262,7 +345,11 @@ fn quant_and_context_tables_cover_every_variant() {
     // The BF16 what-if is the model itself: listed once.
     assert_eq!(rows.len(), predict::quant_variants(DType::BF16).len() - 1);
     // Fewer weight bytes, faster batch-1 decode.
-    let by = |w: &str| rows.iter().find(|r| r.weights == w && r.kv == "BF16").unwrap();
+    let by = |w: &str| {
+        rows.iter()
+            .find(|r| r.weights == w && r.kv == "BF16")
+            .unwrap()
+    };
     assert!(by("Q4_K").decode_tokens_per_s_b1 > by("Q6_K").decode_tokens_per_s_b1);
     assert!(by("Q6_K").decode_tokens_per_s_b1 > by("Q8_0").decode_tokens_per_s_b1);
     assert!(by("Q8_0").decode_tokens_per_s_b1 > by("BF16 (model)").decode_tokens_per_s_b1);

@@ -37,7 +37,11 @@ fn tiny(arch: Arch) -> ModelConfig {
         rope_style: RopeStyle::Neox,
         sliding_window: gemma.then_some(8),
         sliding_window_pattern: gemma.then_some(2),
-        activation: if gemma { FfnActivation::GeluTanh } else { FfnActivation::Silu },
+        activation: if gemma {
+            FfnActivation::GeluTanh
+        } else {
+            FfnActivation::Silu
+        },
         tie_embeddings: gemma,
         qkv_bias: !gemma,
         qk_norm: gemma,
@@ -54,8 +58,20 @@ fn the_op_replica_computes_the_same_logits_as_the_model() {
     for arch in [Arch::Llama, Arch::Gemma3] {
         let cfg = tiny(arch);
         let dev = Device::cpu(Some(2));
-        let mut model = Model::new(&dev, cfg.clone(), random_weights(&cfg, DType::Q8_0, 9).unwrap(), 128).unwrap();
-        let mut replica = OpHarness::new(&dev, cfg.clone(), random_weights(&cfg, DType::Q8_0, 9).unwrap(), 128).unwrap();
+        let mut model = Model::new(
+            &dev,
+            cfg.clone(),
+            random_weights(&cfg, DType::Q8_0, 9).unwrap(),
+            128,
+        )
+        .unwrap();
+        let mut replica = OpHarness::new(
+            &dev,
+            cfg.clone(),
+            random_weights(&cfg, DType::Q8_0, 9).unwrap(),
+            128,
+        )
+        .unwrap();
         let mut kv = model.new_kv_cache(64, 16).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         // A prefill (which fills the cache), then a decode over what it wrote, with a
@@ -63,7 +79,8 @@ fn the_op_replica_computes_the_same_logits_as_the_model() {
         for step in [Step::prefill(2, 20), Step::decode(2, 19)] {
             let batch = build_batch(&step, cfg.vocab_size, 16, &mut rng);
             let mut want = Vec::new();
-            dev.copy_f32_to_host(model.forward(&batch, &mut kv).unwrap(), &mut want).unwrap();
+            dev.copy_f32_to_host(model.forward(&batch, &mut kv).unwrap(), &mut want)
+                .unwrap();
             let times = replica.timed_forward(&batch, &mut kv).unwrap();
             let mut got = Vec::new();
             dev.copy_f32_to_host(replica.logits(), &mut got).unwrap();
@@ -82,8 +99,13 @@ fn the_op_replica_computes_the_same_logits_as_the_model() {
 fn the_benchmark_grid_runs_on_random_weights() {
     let cfg = tiny(Arch::Llama);
     let plan = BenchPlan {
-        steps: vec![Step::decode(1, 30), Step::decode(3, 100), Step::prefill(1, 24)],
+        steps: vec![
+            Step::decode(1, 30),
+            Step::decode(3, 100),
+            Step::prefill(1, 24),
+        ],
         reps: 2,
+        stat: sluice_roofline::measure::Summary::Min,
         ops: true,
         engine: true,
         threads: Some(2),
@@ -98,12 +120,16 @@ fn the_benchmark_grid_runs_on_random_weights() {
     assert_eq!(m.len(), 3);
     for (x, step) in m.iter().zip(&plan.steps) {
         assert_eq!(&x.step, step);
-        assert!(x.forward_s > 0.0 && x.forward_min_s <= x.forward_s);
+        assert!(x.forward_s > 0.0 && x.forward_min_s == x.forward_s);
+        assert!(x.forward_median_s >= x.forward_min_s);
         assert!(x.ops_total_s.unwrap() > 0.0);
         assert!(x.engine_step_s.is_none());
     }
     // Random weights have no tokenizer: the engine is skipped, and says so.
-    assert!(lines.iter().any(|l| l.contains("engine timing skipped")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("engine timing skipped")),
+        "{lines:?}"
+    );
 }
 
 fn args(extra: &[&str]) -> RooflineArgs {
@@ -120,21 +146,54 @@ fn args(extra: &[&str]) -> RooflineArgs {
 
 #[test]
 fn bad_input_gets_clear_errors() {
-    let err = run(args(&["--hardware", "tpu-v9"])).unwrap_err().to_string();
-    assert!(err.contains("tpu-v9") && err.contains("h100-sxm") && err.contains("rtx-4090"), "{err}");
+    let err = run(args(&["--hardware", "tpu-v9"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tpu-v9") && err.contains("h100-sxm") && err.contains("rtx-4090"),
+        "{err}"
+    );
     let err = run(args(&["--device", "cuda"])).unwrap_err().to_string();
-    assert!(err.contains("CUDA backend not available in this build"), "{err}");
-    let err = run(args(&["--model", "gpt-5", "--hardware", "l4"])).unwrap_err().to_string();
-    assert!(err.contains("gpt-5") && err.contains("llama-3.1-8b"), "{err}");
-    let err = run(args(&["--weights", "Q3_XL", "--hardware", "l4"])).unwrap_err().to_string();
+    assert!(
+        err.contains("CUDA backend not available in this build"),
+        "{err}"
+    );
+    let err = run(args(&["--model", "gpt-5", "--hardware", "l4"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gpt-5") && err.contains("llama-3.1-8b"),
+        "{err}"
+    );
+    let err = run(args(&["--weights", "Q3_XL", "--hardware", "l4"]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("Q3_XL") && err.contains("Q4_K"), "{err}");
-    let err = run(args(&["--hardware", "l4", "--bench"])).unwrap_err().to_string();
+    // A CPU profile from a file (no probe), for the --bench checks.
+    let dir = tempfile::tempdir().unwrap();
+    let cpu = dir.path().join("cpu.toml");
+    let mut profile =
+        sluice_roofline::hardware::resolve("l4", None, || (1.0, String::new())).unwrap();
+    profile.kind = sluice_roofline::hardware::DeviceKind::Cpu;
+    profile.save(&cpu).unwrap();
+    let cpu = cpu.to_str().unwrap();
+    let err = run(args(&["--hardware", cpu, "--bench"]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--random-weights"), "{err}");
-    let err = run(args(&["--hardware", "h100-sxm", "--measure"])).unwrap_err().to_string();
+    let err = run(args(&["--hardware", "l4", "--bench", "--random-weights"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--hardware cpu"), "{err}");
+    let err = run(args(&["--hardware", "h100-sxm", "--measure"]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("CUDA backend"), "{err}");
     let err = run(args(&["--hardware", "l4", "--context", "9000"])).unwrap_err();
     assert!(format!("{err:#}").contains("8192"), "{err:#}");
-    let err = run(args(&["--hardware", "l4", "--batch", "0"])).unwrap_err().to_string();
+    let err = run(args(&["--hardware", "l4", "--batch", "0"]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--batch"), "{err}");
 }
 
@@ -145,11 +204,23 @@ fn predictions_write_json_and_plots() {
     let plot = dir.path().join("roof");
     let (j, p) = (json.to_str().unwrap(), plot.to_str().unwrap());
     let a = args(&[
-        "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--batch", "1,64", "--context", "128,4096", "--json", j,
-        "--plot", p, "--per-layer",
+        "--model",
+        "llama-3.1-8b",
+        "--hardware",
+        "h100-sxm",
+        "--batch",
+        "1,64",
+        "--context",
+        "128,4096",
+        "--json",
+        j,
+        "--plot",
+        p,
+        "--per-layer",
     ]);
     run(a).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(doc["model"]["parameters"], 8_030_261_248u64);
     assert_eq!(doc["steps"].as_array().unwrap().len(), 5);
     let first = &doc["steps"][0];
@@ -179,7 +250,15 @@ fn smollm2_file_matches_its_preset_and_runs_through_the_engine() {
     let preset = presets::by_name("smollm2-135m").unwrap();
     let c = &spec.config;
     assert_eq!(
-        (c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size),
+        (
+            c.hidden_size,
+            c.intermediate_size,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.vocab_size
+        ),
         (
             preset.hidden_size,
             preset.intermediate_size,
@@ -196,13 +275,21 @@ fn smollm2_file_matches_its_preset_and_runs_through_the_engine() {
     assert_eq!(spec.weights.label(), "mixed Q4_1/Q8_0");
 
     let plan = BenchPlan {
-        steps: vec![Step::decode(1, 16), Step::decode(2, 16), Step::prefill(1, 16)],
+        steps: vec![
+            Step::decode(1, 16),
+            Step::decode(2, 16),
+            Step::prefill(1, 16),
+        ],
         reps: 1,
+        stat: sluice_roofline::measure::Summary::Median,
         ops: false,
         engine: true,
         threads: Some(2),
         block_size: 16,
     };
     let m = run_bench(c, &WeightsFrom::File(path), &plan, &mut |_| {}).unwrap();
-    assert!(m.iter().all(|x| x.engine_step_s.is_some_and(|s| s > 0.0)), "{m:?}");
+    assert!(
+        m.iter().all(|x| x.engine_step_s.is_some_and(|s| s > 0.0)),
+        "{m:?}"
+    );
 }

@@ -14,10 +14,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sluice_protocol::{
-    ApiError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob,
-    CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse,
-    FinishReason, Role, TopLogprob, TopLogprobMap, Usage,
+    ApiError, ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
+    ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob, CompletionChoice,
+    CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse, FinishReason, Role,
+    TopLogprob, TopLogprobMap, Usage,
 };
 
 use crate::error::{parse_json, HttpError};
@@ -260,6 +260,48 @@ fn frame<T: Serialize>(value: &T) -> Bytes {
 
 const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
 
+/// `CompletionChunk` with one choice, borrowing its strings (same JSON; a test checks).
+#[derive(Serialize)]
+struct CompletionChunkRef<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [CompletionChoiceRef<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct CompletionChoiceRef<'a> {
+    index: u32,
+    text: &'a str,
+    logprobs: Option<CompletionLogprobs>,
+    finish_reason: Option<FinishReason>,
+}
+
+/// `ChatCompletionChunk` with one choice, borrowing its strings (same JSON; a test checks).
+#[derive(Serialize)]
+struct ChatChunkRef<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChatChoiceRef<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ChatChoiceRef<'a> {
+    index: u32,
+    delta: ChatDeltaRef<'a>,
+    logprobs: Option<ChatLogprobs>,
+    finish_reason: Option<FinishReason>,
+}
+
+#[derive(Serialize)]
+struct ChatDeltaRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
 /// The state of one streamed response. Owns the `Generation` (and so the delta
 /// receivers and the admission permit): when the client goes away, hyper drops the body,
 /// this is dropped, and the engine aborts the sequences.
@@ -328,41 +370,36 @@ impl SseStream {
         }
         let m = &self.meta;
         let logprobs_on = self.gen.logprobs_requested();
+        // Borrowed chunk shapes: the only allocation per token is the frame itself.
         Some(match m.api {
-            Api::Completions => {
-                let mut chunk =
-                    CompletionChunk::delta(&m.id, m.created, &m.model, d.index, d.text, d.finish);
-                if logprobs_on {
-                    if let Some(c) = chunk.choices.first_mut() {
-                        c.logprobs = Some(completion_logprobs(&d.logprobs));
-                    }
-                }
-                frame(&chunk)
-            }
-            Api::Chat => {
-                let delta = ChatDelta {
-                    content: (!d.text.is_empty() || d.finish.is_none()).then_some(d.text),
-                    ..ChatDelta::default()
-                };
-                let chunk = ChatCompletionChunk {
-                    choices: vec![ChatChunkChoice {
-                        index: d.index,
-                        delta,
-                        logprobs: logprobs_on.then(|| chat_logprobs(&d.logprobs)),
-                        finish_reason: d.finish,
-                        stop_reason: None,
-                    }],
-                    ..ChatCompletionChunk::delta(
-                        &m.id,
-                        m.created,
-                        &m.model,
-                        d.index,
-                        ChatDelta::default(),
-                        None,
-                    )
-                };
-                frame(&chunk)
-            }
+            Api::Completions => frame(&CompletionChunkRef {
+                id: &m.id,
+                object: "text_completion",
+                created: m.created,
+                model: &m.model,
+                choices: [CompletionChoiceRef {
+                    index: d.index,
+                    text: &d.text,
+                    logprobs: logprobs_on.then(|| completion_logprobs(&d.logprobs)),
+                    finish_reason: d.finish,
+                }],
+            }),
+            Api::Chat => frame(&ChatChunkRef {
+                id: &m.id,
+                object: "chat.completion.chunk",
+                created: m.created,
+                model: &m.model,
+                choices: [ChatChoiceRef {
+                    index: d.index,
+                    delta: ChatDeltaRef {
+                        // The closing chunk of a choice has an empty delta.
+                        content: (!d.text.is_empty() || d.finish.is_none())
+                            .then_some(d.text.as_str()),
+                    },
+                    logprobs: logprobs_on.then(|| chat_logprobs(&d.logprobs)),
+                    finish_reason: d.finish,
+                }],
+            }),
         })
     }
 
@@ -429,4 +466,69 @@ fn sse_response(stream: SseStream) -> Response {
     // Tell reverse proxies (nginx) not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_of(frame: &Bytes) -> serde_json::Value {
+        let text = std::str::from_utf8(frame).expect("utf-8");
+        let body = text
+            .strip_prefix("data: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("an SSE frame");
+        serde_json::from_str(body).expect("JSON")
+    }
+
+    /// The borrowed hot-path chunks serialize exactly like the protocol types.
+    #[test]
+    fn borrowed_chunks_match_protocol_types() {
+        for finish in [None, Some(FinishReason::Stop), Some(FinishReason::Length)] {
+            for text in ["", "hello \"world\"\n"] {
+                let lp = completion_logprobs(&[]);
+                let ours = frame(&CompletionChunkRef {
+                    id: "cmpl-1",
+                    object: "text_completion",
+                    created: 7,
+                    model: "m",
+                    choices: [CompletionChoiceRef {
+                        index: 3,
+                        text,
+                        logprobs: Some(lp.clone()),
+                        finish_reason: finish,
+                    }],
+                });
+                let mut theirs = CompletionChunk::delta("cmpl-1", 7, "m", 3, text, finish);
+                theirs.choices[0].logprobs = Some(lp);
+                assert_eq!(
+                    json_of(&ours),
+                    serde_json::to_value(&theirs).expect("value")
+                );
+
+                let content = (!text.is_empty()).then_some(text);
+                let ours = frame(&ChatChunkRef {
+                    id: "chatcmpl-1",
+                    object: "chat.completion.chunk",
+                    created: 7,
+                    model: "m",
+                    choices: [ChatChoiceRef {
+                        index: 1,
+                        delta: ChatDeltaRef { content },
+                        logprobs: None,
+                        finish_reason: finish,
+                    }],
+                });
+                let delta = ChatDelta {
+                    content: content.map(str::to_string),
+                    ..ChatDelta::default()
+                };
+                let theirs = ChatCompletionChunk::delta("chatcmpl-1", 7, "m", 1, delta, finish);
+                assert_eq!(
+                    json_of(&ours),
+                    serde_json::to_value(&theirs).expect("value")
+                );
+            }
+        }
+    }
 }

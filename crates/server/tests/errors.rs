@@ -368,3 +368,45 @@ async fn overload_429_and_disconnect_mid_stream() {
     assert_eq!(ok["usage"]["completion_tokens"], 2);
     s.shutdown().await;
 }
+
+/// A graceful shutdown (SIGINT/SIGTERM in `serve`) lets a stream in flight finish,
+/// refuses new connections, and then the server task ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_streams_in_flight() {
+    let Some(p) = test_model(SMOLLM) else { return };
+    let cfg = EngineConfig {
+        max_model_len: Some(512),
+        num_blocks: Some(64),
+        ..EngineConfig::default()
+    };
+    let mut s = start(&p, cfg, ServerConfig::default()).await;
+    let body = json!({
+        "model": s.model, "prompt": "Once upon a time", "max_tokens": 40, "ignore_eos": true,
+        "temperature": 0, "stream": true, "stream_options": {"include_usage": true}
+    });
+    let r = s.post("/v1/completions", &body).await;
+    let mut sse = SseReader::new(r);
+    let first = sse.next_data().await.expect("first chunk");
+    s.begin_shutdown();
+    // The stream runs to its end.
+    let mut last = first;
+    let mut done = false;
+    while let Some(d) = sse.next_data().await {
+        if d == "[DONE]" {
+            done = true;
+        } else {
+            last = d;
+        }
+    }
+    assert!(done, "stream cut by the shutdown");
+    let usage: Value = serde_json::from_str(&last).expect("usage chunk");
+    assert_eq!(usage["usage"]["completion_tokens"], 40);
+    assert!(
+        s.wait_stopped(Duration::from_secs(10)).await,
+        "server did not stop"
+    );
+    // Nothing listens any more.
+    let fresh = reqwest::Client::new();
+    assert!(fresh.get(s.url("/health")).send().await.is_err());
+    s.shutdown().await;
+}

@@ -158,6 +158,28 @@ impl TestServer {
         .await
     }
 
+    /// Starts a graceful shutdown (what SIGINT/SIGTERM do in `serve`): no new
+    /// connections; requests in flight run to their end.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits up to `timeout` for the server task to end; true if it did.
+    pub async fn wait_stopped(&mut self, timeout: Duration) -> bool {
+        match self.task.as_mut() {
+            Some(t) => {
+                let done = tokio::time::timeout(timeout, t).await.is_ok();
+                if done {
+                    self.task = None;
+                }
+                done
+            }
+            None => true,
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());

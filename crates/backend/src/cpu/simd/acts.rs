@@ -37,10 +37,9 @@
 //! removes the unsigned weights' offset (Q4_0: 8, Q5_0: 16, Q8_0: 128) exactly, in the
 //! integer domain.
 //!
-//! `K` / `KSwap`: per 256-element super-block, a 320-byte record
+//! `K`: per 256-element super-block, a 320-byte record
 //! ```text
-//!   [  0..256) i8   quants; `KSwap` stores the 32-element sub-blocks in the order
-//!                   0,2,1,3,4,6,5,7 (how Q4_K/Q5_K nibbles unpack 64 bytes at a time)
+//!   [  0..256) i8   quants
 //!   [256..288) i16  sums of each 16 consecutive elements (natural order)
 //!   [288..292) f32  d
 //!   [292..320)      zero
@@ -80,7 +79,6 @@ pub enum ActFormat {
     /// 8-block groups with per-block `-offset * sum(q)` (Q4_0/Q5_0/Q8_0 on AVX-512).
     Q32x8Off(i32),
     K,
-    KSwap,
 }
 
 impl ActFormat {
@@ -88,15 +86,18 @@ impl ActFormat {
     pub fn for_weight(w: DType, isa: Isa) -> Option<ActFormat> {
         let x8 = isa == Isa::Avx512;
         match w {
-            DType::Q4_1 | DType::Q5_1 if x8 => Some(ActFormat::Q32x8Sum),
+            DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K if x8 => {
+                Some(ActFormat::Q32x8Sum)
+            }
             DType::Q4_0 if x8 => Some(ActFormat::Q32x8Off(8)),
             DType::Q5_0 if x8 => Some(ActFormat::Q32x8Off(16)),
             DType::Q8_0 if x8 => Some(ActFormat::Q32x8Off(128)),
             DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
                 Some(ActFormat::Q32)
             }
-            DType::Q2_K | DType::Q3_K | DType::Q6_K => Some(ActFormat::K),
-            DType::Q4_K | DType::Q5_K => Some(ActFormat::KSwap),
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+                Some(ActFormat::K)
+            }
             _ => None,
         }
     }
@@ -105,7 +106,7 @@ impl ActFormat {
     pub fn block(self) -> usize {
         match self {
             ActFormat::Q32 | ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => 32,
-            ActFormat::K | ActFormat::KSwap => 256,
+            ActFormat::K => 256,
         }
     }
 
@@ -115,21 +116,8 @@ impl ActFormat {
         match self {
             ActFormat::Q32 => (k / 32).div_ceil(GROUP_BLOCKS) * Q32_GROUP_BYTES,
             ActFormat::Q32x8Sum | ActFormat::Q32x8Off(_) => (k / 32).div_ceil(8) * X8_GROUP_BYTES,
-            ActFormat::K | ActFormat::KSwap => k / 256 * K_BYTES,
+            ActFormat::K => k / 256 * K_BYTES,
         }
-    }
-}
-
-/// Where element `e` (< 256) of a super-block sits in a `K`/`KSwap` record.
-#[inline]
-pub fn k_pos(swap: bool, e: usize) -> usize {
-    if swap {
-        // Swap sub-blocks 1<->2 and 5<->6: bits 5 and 6 of the index trade places.
-        let sb = e / 32;
-        let sb = (sb & 4) | ((sb & 1) << 1) | ((sb >> 1) & 1);
-        sb * 32 + e % 32
-    } else {
-        e
     }
 }
 
@@ -232,8 +220,7 @@ pub fn quantize_row_scalar(fmt: ActFormat, x: &[f32], dst: &mut [u8]) {
                 rec[off::X8_EXT + 8 * j..][..4].copy_from_slice(&ext);
             }
         }
-        ActFormat::K | ActFormat::KSwap => {
-            let swap = fmt == ActFormat::KSwap;
+        ActFormat::K => {
             for (sb, xs) in x.chunks_exact(256).enumerate() {
                 let rec = &mut dst[sb * K_BYTES..][..K_BYTES];
                 let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -244,7 +231,7 @@ pub fn quantize_row_scalar(fmt: ActFormat, x: &[f32], dst: &mut [u8]) {
                         let e = 16 * g + i;
                         let q = quant1(xs[e], id);
                         sum += q;
-                        rec[k_pos(swap, e)] = q as i8 as u8;
+                        rec[e] = q as i8 as u8;
                     }
                     rec[off::BSUMS + 2 * g..][..2].copy_from_slice(&(sum as i16).to_le_bytes());
                 }
@@ -330,8 +317,7 @@ mod x86 {
                     std::ptr::copy_nonoverlapping(ext.as_ptr(), rec.add(off::X8_EXT + 8 * j), 4);
                 }
             }
-            ActFormat::K | ActFormat::KSwap => {
-                let swap = fmt == ActFormat::KSwap;
+            ActFormat::K => {
                 for (sb, xs) in x.chunks_exact(256).enumerate() {
                     let rec = dst.as_mut_ptr().add(sb * K_BYTES);
                     let mut m = _mm512_setzero_ps();
@@ -347,7 +333,7 @@ mod x86 {
                         let v = _mm512_loadu_ps(xs.as_ptr().add(16 * g));
                         let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, idv));
                         let q = _mm512_min_epi32(_mm512_max_epi32(q, lo_clamp), hi_clamp);
-                        let pos = k_pos(swap, 16 * g);
+                        let pos = 16 * g;
                         _mm_storeu_si128(rec.add(pos) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
                         let sum = _mm512_reduce_add_epi32(q) as i16;
                         std::ptr::copy_nonoverlapping(
@@ -441,15 +427,14 @@ mod x86 {
                     _mm_storeu_ps(rec.add(off::S + 16 * j) as *mut f32, _mm_set1_ps(s4));
                 }
             }
-            ActFormat::K | ActFormat::KSwap => {
-                let swap = fmt == ActFormat::KSwap;
+            ActFormat::K => {
                 let ones = _mm256_set1_epi16(1);
                 for (sb, xs) in x.chunks_exact(256).enumerate() {
                     let rec = dst.as_mut_ptr().add(sb * K_BYTES);
                     let (d, id) = scale_of(absmax_avx2(xs.as_ptr(), 256));
                     for c in 0..8 {
                         let (q, _) = quant32_avx2(xs.as_ptr().add(32 * c), id);
-                        _mm256_storeu_si256(rec.add(k_pos(swap, 32 * c)) as *mut __m256i, q);
+                        _mm256_storeu_si256(rec.add(32 * c) as *mut __m256i, q);
                         // Sums of each 16 bytes: widen to i16 and add pairs.
                         for h in 0..2 {
                             let half = if h == 0 {

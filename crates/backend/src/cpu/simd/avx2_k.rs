@@ -135,14 +135,12 @@ impl KW2 for Q3K {
     }
 }
 
-/// Natural sub-block held by chunk i of a `KSwap` record.
-const SWAP: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
-
-/// Scales (chunk order) and min vector (natural, per 16) of a Q4_K/Q5_K block.
+/// Scales per 16 elements (a sub-block's scale twice) and the min vector of a
+/// Q4_K/Q5_K block.
 #[inline(always)]
 unsafe fn k4_scales(p: *const u8) -> ([i16; 16], __m256i) {
     let sm = scales_mins_k4(&k_scales12(p));
-    let sc: [i16; 16] = arr(|x| sm[SWAP[x / 2]] as i16);
+    let sc: [i16; 16] = arr(|x| sm[x / 2] as i16);
     let mn: [i16; 16] = arr(|x| sm[8 + x / 2] as i16);
     (sc, _mm256_loadu_si256(mn.as_ptr() as *const __m256i))
 }
@@ -154,8 +152,7 @@ impl KW2 for Q4K {
         let (sc, mvec) = k4_scales(p.add(4));
         // Sub-block s: nibble s % 2 of qs chunk s / 2.
         let mut q = [_mm256_setzero_si256(); 8];
-        for (i, q) in q.iter_mut().enumerate() {
-            let s = SWAP[i];
+        for (s, q) in q.iter_mut().enumerate() {
             *q = shr_mask(ld32(p.add(16 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F);
         }
         WK2 {
@@ -175,8 +172,7 @@ impl KW2 for Q5K {
         let (sc, mvec) = k4_scales(p.add(4));
         let qh = ld32(p.add(16));
         let mut q = [_mm256_setzero_si256(); 8];
-        for (i, q) in q.iter_mut().enumerate() {
-            let s = SWAP[i];
+        for (s, q) in q.iter_mut().enumerate() {
             let lo = shr_mask(ld32(p.add(48 + 32 * (s / 2))), 4 * (s as u32 % 2), 0x0F);
             *q = _mm256_or_si256(lo, bit_to(qh, s as u32, 4));
         }

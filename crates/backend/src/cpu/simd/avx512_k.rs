@@ -1,4 +1,6 @@
-//! AVX-512 VNNI kernels for the K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
+//! AVX-512 VNNI kernels for the K-quants with 16-element sub-blocks (Q2_K, Q3_K,
+//! Q6_K), on Q8_K-style activations. (Q4_K/Q5_K, whose sub-blocks are 32 elements,
+//! run in `avx512_q32` with half the float work per element.)
 //!
 //! A super-block (256 elements) unpacks, once per weight row, into four registers of
 //! unsigned quants (64 elements each, in the activation record's order) and four of
@@ -7,7 +9,7 @@
 //! saturation), `vpdpwssd` multiplies those by the scales and accumulates 32-bit sums
 //! (ggml's AVX2 scheme, with VNNI fusing its `madd` + `add`). Mins and offsets go
 //! through the activations' per-16 sums: `sum_g mvec[g] * bsum[g]` with
-//! * Q4_K/Q5_K/Q2_K: `mvec` = sub-block mins, factor `-dmin`;
+//! * Q2_K: `mvec` = sub-block mins, factor `-dmin`;
 //! * Q6_K: quants stored as `q + 32`, `mvec` = scales, factor `-32 d`;
 //! * Q3_K: quants stored as `q + 4`, `mvec` = scales, factor `-4 d`.
 //!
@@ -50,15 +52,6 @@ const SC16: [[i16; 32]; 4] = [
     word_table!(|w| 8 + w / 8),
     word_table!(|w| 12 + w / 8),
 ];
-/// Q4_K/Q5_K scale registers: register i holds sub-blocks (s, s + 2), s = 0, 1, 4, 5.
-const SC32: [[i16; 32]; 4] = [
-    word_table!(|w| 2 * (w / 16)),
-    word_table!(|w| 1 + 2 * (w / 16)),
-    word_table!(|w| 4 + 2 * (w / 16)),
-    word_table!(|w| 5 + 2 * (w / 16)),
-];
-/// Q4_K/Q5_K mins per 16 elements: word x -> min x/2 (words 8.. of the source).
-const MIN32: [i16; 32] = word_table!(|w| 8 + (w % 16) / 2);
 
 #[inline(always)]
 unsafe fn lanes64(lo: i64, hi: i64) -> __m512i {
@@ -95,40 +88,8 @@ unsafe fn scales16(sc: __m256i) -> [__m512i; 4] {
     arr(|i| _mm512_permutexvar_epi16(idx16(&SC16[i]), s))
 }
 
-/// Q4_K/Q5_K 6-bit scales and mins (12 bytes at `p`) as bytes `[sc0..8, m0..8]`
-/// (ggml's kmask unpacking of `get_scale_min_k4` on 32-bit words).
-#[inline(always)]
-unsafe fn scales_mins_k4(p: *const u8) -> __m128i {
-    const KMASK1: u32 = 0x3f3f_3f3f;
-    const KMASK2: u32 = 0x0f0f_0f0f;
-    const KMASK3: u32 = 0x0303_0303;
-    let u = p as *const u32;
-    let (u0, u1, u2) = (
-        u.read_unaligned(),
-        u.add(1).read_unaligned(),
-        u.add(2).read_unaligned(),
-    );
-    let m4 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
-    let m0 = u1 & KMASK1;
-    let s4 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
-    let s0 = u0 & KMASK1;
-    _mm_setr_epi32(s0 as i32, s4 as i32, m0 as i32, m4 as i32)
-}
-
-/// Scale registers and mins for Q4_K/Q5_K. Quant register i holds sub-blocks
-/// (2i', 2i'+2) for i = 2i'' ... in the `KSwap` order [0,2 | 1,3 | 4,6 | 5,7].
-#[inline(always)]
-unsafe fn k4_scales(p: *const u8) -> ([__m512i; 4], __m256i) {
-    let w = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scales_mins_k4(p)));
-    let sc = arr(|i| _mm512_permutexvar_epi16(idx16(&SC32[i]), w));
-    let mvec = _mm512_castsi512_si256(_mm512_permutexvar_epi16(idx16(&MIN32), w));
-    (sc, mvec)
-}
-
 pub struct Q2K;
 pub struct Q3K;
-pub struct Q4K;
-pub struct Q5K;
 pub struct Q6K;
 
 impl KW for Q2K {
@@ -208,66 +169,6 @@ impl KW for Q3K {
             mvec: sc,
             d,
             dmin: _mm512_mul_ps(d, _mm512_set1_ps(-4.0)),
-        }
-    }
-}
-
-impl KW for Q4K {
-    // d | dmin | scales[12] | qs[128]
-    const BYTES: usize = 144;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> WK {
-        let (sc, mvec) = k4_scales(p.add(4));
-        let f = _mm512_set1_epi8(0x0F);
-        let z0 = _mm512_loadu_si512(p.add(16) as *const __m512i);
-        let z1 = _mm512_loadu_si512(p.add(80) as *const __m512i);
-        let q = [
-            _mm512_and_si512(z0, f),
-            _mm512_and_si512(_mm512_srli_epi16(z0, 4), f),
-            _mm512_and_si512(z1, f),
-            _mm512_and_si512(_mm512_srli_epi16(z1, 4), f),
-        ];
-        let (d, dmin) = two_halves(p);
-        WK {
-            q,
-            sc,
-            mvec,
-            d,
-            dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin),
-        }
-    }
-}
-
-impl KW for Q5K {
-    // d | dmin | scales[12] | qh[32] | qs[128]
-    const BYTES: usize = 176;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> WK {
-        let (sc, mvec) = k4_scales(p.add(4));
-        let f = _mm512_set1_epi8(0x0F);
-        let bit4 = _mm512_set1_epi8(0x10);
-        let z0 = _mm512_loadu_si512(p.add(48) as *const __m512i);
-        let z1 = _mm512_loadu_si512(p.add(112) as *const __m512i);
-        let hb = bcast32(p.add(16));
-        // Register i holds sub-blocks (s, s + 2) whose fifth bits are qh bits (s, s + 2),
-        // s = 0, 1, 4, 5: move each to bit 4.
-        let h0 = _mm512_and_si512(_mm512_sllv_epi64(hb, lanes64(4, 2)), bit4);
-        let h1 = _mm512_and_si512(_mm512_sllv_epi64(hb, lanes64(3, 1)), bit4);
-        let h2 = _mm512_and_si512(_mm512_srlv_epi64(hb, lanes64(0, 2)), bit4);
-        let h3 = _mm512_and_si512(_mm512_srlv_epi64(hb, lanes64(1, 3)), bit4);
-        let q = [
-            _mm512_or_si512(_mm512_and_si512(z0, f), h0),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(z0, 4), f), h1),
-            _mm512_or_si512(_mm512_and_si512(z1, f), h2),
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(z1, 4), f), h3),
-        ];
-        let (d, dmin) = two_halves(p);
-        WK {
-            q,
-            sc,
-            mvec,
-            d,
-            dmin: _mm512_sub_ps(_mm512_setzero_ps(), dmin),
         }
     }
 }
@@ -425,8 +326,6 @@ pub unsafe fn run(job: &QJob, rows: Range<usize>) {
     match job.dtype {
         DType::Q2_K => run_fmt::<Q2K>(job, rows),
         DType::Q3_K => run_fmt::<Q3K>(job, rows),
-        DType::Q4_K => run_fmt::<Q4K>(job, rows),
-        DType::Q5_K => run_fmt::<Q5K>(job, rows),
         DType::Q6_K => run_fmt::<Q6K>(job, rows),
         other => unreachable!("avx512_k with {other}"),
     }

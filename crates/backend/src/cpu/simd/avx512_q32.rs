@@ -1,4 +1,5 @@
-//! AVX-512 VNNI kernels for the 32-wide formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+//! AVX-512 VNNI kernels for the 32-wide formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), and
+//! for Q4_K/Q5_K, whose 32-element sub-blocks have the same shape (see `Q4K`).
 //!
 //! Step = one group of 8 weight blocks (256 elements) of R rows against C tokens, with
 //! activations in the `Q32x8*` layout (see `acts`):
@@ -15,8 +16,8 @@
 //!   (+1 FMA for the `_1` formats). The float work per element is what bounds this
 //!   kernel (measured: dropping one FMA per 128 elements gained 24%), hence 8-block
 //!   groups where each block owns 2 lanes.
-//! * a partial last group (K not a multiple of 256) is copied to a zero-padded stack
-//!   buffer, so nothing past a row is read; up to 4 blocks run at 256-bit width.
+//! * a partial last group (K not a multiple of 256) loads with byte masks, so nothing
+//!   past a row is read; up to 4 blocks run at 256-bit width.
 //!
 //! GEMV (one token) runs 4 rows at a time with software prefetch; GEMM runs 2 rows x 8
 //! tokens over panels of rows that stay in L1 while every token chunk passes.
@@ -44,8 +45,9 @@ pub trait Q32W {
     /// The activation record holds `-offset * sum(a)` (Q4_0/Q5_0/Q8_0) rather than
     /// `d_a * sum(a)` for a min (Q4_1/Q5_1).
     const OFFSET: bool;
-    /// Unpacks the 8 blocks at `p` (reads exactly `8 * BYTES` bytes).
-    unsafe fn unpack(p: *const u8) -> W8;
+    /// Unpacks blocks `0..nbg` (1..=8) of the group at `p`, zeros for the rest; reads
+    /// nothing past them (masked loads).
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8;
 }
 
 /// Mask of the first `n` (clamped to 0..=64) bytes.
@@ -65,12 +67,21 @@ unsafe fn idx(t: &[i16; 32]) -> __m512i {
     _mm512_loadu_si512(t.as_ptr() as *const __m512i)
 }
 
-/// The `len` (64..=128) bytes at `p` in two registers, zeros after.
+/// The `len` (0..=128) bytes at `p` in two registers, zeros after.
 #[inline(always)]
-unsafe fn load2(p: *const u8, len: usize) -> (__m512i, __m512i) {
-    let a = _mm512_loadu_si512(p as *const __m512i);
-    let b = _mm512_maskz_loadu_epi8(bytes_mask(len as isize - 64), p.add(64) as *const i8);
+unsafe fn load2(p: *const u8, len: isize) -> (__m512i, __m512i) {
+    let a = _mm512_maskz_loadu_epi8(bytes_mask(len), p as *const i8);
+    let b = _mm512_maskz_loadu_epi8(bytes_mask(len - 64), p.add(64) as *const i8);
     (a, b)
+}
+
+/// Valid bytes of half-groups A (blocks 0..4) and B (blocks 4..8) for `nbg` blocks.
+#[inline(always)]
+fn half_lens(nbg: usize, bytes: usize) -> (isize, isize) {
+    (
+        (nbg.min(4) * bytes) as isize,
+        (nbg.saturating_sub(4) * bytes) as isize,
+    )
 }
 
 /// Word table of a half-group's quants for the nibble formats (`w` words per block,
@@ -167,11 +178,12 @@ impl Q32W for Q4_0 {
     const BYTES: usize = 18;
     const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> W8 {
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8 {
         const QS: [i16; 32] = qs_table(9, 1);
         const META: [i16; 32] = pairs_table(9, 0, 0);
-        let (a0, a1) = load2(p, 72);
-        let (b0, b1) = load2(p.add(72), 72);
+        let (la, lb) = half_lens(nbg, Self::BYTES);
+        let (a0, a1) = load2(p, la);
+        let (b0, b1) = load2(p.add(72), lb);
         let (q0, q8) = merge(
             _mm512_permutex2var_epi16(a0, idx(&QS), a1),
             _mm512_permutex2var_epi16(b0, idx(&QS), b1),
@@ -194,11 +206,12 @@ impl Q32W for Q4_1 {
     const BYTES: usize = 20;
     const OFFSET: bool = false;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> W8 {
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8 {
         const QS: [i16; 32] = qs_table(10, 2);
         const META: [i16; 32] = pairs_table(10, 0, 1);
-        let (a0, a1) = load2(p, 80);
-        let (b0, b1) = load2(p.add(80), 80);
+        let (la, lb) = half_lens(nbg, Self::BYTES);
+        let (a0, a1) = load2(p, la);
+        let (b0, b1) = load2(p.add(80), lb);
         let (q0, q8) = merge(
             _mm512_permutex2var_epi16(a0, idx(&QS), a1),
             _mm512_permutex2var_epi16(b0, idx(&QS), b1),
@@ -221,7 +234,7 @@ impl Q32W for Q5_0 {
     const BYTES: usize = 22;
     const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> W8 {
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8 {
         const QS: [i16; 32] = qs_table(11, 3);
         // Words 0..8: d pairs; 8..16: each block's qh (2 words).
         const META: [i16; 32] = word_table!(|x| if x < 8 {
@@ -231,8 +244,9 @@ impl Q32W for Q5_0 {
         } else {
             0
         });
-        let (a0, a1) = load2(p, 88);
-        let (b0, b1) = load2(p.add(88), 88);
+        let (la, lb) = half_lens(nbg, Self::BYTES);
+        let (a0, a1) = load2(p, la);
+        let (b0, b1) = load2(p.add(88), lb);
         let (q0, q8) = merge(
             _mm512_permutex2var_epi16(a0, idx(&QS), a1),
             _mm512_permutex2var_epi16(b0, idx(&QS), b1),
@@ -257,7 +271,7 @@ impl Q32W for Q5_1 {
     const BYTES: usize = 24;
     const OFFSET: bool = false;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> W8 {
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8 {
         const QS: [i16; 32] = qs_table(12, 4);
         // Words 0..8: d pairs; 8..16: m pairs; 16..24: each block's qh.
         const META: [i16; 32] = word_table!(|x| if x < 8 {
@@ -269,8 +283,9 @@ impl Q32W for Q5_1 {
         } else {
             0
         });
-        let (a0, a1) = load2(p, 96);
-        let (b0, b1) = load2(p.add(96), 96);
+        let (la, lb) = half_lens(nbg, Self::BYTES);
+        let (a0, a1) = load2(p, la);
+        let (b0, b1) = load2(p.add(96), lb);
         let (q0, q8) = merge(
             _mm512_permutex2var_epi16(a0, idx(&QS), a1),
             _mm512_permutex2var_epi16(b0, idx(&QS), b1),
@@ -294,17 +309,18 @@ impl Q32W for Q8_0 {
     const BYTES: usize = 34;
     const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> W8 {
+    unsafe fn unpack(p: *const u8, nbg: usize) -> W8 {
         const LO: [i16; 32] = qs_table(17, 1);
         const HI: [i16; 32] = qs_table(17, 9 - 4);
         const META: [i16; 32] = pairs_table(17, 0, 0);
         let mut x02 = [_mm512_setzero_si512(); 2];
         let mut x13 = [_mm512_setzero_si512(); 2];
         let mut meta = [_mm512_setzero_si512(); 2];
-        for h in 0..2 {
+        let (la, lb) = half_lens(nbg, Self::BYTES);
+        for (h, len) in [la, lb].into_iter().enumerate() {
             let q = p.add(136 * h);
-            let (z0, z1) = load2(q, 128);
-            let (y0, y1) = load2(q.add(8), 128);
+            let (z0, z1) = load2(q, len.min(128));
+            let (y0, y1) = load2(q.add(8), len - 8);
             x02[h] = _mm512_permutex2var_epi16(z0, idx(&LO), z1);
             x13[h] = _mm512_permutex2var_epi16(y0, idx(&HI), y1);
             meta[h] = _mm512_permutex2var_epi16(z0, idx(&META), z1);
@@ -326,6 +342,112 @@ impl Q32W for Q8_0 {
     }
 }
 
+/// Q4_K/Q5_K as 8-block groups: a super-block's sub-block s (32 elements) is block s
+/// of a group, with scale `d * sc_s` and min `-dmin * m_s` (the `_1` formats' shape).
+/// Sub-block s is nibble s % 2 of qs bytes 32(s/2)..32(s/2)+32; the layout vector v
+/// takes its 8 elements E(v) = [0, 16, 8, 24][v]..+8.
+#[inline(always)]
+unsafe fn k4_vectors(z0: __m512i, z1: __m512i) -> [__m512i; 4] {
+    let f = _mm512_set1_epi8(0x0F);
+    // Even qword lanes keep the low nibble (sub-block 2j), odd ones the high (2j + 1).
+    let sh = _mm512_setr_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+    let mut v = [_mm512_setzero_si512(); 4];
+    const E: [i64; 4] = [0, 2, 1, 3];
+    for (i, v) in v.iter_mut().enumerate() {
+        let e = E[i];
+        // qword of chunk j at offset E(v): 4j + e (chunks 2, 3 from the second register).
+        let g = _mm512_permutex2var_epi64(
+            z0,
+            _mm512_setr_epi64(e, e, 4 + e, 4 + e, 8 + e, 8 + e, 12 + e, 12 + e),
+            z1,
+        );
+        *v = _mm512_and_si512(_mm512_srlv_epi64(g, sh), f);
+    }
+    v
+}
+
+/// Per-sub-block scales `d * sc` and mins `-dmin * m`, each in lanes 2s, 2s+1, from
+/// the 12 packed bytes at `p + 4` and d, dmin at `p`.
+#[inline(always)]
+unsafe fn k4_scales(p: *const u8) -> (__m512, __m512) {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = p.add(4) as *const u32;
+    let (u0, u1, u2) = (
+        u.read_unaligned(),
+        u.add(1).read_unaligned(),
+        u.add(2).read_unaligned(),
+    );
+    let m4 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let m0 = u1 & KMASK1;
+    let s4 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let s0 = u0 & KMASK1;
+    let sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_setr_epi32(
+        s0 as i32, s4 as i32, m0 as i32, m4 as i32,
+    )));
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+    let d = _mm512_broadcastss_ps(dm);
+    let dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+    let sc = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+        sm,
+    );
+    let mn = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
+        sm,
+    );
+    (
+        _mm512_mul_ps(sc, d),
+        _mm512_mul_ps(mn, _mm512_sub_ps(_mm512_setzero_ps(), dmin)),
+    )
+}
+
+pub struct Q4K;
+pub struct Q5K;
+
+impl Q32W for Q4K {
+    // d | dmin | scales[12] | qs[128]: 144 bytes per super-block = 18 per sub-block.
+    const BYTES: usize = 18;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8, _nbg: usize) -> W8 {
+        let z0 = _mm512_loadu_si512(p.add(16) as *const __m512i);
+        let z1 = _mm512_loadu_si512(p.add(80) as *const __m512i);
+        let (d, m) = k4_scales(p);
+        W8 {
+            v: k4_vectors(z0, z1),
+            d,
+            m,
+        }
+    }
+}
+
+impl Q32W for Q5K {
+    // d | dmin | scales[12] | qh[32] | qs[128]: 176 bytes = 22 per sub-block.
+    const BYTES: usize = 22;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8, _nbg: usize) -> W8 {
+        let z0 = _mm512_loadu_si512(p.add(48) as *const __m512i);
+        let z1 = _mm512_loadu_si512(p.add(112) as *const __m512i);
+        let (d, m) = k4_scales(p);
+        let mut v = k4_vectors(z0, z1);
+        // Fifth bit of sub-block s, element l: bit s of qh[l]. Vector v needs bytes
+        // qh[E(v)..E(v)+8] in every qword lane s, shifted right by s.
+        let qh = _mm512_castsi256_si512(_mm256_loadu_si256(p.add(16) as *const __m256i));
+        let sh = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        let one = _mm512_set1_epi8(1);
+        const E: [i64; 4] = [0, 2, 1, 3];
+        for (i, v) in v.iter_mut().enumerate() {
+            let h = _mm512_permutexvar_epi64(_mm512_set1_epi64(E[i]), qh);
+            let h = _mm512_and_si512(_mm512_srlv_epi64(h, sh), one);
+            *v = _mm512_or_si512(*v, _mm512_slli_epi16(h, 4));
+        }
+        W8 { v, d, m }
+    }
+}
+
 /// Accumulates group `g` of R rows (blocks at `w[r]`) against C tokens.
 #[inline(always)]
 unsafe fn step<F: Q32W, const R: usize, const C: usize>(
@@ -333,6 +455,7 @@ unsafe fn step<F: Q32W, const R: usize, const C: usize>(
     w: &[*const u8; R],
     a: &[*const u8; C],
     g: usize,
+    nbg: usize,
 ) {
     let z = W8 {
         v: [_mm512_setzero_si512(); 4],
@@ -341,7 +464,7 @@ unsafe fn step<F: Q32W, const R: usize, const C: usize>(
     };
     let mut wv = [z; R];
     unroll!(r in R => {
-        wv[r] = F::unpack(w[r]);
+        wv[r] = F::unpack(w[r], nbg);
     });
     unroll!(c in C => {
         let rec = a[c].add(g * X8_GROUP_BYTES);
@@ -364,13 +487,14 @@ unsafe fn step<F: Q32W, const R: usize, const C: usize>(
 }
 
 /// As [`step`] for a last group of at most 4 blocks: 256-bit arithmetic on the first
-/// half of each vector (the weights come from zero-padded copies).
+/// half of each vector.
 #[inline(always)]
 unsafe fn half_step<F: Q32W, const R: usize, const C: usize>(
     acc: &mut [[__m512; C]; R],
     w: &[*const u8; R],
     a: &[*const u8; C],
     g: usize,
+    nbg: usize,
 ) {
     let z = W8 {
         v: [_mm512_setzero_si512(); 4],
@@ -379,7 +503,7 @@ unsafe fn half_step<F: Q32W, const R: usize, const C: usize>(
     };
     let mut wv = [z; R];
     unroll!(r in R => {
-        wv[r] = F::unpack(w[r]);
+        wv[r] = F::unpack(w[r], nbg);
     });
     unroll!(c in C => {
         let rec = a[c].add(g * X8_GROUP_BYTES);
@@ -403,9 +527,6 @@ unsafe fn half_step<F: Q32W, const R: usize, const C: usize>(
     });
 }
 
-/// Largest block size of these formats (Q8_0).
-const MAX_BYTES: usize = 34;
-
 /// Dot products of R weight rows with C activation rows (`nb` blocks each).
 #[inline(always)]
 unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
@@ -417,20 +538,15 @@ unsafe fn tile<F: Q32W, const R: usize, const C: usize>(
     let full = nb / 8;
     for g in 0..full {
         let wg: [*const u8; R] = arr(|r| w[r].add(g * 8 * F::BYTES));
-        step::<F, R, C>(&mut acc, &wg, &a, g);
+        step::<F, R, C>(&mut acc, &wg, &a, g, 8);
     }
     let rest = nb % 8;
     if rest != 0 {
-        // Copy the partial group so that unpacking reads nothing past the row.
-        let mut buf = [[0u8; 8 * MAX_BYTES]; R];
-        unroll!(r in R => {
-            std::ptr::copy_nonoverlapping(w[r].add(full * 8 * F::BYTES), buf[r].as_mut_ptr(), rest * F::BYTES);
-        });
-        let wg: [*const u8; R] = arr(|r| buf[r].as_ptr());
+        let wg: [*const u8; R] = arr(|r| w[r].add(full * 8 * F::BYTES));
         if rest <= 4 {
-            half_step::<F, R, C>(&mut acc, &wg, &a, full);
+            half_step::<F, R, C>(&mut acc, &wg, &a, full, rest);
         } else {
-            step::<F, R, C>(&mut acc, &wg, &a, full);
+            step::<F, R, C>(&mut acc, &wg, &a, full, rest);
         }
     }
     let mut out = [[0f32; C]; R];
@@ -510,6 +626,8 @@ pub unsafe fn run(job: &QJob, rows: Range<usize>) {
         DType::Q5_0 => run_fmt::<Q5_0>(job, rows),
         DType::Q5_1 => run_fmt::<Q5_1>(job, rows),
         DType::Q8_0 => run_fmt::<Q8_0>(job, rows),
+        DType::Q4_K => run_fmt::<Q4K>(job, rows),
+        DType::Q5_K => run_fmt::<Q5K>(job, rows),
         other => unreachable!("avx512_q32 with {other}"),
     }
 }

@@ -145,9 +145,13 @@ impl QJob<'_> {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => match self.dtype {
-                DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
-                    avx512_q32::run(self, rows)
-                }
+                DType::Q4_0
+                | DType::Q4_1
+                | DType::Q5_0
+                | DType::Q5_1
+                | DType::Q8_0
+                | DType::Q4_K
+                | DType::Q5_K => avx512_q32::run(self, rows),
                 _ => avx512_k::run(self, rows),
             },
             #[cfg(target_arch = "x86_64")]

@@ -235,7 +235,6 @@ unsafe fn row_32(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; C
 }
 
 unsafe fn row_k(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; CHUNK]) {
-    let swap = matches!(job.dtype, DType::Q4_K | DType::Q5_K);
     let bb = job.dtype.block_bytes();
     for (sb, blk) in wrow.chunks_exact(bb).enumerate() {
         let w = decode_k(job.dtype, blk);
@@ -245,7 +244,7 @@ unsafe fn row_k(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; CH
             for g in 0..16 {
                 let mut dot = 0i32;
                 for i in 16 * g..16 * g + 16 {
-                    dot += w.q[i] * rec[acts::k_pos(swap, i)] as i8 as i32;
+                    dot += w.q[i] * rec[i] as i8 as i32;
                 }
                 isum += w.sc[g] * dot;
                 let bsum =
