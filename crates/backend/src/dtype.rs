@@ -82,7 +82,7 @@ impl DType {
 
     /// Bytes taken by `n` elements; `None` if `n` is not a whole number of blocks.
     pub const fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         Some(n / self.block_size() * self.block_bytes())

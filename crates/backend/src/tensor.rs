@@ -355,7 +355,7 @@ pub fn byte_len(dtype: DType, shape: &[usize]) -> Result<usize> {
 
 fn cast_slice<T: Copy>(b: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    if b.as_ptr() as usize % std::mem::align_of::<T>() != 0 || b.len() % size != 0 {
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) || !b.len().is_multiple_of(size) {
         return Err(BackendError::Shape("misaligned tensor data".into()));
     }
     // SAFETY: alignment and length checked; T is a plain number type.
@@ -364,7 +364,7 @@ fn cast_slice<T: Copy>(b: &[u8]) -> Result<&[T]> {
 
 fn cast_slice_mut<T: Copy>(b: &mut [u8]) -> Result<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if b.as_ptr() as usize % std::mem::align_of::<T>() != 0 || b.len() % size != 0 {
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) || !b.len().is_multiple_of(size) {
         return Err(BackendError::Shape("misaligned tensor data".into()));
     }
     // SAFETY: alignment and length checked; T is a plain number type.

@@ -1,5 +1,7 @@
 //! Block formats: known bytes, quantize/dequantize round trips with error bounds, and
 //! K-quant blocks packed by ggml's packing code read back by our dequantizers.
+// Index loops read best here: element i of several arrays (input, output, expectation).
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -300,7 +302,7 @@ fn bad_lengths_are_errors() {
     assert!(quant::dequantize_row(DType::Q4_0, &[0u8; 18], &mut y).is_err());
     let mut y = [0f32; 64];
     assert!(quant::dequantize_row(DType::Q4_0, &[0u8; 20], &mut y).is_err());
-    assert!(quant::quantize_row(DType::Q4_K, &[0f32; 256], &mut [0u8; 144]).is_err());
+    assert!(quant::quantize_row(DType::Q2_K, &[0f32; 256], &mut [0u8; 84]).is_err());
     assert!(quant::dequantize_row(DType::I32, &[0u8; 4], &mut [0f32; 1]).is_err());
 }
 
@@ -320,6 +322,75 @@ fn float_formats_round_trip() {
         };
         for (a, b) in x.iter().zip(&y) {
             assert!((a - b).abs() <= rel * a.abs(), "{dtype}: {a} -> {b}");
+        }
+    }
+}
+
+/// K-quant quantizers: RMS error well within what the bit width allows (uniform data:
+/// a step of about range / levels gives RMS step / sqrt(12)), every element within a
+/// few steps of its sub-block, all-zero and constant super-blocks exact.
+#[test]
+fn k_quant_quantizers_round_trip() {
+    let mut r = rng(11);
+    for (dtype, max_rel_rms) in [
+        (DType::Q4_K, 0.06),
+        (DType::Q5_K, 0.032),
+        (DType::Q6_K, 0.025),
+    ] {
+        for scale in [1e-3f32, 1.0, 50.0] {
+            let n = 256 * 12;
+            let mut x = randn_vec(&mut r, n, scale);
+            // Skewed super-block, all-zero super-block, constant super-block.
+            x[256..512]
+                .iter_mut()
+                .for_each(|v| *v = v.abs() + 0.5 * scale);
+            x[512..768].fill(0.0);
+            x[768..1024].fill(-0.25 * scale);
+            let mut b = vec![0u8; dtype.bytes_for(n).unwrap()];
+            quant::quantize_row(dtype, &x, &mut b).unwrap();
+            let mut y = vec![0f32; n];
+            quant::dequantize_row(dtype, &b, &mut y).unwrap();
+            assert!(y[512..768].iter().all(|&v| v == 0.0), "{dtype}: zero block");
+            let (mut se, mut sx) = (0f64, 0f64);
+            for (sb, (xs, ys)) in x.chunks_exact(256).zip(y.chunks_exact(256)).enumerate() {
+                let g = if dtype == DType::Q6_K { 16 } else { 32 };
+                for (xg, yg) in xs.chunks_exact(g).zip(ys.chunks_exact(g)) {
+                    let (lo, hi) = xg
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                    let levels = match dtype {
+                        DType::Q4_K => 15.0,
+                        DType::Q5_K => 31.0,
+                        _ => 63.0,
+                    };
+                    let span = if dtype == DType::Q6_K {
+                        2.0 * lo.abs().max(hi.abs())
+                    } else {
+                        hi - lo.min(0.0)
+                    };
+                    let step = span / levels;
+                    // Scales and mins are themselves 6/8-bit and f16: allow a small
+                    // relative error on top of the steps.
+                    let amax = lo.abs().max(hi.abs());
+                    for (a, b) in xg.iter().zip(yg) {
+                        let tol = 3.0 * step + 0.02 * amax + 1e-6 * scale;
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{dtype} sb {sb}: {a} -> {b}, step {step}"
+                        );
+                    }
+                }
+                for (a, b) in xs.iter().zip(ys) {
+                    se += ((a - b) as f64).powi(2);
+                    sx += (*a as f64).powi(2);
+                }
+            }
+            let rel = (se / sx).sqrt();
+            assert!(
+                rel < max_rel_rms,
+                "{dtype} scale {scale}: relative RMS error {rel}"
+            );
+            println!("{dtype} scale {scale}: relative RMS error {rel:.4}");
         }
     }
 }

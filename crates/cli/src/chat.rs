@@ -83,7 +83,10 @@ impl std::fmt::Display for ReplyStats {
             parts.push(format!("first token {:.0} ms", t.as_secs_f64() * 1e3));
         }
         if let Some(d) = self.decode.filter(|d| !d.is_zero() && self.tokens > 1) {
-            parts.push(format!("{:.1} tokens/s", (self.tokens - 1) as f64 / d.as_secs_f64()));
+            parts.push(format!(
+                "{:.1} tokens/s",
+                (self.tokens - 1) as f64 / d.as_secs_f64()
+            ));
         }
         parts.push(format!("{} tokens", self.tokens));
         if let Some(p) = self.prompt_tokens {
@@ -143,7 +146,11 @@ impl Local {
                 None
             }
         };
-        Ok(Local { engine, template, name })
+        Ok(Local {
+            engine,
+            template,
+            name,
+        })
     }
 
     fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
@@ -337,7 +344,10 @@ impl Remote {
         Ok(remote)
     }
 
-    fn auth(&self, req: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    fn auth(
+        &self,
+        req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         match &self.api_key {
             Some(k) => req.header("Authorization", &format!("Bearer {k}")),
             None => req,
@@ -350,11 +360,15 @@ impl Remote {
             .auth(self.agent.get(&url))
             .call()
             .with_context(|| format!("cannot reach {url}"))?;
-        let body = resp.body_mut().read_to_string().with_context(|| format!("reading {url}"))?;
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading {url}"))?;
         if !resp.status().is_success() {
             return Err(status_error(&url, resp.status().as_u16(), &body));
         }
-        let v: Value = serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
+        let v: Value =
+            serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
         v["data"][0]["id"]
             .as_str()
             .map(str::to_string)
@@ -400,7 +414,8 @@ impl Backend for Remote {
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         if !(200..300).contains(&status) {
             let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::io::Read::take(reader, 1 << 20), &mut text);
+            let _ =
+                std::io::Read::read_to_string(&mut std::io::Read::take(reader, 1 << 20), &mut text);
             return Err(status_error(&url, status, &text));
         }
         // Lines are read on their own thread so that Ctrl-C is seen even while the server
@@ -446,8 +461,8 @@ impl Backend for Remote {
             if data == "[DONE]" {
                 break;
             }
-            let v: Value =
-                serde_json::from_str(data).with_context(|| format!("{url} sent an event that is not JSON: {data}"))?;
+            let v: Value = serde_json::from_str(data)
+                .with_context(|| format!("{url} sent an event that is not JSON: {data}"))?;
             if !v["error"].is_null() {
                 bail!("{url} reported an error mid-reply: {}", error_message(data));
             }
@@ -456,7 +471,10 @@ impl Backend for Remote {
                 prompt_tokens = u["prompt_tokens"].as_u64().map(|n| n as usize);
             }
             let choice = &v["choices"][0];
-            if let Some(text) = choice["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+            if let Some(text) = choice["delta"]["content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = Some(now);
@@ -545,7 +563,11 @@ fn read_message(stdin: &mut impl BufRead, interactive: bool, ints: &Interrupts) 
         let n = stdin.read_line(&mut line).context("reading the terminal")?;
         ints.armed.store(false, Ordering::SeqCst);
         if n == 0 {
-            return Ok(if text.is_empty() { Input::Eof } else { Input::Line(text) });
+            return Ok(if text.is_empty() {
+                Input::Eof
+            } else {
+                Input::Line(text)
+            });
         }
         let line = line.trim_end_matches(['\n', '\r']);
         if let Some(head) = line.strip_suffix('\\') {
@@ -570,7 +592,11 @@ pub fn run(args: ChatArgs) -> Result<()> {
         seed: args.seed,
     };
     let mut backend: Box<dyn Backend> = match &args.url {
-        Some(url) => Box::new(Remote::connect(url, args.api_key.clone(), args.remote_model.clone())?),
+        Some(url) => Box::new(Remote::connect(
+            url,
+            args.api_key.clone(),
+            args.remote_model.clone(),
+        )?),
         None => Box::new(Local::load(&args.model)?),
     };
 
@@ -690,10 +716,19 @@ mod tests {
 
     #[test]
     fn base_url_forms() {
-        for u in ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/", " http://h:1 "] {
+        for u in [
+            "http://h:1",
+            "http://h:1/",
+            "http://h:1/v1",
+            "http://h:1/v1/",
+            " http://h:1 ",
+        ] {
             assert_eq!(normalize_base(u).unwrap(), "http://h:1", "{u}");
         }
-        assert_eq!(normalize_base("https://x.y/api/v1").unwrap(), "https://x.y/api");
+        assert_eq!(
+            normalize_base("https://x.y/api/v1").unwrap(),
+            "https://x.y/api"
+        );
         assert!(normalize_base("h:1").is_err());
         assert!(normalize_base("ftp://h").is_err());
     }
@@ -705,7 +740,10 @@ mod tests {
         assert_eq!(error_message(r#"{"error":"plain"}"#), "plain");
         assert_eq!(error_message("  not json  "), "not json");
         let e = status_error("http://h/v1/x", 429, r#"{"error":{"message":"busy"}}"#).to_string();
-        assert!(e.contains("429") && e.contains("busy") && e.contains("try again"), "{e}");
+        assert!(
+            e.contains("429") && e.contains("busy") && e.contains("try again"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Show a model's architecture, size, quantization mix and special tokens.
     Info(InfoArgs),
+    /// Where the time of a forward step goes, against the memory and compute floor.
+    Roofline(sluice_roofline::RooflineArgs),
     /// Download a known model into the cache (checksum verified, never twice).
     Pull(PullArgs),
     /// Benchmarks: offline through the engine (model, throughput) or online against any
@@ -98,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info(a),
         Command::Pull(a) => pull_cmd(a),
+        Command::Roofline(a) => sluice_roofline::run(a),
         Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),
         Command::Bench(BenchCommand::Throughput(a)) => bench_offline::run_throughput(a),
         Command::Bench(BenchCommand::Serve(a)) => {

@@ -13,7 +13,9 @@ fn models_dir() -> Option<PathBuf> {
     match std::env::var_os("SLUICE_TEST_MODELS") {
         Some(d) => Some(PathBuf::from(d)),
         None => {
-            eprintln!("note: SLUICE_TEST_MODELS is not set; skipping a test that needs real models");
+            eprintln!(
+                "note: SLUICE_TEST_MODELS is not set; skipping a test that needs real models"
+            );
             None
         }
     }
@@ -128,7 +130,9 @@ impl Session {
 
     fn type_line(&mut self, line: &str) {
         // Enter on a terminal sends CR; the line discipline turns it into "\n".
-        self.writer.write_all(line.as_bytes()).expect("write to the pty");
+        self.writer
+            .write_all(line.as_bytes())
+            .expect("write to the pty");
         self.writer.write_all(b"\r").expect("write to the pty");
         self.writer.flush().expect("flush the pty");
     }
@@ -147,7 +151,10 @@ impl Session {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("sluice chat did not exit; the terminal shows:\n{}", self.seen);
+                panic!(
+                    "sluice chat did not exit; the terminal shows:\n{}",
+                    self.seen
+                );
             }
             self.pump(Duration::from_millis(100));
         }
@@ -175,7 +182,11 @@ fn number_before(figures: &str, suffix: &str) -> usize {
         .split(suffix)
         .next()
         .unwrap_or_else(|| panic!("no `{suffix}` in {figures:?}"));
-    let digits: String = head.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = head
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits
         .chars()
         .rev()
@@ -189,7 +200,10 @@ fn turn(s: &mut Session, message: &str, timeout: Duration) -> Turn {
     // The terminal echoes the typed line.
     s.expect(&format!("{message}\n"), Duration::from_secs(10));
     let text = s.expect("[first token", timeout);
-    let reply = text.trim_end_matches("[first token").trim_end_matches('\n').to_string();
+    let reply = text
+        .trim_end_matches("[first token")
+        .trim_end_matches('\n')
+        .to_string();
     let figures = format!("[first token{}", s.expect("]", Duration::from_secs(10)));
     s.expect(">>> ", Duration::from_secs(10));
     Turn {
@@ -232,13 +246,21 @@ fn two_turns_reset_and_save_in_a_terminal() {
     s.expect(">>> ", Duration::from_secs(10));
 
     let t1 = turn(&mut s, "Once upon a time", Duration::from_secs(60));
-    assert!(!t1.reply.trim().is_empty(), "first reply is empty: {}", t1.figures);
+    assert!(
+        !t1.reply.trim().is_empty(),
+        "first reply is empty: {}",
+        t1.figures
+    );
     assert!(t1.tokens > 0 && t1.tokens <= 48, "{}", t1.figures);
 
     // The second turn's prompt holds the first exchange: it is longer than the first
     // prompt plus the first reply.
     let t2 = turn(&mut s, "Then the sun came out.", Duration::from_secs(60));
-    assert!(!t2.reply.trim().is_empty(), "second reply is empty: {}", t2.figures);
+    assert!(
+        !t2.reply.trim().is_empty(),
+        "second reply is empty: {}",
+        t2.figures
+    );
     assert!(
         t2.prompt_tokens > t1.prompt_tokens + t1.tokens,
         "second prompt ({}) should carry the first turn ({} + {} tokens)",
@@ -248,23 +270,37 @@ fn two_turns_reset_and_save_in_a_terminal() {
     );
 
     s.type_line("/save conversation.json");
-    s.expect("(saved 4 messages to conversation.json)", Duration::from_secs(10));
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("conversation.json")).expect("saved file"))
-            .expect("saved JSON");
+    s.expect(
+        "(saved 4 messages to conversation.json)",
+        Duration::from_secs(10),
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("conversation.json")).expect("saved file"),
+    )
+    .expect("saved JSON");
     let msgs = saved["messages"].as_array().expect("messages array");
-    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
+    let roles: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
     assert_eq!(msgs[0]["content"], "Once upon a time");
     assert_eq!(msgs[2]["content"], "Then the sun came out.");
-    assert_eq!(msgs[1]["content"].as_str().unwrap_or("").trim(), t1.reply.trim());
+    assert_eq!(
+        msgs[1]["content"].as_str().unwrap_or("").trim(),
+        t1.reply.trim()
+    );
 
     // After /reset the same first message gives the same greedy reply from the same prompt.
     s.type_line("/reset");
     s.expect("(conversation cleared)", Duration::from_secs(10));
     s.expect(">>> ", Duration::from_secs(10));
     let t3 = turn(&mut s, "Once upon a time", Duration::from_secs(60));
-    assert_eq!(t3.prompt_tokens, t1.prompt_tokens, "{} vs {}", t3.figures, t1.figures);
+    assert_eq!(
+        t3.prompt_tokens, t1.prompt_tokens,
+        "{} vs {}",
+        t3.figures, t1.figures
+    );
     assert_eq!(t3.reply, t1.reply);
 
     // Ctrl-C at the prompt warns; a second one leaves.
@@ -302,23 +338,37 @@ fn ctrl_c_stops_a_reply_and_the_chat_goes_on() {
     // Wait for the reply to start (a few characters), then press Ctrl-C.
     let deadline = Instant::now() + Duration::from_secs(120);
     while s.seen.len() < s.cursor + 12 {
-        assert!(Instant::now() < deadline, "no reply text; terminal:\n{}", s.seen);
+        assert!(
+            Instant::now() < deadline,
+            "no reply text; terminal:\n{}",
+            s.seen
+        );
         s.pump(Duration::from_millis(50));
     }
     s.ctrl_c();
     let figures = s.expect("]", Duration::from_secs(30));
-    assert!(figures.contains("stopped"), "reply was not stopped: {figures}");
+    assert!(
+        figures.contains("stopped"),
+        "reply was not stopped: {figures}"
+    );
     let tokens = number_before(&figures, " tokens \u{b7}");
     assert!(tokens < 400, "{figures}");
     s.expect(">>> ", Duration::from_secs(10));
 
     // Still chatting: the partial reply is in the history, and a new turn works.
     s.type_line("/save partial.json");
-    s.expect("(saved 2 messages to partial.json)", Duration::from_secs(10));
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("partial.json")).expect("saved file"))
-            .expect("saved JSON");
-    let partial = saved["messages"][1]["content"].as_str().unwrap_or("").to_string();
+    s.expect(
+        "(saved 2 messages to partial.json)",
+        Duration::from_secs(10),
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("partial.json")).expect("saved file"),
+    )
+    .expect("saved JSON");
+    let partial = saved["messages"][1]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(!partial.is_empty(), "the stopped reply should be kept");
     s.type_line("/quit");
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);

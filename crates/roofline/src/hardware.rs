@@ -303,7 +303,7 @@ impl CpuInfo {
             kv_dtype: "F32".into(),
             memory_gib: total_memory_gib(),
             source: format!(
-                "peaks: {} cores x {:.2} GHz x {}/{}/{} f32/bf16/int8 ops per cycle ({}); bandwidth: {}",
+                "peaks: {} core(s) x {:.2} GHz x {}/{}/{} f32/bf16/int8 ops per cycle ({}); bandwidth: {}",
                 self.cores,
                 self.ghz,
                 self.f32_per_cycle,

@@ -175,7 +175,7 @@ fn hardware_profile(
             (
                 bw.gbs,
                 format!(
-                    "streaming-read probe, {} MiB, {} threads",
+                    "streaming-read probe, {} MiB, {} thread(s)",
                     bw.buffer_bytes >> 20,
                     bw.threads
                 ),

@@ -87,16 +87,9 @@ fn roofs(hw: &HardwareProfile) -> Vec<(ComputeClass, f64)> {
     out
 }
 
+/// "989.4 TFLOP/s", "66.9 GFLOP/s".
 fn fmt_rate(x: f64) -> String {
-    if x >= 1e12 {
-        format!("{:.3} T", x / 1e12)
-    } else if x >= 1e9 {
-        format!("{:.1} G", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.1} M", x / 1e6)
-    } else {
-        format!("{x:.0} ")
-    }
+    crate::report::si(x, "FLOP/s")
 }
 
 fn draw<DB: DrawingBackend>(
@@ -137,7 +130,7 @@ where
         .configure_mesh()
         .x_desc("arithmetic intensity (FLOP / byte)")
         .y_desc("achieved FLOP/s")
-        .y_label_formatter(&|v| fmt_rate(*v) + "FLOP/s")
+        .y_label_formatter(&|v| fmt_rate(*v))
         .x_label_formatter(&|v| {
             if *v >= 1.0 {
                 format!("{v:.0}")
@@ -169,7 +162,7 @@ where
         chart
             .draw_series(std::iter::once(Text::new(
                 format!(
-                    "{} peak {}FLOP/s (ridge {:.1} FLOP/B)",
+                    "{} peak {} (ridge {:.1} FLOP/B)",
                     c.name(),
                     fmt_rate(*p),
                     ridge

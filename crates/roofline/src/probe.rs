@@ -174,7 +174,7 @@ pub fn measure_cpu(
     profile.memory_bandwidth_gbs = bandwidth.gbs;
     profile.name = format!("{} (measured)", profile.name);
     profile.source = format!(
-        "measured by `sluice roofline --measure` with {n} threads: streaming read of {} MiB, best of {} passes; \
+        "measured by `sluice roofline --measure` with {n} thread(s): streaming read of {} MiB, best of {} passes; \
          backend matmul {t}x{k}x{m} with F32/BF16/Q8_0 weights, best of 5",
         bandwidth.buffer_bytes >> 20,
         bandwidth.passes

@@ -10,12 +10,24 @@ use sluice_model::{ModelConfig, WeightStore};
 
 use crate::error::{Result, RooflineError};
 
+/// Weight types the backend can quantize to (the Q8_1/Q8_K activation formats are not
+/// weight types).
+pub fn can_generate(dtype: DType) -> bool {
+    quant::can_quantize(dtype) && !matches!(dtype, DType::Q8_1 | DType::Q8_K | DType::I32)
+}
+
 /// A `[rows, cols]` tensor of `dtype` with random values; rows are filled in parallel,
 /// each chunk from its own stream so the result does not depend on the thread count.
 pub fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
-    if !quant::can_quantize(dtype) || dtype == DType::Q8_1 || dtype == DType::Q8_K {
+    if !can_generate(dtype) {
+        let ok: Vec<&str> = DType::ALL
+            .iter()
+            .filter(|d| can_generate(**d))
+            .map(|d| d.name())
+            .collect();
         return Err(RooflineError::Unsupported(format!(
-            "random weights of type {dtype}: supported are F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"
+            "random weights of type {dtype}: supported are {}",
+            ok.join(", ")
         )));
     }
     if !cols.is_multiple_of(dtype.block_size()) {
@@ -158,7 +170,12 @@ mod tests {
         assert!(vals.iter().all(|v| v.abs() <= bound));
         // Not all equal: the rows really are random.
         assert!(vals.iter().any(|&v| (v - vals[0]).abs() > 1e-3));
-        assert!(random_matrix(DType::Q4_K, 4, 256, 1).is_err());
+        let err = random_matrix(DType::Q8_K, 4, 256, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Q8_K") && err.contains("Q4_0"), "{err}");
+        assert!(random_matrix(DType::I32, 4, 32, 1).is_err());
+        // Rows must be whole blocks.
         assert!(random_matrix(DType::Q4_0, 4, 48, 1).is_err());
     }
 }

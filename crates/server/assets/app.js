@@ -144,7 +144,7 @@ function formatStats(s) {
   if (s.ttft_ms != null) parts.push(`first token ${s.ttft_ms < 1000 ? Math.round(s.ttft_ms) + " ms" : (s.ttft_ms / 1000).toFixed(2) + " s"}`);
   if (s.tok_s != null) parts.push(`${s.tok_s.toFixed(1)} tokens/s`);
   if (s.tokens != null) parts.push(`${s.tokens} tokens`);
-  if (s.prompt_tokens != null) parts.push(`prompt ${s.prompt_tokens}`);
+  if (s.prompt_tokens != null) parts.push(`prompt ${s.prompt_tokens} tokens`);
   if (s.finish === "length") parts.push("cut at max tokens");
   if (s.stopped) parts.push("stopped");
   return parts.join(" \u00b7 ");

@@ -109,7 +109,7 @@ impl CpuBackend {
                 p.n_kv_heads, p.head_dim, meta.block_size
             )));
         }
-        if hd > MAX_HEAD_DIM || p.n_heads % p.n_kv_heads != 0 {
+        if hd > MAX_HEAD_DIM || !p.n_heads.is_multiple_of(p.n_kv_heads) {
             return Err(BackendError::Shape(format!(
                 "paged_attention: head_dim {hd} / heads {} / kv heads {} unsupported",
                 p.n_heads, p.n_kv_heads

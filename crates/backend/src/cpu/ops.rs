@@ -319,8 +319,7 @@ impl CpuBackend {
             DType::F32 => {
                 let kc = k_cache.as_f32_mut()?;
                 let vc = v_cache.as_f32_mut()?;
-                for t in 0..t_count {
-                    let slot = slots[t];
+                for (t, &slot) in slots.iter().enumerate().take(t_count) {
                     if slot < 0 {
                         continue;
                     }

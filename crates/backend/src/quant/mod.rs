@@ -5,6 +5,7 @@
 pub mod blocks;
 mod dequant;
 mod quantize;
+mod quantize_k;
 
 pub use quantize::nearest_int;
 
@@ -85,12 +86,15 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::Q8_0
             | DType::Q8_1
             | DType::Q8_K
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K
     )
 }
 
 /// Quantizes `src` (whole blocks) into `dtype` with ggml's reference rounding, writing
-/// the first `dtype.bytes_for(src.len())` bytes of `dst`. The K-quant weight formats
-/// (Q2_K..Q6_K) have no quantizer yet.
+/// the first `dtype.bytes_for(src.len())` bytes of `dst`. Q2_K and Q3_K have no
+/// quantizer yet.
 pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     let need = check_len("quantize", dtype, src.len(), dst.len())?;
     let dst = &mut dst[..need];
@@ -118,6 +122,9 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         DType::Q8_0 => quantize::q8_0(src, bm(dst)?),
         DType::Q8_1 => quantize::q8_1(src, bm(dst)?),
         DType::Q8_K => quantize::q8_k(src, bm(dst)?),
+        DType::Q4_K => quantize_k::q4_k(src, bm(dst)?),
+        DType::Q5_K => quantize_k::q5_k(src, bm(dst)?),
+        DType::Q6_K => quantize_k::q6_k(src, bm(dst)?),
         other => {
             return Err(BackendError::Unsupported {
                 op: "quantize",

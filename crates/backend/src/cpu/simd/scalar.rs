@@ -242,10 +242,12 @@ unsafe fn row_k(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; CH
             let rec = &act_row(job, t0 + c)[sb * K_BYTES..][..K_BYTES];
             let (mut isum, mut imin) = (0i32, 0i32);
             for g in 0..16 {
-                let mut dot = 0i32;
-                for i in 16 * g..16 * g + 16 {
-                    dot += w.q[i] * rec[i] as i8 as i32;
-                }
+                let r = 16 * g..16 * g + 16;
+                let dot: i32 = w.q[r.clone()]
+                    .iter()
+                    .zip(&rec[r])
+                    .map(|(q, &a)| q * a as i8 as i32)
+                    .sum();
                 isum += w.sc[g] * dot;
                 let bsum =
                     i16::from_le_bytes([rec[off::BSUMS + 2 * g], rec[off::BSUMS + 2 * g + 1]]);
