@@ -46,9 +46,9 @@ async function startServer(extraArgs = []) {
         resolve(`http://127.0.0.1:${m[2]}/`);
       }
     });
-    proc.on("exit", (code) => {
+    proc.on("exit", (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`sluice serve exited (${code}):\n${log}`));
+      reject(new Error(`sluice serve exited (${signal ?? code}):\n${log}`));
     });
   });
   return {
@@ -146,12 +146,14 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     const { page, problems } = await newPage(server.url);
     await page.locator("#model-name").filter({ hasText: "Model:" }).waitFor({ timeout: 30_000 });
 
-    // Greedy and short, so the test is quick and repeatable.
-    await setSettings(page, { Temperature: 0, "Max tokens": 40, Seed: 7 });
+    // Greedy, so the test is repeatable.
+    await setSettings(page, { Temperature: 0, "Max tokens": 160, Seed: 7 });
+    await page.locator("#system-box summary").click();
+    await page.getByLabel("System prompt", { exact: true }).fill("You are a helpful assistant.");
 
     // Turn 1: a streamed reply appears piece by piece and finishes with its figures.
     await watchStreaming(page);
-    await send(page, "What is the capital of France?");
+    await send(page, "Give me three tips for learning Rust, as a list.");
     await page.locator("#stop").waitFor({ state: "visible" });
     await waitIdle(page);
     const seen = await page.evaluate(() => window.__seen);
@@ -162,33 +164,43 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     const stats1 = await lastAssistant(page).locator(".stats").textContent();
     assert.match(stats1, /first token \d/, stats1);
     assert.match(stats1, /\d+ tokens\b/, stats1);
-    assert.match(stats1, /prompt \d+/, stats1);
-
-    // Turn 2: the request carries the history (system prompt included).
-    await page.locator("#system-box summary").click();
-    await page.getByLabel("System prompt", { exact: true }).fill("You are a helpful assistant.");
+    assert.match(stats1, /prompt \d+ tokens/, stats1);
+    // Markdown in the reply is rendered, not shown as source.
     const conv1 = await storedConversation(page);
+    if (/^\s*(\d+\.|[-*]) /m.test(conv1.messages[1].content)) {
+      assert.ok((await lastAssistant(page).locator(".body li").count()) > 0, "a list in the reply was not rendered");
+    }
+
+    // Turn 2: the request carries the system prompt and the history.
     const [req] = await Promise.all([
       page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions") && r.method() === "POST"),
-      send(page, "Write a Python function that reverses a string."),
+      send(page, "Write a Python function that reverses a string. Use a markdown code block."),
     ]);
     const body = req.postDataJSON();
     assert.equal(body.stream, true);
     assert.deepEqual(body.stream_options, { include_usage: true });
     assert.equal(body.temperature, 0);
-    assert.equal(body.max_tokens, 40);
+    assert.equal(body.max_tokens, 160);
     assert.equal(body.seed, 7);
     assert.deepEqual(
       body.messages.map((m) => m.role),
       ["system", "user", "assistant", "user"]
     );
     assert.equal(body.messages[0].content, "You are a helpful assistant.");
-    assert.equal(body.messages[1].content, "What is the capital of France?");
+    assert.equal(body.messages[1].content, "Give me three tips for learning Rust, as a list.");
     assert.equal(body.messages[2].content, conv1.messages[1].content);
     assert.ok(body.messages[2].content.length > 0);
     await waitIdle(page);
     assert.equal(await assistants(page).count(), 2);
-    assert.ok((await lastAssistant(page).locator(".body").textContent()).trim().length > 0);
+    assert.ok(
+      (await lastAssistant(page).locator(".body").textContent()).trim().length > 0,
+      `the second reply is empty; error shown: ${await lastAssistant(page).locator(".error").textContent()}`
+    );
+    const conv2 = await storedConversation(page);
+    if (conv2.messages[3].content.includes("```")) {
+      assert.ok((await lastAssistant(page).locator(".code-block code").count()) > 0, "a code block was not rendered");
+    }
+    await page.screenshot({ path: path.join(ARTIFACTS, "chat.png") });
 
     // Turn 3: stop a long reply mid-stream; the partial reply stays, marked as stopped.
     await setSettings(page, { "Max tokens": 400 });
@@ -207,17 +219,19 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     assert.equal(stopped.role, "assistant");
     assert.ok(stopped.stopped && stopped.content.length > 0, JSON.stringify(stopped));
     assert.ok(stopped.stats.tokens < 400, JSON.stringify(stopped.stats));
-    await page.screenshot({ path: path.join(ARTIFACTS, "chat.png") });
 
     // Reload: the conversation is still there, with its system prompt.
     await page.reload();
     await page.locator("#model-name").filter({ hasText: "Model:" }).waitFor({ timeout: 30_000 });
     assert.equal(await page.locator("article.msg").count(), 6);
-    assert.equal(await page.locator("article.msg.user").first().locator(".body").textContent(), "What is the capital of France?");
+    assert.equal(
+      await page.locator("article.msg.user").first().locator(".body").textContent(),
+      "Give me three tips for learning Rust, as a list."
+    );
     assert.equal(await assistants(page).first().locator(".body").textContent(), first);
     assert.equal(await page.getByLabel("System prompt", { exact: true }).inputValue(), "You are a helpful assistant.");
     assert.equal(await page.locator("#conv-list li").count(), 1);
-    assert.match(await page.locator("#conv-list li").first().textContent(), /What is the capital of France/);
+    assert.match(await page.locator("#conv-list li").first().textContent(), /Give me three tips/);
 
     // Edit and resend the first message: later turns go, a new reply comes.
     await setSettings(page, { "Max tokens": 24 });
@@ -251,6 +265,9 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     const down = await lastAssistant(page).locator(".error").textContent();
     assert.match(down, /Server unreachable/, down);
     assert.deepEqual(problems, []);
+  } catch (e) {
+    e.message += `\n--- sluice serve log ---\n${server.log()}`;
+    throw e;
   } finally {
     await server.stop();
   }
@@ -299,6 +316,9 @@ test("chat: API key prompt and a busy server (429)", { skip: SKIP, timeout: 600_
     assert.ok(ok, "no reply after the busy slot was freed");
     assert.equal(await page.evaluate(() => localStorage.getItem("sluice.apiKey")), key);
     assert.deepEqual(problems, []);
+  } catch (e) {
+    e.message += `\n--- sluice serve log ---\n${server.log()}`;
+    throw e;
   } finally {
     await server.stop();
   }

@@ -373,3 +373,127 @@ fn ctrl_c_stops_a_reply_and_the_chat_goes_on() {
     s.type_line("/quit");
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
 }
+
+/// `sluice serve` on a free port, stopped (killed) on drop.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    fn start(model: &Path) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "serve",
+                "--model",
+                model.to_str().expect("utf-8 path"),
+                "--port",
+                "0",
+            ])
+            .args(["--max-model-len", "2048"])
+            .env("SLUICE_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sluice serve");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let (tx, rx) = mpsc::channel();
+        // Reads the address from the startup line, then keeps draining the pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(i) = line.find("http://") {
+                    let url: String = line[i..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sluice serve did not print its address");
+            }
+        };
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn remote_chat_against_sluice_serve() {
+    let Some(models) = models_dir() else { return };
+    let model = models.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !model.exists() {
+        eprintln!("note: {} is missing; skipping", model.display());
+        return;
+    }
+    let server = Server::start(&model);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut s = Session::start(
+        &[
+            "chat",
+            "--url",
+            &server.url,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "300",
+        ],
+        dir.path(),
+    );
+    s.expect("sluice chat with ", Duration::from_secs(30));
+    s.expect(">>> ", Duration::from_secs(10));
+
+    // A whole reply, with the server's usage figures.
+    let t1 = turn(
+        &mut s,
+        "Write a Python function that reverses a string.",
+        Duration::from_secs(120),
+    );
+    assert!(!t1.reply.trim().is_empty(), "empty reply: {}", t1.figures);
+    assert!(t1.prompt_tokens > 10 && t1.tokens > 0, "{}", t1.figures);
+
+    // Ctrl-C stops the next one mid-stream; the chat goes on.
+    let message = "Now tell me a long story about a dragon who learns to bake bread.";
+    s.type_line(message);
+    s.expect(&format!("{message}\n"), Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.seen.len() < s.cursor + 12 {
+        assert!(
+            Instant::now() < deadline,
+            "no reply text; terminal:\n{}",
+            s.seen
+        );
+        s.pump(Duration::from_millis(50));
+    }
+    s.ctrl_c();
+    let figures = s.expect("]", Duration::from_secs(30));
+    assert!(
+        figures.contains("stopped"),
+        "reply was not stopped: {figures}"
+    );
+    s.expect(">>> ", Duration::from_secs(10));
+
+    // The third turn's request carries both earlier turns (the stopped one as far as it got).
+    let t3 = turn(&mut s, "Thanks!", Duration::from_secs(120));
+    assert!(
+        t3.prompt_tokens > t1.prompt_tokens + t1.tokens,
+        "third prompt ({}) should hold the earlier turns: {}",
+        t3.prompt_tokens,
+        t3.figures
+    );
+    s.type_line("/quit");
+    assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
+}

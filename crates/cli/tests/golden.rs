@@ -1,11 +1,20 @@
 //! Golden generations: `sluice generate` greedy output equals the reference recorded in
 //! each model's README.txt (../shared/models, through $SLUICE_TEST_MODELS).
+//!
+//! The README references were computed in f32 on dequantized weights. The fast kernels
+//! quantize activations to int8 per block (as llama.cpp does), which moves logits by a
+//! fraction of a percent and can flip near-ties (SmolLM2 at token ~5 and ~31, top-2
+//! log-prob margins 0.05 and 0.16). The text comparisons therefore run with
+//! `SLUICE_CPU_FEATURES=reference` (f32 activations, weights dequantized row by row),
+//! which checks loaders, tokenizers and the forward pass exactly; the kernels are checked
+//! against that reference by the backend's tests. The chat test runs on the fast path.
 
 mod common;
 use common::*;
 
 #[test]
 fn stories260k_greedy_ids_match_the_reference() {
+    // stories260K is F32: no activation quantization on any path.
     let Some(dir) = models_dir() else { return };
     let model = dir.join("stories260K");
     let r = sluice(&[
@@ -25,10 +34,10 @@ fn stories260k_greedy_ids_match_the_reference() {
 fn smollm2_q4_1_greedy_text_matches_the_reference() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let r = sluice(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time",
-        "--temperature", "0", "-n", "40", "--print-token-ids",
-    ]);
+    let r = sluice_env(
+        &["generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time", "--temperature", "0", "-n", "40", "--print-token-ids"],
+        &[("SLUICE_CPU_FEATURES", "reference")],
+    );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(printed_ids(&r.stderr).len(), 40);
     let reference = ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets. But as the years went by, the city began to lose its original essence. The once-blue skies of";
@@ -72,10 +81,10 @@ fn gemma3_q4_k_m_greedy_text_matches_the_reference() {
         eprintln!("note: {} not present; skipping", model.display());
         return;
     }
-    let r = sluice(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time",
-        "--temperature", "0", "-n", "40", "--print-token-ids",
-    ]);
+    let r = sluice_env(
+        &["generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time", "--temperature", "0", "-n", "40", "--print-token-ids"],
+        &[("SLUICE_CPU_FEATURES", "reference")],
+    );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(printed_ids(&r.stderr).len(), 40);
     let reference = ", there was a little girl named Lily. She was a very smart girl, and she loved to play with her friends. One day, Lily was playing with her friends, and she was very excited";

@@ -1,7 +1,8 @@
 //! Run-time CPU feature detection, with an override for benchmarking slower paths.
 
 /// Instruction sets the kernels may use. `SLUICE_CPU_FEATURES=scalar|avx2|avx512`
-/// caps them (to benchmark or test the AVX2 path on an AVX-512 machine).
+/// caps them (to benchmark or test the AVX2 path on an AVX-512 machine);
+/// `SLUICE_CPU_FEATURES=reference` selects f32-activation reference matmuls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuFeatures {
     pub avx2: bool,
@@ -13,6 +14,10 @@ pub struct CpuFeatures {
     pub avx512bf16: bool,
     pub avxvnni: bool,
     pub neon: bool,
+    /// Reference precision: quantized weights are dequantized row by row and multiplied
+    /// with unquantized f32 activations (no int8 activation rounding). Slow; reproduces
+    /// f32 reference implementations exactly enough for golden-token tests.
+    pub reference: bool,
 }
 
 impl CpuFeatures {
@@ -41,6 +46,10 @@ impl CpuFeatures {
         }
         match cap.map(|s| s.trim().to_ascii_lowercase()) {
             Some(c) if c == "scalar" => CpuFeatures::none(),
+            Some(c) if c == "reference" => CpuFeatures {
+                reference: true,
+                ..f
+            },
             Some(c) if c == "avx2" => CpuFeatures {
                 avx512f: false,
                 avx512bw: false,
@@ -63,6 +72,7 @@ impl CpuFeatures {
             avx512bf16: false,
             avxvnni: false,
             neon: false,
+            reference: false,
         }
     }
 
@@ -77,7 +87,9 @@ impl CpuFeatures {
     }
 
     pub fn describe(&self) -> String {
-        if self.has_avx512_vnni() {
+        if self.reference {
+            "reference-f32".into()
+        } else if self.has_avx512_vnni() {
             "avx512-vnni".into()
         } else if self.has_avx2() {
             "avx2".into()

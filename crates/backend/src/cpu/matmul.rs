@@ -86,7 +86,54 @@ pub fn prepare_weight(_cpu: &CpuBackend, host: Tensor) -> Result<Tensor> {
 
 /// `out[t, m] = sum_k x[t, k] * w[m, k]` on the backend's best path.
 pub fn matmul(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+    if cpu.features.reference && w.dtype().is_quantized() {
+        return matmul_reference(cpu, x, w, out);
+    }
     matmul_on(cpu, Isa::select(&cpu.features), x, w, out)
+}
+
+/// Reference-precision matmul: each weight row is dequantized (one row at a time, never
+/// the whole tensor) and dotted with the f32 activations in f32. Used to reproduce f32
+/// reference implementations (golden tests); `SLUICE_CPU_FEATURES=reference`.
+pub fn matmul_reference(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+    let (m, k) = (w.rows(), w.cols());
+    if w.shape().len() != 2 || x.cols() != k || out.cols() != m || out.rows() != x.rows() {
+        return Err(BackendError::Shape(format!(
+            "matmul: x {:?} w {:?} out {:?}",
+            x.shape(),
+            w.shape(),
+            out.shape()
+        )));
+    }
+    let xs = x.as_f32()?;
+    let t = x.rows();
+    let dtype = w.dtype();
+    let rb = dtype.row_bytes(k);
+    let wb = w.cpu_bytes()?;
+    let o = crate::cpu::ops::SendPtr(out.as_f32_mut()?.as_mut_ptr());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    cpu.pool.for_range(m, 4, |rows| {
+        let mut row = vec![0f32; k];
+        for r in rows {
+            if crate::quant::dequantize_row(dtype, &wb[r * rb..(r + 1) * rb], &mut row).is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            for ti in 0..t {
+                let xr = &xs[ti * k..(ti + 1) * k];
+                let mut acc = 0f32;
+                for (a, b) in xr.iter().zip(&row) {
+                    acc += a * b;
+                }
+                // SAFETY: each (ti, r) element is written by exactly one thread.
+                unsafe { o.slice_mut(ti * m + r, 1)[0] = acc };
+            }
+        }
+    });
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(BackendError::Shape("matmul: weight row failed to dequantize".into()));
+    }
+    Ok(())
 }
 
 /// As [`matmul`], on path `isa` (capped to what the CPU has).

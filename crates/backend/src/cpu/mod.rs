@@ -50,6 +50,7 @@ impl CpuBackend {
             avx512bf16: features.avx512bf16 && real.avx512bf16,
             avxvnni: features.avxvnni && real.avxvnni,
             neon: features.neon && real.neon,
+            reference: features.reference,
         };
         CpuBackend {
             pool: ThreadPool::new(threads.max(1)),

@@ -21,8 +21,14 @@ pub struct Run {
 }
 
 pub fn sluice(args: &[&str]) -> Run {
+    sluice_env(args, &[])
+}
+
+/// Runs sluice with extra environment variables.
+pub fn sluice_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
+        .envs(env.iter().copied())
         .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache-unused"))
         .output()
         .expect("failed to run the sluice binary");
