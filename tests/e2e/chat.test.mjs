@@ -91,6 +91,11 @@ async function newPage(url, viewport = { width: 1100, height: 820 }) {
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  // Console errors other than the HTTP failures the test causes on purpose (a CSP
+  // violation, for one, would show here).
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/Failed to load resource/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
   await page.goto(url);
   return { page, context, problems };
 }
@@ -233,6 +238,13 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     assert.equal(await page.locator("#conv-list li").count(), 1);
     assert.match(await page.locator("#conv-list li").first().textContent(), /Give me three tips/);
 
+    // A new conversation starts empty; the old one is a click away in the list.
+    await page.getByRole("button", { name: "New conversation" }).click();
+    assert.equal(await page.locator("article.msg").count(), 0);
+    assert.equal(await page.locator("#conv-list li").count(), 2);
+    await page.locator("#conv-list button.open", { hasText: "Give me three tips" }).click();
+    assert.equal(await page.locator("article.msg").count(), 6);
+
     // Edit and resend the first message: later turns go, a new reply comes.
     await setSettings(page, { "Max tokens": 24 });
     await page.locator("article.msg.user").first().getByRole("button", { name: "Edit and resend this message" }).click();
@@ -241,12 +253,6 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     await waitIdle(page);
     assert.equal(await page.locator("article.msg").count(), 2);
     assert.equal(await page.locator("article.msg.user .body").textContent(), "What is the capital of Italy?");
-
-    // A message far longer than the context: the server's 400 is shown, readable.
-    await send(page, "tell me about this: " + "lorem ipsum dolor sit amet ".repeat(800));
-    await waitIdle(page);
-    const tooLong = await lastAssistant(page).locator(".error").textContent();
-    assert.match(tooLong, /Too long for the model \((400|413)\)/, tooLong);
 
     // A phone-width screen: one column, the list behind a button.
     await page.setViewportSize({ width: 390, height: 800 });
@@ -258,12 +264,19 @@ test("chat: stream, history, stop, reload, errors", { skip: SKIP, timeout: 900_0
     await page.screenshot({ path: path.join(ARTIFACTS, "chat-phone.png") });
     await page.setViewportSize({ width: 1100, height: 820 });
 
+    // A message far longer than the context: the server's 400 is shown, readable.
+    await send(page, "tell me about this: " + "lorem ipsum dolor sit amet ".repeat(800));
+    await waitIdle(page);
+    const tooLong = await lastAssistant(page).locator(".error").textContent();
+    assert.match(tooLong, /Too long for the model \((400|413)\)/, tooLong);
+
     // Server down: the page says so instead of waiting forever.
     await server.stop();
     await send(page, "Are you there?");
     await waitIdle(page, 30_000);
     const down = await lastAssistant(page).locator(".error").textContent();
     assert.match(down, /Server unreachable/, down);
+    await page.screenshot({ path: path.join(ARTIFACTS, "chat-errors.png") });
     assert.deepEqual(problems, []);
   } catch (e) {
     e.message += `\n--- sluice serve log ---\n${server.log()}`;

@@ -236,7 +236,16 @@ fn main() {
     if want("gemma") {
         println!("Gemma-3 270M shapes (K=640 has a 4-block tail):");
         for cpu in &cpus {
-            gemv_case(cpu, &mut r, DType::Q8_0, 262144, 640, 1, reps.div_ceil(3), 1);
+            gemv_case(
+                cpu,
+                &mut r,
+                DType::Q8_0,
+                262144,
+                640,
+                1,
+                reps.div_ceil(3),
+                1,
+            );
             gemv_case(cpu, &mut r, DType::Q5_0, 2048, 640, 1, reps * 5, 8);
             gemv_case(cpu, &mut r, DType::Q8_0, 2048, 640, 1, reps * 5, 8);
             gemv_case(cpu, &mut r, DType::Q4_K, 640, 2048, 1, reps * 5, 8);

@@ -210,7 +210,13 @@ impl Device {
     }
 
     /// `out[t, :] = table[ids[t], :] * scale`, dequantizing rows of any dtype.
-    pub fn embedding(&self, ids: &Tensor, table: &Tensor, scale: f32, out: &mut Tensor) -> Result<()> {
+    pub fn embedding(
+        &self,
+        ids: &Tensor,
+        table: &Tensor,
+        scale: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
         match self {
             Device::Cpu(c) => c.embedding(ids, table, scale, out),
         }

@@ -36,7 +36,8 @@ impl AlignedBytes {
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBytes { ptr, len }
     }
 
@@ -136,7 +137,11 @@ impl Tensor {
     /// A zeroed CPU tensor.
     pub fn zeros_cpu(dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let n = byte_len(dtype, shape)?;
-        Tensor::from_storage(dtype, shape, Storage::Cpu(CpuBuffer::Owned(AlignedBytes::zeroed(n))))
+        Tensor::from_storage(
+            dtype,
+            shape,
+            Storage::Cpu(CpuBuffer::Owned(AlignedBytes::zeroed(n))),
+        )
     }
 
     /// A CPU tensor from f32 values.
@@ -176,17 +181,23 @@ impl Tensor {
                 map.len()
             )));
         }
-        Tensor::from_storage(dtype, shape, Storage::Cpu(CpuBuffer::Mapped { map, offset, len }))
+        Tensor::from_storage(
+            dtype,
+            shape,
+            Storage::Cpu(CpuBuffer::Mapped { map, offset, len }),
+        )
     }
 
     /// Another handle to the same data: shares a mapped file, copies owned bytes.
     pub fn duplicate(&self) -> Result<Tensor> {
         let storage = match &self.storage {
-            Storage::Cpu(CpuBuffer::Mapped { map, offset, len }) => Storage::Cpu(CpuBuffer::Mapped {
-                map: Arc::clone(map),
-                offset: *offset,
-                len: *len,
-            }),
+            Storage::Cpu(CpuBuffer::Mapped { map, offset, len }) => {
+                Storage::Cpu(CpuBuffer::Mapped {
+                    map: Arc::clone(map),
+                    offset: *offset,
+                    len: *len,
+                })
+            }
             Storage::Cpu(CpuBuffer::Owned(b)) => {
                 Storage::Cpu(CpuBuffer::Owned(AlignedBytes::from_bytes(b.as_slice())))
             }
@@ -270,7 +281,9 @@ impl Tensor {
     pub fn set_len(&mut self, n: usize) -> Result<()> {
         let cap = self.size_in_bytes() / self.dtype.row_bytes(self.dtype.block_size());
         if n > cap * self.dtype.block_size() {
-            return Err(BackendError::Shape(format!("{n} elements exceed the capacity {cap}")));
+            return Err(BackendError::Shape(format!(
+                "{n} elements exceed the capacity {cap}"
+            )));
         }
         self.shape = vec![n];
         Ok(())
@@ -355,7 +368,9 @@ pub fn byte_len(dtype: DType, shape: &[usize]) -> Result<usize> {
 
 fn cast_slice<T: Copy>(b: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) || !b.len().is_multiple_of(size) {
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+        || !b.len().is_multiple_of(size)
+    {
         return Err(BackendError::Shape("misaligned tensor data".into()));
     }
     // SAFETY: alignment and length checked; T is a plain number type.
@@ -364,7 +379,9 @@ fn cast_slice<T: Copy>(b: &[u8]) -> Result<&[T]> {
 
 fn cast_slice_mut<T: Copy>(b: &mut [u8]) -> Result<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) || !b.len().is_multiple_of(size) {
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+        || !b.len().is_multiple_of(size)
+    {
         return Err(BackendError::Shape("misaligned tensor data".into()));
     }
     // SAFETY: alignment and length checked; T is a plain number type.

@@ -13,13 +13,28 @@ pub struct ModelBenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt lengths to time (comma-separated), like llama-bench -p.
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     pub n_prompt: Vec<usize>,
     /// Generation lengths to time, like llama-bench -n.
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
     pub n_gen: Vec<usize>,
     /// Batch sizes for batched decode (aggregate tokens/s).
-    #[arg(short = 'b', long = "batch", value_delimiter = ',', default_value = "1")]
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
     pub batch: Vec<usize>,
     /// Repetitions per test.
     #[arg(short = 'r', long, default_value_t = 5)]
@@ -41,7 +56,10 @@ pub fn run_model_bench(a: ModelBenchArgs) -> Result<()> {
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
     let threads = engine.model().device().name();
     let weight_bytes = engine.model().weight_bytes() as f64;
-    println!("model: {name} ({:.1} MB of weights read per decode step), device: {threads}", weight_bytes / 1e6);
+    println!(
+        "model: {name} ({:.1} MB of weights read per decode step), device: {threads}",
+        weight_bytes / 1e6
+    );
     println!("| test | batch | tokens/s | weight GB/s |");
     println!("| ---- | ----: | -------: | ----------: |");
     let mut rows = Vec::new();

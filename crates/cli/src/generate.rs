@@ -43,7 +43,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.trim().parse().with_context(|| format!("`{s}` is not a size like 2GiB"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("`{s}` is not a size like 2GiB"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -78,7 +81,11 @@ impl ModelArgs {
             return self.model.clone();
         }
         let p = std::path::Path::new(&self.model);
-        let stem = if p.is_dir() { p.file_name() } else { p.file_stem() };
+        let stem = if p.is_dir() {
+            p.file_name()
+        } else {
+            p.file_stem()
+        };
         stem.map(|s| s.to_string_lossy().into_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| self.model.clone())
@@ -87,7 +94,11 @@ impl ModelArgs {
     pub fn engine_config(&self) -> Result<EngineConfig> {
         Ok(EngineConfig {
             block_size: self.block_size,
-            kv_cache_memory: self.kv_cache_memory.as_deref().map(parse_bytes).transpose()?,
+            kv_cache_memory: self
+                .kv_cache_memory
+                .as_deref()
+                .map(parse_bytes)
+                .transpose()?,
             max_model_len: self.max_model_len,
             ..EngineConfig::default()
         })
@@ -101,7 +112,9 @@ impl ModelArgs {
         let loaded = self.load()?;
         let name = self.served_name();
         let device = Device::cpu(self.threads);
-        let max_len = cfg.max_model_len.unwrap_or(loaded.config.max_position.min(8192));
+        let max_len = cfg
+            .max_model_len
+            .unwrap_or(loaded.config.max_position.min(8192));
         let template = loaded.chat_template.clone();
         let mut tokenizer = loaded.tokenizer;
         tokenizer.add_eos_ids(&loaded.generation.eos_token_ids);
@@ -219,7 +232,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let first = first.unwrap_or(end);
     let pp = (first - t0).as_secs_f64();
     let tg = (end - first).as_secs_f64();
-    let tg_rate = if n_gen > 1 { (n_gen - 1) as f64 / tg } else { 0.0 };
+    let tg_rate = if n_gen > 1 {
+        (n_gen - 1) as f64 / tg
+    } else {
+        0.0
+    };
     eprintln!(
         "load {:.2} s | prompt {} tokens in {:.1} ms ({:.1} tok/s) | generation {} tokens, {:.1} tok/s",
         load_s,

@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "LLM inference engine and OpenAI-compatible server")]
+#[command(
+    name = "sluice",
+    version,
+    about = "LLM inference engine and OpenAI-compatible server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -142,7 +146,8 @@ fn info(a: InfoArgs) -> Result<()> {
         tokenizer_path: a.tokenizer,
     };
     let loaded = sluice_model::loader::load_model(&path, &opts)?;
-    let summary = sluice_model::loader::info::ModelSummary::new(&loaded, sluice_backend::DType::F32);
+    let summary =
+        sluice_model::loader::info::ModelSummary::new(&loaded, sluice_backend::DType::F32);
     println!("{summary}");
     Ok(())
 }

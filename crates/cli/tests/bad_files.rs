@@ -56,19 +56,36 @@ fn write_temp(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBu
 
 #[test]
 fn wrong_magic() {
-    let (_d, p) = write_temp("model.gguf", b"NOPE this is not a model file at all, just some text bytes....");
+    let (_d, p) = write_temp(
+        "model.gguf",
+        b"NOPE this is not a model file at all, just some text bytes....",
+    );
     let r = sluice(&["generate", "-m", p.to_str().unwrap(), "-p", "hi"]);
-    assert_clean_failure(&r, &["magic", "not a", "unrecognised", "unrecognized", "format"]);
+    assert_clean_failure(
+        &r,
+        &["magic", "not a", "unrecognised", "unrecognized", "format"],
+    );
 }
 
 #[test]
 fn truncated_gguf() {
     let Some(dir) = models_dir() else { return };
-    let src = std::fs::read(dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let src = std::fs::read(dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap();
     for cut in [10usize, 1000, 2_000_000, src.len() - 100] {
         let (_d, p) = write_temp("cut.gguf", &src[..cut]);
         let r = sluice(&["info", p.to_str().unwrap()]);
-        assert_clean_failure(&r, &["truncated", "too short", "end of file", "past the end", "unexpected eof", "beyond"]);
+        assert_clean_failure(
+            &r,
+            &[
+                "truncated",
+                "too short",
+                "end of file",
+                "past the end",
+                "unexpected eof",
+                "beyond",
+            ],
+        );
     }
 }
 
@@ -76,7 +93,17 @@ fn truncated_gguf() {
 fn absurd_dimensions() {
     let (_d, p) = write_temp("huge.gguf", &gguf_with_tensor(&[1 << 40, 1 << 40], 0));
     let r = sluice(&["info", p.to_str().unwrap()]);
-    assert_clean_failure(&r, &["dimension", "too large", "absurd", "overflow", "past the end", "size"]);
+    assert_clean_failure(
+        &r,
+        &[
+            "dimension",
+            "too large",
+            "absurd",
+            "overflow",
+            "past the end",
+            "size",
+        ],
+    );
 }
 
 #[test]
@@ -90,7 +117,11 @@ fn unsupported_tensor_type() {
 fn llama2c_checkpoint_without_tokenizer() {
     let Some(dir) = models_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.join("stories260K/stories260K.bin"), tmp.path().join("stories260K.bin")).unwrap();
+    std::fs::copy(
+        dir.join("stories260K/stories260K.bin"),
+        tmp.path().join("stories260K.bin"),
+    )
+    .unwrap();
     let r = sluice(&["generate", "-m", tmp.path().to_str().unwrap(), "-p", "Once"]);
     assert_clean_failure(&r, &["tokenizer"]);
 }

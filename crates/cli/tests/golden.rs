@@ -18,16 +18,31 @@ fn stories260k_greedy_ids_match_the_reference() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("stories260K");
     let r = sluice(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time",
-        "--temperature", "0", "-n", "40", "--print-token-ids",
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "--temperature",
+        "0",
+        "-n",
+        "40",
+        "--print-token-ids",
     ]);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let ids = printed_ids(&r.stderr);
     assert_eq!(ids.len(), 40);
     // README.txt: first generated ids.
-    assert_eq!(&ids[..10], &[432, 383, 286, 261, 376, 298, 315, 421, 395, 317]);
+    assert_eq!(
+        &ids[..10],
+        &[432, 383, 286, 261, 376, 298, 315, 421, 395, 317]
+    );
     let reference = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.";
-    assert!(r.stdout.trim_end().starts_with(reference) || reference.starts_with(r.stdout.trim_end()), "got {:?}", r.stdout);
+    assert!(
+        r.stdout.trim_end().starts_with(reference) || reference.starts_with(r.stdout.trim_end()),
+        "got {:?}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -35,7 +50,18 @@ fn smollm2_q4_1_greedy_text_matches_the_reference() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
     let r = sluice_env(
-        &["generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time", "--temperature", "0", "-n", "40", "--print-token-ids"],
+        &[
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "-n",
+            "40",
+            "--print-token-ids",
+        ],
         &[("SLUICE_CPU_FEATURES", "reference")],
     );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
@@ -43,8 +69,14 @@ fn smollm2_q4_1_greedy_text_matches_the_reference() {
     let reference = ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets. But as the years went by, the city began to lose its original essence. The once-blue skies of";
     let got = r.stdout.trim_end();
     assert!(!got.is_empty());
-    assert!(reference.starts_with(got) || got.starts_with(reference), "got {got:?}");
-    assert!(got.len() > 150, "40 tokens should cover most of the reference, got {got:?}");
+    assert!(
+        reference.starts_with(got) || got.starts_with(reference),
+        "got {got:?}"
+    );
+    assert!(
+        got.len() > 150,
+        "40 tokens should cover most of the reference, got {got:?}"
+    );
 }
 
 #[test]
@@ -52,10 +84,19 @@ fn smollm2_chat_answers_paris() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
     // The README's exact chat prompt (16 tokens, special tokens parsed from the text).
-    let readme_prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let readme_prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let r = sluice(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", readme_prompt,
-        "--temperature", "0", "-n", "30", "--print-token-ids",
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        readme_prompt,
+        "--temperature",
+        "0",
+        "-n",
+        "30",
+        "--print-token-ids",
     ]);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(r.stdout.trim(), "The capital of France is Paris.");
@@ -64,8 +105,18 @@ fn smollm2_chat_answers_paris() {
     assert!(r.stderr.contains("prompt 16 tokens"), "{}", r.stderr);
     // The same question through --chat (the model's template) with a system message.
     let r = sluice(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", "What is the capital of France?",
-        "--chat", "--system", "You are a helpful assistant.", "--temperature", "0", "-n", "30",
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "What is the capital of France?",
+        "--chat",
+        "--system",
+        "You are a helpful assistant.",
+        "--temperature",
+        "0",
+        "-n",
+        "30",
     ]);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(r.stdout.trim(), "The capital of France is Paris.");
@@ -77,19 +128,37 @@ fn gemma3_q4_k_m_greedy_text_matches_the_reference() {
     let model = dir.join("gemma-3-270m-q4_k_m/gemma-3-270m-q4_k_m.gguf");
     if !model.exists() {
         // CI pulls it (`sluice pull gemma-3-270m`) and sets SLUICE_REQUIRE_GEMMA=1.
-        assert!(std::env::var_os("SLUICE_REQUIRE_GEMMA").is_none(), "{} is missing", model.display());
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_GEMMA").is_none(),
+            "{} is missing",
+            model.display()
+        );
         eprintln!("note: {} not present; skipping", model.display());
         return;
     }
     let r = sluice_env(
-        &["generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time", "--temperature", "0", "-n", "40", "--print-token-ids"],
+        &[
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "-n",
+            "40",
+            "--print-token-ids",
+        ],
         &[("SLUICE_CPU_FEATURES", "reference")],
     );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(printed_ids(&r.stderr).len(), 40);
     let reference = ", there was a little girl named Lily. She was a very smart girl, and she loved to play with her friends. One day, Lily was playing with her friends, and she was very excited";
     let got = r.stdout.trim_end();
-    assert!(reference.starts_with(got) || got.starts_with(reference), "got {got:?}");
+    assert!(
+        reference.starts_with(got) || got.starts_with(reference),
+        "got {got:?}"
+    );
     assert!(got.len() > 150, "got {got:?}");
 }
 
@@ -99,8 +168,19 @@ fn seeded_sampling_is_reproducible() {
     let model = dir.join("stories260K");
     let run = |seed: &str| {
         sluice(&[
-            "generate", "-m", model.to_str().unwrap(), "-p", "Once upon a time",
-            "--temperature", "0.9", "--top-p", "0.9", "--seed", seed, "-n", "30",
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "Once upon a time",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "-n",
+            "30",
         ])
         .stdout
     };

@@ -31,7 +31,10 @@ impl Stat {
         } else {
             0.0
         };
-        Stat { mean, std: var.sqrt() }
+        Stat {
+            mean,
+            std: var.sqrt(),
+        }
     }
 }
 
@@ -59,7 +62,12 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
 }
 
 /// Tokens/s of processing a `n_prompt`-token prompt (one request; time to its first token).
-pub fn prompt_processing(engine: &mut LlmEngine, n_prompt: usize, reps: usize, seed: u64) -> Result<Stat, EngineError> {
+pub fn prompt_processing(
+    engine: &mut LlmEngine,
+    n_prompt: usize,
+    reps: usize,
+    seed: u64,
+) -> Result<Stat, EngineError> {
     let vocab = engine.model().config.vocab_size;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut rates = Vec::new();
@@ -97,7 +105,12 @@ pub fn decode(
     let mut rates = Vec::new();
     for _ in 0..reps {
         let ids: Vec<_> = (0..batch)
-            .map(|_| engine.add_request(request(random_prompt(&mut rng, n_prompt.max(1), vocab), n_gen + 1)))
+            .map(|_| {
+                engine.add_request(request(
+                    random_prompt(&mut rng, n_prompt.max(1), vocab),
+                    n_gen + 1,
+                ))
+            })
             .collect::<Result<_, _>>()?;
         // Prefill everything and sample each sequence's first token.
         let mut started = std::collections::HashSet::new();

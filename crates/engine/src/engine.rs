@@ -137,12 +137,17 @@ fn available_memory() -> Option<u64> {
 }
 
 impl LlmEngine {
-    pub fn new(model: Model, tokenizer: Arc<Tokenizer>, cfg: &EngineConfig) -> Result<LlmEngine, EngineError> {
+    pub fn new(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        cfg: &EngineConfig,
+    ) -> Result<LlmEngine, EngineError> {
         let max_model_len = cfg
             .max_model_len
             .unwrap_or_else(|| model.config.max_position.min(8192))
             .min(model.max_model_len());
-        let per_block = KvCache::bytes_per_block(&model.config, cfg.block_size, sluice_backend::DType::F32);
+        let per_block =
+            KvCache::bytes_per_block(&model.config, cfg.block_size, sluice_backend::DType::F32);
         let num_blocks = match cfg.num_blocks {
             Some(n) => n,
             None => {
@@ -165,7 +170,12 @@ impl LlmEngine {
             });
         }
         let kv = model.new_kv_cache(num_blocks, cfg.block_size)?;
-        let manager = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching, &model.config.name);
+        let manager = KvCacheManager::new(
+            num_blocks,
+            cfg.block_size,
+            cfg.enable_prefix_caching,
+            &model.config.name,
+        );
         let sched_cfg = SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
@@ -241,7 +251,8 @@ impl LlmEngine {
         }
         self.scheduler.add(seq)?;
         let sampler = Sampler::new(&req.params, &req.prompt_token_ids);
-        let detok = IncrementalDecoder::with_prefix(req.params.skip_special_tokens, &req.prompt_token_ids);
+        let detok =
+            IncrementalDecoder::with_prefix(req.params.skip_special_tokens, &req.prompt_token_ids);
         self.states.insert(
             id,
             SeqState {
@@ -284,11 +295,15 @@ impl LlmEngine {
             .copy_f32_to_host(logits, &mut self.logits)
             .map_err(sluice_model::ModelError::from)?;
         let outputs = self.sample_and_update(&out)?;
-        self.metrics.record_step(&out, t0.elapsed(), self.scheduler.stats());
+        self.metrics
+            .record_step(&out, t0.elapsed(), self.scheduler.stats());
         Ok(outputs)
     }
 
-    fn sample_and_update(&mut self, out: &SchedulerOutput) -> Result<Vec<RequestOutput>, EngineError> {
+    fn sample_and_update(
+        &mut self,
+        out: &SchedulerOutput,
+    ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
         self.sampled.resize(out.scheduled.len(), Vec::new());
         let mut row = 0usize;
@@ -325,7 +340,9 @@ impl LlmEngine {
             match state.first_token {
                 None => {
                     state.first_token = Some(now);
-                    self.metrics.ttft.observe((now - state.arrival).as_secs_f64());
+                    self.metrics
+                        .ttft
+                        .observe((now - state.arrival).as_secs_f64());
                 }
                 Some(_) => {
                     if let Some(last) = state.last_token {
@@ -338,7 +355,11 @@ impl LlmEngine {
             let Some(seq) = self.scheduler.seq(s.seq_id) else {
                 continue;
             };
-            let (n_prompt, n_out, n_cached) = (seq.num_prompt_tokens(), seq.num_output_tokens(), seq.num_cached_tokens);
+            let (n_prompt, n_out, n_cached) = (
+                seq.num_prompt_tokens(),
+                seq.num_output_tokens(),
+                seq.num_cached_tokens,
+            );
             let mut finished = None;
             let mut text = String::new();
             for &t in toks {
@@ -353,11 +374,16 @@ impl LlmEngine {
                     .map_err(EngineError::Model)?;
                 state.pending.push_str(&piece);
             }
-            if finished.is_none() && (n_out >= state.params.max_tokens || n_prompt + n_out >= self.max_model_len) {
+            if finished.is_none()
+                && (n_out >= state.params.max_tokens || n_prompt + n_out >= self.max_model_len)
+            {
                 finished = Some(FinishReason::Length);
             }
             if finished.is_some() {
-                let rest = state.detok.flush(&self.tokenizer).map_err(EngineError::Model)?;
+                let rest = state
+                    .detok
+                    .flush(&self.tokenizer)
+                    .map_err(EngineError::Model)?;
                 state.pending.push_str(&rest);
             }
             // Stop strings: cut at the first match; otherwise hold back a tail that could
@@ -397,7 +423,10 @@ impl LlmEngine {
     }
 
     /// Runs steps until every queued request finished (offline use: generate, benches).
-    pub fn run_to_completion<F: FnMut(&RequestOutput)>(&mut self, mut on_output: F) -> Result<(), EngineError> {
+    pub fn run_to_completion<F: FnMut(&RequestOutput)>(
+        &mut self,
+        mut on_output: F,
+    ) -> Result<(), EngineError> {
         while self.has_unfinished() {
             for o in self.step()? {
                 on_output(&o);

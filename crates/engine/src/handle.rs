@@ -83,7 +83,10 @@ impl EngineHandle {
 
     /// A snapshot of the metrics as of the last step.
     pub fn metrics(&self) -> EngineMetrics {
-        self.metrics.lock().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.metrics
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// Submits a request; fails at once if it is invalid (e.g. too long).
@@ -98,7 +101,10 @@ impl EngineHandle {
             })
             .map_err(|_| EngineError::Stopped)?;
         let id = reply_rx.await.map_err(|_| EngineError::Stopped)??;
-        Ok(RequestStream { id, outputs: out_rx })
+        Ok(RequestStream {
+            id,
+            outputs: out_rx,
+        })
     }
 
     /// Blocking variant of `submit` for non-async callers.
@@ -112,8 +118,13 @@ impl EngineHandle {
                 reply: reply_tx,
             })
             .map_err(|_| EngineError::Stopped)?;
-        let id = reply_rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
-        Ok(RequestStream { id, outputs: out_rx })
+        let id = reply_rx
+            .blocking_recv()
+            .map_err(|_| EngineError::Stopped)??;
+        Ok(RequestStream {
+            id,
+            outputs: out_rx,
+        })
     }
 
     pub fn abort(&self, id: SeqId) {
@@ -158,7 +169,11 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, metrics: Arc<Mutex<
             }
         }
         // Clients that went away since the last step.
-        let gone: Vec<SeqId> = streams.iter().filter(|(_, s)| s.is_closed()).map(|(id, _)| *id).collect();
+        let gone: Vec<SeqId> = streams
+            .iter()
+            .filter(|(_, s)| s.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             streams.remove(&id);
             engine.abort(id);

@@ -76,42 +76,73 @@ impl SamplingParams {
     pub fn validate(&self, vocab_size: usize) -> Result<(), (String, &'static str)> {
         let bad = |msg: String, p: &'static str| Err((msg, p));
         if !(self.temperature.is_finite() && (0.0..=100.0).contains(&self.temperature)) {
-            return bad(format!("temperature must be in [0, 100], got {}", self.temperature), "temperature");
+            return bad(
+                format!("temperature must be in [0, 100], got {}", self.temperature),
+                "temperature",
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top_p must be in (0, 1], got {}", self.top_p), "top_p");
+            return bad(
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+                "top_p",
+            );
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(format!("min_p must be in [0, 1], got {}", self.min_p), "min_p");
+            return bad(
+                format!("min_p must be in [0, 1], got {}", self.min_p),
+                "min_p",
+            );
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad(
-                format!("repetition_penalty must be > 0, got {}", self.repetition_penalty),
+                format!(
+                    "repetition_penalty must be > 0, got {}",
+                    self.repetition_penalty
+                ),
                 "repetition_penalty",
             );
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
             return bad(
-                format!("presence_penalty must be in [-2, 2], got {}", self.presence_penalty),
+                format!(
+                    "presence_penalty must be in [-2, 2], got {}",
+                    self.presence_penalty
+                ),
                 "presence_penalty",
             );
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad(
-                format!("frequency_penalty must be in [-2, 2], got {}", self.frequency_penalty),
+                format!(
+                    "frequency_penalty must be in [-2, 2], got {}",
+                    self.frequency_penalty
+                ),
                 "frequency_penalty",
             );
         }
         for &(id, b) in &self.logit_bias {
             if id as usize >= vocab_size {
-                return bad(format!("logit_bias token {id} is outside the vocabulary"), "logit_bias");
+                return bad(
+                    format!("logit_bias token {id} is outside the vocabulary"),
+                    "logit_bias",
+                );
             }
             if !(-100.0..=100.0).contains(&b) {
-                return bad(format!("logit_bias values must be in [-100, 100], got {b}"), "logit_bias");
+                return bad(
+                    format!("logit_bias values must be in [-100, 100], got {b}"),
+                    "logit_bias",
+                );
             }
         }
-        if let Some(id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return bad(format!("stop_token_ids: {id} is outside the vocabulary"), "stop_token_ids");
+        if let Some(id) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&id| id as usize >= vocab_size)
+        {
+            return bad(
+                format!("stop_token_ids: {id} is outside the vocabulary"),
+                "stop_token_ids",
+            );
         }
         if self.logprobs.is_some_and(|n| n > 20) {
             return bad("top_logprobs must be at most 20".into(), "top_logprobs");
@@ -221,7 +252,12 @@ impl Sampler {
         let inv_t = 1.0 / p.temperature;
         let cand = &mut self.cand;
         cand.clear();
-        cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
+        cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         // top-k: keep the k largest (unordered partition, O(V)).
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
@@ -308,7 +344,11 @@ pub fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
     if n == 0 {
         return Vec::new();
     }
-    let mut idx: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let mut idx: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
     let n = n.min(idx.len());
     idx.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
     idx.truncate(n);
@@ -364,7 +404,9 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let run = || {
             let mut s = Sampler::new(&p, &[]);
-            (0..50).map(|_| s.sample(&p, &mut logits.clone()).id).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&p, &mut logits.clone()).id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
     }
@@ -386,7 +428,10 @@ mod tests {
             seen[s.sample(&p, &mut logits.clone()).id as usize] += 1;
         }
         // p(0) ~ 0.36 < 0.5, so tokens 0 and 1 stay; 2.. never drawn.
-        assert!(seen[0] > 0 && seen[1] > 0 && seen[2..].iter().all(|&c| c == 0), "{seen:?}");
+        assert!(
+            seen[0] > 0 && seen[1] > 0 && seen[2..].iter().all(|&c| c == 0),
+            "{seen:?}"
+        );
         let mut p = params(1.0);
         p.min_p = 0.5;
         let mut s = Sampler::new(&p, &[]);

@@ -88,13 +88,19 @@ impl BatchInput {
                 return Err(format!("sequence {i}: more new tokens than context"));
             }
             if s.block_table.len() * block_size < s.context_len {
-                return Err(format!("sequence {i}: block table too short for its context"));
+                return Err(format!(
+                    "sequence {i}: block table too short for its context"
+                ));
             }
             if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= num_blocks) {
                 return Err(format!("sequence {i}: block {b} outside the pool"));
             }
         }
-        if let Some(&s) = self.slot_mapping.iter().find(|&&s| s as usize >= num_blocks * block_size) {
+        if let Some(&s) = self
+            .slot_mapping
+            .iter()
+            .find(|&&s| s as usize >= num_blocks * block_size)
+        {
             return Err(format!("slot {s} outside the cache"));
         }
         if let Some(&r) = self.logits_indices.iter().find(|&&r| r as usize >= t) {

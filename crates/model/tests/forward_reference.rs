@@ -61,8 +61,19 @@ impl Weights {
                 .collect();
             map.insert(name, (shape, data));
         };
-        let (h, f, q, kv, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-        add("token_embd.weight".into(), vec![cfg.vocab_size, h], 1.0, 0.0);
+        let (h, f, q, kv, hd) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.head_dim,
+        );
+        add(
+            "token_embd.weight".into(),
+            vec![cfg.vocab_size, h],
+            1.0,
+            0.0,
+        );
         add("output_norm.weight".into(), vec![h], 0.2, 1.0);
         if !cfg.tie_embeddings {
             add("output.weight".into(), vec![cfg.vocab_size, h], 0.3, 0.0);
@@ -159,7 +170,12 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
     let scale = cfg.embedding_scale.unwrap_or(1.0) as f64;
     let mut xs: Vec<Vec<f64>> = tokens
         .iter()
-        .map(|&t| emb[t as usize * h..(t as usize + 1) * h].iter().map(|v| *v as f64 * scale).collect())
+        .map(|&t| {
+            emb[t as usize * h..(t as usize + 1) * h]
+                .iter()
+                .map(|v| *v as f64 * scale)
+                .collect()
+        })
         .collect();
     let group = cfg.n_heads / cfg.n_kv_heads;
     for l in 0..cfg.n_layers {
@@ -182,13 +198,25 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
             let mut k = matvec(g("attn_k.weight"), &n, cfg.kv_dim());
             let mut v = matvec(g("attn_v.weight"), &n, cfg.kv_dim());
             if cfg.qkv_bias {
-                q.iter_mut().zip(g("attn_q.bias")).for_each(|(a, b)| *a += *b as f64);
-                k.iter_mut().zip(g("attn_k.bias")).for_each(|(a, b)| *a += *b as f64);
-                v.iter_mut().zip(g("attn_v.bias")).for_each(|(a, b)| *a += *b as f64);
+                q.iter_mut()
+                    .zip(g("attn_q.bias"))
+                    .for_each(|(a, b)| *a += *b as f64);
+                k.iter_mut()
+                    .zip(g("attn_k.bias"))
+                    .for_each(|(a, b)| *a += *b as f64);
+                v.iter_mut()
+                    .zip(g("attn_v.bias"))
+                    .for_each(|(a, b)| *a += *b as f64);
             }
             if cfg.qk_norm {
-                q = q.chunks(hd).flat_map(|c| rmsnorm(c, g("attn_q_norm.weight"), eps)).collect();
-                k = k.chunks(hd).flat_map(|c| rmsnorm(c, g("attn_k_norm.weight"), eps)).collect();
+                q = q
+                    .chunks(hd)
+                    .flat_map(|c| rmsnorm(c, g("attn_q_norm.weight"), eps))
+                    .collect();
+                k = k
+                    .chunks(hd)
+                    .flat_map(|c| rmsnorm(c, g("attn_k_norm.weight"), eps))
+                    .collect();
             }
             rope(&mut q, pos, cfg, theta);
             rope(&mut k, pos, cfg, theta);
@@ -196,7 +224,10 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
             ks.push(k);
             vs.push(v);
         }
-        let att_scale = cfg.attn_scale.map(|s| s as f64).unwrap_or(1.0 / (hd as f64).sqrt());
+        let att_scale = cfg
+            .attn_scale
+            .map(|s| s as f64)
+            .unwrap_or(1.0 / (hd as f64).sqrt());
         for pos in 0..xs.len() {
             let mut att = vec![0f64; cfg.q_dim()];
             for head in 0..cfg.n_heads {
@@ -237,7 +268,11 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
                     let f = match cfg.activation {
                         FfnActivation::Silu => a / (1.0 + (-a).exp()),
                         FfnActivation::GeluTanh => {
-                            0.5 * a * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (a + 0.044715 * a * a * a)).tanh())
+                            0.5 * a
+                                * (1.0
+                                    + ((2.0 / std::f64::consts::PI).sqrt()
+                                        * (a + 0.044715 * a * a * a))
+                                        .tanh())
                         }
                     };
                     f * b
@@ -250,13 +285,18 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
             xs[pos].iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
     }
-    let head = if cfg.tie_embeddings { w.get("token_embd.weight") } else { w.get("output.weight") };
+    let head = if cfg.tie_embeddings {
+        w.get("token_embd.weight")
+    } else {
+        w.get("output.weight")
+    };
     xs.iter()
         .map(|x| {
             let n = rmsnorm(x, w.get("output_norm.weight"), eps);
             let mut l = matvec(head, &n, cfg.vocab_size);
             if let Some(cap) = cfg.final_logit_softcap {
-                l.iter_mut().for_each(|v| *v = cap as f64 * (*v / cap as f64).tanh());
+                l.iter_mut()
+                    .for_each(|v| *v = cap as f64 * (*v / cap as f64).tanh());
             }
             l
         })
@@ -268,7 +308,10 @@ fn reference_logits(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f
 const BLOCK: usize = 4;
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Runs `tokens` through the model in chunks of `chunks` sizes, checking the logits of
@@ -278,8 +321,12 @@ fn check_config(name: &str, cfg: ModelConfig) {
     let device = Device::cpu(Some(2));
     let mut model = Model::new(&device, cfg.clone(), weights.store(), 256).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let tokens: Vec<u32> = (0..23).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
-    let other: Vec<u32> = (0..9).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let tokens: Vec<u32> = (0..23)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let other: Vec<u32> = (0..9)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
     let reference = reference_logits(&cfg, &weights, &tokens);
     let reference_other = reference_logits(&cfg, &weights, &other);
     let tol = 2e-3;
@@ -291,11 +338,19 @@ fn check_config(name: &str, cfg: ModelConfig) {
     let mut b = BatchInput::default();
     b.push_seq(&tokens, tokens.len(), &table, BLOCK, false);
     b.logits_indices = (0..tokens.len() as u32).collect();
-    let logits = model.forward(&b, &mut kv).unwrap().as_f32().unwrap().to_vec();
+    let logits = model
+        .forward(&b, &mut kv)
+        .unwrap()
+        .as_f32()
+        .unwrap()
+        .to_vec();
     for (i, r) in reference.iter().enumerate() {
         let d = max_abs_diff(&logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size], r);
         worst = worst.max(d);
-        assert!(d < tol, "{name}: full prefill, position {i}: max abs diff {d}");
+        assert!(
+            d < tol,
+            "{name}: full prefill, position {i}: max abs diff {d}"
+        );
     }
 
     // (b) chunked prefill then decodes, interleaved with another sequence in the same
@@ -308,20 +363,47 @@ fn check_config(name: &str, cfg: ModelConfig) {
     for (step, &n) in chunks.iter().enumerate() {
         let mut b = BatchInput::default();
         let n_b = if step < 3 { 3 } else { 0 };
-        b.push_seq(&tokens[done_a..done_a + n], done_a + n, &table_a, BLOCK, true);
+        b.push_seq(
+            &tokens[done_a..done_a + n],
+            done_a + n,
+            &table_a,
+            BLOCK,
+            true,
+        );
         if n_b > 0 {
-            b.push_seq(&other[done_b..done_b + n_b], done_b + n_b, &table_b, BLOCK, true);
+            b.push_seq(
+                &other[done_b..done_b + n_b],
+                done_b + n_b,
+                &table_b,
+                BLOCK,
+                true,
+            );
         }
-        let logits = model.forward(&b, &mut kv).unwrap().as_f32().unwrap().to_vec();
+        let logits = model
+            .forward(&b, &mut kv)
+            .unwrap()
+            .as_f32()
+            .unwrap()
+            .to_vec();
         done_a += n;
         let d = max_abs_diff(&logits[..cfg.vocab_size], &reference[done_a - 1]);
         worst = worst.max(d);
-        assert!(d < tol, "{name}: chunked step {step} (pos {}): max abs diff {d}", done_a - 1);
+        assert!(
+            d < tol,
+            "{name}: chunked step {step} (pos {}): max abs diff {d}",
+            done_a - 1
+        );
         if n_b > 0 {
             done_b += n_b;
-            let d = max_abs_diff(&logits[cfg.vocab_size..2 * cfg.vocab_size], &reference_other[done_b - 1]);
+            let d = max_abs_diff(
+                &logits[cfg.vocab_size..2 * cfg.vocab_size],
+                &reference_other[done_b - 1],
+            );
             worst = worst.max(d);
-            assert!(d < tol, "{name}: other sequence step {step}: max abs diff {d}");
+            assert!(
+                d < tol,
+                "{name}: other sequence step {step}: max abs diff {d}"
+            );
         }
     }
     println!("{name}: max abs logit error vs f64 reference {worst:.2e}");

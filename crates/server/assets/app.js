@@ -477,7 +477,10 @@ async function generate(conv, msg) {
     conv.updated = Date.now();
     saveAll();
     setBusy(false);
-    if (elNow && current === conv) fillMessage(elNow, conv, msg);
+    if (elNow && current === conv) {
+      fillMessage(elNow, conv, msg);
+      scrollToEnd(false);
+    }
     if (current === conv) {
       renderSidebar();
       // Earlier replies lose their Regenerate button.

@@ -38,7 +38,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let whole = n / LANES * LANES;
     let mut acc = [0f32; LANES];
-    for (ca, cb) in a[..whole].chunks_exact(LANES).zip(b[..whole].chunks_exact(LANES)) {
+    for (ca, cb) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
         for i in 0..LANES {
             acc[i] += ca[i] * cb[i];
         }
@@ -132,7 +135,10 @@ fn attend_group(
     }
     for h in 0..group {
         let inv = if l[h] > 0.0 { 1.0 / l[h] } else { 0.0 };
-        for (o, a) in out[h * hd..(h + 1) * hd].iter_mut().zip(&acc[h * hd..(h + 1) * hd]) {
+        for (o, a) in out[h * hd..(h + 1) * hd]
+            .iter_mut()
+            .zip(&acc[h * hd..(h + 1) * hd])
+        {
             *o = a * inv;
         }
     }
@@ -189,7 +195,9 @@ impl CpuBackend {
         }
         let shape = k_cache.shape();
         if shape.len() != 4 || v_cache.shape() != shape {
-            return Err(BackendError::Shape("paged_attention: caches must be 4-D and alike".into()));
+            return Err(BackendError::Shape(
+                "paged_attention: caches must be 4-D and alike".into(),
+            ));
         }
         let (n_kv, block_size, hd) = (shape[1], shape[2], shape[3]);
         if hd != p.head_dim || n_kv != p.n_kv_heads || block_size != meta.block_size {
@@ -198,7 +206,11 @@ impl CpuBackend {
                 p.n_kv_heads, p.head_dim, meta.block_size
             )));
         }
-        if hd > MAX_HEAD_DIM || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) || p.n_heads / p.n_kv_heads > 64 {
+        if hd > MAX_HEAD_DIM
+            || p.n_kv_heads == 0
+            || !p.n_heads.is_multiple_of(p.n_kv_heads)
+            || p.n_heads / p.n_kv_heads > 64
+        {
             return Err(BackendError::Shape(format!(
                 "paged_attention: head_dim {hd} / heads {} / kv heads {} unsupported",
                 p.n_heads, p.n_kv_heads
@@ -211,13 +223,21 @@ impl CpuBackend {
         let tables = meta.block_tables.as_i32()?;
         let s_count = meta.num_seqs;
         if starts.len() < s_count + 1 || ctx.len() < s_count {
-            return Err(BackendError::Shape("paged_attention: metadata too short".into()));
+            return Err(BackendError::Shape(
+                "paged_attention: metadata too short".into(),
+            ));
         }
-        let max_blocks = if s_count == 0 { 0 } else { meta.block_tables.cols() };
+        let max_blocks = if s_count == 0 {
+            0
+        } else {
+            meta.block_tables.cols()
+        };
         let row = p.n_heads * hd;
         let t_count = starts[s_count] as usize;
         if qs.len() < t_count * row || out.numel() < t_count * row {
-            return Err(BackendError::Shape("paged_attention: q/out too small".into()));
+            return Err(BackendError::Shape(
+                "paged_attention: q/out too small".into(),
+            ));
         }
         // Validate every sequence once, so the workers can index freely.
         let num_blocks = shape[0];
@@ -283,9 +303,13 @@ impl CpuBackend {
                     match isa {
                         // SAFETY: the features were detected at run time.
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => unsafe { attend_group_avx512(g, qg, kc, vc, table, kvh, lo, pos, s, dst) },
+                        Isa::Avx512 => unsafe {
+                            attend_group_avx512(g, qg, kc, vc, table, kvh, lo, pos, s, dst)
+                        },
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => unsafe { attend_group_avx2(g, qg, kc, vc, table, kvh, lo, pos, s, dst) },
+                        Isa::Avx2 => unsafe {
+                            attend_group_avx2(g, qg, kc, vc, table, kvh, lo, pos, s, dst)
+                        },
                         _ => attend_group(g, qg, kc, vc, table, kvh, lo, pos, s, dst),
                     }
                 }

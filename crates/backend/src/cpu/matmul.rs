@@ -131,7 +131,9 @@ pub fn matmul_reference(cpu: &CpuBackend, x: &Tensor, w: &Tensor, out: &mut Tens
         }
     });
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(BackendError::Shape("matmul: weight row failed to dequantize".into()));
+        return Err(BackendError::Shape(
+            "matmul: weight row failed to dequantize".into(),
+        ));
     }
     Ok(())
 }

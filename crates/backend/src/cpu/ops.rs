@@ -184,7 +184,9 @@ impl CpuBackend {
         let row = n_heads * head_dim;
         let xs = x.as_f32_mut()?;
         if xs.len() % row != 0 || xs.len() / row > pos.len() {
-            return Err(BackendError::Shape("rope: positions do not match rows".into()));
+            return Err(BackendError::Shape(
+                "rope: positions do not match rows".into(),
+            ));
         }
         let max_pos = cos.len() / half.max(1);
         for (t, xrow) in xs.chunks_exact_mut(row).enumerate() {
@@ -246,7 +248,13 @@ impl CpuBackend {
         Ok(())
     }
 
-    pub fn embedding(&self, ids: &Tensor, table: &Tensor, scale: f32, out: &mut Tensor) -> Result<()> {
+    pub fn embedding(
+        &self,
+        ids: &Tensor,
+        table: &Tensor,
+        scale: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
         let dim = table.cols();
         let vocab = table.rows();
         let row_bytes = table.dtype().row_bytes(dim);
@@ -255,7 +263,9 @@ impl CpuBackend {
         let ids = ids.as_i32()?;
         let o = out.as_f32_mut()?;
         if out_rows > ids.len() || o.len() != out_rows * dim {
-            return Err(BackendError::Shape("embedding: output does not match ids".into()));
+            return Err(BackendError::Shape(
+                "embedding: output does not match ids".into(),
+            ));
         }
         for (t, dst) in o.chunks_exact_mut(dim).enumerate() {
             let id = ids[t];
@@ -282,12 +292,16 @@ impl CpuBackend {
         let n = out.rows();
         let o = out.as_f32_mut()?;
         if n > idx.len() || o.len() != n * dim {
-            return Err(BackendError::Shape("gather_rows: output does not match".into()));
+            return Err(BackendError::Shape(
+                "gather_rows: output does not match".into(),
+            ));
         }
         for (i, dst) in o.chunks_exact_mut(dim).enumerate() {
             let r = idx[i];
             if r < 0 || (r as usize + 1) * dim > xs.len() {
-                return Err(BackendError::Shape(format!("gather_rows: row {r} out of range")));
+                return Err(BackendError::Shape(format!(
+                    "gather_rows: row {r} out of range"
+                )));
             }
             dst.copy_from_slice(&xs[r as usize * dim..(r as usize + 1) * dim]);
         }
@@ -305,7 +319,9 @@ impl CpuBackend {
         // Cache layout [num_blocks, n_kv_heads, block_size, head_dim].
         let shape = k_cache.shape().to_vec();
         if shape.len() != 4 || v_cache.shape() != shape.as_slice() {
-            return Err(BackendError::Shape("kv_write: caches must be 4-D and alike".into()));
+            return Err(BackendError::Shape(
+                "kv_write: caches must be 4-D and alike".into(),
+            ));
         }
         let (num_blocks, n_kv, block_size, hd) = (shape[0], shape[1], shape[2], shape[3]);
         let slots = slot_mapping.as_i32()?;

@@ -10,8 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Iterations a worker spins on the generation counter before parking (~50-100 µs).
-const SPIN_ITERS: usize = 1 << 16;
+/// Iterations a worker spins on the generation counter before parking (~10-20 µs):
+/// long enough to catch the next op of a forward pass, short enough not to starve other
+/// processes (an HTTP client on the same cores) between steps.
+const SPIN_ITERS: usize = 1 << 14;
+/// Spins of the caller waiting for workers before it starts yielding its core (a worker
+/// may be descheduled; yielding lets it run on an oversubscribed machine).
+const WAIT_SPINS: usize = 1 << 11;
 
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
@@ -91,13 +96,23 @@ impl ThreadPool {
         }
         f(0);
         // Wait for the workers; `job` must stay alive until they are done with it.
+        let mut spins = 0usize;
         while s.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            if spins < WAIT_SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
-    /// Splits `0..n` into contiguous ranges, one per thread, each a multiple of `align`
-    /// (except the last), and runs `f(range)` on each non-empty range.
+    /// Runs `f(range)` over contiguous ranges covering `0..n` exactly once, each range a
+    /// multiple of `align` long (except the last).
+    ///
+    /// Ranges are claimed from a shared counter (a few per thread) rather than assigned,
+    /// so the caller starts at once and takes over the chunks of a worker that the OS has
+    /// not scheduled yet: a busy machine slows an op down instead of stalling it.
     pub fn for_range<F: Fn(std::ops::Range<usize>) + Sync>(&self, n: usize, align: usize, f: F) {
         let align = align.max(1);
         let units = n.div_ceil(align);
@@ -108,10 +123,16 @@ impl ThreadPool {
             }
             return;
         }
-        self.broadcast(|t| {
-            let start = (units * t / threads * align).min(n);
-            let end = (units * (t + 1) / threads * align).min(n);
-            if t < threads && start < end {
+        let chunks = (threads * 4).min(units);
+        let next = AtomicUsize::new(0);
+        self.broadcast(|_| loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= chunks {
+                break;
+            }
+            let start = (units * c / chunks * align).min(n);
+            let end = (units * (c + 1) / chunks * align).min(n);
+            if start < end {
                 f(start..end);
             }
         });
@@ -140,7 +161,8 @@ fn worker_loop(s: &Shared, index: usize) {
             let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = guard;
-            while s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
+            while s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst)
+            {
                 guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -200,7 +222,10 @@ mod tests {
                     count[i].fetch_add(1, Ordering::Relaxed);
                 }
             });
-            assert!(count.iter().all(|c| c.load(Ordering::Relaxed) == 1), "n={n}");
+            assert!(
+                count.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n={n}"
+            );
         }
     }
 

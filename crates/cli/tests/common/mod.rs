@@ -8,7 +8,9 @@ pub fn models_dir() -> Option<PathBuf> {
     match std::env::var_os("SLUICE_TEST_MODELS") {
         Some(d) => Some(PathBuf::from(d)),
         None => {
-            eprintln!("note: SLUICE_TEST_MODELS is not set; skipping a test that needs real models");
+            eprintln!(
+                "note: SLUICE_TEST_MODELS is not set; skipping a test that needs real models"
+            );
             None
         }
     }
@@ -29,7 +31,10 @@ pub fn sluice_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .envs(env.iter().copied())
-        .env("SLUICE_CACHE_DIR", std::env::temp_dir().join("sluice-test-cache-unused"))
+        .env(
+            "SLUICE_CACHE_DIR",
+            std::env::temp_dir().join("sluice-test-cache-unused"),
+        )
         .output()
         .expect("failed to run the sluice binary");
     Run {
@@ -40,6 +45,7 @@ pub fn sluice_env(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// Greedy token ids printed by `generate --print-token-ids`.
+#[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn printed_ids(stderr: &str) -> Vec<u32> {
     let line = stderr
         .lines()

@@ -135,7 +135,12 @@ pub struct BatchTensors {
 }
 
 impl RunState {
-    pub fn new(device: &Device, cfg: &ModelConfig, cap_tokens: usize, cap_logits: usize) -> Result<RunState> {
+    pub fn new(
+        device: &Device,
+        cfg: &ModelConfig,
+        cap_tokens: usize,
+        cap_logits: usize,
+    ) -> Result<RunState> {
         let z = |cols: usize, rows: usize| device.zeros(DType::F32, &[rows, cols]);
         let i = |n: usize| device.zeros(DType::I32, &[n]);
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
@@ -170,11 +175,19 @@ impl RunState {
 
     /// Makes room for the batch (reallocating only when it outgrows the buffers), sets
     /// every buffer's logical row count, and uploads the metadata.
-    pub fn prepare(&mut self, device: &Device, cfg: &ModelConfig, batch: &BatchInput) -> Result<()> {
+    pub fn prepare(
+        &mut self,
+        device: &Device,
+        cfg: &ModelConfig,
+        batch: &BatchInput,
+    ) -> Result<()> {
         let t = batch.num_tokens();
         let l = batch.logits_indices.len();
         if t > self.cap_tokens || l > self.cap_logits || batch.seqs.len() > self.cap_tokens {
-            let ct = t.max(batch.seqs.len()).next_power_of_two().max(self.cap_tokens);
+            let ct = t
+                .max(batch.seqs.len())
+                .next_power_of_two()
+                .max(self.cap_tokens);
             let cl = l.next_power_of_two().max(self.cap_logits);
             let block_cols = self.meta.block_tables.cols();
             *self = RunState::new(device, cfg, ct, cl)?;
@@ -203,9 +216,16 @@ impl RunState {
 impl BatchTensors {
     fn upload(&mut self, device: &Device, batch: &BatchInput, cap_tokens: usize) -> Result<()> {
         let s = batch.seqs.len();
-        let max_blocks = batch.seqs.iter().map(|q| q.block_table.len()).max().unwrap_or(0).max(1);
+        let max_blocks = batch
+            .seqs
+            .iter()
+            .map(|q| q.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         if max_blocks > self.block_tables.cols() {
-            self.block_tables = device.zeros(DType::I32, &[cap_tokens, max_blocks.next_power_of_two()])?;
+            self.block_tables =
+                device.zeros(DType::I32, &[cap_tokens, max_blocks.next_power_of_two()])?;
         }
         let cols = self.block_tables.cols();
         let st = &mut self.staging;
@@ -231,7 +251,10 @@ impl BatchTensors {
             acc
         }));
         put!(self.query_start, starts);
-        put!(self.context_lens, batch.seqs.iter().map(|q| q.context_len as u32));
+        put!(
+            self.context_lens,
+            batch.seqs.iter().map(|q| q.context_len as u32)
+        );
         put!(self.logits_rows, batch.logits_indices.iter().copied());
         st.clear();
         for q in &batch.seqs {

@@ -35,13 +35,32 @@ pub fn block(
     dev.rms_norm_inplace(&mut st.q, q_norm, cfg.rms_eps)?;
     dev.rms_norm_inplace(&mut st.k, k_norm, cfg.rms_eps)?;
     let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-    dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, cfg.rope_style)?;
-    dev.rope_inplace(&mut st.k, pos, &rope.cos, &rope.sin, cfg.n_kv_heads, hd, cfg.rope_style)?;
+    dev.rope_inplace(
+        &mut st.q,
+        pos,
+        &rope.cos,
+        &rope.sin,
+        cfg.n_heads,
+        hd,
+        cfg.rope_style,
+    )?;
+    dev.rope_inplace(
+        &mut st.k,
+        pos,
+        &rope.cos,
+        &rope.sin,
+        cfg.n_kv_heads,
+        hd,
+        cfg.rope_style,
+    )?;
     dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;
-    let post_attn = l.post_attn_norm.as_ref().ok_or_else(|| missing("post_attention_norm"))?;
+    let post_attn = l
+        .post_attn_norm
+        .as_ref()
+        .ok_or_else(|| missing("post_attention_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_attn, cfg.rms_eps)?;
     dev.add_inplace(&mut st.x, &st.xo)?;
 
@@ -53,7 +72,10 @@ pub fn block(
         FfnActivation::Silu => dev.silu_mul(&st.gate, &st.up, &mut st.act)?,
     }
     dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
-    let post_ffn = l.post_ffn_norm.as_ref().ok_or_else(|| missing("post_ffw_norm"))?;
+    let post_ffn = l
+        .post_ffn_norm
+        .as_ref()
+        .ok_or_else(|| missing("post_ffw_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_ffn, cfg.rms_eps)?;
     dev.add_inplace(&mut st.x, &st.xo)?;
     Ok(())

@@ -26,8 +26,24 @@ pub fn block(
     dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
     qkv(dev, l, st)?;
     let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-    dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, cfg.rope_style)?;
-    dev.rope_inplace(&mut st.k, pos, &rope.cos, &rope.sin, cfg.n_kv_heads, hd, cfg.rope_style)?;
+    dev.rope_inplace(
+        &mut st.q,
+        pos,
+        &rope.cos,
+        &rope.sin,
+        cfg.n_heads,
+        hd,
+        cfg.rope_style,
+    )?;
+    dev.rope_inplace(
+        &mut st.k,
+        pos,
+        &rope.cos,
+        &rope.sin,
+        cfg.n_kv_heads,
+        hd,
+        cfg.rope_style,
+    )?;
     dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;

@@ -99,7 +99,13 @@ impl Model {
     ) -> Result<Model> {
         config.validate().map_err(ModelError::Config)?;
         let c = &config;
-        let (h, f, qd, kvd, hd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (h, f, qd, kvd, hd) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.q_dim(),
+            c.kv_dim(),
+            c.head_dim,
+        );
         let max_model_len = max_model_len.min(c.max_position).max(1);
 
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -126,7 +132,13 @@ impl Model {
             let rope = match ropes.iter().position(|r| r.theta == theta) {
                 Some(r) => r,
                 None => {
-                    ropes.push(RopeTable::new(device, hd, theta, &c.rope_scaling, max_model_len)?);
+                    ropes.push(RopeTable::new(
+                        device,
+                        hd,
+                        theta,
+                        &c.rope_scaling,
+                        max_model_len,
+                    )?);
                     ropes.len() - 1
                 }
             };
@@ -157,7 +169,10 @@ impl Model {
                 (None, None, None)
             };
             let (q_norm, k_norm) = if c.qk_norm {
-                (Some(vec("attn_q_norm.weight", hd)?), Some(vec("attn_k_norm.weight", hd)?))
+                (
+                    Some(vec("attn_q_norm.weight", hd)?),
+                    Some(vec("attn_k_norm.weight", hd)?),
+                )
             } else {
                 (None, None)
             };
@@ -237,7 +252,13 @@ impl Model {
 
     /// Allocates a KV cache for this model on its device.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        Ok(KvCache::new(&self.device, &self.config, num_blocks, block_size, DType::F32)?)
+        Ok(KvCache::new(
+            &self.device,
+            &self.config,
+            num_blocks,
+            block_size,
+            DType::F32,
+        )?)
     }
 
     /// Runs one batched step: writes this step's K/V into `kv` and returns the logits
@@ -246,7 +267,11 @@ impl Model {
         batch
             .validate(kv.num_blocks, kv.block_size)
             .map_err(ModelError::Batch)?;
-        if let Some(p) = batch.positions.iter().find(|&&p| p as usize >= self.max_model_len) {
+        if let Some(p) = batch
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= self.max_model_len)
+        {
             return Err(ModelError::Batch(format!(
                 "position {p} is beyond the maximum model length {}",
                 self.max_model_len
