@@ -117,5 +117,81 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
         "{} requests of {} in / {} out in {:.2} s: {:.2} requests/s, {:.1} output tokens/s, {:.1} total tokens/s",
         a.num_prompts, a.input_len, a.output_len, r.seconds, r.requests_per_s, r.output_tokens_per_s, r.total_tokens_per_s
     );
+    let m = engine.metrics();
+    if m.steps > 0 {
+        // Every step reads every weight once, whatever the batch.
+        let step_s = m.step_seconds / m.steps as f64;
+        println!(
+            "{} engine steps, {:.2} ms per step on average: {:.1} GB/s of weights",
+            m.steps,
+            step_s * 1e3,
+            engine.model().weight_bytes() as f64 / step_s / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// Per-step prefill and decode latency of one batch (like TGI's benchmark).
+#[derive(clap::Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// Repetitions.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+pub fn run_latency(a: LatencyArgs) -> Result<()> {
+    if a.batch_size == 0 || a.input_len == 0 || a.output_len == 0 {
+        anyhow::bail!("--batch-size, --input-len and --output-len must be at least 1");
+    }
+    let cfg = EngineConfig {
+        max_num_batched_tokens: (a.batch_size * a.input_len).max(512),
+        max_num_seqs: a.batch_size,
+        enable_prefix_caching: false,
+        ..a.model.engine_config()?
+    };
+    let (mut engine, _, name) = a.model.build_engine(cfg)?;
+    let weight_bytes = engine.model().weight_bytes() as f64;
+    bench::decode(&mut engine, 1, 8, 4, 1, 1)?; // warm-up
+    let r = bench::step_latency(
+        &mut engine,
+        a.batch_size,
+        a.input_len,
+        a.output_len,
+        a.reps,
+        11,
+    )?;
+    println!("model: {name}, device: {}", engine.model().device().name());
+    println!(
+        "batch {} x ({} in, {} out), {} repetitions",
+        a.batch_size, a.input_len, a.output_len, a.reps
+    );
+    println!("| phase | mean ms | p50 ms | p90 ms | p99 ms | tokens/s | weight GB/s |");
+    println!("| ----- | ------: | -----: | -----: | -----: | -------: | ----------: |");
+    for (phase, xs, tokens_per_step) in [
+        (
+            "prefill",
+            &r.prefill_ms,
+            (a.batch_size * a.input_len) as f64,
+        ),
+        ("decode", &r.decode_ms, a.batch_size as f64),
+    ] {
+        let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+        println!(
+            "| {phase} | {mean:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            bench::percentile(xs, 50.0),
+            bench::percentile(xs, 90.0),
+            bench::percentile(xs, 99.0),
+            tokens_per_step / (mean / 1e3),
+            weight_bytes / (mean / 1e3) / 1e9,
+        );
+    }
     Ok(())
 }

@@ -45,6 +45,8 @@ enum BenchCommand {
     Model(bench_offline::ModelBenchArgs),
     /// Offline throughput: all requests submitted at once.
     Throughput(bench_offline::ThroughputArgs),
+    /// Per-step prefill and decode latency of one batch (like TGI's benchmark).
+    Latency(bench_offline::LatencyArgs),
     /// Online serving benchmark against any OpenAI-compatible server.
     Serve(Box<sluice_bench::BenchServeArgs>),
     /// Compare saved results: table, plots, SLO recommendation.
@@ -107,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Roofline(a) => sluice_roofline::run(a),
         Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),
         Command::Bench(BenchCommand::Throughput(a)) => bench_offline::run_throughput(a),
+        Command::Bench(BenchCommand::Latency(a)) => bench_offline::run_latency(a),
         Command::Bench(BenchCommand::Serve(a)) => {
             tokio::runtime::Runtime::new()?.block_on(sluice_bench::run_serve(&a))?;
             Ok(())

@@ -162,6 +162,66 @@ pub fn throughput(
     })
 }
 
+/// Per-step latencies of a batch (like TGI's benchmark): one prefill step for the
+/// whole batch, then every decode step.
+pub struct LatencyResult {
+    /// Milliseconds of each prefill step (one per repetition).
+    pub prefill_ms: Vec<f64>,
+    /// Milliseconds of every decode step, all repetitions.
+    pub decode_ms: Vec<f64>,
+}
+
+/// `batch` sequences of `n_in` random prompt tokens generating `n_out` tokens; the
+/// engine must allow `batch * n_in` batched tokens so that the prefill is one step.
+pub fn step_latency(
+    engine: &mut LlmEngine,
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+    reps: usize,
+    seed: u64,
+) -> Result<LatencyResult, EngineError> {
+    let vocab = engine.model().config.vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut res = LatencyResult {
+        prefill_ms: Vec::new(),
+        decode_ms: Vec::new(),
+    };
+    for _ in 0..reps {
+        for _ in 0..batch {
+            engine.add_request(request(
+                random_prompt(&mut rng, n_in.max(1), vocab),
+                n_out.max(1),
+            ))?;
+        }
+        let mut first = true;
+        while engine.has_unfinished() {
+            let t0 = Instant::now();
+            engine.step()?;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if first {
+                res.prefill_ms.push(ms);
+                first = false;
+            } else {
+                res.decode_ms.push(ms);
+            }
+        }
+    }
+    Ok(res)
+}
+
+/// The `p`-th percentile (0..=100) with linear interpolation, like numpy's default.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = p / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +232,14 @@ mod tests {
         assert!((s.mean - 2.5).abs() < 1e-12);
         assert!((s.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(Stat::of(&[]).mean, 0.0);
+    }
+
+    #[test]
+    fn percentile_interpolates_like_numpy() {
+        let xs = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(percentile(&xs, 0.0), 1.0);
+        assert_eq!(percentile(&xs, 100.0), 4.0);
+        assert!((percentile(&xs, 50.0) - 2.5).abs() < 1e-12);
+        assert!((percentile(&xs, 90.0) - 3.7).abs() < 1e-12);
     }
 }
