@@ -467,3 +467,116 @@ fn gemma3_local_global() {
     c.final_logit_softcap = Some(30.0);
     check_config("gemma3", c);
 }
+
+/// GGUF name -> Hugging Face name, for writing the test model in HF layout.
+fn hf_name(gguf: &str) -> String {
+    let fixed = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, hf)) = fixed.iter().find(|(g, _)| *g == gguf) {
+        return hf.to_string();
+    }
+    let rest = gguf.strip_prefix("blk.").expect("layer tensor");
+    let (layer, name) = rest.split_once('.').expect("layer index");
+    let mapped = match name {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        other => panic!("no HF name for {other}"),
+    };
+    format!("model.layers.{layer}.{mapped}")
+}
+
+/// A tiny Qwen2-style model generated as Hugging Face files (config.json +
+/// model.safetensors, F32), loaded through the real loader, must give the reference's
+/// logits at every position.
+#[test]
+fn hugging_face_layout_model_matches_reference() {
+    use safetensors::tensor::TensorView;
+    let mut cfg = base_config();
+    cfg.qkv_bias = true;
+    cfg.tie_embeddings = false;
+    cfg.rope_style = RopeStyle::Neox;
+    let weights = Weights::random(&cfg, 21);
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": false,
+        "use_sliding_window": false,
+        "hidden_act": "silu"
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
+        .map
+        .iter()
+        .map(|(name, (shape, data))| {
+            let b: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (hf_name(name), shape.clone(), b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+
+    let parts = sluice_model::loader::load_model_parts(
+        dir.path(),
+        &sluice_model::loader::LoadOptions::default(),
+    )
+    .expect("the HF-layout model loads");
+    assert_eq!(parts.config.rope_style, RopeStyle::Neox);
+    assert!(parts.config.qkv_bias && !parts.config.tie_embeddings);
+    let loaded_cfg = parts.config.clone();
+    let device = Device::cpu(Some(2));
+    let mut model = Model::new(&device, parts.config, parts.weights, 256).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let tokens: Vec<u32> = (0..19)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let reference = reference_logits(&loaded_cfg, &weights, &tokens);
+    let mut kv = model.new_kv_cache(16, BLOCK).unwrap();
+    let table: Vec<u32> = vec![9, 3, 14, 0, 7];
+    let mut b = BatchInput::default();
+    b.push_seq(&tokens, tokens.len(), &table, BLOCK, false);
+    b.logits_indices = (0..tokens.len() as u32).collect();
+    let logits = model
+        .forward(&b, &mut kv)
+        .unwrap()
+        .as_f32()
+        .unwrap()
+        .to_vec();
+    let mut worst = 0f64;
+    for (i, r) in reference.iter().enumerate() {
+        let d = max_abs_diff(&logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size], r);
+        worst = worst.max(d);
+    }
+    println!("hf-layout qwen2: max abs logit error vs f64 reference {worst:.2e}");
+    assert!(worst < 2e-3, "max abs diff {worst}");
+}

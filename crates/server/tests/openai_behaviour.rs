@@ -10,7 +10,10 @@ use sluice_engine::EngineConfig;
 use sluice_server::ServerConfig;
 
 /// README golden: greedy continuation of "Once upon a time".
-const STORY_PREFIX: &str = ", the city of Nova Haven";
+// The README story's opening, up to the first near-tie (" Nova" vs " New", 0.05 apart in
+// log-prob), where int8 activations may pick either; the golden tests check the full
+// text at reference precision.
+const STORY_PREFIX: &str = ", the city of";
 /// README golden: ids of "Once upon a time".
 const STORY_IDS: [u32; 4] = [6403, 1980, 253, 655];
 
@@ -266,13 +269,13 @@ async fn completions_golden_echo_tokens_batch_stop() {
 
     // A stop string cuts the text before it and finishes with "stop".
     let mut body = completion(&s.model, "Once upon a time", 12);
-    body["stop"] = json!(["Nova"]);
+    body["stop"] = json!([" city"]);
     let r = s.post_ok("/v1/completions", &body).await;
-    assert_eq!(r["choices"][0]["text"], ", the city of ");
+    assert_eq!(r["choices"][0]["text"], ", the");
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
     body["stream"] = json!(true);
     let (events, _) = s.stream("/v1/completions", &body).await;
-    assert_eq!(completion_stream_text(&events, 0), ", the city of ");
+    assert_eq!(completion_stream_text(&events, 0), ", the");
     assert_eq!(stream_finish(&events, 0), "stop");
     s.shutdown().await;
 }
