@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 
 use super::ops::SendPtr;
+use super::simd::Isa;
 use super::CpuBackend;
 use crate::device::{AttentionParams, PagedAttentionMeta};
 use crate::dtype::DType;
@@ -170,13 +171,6 @@ macro_rules! attend_variant {
 attend_variant!(attend_group_avx512, "avx512f", "avx512bw", "avx2", "fma");
 attend_variant!(attend_group_avx2, "avx2", "fma");
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
 impl CpuBackend {
     pub fn paged_attention(
         &self,
@@ -265,13 +259,7 @@ impl CpuBackend {
             scale: p.scale,
             softcap: p.softcap,
         };
-        let isa = if self.features.avx512f && self.features.avx512bw && self.features.has_avx2() {
-            Isa::Avx512
-        } else if self.features.has_avx2() {
-            Isa::Avx2
-        } else {
-            Isa::Baseline
-        };
+        let isa = Isa::select(&self.features);
         let o = SendPtr(out.as_f32_mut()?.as_mut_ptr());
         let window = p.sliding_window;
         self.pool.for_range(t_count * n_kv, 1, |tasks| {
