@@ -46,6 +46,12 @@ pub struct EngineHandle {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
+/// A request sent to the engine thread, before it answered whether it accepts it.
+struct PendingAdd {
+    reply: oneshot::Receiver<Result<SeqId, EngineError>>,
+    outputs: tmpsc::UnboundedReceiver<RequestOutput>,
+}
+
 /// A submitted request: its id and the stream of its deltas.
 pub struct RequestStream {
     pub id: SeqId,
@@ -89,10 +95,10 @@ impl EngineHandle {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Submits a request; fails at once if it is invalid (e.g. too long).
-    pub async fn submit(&self, req: EngineRequest) -> Result<RequestStream, EngineError> {
-        let (out_tx, out_rx) = tmpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
+    /// Sends a request to the engine thread.
+    fn send_add(&self, req: EngineRequest) -> Result<PendingAdd, EngineError> {
+        let (out_tx, outputs) = tmpsc::unbounded_channel();
+        let (reply_tx, reply) = oneshot::channel();
         self.tx
             .send(Command::Add {
                 req: Box::new(req),
@@ -100,30 +106,29 @@ impl EngineHandle {
                 reply: reply_tx,
             })
             .map_err(|_| EngineError::Stopped)?;
-        let id = reply_rx.await.map_err(|_| EngineError::Stopped)??;
+        Ok(PendingAdd { reply, outputs })
+    }
+
+    /// Submits a request; fails at once if it is invalid (e.g. too long).
+    pub async fn submit(&self, req: EngineRequest) -> Result<RequestStream, EngineError> {
+        let p = self.send_add(req)?;
+        let id = p.reply.await.map_err(|_| EngineError::Stopped)??;
         Ok(RequestStream {
             id,
-            outputs: out_rx,
+            outputs: p.outputs,
         })
     }
 
     /// Blocking variant of `submit` for non-async callers.
     pub fn submit_blocking(&self, req: EngineRequest) -> Result<RequestStream, EngineError> {
-        let (out_tx, out_rx) = tmpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx
-            .send(Command::Add {
-                req: Box::new(req),
-                out: out_tx,
-                reply: reply_tx,
-            })
-            .map_err(|_| EngineError::Stopped)?;
-        let id = reply_rx
+        let p = self.send_add(req)?;
+        let id = p
+            .reply
             .blocking_recv()
             .map_err(|_| EngineError::Stopped)??;
         Ok(RequestStream {
             id,
-            outputs: out_rx,
+            outputs: p.outputs,
         })
     }
 
