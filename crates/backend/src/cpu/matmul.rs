@@ -6,8 +6,8 @@
 //!   buffer owned by the backend; then integer dot products run block by block on the
 //!   weights in place (never dequantized as a whole).
 //!
-//! Work is split over the pool by weight rows (contiguous ranges, so each thread
-//! streams its own part of the matrix). Inside, kernels tile rows x tokens so that a
+//! Work is split over the pool by weight rows: contiguous chunks (a few per thread,
+//! claimed from a shared counter), so each thread streams its own parts of the matrix. Inside, kernels tile rows x tokens so that a
 //! weight block loaded once serves several tokens (batched decode, prefill).
 //!
 //! `prepare_weight` keeps the ggml layout (no repacking): the kernels read it directly,
