@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::cpu::CpuBackend;
+use crate::cuda::{CudaBackend, CudaWeightType};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -34,6 +35,19 @@ pub struct PagedAttentionMeta<'a> {
     pub block_tables: &'a Tensor,
     pub num_seqs: usize,
     pub block_size: usize,
+    /// Optional attention mask among each sequence's new tokens (tree/lookahead
+    /// speculation). An I32 tensor (0 = hidden, anything else = visible; I32 rather than
+    /// a byte type so it travels like the other metadata) holding, for every sequence `s`
+    /// with `q_s` new rows in this step, a dense row-major `q_s x q_s` matrix; the
+    /// matrices of all sequences are concatenated in sequence order (`sum q_s^2`
+    /// elements), and a sequence that needs no mask still gets its lower-triangular
+    /// causal matrix. Keys at positions before `context_len - q_s` (the cached prefix)
+    /// are visible to every new row as usual (the sliding window applies by position);
+    /// among the `q_s` new keys, which sit in the cache in row order, row `i` sees key
+    /// `j` iff `mask[i][j] != 0`: the mask replaces the causal rule among new tokens
+    /// (a row may even see a later row's key). A row that sees no key at all gets zeros.
+    /// `None` = causal.
+    pub custom_mask: Option<&'a Tensor>,
 }
 
 /// Shape and variant of an attention layer.
@@ -56,6 +70,7 @@ pub const ACTIVATION_DTYPE: DType = DType::F32;
 #[derive(Clone)]
 pub enum Device {
     Cpu(Arc<CpuBackend>),
+    Cuda(Arc<CudaBackend>),
 }
 
 impl Device {
@@ -64,9 +79,120 @@ impl Device {
         Device::Cpu(Arc::new(CpuBackend::new(threads)))
     }
 
+    /// GPU `ordinal` through CUDA; a clear error when there is no driver or device.
+    pub fn cuda(ordinal: usize, weight_type: CudaWeightType) -> Result<Device> {
+        Ok(Device::Cuda(Arc::new(CudaBackend::new(
+            ordinal,
+            weight_type,
+        )?)))
+    }
+
+    /// Parses `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(
+        spec: &str,
+        threads: Option<usize>,
+        weight_type: CudaWeightType,
+    ) -> Result<Device> {
+        let s = spec.trim().to_ascii_lowercase();
+        if s == "cpu" {
+            return Ok(Device::cpu(threads));
+        }
+        let ordinal = match s.strip_prefix("cuda") {
+            Some("") => 0,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    BackendError::Device(format!("bad device `{spec}`: use cpu, cuda or cuda:N"))
+                })?,
+            None => {
+                return Err(BackendError::Device(format!(
+                    "unknown device `{spec}`: use cpu, cuda or cuda:N"
+                )))
+            }
+        };
+        Device::cuda(ordinal, weight_type)
+    }
+
     pub fn name(&self) -> String {
         match self {
             Device::Cpu(c) => c.describe(),
+            Device::Cuda(g) => g.describe(),
+        }
+    }
+
+    /// The KV cache element type this device uses by default.
+    pub fn default_kv_dtype(&self) -> DType {
+        match self {
+            Device::Cpu(_) => DType::F32,
+            Device::Cuda(g) => g.kv_dtype(),
+        }
+    }
+
+    /// Waits for queued device work (a no-op on the CPU, whose ops are synchronous).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Ok(()),
+            Device::Cuda(g) => g.synchronize(),
+        }
+    }
+
+    /// Copies a host tensor to the device as it is (same dtype and layout).
+    pub fn upload(&self, host: &Tensor) -> Result<Tensor> {
+        match self {
+            Device::Cpu(_) => host.duplicate(),
+            Device::Cuda(g) => g.upload(host),
+        }
+    }
+
+    /// Copies a device tensor to a host (CPU) tensor.
+    pub fn download(&self, t: &Tensor) -> Result<Tensor> {
+        match self {
+            Device::Cpu(_) => t.duplicate(),
+            Device::Cuda(g) => g.download(t),
+        }
+    }
+
+    /// Greedy token ids: `out[r] = argmax(logits[r, :])` (first maximum), I32.
+    pub fn argmax(&self, logits: &Tensor, out: &mut Tensor) -> Result<()> {
+        match self {
+            Device::Cpu(_) => {
+                let v = logits.cols().max(1);
+                let rows = logits.rows();
+                let l = logits.as_f32()?;
+                let o = out.as_i32_mut()?;
+                if o.len() < rows {
+                    return Err(BackendError::Shape(format!(
+                        "argmax: {rows} rows into {}",
+                        o.len()
+                    )));
+                }
+                for (r, row) in l.chunks(v).take(rows).enumerate() {
+                    let mut best = 0usize;
+                    let mut bv = f32::NEG_INFINITY;
+                    for (i, &x) in row.iter().enumerate() {
+                        if x > bv {
+                            bv = x;
+                            best = i;
+                        }
+                    }
+                    o[r] = best as i32;
+                }
+                Ok(())
+            }
+            Device::Cuda(g) => g.argmax(logits, out),
+        }
+    }
+
+    /// Copies an I32 device tensor to the host.
+    pub fn copy_i32_to_host(&self, src: &Tensor, dst: &mut Vec<i32>) -> Result<()> {
+        match self {
+            Device::Cpu(_) => {
+                dst.clear();
+                dst.extend_from_slice(src.as_i32()?);
+                Ok(())
+            }
+            Device::Cuda(g) => g.copy_i32_to_host(src, dst),
         }
     }
 
@@ -78,6 +204,7 @@ impl Device {
     pub fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         match self {
             Device::Cpu(_) => Tensor::zeros_cpu(dtype, shape),
+            Device::Cuda(g) => g.zeros(dtype, shape),
         }
     }
 
@@ -86,6 +213,7 @@ impl Device {
     pub fn load_weight(&self, host: Tensor) -> Result<Tensor> {
         match self {
             Device::Cpu(c) => c.prepare_weight(host),
+            Device::Cuda(g) => g.prepare_weight(host),
         }
     }
 
@@ -94,6 +222,7 @@ impl Device {
     pub fn load_weight_rows(&self, host: Tensor) -> Result<Tensor> {
         match self {
             Device::Cpu(_) => Ok(host),
+            Device::Cuda(g) => g.prepare_weight(host),
         }
     }
 
@@ -112,6 +241,10 @@ impl Device {
                 d[..src.len()].copy_from_slice(src);
                 Ok(())
             }
+            Storage::Cuda(_) => match self {
+                Device::Cuda(g) => g.copy_i32_from_host(dst, src),
+                Device::Cpu(_) => Err(BackendError::Device("CUDA tensor on a CPU device".into())),
+            },
         }
     }
 
@@ -123,6 +256,10 @@ impl Device {
                 dst.extend_from_slice(src.as_f32()?);
                 Ok(())
             }
+            Storage::Cuda(_) => match self {
+                Device::Cuda(g) => g.copy_f32_to_host(src, dst),
+                Device::Cpu(_) => Err(BackendError::Device("CUDA tensor on a CPU device".into())),
+            },
         }
     }
 
@@ -131,6 +268,7 @@ impl Device {
     pub fn matmul(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.matmul(x, w, out),
+            Device::Cuda(g) => g.matmul(x, w, out),
         }
     }
 
@@ -140,12 +278,14 @@ impl Device {
     pub fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.rms_norm(x, weight, eps, out),
+            Device::Cuda(g) => g.rms_norm(x, weight, eps, out),
         }
     }
 
     pub fn rms_norm_inplace(&self, x: &mut Tensor, weight: &Tensor, eps: f32) -> Result<()> {
         match self {
             Device::Cpu(c) => c.rms_norm_inplace(x, weight, eps),
+            Device::Cuda(g) => g.rms_norm_inplace(x, weight, eps),
         }
     }
 
@@ -153,6 +293,7 @@ impl Device {
     pub fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.add_inplace(x, y),
+            Device::Cuda(g) => g.add_inplace(x, y),
         }
     }
 
@@ -160,6 +301,7 @@ impl Device {
     pub fn add_bias_inplace(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.add_bias_inplace(x, bias),
+            Device::Cuda(g) => g.add_bias_inplace(x, bias),
         }
     }
 
@@ -167,6 +309,7 @@ impl Device {
     pub fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()> {
         match self {
             Device::Cpu(c) => c.scale_inplace(x, s),
+            Device::Cuda(g) => g.scale_inplace(x, s),
         }
     }
 
@@ -174,6 +317,7 @@ impl Device {
     pub fn softcap_inplace(&self, x: &mut Tensor, cap: f32) -> Result<()> {
         match self {
             Device::Cpu(c) => c.softcap_inplace(x, cap),
+            Device::Cuda(g) => g.softcap_inplace(x, cap),
         }
     }
 
@@ -192,6 +336,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu(c) => c.rope_inplace(x, positions, cos, sin, n_heads, head_dim, style),
+            Device::Cuda(g) => g.rope_inplace(x, positions, cos, sin, n_heads, head_dim, style),
         }
     }
 
@@ -199,6 +344,7 @@ impl Device {
     pub fn silu_mul(&self, gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.glu(gate, up, out, crate::cpu::ops::Activation::Silu),
+            Device::Cuda(g) => g.glu(gate, up, out, true),
         }
     }
 
@@ -206,6 +352,7 @@ impl Device {
     pub fn gelu_mul(&self, gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.glu(gate, up, out, crate::cpu::ops::Activation::GeluTanh),
+            Device::Cuda(g) => g.glu(gate, up, out, false),
         }
     }
 
@@ -219,6 +366,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu(c) => c.embedding(ids, table, scale, out),
+            Device::Cuda(g) => g.embedding(ids, table, scale, out),
         }
     }
 
@@ -226,6 +374,7 @@ impl Device {
     pub fn gather_rows(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(c) => c.gather_rows(x, rows, out),
+            Device::Cuda(g) => g.gather_rows(x, rows, out),
         }
     }
 
@@ -242,6 +391,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu(c) => c.kv_write(k, v, k_cache, v_cache, slot_mapping),
+            Device::Cuda(g) => g.kv_write(k, v, k_cache, v_cache, slot_mapping),
         }
     }
 
@@ -258,6 +408,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu(c) => c.paged_attention(q, k_cache, v_cache, meta, params, out),
+            Device::Cuda(g) => g.paged_attention(q, k_cache, v_cache, meta, params, out),
         }
     }
 }

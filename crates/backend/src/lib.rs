@@ -3,6 +3,7 @@
 //! Knows nothing of requests or models: the model crate drives these ops.
 
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -103,6 +103,7 @@ impl CpuBuffer {
 /// Where a tensor's bytes live.
 pub enum Storage {
     Cpu(CpuBuffer),
+    Cuda(crate::cuda::CudaBuffer),
 }
 
 /// A tensor: dtype, row-major shape (outermost first) and device storage.
@@ -121,6 +122,7 @@ impl Tensor {
         let need = byte_len(dtype, shape)?;
         let have = match &storage {
             Storage::Cpu(b) => b.as_bytes().len(),
+            Storage::Cuda(b) => b.len(),
         };
         if need != have {
             return Err(BackendError::Shape(format!(
@@ -201,6 +203,11 @@ impl Tensor {
             Storage::Cpu(CpuBuffer::Owned(b)) => {
                 Storage::Cpu(CpuBuffer::Owned(AlignedBytes::from_bytes(b.as_slice())))
             }
+            Storage::Cuda(_) => {
+                return Err(BackendError::Device(
+                    "duplicate a CUDA tensor through its device".into(),
+                ))
+            }
         };
         Ok(Tensor {
             dtype: self.dtype,
@@ -246,6 +253,7 @@ impl Tensor {
     pub fn size_in_bytes(&self) -> usize {
         match &self.storage {
             Storage::Cpu(b) => b.as_bytes().len(),
+            Storage::Cuda(b) => b.len(),
         }
     }
 
@@ -296,6 +304,9 @@ impl Tensor {
                 let n = byte_len(self.dtype, &self.shape)?;
                 Ok(&b.as_bytes()[..n])
             }
+            Storage::Cuda(_) => Err(BackendError::Device(
+                "host access to a CUDA tensor (copy it to the host first)".into(),
+            )),
         }
     }
 
@@ -303,6 +314,9 @@ impl Tensor {
         let n = byte_len(self.dtype, &self.shape)?;
         match &mut self.storage {
             Storage::Cpu(b) => Ok(&mut b.as_bytes_mut()?[..n]),
+            Storage::Cuda(_) => Err(BackendError::Device(
+                "host access to a CUDA tensor (copy it to the host first)".into(),
+            )),
         }
     }
 
@@ -343,6 +357,7 @@ impl std::fmt::Debug for Tensor {
         let place = match &self.storage {
             Storage::Cpu(CpuBuffer::Owned(_)) => "cpu",
             Storage::Cpu(CpuBuffer::Mapped { .. }) => "cpu-mapped",
+            Storage::Cuda(_) => "cuda",
         };
         write!(f, "Tensor({} {:?} on {place})", self.dtype, self.shape)
     }

@@ -1,13 +1,40 @@
 //! Paged attention vs a naive f64 reference on random inputs: several sequences with
 //! mixed query lengths (prefill chunks and decodes), scrambled block tables with large
-//! block ids, GQA/MQA/MHA, sliding windows, softcapping, odd head dims, every SIMD path.
+//! block ids, GQA/MQA/MHA, sliding windows, softcapping, odd head dims, custom masks
+//! among the new tokens, every KV cache dtype, every SIMD path.
+//!
+//! The reference reads the cache's *stored* values (dequantized), so the tolerance
+//! measures the kernel's arithmetic; `quantized_cache_error_vs_f32` separately bounds
+//! what the storage format itself costs against an f32 cache.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_backend::cpu::{CpuBackend, CpuFeatures};
+use sluice_backend::quant::{dequantize_row, quantize_row};
 use sluice_backend::{AttentionParams, DType, Device, PagedAttentionMeta, Tensor};
 use std::sync::Arc;
 
+/// Max abs error of the kernel vs the f64 reference over the stored (dequantized) cache:
+/// every dtype is converted exactly to f32 rows, so only f32 accumulation over a few
+/// hundred keys remains (outputs are O(1)).
+fn kernel_tolerance(_dtype: DType) -> f64 {
+    1e-4
+}
+
+/// The KV cache dtypes attention reads.
+const KV_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum MaskKind {
+    /// No custom mask (causal).
+    None,
+    /// The lower-triangular causal matrix passed explicitly.
+    Causal,
+    /// Random bits (some rows may see no new key at all).
+    Random,
+}
+
+#[derive(Clone)]
 struct Case {
     n_heads: usize,
     n_kv: usize,
@@ -19,17 +46,49 @@ struct Case {
     seqs: Vec<(usize, usize)>,
 }
 
-fn run_case(case: &Case, device: &Device, seed: u64) -> f64 {
+/// A cache of `dtype` holding `vals` rounded to it; returns the tensor and the values
+/// it stores, as f32.
+fn store(dtype: DType, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
+    let hd = shape[3];
+    let row_bytes = dtype.row_bytes(hd);
+    let mut bytes = vec![0u8; vals.len() / hd * row_bytes];
+    let mut back = vec![0f32; vals.len()];
+    for ((src, dst), b) in vals
+        .chunks_exact(hd)
+        .zip(bytes.chunks_exact_mut(row_bytes))
+        .zip(back.chunks_exact_mut(hd))
+    {
+        quantize_row(dtype, src, dst).unwrap();
+        dequantize_row(dtype, dst, b).unwrap();
+    }
+    (Tensor::from_bytes_cpu(dtype, shape, &bytes).unwrap(), back)
+}
+
+struct Inputs {
+    case: Case,
+    num_blocks: usize,
+    max_blocks: usize,
+    kc: Vec<f32>,
+    vc: Vec<f32>,
+    q: Vec<f32>,
+    tables: Vec<i32>,
+    starts: Vec<i32>,
+    ctx: Vec<i32>,
+    /// Concatenated per-sequence `q_len x q_len` matrices (None = causal).
+    mask: Option<Vec<i32>>,
+}
+
+fn inputs(case: &Case, mask: MaskKind, seed: u64) -> Inputs {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let num_blocks = 300;
     let (h, kv, hd, bs) = (case.n_heads, case.n_kv, case.hd, case.block_size);
     let cache_len = num_blocks * kv * bs * hd;
-    let kc: Vec<f32> = (0..cache_len)
-        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-        .collect();
-    let vc: Vec<f32> = (0..cache_len)
-        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-        .collect();
+    let mut uni =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+    let kc = uni(cache_len);
+    let vc = uni(cache_len);
+    let t_total: usize = case.seqs.iter().map(|s| s.0).sum();
+    let q = uni(t_total * h * hd);
     let max_blocks = case.seqs.iter().map(|s| s.1.div_ceil(bs)).max().unwrap();
     // Distinct random blocks per sequence, biased to large ids.
     let mut free: Vec<i32> = (0..num_blocks as i32).rev().collect();
@@ -43,80 +102,131 @@ fn run_case(case: &Case, device: &Device, seed: u64) -> f64 {
             tables[s * max_blocks + b] = free.pop().unwrap();
         }
     }
-    let t_total: usize = case.seqs.iter().map(|s| s.0).sum();
-    let q: Vec<f32> = (0..t_total * h * hd)
-        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-        .collect();
     let mut starts = vec![0i32];
     for s in &case.seqs {
         starts.push(starts.last().unwrap() + s.0 as i32);
     }
     let ctx: Vec<i32> = case.seqs.iter().map(|s| s.1 as i32).collect();
-    let shape = [num_blocks, kv, bs, hd];
-    let kt = Tensor::from_f32_cpu(&shape, &kc).unwrap();
-    let vt = Tensor::from_f32_cpu(&shape, &vc).unwrap();
-    let qt = Tensor::from_f32_cpu(&[t_total, h * hd], &q).unwrap();
-    let i32t = |v: &[i32], shape: &[usize]| {
-        let mut t = Tensor::zeros_cpu(DType::I32, shape).unwrap();
-        t.as_i32_mut().unwrap().copy_from_slice(v);
-        t
+    let mask = match mask {
+        MaskKind::None => None,
+        MaskKind::Causal | MaskKind::Random => {
+            let mut m = Vec::new();
+            for &(ql, _) in &case.seqs {
+                for i in 0..ql {
+                    for j in 0..ql {
+                        m.push(match mask {
+                            MaskKind::Causal => (j <= i) as i32,
+                            // Any nonzero value means visible.
+                            _ => rng.random_range(0..3) * (rng.random_range(0..2)),
+                        });
+                    }
+                }
+            }
+            Some(m)
+        }
     };
-    let st = i32t(&starts, &[starts.len()]);
-    let ct = i32t(&ctx, &[ctx.len()]);
-    let tt = i32t(&tables, &[case.seqs.len(), max_blocks]);
-    let mut out =
-        Tensor::from_f32_cpu(&[t_total, h * hd], &vec![f32::NAN; t_total * h * hd]).unwrap();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let params = AttentionParams {
-        n_heads: h,
-        n_kv_heads: kv,
-        head_dim: hd,
-        scale,
-        sliding_window: case.window,
-        softcap: case.softcap,
-    };
+    Inputs {
+        case: case.clone(),
+        num_blocks,
+        max_blocks,
+        kc,
+        vc,
+        q,
+        tables,
+        starts,
+        ctx,
+        mask,
+    }
+}
+
+fn i32t(v: &[i32], shape: &[usize]) -> Tensor {
+    let mut t = Tensor::zeros_cpu(DType::I32, shape).unwrap();
+    t.as_i32_mut().unwrap().copy_from_slice(v);
+    t
+}
+
+fn params(c: &Case) -> AttentionParams {
+    AttentionParams {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+        scale: 1.0 / (c.hd as f32).sqrt(),
+        sliding_window: c.window,
+        softcap: c.softcap,
+    }
+}
+
+/// Runs the kernel with caches of `dtype`; returns its output and the stored K/V values.
+fn run_kernel(inp: &Inputs, dtype: DType, device: &Device) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = &inp.case;
+    let shape = [inp.num_blocks, c.n_kv, c.block_size, c.hd];
+    let (kt, kvals) = store(dtype, &shape, &inp.kc);
+    let (vt, vvals) = store(dtype, &shape, &inp.vc);
+    let t_total = *inp.starts.last().unwrap() as usize;
+    let row = c.n_heads * c.hd;
+    let qt = Tensor::from_f32_cpu(&[t_total, row], &inp.q).unwrap();
+    let st = i32t(&inp.starts, &[inp.starts.len()]);
+    let ct = i32t(&inp.ctx, &[inp.ctx.len()]);
+    let tt = i32t(&inp.tables, &[c.seqs.len(), inp.max_blocks]);
+    let mt = inp.mask.as_ref().map(|m| i32t(m, &[m.len()]));
+    // Poisoned, so an unwritten element fails.
+    let mut out = Tensor::from_f32_cpu(&[t_total, row], &vec![f32::NAN; t_total * row]).unwrap();
     let meta = PagedAttentionMeta {
         query_start: &st,
         context_lens: &ct,
         block_tables: &tt,
-        num_seqs: case.seqs.len(),
-        block_size: bs,
+        num_seqs: c.seqs.len(),
+        block_size: c.block_size,
+        custom_mask: mt.as_ref(),
     };
     device
-        .paged_attention(&qt, &kt, &vt, &meta, &params, &mut out)
+        .paged_attention(&qt, &kt, &vt, &meta, &params(c), &mut out)
         .unwrap();
-    let got = out.as_f32().unwrap();
+    (out.as_f32().unwrap().to_vec(), kvals, vvals)
+}
 
-    let mut worst = 0f64;
+/// The naive f64 reference over caches `kc`/`vc` (f32 values in the cache layout).
+fn reference(inp: &Inputs, kc: &[f32], vc: &[f32]) -> Vec<f64> {
+    let c = &inp.case;
+    let (h, kv, hd, bs) = (c.n_heads, c.n_kv, c.hd, c.block_size);
+    let scale = params(c).scale as f64;
     let group = h / kv;
+    let t_total = *inp.starts.last().unwrap() as usize;
+    let mut out = vec![0f64; t_total * h * hd];
     let mut t = 0usize;
-    for (s, &(q_len, c)) in case.seqs.iter().enumerate() {
+    let mut mask_off = 0usize;
+    for (s, &(q_len, ctx)) in c.seqs.iter().enumerate() {
+        let new_start = ctx - q_len;
         for i in 0..q_len {
-            let pos = c - q_len + i;
-            let lo = match case.window {
+            let pos = new_start + i;
+            let lo = match c.window {
                 Some(w) if pos + 1 > w => pos + 1 - w,
                 _ => 0,
             };
+            let visible: Vec<usize> = (lo..ctx)
+                .filter(|&kp| match &inp.mask {
+                    None => kp <= pos,
+                    Some(m) => kp < new_start || m[mask_off + i * q_len + kp - new_start] != 0,
+                })
+                .collect();
             for head in 0..h {
                 let kvh = head / group;
-                let qv = &q[(t * h + head) * hd..(t * h + head + 1) * hd];
-                let at = |kp: usize, cache: &[f32]| {
-                    let b = tables[s * max_blocks + kp / bs] as usize;
+                let qv = &inp.q[(t * h + head) * hd..(t * h + head + 1) * hd];
+                let at = |kp: usize, cache: &[f32]| -> Vec<f64> {
+                    let b = inp.tables[s * inp.max_blocks + kp / bs] as usize;
                     let base = ((b * kv + kvh) * bs + kp % bs) * hd;
-                    cache[base..base + hd]
-                        .iter()
-                        .map(|&x| x as f64)
-                        .collect::<Vec<f64>>()
+                    cache[base..base + hd].iter().map(|&x| x as f64).collect()
                 };
-                let scores: Vec<f64> = (lo..=pos)
-                    .map(|kp| {
-                        let mut sc = at(kp, &kc)
+                let scores: Vec<f64> = visible
+                    .iter()
+                    .map(|&kp| {
+                        let mut sc = at(kp, kc)
                             .iter()
                             .zip(qv)
                             .map(|(a, b)| a * *b as f64)
                             .sum::<f64>()
-                            * scale as f64;
-                        if let Some(cap) = case.softcap {
+                            * scale;
+                        if let Some(cap) = c.softcap {
                             sc = cap as f64 * (sc / cap as f64).tanh();
                         }
                         sc
@@ -124,23 +234,31 @@ fn run_case(case: &Case, device: &Device, seed: u64) -> f64 {
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|x| (x - mx).exp()).sum();
-                let mut o = vec![0f64; hd];
-                for (idx, kp) in (lo..=pos).enumerate() {
+                let o = &mut out[(t * h + head) * hd..(t * h + head + 1) * hd];
+                for (idx, &kp) in visible.iter().enumerate() {
                     let w = (scores[idx] - mx).exp() / z;
-                    for (d, v) in at(kp, &vc).iter().enumerate() {
+                    for (d, v) in at(kp, vc).iter().enumerate() {
                         o[d] += w * v;
                     }
-                }
-                for d in 0..hd {
-                    let g = got[(t * h + head) * hd + d] as f64;
-                    assert!(g.is_finite(), "unwritten output at row {t} head {head}");
-                    worst = worst.max((g - o[d]).abs());
                 }
             }
             t += 1;
         }
+        mask_off += q_len * q_len;
     }
-    worst
+    out
+}
+
+fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (&g, &w))| {
+            assert!(g.is_finite(), "unwritten or non-finite output at {i}");
+            (g as f64 - w).abs()
+        })
+        .fold(0.0, f64::max)
 }
 
 fn devices() -> Vec<(String, Device)> {
@@ -167,9 +285,8 @@ fn devices() -> Vec<(String, Device)> {
     out
 }
 
-#[test]
-fn paged_attention_matches_naive_reference() {
-    let cases = [
+fn cases() -> Vec<Case> {
+    vec![
         Case {
             n_heads: 9,
             n_kv: 3,
@@ -191,6 +308,30 @@ fn paged_attention_matches_naive_reference() {
         Case {
             n_heads: 6,
             n_kv: 6,
+            hd: 96,
+            block_size: 5,
+            window: None,
+            softcap: Some(20.0),
+            seqs: vec![(33, 70), (1, 3), (2, 2)],
+        },
+        Case {
+            n_heads: 8,
+            n_kv: 2,
+            hd: 32,
+            block_size: 1,
+            window: Some(1),
+            softcap: None,
+            seqs: vec![(3, 9), (1, 40)],
+        },
+    ]
+}
+
+/// Head dims that are not multiples of 32 (F32/F16/BF16 only: Q8_0 needs whole blocks).
+fn odd_dim_cases() -> Vec<Case> {
+    vec![
+        Case {
+            n_heads: 6,
+            n_kv: 6,
             hd: 24,
             block_size: 5,
             window: None,
@@ -206,12 +347,214 @@ fn paged_attention_matches_naive_reference() {
             softcap: None,
             seqs: vec![(3, 9), (1, 40)],
         },
-    ];
+    ]
+}
+
+fn check(case: &Case, mask: MaskKind, dtype: DType, seed: u64, what: &str) {
+    let inp = inputs(case, mask, seed);
     for (name, dev) in devices() {
-        for (i, c) in cases.iter().enumerate() {
-            let err = run_case(c, &dev, 100 + i as u64);
-            println!("{name} case {i}: max abs error {err:.2e}");
-            assert!(err < 1e-4, "{name} case {i}: max abs error {err}");
+        let (got, kvals, vvals) = run_kernel(&inp, dtype, &dev);
+        let err = max_err(&got, &reference(&inp, &kvals, &vvals));
+        let tol = kernel_tolerance(dtype);
+        println!("{name} {dtype} {what} mask {mask:?}: max abs error {err:.2e}");
+        assert!(
+            err < tol,
+            "{name} {dtype} {what} mask {mask:?}: {err} >= {tol}"
+        );
+    }
+}
+
+#[test]
+fn paged_attention_matches_naive_reference() {
+    for dtype in KV_DTYPES {
+        for (i, c) in cases().iter().enumerate() {
+            check(
+                c,
+                MaskKind::None,
+                dtype,
+                100 + i as u64,
+                &format!("case {i}"),
+            );
         }
     }
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (i, c) in odd_dim_cases().iter().enumerate() {
+            check(
+                c,
+                MaskKind::None,
+                dtype,
+                200 + i as u64,
+                &format!("odd {i}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn custom_mask_matches_naive_reference() {
+    for dtype in KV_DTYPES {
+        for (i, c) in cases().iter().enumerate() {
+            check(
+                c,
+                MaskKind::Random,
+                dtype,
+                300 + i as u64,
+                &format!("case {i}"),
+            );
+        }
+    }
+    for (i, c) in odd_dim_cases().iter().enumerate() {
+        check(
+            c,
+            MaskKind::Random,
+            DType::F32,
+            400 + i as u64,
+            &format!("odd {i}"),
+        );
+    }
+}
+
+/// A causal matrix passed as the custom mask gives exactly the unmasked result.
+#[test]
+fn causal_custom_mask_equals_no_mask() {
+    for dtype in KV_DTYPES {
+        for (i, c) in cases().iter().enumerate() {
+            let plain = inputs(c, MaskKind::None, 500 + i as u64);
+            let causal = inputs(c, MaskKind::Causal, 500 + i as u64);
+            assert_eq!(plain.q, causal.q);
+            for (name, dev) in devices() {
+                let a = run_kernel(&plain, dtype, &dev).0;
+                let b = run_kernel(&causal, dtype, &dev).0;
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{name} {dtype} case {i}: causal mask differs from no mask"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn custom_mask_of_wrong_length_is_an_error() {
+    let c = &cases()[0];
+    let mut inp = inputs(c, MaskKind::Causal, 7);
+    if let Some(m) = inp.mask.as_mut() {
+        m.pop();
+    }
+    let dev = &devices()[0].1;
+    let shape = [inp.num_blocks, c.n_kv, c.block_size, c.hd];
+    let (kt, _) = store(DType::F32, &shape, &inp.kc);
+    let t_total = *inp.starts.last().unwrap() as usize;
+    let row = c.n_heads * c.hd;
+    let qt = Tensor::from_f32_cpu(&[t_total, row], &inp.q).unwrap();
+    let st = i32t(&inp.starts, &[inp.starts.len()]);
+    let ct = i32t(&inp.ctx, &[inp.ctx.len()]);
+    let tt = i32t(&inp.tables, &[c.seqs.len(), inp.max_blocks]);
+    let m = inp.mask.as_ref().unwrap();
+    let mt = i32t(m, &[m.len()]);
+    let mut out = Tensor::zeros_cpu(DType::F32, &[t_total, row]).unwrap();
+    let meta = PagedAttentionMeta {
+        query_start: &st,
+        context_lens: &ct,
+        block_tables: &tt,
+        num_seqs: c.seqs.len(),
+        block_size: c.block_size,
+        custom_mask: Some(&mt),
+    };
+    let err = dev
+        .paged_attention(&qt, &kt, &kt, &meta, &params(c), &mut out)
+        .unwrap_err();
+    assert!(err.to_string().contains("custom mask"), "{err}");
+}
+
+/// What the storage format costs: attention over a quantized cache vs the f64
+/// reference over the original f32 values (inputs uniform in [-1, 1]).
+#[test]
+fn quantized_cache_error_vs_f32() {
+    // F16 keeps 11 significant bits, BF16 8, Q8_0 about 7 relative to the block max.
+    let bound = |d: DType| match d {
+        DType::F32 => 1e-4,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.5e-2,
+        _ => 3e-2,
+    };
+    for dtype in KV_DTYPES {
+        for (i, c) in cases().iter().enumerate() {
+            let inp = inputs(c, MaskKind::None, 600 + i as u64);
+            let want = reference(&inp, &inp.kc, &inp.vc);
+            let dev = &devices().pop().unwrap().1;
+            let (got, _, _) = run_kernel(&inp, dtype, dev);
+            let err = max_err(&got, &want);
+            println!("{dtype} case {i}: max abs error vs f32 cache {err:.2e}");
+            assert!(err < bound(dtype), "{dtype} case {i}: {err}");
+        }
+    }
+}
+
+/// kv_write stores each dtype within its rounding bound, at the right slots, and leaves
+/// skipped (negative) slots and other rows untouched.
+#[test]
+fn kv_write_round_trips_every_dtype() {
+    let (n_kv, hd, bs, num_blocks) = (3, 64, 5, 7);
+    let row = n_kv * hd;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let slots: Vec<i32> = vec![33, -1, 0, 17, 34, 6, -1, 21];
+    let t = slots.len();
+    let k: Vec<f32> = (0..t * row)
+        .map(|_| rng.random::<f32>() * 8.0 - 4.0)
+        .collect();
+    let v: Vec<f32> = (0..t * row)
+        .map(|_| rng.random::<f32>() * 0.02 - 0.01)
+        .collect();
+    let kt = Tensor::from_f32_cpu(&[t, row], &k).unwrap();
+    let vt = Tensor::from_f32_cpu(&[t, row], &v).unwrap();
+    let st = i32t(&slots, &[t]);
+    for dtype in KV_DTYPES {
+        for (name, dev) in devices() {
+            let shape = [num_blocks, n_kv, bs, hd];
+            let mut kc = Tensor::zeros_cpu(dtype, &shape).unwrap();
+            let mut vc = Tensor::zeros_cpu(dtype, &shape).unwrap();
+            dev.kv_write(&kt, &vt, &mut kc, &mut vc, &st).unwrap();
+            let rb = dtype.row_bytes(hd);
+            for (cache, src) in [(&kc, &k), (&vc, &v)] {
+                let bytes = cache.cpu_bytes().unwrap();
+                let mut got = vec![0f32; hd];
+                let mut written = 0usize;
+                for r in 0..num_blocks * n_kv * bs {
+                    let (b, h, off) = (r / (n_kv * bs), r / bs % n_kv, r % bs);
+                    dequantize_row(dtype, &bytes[r * rb..(r + 1) * rb], &mut got).unwrap();
+                    let slot = (b * bs + off) as i32;
+                    let Some(tok) = slots.iter().position(|&s| s == slot) else {
+                        assert!(got.iter().all(|&x| x == 0.0), "{dtype}: stray write at {r}");
+                        continue;
+                    };
+                    written += 1;
+                    let want = &src[tok * row + h * hd..tok * row + (h + 1) * hd];
+                    for (blk, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
+                        let amax = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+                        for (&g, &w) in g.iter().zip(w) {
+                            let bound = match dtype {
+                                DType::F32 => 0.0,
+                                DType::F16 => w.abs() * 2f32.powi(-11) + 6e-8,
+                                DType::BF16 => w.abs() * 2f32.powi(-8),
+                                // Half a quantization step, plus the f16 rounding of
+                                // the scale (relative 2^-11) at the block max.
+                                _ => amax / 127.0 * 0.5 + amax * 2f32.powi(-10),
+                            };
+                            assert!(
+                                (g - w).abs() <= bound,
+                                "{name} {dtype}: row {r} block {blk}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+                assert_eq!(written, 6 * n_kv, "{dtype}: rows written");
+            }
+        }
+    }
+    // A cache of a dtype attention cannot read is refused.
+    let mut bad = Tensor::zeros_cpu(DType::Q4_0, &[2, n_kv, bs, hd]).unwrap();
+    let mut bad_v = Tensor::zeros_cpu(DType::Q4_0, &[2, n_kv, bs, hd]).unwrap();
+    let dev = &devices()[0].1;
+    assert!(dev.kv_write(&kt, &vt, &mut bad, &mut bad_v, &st).is_err());
 }

@@ -118,6 +118,10 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
         a.num_prompts, a.input_len, a.output_len, r.seconds, r.requests_per_s, r.output_tokens_per_s, r.total_tokens_per_s
     );
     let m = engine.metrics();
+    let spec = crate::spec_args::summary(m);
+    if !spec.is_empty() {
+        println!("{spec}");
+    }
     if m.steps > 0 {
         // Every step reads every weight once, whatever the batch.
         let step_s = m.step_seconds / m.steps as f64;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use sluice_backend::cuda::CudaWeightType;
 use sluice_backend::Device;
 use sluice_engine::{EngineConfig, EngineRequest, LlmEngine, SamplingParams};
 use sluice_model::arch::Model;
@@ -30,12 +31,38 @@ pub struct ModelArgs {
     /// KV cache memory, e.g. `2GiB`, `512MiB` or bytes (default: a quarter of free memory, at most 4 GiB).
     #[arg(long)]
     pub kv_cache_memory: Option<String>,
+    /// KV cache element type: f32 (the CPU default), f16, bf16, or q8_0 (blocks of 32
+    /// int8 with an f16 scale; needs head_dim % 32 == 0). Smaller types fit more tokens
+    /// in --kv-cache-memory; see docs/kv-cache.md for the cost in perplexity and speed.
+    #[arg(long, value_name = "DTYPE")]
+    pub kv_cache_dtype: Option<String>,
     /// Tokens per KV cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     /// Longest prompt + output (default: the model's context, at most 8192).
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// Where to run: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weight type on a GPU: auto (bf16; f16 files stay f16), bf16, f16, or f32 (exact
+    /// weights and f32 matmuls, the reference for golden tests).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Fraction of GPU memory sluice may use (weights, activations and KV cache); the KV
+    /// cache gets what the weights leave.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Benchmark real shapes without a checkpoint: random weights for a config preset
+    /// (see `sluice roofline --list-presets`), with a stand-in vocabulary `t0 t1 ...`.
+    /// `--model` is then ignored.
+    #[arg(long, value_name = "PRESET")]
+    pub random_weights: Option<String>,
+    /// Type of the random weights (bf16, f16, f32, q8_0, q4_0, ...).
+    #[arg(long, default_value = "bf16")]
+    pub random_weights_type: String,
+    #[command(flatten)]
+    pub spec: crate::spec_args::SpecArgs,
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000` into bytes.
@@ -64,8 +91,11 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 }
 
 impl ModelArgs {
-    /// Resolves and loads the model files.
+    /// Resolves and loads the model files (or makes random weights for a preset).
     pub fn load(&self) -> Result<LoadedModel> {
+        if let Some(preset) = &self.random_weights {
+            return crate::random_model::load_random(preset, &self.random_weights_type);
+        }
         let path = pull::resolve_model(&self.model)?;
         let opts = LoadOptions {
             tokenizer_path: self.tokenizer.clone(),
@@ -77,6 +107,9 @@ impl ModelArgs {
     /// The name clients use for this model: a known name as given, else the file stem
     /// (or directory name) of the path.
     pub fn served_name(&self) -> String {
+        if let Some(p) = &self.random_weights {
+            return format!("random-{p}");
+        }
         if pull::find_known(&self.model).is_some() {
             return self.model.clone();
         }
@@ -100,18 +133,40 @@ impl ModelArgs {
                 .map(parse_bytes)
                 .transpose()?,
             max_model_len: self.max_model_len,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            kv_cache_dtype: self.kv_cache_dtype()?,
             ..EngineConfig::default()
         })
     }
 
-    /// Loads the model onto the CPU and builds an engine around it.
+    /// The `--kv-cache-dtype` asked for (None: the device's default).
+    pub fn kv_cache_dtype(&self) -> Result<Option<sluice_backend::DType>> {
+        Ok(self
+            .kv_cache_dtype
+            .as_deref()
+            .map(sluice_model::kv_cache::parse_kv_cache_dtype)
+            .transpose()?)
+    }
+
+    /// The device named by `--device` (and `--dtype` for GPUs).
+    pub fn device(&self) -> Result<Device> {
+        let wt = CudaWeightType::parse(&self.dtype)
+            .with_context(|| format!("unknown --dtype `{}` (auto, bf16, f16, f32)", self.dtype))?;
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            bail!("--gpu-memory-utilization must be in (0, 1]");
+        }
+        Ok(Device::parse(&self.device, self.threads, wt)?)
+    }
+
+    /// Loads the model onto the device and builds an engine around it.
     pub fn build_engine(&self, cfg: EngineConfig) -> Result<(LlmEngine, Option<String>, String)> {
         if self.block_size == 0 || self.block_size > 1024 {
             bail!("--block-size must be between 1 and 1024");
         }
+        self.spec.check()?;
         let loaded = self.load()?;
         let name = self.served_name();
-        let device = Device::cpu(self.threads);
+        let device = self.device()?;
         let max_len = cfg
             .max_model_len
             .unwrap_or(loaded.config.max_position.min(8192));
@@ -119,7 +174,10 @@ impl ModelArgs {
         let mut tokenizer = loaded.tokenizer;
         tokenizer.add_eos_ids(&loaded.generation.eos_token_ids);
         let model = Model::new(&device, loaded.config, loaded.weights, max_len)?;
-        let engine = LlmEngine::new(model, Arc::new(tokenizer), &cfg)?;
+        let mut engine = LlmEngine::new(model, Arc::new(tokenizer), &cfg)?;
+        if let Some(line) = self.spec.apply(&mut engine, self)? {
+            eprintln!("{line}");
+        }
         Ok((engine, template, name))
     }
 }
@@ -246,6 +304,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         n_gen,
         tg_rate
     );
+    let spec = crate::spec_args::summary(engine.metrics());
+    if !spec.is_empty() {
+        eprintln!("{spec}");
+    }
     if a.print_token_ids {
         eprintln!("token ids: {ids:?}");
     }

@@ -3,7 +3,11 @@
 mod bench_offline;
 mod chat;
 mod generate;
+mod perplexity;
 mod pull;
+mod quantize;
+mod random_model;
+mod spec_args;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +37,10 @@ enum Command {
     Roofline(sluice_roofline::RooflineArgs),
     /// Download a known model into the cache (checksum verified, never twice).
     Pull(PullArgs),
+    /// Quantize a GGUF or Hugging Face model into a GGUF file (llama.cpp's types and recipes).
+    Quantize(quantize::QuantizeArgs),
+    /// Perplexity of a text, and KL divergence against a reference model's saved logits.
+    Perplexity(perplexity::PerplexityArgs),
     /// Benchmarks: offline through the engine (model, throughput) or online against any
     /// OpenAI-compatible server.
     #[command(subcommand)]
@@ -49,6 +57,9 @@ enum BenchCommand {
     Latency(bench_offline::LatencyArgs),
     /// Online serving benchmark against any OpenAI-compatible server.
     Serve(Box<sluice_bench::BenchServeArgs>),
+    /// Speculative decoding: tokens/s without and with each method (story and
+    /// repeat-the-prompt workloads, batch 1 and concurrent), with acceptance rates.
+    Spec(spec_args::SpecBenchArgs),
     /// Compare saved results: table, plots, SLO recommendation.
     Compare(sluice_bench::BenchCompareArgs),
 }
@@ -106,10 +117,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info(a),
         Command::Pull(a) => pull_cmd(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
         Command::Roofline(a) => sluice_roofline::run(a),
         Command::Bench(BenchCommand::Model(a)) => bench_offline::run_model_bench(a),
         Command::Bench(BenchCommand::Throughput(a)) => bench_offline::run_throughput(a),
         Command::Bench(BenchCommand::Latency(a)) => bench_offline::run_latency(a),
+        Command::Bench(BenchCommand::Spec(a)) => spec_args::run_bench(a),
         Command::Bench(BenchCommand::Serve(a)) => {
             tokio::runtime::Runtime::new()?.block_on(sluice_bench::run_serve(&a))?;
             Ok(())
@@ -126,11 +140,14 @@ fn serve_cmd(a: ServeCmd) -> Result<()> {
     let (engine, template, name) = a.model.build_engine(cfg)?;
     let tokenizer = std::sync::Arc::clone(engine.tokenizer());
     eprintln!(
-        "sluice: {name} on {}; KV cache {} blocks x {} tokens = {} tokens; max model length {}",
+        "sluice: {name} on {}; KV cache {} blocks x {} tokens = {} tokens ({}, {:.0} KiB/token); max model length {}",
         engine.model().device().name(),
         engine.num_blocks(),
         engine.block_size(),
         engine.num_blocks() * engine.block_size(),
+        engine.kv_cache_dtype(),
+        sluice_model::KvCache::bytes_per_token(&engine.model().config, engine.kv_cache_dtype())
+            / 1024.0,
         engine.max_model_len()
     );
     let handle = sluice_engine::EngineHandle::spawn(engine, name);

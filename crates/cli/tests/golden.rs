@@ -1,13 +1,13 @@
 //! Golden generations: `sluice generate` greedy output equals the reference recorded in
 //! each model's README.txt (../shared/models, through $SLUICE_TEST_MODELS).
 //!
-//! The README references were computed in f32 on dequantized weights. The fast kernels
-//! quantize activations to int8 per block (as llama.cpp does), which moves logits by a
-//! fraction of a percent and can flip near-ties (SmolLM2 at token ~5 and ~31, top-2
-//! log-prob margins 0.05 and 0.16). The text comparisons therefore run with
-//! `SLUICE_CPU_FEATURES=reference` (f32 activations, weights dequantized row by row),
-//! which checks loaders, tokenizers and the forward pass exactly; the kernels are checked
-//! against that reference by the backend's tests. The chat test runs on the fast path.
+//! The README references were computed in f32 on dequantized weights. The default CPU
+//! path quantizes activations to two int8 terms per element (`x ~ d (q1 + q2 / 256)`,
+//! see the backend's `simd::acts`), about 1.5e-5 relative error per matmul output, so
+//! it reproduces them, near-ties included (SmolLM2 at token ~5 and ~31, top-2 log-prob
+//! margins 0.05 and 0.16, which one int8 term, as in llama.cpp, flips). The SmolLM2 text
+//! also runs with `SLUICE_CPU_FEATURES=reference` (f32 activations, weights dequantized
+//! row by row) to keep that mode checked.
 
 mod common;
 use common::*;
@@ -49,34 +49,40 @@ fn stories260k_greedy_ids_match_the_reference() {
 fn smollm2_q4_1_greedy_text_matches_the_reference() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let r = sluice_env(
-        &[
-            "generate",
-            "-m",
-            model.to_str().unwrap(),
-            "-p",
-            "Once upon a time",
-            "--temperature",
-            "0",
-            "-n",
-            "40",
-            "--print-token-ids",
-        ],
-        &[("SLUICE_CPU_FEATURES", "reference")],
-    );
-    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
-    assert_eq!(printed_ids(&r.stderr).len(), 40);
-    let reference = ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets. But as the years went by, the city began to lose its original essence. The once-blue skies of";
-    let got = r.stdout.trim_end();
-    assert!(!got.is_empty());
-    assert!(
-        reference.starts_with(got) || got.starts_with(reference),
-        "got {got:?}"
-    );
-    assert!(
-        got.len() > 150,
-        "40 tokens should cover most of the reference, got {got:?}"
-    );
+    // The default path, then the f32-activation reference mode.
+    let modes: [&[(&str, &str)]; 2] = [&[], &[("SLUICE_CPU_FEATURES", "reference")]];
+    for env in modes {
+        let r = sluice_env(
+            &[
+                "generate",
+                "-m",
+                model.to_str().unwrap(),
+                "-p",
+                "Once upon a time",
+                "--temperature",
+                "0",
+                "-n",
+                "40",
+                "--print-token-ids",
+            ],
+            env,
+        );
+        assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+        let ids = printed_ids(&r.stderr);
+        assert_eq!(ids.len(), 40);
+        // Generated token 5 is the near-tie " Nova" / " New" (margin 0.05).
+        let reference = ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling streets. But as the years went by, the city began to lose its original essence. The once-blue skies of";
+        let got = r.stdout.trim_end();
+        assert!(!got.is_empty());
+        assert!(
+            reference.starts_with(got) || got.starts_with(reference),
+            "{env:?}: got {got:?}"
+        );
+        assert!(
+            got.len() > 150,
+            "40 tokens should cover most of the reference, got {got:?}"
+        );
+    }
 }
 
 #[test]
@@ -104,25 +110,22 @@ fn smollm2_chat_answers_paris() {
     assert_eq!(printed_ids(&r.stderr).last(), Some(&2));
     assert!(r.stderr.contains("prompt 16 tokens"), "{}", r.stderr);
     // The same question through --chat (the model's template) with a system message. The
-    // first token is a near-tie here ("The" -1.62 vs "La" -1.72 in f32), which int8
-    // activations can flip, so this checks the template path at reference precision.
-    let r = sluice_env(
-        &[
-            "generate",
-            "-m",
-            model.to_str().unwrap(),
-            "-p",
-            "What is the capital of France?",
-            "--chat",
-            "--system",
-            "You are a helpful assistant.",
-            "--temperature",
-            "0",
-            "-n",
-            "30",
-        ],
-        &[("SLUICE_CPU_FEATURES", "reference")],
-    );
+    // first token is a near-tie here ("The" -1.62 vs "La" -1.72 in f32), which one int8
+    // activation term flips; the default path's two terms keep it.
+    let r = sluice(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "What is the capital of France?",
+        "--chat",
+        "--system",
+        "You are a helpful assistant.",
+        "--temperature",
+        "0",
+        "-n",
+        "30",
+    ]);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(r.stdout.trim(), "The capital of France is Paris.");
 }
@@ -141,21 +144,18 @@ fn gemma3_q4_k_m_greedy_text_matches_the_reference() {
         eprintln!("note: {} not present; skipping", model.display());
         return;
     }
-    let r = sluice_env(
-        &[
-            "generate",
-            "-m",
-            model.to_str().unwrap(),
-            "-p",
-            "Once upon a time",
-            "--temperature",
-            "0",
-            "-n",
-            "40",
-            "--print-token-ids",
-        ],
-        &[("SLUICE_CPU_FEATURES", "reference")],
-    );
+    let r = sluice(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "--temperature",
+        "0",
+        "-n",
+        "40",
+        "--print-token-ids",
+    ]);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(printed_ids(&r.stderr).len(), 40);
     let reference = ", there was a little girl named Lily. She was a very smart girl, and she loved to play with her friends. One day, Lily was playing with her friends, and she was very excited";

@@ -17,6 +17,9 @@ use crate::metrics::EngineMetrics;
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
 use crate::sequence::{FinishReason, SeqId, Sequence};
+use crate::spec::lookahead::{Lookahead, LookaheadConfig};
+use crate::spec::verify::{verify_seq, VerifyScratch};
+use crate::spec::{Proposer, SpecConfig, Speculator, VerifyFeedback};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -31,6 +34,9 @@ pub enum EngineError {
     Model(#[from] sluice_model::ModelError),
     #[error("the engine has stopped")]
     Stopped,
+    /// Speculative decoding misconfigured or failed (engine-side).
+    #[error("speculative decoding: {0}")]
+    Speculative(String),
 }
 
 impl EngineError {
@@ -63,6 +69,13 @@ pub struct EngineConfig {
     /// Longest prompt + output; default: the model's context length, capped at 8192.
     pub max_model_len: Option<usize>,
     pub enable_prefix_caching: bool,
+    /// On a GPU, the fraction of device memory to use; the KV cache gets what the
+    /// weights and activations leave (when `kv_cache_memory` is not set).
+    pub gpu_memory_utilization: f64,
+    /// KV cache element type (`--kv-cache-dtype`: F32, F16, BF16 or Q8_0 on the CPU);
+    /// None = the device's default (F32 on the CPU). Sets how many tokens
+    /// `kv_cache_memory` holds.
+    pub kv_cache_dtype: Option<sluice_backend::DType>,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +88,8 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_model_len: None,
             enable_prefix_caching: true,
+            gpu_memory_utilization: 0.9,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -126,6 +141,11 @@ pub struct LlmEngine {
     sampled: Vec<Vec<u32>>,
     metrics: EngineMetrics,
     max_model_len: usize,
+    /// Speculative decoding (None: off).
+    spec: Option<Speculator>,
+    verify_scratch: VerifyScratch,
+    /// Lookahead decoding (None: off); exclusive with `spec`.
+    lookahead: Option<Lookahead>,
 }
 
 /// Free memory as the OS reports it (Linux `MemAvailable`), if known.
@@ -134,6 +154,48 @@ fn available_memory() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Default KV cache bytes: on the CPU a quarter of available memory (at most 4 GiB); on a
+/// GPU what `gpu_memory_utilization` of the card leaves after the weights (already
+/// loaded) and a reserve for activations and cuBLAS workspaces.
+fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineError> {
+    match model.device() {
+        sluice_backend::Device::Cpu(_) => {
+            let avail = available_memory().unwrap_or(4 << 30);
+            Ok((avail / 4).min(4 << 30))
+        }
+        sluice_backend::Device::Cuda(g) => {
+            let (free, total) = g
+                .memory_info()
+                .map_err(|e| EngineError::Model(sluice_model::ModelError::from(e)))?;
+            let used = total.saturating_sub(free) as f64;
+            let c = &model.config;
+            // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget,
+            // plus f32 logits for every sequence, plus 1 GiB for workspaces and context.
+            let act = cfg.max_num_batched_tokens as f64
+                * 4.0
+                * (6.0 * c.hidden_size as f64
+                    + 4.0 * c.intermediate_size as f64
+                    + 2.0 * c.q_dim() as f64);
+            let logits =
+                cfg.max_num_seqs.max(cfg.max_num_batched_tokens) as f64 * c.vocab_size as f64 * 4.0;
+            let reserve = act + logits + (1u64 << 30) as f64;
+            let budget = total as f64 * cfg.gpu_memory_utilization - used - reserve;
+            if budget <= 0.0 {
+                return Err(EngineError::InvalidRequest {
+                    message: format!(
+                        "out of GPU memory: the weights use {:.1} GiB of {:.1} GiB and                          --gpu-memory-utilization {} leaves nothing for the KV cache",
+                        used / (1u64 << 30) as f64,
+                        total as f64 / (1u64 << 30) as f64,
+                        cfg.gpu_memory_utilization
+                    ),
+                    param: Some("gpu_memory_utilization"),
+                });
+            }
+            Ok(budget as u64)
+        }
+    }
 }
 
 impl LlmEngine {
@@ -146,15 +208,23 @@ impl LlmEngine {
             .max_model_len
             .unwrap_or_else(|| model.config.max_position.min(8192))
             .min(model.max_model_len());
-        let per_block =
-            KvCache::bytes_per_block(&model.config, cfg.block_size, sluice_backend::DType::F32);
+        let kv_dtype = cfg
+            .kv_cache_dtype
+            .unwrap_or_else(|| model.device().default_kv_dtype());
+        sluice_model::kv_cache::check_kv_cache_dtype(&model.config, kv_dtype).map_err(|e| {
+            EngineError::InvalidRequest {
+                message: e.to_string(),
+                param: Some("kv_cache_dtype"),
+            }
+        })?;
+        let per_block = KvCache::bytes_per_block(&model.config, cfg.block_size, kv_dtype);
         let num_blocks = match cfg.num_blocks {
             Some(n) => n,
             None => {
-                let budget = cfg.kv_cache_memory.unwrap_or_else(|| {
-                    let avail = available_memory().unwrap_or(4 << 30);
-                    (avail / 4).min(4 << 30)
-                });
+                let budget = match cfg.kv_cache_memory {
+                    Some(b) => b,
+                    None => default_kv_budget(&model, cfg)?,
+                };
                 // Never more than every sequence at full length could use at once.
                 let useful = cfg.max_num_seqs * max_model_len.div_ceil(cfg.block_size);
                 ((budget / per_block.max(1) as u64) as usize).min(useful.max(1))
@@ -169,7 +239,7 @@ impl LlmEngine {
                 param: Some("kv_cache_memory"),
             });
         }
-        let kv = model.new_kv_cache(num_blocks, cfg.block_size)?;
+        let kv = model.new_kv_cache_with(num_blocks, cfg.block_size, kv_dtype)?;
         let manager = KvCacheManager::new(
             num_blocks,
             cfg.block_size,
@@ -197,7 +267,82 @@ impl LlmEngine {
             sampled: Vec::new(),
             metrics: EngineMetrics::default(),
             max_model_len,
+            spec: None,
+            verify_scratch: VerifyScratch::default(),
+            lookahead: None,
         })
+    }
+
+    /// Turns on lookahead decoding (see `spec::lookahead`) as the engine's speculative
+    /// method. Refuses a shape that does not fit the context or the step budget;
+    /// exclusive with `enable_speculation`; call before adding requests.
+    pub fn enable_lookahead(
+        &mut self,
+        cfg: LookaheadConfig,
+        spec: &SpecConfig,
+    ) -> Result<(), EngineError> {
+        if !self.states.is_empty() || self.spec.is_some() {
+            return Err(EngineError::Speculative(
+                "enable lookahead before adding requests, instead of another method".into(),
+            ));
+        }
+        // The attention kernel bounds a sliding window by a row's KV slot, and lookahead
+        // rows sit at slots past their positions: refuse where the window could bind.
+        if let Some(w) = self.model.config.sliding_window {
+            if w < self.max_model_len {
+                return Err(EngineError::Speculative(format!(
+                    "lookahead decoding needs full attention, but this model has \
+                     sliding-window layers ({w} tokens) shorter than its context ({})",
+                    self.max_model_len
+                )));
+            }
+        }
+        let sched = self.scheduler.config();
+        let la = Lookahead::new(cfg, spec, self.max_model_len, sched.max_num_batched_tokens)
+            .map_err(EngineError::Speculative)?;
+        self.metrics.spec = vec![la.stats().clone()];
+        self.lookahead = Some(la);
+        Ok(())
+    }
+
+    /// The lookahead state, when enabled.
+    pub fn lookahead(&self) -> Option<&Lookahead> {
+        self.lookahead.as_ref()
+    }
+
+    /// Turns on speculative decoding with `default` as the default proposer (see
+    /// `spec`). Refuses a bad configuration; call before adding requests.
+    pub fn enable_speculation(
+        &mut self,
+        cfg: SpecConfig,
+        default: Box<dyn Proposer>,
+    ) -> Result<(), EngineError> {
+        if self.lookahead.is_some() {
+            return Err(EngineError::Speculative(
+                "lookahead decoding is already the speculative method".into(),
+            ));
+        }
+        if !self.states.is_empty() {
+            return Err(EngineError::Speculative(
+                "enable speculation before adding requests".into(),
+            ));
+        }
+        self.spec = Some(Speculator::new(cfg, default).map_err(EngineError::Speculative)?);
+        self.metrics.spec = self
+            .spec
+            .as_ref()
+            .map_or(Vec::new(), |s| s.stats().to_vec());
+        Ok(())
+    }
+
+    /// The speculation state, when enabled.
+    pub fn speculator(&self) -> Option<&Speculator> {
+        self.spec.as_ref()
+    }
+
+    /// The speculation state, when enabled (e.g. to register another proposer).
+    pub fn speculator_mut(&mut self) -> Option<&mut Speculator> {
+        self.spec.as_mut()
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -218,6 +363,11 @@ impl LlmEngine {
 
     pub fn block_size(&self) -> usize {
         self.kv.block_size
+    }
+
+    /// Element type of the KV cache.
+    pub fn kv_cache_dtype(&self) -> sluice_backend::DType {
+        self.kv.dtype
     }
 
     pub fn metrics(&self) -> &EngineMetrics {
@@ -243,6 +393,44 @@ impl LlmEngine {
                 param: Some("prompt"),
             });
         }
+        if self.lookahead.is_some() {
+            let m = req
+                .params
+                .speculative
+                .as_ref()
+                .and_then(|o| o.method.as_deref());
+            if let Some(m) = m.filter(|m| !matches!(*m, "off" | "lookahead")) {
+                return Err(EngineError::InvalidRequest {
+                    message: format!(
+                        "speculative method `{m}` is not available on this engine (available: \
+                         off, lookahead)"
+                    ),
+                    param: Some("speculative"),
+                });
+            }
+        }
+        if let Some(o) = req
+            .params
+            .speculative
+            .as_ref()
+            .filter(|_| self.lookahead.is_none())
+        {
+            let param = Some("speculative");
+            match &self.spec {
+                Some(spec) => spec
+                    .check_override(o)
+                    .map_err(|message| EngineError::InvalidRequest { message, param })?,
+                None if o.method.as_deref().is_some_and(|m| m != "off") => {
+                    return Err(EngineError::InvalidRequest {
+                        message: "speculative decoding is not enabled on this engine (start it \
+                                  with --speculative or --draft-model)"
+                            .into(),
+                        param,
+                    })
+                }
+                None => {}
+            }
+        }
         let id = SeqId(self.next_id);
         self.next_id += 1;
         let mut seq = Sequence::new(id, req.prompt_token_ids.clone(), req.params.max_tokens);
@@ -250,6 +438,14 @@ impl LlmEngine {
             seq = seq.with_cache_salt(salt.clone());
         }
         self.scheduler.add(seq)?;
+        if let Some(spec) = &mut self.spec {
+            spec.add_seq(id, req.params.speculative.as_ref());
+        }
+        if let Some(la) = &mut self.lookahead {
+            if Lookahead::takes(req.params.speculative.as_ref()) {
+                la.add_seq(id, &req.prompt_token_ids, self.tokenizer.eos_ids());
+            }
+        }
         let sampler = Sampler::new(&req.params, &req.prompt_token_ids);
         let detok =
             IncrementalDecoder::with_prefix(req.params.skip_special_tokens, &req.prompt_token_ids);
@@ -273,6 +469,12 @@ impl LlmEngine {
     pub fn abort(&mut self, id: SeqId) {
         if self.states.remove(&id).is_some() {
             let _ = self.scheduler.abort(id);
+            if let Some(spec) = &mut self.spec {
+                spec.remove_seq(id);
+            }
+            if let Some(la) = &mut self.lookahead {
+                la.remove_seq(id);
+            }
             self.metrics.requests_aborted += 1;
         }
     }
@@ -283,12 +485,20 @@ impl LlmEngine {
 
     /// Runs one step. Returns the deltas of every request that produced something.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let t0 = Instant::now();
+        self.propose_drafts()?;
+        if let Some(la) = &mut self.lookahead {
+            la.propose(&mut self.scheduler, self.max_model_len)?;
+        }
         let out = self.scheduler.schedule()?;
         if out.is_empty() {
             return Ok(Vec::new());
         }
-        let t0 = Instant::now();
         self.scheduler.fill_batch(&out, &mut self.batch)?;
+        if let Some(la) = &self.lookahead {
+            la.prepare_batch(&out, &mut self.batch)
+                .map_err(EngineError::Speculative)?;
+        }
         let device = self.model.device().clone();
         let logits = self.model.forward(&self.batch, &mut self.kv)?;
         device
@@ -297,7 +507,56 @@ impl LlmEngine {
         let outputs = self.sample_and_update(&out)?;
         self.metrics
             .record_step(&out, t0.elapsed(), self.scheduler.stats());
+        if let Some(spec) = &self.spec {
+            self.metrics.spec.clear();
+            self.metrics.spec.extend_from_slice(spec.stats());
+        }
+        if let Some(la) = &self.lookahead {
+            self.metrics.spec.clear();
+            self.metrics.spec.push(la.stats().clone());
+        }
         Ok(outputs)
+    }
+
+    /// Asks the proposers for drafts for every running sequence in decode state and
+    /// hands them to the scheduler (see `spec` for the rule that picks K).
+    fn propose_drafts(&mut self) -> Result<(), EngineError> {
+        let Some(spec) = self.spec.as_mut() else {
+            return Ok(());
+        };
+        let sched = &self.scheduler;
+        let cands: Vec<SeqId> = sched
+            .running()
+            .iter()
+            .copied()
+            .filter(|&id| {
+                sched
+                    .seq(id)
+                    .is_some_and(|s| s.num_computed_tokens + 1 == s.num_tokens())
+            })
+            .collect();
+        if cands.is_empty() {
+            return Ok(());
+        }
+        let states = &self.states;
+        let max_model_len = self.max_model_len;
+        let drafts = spec.propose(&cands, |id| {
+            let seq = sched.seq(id)?;
+            let st = states.get(&id)?;
+            // Room for the drafts plus the target's own token.
+            let left = (seq.max_tokens.saturating_sub(seq.num_output_tokens()))
+                .min(max_model_len.saturating_sub(seq.num_tokens()));
+            Some((
+                seq.all_token_ids(),
+                seq.num_prompt_tokens(),
+                &st.params,
+                left.saturating_sub(1),
+            ))
+        })?;
+        for (id, d) in drafts {
+            self.scheduler.set_spec_token_ids(id, d)?;
+        }
+        Ok(())
     }
 
     fn sample_and_update(
@@ -311,7 +570,84 @@ impl LlmEngine {
         for (i, s) in out.scheduled.iter().enumerate() {
             self.sampled[i].clear();
             let mut lp = Vec::new();
-            if s.produces_token {
+            let by_lookahead = s.produces_token
+                && self
+                    .lookahead
+                    .as_ref()
+                    .is_some_and(|la| la.handles(s.seq_id));
+            if let (true, Some(la)) = (by_lookahead, self.lookahead.as_mut()) {
+                // Lookahead verifies its own branches (and delivers forced tokens).
+                let state = self
+                    .states
+                    .get_mut(&s.seq_id)
+                    .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+                let rows = &mut self.logits[row * vocab..(row + s.num_logits()) * vocab];
+                let want_lp = state.params.logprobs.is_some();
+                let (sampler, params) = (&mut state.sampler, &state.params);
+                let sample = |l: &mut [f32]| {
+                    let t = sampler.sample(params, l);
+                    sampler.observe(t.id);
+                    t
+                };
+                la.verify(
+                    s,
+                    rows,
+                    vocab,
+                    want_lp,
+                    sample,
+                    &mut self.sampled[i],
+                    &mut lp,
+                )
+                .map_err(EngineError::Speculative)?;
+            } else if s.produces_token && s.num_spec_tokens > 0 {
+                // Verify the drafts (several tokens for this sequence this step).
+                let state = self
+                    .states
+                    .get_mut(&s.seq_id)
+                    .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+                let seq = self
+                    .scheduler
+                    .seq(s.seq_id)
+                    .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+                let drafts = seq.spec_token_ids.get(..s.num_spec_tokens).ok_or_else(|| {
+                    EngineError::Speculative(format!(
+                        "{}: {} drafts scheduled, {} proposed",
+                        s.seq_id,
+                        s.num_spec_tokens,
+                        seq.spec_token_ids.len()
+                    ))
+                })?;
+                let rows = &mut self.logits[row * vocab..(row + s.num_logits()) * vocab];
+                let q = self
+                    .spec
+                    .as_ref()
+                    .map_or(&[][..], |sp| sp.draft_probs(s.seq_id));
+                let eos = self.tokenizer.eos_ids();
+                let p = &state.params;
+                let is_stop =
+                    |t: u32| (!p.ignore_eos && eos.contains(&t)) || p.stop_token_ids.contains(&t);
+                let accepted = verify_seq(
+                    &mut state.sampler,
+                    &state.params,
+                    rows,
+                    vocab,
+                    drafts,
+                    q,
+                    is_stop,
+                    &mut self.verify_scratch,
+                    &mut self.sampled[i],
+                    &mut lp,
+                )
+                .map_err(EngineError::Speculative)?;
+                if let Some(spec) = &mut self.spec {
+                    spec.on_verified(&VerifyFeedback {
+                        seq_id: s.seq_id,
+                        drafted: drafts,
+                        num_accepted: accepted,
+                        emitted: &self.sampled[i],
+                    });
+                }
+            } else if s.produces_token {
                 let state = self
                     .states
                     .get_mut(&s.seq_id)
@@ -417,6 +753,12 @@ impl LlmEngine {
                 self.metrics.prompt_tokens += n_prompt as u64;
                 self.metrics.requests_finished += 1;
                 self.scheduler.finish(s.seq_id, reason)?;
+                if let Some(spec) = &mut self.spec {
+                    spec.remove_seq(s.seq_id);
+                }
+                if let Some(la) = &mut self.lookahead {
+                    la.remove_seq(s.seq_id);
+                }
             }
         }
         Ok(outputs)

@@ -10,8 +10,10 @@ pub mod metrics;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
+pub mod spec;
 
 pub use engine::{EngineConfig, EngineError, EngineRequest, LlmEngine, RequestOutput};
 pub use handle::{EngineHandle, EngineInfo, RequestStream};
 pub use sampling::SamplingParams;
 pub use sequence::{FinishReason, SeqId};
+pub use spec::{SpecConfig, SpecOverride};

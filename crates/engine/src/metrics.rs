@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::scheduler::{SchedulerOutput, SchedulerStats};
+use crate::spec::SpecMethodStats;
 
 /// A cumulative histogram with fixed upper bounds (seconds), Prometheus style.
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub struct EngineMetrics {
     pub e2e: Histogram,
     /// From the scheduler after the latest step.
     pub scheduler: SchedulerStats,
+    /// Speculative decoding counters per method (empty when speculation is off).
+    pub spec: Vec<SpecMethodStats>,
 }
 
 impl Default for EngineMetrics {
@@ -84,6 +87,7 @@ impl Default for EngineMetrics {
             itl: Histogram::new(LATENCY_BUCKETS),
             e2e: Histogram::new(LATENCY_BUCKETS),
             scheduler: SchedulerStats::default(),
+            spec: Vec::new(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct SamplingParams {
     /// Number of top alternatives to return log-probabilities for (None = no logprobs).
     pub logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// This request's speculative decoding choice (None: the engine's default).
+    pub speculative: Option<crate::spec::SpecOverride>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +57,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             skip_special_tokens: true,
+            speculative: None,
         }
     }
 }
@@ -147,6 +150,9 @@ impl SamplingParams {
         if self.logprobs.is_some_and(|n| n > 20) {
             return bad("top_logprobs must be at most 20".into(), "top_logprobs");
         }
+        if let Some(o) = &self.speculative {
+            o.validate()?;
+        }
         Ok(())
     }
 }
@@ -208,6 +214,29 @@ impl Sampler {
             let lse = log_sum_exp(logits);
             (lse, top_logprobs(logits, lse, n))
         });
+        self.process_logits(p, logits);
+        let id = if p.is_greedy() {
+            argmax(logits)
+        } else {
+            self.sample_random(p, logits)
+        };
+        match raw {
+            Some((lse, top)) => SampledToken {
+                id,
+                logprob: self.raw.get(id as usize).map(|l| l - lse),
+                top_logprobs: top,
+            },
+            None => SampledToken {
+                id,
+                logprob: None,
+                top_logprobs: Vec::new(),
+            },
+        }
+    }
+
+    /// The logit processors before temperature: bias, repetition, presence and
+    /// frequency penalties (in place).
+    pub fn process_logits(&mut self, p: &SamplingParams, logits: &mut [f32]) {
         for &(id, b) in &p.logit_bias {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l += b;
@@ -229,82 +258,45 @@ impl Sampler {
                 }
             }
         }
-        let id = if p.is_greedy() {
-            argmax(logits)
-        } else {
-            self.sample_random(p, logits)
-        };
-        match raw {
-            Some((lse, top)) => SampledToken {
-                id,
-                logprob: self.raw.get(id as usize).map(|l| l - lse),
-                top_logprobs: top,
-            },
-            None => SampledToken {
-                id,
-                logprob: None,
-                top_logprobs: Vec::new(),
-            },
+    }
+
+    /// The exact distribution `sample` draws from (speculative verification needs it):
+    /// processors, then temperature / top-k / top-p / min-p, written densely into
+    /// `out` (`[vocab]`; a one-hot argmax when greedy). `logits` is processed in place.
+    pub fn target_probs(&mut self, p: &SamplingParams, logits: &mut [f32], out: &mut Vec<f32>) {
+        self.process_logits(p, logits);
+        dense_probs(p, logits, &mut self.cand, out);
+    }
+
+    /// A uniform draw in `[0, 1)` from this sequence's generator.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    /// Draws from an unnormalised distribution `weights` (`[vocab]`, >= 0); the argmax
+    /// when they sum to zero.
+    pub fn sample_weights(&mut self, weights: &[f32]) -> u32 {
+        let total: f32 = weights.iter().sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return argmax(weights);
         }
+        let mut r = self.rng.random::<f32>() * total;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                last = i;
+                r -= w;
+                if r <= 0.0 {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
     }
 
     fn sample_random(&mut self, p: &SamplingParams, logits: &[f32]) -> u32 {
-        let inv_t = 1.0 / p.temperature;
-        let cand = &mut self.cand;
-        cand.clear();
-        cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, l * inv_t)),
-        );
-        // top-k: keep the k largest (unordered partition, O(V)).
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
-            cand.truncate(p.top_k);
-        }
-        // Softmax over the candidates.
-        let m = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f32;
-        for c in cand.iter_mut() {
-            c.1 = (c.1 - m).exp();
-            z += c.1;
-        }
-        for c in cand.iter_mut() {
-            c.1 /= z;
-        }
-        if p.top_p < 1.0 || p.min_p > 0.0 {
-            // Most of the mass sits in few tokens: partition off the top 1024 before sorting
-            // and fall back to a full sort only if they do not reach top_p.
-            let head = 1024.min(cand.len());
-            if head < cand.len() {
-                cand.select_nth_unstable_by(head - 1, |a, b| b.1.total_cmp(&a.1));
-            }
-            cand[..head].sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-            let mass: f32 = cand[..head].iter().map(|c| c.1).sum();
-            if mass < p.top_p && head < cand.len() {
-                cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-            } else {
-                cand.truncate(head);
-            }
-            if p.top_p < 1.0 {
-                let mut cum = 0f32;
-                let mut keep = cand.len();
-                for (i, c) in cand.iter().enumerate() {
-                    cum += c.1;
-                    if cum >= p.top_p {
-                        keep = i + 1;
-                        break;
-                    }
-                }
-                cand.truncate(keep.max(1));
-            }
-            if p.min_p > 0.0 {
-                let floor = cand[0].1 * p.min_p;
-                let keep = cand.iter().take_while(|c| c.1 >= floor).count();
-                cand.truncate(keep.max(1));
-            }
-        }
+        truncated_candidates(p, logits, &mut self.cand);
+        let cand = &self.cand;
         let total: f32 = cand.iter().map(|c| c.1).sum();
         let mut r = self.rng.random::<f32>() * total;
         for c in cand.iter() {
@@ -314,6 +306,110 @@ impl Sampler {
             }
         }
         cand.last().map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// The sampling distribution after temperature, top-k, top-p and min-p, densely in
+/// `out` (`[vocab]`, zeros outside the kept candidates); a one-hot argmax when greedy.
+/// No penalties (see `Sampler::target_probs`). `cand` is scratch.
+pub fn dense_probs(
+    p: &SamplingParams,
+    logits: &[f32],
+    cand: &mut Vec<(u32, f32)>,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.resize(logits.len(), 0.0);
+    if p.is_greedy() {
+        if !logits.is_empty() {
+            out[argmax(logits) as usize] = 1.0;
+        }
+        return;
+    }
+    truncated_candidates(p, logits, cand);
+    let total: f32 = cand.iter().map(|c| c.1).sum();
+    for &(id, w) in cand.iter() {
+        out[id as usize] = w / total;
+    }
+}
+
+/// Candidates `(id, probability)` after temperature, top-k, top-p and min-p (the kept
+/// ones sum to at most 1; callers normalise by their sum).
+fn truncated_candidates(p: &SamplingParams, logits: &[f32], cand: &mut Vec<(u32, f32)>) {
+    let inv_t = 1.0 / p.temperature;
+    cand.clear();
+    cand.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l * inv_t)),
+    );
+    // top-k: keep the k largest (unordered partition, O(V)).
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+        cand.truncate(p.top_k);
+    }
+    // Softmax over the candidates.
+    let m = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+    let mut z = 0f32;
+    for c in cand.iter_mut() {
+        c.1 = (c.1 - m).exp();
+        z += c.1;
+    }
+    for c in cand.iter_mut() {
+        c.1 /= z;
+    }
+    if p.top_p < 1.0 || p.min_p > 0.0 {
+        // Most of the mass sits in few tokens: partition off the top 1024 before sorting
+        // and fall back to a full sort only if they do not reach top_p.
+        let head = 1024.min(cand.len());
+        if head < cand.len() {
+            cand.select_nth_unstable_by(head - 1, |a, b| b.1.total_cmp(&a.1));
+        }
+        cand[..head].sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let mass: f32 = cand[..head].iter().map(|c| c.1).sum();
+        if mass < p.top_p && head < cand.len() {
+            cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        } else {
+            cand.truncate(head);
+        }
+        if p.top_p < 1.0 {
+            let mut cum = 0f32;
+            let mut keep = cand.len();
+            for (i, c) in cand.iter().enumerate() {
+                cum += c.1;
+                if cum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+        if p.min_p > 0.0 {
+            let floor = cand[0].1 * p.min_p;
+            let keep = cand.iter().take_while(|c| c.1 >= floor).count();
+            cand.truncate(keep.max(1));
+        }
+    }
+}
+
+/// A token's log-probability and top alternatives under the unprocessed `logits`
+/// (what `Sampler::sample` reports), for tokens chosen by speculative verification.
+pub fn raw_logprobs(logits: &[f32], id: u32, n: Option<usize>) -> SampledToken {
+    match n {
+        Some(n) => {
+            let lse = log_sum_exp(logits);
+            SampledToken {
+                id,
+                logprob: logits.get(id as usize).map(|l| l - lse),
+                top_logprobs: top_logprobs(logits, lse, n),
+            }
+        }
+        None => SampledToken {
+            id,
+            logprob: None,
+            top_logprobs: Vec::new(),
+        },
     }
 }
 

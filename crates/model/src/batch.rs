@@ -28,6 +28,22 @@ pub struct BatchInput {
     /// Row indices into `tokens` whose logits are wanted (usually each sequence's last
     /// token; all verified positions with speculative decoding).
     pub logits_indices: Vec<u32>,
+    /// Optional attention mask among each sequence's new tokens (tree / lookahead
+    /// speculation); `None` = causal. When set, it holds for every sequence `s` (in
+    /// `seqs` order) with `q_s = num_tokens` new tokens a dense row-major `q_s x q_s`
+    /// matrix, all concatenated (`sum q_s^2` bytes); a sequence that needs no mask
+    /// still gets its lower-triangular causal matrix (`push_seq` appends one once the
+    /// mask exists, `set_seq_mask` creates it). The cached prefix (positions before
+    /// `context_len - q_s`) stays visible to every new row (sliding windows apply by
+    /// position); among the new tokens, which are written to the cache in row order,
+    /// row `i` sees token `j` iff `mask[i][j] != 0`, even `j > i`. Positions are
+    /// still the caller's (`positions`), so tree branches may share a position.
+    pub custom_mask: Option<Vec<u8>>,
+}
+
+/// The `n x n` lower-triangular causal mask, row-major.
+pub fn causal_mask(n: usize) -> Vec<u8> {
+    (0..n * n).map(|k| (k % n <= k / n) as u8).collect()
 }
 
 impl BatchInput {
@@ -37,6 +53,7 @@ impl BatchInput {
         self.slot_mapping.clear();
         self.seqs.clear();
         self.logits_indices.clear();
+        self.custom_mask = None;
     }
 
     pub fn num_tokens(&self) -> usize {
@@ -71,6 +88,38 @@ impl BatchInput {
             context_len,
             block_table: block_table.to_vec(),
         });
+        if let Some(m) = &mut self.custom_mask {
+            m.extend(causal_mask(tokens.len()));
+        }
+    }
+
+    /// Sets sequence `seq`'s `q x q` mask among its new tokens (row-major, nonzero =
+    /// visible; see `custom_mask`), creating causal matrices for the other sequences
+    /// if the batch had no mask yet.
+    pub fn set_seq_mask(&mut self, seq: usize, mask: &[u8]) -> Result<(), String> {
+        let Some(s) = self.seqs.get(seq) else {
+            return Err(format!(
+                "mask for sequence {seq}, batch has {}",
+                self.seqs.len()
+            ));
+        };
+        let q = s.num_tokens;
+        if mask.len() != q * q {
+            return Err(format!(
+                "sequence {seq} has {q} new tokens: its mask needs {} entries, got {}",
+                q * q,
+                mask.len()
+            ));
+        }
+        let seqs = &self.seqs;
+        let m = self.custom_mask.get_or_insert_with(|| {
+            seqs.iter()
+                .flat_map(|s| causal_mask(s.num_tokens))
+                .collect()
+        });
+        let off: usize = self.seqs[..seq].iter().map(|s| s.num_tokens.pow(2)).sum();
+        m[off..off + q * q].copy_from_slice(mask);
+        Ok(())
     }
 
     /// Checks the batch against a cache of `num_blocks` blocks of `block_size`.
@@ -105,6 +154,16 @@ impl BatchInput {
         }
         if let Some(&r) = self.logits_indices.iter().find(|&&r| r as usize >= t) {
             return Err(format!("logits row {r} outside the batch"));
+        }
+        if let Some(m) = &self.custom_mask {
+            let need: usize = self.seqs.iter().map(|s| s.num_tokens.pow(2)).sum();
+            if m.len() != need {
+                return Err(format!(
+                    "custom mask has {} entries; the sequences' new tokens need {need} \
+                     (sum of num_tokens^2)",
+                    m.len()
+                ));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod kv_cache;
 pub mod loader;
+pub mod quantize;
 pub mod tokenizer;
 pub mod weights;
 

@@ -316,9 +316,37 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
 
 /// Runs `tokens` through the model in chunks of `chunks` sizes, checking the logits of
 /// the last token of every chunk against the reference.
+/// Every backend present: the CPU always, a CUDA GPU (exact f32 weights) when there is
+/// one (SLUICE_REQUIRE_CUDA=1 makes its absence an error).
+fn devices() -> Vec<Device> {
+    let mut v = vec![Device::cpu(Some(2))];
+    match Device::cuda(0, sluice_backend::cuda::CudaWeightType::F32) {
+        Ok(d) => v.push(d),
+        Err(e) => assert!(
+            std::env::var("SLUICE_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SLUICE_REQUIRE_CUDA=1 but: {e}"
+        ),
+    }
+    v
+}
+
+fn host_logits(device: &Device, t: &Tensor) -> Vec<f32> {
+    device.download(t).unwrap().as_f32().unwrap().to_vec()
+}
+
 fn check_config(name: &str, cfg: ModelConfig) {
+    for device in devices() {
+        check_config_on(
+            &format!("{name} on {}", device.name()),
+            cfg.clone(),
+            &device,
+        );
+    }
+}
+
+fn check_config_on(name: &str, cfg: ModelConfig, device: &Device) {
     let weights = Weights::random(&cfg, 7);
-    let device = Device::cpu(Some(2));
+    let device = device.clone();
     let mut model = Model::new(&device, cfg.clone(), weights.store(), 256).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let tokens: Vec<u32> = (0..23)
@@ -338,12 +366,7 @@ fn check_config(name: &str, cfg: ModelConfig) {
     let mut b = BatchInput::default();
     b.push_seq(&tokens, tokens.len(), &table, BLOCK, false);
     b.logits_indices = (0..tokens.len() as u32).collect();
-    let logits = model
-        .forward(&b, &mut kv)
-        .unwrap()
-        .as_f32()
-        .unwrap()
-        .to_vec();
+    let logits = host_logits(&device, model.forward(&b, &mut kv).unwrap());
     for (i, r) in reference.iter().enumerate() {
         let d = max_abs_diff(&logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size], r);
         worst = worst.max(d);
@@ -379,12 +402,7 @@ fn check_config(name: &str, cfg: ModelConfig) {
                 true,
             );
         }
-        let logits = model
-            .forward(&b, &mut kv)
-            .unwrap()
-            .as_f32()
-            .unwrap()
-            .to_vec();
+        let logits = host_logits(&device, model.forward(&b, &mut kv).unwrap());
         done_a += n;
         let d = max_abs_diff(&logits[..cfg.vocab_size], &reference[done_a - 1]);
         worst = worst.max(d);
@@ -566,12 +584,7 @@ fn hugging_face_layout_model_matches_reference() {
     let mut b = BatchInput::default();
     b.push_seq(&tokens, tokens.len(), &table, BLOCK, false);
     b.logits_indices = (0..tokens.len() as u32).collect();
-    let logits = model
-        .forward(&b, &mut kv)
-        .unwrap()
-        .as_f32()
-        .unwrap()
-        .to_vec();
+    let logits = host_logits(&device, model.forward(&b, &mut kv).unwrap());
     let mut worst = 0f64;
     for (i, r) in reference.iter().enumerate() {
         let d = max_abs_diff(&logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size], r);

@@ -1,8 +1,8 @@
 //! `/v1/chat/completions`: request, response and streaming chunk.
 
 use crate::common::{
-    obj_chat_chunk, obj_chat_completion, FinishReason, SamplingView, StopSequences, StreamOptions,
-    Usage,
+    obj_chat_chunk, obj_chat_completion, FinishReason, SamplingView, SpeculativeOptions,
+    StopSequences, StreamOptions, Usage,
 };
 use crate::{ApiError, ProtocolError};
 use serde::{Deserialize, Serialize};
@@ -222,6 +222,9 @@ pub struct ChatCompletionRequest {
     pub continue_final_message: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// sluice extension: speculative decoding for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeOptions>,
 
     #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
@@ -262,6 +265,7 @@ impl ChatCompletionRequest {
             add_generation_prompt: None,
             continue_final_message: None,
             chat_template_kwargs: None,
+            speculative: None,
             extra: Map::new(),
         }
     }

@@ -23,6 +23,18 @@ impl StopSequences {
     }
 }
 
+/// `speculative` (sluice extension): this request's speculative decoding choice.
+/// `{"method": "ngram" | "draft" | "off" | ..., "num_speculative_tokens": K}`; both
+/// optional (absent: the server's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_speculative_tokens: Option<u32>,
+}
+
 /// `stream_options` (only meaningful with `stream: true`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamOptions {

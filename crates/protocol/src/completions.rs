@@ -1,8 +1,8 @@
 //! `/v1/completions`: request, response and streaming chunk.
 
 use crate::common::{
-    obj_text_completion, FinishReason, SamplingView, StopSequences, StreamOptions, TopLogprobMap,
-    Usage,
+    obj_text_completion, FinishReason, SamplingView, SpeculativeOptions, StopSequences,
+    StreamOptions, TopLogprobMap, Usage,
 };
 use crate::ApiError;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -164,6 +164,9 @@ pub struct CompletionRequest {
     pub include_stop_str_in_output: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_special_tokens: Option<bool>,
+    /// sluice extension: speculative decoding for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeOptions>,
 
     /// Every field this type does not know, kept so the server can report what it ignored.
     #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
@@ -201,6 +204,7 @@ impl CompletionRequest {
             skip_special_tokens: None,
             include_stop_str_in_output: None,
             add_special_tokens: None,
+            speculative: None,
             extra: Map::new(),
         }
     }

@@ -24,7 +24,8 @@ pub use chat::{
     ChatTokenLogprob, ContentPart, MessageContent, Role, TopLogprob,
 };
 pub use common::{
-    FinishReason, PromptTokensDetails, StopSequences, StreamOptions, TopLogprobMap, Usage,
+    FinishReason, PromptTokensDetails, SpeculativeOptions, StopSequences, StreamOptions,
+    TopLogprobMap, Usage,
 };
 pub use completions::{
     CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse,

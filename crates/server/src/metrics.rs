@@ -70,6 +70,27 @@ impl Writer {
         let _ = writeln!(self.out, "{name}{{{}}} {}", self.labels, num(v));
     }
 
+    /// One family with a sample per speculative method (`method="..."` label).
+    fn per_method(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        m: &EngineMetrics,
+        f: fn(&sluice_engine::spec::SpecMethodStats) -> f64,
+    ) {
+        self.header(name, kind, help);
+        for st in &m.spec {
+            let _ = writeln!(
+                self.out,
+                "{name}{{{},method=\"{}\"}} {}",
+                self.labels,
+                escape_label(st.method),
+                num(f(st))
+            );
+        }
+    }
+
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, "histogram", help);
         for (bound, c) in h.bounds.iter().zip(h.cumulative()) {
@@ -188,6 +209,43 @@ pub fn render(model_name: &str, m: &EngineMetrics, server: ServerStats) -> Strin
         "Tokens processed by forward passes (prompt chunks and decodes).",
         m.batched_tokens as f64,
     );
+    if !m.spec.is_empty() {
+        w.per_method(
+            "sluice:spec_decode_num_drafts_total",
+            "counter",
+            "Verification steps of a sequence with at least one draft token.",
+            m,
+            |s| s.num_drafts as f64,
+        );
+        w.per_method(
+            "sluice:spec_decode_num_draft_tokens_total",
+            "counter",
+            "Draft tokens verified by the target model.",
+            m,
+            |s| s.num_draft_tokens as f64,
+        );
+        w.per_method(
+            "sluice:spec_decode_num_accepted_tokens_total",
+            "counter",
+            "Draft tokens accepted.",
+            m,
+            |s| s.num_accepted_tokens as f64,
+        );
+        w.per_method(
+            "sluice:spec_decode_acceptance_rate",
+            "gauge",
+            "Accepted / verified draft tokens since start.",
+            m,
+            |s| s.acceptance_rate(),
+        );
+        w.per_method(
+            "sluice:spec_decode_mean_accepted_length",
+            "gauge",
+            "Tokens emitted per verification step (1 + mean accepted drafts).",
+            m,
+            |s| s.mean_accepted_length(),
+        );
+    }
     w.histogram(
         "sluice:time_to_first_token_seconds",
         "Time from arrival at the engine to the first generated token.",
@@ -395,6 +453,53 @@ mod tests {
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn speculative_counters_are_exported_per_method() {
+        let mut m = EngineMetrics::default();
+        let text = render("m", &m, ServerStats::default());
+        assert!(
+            !text.contains("spec_decode"),
+            "no families while speculation is off"
+        );
+        m.spec = vec![
+            sluice_engine::spec::SpecMethodStats {
+                method: "ngram",
+                num_drafts: 10,
+                num_draft_tokens: 40,
+                num_accepted_tokens: 30,
+                num_emitted_tokens: 40,
+            },
+            sluice_engine::spec::SpecMethodStats {
+                method: "draft",
+                ..Default::default()
+            },
+        ];
+        let text = render("m", &m, ServerStats::default());
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let get = |name: &str, method: &str| {
+            samples
+                .iter()
+                .find(|(s, _)| s.starts_with(name) && s.contains(&format!("method=\"{method}\"")))
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(
+            get("sluice:spec_decode_num_draft_tokens_total", "ngram"),
+            Some(40.0)
+        );
+        assert_eq!(
+            get("sluice:spec_decode_acceptance_rate", "ngram"),
+            Some(0.75)
+        );
+        assert_eq!(
+            get("sluice:spec_decode_mean_accepted_length", "ngram"),
+            Some(4.0)
+        );
+        assert_eq!(
+            get("sluice:spec_decode_num_drafts_total", "draft"),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ struct Sampling<'a> {
     ignore_eos: Option<bool>,
     skip_special_tokens: Option<bool>,
     logprobs: Option<usize>,
+    speculative: Option<&'a sluice_protocol::SpeculativeOptions>,
 }
 
 fn bad(message: impl Into<String>, param: &str) -> ApiError {
@@ -175,6 +176,10 @@ impl Validator {
             ignore_eos: s.ignore_eos.unwrap_or(false),
             logprobs: s.logprobs,
             skip_special_tokens: s.skip_special_tokens.unwrap_or(true),
+            speculative: s.speculative.map(|o| sluice_engine::SpecOverride {
+                method: o.method.clone(),
+                num_speculative_tokens: o.num_speculative_tokens.map(|k| k as usize),
+            }),
         };
         params
             .validate(self.limits.vocab_size)
@@ -337,6 +342,7 @@ impl Validator {
             ignore_eos: req.ignore_eos,
             skip_special_tokens: req.skip_special_tokens,
             logprobs: req.logprobs.map(|k| k as usize),
+            speculative: req.speculative.as_ref(),
         })?;
         Ok(ValidatedRequest {
             prompts,
@@ -462,6 +468,7 @@ impl Validator {
             ignore_eos: req.ignore_eos,
             skip_special_tokens: req.skip_special_tokens,
             logprobs,
+            speculative: req.speculative.as_ref(),
         })?;
         Ok(ValidatedRequest {
             prompts: vec![ValidatedPrompt {

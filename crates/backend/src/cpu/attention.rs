@@ -8,11 +8,26 @@
 //! 2022), so memory stays O(group x head_dim) whatever the context. A prefill chunk's rows
 //! attend to the cached prefix and causally to each other; a decode row is a chunk of one.
 //!
+//! With a custom mask (`PagedAttentionMeta::custom_mask`, tree/lookahead speculation) a
+//! row scans every new key of its sequence and skips those its mask row hides.
+//!
+//! The cache may hold F32, F16, BF16 or Q8_0 (`--kv-cache-dtype`). Each K or V row is read
+//! once per group and, unless it is F32, converted into an `hd`-float buffer in L1 that
+//! the group's `group` dots (or axpys) then read: the bytes from memory shrink 2x (F16,
+//! BF16) or 3.8x (Q8_0) while the arithmetic stays f32. Measured alternatives
+//! (examples/attention_kv_dtype, docs/kv-cache.md): converting each 16-lane chunk in
+//! registers right before the FMAs was slower for F16 (1.2x) and no faster for Q8_0,
+//! because each K chunk is then converted once per query head. Quantizing q to int8
+//! for integer dots with Q8_0 keys (ggml's way) was not adopted: it adds q's rounding
+//! error, and the kernel is bound by per-key work, not by conversion.
+//!
 //! The arithmetic is plain Rust written so that it vectorises (16 independent lanes in
-//! the dot products); it is compiled three times, for AVX-512, AVX2+FMA and the baseline,
-//! and chosen at run time.
+//! the dot products); it is compiled three times, for AVX-512, AVX2+FMA(+F16C) and the
+//! baseline, and chosen at run time.
 
 use std::cell::RefCell;
+
+use half::{bf16, f16};
 
 use super::ops::SendPtr;
 use super::simd::Isa;
@@ -20,6 +35,7 @@ use super::CpuBackend;
 use crate::device::{AttentionParams, PagedAttentionMeta};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
+use crate::quant::blocks::{as_blocks, f16_le, BlockQ8_0, QK};
 use crate::tensor::Tensor;
 
 /// Keys scored per tile.
@@ -30,7 +46,8 @@ pub const MAX_HEAD_DIM: usize = 512;
 const LANES: usize = 16;
 
 thread_local! {
-    /// Per-thread scratch: `acc [group * head_dim]` then `scores [group * TILE]`.
+    /// Per-thread scratch: `acc [group * head_dim]`, `scores [group * TILE]`, then the
+    /// converted K row `[head_dim]` and V row `[head_dim]`.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -54,9 +71,153 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The KV cache dtypes attention reads (and `kv_write` writes).
+pub const KV_CACHE_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0];
+
+/// A K or V cache `[num_blocks, n_kv_heads, block_size, head_dim]` viewed in place.
+#[derive(Clone, Copy)]
+enum KvView<'a> {
+    F32(&'a [f32]),
+    /// IEEE half bits.
+    F16(&'a [u16]),
+    /// bfloat16 bits.
+    BF16(&'a [u16]),
+    /// `head_dim / 32` blocks per row.
+    Q8_0(&'a [BlockQ8_0]),
+}
+
+/// `dst = f16 src`, 8 at a time with F16C `vcvtph2ps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_row_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n for both slices.
+        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = f16::from_bits(src[j]).to_f32();
+    }
+}
+
+/// `dst = f16 src`, 16 at a time (`src.len()` a multiple of 16).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn f16_row_avx512(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n for both slices.
+        let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        i += 16;
+    }
+}
+
+/// `dst = d * q` for each Q8_0 block of `src` (`dst` holds 32 per block).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn q8_0_row_avx512(src: &[BlockQ8_0], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for (b, out) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+        let d = u16::from_le_bytes(b.d);
+        let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d as i32))));
+        for half in 0..2 {
+            // SAFETY: 16 of the block's 32 quants, into 16 of its 32 outputs.
+            let q = _mm_loadu_si128(b.qs.as_ptr().add(16 * half) as *const __m128i);
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d);
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * half), x);
+        }
+    }
+}
+
+impl<'a> KvView<'a> {
+    fn new(t: &'a Tensor) -> Result<KvView<'a>> {
+        let u16s = |b: &'a [u8]| -> Result<&'a [u16]> {
+            // SAFETY: u16 has no invalid bit patterns; alignment is checked below.
+            let (pre, mid, post) = unsafe { b.align_to::<u16>() };
+            if !pre.is_empty() || !post.is_empty() {
+                return Err(BackendError::Shape("misaligned KV cache".into()));
+            }
+            Ok(mid)
+        };
+        Ok(match t.dtype() {
+            DType::F32 => KvView::F32(t.as_f32()?),
+            DType::F16 => KvView::F16(u16s(t.cpu_bytes()?)?),
+            DType::BF16 => KvView::BF16(u16s(t.cpu_bytes()?)?),
+            DType::Q8_0 => KvView::Q8_0(as_blocks(t.cpu_bytes()?)?),
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "paged_attention (KV cache dtype)",
+                    dtype: other,
+                })
+            }
+        })
+    }
+
+    /// Row `r` (`[hd]`) as f32: the cache itself for F32, else converted into `buf`.
+    #[inline(always)]
+    fn row<'b>(self, r: usize, hd: usize, isa: Isa, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let buf = &mut buf[..hd];
+        match self {
+            KvView::F32(c) => return &c[r * hd..(r + 1) * hd],
+            KvView::F16(c) => {
+                let src = &c[r * hd..(r + 1) * hd];
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 && hd.is_multiple_of(16) {
+                    // SAFETY: the AVX-512 path has AVX-512F; hd is whole chunks.
+                    unsafe { f16_row_avx512(src, buf) };
+                    return buf;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if isa != Isa::Scalar {
+                    // SAFETY: every non-scalar path has F16C (see `Isa`).
+                    unsafe { f16_row_f16c(src, buf) };
+                    return buf;
+                }
+                let _ = isa;
+                for (d, &s) in buf.iter_mut().zip(src) {
+                    *d = f16::from_bits(s).to_f32();
+                }
+            }
+            KvView::BF16(c) => {
+                // bf16 is the top half of an f32: a shift, which vectorises.
+                for (d, &s) in buf.iter_mut().zip(&c[r * hd..(r + 1) * hd]) {
+                    *d = bf16::from_bits(s).to_f32();
+                }
+            }
+            KvView::Q8_0(c) => {
+                let nb = hd / QK;
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 {
+                    // SAFETY: the AVX-512 path has AVX-512F and F16C.
+                    unsafe { q8_0_row_avx512(&c[r * nb..(r + 1) * nb], buf) };
+                    return buf;
+                }
+                for (b, dst) in c[r * nb..(r + 1) * nb].iter().zip(buf.chunks_exact_mut(QK)) {
+                    let d = f16_le(b.d);
+                    for (x, &q) in dst.iter_mut().zip(&b.qs) {
+                        *x = d * q as f32;
+                    }
+                }
+            }
+        }
+        buf
+    }
+}
+
 /// The geometry shared by every task of one call.
 #[derive(Clone, Copy)]
 struct Geometry {
+    isa: Isa,
     hd: usize,
     group: usize,
     n_kv: usize,
@@ -65,38 +226,64 @@ struct Geometry {
     softcap: Option<f32>,
 }
 
-/// Attends `group` query heads (`q`, `[group * hd]`) of one row to positions `lo..=hi`
-/// of KV head `kv_head`, writing `out` (`[group * hd]`).
-#[allow(clippy::too_many_arguments)]
+/// What one task attends to: positions `lo..=hi` of KV head `kv_head`, minus the new
+/// keys its mask row hides.
+#[derive(Clone, Copy)]
+struct Span<'a> {
+    block_table: &'a [i32],
+    kv_head: usize,
+    lo: usize,
+    hi: usize,
+    /// With a custom mask: (position of the first new key, this row's mask `[q_len]`).
+    mask: Option<(usize, &'a [i32])>,
+}
+
+impl Span<'_> {
+    #[inline(always)]
+    fn visible(&self, kp: usize) -> bool {
+        match self.mask {
+            Some((start, row)) if kp >= start => row[kp - start] != 0,
+            _ => true,
+        }
+    }
+}
+
+/// Attends `group` query heads (`q`, `[group * hd]`) of one row to the keys of `sp`,
+/// writing `out` (`[group * hd]`).
 #[inline(always)]
 fn attend_group(
     g: Geometry,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    block_table: &[i32],
-    kv_head: usize,
-    lo: usize,
-    hi: usize,
+    kc: KvView<'_>,
+    vc: KvView<'_>,
+    sp: Span<'_>,
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
     let (hd, group) = (g.hd, g.group);
+    let (block_table, kv_head, lo, hi) = (sp.block_table, sp.kv_head, sp.lo, sp.hi);
     let (acc, rest) = scratch.split_at_mut(group * hd);
-    let scores = &mut rest[..group * TILE];
+    let (scores, rest) = rest.split_at_mut(group * TILE);
+    let (kbuf, vbuf) = rest.split_at_mut(hd);
     acc.fill(0.0);
     let mut m = [f32::NEG_INFINITY; 64];
     let mut l = [0f32; 64];
+    // Cache row (of `hd` elements) holding position `kp`.
     let row_of = |kp: usize| {
         let block = block_table[kp / g.block_size] as usize;
-        ((block * g.n_kv + kv_head) * g.block_size + kp % g.block_size) * hd
+        (block * g.n_kv + kv_head) * g.block_size + kp % g.block_size
     };
     let mut pos = lo;
     while pos <= hi {
         let n = TILE.min(hi + 1 - pos);
         for j in 0..n {
-            let base = row_of(pos + j);
-            let k = &kc[base..base + hd];
+            if !sp.visible(pos + j) {
+                for h in 0..group {
+                    scores[h * TILE + j] = f32::NEG_INFINITY;
+                }
+                continue;
+            }
+            let k = kc.row(row_of(pos + j), hd, g.isa, kbuf);
             for h in 0..group {
                 let mut s = dot(&q[h * hd..(h + 1) * hd], k) * g.scale;
                 if let Some(cap) = g.softcap {
@@ -109,6 +296,11 @@ fn attend_group(
             let sc = &mut scores[h * TILE..h * TILE + n];
             let tile_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let m_new = m[h].max(tile_max);
+            if m_new == f32::NEG_INFINITY {
+                // Every key so far is masked: nothing to add (and -inf - -inf is NaN).
+                sc.fill(0.0);
+                continue;
+            }
             let corr = (m[h] - m_new).exp();
             l[h] *= corr;
             if corr != 1.0 {
@@ -123,8 +315,10 @@ fn attend_group(
             m[h] = m_new;
         }
         for j in 0..n {
-            let base = row_of(pos + j);
-            let v = &vc[base..base + hd];
+            if !sp.visible(pos + j) {
+                continue;
+            }
+            let v = vc.row(row_of(pos + j), hd, g.isa, vbuf);
             for h in 0..group {
                 let e = scores[h * TILE + j];
                 for (a, b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(v) {
@@ -148,28 +342,31 @@ fn attend_group(
 /// One instruction-set variant of the task loop.
 macro_rules! attend_variant {
     ($name:ident, $($feat:literal),*) => {
-        #[allow(clippy::too_many_arguments)]
         #[cfg(target_arch = "x86_64")]
         #[target_feature($(enable = $feat),*)]
         unsafe fn $name(
             g: Geometry,
             q: &[f32],
-            kc: &[f32],
-            vc: &[f32],
-            block_table: &[i32],
-            kv_head: usize,
-            lo: usize,
-            hi: usize,
+            kc: KvView<'_>,
+            vc: KvView<'_>,
+            sp: Span<'_>,
             scratch: &mut [f32],
             out: &mut [f32],
         ) {
-            attend_group(g, q, kc, vc, block_table, kv_head, lo, hi, scratch, out)
+            attend_group(g, q, kc, vc, sp, scratch, out)
         }
     };
 }
 
-attend_variant!(attend_group_avx512, "avx512f", "avx512bw", "avx2", "fma");
-attend_variant!(attend_group_avx2, "avx2", "fma");
+attend_variant!(
+    attend_group_avx512,
+    "avx512f",
+    "avx512bw",
+    "avx2",
+    "fma",
+    "f16c"
+);
+attend_variant!(attend_group_avx2, "avx2", "fma", "f16c");
 
 impl CpuBackend {
     pub fn paged_attention(
@@ -181,14 +378,8 @@ impl CpuBackend {
         p: &AttentionParams,
         out: &mut Tensor,
     ) -> Result<()> {
-        if k_cache.dtype() != DType::F32 {
-            return Err(BackendError::Unsupported {
-                op: "paged_attention",
-                dtype: k_cache.dtype(),
-            });
-        }
         let shape = k_cache.shape();
-        if shape.len() != 4 || v_cache.shape() != shape {
+        if shape.len() != 4 || v_cache.shape() != shape || v_cache.dtype() != k_cache.dtype() {
             return Err(BackendError::Shape(
                 "paged_attention: caches must be 4-D and alike".into(),
             ));
@@ -211,7 +402,7 @@ impl CpuBackend {
             )));
         }
         let qs = q.as_f32()?;
-        let (kc, vc) = (k_cache.as_f32()?, v_cache.as_f32()?);
+        let (kc, vc) = (KvView::new(k_cache)?, KvView::new(v_cache)?);
         let starts = meta.query_start.as_i32()?;
         let ctx = meta.context_lens.as_i32()?;
         let tables = meta.block_tables.as_i32()?;
@@ -251,7 +442,25 @@ impl CpuBackend {
                 }
             }
         }
+        let mask = match meta.custom_mask {
+            None => None,
+            Some(m) => {
+                let m = m.as_i32()?;
+                let need: usize = (0..s_count)
+                    .map(|s| ((starts[s + 1] - starts[s]) as usize).pow(2))
+                    .sum();
+                if m.len() != need {
+                    return Err(BackendError::Shape(format!(
+                        "paged_attention: custom mask has {} elements, the batch needs {need} \
+                         (sum of q_len^2 over sequences)",
+                        m.len()
+                    )));
+                }
+                Some(m)
+            }
+        };
         let g = Geometry {
+            isa: Isa::select(&self.features),
             hd,
             group: p.n_heads / p.n_kv_heads,
             n_kv,
@@ -259,30 +468,44 @@ impl CpuBackend {
             scale: p.scale,
             softcap: p.softcap,
         };
-        let isa = Isa::select(&self.features);
+        let isa = g.isa;
         let o = SendPtr(out.as_f32_mut()?.as_mut_ptr());
         let window = p.sliding_window;
         self.pool.for_range(t_count * n_kv, 1, |tasks| {
             SCRATCH.with(|cell| {
                 let mut scratch = cell.borrow_mut();
-                let need = g.group * (hd + TILE);
+                let need = g.group * (hd + TILE) + 2 * hd;
                 if scratch.len() < need {
                     scratch.resize(need, 0.0);
                 }
                 let mut seq = 0usize;
+                // Offset of sequence `seq`'s matrix in the custom mask.
+                let mut mask_off = 0usize;
                 for task in tasks {
                     let (t, kvh) = (task / n_kv, task % n_kv);
                     while starts[seq + 1] as usize <= t {
+                        mask_off += ((starts[seq + 1] - starts[seq]) as usize).pow(2);
                         seq += 1;
                     }
                     let q_len = (starts[seq + 1] - starts[seq]) as usize;
                     let c = ctx[seq] as usize;
-                    let pos = c - q_len + (t - starts[seq] as usize);
+                    let i = t - starts[seq] as usize;
+                    let pos = c - q_len + i;
                     let lo = match window {
                         Some(w) if pos + 1 > w => pos + 1 - w,
                         _ => 0,
                     };
-                    let table = &tables[seq * max_blocks..(seq + 1) * max_blocks];
+                    let sp = Span {
+                        block_table: &tables[seq * max_blocks..(seq + 1) * max_blocks],
+                        kv_head: kvh,
+                        lo,
+                        // A masked row may see later new keys: scan them all.
+                        hi: if mask.is_some() { c - 1 } else { pos },
+                        mask: mask.map(|m| {
+                            let row = mask_off + i * q_len;
+                            (c - q_len, &m[row..row + q_len])
+                        }),
+                    };
                     let off = t * row + kvh * g.group * hd;
                     let qg = &qs[off..off + g.group * hd];
                     // SAFETY: each (t, kv head) output slice is written by one task only.
@@ -291,14 +514,10 @@ impl CpuBackend {
                     match isa {
                         // SAFETY: the features were detected at run time.
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => unsafe {
-                            attend_group_avx512(g, qg, kc, vc, table, kvh, lo, pos, s, dst)
-                        },
+                        Isa::Avx512 => unsafe { attend_group_avx512(g, qg, kc, vc, sp, s, dst) },
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => unsafe {
-                            attend_group_avx2(g, qg, kc, vc, table, kvh, lo, pos, s, dst)
-                        },
-                        _ => attend_group(g, qg, kc, vc, table, kvh, lo, pos, s, dst),
+                        Isa::Avx2 => unsafe { attend_group_avx2(g, qg, kc, vc, sp, s, dst) },
+                        _ => attend_group(g, qg, kc, vc, sp, s, dst),
                     }
                 }
             })

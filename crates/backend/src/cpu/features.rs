@@ -1,7 +1,9 @@
 //! Run-time CPU feature detection, with an override for benchmarking slower paths.
 
 /// Instruction sets the kernels may use. `SLUICE_CPU_FEATURES=scalar|avx2|avx512`
-/// caps them (to benchmark or test the AVX2 path on an AVX-512 machine);
+/// caps them (to benchmark or test the AVX2 path on an AVX-512 machine; on AArch64
+/// `neon` caps at plain NEON, without the `dotprod` instructions, and `neon-dotprod`
+/// at NEON with them);
 /// `SLUICE_CPU_FEATURES=reference` selects f32-activation reference matmuls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuFeatures {
@@ -14,6 +16,8 @@ pub struct CpuFeatures {
     pub avx512bf16: bool,
     pub avxvnni: bool,
     pub neon: bool,
+    /// AArch64 `sdot`/`udot` (ARMv8.2 dot product).
+    pub dotprod: bool,
     /// Reference precision: quantized weights are dequantized row by row and multiplied
     /// with unquantized f32 activations (no int8 activation rounding). Slow; reproduces
     /// f32 reference implementations exactly enough for golden-token tests.
@@ -26,7 +30,8 @@ impl CpuFeatures {
         Self::detect_capped(cap.as_deref())
     }
 
-    /// Detects, then caps at `cap` ("scalar", "avx2", "avx512"; `None` = no cap).
+    /// Detects, then caps at `cap` ("scalar", "avx2", "avx512", "neon", "neon-dotprod";
+    /// `None` = no cap).
     pub fn detect_capped(cap: Option<&str>) -> CpuFeatures {
         let mut f = CpuFeatures::none();
         #[cfg(target_arch = "x86_64")]
@@ -43,6 +48,7 @@ impl CpuFeatures {
         #[cfg(target_arch = "aarch64")]
         {
             f.neon = std::arch::is_aarch64_feature_detected!("neon");
+            f.dotprod = f.neon && std::arch::is_aarch64_feature_detected!("dotprod");
         }
         match cap.map(|s| s.trim().to_ascii_lowercase()) {
             Some(c) if c == "scalar" => CpuFeatures::none(),
@@ -55,6 +61,10 @@ impl CpuFeatures {
                 avx512bw: false,
                 avx512vnni: false,
                 avx512bf16: false,
+                ..f
+            },
+            Some(c) if c == "neon" => CpuFeatures {
+                dotprod: false,
                 ..f
             },
             _ => f,
@@ -72,6 +82,7 @@ impl CpuFeatures {
             avx512bf16: false,
             avxvnni: false,
             neon: false,
+            dotprod: false,
             reference: false,
         }
     }
@@ -93,6 +104,8 @@ impl CpuFeatures {
             "avx512-vnni".into()
         } else if self.has_avx2() {
             "avx2".into()
+        } else if self.neon && self.dotprod {
+            "neon-dotprod".into()
         } else if self.neon {
             "neon".into()
         } else {

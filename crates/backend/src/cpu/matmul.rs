@@ -13,11 +13,11 @@
 //! `prepare_weight` keeps the ggml layout (no repacking): the kernels read it directly,
 //! so loading costs nothing and mapped weights stay mapped.
 //!
-//! Numerics: like llama.cpp, activations are quantized to int8 per 32 (or 256)
-//! elements, a relative error of about 0.4% per output against exact f32 math (see
-//! `tests/matmul_real_weights.rs`). A row's result does not depend on the batch it is
-//! in (`tests/matmul_kernels.rs`), but greedy text can differ from an f32 reference at
-//! near-ties.
+//! Numerics: activations are quantized per 32 (or 256) elements into two int8 terms,
+//! `x ~ d (q1 + q2 / 256)` (see `simd::acts`): about 1.5e-5 relative error per output
+//! against exact f32 math (`tests/matmul_real_weights.rs`; one int8 term as in
+//! llama.cpp: ~4e-3, enough to flip greedy near-ties against an f32 reference). A row's
+//! result does not depend on the batch it is in (`tests/matmul_kernels.rs`).
 //!
 //! Which kernel runs (x86-64; `Isa::select` from `CpuFeatures`):
 //! ```text

@@ -50,6 +50,7 @@ impl CpuBackend {
             avx512bf16: features.avx512bf16 && real.avx512bf16,
             avxvnni: features.avxvnni && real.avxvnni,
             neon: features.neon && real.neon,
+            dotprod: features.dotprod && real.dotprod,
             reference: features.reference,
         };
         CpuBackend {

@@ -5,7 +5,6 @@
 
 use super::CpuBackend;
 use crate::device::RopeStyle;
-use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::quant;
 use crate::tensor::Tensor;
@@ -308,6 +307,9 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// Writes this step's K/V rows into the paged caches, converting to the cache dtype
+    /// (F32 copy; F16/BF16 round to nearest even; Q8_0 per-32-element blocks with an
+    /// f16 scale, ggml's `quantize_row_q8_0_ref`).
     pub fn kv_write(
         &self,
         k: &Tensor,
@@ -318,46 +320,48 @@ impl CpuBackend {
     ) -> Result<()> {
         // Cache layout [num_blocks, n_kv_heads, block_size, head_dim].
         let shape = k_cache.shape().to_vec();
-        if shape.len() != 4 || v_cache.shape() != shape.as_slice() {
+        let dtype = k_cache.dtype();
+        if shape.len() != 4 || v_cache.shape() != shape.as_slice() || v_cache.dtype() != dtype {
             return Err(BackendError::Shape(
                 "kv_write: caches must be 4-D and alike".into(),
             ));
+        }
+        if !super::attention::KV_CACHE_DTYPES.contains(&dtype) {
+            return Err(BackendError::Unsupported {
+                op: "kv_write",
+                dtype,
+            });
         }
         let (num_blocks, n_kv, block_size, hd) = (shape[0], shape[1], shape[2], shape[3]);
         let slots = slot_mapping.as_i32()?;
         let row = n_kv * hd;
         let (ks, vs) = (k.as_f32()?, v.as_f32()?);
-        let t_count = ks.len() / row;
-        if ks.len() != vs.len() || t_count > slots.len() {
+        let t_count = ks.len() / row.max(1);
+        if ks.len() != vs.len() || ks.len() != t_count * row || t_count > slots.len() {
             return Err(BackendError::Shape("kv_write: k/v/slots disagree".into()));
         }
-        match k_cache.dtype() {
-            DType::F32 => {
-                let kc = k_cache.as_f32_mut()?;
-                let vc = v_cache.as_f32_mut()?;
-                for (t, &slot) in slots.iter().enumerate().take(t_count) {
-                    if slot < 0 {
-                        continue;
-                    }
-                    let (b, off) = (slot as usize / block_size, slot as usize % block_size);
-                    if b >= num_blocks {
-                        return Err(BackendError::Shape(format!(
-                            "kv_write: slot {slot} beyond {num_blocks} blocks"
-                        )));
-                    }
-                    for h in 0..n_kv {
-                        let dst = ((b * n_kv + h) * block_size + off) * hd;
-                        let src = t * row + h * hd;
-                        kc[dst..dst + hd].copy_from_slice(&ks[src..src + hd]);
-                        vc[dst..dst + hd].copy_from_slice(&vs[src..src + hd]);
-                    }
-                }
-                Ok(())
+        // Bytes of one cache row of `hd` elements (whole Q8_0 blocks: the shape check
+        // of the cache tensor guarantees hd % 32 == 0 there).
+        let rb = dtype.row_bytes(hd);
+        let kc = k_cache.cpu_bytes_mut()?;
+        let vc = v_cache.cpu_bytes_mut()?;
+        for (t, &slot) in slots.iter().enumerate().take(t_count) {
+            if slot < 0 {
+                continue;
             }
-            other => Err(BackendError::Unsupported {
-                op: "kv_write",
-                dtype: other,
-            }),
+            let (b, off) = (slot as usize / block_size, slot as usize % block_size);
+            if b >= num_blocks {
+                return Err(BackendError::Shape(format!(
+                    "kv_write: slot {slot} beyond {num_blocks} blocks"
+                )));
+            }
+            for h in 0..n_kv {
+                let dst = ((b * n_kv + h) * block_size + off) * rb;
+                let src = t * row + h * hd;
+                quant::quantize_row(dtype, &ks[src..src + hd], &mut kc[dst..dst + rb])?;
+                quant::quantize_row(dtype, &vs[src..src + hd], &mut vc[dst..dst + rb])?;
+            }
         }
+        Ok(())
     }
 }

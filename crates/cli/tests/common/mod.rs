@@ -28,7 +28,12 @@ pub fn sluice(args: &[&str]) -> Run {
 
 /// Runs sluice with extra environment variables.
 pub fn sluice_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    // $SLUICE_BIN overrides the binary Cargo built (the GPU machine runs prebuilt test
+    // binaries from another path).
+    let bin = std::env::var_os("SLUICE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")));
+    let out = Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
         .env(

@@ -77,8 +77,9 @@ impl RopeTable {
 }
 
 fn upload_f32(device: &Device, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+    // As it is: `load_weight` would store a 2-D table in a GPU's weight type (bf16).
     let host = Tensor::from_f32_cpu(shape, data)?;
-    Ok(device.load_weight(host)?)
+    Ok(device.upload(&host)?)
 }
 
 /// Activation buffers, allocated for `cap_tokens` rows and reused every step
@@ -129,6 +130,10 @@ pub struct BatchTensors {
     pub block_tables: Tensor,
     /// `[L]`
     pub logits_rows: Tensor,
+    /// `[sum q_s^2]` the batch's custom attention mask as I32 0/1 (see
+    /// `BatchInput::custom_mask`); meaningful only when `has_mask`.
+    pub custom_mask: Tensor,
+    pub has_mask: bool,
     pub num_seqs: usize,
     /// Host staging, reused.
     staging: Vec<i32>,
@@ -167,6 +172,8 @@ impl RunState {
                 context_lens: i(cap_tokens)?,
                 block_tables: device.zeros(DType::I32, &[cap_tokens, 1])?,
                 logits_rows: i(cap_logits)?,
+                custom_mask: i(1)?,
+                has_mask: false,
                 num_seqs: 0,
                 staging: Vec::new(),
             },
@@ -266,6 +273,17 @@ impl BatchTensors {
         self.block_tables.set_rows(s.max(1))?;
         device.copy_i32_from_host(&mut self.block_tables, st)?;
         self.num_seqs = s;
+        self.has_mask = false;
+        if let Some(m) = &batch.custom_mask {
+            if m.len() > self.custom_mask.size_in_bytes() / 4 {
+                self.custom_mask = device.zeros(DType::I32, &[m.len().next_power_of_two()])?;
+            }
+            st.clear();
+            st.extend(m.iter().map(|&b| (b != 0) as i32));
+            self.custom_mask.set_len(st.len())?;
+            device.copy_i32_from_host(&mut self.custom_mask, st)?;
+            self.has_mask = true;
+        }
         Ok(())
     }
 
@@ -276,6 +294,7 @@ impl BatchTensors {
             block_tables: &self.block_tables,
             num_seqs: self.num_seqs,
             block_size,
+            custom_mask: self.has_mask.then_some(&self.custom_mask),
         }
     }
 }

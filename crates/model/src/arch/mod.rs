@@ -252,13 +252,18 @@ impl Model {
 
     /// Allocates a KV cache for this model on its device.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        Ok(KvCache::new(
-            &self.device,
-            &self.config,
-            num_blocks,
-            block_size,
-            DType::F32,
-        )?)
+        self.new_kv_cache_with(num_blocks, block_size, self.device.default_kv_dtype())
+    }
+
+    /// Allocates a KV cache of `dtype` (CPU: F32, F16, BF16 or Q8_0; Q8_0 needs
+    /// `head_dim % 32 == 0`), with a clear error otherwise.
+    pub fn new_kv_cache_with(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        KvCache::new(&self.device, &self.config, num_blocks, block_size, dtype)
     }
 
     /// Runs one batched step: writes this step's K/V into `kv` and returns the logits

@@ -17,6 +17,7 @@ mod hf;
 mod incremental;
 mod llama2c;
 mod spm;
+mod synthetic;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -156,6 +157,11 @@ impl Tokenizer {
         tokenizer_config: Option<&Path>,
     ) -> Result<Tokenizer> {
         hf::from_hf_files(tokenizer_json, tokenizer_config)
+    }
+
+    /// A stand-in vocabulary of `vocab_size` words `t0`, `t1`, ... for random weights.
+    pub fn synthetic(vocab_size: usize) -> Result<Tokenizer> {
+        synthetic::synthetic(vocab_size)
     }
 
     /// From a llama2.c `tokenizer.bin` (e.g. `tok512.bin`).

@@ -246,24 +246,37 @@ unsafe fn tile<F: KW2, const R: usize, const C: usize>(
             let wk = F::unpack(w[r].add(sb * F::BYTES));
             unroll!(c in C => {
                 let rec = a[c].add(sb * K_BYTES);
-                let mut s0 = _mm256_setzero_si256();
-                let mut s1 = _mm256_setzero_si256();
-                for i in (0..8).step_by(2) {
-                    let a0 = _mm256_load_si256(rec.add(32 * i) as *const __m256i);
-                    let a1 = _mm256_load_si256(rec.add(32 * i + 32) as *const __m256i);
-                    s0 = _mm256_add_epi32(
-                        s0,
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i], a0), wk.sc[i]),
-                    );
-                    s1 = _mm256_add_epi32(
-                        s1,
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i + 1], a1), wk.sc[i + 1]),
-                    );
+                // Per activation term t (q1, q2): sum over chunks of madd(maddubs(q, a),
+                // scales), two chains each.
+                let mut s = [[_mm256_setzero_si256(); 2]; 2];
+                for (t, base) in [0, off::K_Q2].into_iter().enumerate() {
+                    for i in (0..8).step_by(2) {
+                        let a0 = _mm256_load_si256(rec.add(base + 32 * i) as *const __m256i);
+                        let a1 = _mm256_load_si256(rec.add(base + 32 * i + 32) as *const __m256i);
+                        s[t][0] = _mm256_add_epi32(
+                            s[t][0],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i], a0), wk.sc[i]),
+                        );
+                        s[t][1] = _mm256_add_epi32(
+                            s[t][1],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(wk.q[i + 1], a1), wk.sc[i + 1]),
+                        );
+                    }
                 }
-                let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
-                let imin = _mm256_madd_epi16(wk.mvec, bs);
+                let bs1 = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
+                let bs2 = _mm256_load_si256(rec.add(off::BSUMS2) as *const __m256i);
+                // The mins' sums fit 32 bits joined: 2 * 127 * 2032 * 256 < 2^31.
+                let imin = _mm256_add_epi32(
+                    _mm256_slli_epi32(_mm256_madd_epi16(wk.mvec, bs1), 8),
+                    _mm256_madd_epi16(wk.mvec, bs2),
+                );
                 let da = (rec.add(off::KD) as *const f32).read();
-                let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                // The dots may not (Q6_K: 16 * 63 * 127 * 127 * 256 > 2^31): join in float.
+                let isum = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(_mm256_add_epi32(s[0][0], s[0][1])),
+                    _mm256_set1_ps(super::acts::RESID),
+                    _mm256_cvtepi32_ps(_mm256_add_epi32(s[1][0], s[1][1])),
+                );
                 acc[r][c] = _mm256_fmadd_ps(isum, _mm256_set1_ps(wk.d * da), acc[r][c]);
                 acc[r][c] = _mm256_fmadd_ps(
                     _mm256_cvtepi32_ps(imin),

@@ -1,7 +1,7 @@
 //! AVX2 kernels for the 32-wide formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 //!
-//! Same activation layout and scheme as the AVX-512 kernel, two blocks per 256-bit
-//! register: `vpmaddubsw` (unsigned weight x signed activation -> 16-bit pair sums;
+//! Same scheme as the AVX-512 kernel on the `Q32` activation layout (two int8 terms
+//! per element, joined in integers, see `acts`), two blocks per 256-bit register: `vpmaddubsw` (unsigned weight x signed activation -> 16-bit pair sums;
 //! for 4/5-bit weights the low and high halves can be added in 16 bits without
 //! overflow, 2 * (2 * 31 * 127) < 2^15), then `vpmaddwd` by ones to 32 bits. Q8_0 keeps
 //! its sign (ggml's trick: |w| x sign(a, w)), so it needs no offset term.
@@ -246,10 +246,16 @@ unsafe fn step<F: Q32W2, const R: usize, const C: usize>(
         let rec = a[c].add(g * Q32_GROUP_BYTES + 32 * h);
         let alo = _mm256_load_si256(rec as *const __m256i);
         let ahi = _mm256_load_si256(rec.add(off::HI) as *const __m256i);
+        let blo = _mm256_load_si256(rec.add(off::LO2) as *const __m256i);
+        let bhi = _mm256_load_si256(rec.add(off::HI2) as *const __m256i);
         let da = _mm256_load_ps(rec.add(off::D) as *const f32);
         let s4 = _mm256_load_ps(rec.add(off::S) as *const f32);
         unroll!(r in R => {
-            let i = dot::<F>(&wv[r], alo, ahi);
+            // e-dot = 256 * dot(w, q1) + dot(w, q2) (see `acts`).
+            let i = _mm256_add_epi32(
+                _mm256_slli_epi32(dot::<F>(&wv[r], alo, ahi), 8),
+                dot::<F>(&wv[r], blo, bhi),
+            );
             acc[r][c] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(wv[r].d, da), acc[r][c]);
             if !F::SIGNED {

@@ -221,21 +221,36 @@ unsafe fn step<F: KW, const R: usize, const C: usize>(
     });
     unroll!(c in C => {
         let rec = a[c].add(sb * K_BYTES);
-        let bs = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
+        let bs1 = _mm256_load_si256(rec.add(off::BSUMS) as *const __m256i);
+        let bs2 = _mm256_load_si256(rec.add(off::BSUMS2) as *const __m256i);
         let da = _mm512_set1_ps((rec.add(off::KD) as *const f32).read());
-        let av: [__m512i; 4] = arr(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
+        let av = |i: usize| _mm512_load_si512(rec.add(64 * i) as *const __m512i);
         unroll!(r in R => {
             let wk = &wv[r];
             let z = _mm512_setzero_si512();
-            // Two independent chains keep the dpwssd latency off the critical path.
-            let s0 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(wk.q[0], av[0]), wk.sc[0]);
-            let s1 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(wk.q[1], av[1]), wk.sc[1]);
-            let s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(wk.q[2], av[2]), wk.sc[2]);
-            let s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(wk.q[3], av[3]), wk.sc[3]);
-            let isum = _mm512_add_epi32(s0, s1);
-            let imin = _mm256_madd_epi16(wk.mvec, bs);
-            acc[r][c] =
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wk.d, da), acc[r][c]);
+            // One chain per activation term (q1: vectors 0..4, q2: 4..8, see `acts`).
+            let mut s = [z; 2];
+            for (t, s) in s.iter_mut().enumerate() {
+                for i in 0..4 {
+                    *s = _mm512_dpwssd_epi32(
+                        *s,
+                        _mm512_maddubs_epi16(wk.q[i], av(4 * t + i)),
+                        wk.sc[i],
+                    );
+                }
+            }
+            // The dots may pass 32 bits joined (Q6_K: 16 * 63 * 127 * 127 * 256), so they
+            // join in float; the mins' sums fit (2 * 127 * 2032 * 256 < 2^31).
+            let isum = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(s[0]),
+                _mm512_set1_ps(super::acts::RESID),
+                _mm512_cvtepi32_ps(s[1]),
+            );
+            let imin = _mm256_add_epi32(
+                _mm256_slli_epi32(_mm256_madd_epi16(wk.mvec, bs1), 8),
+                _mm256_madd_epi16(wk.mvec, bs2),
+            );
+            acc[r][c] = _mm512_fmadd_ps(isum, _mm512_mul_ps(wk.d, da), acc[r][c]);
             let minf = _mm512_zextps256_ps512(_mm256_cvtepi32_ps(imin));
             acc[r][c] = _mm512_fmadd_ps(minf, _mm512_mul_ps(wk.dmin, da), acc[r][c]);
         });

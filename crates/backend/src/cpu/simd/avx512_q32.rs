@@ -12,14 +12,15 @@
 //!   `vpdpbusd` (unsigned x signed). For Q4_0/Q5_0/Q8_0 the accumulator starts at the
 //!   activations' `-offset * sum(a)`, so the offset cancels in integers; Q4_1/Q5_1 add
 //!   `m * d_a * sum(a)` with one FMA.
-//! * per (row, token) and 256 elements: 4 `vpdpbusd`, 1 convert, 1 multiply, 1 FMA
-//!   (+1 FMA for the `_1` formats). The float work per element is what bounds this
+//! * per (row, token) and 256 elements: 8 `vpdpbusd` (4 for each activation term, see
+//!   `acts`), a shift and an add joining them, 1 convert, 1 multiply, 1 FMA (+1 FMA for
+//!   the `_1` formats). The float work per element is what bounds this
 //!   kernel (measured: dropping one FMA per 128 elements gained 24%), hence 8-block
 //!   groups where each block owns 2 lanes.
 //! * a partial last group (K not a multiple of 256) loads with byte masks, so nothing
 //!   past a row is read; up to 4 blocks run at 256-bit width.
 //!
-//! GEMV (one token) runs 4 rows at a time with software prefetch; GEMM runs 2 rows x 8
+//! GEMV (one token) runs 4 rows at a time with software prefetch; GEMM runs 1 row x 8
 //! tokens over panels of rows that stay in L1 while every token chunk passes.
 
 use std::arch::x86_64::*;
@@ -468,15 +469,23 @@ unsafe fn step<F: Q32W, const R: usize, const C: usize>(
     });
     unroll!(c in C => {
         let rec = a[c].add(g * X8_GROUP_BYTES);
-        let av: [__m512i; 4] = arr(|i| _mm512_load_si512(rec.add(64 * i) as *const __m512i));
         let da = _mm512_load_ps(rec.add(off::X8_D) as *const f32);
         let ext = _mm512_load_si512(rec.add(off::X8_EXT) as *const __m512i);
         unroll!(r in R => {
+            // e-dot = 256 * dot(w, q1) + dot(w, q2) (see `acts`); two chains, joined
+            // with a shift and an add. Activations as memory operands: loading them into
+            // registers would leave too few for the accumulators.
+            let av = |i: usize| _mm512_load_si512(rec.add(64 * i) as *const __m512i);
+            let d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r].v[0], av(0));
             let init = if F::OFFSET { ext } else { _mm512_setzero_si512() };
-            let dot = _mm512_dpbusd_epi32(init, wv[r].v[0], av[0]);
-            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[1], av[1]);
-            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[2], av[2]);
-            let dot = _mm512_dpbusd_epi32(dot, wv[r].v[3], av[3]);
+            let d2 = _mm512_dpbusd_epi32(init, wv[r].v[0], av(4));
+            let d1 = _mm512_dpbusd_epi32(d1, wv[r].v[1], av(1));
+            let d2 = _mm512_dpbusd_epi32(d2, wv[r].v[1], av(5));
+            let d1 = _mm512_dpbusd_epi32(d1, wv[r].v[2], av(2));
+            let d2 = _mm512_dpbusd_epi32(d2, wv[r].v[2], av(6));
+            let d1 = _mm512_dpbusd_epi32(d1, wv[r].v[3], av(3));
+            let d2 = _mm512_dpbusd_epi32(d2, wv[r].v[3], av(7));
+            let dot = _mm512_add_epi32(_mm512_slli_epi32(d1, 8), d2);
             let sc = _mm512_mul_ps(wv[r].d, da);
             acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][c]);
             if !F::OFFSET {
@@ -507,16 +516,22 @@ unsafe fn half_step<F: Q32W, const R: usize, const C: usize>(
     });
     unroll!(c in C => {
         let rec = a[c].add(g * X8_GROUP_BYTES);
-        let av: [__m256i; 4] = arr(|i| _mm256_load_si256(rec.add(64 * i) as *const __m256i));
+        let av: [__m256i; 8] = arr(|i| _mm256_load_si256(rec.add(64 * i) as *const __m256i));
         let da = _mm256_load_ps(rec.add(off::X8_D) as *const f32);
         let ext = _mm256_load_si256(rec.add(off::X8_EXT) as *const __m256i);
         unroll!(r in R => {
             let wr = &wv[r];
             let init = if F::OFFSET { ext } else { _mm256_setzero_si256() };
-            let dot = _mm256_dpbusd_epi32(init, _mm512_castsi512_si256(wr.v[0]), av[0]);
-            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[1]), av[1]);
-            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[2]), av[2]);
-            let dot = _mm256_dpbusd_epi32(dot, _mm512_castsi512_si256(wr.v[3]), av[3]);
+            let w: [__m256i; 4] = arr(|i| _mm512_castsi512_si256(wr.v[i]));
+            let d1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[0], av[0]);
+            let d2 = _mm256_dpbusd_epi32(init, w[0], av[4]);
+            let d1 = _mm256_dpbusd_epi32(d1, w[1], av[1]);
+            let d2 = _mm256_dpbusd_epi32(d2, w[1], av[5]);
+            let d1 = _mm256_dpbusd_epi32(d1, w[2], av[2]);
+            let d2 = _mm256_dpbusd_epi32(d2, w[2], av[6]);
+            let d1 = _mm256_dpbusd_epi32(d1, w[3], av[3]);
+            let d2 = _mm256_dpbusd_epi32(d2, w[3], av[7]);
+            let dot = _mm256_add_epi32(_mm256_slli_epi32(d1, 8), d2);
             let sc = _mm256_mul_ps(_mm512_castps512_ps256(wr.d), da);
             let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc);
             if !F::OFFSET {
@@ -598,8 +613,10 @@ unsafe fn run_fmt<F: Q32W>(job: &QJob, rws: Range<usize>) {
     while p0 < rws.end {
         let p = p0..(p0 + panel).min(rws.end);
         let mut t0 = 0;
+        // 1 row x 8 tokens: 8 accumulators leave registers for the unpacked group and
+        // the dot chains (2 x 8 spilled to the stack; measured ~10% slower at T = 512).
         while job.t - t0 >= 8 {
-            rows::<F, 2, 8>(job, p.clone(), t0);
+            rows::<F, 1, 8>(job, p.clone(), t0);
             t0 += 8;
         }
         if job.t - t0 >= 4 {

@@ -1,5 +1,6 @@
 //! Matmul kernels: one scalar reference per weight type, AVX2 and AVX-512 (VNNI)
-//! versions chosen at run time.
+//! versions on x86-64 and NEON versions (with and without `dotprod`) on AArch64, chosen
+//! at run time (docs/cpu-neon.md for the ARM side).
 //!
 //! Every kernel computes `out[t, r] = sum_k x[t, k] * w[r, k]` for a range of weight
 //! rows `r` and all tokens `t`, reading the weights in their ggml layout in place.
@@ -15,7 +16,15 @@ mod avx2_q32;
 mod avx512_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q32;
+// Its `arr`/`unroll` imports serve only the x86 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 mod float;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_float;
+#[cfg(target_arch = "aarch64")]
+mod neon_k;
 pub mod scalar;
 
 use std::ops::Range;
@@ -32,6 +41,10 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI (plus AVX2/FMA/F16C).
     Avx512,
+    /// AArch64 NEON without the dot-product instructions (`smull` + `sadalp`).
+    Neon,
+    /// AArch64 NEON with `dotprod` (`sdot`).
+    NeonDot,
 }
 
 impl Isa {
@@ -39,6 +52,13 @@ impl Isa {
     /// hand-built `CpuFeatures` cannot select instructions the CPU lacks).
     pub fn select(features: &CpuFeatures) -> Isa {
         let real = CpuFeatures::detect_capped(None);
+        if cfg!(target_arch = "aarch64") && features.neon && real.neon {
+            return if features.dotprod && real.dotprod {
+                Isa::NeonDot
+            } else {
+                Isa::Neon
+            };
+        }
         if features.has_avx512_vnni() && real.has_avx512_vnni() && has_avx512vl() {
             Isa::Avx512
         } else if features.has_avx2() && real.has_avx2() {
@@ -51,10 +71,12 @@ impl Isa {
     /// Every path this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
         let best = Isa::select(&CpuFeatures::detect_capped(None));
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&i| i <= best)
-            .collect()
+        let paths = if cfg!(target_arch = "aarch64") {
+            [Isa::Scalar, Isa::Neon, Isa::NeonDot]
+        } else {
+            [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        };
+        paths.into_iter().filter(|&i| i <= best).collect()
     }
 
     /// Features capped to this path (for building a backend that runs it).
@@ -69,6 +91,15 @@ impl Isa {
                 ..f
             },
             Isa::Avx512 => f,
+            Isa::Neon => CpuFeatures {
+                neon: f.neon,
+                ..CpuFeatures::none()
+            },
+            Isa::NeonDot => CpuFeatures {
+                neon: f.neon,
+                dotprod: f.dotprod,
+                ..CpuFeatures::none()
+            },
         }
     }
 
@@ -77,6 +108,8 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
         }
     }
 }
@@ -161,6 +194,10 @@ impl QJob<'_> {
                 }
                 _ => avx2_k::run(self, rows),
             },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::run(self, rows, false),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => neon::run(self, rows, true),
             _ => scalar::run(self, rows),
         }
     }
@@ -184,6 +221,10 @@ impl FJob<'_> {
     /// # Safety
     /// As [`QJob::run`].
     pub unsafe fn run(&self, isa: Isa, rows: Range<usize>) {
+        #[cfg(target_arch = "aarch64")]
+        if matches!(isa, Isa::Neon | Isa::NeonDot) {
+            return neon_float::run(self, rows);
+        }
         float::run(self, isa, rows)
     }
 }
@@ -202,6 +243,7 @@ pub(crate) fn arr<T: Copy, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
 
 /// A `[i16; 32]` table of `f(w)` for w = 0..32, computed at compile time (indices for
 /// the word permutes).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! word_table {
     (|$w:ident| $e:expr) => {{
         let mut t = [0i16; 32];
@@ -213,16 +255,20 @@ macro_rules! word_table {
         t
     }};
 }
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 pub(crate) use word_table;
 
 /// Bytes ahead of the current weight rows that GEMV prefetches. Decode streams the
 /// whole model from DRAM; the hardware prefetcher alone left a single core at ~21 GB/s
 /// on this Zen 5 (Q4_1 head GEMV), software prefetch 8-16 KB ahead reaches ~35 GB/s.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const fn prefetch_distance() -> usize {
     8192
 }
 
 /// Prefetches the cache lines of `[p, p + len)` that lie before `end`.
+/// (x86-64 only: the NEON kernels leave streaming to the hardware prefetcher.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8, len: usize, end: *const u8) {
     #[cfg(target_arch = "x86_64")]

@@ -223,9 +223,11 @@ unsafe fn row_32(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; C
         let j = b % 4;
         for (c, acc) in acc.iter_mut().enumerate().take(n) {
             let rec = &act_row(job, t0 + c)[b / 4 * Q32_GROUP_BYTES..][..Q32_GROUP_BYTES];
+            // Dot with e = 256 q1 + q2: |e| <= 32767, 32 products of |q| <= 127 fit i32.
             let mut idot = 0i32;
             for (i, q) in w.q.iter().enumerate() {
-                idot += q * rec[acts::q32_pos(j, i)] as i8 as i32;
+                let p = acts::q32_pos(j, i);
+                idot += q * acts::joined(rec[p] as i8 as i32, rec[off::LO2 + p] as i8 as i32);
             }
             let da = f32_at(rec, off::D + 16 * j);
             let s = 4.0 * f32_at(rec, off::S + 16 * j);
@@ -236,25 +238,31 @@ unsafe fn row_32(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; C
 
 unsafe fn row_k(job: &QJob, wrow: &[u8], t0: usize, n: usize, acc: &mut [f32; CHUNK]) {
     let bb = job.dtype.block_bytes();
+    let i16_at = |rec: &[u8], at: usize| i16::from_le_bytes([rec[at], rec[at + 1]]) as i32;
     for (sb, blk) in wrow.chunks_exact(bb).enumerate() {
         let w = decode_k(job.dtype, blk);
         for (c, acc) in acc.iter_mut().enumerate().take(n) {
             let rec = &act_row(job, t0 + c)[sb * K_BYTES..][..K_BYTES];
-            let (mut isum, mut imin) = (0i32, 0i32);
+            // The q1 and q2 dots apart (their joined sum can pass 32 bits), as the SIMD
+            // kernels do; the mins' sums joined in integers (they fit).
+            let (mut isum1, mut isum2, mut imin) = (0i32, 0i32, 0i32);
             for g in 0..16 {
-                let r = 16 * g..16 * g + 16;
-                let dot: i32 = w.q[r.clone()]
-                    .iter()
-                    .zip(&rec[r])
-                    .map(|(q, &a)| q * a as i8 as i32)
-                    .sum();
-                isum += w.sc[g] * dot;
-                let bsum =
-                    i16::from_le_bytes([rec[off::BSUMS + 2 * g], rec[off::BSUMS + 2 * g + 1]]);
-                imin += w.mn[g] * bsum as i32;
+                let (mut d1, mut d2) = (0i32, 0i32);
+                for e in 16 * g..16 * g + 16 {
+                    d1 += w.q[e] * rec[e] as i8 as i32;
+                    d2 += w.q[e] * rec[off::K_Q2 + e] as i8 as i32;
+                }
+                isum1 += w.sc[g] * d1;
+                isum2 += w.sc[g] * d2;
+                let bsum = acts::joined(
+                    i16_at(rec, off::BSUMS + 2 * g),
+                    i16_at(rec, off::BSUMS2 + 2 * g),
+                );
+                imin += w.mn[g] * bsum;
             }
             let da = f32_at(rec, off::KD);
-            *acc += (w.d * da) * isum as f32 - (w.dmin * da) * imin as f32;
+            let isum = isum1 as f32 * acts::RESID + isum2 as f32;
+            *acc += (w.d * da) * isum - (w.dmin * da) * imin as f32;
         }
     }
 }

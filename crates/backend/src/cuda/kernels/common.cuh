@@ -1,0 +1,65 @@
+// Shared helpers for sluice's CUDA kernels. Compiled by NVRTC at run time, so this file
+// includes no CUDA headers: bf16 and f16 are handled as raw 16-bit patterns with
+// explicit conversions (which also keeps the CI compile check free of header paths).
+
+typedef unsigned short bf16_t;
+// A distinct type from bf16_t (signed), so overloads can tell the two apart.
+typedef short f16_t;
+
+__device__ __forceinline__ float bf16_to_f32(bf16_t h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// Round to nearest even, NaN kept quiet (the same rule as the `half` crate on the host).
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)0x7fc0u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(f16_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ f16_t f32_to_f16(float f) {
+    f16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Loads of one element of each storage type as f32.
+__device__ __forceinline__ float load_f32(const float* p, long i) { return p[i]; }
+__device__ __forceinline__ float load_f32(const bf16_t* p, long i) { return bf16_to_f32(p[i]); }
+
+__device__ __forceinline__ void store_kv(float* p, long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_kv(bf16_t* p, long i, float v) { p[i] = f32_to_bf16(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over a block of up to 1024 threads; every thread gets the result. `scratch` holds
+// 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    float t = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+#define NEG_INF __int_as_float(0xff800000)

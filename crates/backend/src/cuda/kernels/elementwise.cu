@@ -1,0 +1,152 @@
+// Element-wise and row-wise ops. One thread per element unless noted; `long` indices
+// so that tensors over 2^31 elements (a KV pool, an 8B embedding table) index right.
+
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+
+extern "C" __global__ void f32_to_bf16_kernel(const float* x, bf16_t* y, long n) {
+    GRID_STRIDE(i, n) y[i] = f32_to_bf16(x[i]);
+}
+
+extern "C" __global__ void f32_to_f16_kernel(const float* x, f16_t* y, long n) {
+    GRID_STRIDE(i, n) y[i] = f32_to_f16(x[i]);
+}
+
+// out = x / sqrt(mean(x^2) + eps) * w over rows of `cols`; one block per row.
+// `out` may alias `x` (each element is read before it is written by the same thread).
+extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps) {
+    __shared__ float scratch[32];
+    const float* xr = x + (long)blockIdx.x * cols;
+    float* orow = out + (long)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) { float v = xr[i]; ss += v * v; }
+    ss = block_sum(ss, scratch);
+    float inv = rsqrtf(ss / (float)cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+}
+
+extern "C" __global__ void add_kernel(float* x, const float* y, long n) {
+    GRID_STRIDE(i, n) x[i] += y[i];
+}
+
+extern "C" __global__ void add_bias_kernel(float* x, const float* b, long n, int cols) {
+    GRID_STRIDE(i, n) x[i] += b[i % cols];
+}
+
+extern "C" __global__ void scale_kernel(float* x, float s, long n) {
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+extern "C" __global__ void softcap_kernel(float* x, float cap, long n) {
+    GRID_STRIDE(i, n) x[i] = cap * tanhf(x[i] / cap);
+}
+
+// RoPE in place on x [T, n_heads * hd]; cos/sin [max_pos, hd/2]. One thread per rotated
+// pair. neox = 1: pairs (i, i + hd/2) ("rotate_half"); 0: adjacent pairs (2i, 2i+1).
+extern "C" __global__ void rope_kernel(float* x, const int* pos, const float* cos_t, const float* sin_t,
+                                       int T, int n_heads, int hd, int neox) {
+    int half = hd / 2;
+    long n = (long)T * n_heads * half;
+    GRID_STRIDE(idx, n) {
+        int i = (int)(idx % half);
+        long th = idx / half;          // t * n_heads + h
+        int t = (int)(th / n_heads);
+        float* row = x + th * hd;
+        long p = pos[t];
+        float c = cos_t[p * half + i], s = sin_t[p * half + i];
+        int a = neox ? i : 2 * i;
+        int b = neox ? i + half : 2 * i + 1;
+        float x0 = row[a], x1 = row[b];
+        row[a] = x0 * c - x1 * s;
+        row[b] = x0 * s + x1 * c;
+    }
+}
+
+extern "C" __global__ void silu_mul_kernel(const float* g, const float* u, float* out, long n) {
+    GRID_STRIDE(i, n) { float v = g[i]; out[i] = v / (1.0f + __expf(-v)) * u[i]; }
+}
+
+// gelu with the tanh approximation (Gemma's gelu_pytorch_tanh).
+extern "C" __global__ void gelu_mul_kernel(const float* g, const float* u, float* out, long n) {
+    GRID_STRIDE(i, n) {
+        float v = g[i];
+        float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        out[i] = 0.5f * v * (1.0f + tanhf(inner)) * u[i];
+    }
+}
+
+// out[t, :] = table[ids[t], :] * scale for 16-bit or f32 tables.
+#define EMBEDDING(NAME, W, CONV)                                                              \
+extern "C" __global__ void NAME(const int* ids, const W* table, float scale, float* out,    \
+                                int T, int cols) {                                            \
+    long n = (long)T * cols;                                                                  \
+    GRID_STRIDE(i, n) {                                                                       \
+        long t = i / cols; int c = (int)(i % cols);                                           \
+        out[i] = CONV(table[(long)ids[t] * cols + c]) * scale;                                \
+    }                                                                                         \
+}
+__device__ __forceinline__ float id_f32(float v) { return v; }
+EMBEDDING(embedding_f32_kernel, float, id_f32)
+EMBEDDING(embedding_bf16_kernel, bf16_t, bf16_to_f32)
+EMBEDDING(embedding_f16_kernel, f16_t, f16_to_f32)
+
+extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, float* out, int L, int cols) {
+    long n = (long)L * cols;
+    GRID_STRIDE(i, n) {
+        long r = i / cols; int c = (int)(i % cols);
+        out[i] = x[(long)rows[r] * cols + c];
+    }
+}
+
+// Writes k, v [T, n_kv * hd] into caches [num_blocks, n_kv, bs, hd] at slots[t]
+// (block * bs + offset; negative = padding, skipped).
+#define KV_WRITE(NAME, KV)                                                                    \
+extern "C" __global__ void NAME(const float* k, const float* v, KV* kc, KV* vc,              \
+                                const int* slots, int T, int n_kv, int bs, int hd) {          \
+    long kvd = (long)n_kv * hd;                                                               \
+    long n = (long)T * kvd;                                                                   \
+    GRID_STRIDE(i, n) {                                                                       \
+        long t = i / kvd; long j = i % kvd;                                                   \
+        int slot = slots[t];                                                                  \
+        if (slot < 0) continue;                                                               \
+        long blk = slot / bs, off = slot % bs, h = j / hd, d = j % hd;                        \
+        long dst = ((blk * n_kv + h) * bs + off) * hd + d;                                    \
+        store_kv(kc, dst, k[i]);                                                              \
+        store_kv(vc, dst, v[i]);                                                              \
+    }                                                                                         \
+}
+KV_WRITE(kv_write_f32_kernel, float)
+KV_WRITE(kv_write_bf16_kernel, bf16_t)
+
+// Greedy sampling on the device: the first index of each row's maximum (the host's
+// `argmax` rule), one block of 1024 threads per row. NaN never wins.
+extern "C" __global__ void argmax_kernel(const float* logits, int* out, int vocab) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* row = logits + (long)blockIdx.x * vocab;
+    float best = NEG_INF; int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) { best = v; bi = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { sv[warp] = best; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = (blockDim.x + 31) >> 5;
+        best = lane < nw ? sv[lane] : NEG_INF;
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}

@@ -1,0 +1,431 @@
+//! The CUDA backend: device memory, one stream, NVRTC-compiled kernels and cuBLASLt.
+//!
+//! Everything is loaded at run time (cudarc's `dynamic-loading`): the same binary runs
+//! on machines without CUDA and says so when asked for a GPU. Kernels are CUDA C++ in
+//! `kernels/*.cu`, compiled by NVRTC for the device's architecture on first use and
+//! cached on disk (see `module.rs`).
+//!
+//! Activations stay f32 (the CPU's layout, so the model code is shared unchanged);
+//! 2-D weights are stored in the backend's weight type (bf16 by default, f16 or f32 on
+//! request) and the KV cache in bf16 or f32. Matmuls with few rows (decode) run our own
+//! bandwidth-bound GEMV; larger ones go to cuBLASLt.
+
+mod gemm;
+pub mod module;
+mod ops;
+
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result as drv, sys, CudaContext};
+
+use crate::dtype::DType;
+use crate::error::{BackendError, Result};
+use crate::tensor::{Storage, Tensor};
+
+pub use module::{compile_kernels, kernel_source};
+
+pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device(format!("CUDA: {e:?}"))
+}
+
+/// Whether a CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Device memory owned by one tensor.
+pub struct CudaBuffer {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a device pointer is an address in the context's memory, usable from any thread
+// that binds the context; the buffer owns it exclusively.
+unsafe impl Send for CudaBuffer {}
+unsafe impl Sync for CudaBuffer {}
+
+impl CudaBuffer {
+    pub fn ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context and freed once.
+            let _ = unsafe { drv::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Weight element type on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaWeightType {
+    /// bf16 for quantized and f32 files, f16/bf16 files as they are.
+    Auto,
+    Bf16,
+    F16,
+    /// Exact weights and f32 GEMMs (no TF32): the reference path for golden tests.
+    F32,
+}
+
+impl CudaWeightType {
+    pub fn parse(s: &str) -> Option<CudaWeightType> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(CudaWeightType::Auto),
+            "bf16" | "bfloat16" => Some(CudaWeightType::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Some(CudaWeightType::F16),
+            "f32" | "fp32" | "float32" => Some(CudaWeightType::F32),
+            _ => None,
+        }
+    }
+
+    fn resolve(self, file: DType) -> DType {
+        match self {
+            CudaWeightType::Auto => match file {
+                DType::F16 => DType::F16,
+                _ => DType::BF16,
+            },
+            CudaWeightType::Bf16 => DType::BF16,
+            CudaWeightType::F16 => DType::F16,
+            CudaWeightType::F32 => DType::F32,
+        }
+    }
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: sys::CUstream,
+    kernels: module::Kernels,
+    gemm: gemm::Gemm,
+    /// Staging for 16-bit copies of activations fed to cuBLASLt, grown on demand.
+    scratch: Mutex<Option<CudaBuffer>>,
+    weight_type: CudaWeightType,
+    name: String,
+    sm_count: u32,
+}
+
+// SAFETY: the stream and function handles are driver objects valid in the context, which
+// every entry point binds to the calling thread first; mutable host state sits behind
+// mutexes.
+unsafe impl Send for CudaBackend {}
+unsafe impl Sync for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`, compiles (or loads from the cache) the kernels and creates
+    /// the cuBLASLt handle.
+    pub fn new(ordinal: usize, weight_type: CudaWeightType) -> Result<CudaBackend> {
+        if !driver_present() {
+            return Err(BackendError::Device(
+                "no CUDA driver found (libcuda.so could not be loaded); \
+                 run on a machine with an NVIDIA GPU and driver, or use --device cpu"
+                    .into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(derr)?;
+        if ordinal as i32 >= count {
+            return Err(BackendError::Device(format!(
+                "CUDA device {ordinal} requested, but {count} device(s) found"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(derr)?;
+        let (major, minor) = ctx.compute_capability().map_err(derr)?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(derr)? as u32;
+        let name = ctx.name().map_err(derr)?;
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
+        let kernels = module::Kernels::load(major, minor)?;
+        let gemm = gemm::Gemm::new(&ctx)?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            kernels,
+            gemm,
+            scratch: Mutex::new(None),
+            weight_type,
+            name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
+            sm_count,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("cuda: {}", self.name)
+    }
+
+    pub fn weight_type(&self) -> CudaWeightType {
+        self.weight_type
+    }
+
+    /// KV cache element type: f32 next to exact f32 weights, else bf16.
+    pub fn kv_dtype(&self) -> DType {
+        if self.weight_type == CudaWeightType::F32 {
+            DType::F32
+        } else {
+            DType::BF16
+        }
+    }
+
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(derr)
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        drv::mem_get_info().map_err(derr)
+    }
+
+    pub(crate) fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        self.bind()?;
+        // SAFETY: plain device allocation in the bound context.
+        let ptr = unsafe { drv::malloc_sync(len.max(1)) }.map_err(|e| {
+            let free = drv::mem_get_info().map(|m| m.0).unwrap_or(0);
+            BackendError::Device(format!(
+                "CUDA out of memory allocating {len} bytes ({free} bytes free): {e:?}"
+            ))
+        })?;
+        Ok(CudaBuffer {
+            ptr,
+            len,
+            ctx: Arc::clone(&self.ctx),
+        })
+    }
+
+    /// A zeroed device tensor.
+    pub fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let n = crate::tensor::byte_len(dtype, shape)?;
+        let buf = self.alloc(n)?;
+        // SAFETY: the range lies inside the fresh allocation.
+        unsafe { drv::memset_d8_async(buf.ptr, 0, n.max(1), self.stream) }.map_err(derr)?;
+        Tensor::from_storage(dtype, shape, Storage::Cuda(buf))
+    }
+
+    /// Copies host bytes into a new device tensor of the same dtype and shape.
+    pub fn upload(&self, host: &Tensor) -> Result<Tensor> {
+        let bytes = host.cpu_bytes()?;
+        let buf = self.alloc(bytes.len())?;
+        if !bytes.is_empty() {
+            // SAFETY: `bytes` lives through the synchronous copy; sizes match.
+            unsafe { drv::memcpy_htod_sync(buf.ptr, bytes) }.map_err(derr)?;
+        }
+        Tensor::from_storage(host.dtype(), host.shape(), Storage::Cuda(buf))
+    }
+
+    /// Moves a weight to the GPU: 1-D tensors (norms, biases) as they are; matrices in
+    /// the backend's weight type, dequantizing quantized blocks on the host.
+    pub fn prepare_weight(&self, host: Tensor) -> Result<Tensor> {
+        if host.shape().len() <= 1 || host.dtype() == DType::I32 {
+            return self.upload(&host);
+        }
+        let target = self.weight_type.resolve(host.dtype());
+        if host.dtype() == target {
+            return self.upload(&host);
+        }
+        let converted = convert_host(&host, target)?;
+        self.upload(&converted)
+    }
+
+    /// Copies the first `src.len()` elements of an I32 tensor from the host.
+    pub fn copy_i32_from_host(&self, dst: &Tensor, src: &[i32]) -> Result<()> {
+        let buf = cuda_buf(dst)?;
+        if std::mem::size_of_val(src) > buf.len {
+            return Err(BackendError::Shape(format!(
+                "{} values do not fit in {} bytes",
+                src.len(),
+                buf.len
+            )));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `src` is pageable host memory: the driver stages it before returning,
+        // so it may be reused at once; the destination range was checked above.
+        unsafe { drv::memcpy_htod_async(buf.ptr, src, self.stream) }.map_err(derr)
+    }
+
+    /// Waits for the stream and copies an F32 tensor's logical elements to the host.
+    pub fn copy_f32_to_host(&self, src: &Tensor, dst: &mut Vec<f32>) -> Result<()> {
+        src.expect_dtype(DType::F32)?;
+        self.copy_to_host(src, src.numel(), dst)
+    }
+
+    /// Waits for the stream and copies an I32 tensor's logical elements to the host.
+    pub fn copy_i32_to_host(&self, src: &Tensor, dst: &mut Vec<i32>) -> Result<()> {
+        src.expect_dtype(DType::I32)?;
+        self.copy_to_host(src, src.numel(), dst)
+    }
+
+    fn copy_to_host<T: Copy + Default>(
+        &self,
+        src: &Tensor,
+        n: usize,
+        dst: &mut Vec<T>,
+    ) -> Result<()> {
+        let buf = cuda_buf(src)?;
+        dst.clear();
+        dst.resize(n, T::default());
+        self.bind()?;
+        self.synchronize()?;
+        if n > 0 {
+            // SAFETY: `dst` holds n elements; the device range holds at least as many.
+            unsafe { drv::memcpy_dtoh_sync(dst.as_mut_slice(), buf.ptr) }.map_err(derr)?;
+        }
+        Ok(())
+    }
+
+    /// Copies any device tensor's bytes to a host tensor of the same dtype and shape.
+    pub fn download(&self, src: &Tensor) -> Result<Tensor> {
+        let mut host = Tensor::zeros_cpu(src.dtype(), src.shape())?;
+        let buf = cuda_buf(src)?;
+        let bytes = host.cpu_bytes_mut()?;
+        self.bind()?;
+        self.synchronize()?;
+        if !bytes.is_empty() {
+            // SAFETY: sizes match the tensor's logical bytes.
+            unsafe { drv::memcpy_dtoh_sync(bytes, buf.ptr) }.map_err(derr)?;
+        }
+        Ok(host)
+    }
+
+    /// Waits until all queued work is done, and reports any asynchronous kernel error.
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: our own stream.
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(derr)
+    }
+
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// A 16-bit staging buffer of at least `len` bytes (grown, never shrunk).
+    fn scratch_ptr(&self, len: usize) -> Result<sys::CUdeviceptr> {
+        let mut guard = self
+            .scratch
+            .lock()
+            .map_err(|_| BackendError::Device("scratch lock poisoned".into()))?;
+        if guard.as_ref().is_none_or(|b| b.len < len) {
+            // Make sure no queued kernel still reads the old buffer before it is freed.
+            self.synchronize()?;
+            *guard = Some(self.alloc(len.next_power_of_two())?);
+        }
+        Ok(guard.as_ref().map(|b| b.ptr).unwrap_or(0))
+    }
+
+    /// Launches `f` with the given arguments (each a pointer to the argument's value).
+    fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        // SAFETY: `f` comes from our loaded module, the argument list matches the kernel
+        // signature (each launcher passes pointers to locals that outlive the call), and
+        // cuLaunchKernel copies the values before returning.
+        unsafe { drv::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, args) }.map_err(derr)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: created in `new`, destroyed once.
+            unsafe {
+                let _ = drv::stream::synchronize(self.stream);
+                let _ = drv::stream::destroy(self.stream);
+            }
+        }
+    }
+}
+
+pub(crate) fn cuda_buf(t: &Tensor) -> Result<&CudaBuffer> {
+    match t.storage() {
+        Storage::Cuda(b) => Ok(b),
+        _ => Err(BackendError::Device(
+            "a CPU tensor was passed to a CUDA op (load it with the CUDA device)".into(),
+        )),
+    }
+}
+
+/// Converts a host tensor of any dtype to F32, F16 or BF16 on the host, row by row on
+/// all cores (an 8B model's weights are 7 G elements).
+fn convert_host(host: &Tensor, target: DType) -> Result<Tensor> {
+    let (rows, cols) = (host.rows(), host.cols());
+    let mut out = Tensor::zeros_cpu(target, host.shape())?;
+    let src = host.cpu_bytes()?;
+    let src_row = host.dtype().row_bytes(cols);
+    let dst_row = target.row_bytes(cols);
+    let dst = out.cpu_bytes_mut()?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(rows.max(1));
+    let per = rows.div_ceil(threads.max(1)).max(1);
+    let dtype = host.dtype();
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = dst
+            .chunks_mut(per * dst_row)
+            .zip(src.chunks(per * src_row))
+            .map(|(d, sr)| {
+                s.spawn(move || -> Result<()> {
+                    let mut tmp = vec![0f32; cols];
+                    for (drow, srow) in d.chunks_mut(dst_row).zip(sr.chunks(src_row)) {
+                        crate::quant::dequantize_row(dtype, srow, &mut tmp)?;
+                        match target {
+                            DType::F32 => {
+                                for (o, v) in drow.chunks_exact_mut(4).zip(&tmp) {
+                                    o.copy_from_slice(&v.to_le_bytes());
+                                }
+                            }
+                            DType::BF16 => {
+                                for (o, v) in drow.chunks_exact_mut(2).zip(&tmp) {
+                                    o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                                }
+                            }
+                            DType::F16 => {
+                                for (o, v) in drow.chunks_exact_mut(2).zip(&tmp) {
+                                    o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                                }
+                            }
+                            other => {
+                                return Err(BackendError::Unsupported {
+                                    op: "CUDA weight conversion",
+                                    dtype: other,
+                                })
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BackendError::Device("conversion thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(out)
+}

@@ -1,0 +1,208 @@
+//! Run-time compilation of the CUDA kernels with NVRTC, cached on disk.
+//!
+//! The sources are embedded in the binary; the cache key is a hash of the source, the
+//! target architecture and the NVRTC version, so a new binary or driver recompiles once.
+//! NVRTC emits a cubin for the exact architecture (`sm_90` on Hopper), which the driver
+//! loads without a JIT step.
+
+use std::ffi::{c_char, CString};
+use std::path::PathBuf;
+
+use cudarc::driver::{result as drv, sys};
+use cudarc::nvrtc::{result as nvrtc_res, sys as nvrtc_sys};
+use sha2::{Digest, Sha256};
+
+use super::derr;
+use crate::error::{BackendError, Result};
+
+/// All kernel sources, concatenated in dependency order.
+pub fn kernel_source() -> String {
+    [
+        include_str!("kernels/common.cuh"),
+        include_str!("kernels/elementwise.cu"),
+        include_str!("kernels/gemv.cu"),
+        include_str!("kernels/attention.cu"),
+    ]
+    .join("\n")
+}
+
+/// Whether the NVRTC library can be loaded (no GPU needed to compile).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { nvrtc_sys::is_culib_present() }
+}
+
+fn nvrtc_version() -> Result<(i32, i32)> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters.
+    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(derr)?;
+    Ok((major, minor))
+}
+
+/// Compiles every kernel for `arch` (e.g. `sm_90`) and returns the cubin. Needs only the
+/// NVRTC library, not a GPU: CI uses this to check that every kernel compiles.
+pub fn compile_kernels(arch: &str) -> Result<Vec<u8>> {
+    if !nvrtc_present() {
+        return Err(BackendError::Device(
+            "NVRTC (libnvrtc.so) not found: install the CUDA toolkit or the \
+             `nvidia-cuda-nvrtc` Python wheel and put its lib folder on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let src = CString::new(kernel_source())
+        .map_err(|_| BackendError::Device("kernel source contains a NUL byte".into()))?;
+    let name = CString::new("sluice_kernels.cu").map_err(derr)?;
+    let prog = nvrtc_res::create_program(&src, Some(&name)).map_err(derr)?;
+    let opts = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-lineinfo".to_string(),
+    ];
+    // SAFETY: `prog` is a live program; options are valid C strings.
+    let compiled = unsafe { nvrtc_res::compile_program(prog, &opts) };
+    let log = unsafe { nvrtc_res::get_program_log(prog) }
+        .map(|l| {
+            let bytes: Vec<u8> = l
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default();
+    if compiled.is_err() {
+        // SAFETY: destroyed once.
+        let _ = unsafe { nvrtc_res::destroy_program(prog) };
+        return Err(BackendError::Device(format!(
+            "NVRTC failed to compile the kernels for {arch}:\n{log}"
+        )));
+    }
+    let mut size = 0usize;
+    // SAFETY: `prog` compiled successfully; the buffer is sized from the query.
+    let cubin = unsafe {
+        nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
+            .result()
+            .map_err(derr)?;
+        let mut buf = vec![0u8; size];
+        nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char)
+            .result()
+            .map_err(derr)?;
+        let _ = nvrtc_res::destroy_program(prog);
+        buf
+    };
+    if cubin.is_empty() {
+        return Err(BackendError::Device(format!(
+            "NVRTC produced no cubin for {arch} (is it a real architecture like sm_90?)"
+        )));
+    }
+    Ok(cubin)
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLUICE_CUDA_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sluice").join("cuda")
+}
+
+/// The cubin for `arch`, from the disk cache or freshly compiled (and then cached).
+fn cubin_for(arch: &str) -> Result<Vec<u8>> {
+    let (maj, min) = nvrtc_version()?;
+    let mut h = Sha256::new();
+    h.update(kernel_source().as_bytes());
+    h.update(format!("{arch} nvrtc {maj}.{min}").as_bytes());
+    let key: String = h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = cache_dir().join(format!("kernels-{arch}-{key}.cubin"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if !bytes.is_empty() {
+            return Ok(bytes);
+        }
+    }
+    let cubin = compile_kernels(arch)?;
+    // A cache that cannot be written only costs a recompile next time.
+    if std::fs::create_dir_all(path.parent().unwrap_or(&path)).is_ok() {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &cubin).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(cubin)
+}
+
+macro_rules! kernels {
+    ($($name:ident),* $(,)?) => {
+        /// Handles of every kernel in the loaded module.
+        pub struct Kernels {
+            _module: sys::CUmodule,
+            $(pub $name: sys::CUfunction,)*
+        }
+
+        impl Kernels {
+            /// Compiles (or loads from the cache) and loads the module for the current
+            /// context's device.
+            pub fn load(major: i32, minor: i32) -> Result<Kernels> {
+                let arch = format!("sm_{major}{minor}");
+                let cubin = cubin_for(&arch)?;
+                // SAFETY: `cubin` is a complete image for this device; the driver copies it.
+                let module = unsafe { drv::module::load_data(cubin.as_ptr() as *const _) }
+                    .map_err(derr)?;
+                Ok(Kernels {
+                    _module: module,
+                    $($name: {
+                        let n = CString::new(stringify!($name)).map_err(derr)?;
+                        // SAFETY: the module is loaded; the name is a kernel in it.
+                        unsafe { drv::module::get_function(module, n) }.map_err(|e| {
+                            BackendError::Device(format!(
+                                "kernel {} missing from the module: {e:?}",
+                                stringify!($name)
+                            ))
+                        })?
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+kernels!(
+    f32_to_bf16_kernel,
+    f32_to_f16_kernel,
+    rms_norm_kernel,
+    add_kernel,
+    add_bias_kernel,
+    scale_kernel,
+    softcap_kernel,
+    rope_kernel,
+    silu_mul_kernel,
+    gelu_mul_kernel,
+    embedding_f32_kernel,
+    embedding_bf16_kernel,
+    embedding_f16_kernel,
+    gather_rows_kernel,
+    kv_write_f32_kernel,
+    kv_write_bf16_kernel,
+    argmax_kernel,
+    gemv_bf16_1,
+    gemv_bf16_2,
+    gemv_bf16_3,
+    gemv_bf16_4,
+    gemv_f16_1,
+    gemv_f16_2,
+    gemv_f16_3,
+    gemv_f16_4,
+    gemv_f32_1,
+    gemv_f32_2,
+    gemv_f32_3,
+    gemv_f32_4,
+    paged_attention_f32,
+    paged_attention_bf16,
+);

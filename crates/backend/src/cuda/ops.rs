@@ -1,0 +1,455 @@
+//! The transformer ops on the CUDA backend: shape checks on the host, then one kernel
+//! launch each (matmul: our GEMV for up to 4 rows, else cuBLASLt).
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
+
+use super::{cuda_buf, CudaBackend};
+use crate::device::{AttentionParams, PagedAttentionMeta, RopeStyle};
+use crate::dtype::DType;
+use crate::error::{BackendError, Result};
+use crate::tensor::Tensor;
+
+const THREADS: u32 = 256;
+
+/// A pointer-to-value for the kernel argument list.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        [$(&$v as *const _ as *mut c_void),*]
+    };
+}
+
+fn ptr(t: &Tensor) -> Result<sys::CUdeviceptr> {
+    Ok(cuda_buf(t)?.ptr())
+}
+
+fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        if t.dtype() != DType::F32 {
+            return Err(BackendError::Unsupported {
+                op,
+                dtype: t.dtype(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn same_numel(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(BackendError::Shape(format!(
+            "{op}: {:?} and {:?} differ in size",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    Ok(())
+}
+
+/// Blocks for a grid-stride loop over `n` elements (enough to fill the GPU; the loop
+/// covers the rest).
+fn blocks(n: usize) -> u32 {
+    n.div_ceil(THREADS as usize).clamp(1, 65_535 * 8) as u32
+}
+
+impl CudaBackend {
+    fn launch_1d(&self, f: sys::CUfunction, n: usize, args: &mut [*mut c_void]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch(f, (blocks(n), 1, 1), THREADS, args)
+    }
+
+    pub fn matmul(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        check_f32("matmul activations", &[x, out])?;
+        let (t, k) = (x.rows(), x.cols());
+        let m = w.rows();
+        if w.cols() != k || out.rows() != t || out.cols() != m {
+            return Err(BackendError::Shape(format!(
+                "matmul: x {:?} · w {:?}ᵀ -> out {:?}",
+                x.shape(),
+                w.shape(),
+                out.shape()
+            )));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let (px, pw, po) = (ptr(x)?, ptr(w)?, ptr(out)?);
+        let per_load = match w.dtype() {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 8,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "CUDA matmul weights",
+                    dtype: other,
+                })
+            }
+        };
+        // Few rows: a pass over the weights with our GEMV (needs 16-byte aligned rows).
+        if t <= 4 && k.is_multiple_of(per_load) {
+            let kern = &self.kernels;
+            let f = match (w.dtype(), t) {
+                (DType::BF16, 1) => kern.gemv_bf16_1,
+                (DType::BF16, 2) => kern.gemv_bf16_2,
+                (DType::BF16, 3) => kern.gemv_bf16_3,
+                (DType::BF16, _) => kern.gemv_bf16_4,
+                (DType::F16, 1) => kern.gemv_f16_1,
+                (DType::F16, 2) => kern.gemv_f16_2,
+                (DType::F16, 3) => kern.gemv_f16_3,
+                (DType::F16, _) => kern.gemv_f16_4,
+                (_, 1) => kern.gemv_f32_1,
+                (_, 2) => kern.gemv_f32_2,
+                (_, 3) => kern.gemv_f32_3,
+                _ => kern.gemv_f32_4,
+            };
+            let (mi, ki) = (m as i32, k as i32);
+            let warps = THREADS / 32;
+            return self.launch(
+                f,
+                ((m as u32).div_ceil(warps), 1, 1),
+                THREADS,
+                &mut args![px, pw, po, mi, ki],
+            );
+        }
+        let xin = match w.dtype() {
+            DType::F32 => px,
+            d => {
+                let n = t * k;
+                let staged = self.scratch_ptr(n * 2)?;
+                let f = if d == DType::BF16 {
+                    self.kernels.f32_to_bf16_kernel
+                } else {
+                    self.kernels.f32_to_f16_kernel
+                };
+                let nl = n as i64;
+                self.launch_1d(f, n, &mut args![px, staged, nl])?;
+                staged
+            }
+        };
+        self.gemm
+            .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k)
+    }
+
+    pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+        check_f32("rms_norm", &[x, w, out])?;
+        same_numel("rms_norm", x, out)?;
+        self.rms_norm_ptrs(ptr(x)?, x.numel(), w, eps, ptr(out)?)
+    }
+
+    pub fn rms_norm_inplace(&self, x: &mut Tensor, w: &Tensor, eps: f32) -> Result<()> {
+        check_f32("rms_norm", &[x, w])?;
+        let p = ptr(x)?;
+        self.rms_norm_ptrs(p, x.numel(), w, eps, p)
+    }
+
+    fn rms_norm_ptrs(
+        &self,
+        px: sys::CUdeviceptr,
+        numel: usize,
+        w: &Tensor,
+        eps: f32,
+        po: sys::CUdeviceptr,
+    ) -> Result<()> {
+        let cols = w.numel();
+        if cols == 0 || !numel.is_multiple_of(cols) {
+            return Err(BackendError::Shape(format!(
+                "rms_norm: {numel} elements are not rows of {cols}"
+            )));
+        }
+        self.bind()?;
+        let rows = numel / cols;
+        let pw = ptr(w)?;
+        let c = cols as i32;
+        let threads = (cols.next_power_of_two() as u32).clamp(32, 1024);
+        self.launch(
+            self.kernels.rms_norm_kernel,
+            (rows as u32, 1, 1),
+            threads,
+            &mut args![px, pw, po, c, eps],
+        )
+    }
+
+    pub fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        check_f32("add", &[x, y])?;
+        same_numel("add", x, y)?;
+        self.bind()?;
+        let (px, py, n) = (ptr(x)?, ptr(y)?, x.numel() as i64);
+        self.launch_1d(self.kernels.add_kernel, x.numel(), &mut args![px, py, n])
+    }
+
+    pub fn add_bias_inplace(&self, x: &mut Tensor, b: &Tensor) -> Result<()> {
+        check_f32("add_bias", &[x, b])?;
+        if b.numel() != x.cols() {
+            return Err(BackendError::Shape(format!(
+                "bias of {} for rows of {}",
+                b.numel(),
+                x.cols()
+            )));
+        }
+        self.bind()?;
+        let (px, pb, n, c) = (ptr(x)?, ptr(b)?, x.numel() as i64, x.cols() as i32);
+        self.launch_1d(
+            self.kernels.add_bias_kernel,
+            x.numel(),
+            &mut args![px, pb, n, c],
+        )
+    }
+
+    pub fn scale_inplace(&self, x: &mut Tensor, s: f32) -> Result<()> {
+        check_f32("scale", &[x])?;
+        self.bind()?;
+        let (px, n) = (ptr(x)?, x.numel() as i64);
+        self.launch_1d(self.kernels.scale_kernel, x.numel(), &mut args![px, s, n])
+    }
+
+    pub fn softcap_inplace(&self, x: &mut Tensor, cap: f32) -> Result<()> {
+        check_f32("softcap", &[x])?;
+        self.bind()?;
+        let (px, n) = (ptr(x)?, x.numel() as i64);
+        self.launch_1d(
+            self.kernels.softcap_kernel,
+            x.numel(),
+            &mut args![px, cap, n],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_inplace(
+        &self,
+        x: &mut Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        n_heads: usize,
+        head_dim: usize,
+        style: RopeStyle,
+    ) -> Result<()> {
+        check_f32("rope", &[x, cos, sin])?;
+        positions.expect_dtype(DType::I32)?;
+        let t = x.rows();
+        if x.cols() != n_heads * head_dim || positions.numel() < t || cos.cols() * 2 != head_dim {
+            return Err(BackendError::Shape(format!(
+                "rope: x {:?}, {n_heads} heads of {head_dim}, {} positions, table {:?}",
+                x.shape(),
+                positions.numel(),
+                cos.shape()
+            )));
+        }
+        self.bind()?;
+        let (px, pp, pc, ps) = (ptr(x)?, ptr(positions)?, ptr(cos)?, ptr(sin)?);
+        let (ti, hi, di) = (t as i32, n_heads as i32, head_dim as i32);
+        let neox = i32::from(style == RopeStyle::Neox);
+        self.launch_1d(
+            self.kernels.rope_kernel,
+            t * n_heads * head_dim / 2,
+            &mut args![px, pp, pc, ps, ti, hi, di, neox],
+        )
+    }
+
+    pub fn glu(&self, gate: &Tensor, up: &Tensor, out: &mut Tensor, silu: bool) -> Result<()> {
+        check_f32("glu", &[gate, up, out])?;
+        same_numel("glu", gate, up)?;
+        same_numel("glu", gate, out)?;
+        self.bind()?;
+        let (pg, pu, po, n) = (ptr(gate)?, ptr(up)?, ptr(out)?, gate.numel() as i64);
+        let f = if silu {
+            self.kernels.silu_mul_kernel
+        } else {
+            self.kernels.gelu_mul_kernel
+        };
+        self.launch_1d(f, gate.numel(), &mut args![pg, pu, po, n])
+    }
+
+    pub fn embedding(
+        &self,
+        ids: &Tensor,
+        table: &Tensor,
+        scale: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        ids.expect_dtype(DType::I32)?;
+        check_f32("embedding output", &[out])?;
+        let (t, cols) = (ids.numel(), table.cols());
+        if out.rows() != t || out.cols() != cols {
+            return Err(BackendError::Shape(format!(
+                "embedding: {t} ids, table {:?}, out {:?}",
+                table.shape(),
+                out.shape()
+            )));
+        }
+        let f = match table.dtype() {
+            DType::F32 => self.kernels.embedding_f32_kernel,
+            DType::BF16 => self.kernels.embedding_bf16_kernel,
+            DType::F16 => self.kernels.embedding_f16_kernel,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "CUDA embedding",
+                    dtype: other,
+                })
+            }
+        };
+        self.bind()?;
+        let (pi, pt, po) = (ptr(ids)?, ptr(table)?, ptr(out)?);
+        let (ti, ci) = (t as i32, cols as i32);
+        self.launch_1d(f, t * cols, &mut args![pi, pt, scale, po, ti, ci])
+    }
+
+    pub fn gather_rows(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
+        check_f32("gather_rows", &[x, out])?;
+        rows.expect_dtype(DType::I32)?;
+        let (l, cols) = (rows.numel(), x.cols());
+        if out.rows() != l || out.cols() != cols {
+            return Err(BackendError::Shape(format!(
+                "gather_rows: {l} rows of {:?} into {:?}",
+                x.shape(),
+                out.shape()
+            )));
+        }
+        self.bind()?;
+        let (px, pr, po) = (ptr(x)?, ptr(rows)?, ptr(out)?);
+        let (li, ci) = (l as i32, cols as i32);
+        self.launch_1d(
+            self.kernels.gather_rows_kernel,
+            l * cols,
+            &mut args![px, pr, po, li, ci],
+        )
+    }
+
+    pub fn kv_write(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        k_cache: &mut Tensor,
+        v_cache: &mut Tensor,
+        slots: &Tensor,
+    ) -> Result<()> {
+        check_f32("kv_write", &[k, v])?;
+        slots.expect_dtype(DType::I32)?;
+        let s = k_cache.shape();
+        if s.len() != 4 || v_cache.shape() != s || k_cache.dtype() != v_cache.dtype() {
+            return Err(BackendError::Shape(format!(
+                "kv caches must be [blocks, kv_heads, block, head_dim], got {s:?}"
+            )));
+        }
+        let (n_kv, bs, hd) = (s[1], s[2], s[3]);
+        let t = k.rows();
+        if k.cols() != n_kv * hd || v.cols() != n_kv * hd || v.rows() != t || slots.numel() < t {
+            return Err(BackendError::Shape(format!(
+                "kv_write: k {:?}, v {:?} into {s:?}",
+                k.shape(),
+                v.shape()
+            )));
+        }
+        let f = match k_cache.dtype() {
+            DType::F32 => self.kernels.kv_write_f32_kernel,
+            DType::BF16 => self.kernels.kv_write_bf16_kernel,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "CUDA KV cache",
+                    dtype: other,
+                })
+            }
+        };
+        self.bind()?;
+        let (pk, pv, pkc, pvc, ps) = (ptr(k)?, ptr(v)?, ptr(k_cache)?, ptr(v_cache)?, ptr(slots)?);
+        let (ti, ni, bi, hi) = (t as i32, n_kv as i32, bs as i32, hd as i32);
+        self.launch_1d(
+            f,
+            t * n_kv * hd,
+            &mut args![pk, pv, pkc, pvc, ps, ti, ni, bi, hi],
+        )
+    }
+
+    pub fn paged_attention(
+        &self,
+        q: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        meta: &PagedAttentionMeta<'_>,
+        p: &AttentionParams,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        check_f32("paged_attention", &[q, out])?;
+        let (t, hd) = (q.rows(), p.head_dim);
+        let g = p.n_heads / p.n_kv_heads.max(1);
+        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) || g > 8 || hd > 256 {
+            return Err(BackendError::Device(format!(
+                "CUDA attention supports up to 8 query heads per KV head and head_dim <= 256 \
+                 (got {} heads, {} KV heads, head_dim {hd})",
+                p.n_heads, p.n_kv_heads
+            )));
+        }
+        if q.cols() != p.n_heads * hd || out.rows() != t || out.cols() != q.cols() {
+            return Err(BackendError::Shape(format!(
+                "attention: q {:?}, out {:?}",
+                q.shape(),
+                out.shape()
+            )));
+        }
+        if meta.custom_mask.is_some() {
+            return Err(BackendError::Device(
+                "custom attention masks (lookahead decoding) are not supported on CUDA yet".into(),
+            ));
+        }
+        if t == 0 || meta.num_seqs == 0 {
+            return Ok(());
+        }
+        let f = match k_cache.dtype() {
+            DType::F32 => self.kernels.paged_attention_f32,
+            DType::BF16 => self.kernels.paged_attention_bf16,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "CUDA attention KV cache",
+                    dtype: other,
+                })
+            }
+        };
+        self.bind()?;
+        let (pq, pk, pv, po) = (ptr(q)?, ptr(k_cache)?, ptr(v_cache)?, ptr(out)?);
+        let (pqs, pcl, pbt) = (
+            ptr(meta.query_start)?,
+            ptr(meta.context_lens)?,
+            ptr(meta.block_tables)?,
+        );
+        let ns = meta.num_seqs as i32;
+        let bt_cols = meta.block_tables.cols() as i32;
+        let bs = meta.block_size as i32;
+        let (nh, nkv, hdi) = (p.n_heads as i32, p.n_kv_heads as i32, hd as i32);
+        let window = p.sliding_window.map(|w| w as i32).unwrap_or(0);
+        let softcap = p.softcap.unwrap_or(0.0);
+        let scale = p.scale;
+        self.launch(
+            f,
+            (t as u32, p.n_kv_heads as u32, 1),
+            128,
+            &mut args![
+                pq, pk, pv, pqs, ns, pcl, pbt, bt_cols, bs, nh, nkv, hdi, scale, window, softcap,
+                po
+            ],
+        )
+    }
+
+    /// Greedy ids `[rows]` of logits `[rows, vocab]` on the device.
+    pub fn argmax(&self, logits: &Tensor, out: &mut Tensor) -> Result<()> {
+        check_f32("argmax", &[logits])?;
+        out.expect_dtype(DType::I32)?;
+        let rows = logits.rows();
+        if out.numel() < rows {
+            return Err(BackendError::Shape(format!(
+                "argmax: {rows} rows into {} ids",
+                out.numel()
+            )));
+        }
+        self.bind()?;
+        let (pl, po, v) = (ptr(logits)?, ptr(out)?, logits.cols() as i32);
+        self.launch(
+            self.kernels.argmax_kernel,
+            (rows as u32, 1, 1),
+            1024,
+            &mut args![pl, po, v],
+        )
+    }
+}

@@ -1,0 +1,32 @@
+//! Every CUDA kernel compiles with NVRTC, for Hopper and for older architectures. Needs
+//! only libnvrtc (no GPU): `.ci/run` installs the `nvidia-cuda-nvrtc` wheel from the
+//! Python package index, puts it on LD_LIBRARY_PATH and sets SLUICE_REQUIRE_NVRTC=1, so
+//! a kernel that does not compile fails CI.
+
+use sluice_backend::cuda::{compile_kernels, module::nvrtc_present};
+
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    let required = std::env::var("SLUICE_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    if !nvrtc_present() {
+        assert!(
+            !required,
+            "SLUICE_REQUIRE_NVRTC=1 but libnvrtc.so could not be loaded (LD_LIBRARY_PATH?)"
+        );
+        eprintln!("note: libnvrtc not found; skipping the CUDA kernel compile check");
+        return;
+    }
+    for arch in ["sm_90", "sm_80", "sm_89"] {
+        match compile_kernels(arch) {
+            Ok(cubin) => {
+                // An ELF image with our kernels in it.
+                assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
+                let text = String::from_utf8_lossy(&cubin);
+                for name in ["paged_attention_bf16", "gemv_bf16_1", "rms_norm_kernel"] {
+                    assert!(text.contains(name), "{arch}: {name} missing from the cubin");
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

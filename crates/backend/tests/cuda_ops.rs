@@ -1,0 +1,546 @@
+//! Every CUDA op against the CPU backend (the oracle) on fresh random inputs over odd
+//! shapes. Outputs are poisoned with NaN before each run, so an element the kernel never
+//! writes fails the comparison.
+//!
+//! Runs only where a CUDA driver and GPU exist (the device script runs it on the lent
+//! H100); elsewhere each test prints a note and passes, unless SLUICE_REQUIRE_CUDA=1.
+//!
+//! Tolerances (max |cuda - cpu| / max(1, max |cpu|)):
+//! - f32 arithmetic, same order of operations up to reductions: 1e-5;
+//! - f32 weights through cuBLASLt (32F compute, no TF32): 1e-5;
+//! - 16-bit weights through our GEMV (f32 activations): 1e-5 relative to the f64 sum of
+//!   the same 16-bit weights;
+//! - 16-bit weights through cuBLASLt (activations rounded to bf16/f16): 1e-2;
+//! - attention over a bf16 KV cache (K/V rounded to bf16): 2e-2; over f32: 1e-5.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_backend::cuda::CudaWeightType;
+use sluice_backend::{AttentionParams, DType, Device, PagedAttentionMeta, RopeStyle, Tensor};
+
+fn gpu(weights: CudaWeightType) -> Option<Device> {
+    let required = std::env::var("SLUICE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    match Device::cuda(0, weights) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(!required, "SLUICE_REQUIRE_CUDA=1 but: {e}");
+            eprintln!("note: no CUDA device ({e}); skipping");
+            None
+        }
+    }
+}
+
+fn rnd(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn host(shape: &[usize], v: &[f32]) -> Tensor {
+    Tensor::from_f32_cpu(shape, v).unwrap()
+}
+
+fn up(g: &Device, shape: &[usize], v: &[f32]) -> Tensor {
+    g.upload(&host(shape, v)).unwrap()
+}
+
+fn up_i32(g: &Device, v: &[i32]) -> Tensor {
+    let mut t = Tensor::zeros_cpu(DType::I32, &[v.len().max(1)]).unwrap();
+    t.as_i32_mut().unwrap()[..v.len()].copy_from_slice(v);
+    t.set_len(v.len()).unwrap();
+    g.upload(&t).unwrap()
+}
+
+fn host_i32(v: &[i32]) -> Tensor {
+    let mut t = Tensor::zeros_cpu(DType::I32, &[v.len().max(1)]).unwrap();
+    t.as_i32_mut().unwrap()[..v.len()].copy_from_slice(v);
+    t.set_len(v.len()).unwrap();
+    t
+}
+
+fn poisoned(g: &Device, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    up(g, shape, &vec![f32::NAN; n])
+}
+
+fn down(g: &Device, t: &Tensor) -> Vec<f32> {
+    g.download(t).unwrap().as_f32().unwrap().to_vec()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
+    let mut worst = 0f64;
+    for (g, w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        worst = worst.max((*g as f64 - *w as f64).abs());
+    }
+    worst / scale
+}
+
+fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
+    let e = rel_err(got, want);
+    eprintln!("{name}: rel err {e:.2e} (tol {tol:.0e})");
+    assert!(e <= tol, "{name}: error {e:.3e} over {tol:.0e}");
+}
+
+fn cpu() -> Device {
+    Device::cpu(Some(2))
+}
+
+/// 16-bit weight bits for values, plus the values they round to.
+fn weights16(dtype: DType, v: &[f32], shape: &[usize]) -> (Tensor, Vec<f32>) {
+    let mut bytes = Vec::with_capacity(v.len() * 2);
+    let mut back = Vec::with_capacity(v.len());
+    for &x in v {
+        let (b, r) = match dtype {
+            DType::BF16 => {
+                let h = half::bf16::from_f32(x);
+                (h.to_le_bytes(), h.to_f32())
+            }
+            _ => {
+                let h = half::f16::from_f32(x);
+                (h.to_le_bytes(), h.to_f32())
+            }
+        };
+        bytes.extend_from_slice(&b);
+        back.push(r);
+    }
+    (Tensor::from_bytes_cpu(dtype, shape, &bytes).unwrap(), back)
+}
+
+fn matmul_f64(x: &[f32], w: &[f32], t: usize, m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; t * m];
+    for i in 0..t {
+        for j in 0..m {
+            let s: f64 = (0..k)
+                .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
+                .sum();
+            out[i * m + j] = s as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn matmul_matches_reference_for_every_weight_type_and_row_count() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for &(m, k) in &[(77usize, 64usize), (200, 576), (33, 264), (1000, 1536)] {
+        for &t in &[1usize, 2, 3, 4, 5, 17, 64] {
+            let x = rnd(&mut rng, t * k, 1.0);
+            let wv = rnd(&mut rng, m * k, 0.5);
+            for dtype in [DType::BF16, DType::F16, DType::F32] {
+                let (w_host, w_vals) = if dtype == DType::F32 {
+                    (host(&[m, k], &wv), wv.clone())
+                } else {
+                    weights16(dtype, &wv, &[m, k])
+                };
+                let w = g.upload(&w_host).unwrap();
+                let xd = up(&g, &[t, k], &x);
+                let mut out = poisoned(&g, &[t, m]);
+                g.matmul(&xd, &w, &mut out).unwrap();
+                let want = matmul_f64(&x, &w_vals, t, m, k);
+                let gemv = t <= 4 && k % if dtype == DType::F32 { 4 } else { 8 } == 0;
+                let tol = if dtype == DType::F32 || gemv {
+                    1e-5
+                } else {
+                    1e-2
+                };
+                check(
+                    &format!("matmul {dtype} t={t} m={m} k={k}"),
+                    &down(&g, &out),
+                    &want,
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_ops_match_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for &(rows, cols) in &[(1usize, 7usize), (5, 576), (3, 2049), (33, 64)] {
+        let n = rows * cols;
+        let (xv, yv, wv) = (
+            rnd(&mut rng, n, 3.0),
+            rnd(&mut rng, n, 3.0),
+            rnd(&mut rng, cols, 2.0),
+        );
+        // rms_norm (out of place and in place)
+        let mut want = host(&[rows, cols], &xv);
+        c.rms_norm(
+            &host(&[rows, cols], &xv),
+            &host(&[cols], &wv),
+            1e-5,
+            &mut want,
+        )
+        .unwrap();
+        let mut out = poisoned(&g, &[rows, cols]);
+        g.rms_norm(
+            &up(&g, &[rows, cols], &xv),
+            &up(&g, &[cols], &wv),
+            1e-5,
+            &mut out,
+        )
+        .unwrap();
+        check("rms_norm", &down(&g, &out), want.as_f32().unwrap(), 1e-5);
+        let mut x = up(&g, &[rows, cols], &xv);
+        g.rms_norm_inplace(&mut x, &up(&g, &[cols], &wv), 1e-5)
+            .unwrap();
+        check(
+            "rms_norm_inplace",
+            &down(&g, &x),
+            want.as_f32().unwrap(),
+            1e-5,
+        );
+
+        // add, bias, scale, softcap
+        let mut want = host(&[rows, cols], &xv);
+        c.add_inplace(&mut want, &host(&[rows, cols], &yv)).unwrap();
+        c.add_bias_inplace(&mut want, &host(&[cols], &wv)).unwrap();
+        c.scale_inplace(&mut want, 0.37).unwrap();
+        c.softcap_inplace(&mut want, 5.0).unwrap();
+        let mut x = up(&g, &[rows, cols], &xv);
+        g.add_inplace(&mut x, &up(&g, &[rows, cols], &yv)).unwrap();
+        g.add_bias_inplace(&mut x, &up(&g, &[cols], &wv)).unwrap();
+        g.scale_inplace(&mut x, 0.37).unwrap();
+        g.softcap_inplace(&mut x, 5.0).unwrap();
+        check(
+            "add/bias/scale/softcap",
+            &down(&g, &x),
+            want.as_f32().unwrap(),
+            1e-5,
+        );
+
+        // silu_mul, gelu_mul
+        for silu in [true, false] {
+            let mut want = host(&[rows, cols], &xv);
+            let (a, b) = (host(&[rows, cols], &xv), host(&[rows, cols], &yv));
+            if silu {
+                c.silu_mul(&a, &b, &mut want).unwrap();
+            } else {
+                c.gelu_mul(&a, &b, &mut want).unwrap();
+            }
+            let mut out = poisoned(&g, &[rows, cols]);
+            let (a, b) = (up(&g, &[rows, cols], &xv), up(&g, &[rows, cols], &yv));
+            if silu {
+                g.silu_mul(&a, &b, &mut out).unwrap();
+            } else {
+                g.gelu_mul(&a, &b, &mut out).unwrap();
+            }
+            check(
+                if silu { "silu_mul" } else { "gelu_mul" },
+                &down(&g, &out),
+                want.as_f32().unwrap(),
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_embedding_gather_argmax_match_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // RoPE, both pairings, scrambled positions.
+    for &(t, heads, hd) in &[(1usize, 9usize, 64usize), (7, 4, 256), (5, 3, 8)] {
+        let max_pos = 3000;
+        let half = hd / 2;
+        let cos = rnd(&mut rng, max_pos * half, 1.0);
+        let sin = rnd(&mut rng, max_pos * half, 1.0);
+        let pos: Vec<i32> = (0..t)
+            .map(|_| rng.random_range(0..max_pos as i32))
+            .collect();
+        let xv = rnd(&mut rng, t * heads * hd, 2.0);
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let mut want = host(&[t, heads * hd], &xv);
+            c.rope_inplace(
+                &mut want,
+                &host_i32(&pos),
+                &host(&[max_pos, half], &cos),
+                &host(&[max_pos, half], &sin),
+                heads,
+                hd,
+                style,
+            )
+            .unwrap();
+            let mut x = up(&g, &[t, heads * hd], &xv);
+            g.rope_inplace(
+                &mut x,
+                &up_i32(&g, &pos),
+                &up(&g, &[max_pos, half], &cos),
+                &up(&g, &[max_pos, half], &sin),
+                heads,
+                hd,
+                style,
+            )
+            .unwrap();
+            check(
+                &format!("rope {style:?}"),
+                &down(&g, &x),
+                want.as_f32().unwrap(),
+                1e-5,
+            );
+        }
+    }
+    // Embedding from a bf16 table (large ids), gather_rows, argmax.
+    let (vocab, cols, t) = (50_000usize, 72usize, 13usize);
+    let table = rnd(&mut rng, vocab * cols, 1.0);
+    let (tb, tv) = weights16(DType::BF16, &table, &[vocab, cols]);
+    let ids: Vec<i32> = (0..t).map(|_| rng.random_range(0..vocab as i32)).collect();
+    let mut out = poisoned(&g, &[t, cols]);
+    g.embedding(&up_i32(&g, &ids), &g.upload(&tb).unwrap(), 1.5, &mut out)
+        .unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| {
+            tv[i as usize * cols..(i as usize + 1) * cols]
+                .iter()
+                .map(|v| v * 1.5)
+        })
+        .collect();
+    check("embedding bf16", &down(&g, &out), &want, 1e-6);
+
+    let xv = rnd(&mut rng, t * cols, 1.0);
+    let rows = [12i32, 0, 5, 5];
+    let mut out = poisoned(&g, &[rows.len(), cols]);
+    g.gather_rows(&up(&g, &[t, cols], &xv), &up_i32(&g, &rows), &mut out)
+        .unwrap();
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| xv[r as usize * cols..(r as usize + 1) * cols].to_vec())
+        .collect();
+    check("gather_rows", &down(&g, &out), &want, 0.0);
+
+    let (r, v) = (5usize, 49_153usize);
+    let mut lv = rnd(&mut rng, r * v, 10.0);
+    lv[2 * v + 777] = 50.0; // a clear winner
+    lv[3 * v + 10] = 50.0; // a tie: the first index wins
+    lv[3 * v + 20] = 50.0;
+    let mut ids = g.upload(&host_i32(&[-1; 5])).unwrap();
+    g.argmax(&up(&g, &[r, v], &lv), &mut ids).unwrap();
+    let mut got = Vec::new();
+    g.copy_i32_to_host(&ids, &mut got).unwrap();
+    let mut want = c.zeros(DType::I32, &[r]).unwrap();
+    c.argmax(&host(&[r, v], &lv), &mut want).unwrap();
+    assert_eq!(got, want.as_i32().unwrap());
+    assert_eq!(got[2], 777);
+    assert_eq!(got[3], 10);
+}
+
+struct AttnCase {
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    block_size: usize,
+    window: Option<usize>,
+    softcap: Option<f32>,
+    /// (new rows, context length) per sequence
+    seqs: Vec<(usize, usize)>,
+}
+
+/// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`.
+fn attention_case(g: &Device, kv: DType, case: &AttnCase, rng: &mut ChaCha8Rng) -> f64 {
+    let c = cpu();
+    let (nh, nkv, hd, bs) = (case.n_heads, case.n_kv, case.hd, case.block_size);
+    let num_blocks = 4096;
+    let kvd = nkv * hd;
+    // Each sequence's blocks: random distinct ids from a large pool.
+    let mut free: Vec<i32> = (0..num_blocks as i32).collect();
+    let mut tables = Vec::new();
+    let mut slots = Vec::new();
+    let mut qs = vec![0i32];
+    let mut ctx = Vec::new();
+    let max_blocks = case.seqs.iter().map(|s| s.1.div_ceil(bs)).max().unwrap();
+    // Whole context written this step (cached prefix + new rows) so both caches hold the
+    // same values; attention then reads only `context_len` keys per sequence.
+    let mut k_all = Vec::new();
+    for &(q, l) in &case.seqs {
+        let nb = l.div_ceil(bs);
+        let mut row = Vec::new();
+        for _ in 0..nb {
+            let i = rng.random_range(0..free.len());
+            row.push(free.swap_remove(i));
+        }
+        for p in 0..l {
+            slots.push(row[p / bs] * bs as i32 + (p % bs) as i32);
+        }
+        row.resize(max_blocks, 0);
+        tables.extend(row);
+        qs.push(qs.last().unwrap() + q as i32);
+        ctx.push(l as i32);
+        k_all.push(l);
+    }
+    let total: usize = k_all.iter().sum();
+    let kv_k = rnd(rng, total * kvd, 1.0);
+    let kv_v = rnd(rng, total * kvd, 1.0);
+    let shape = [num_blocks, nkv, bs, hd];
+    let mut ck = c.zeros(DType::F32, &shape).unwrap();
+    let mut cv = c.zeros(DType::F32, &shape).unwrap();
+    let mut gk = g.zeros(kv, &shape).unwrap();
+    let mut gv = g.zeros(kv, &shape).unwrap();
+    c.kv_write(
+        &host(&[total, kvd], &kv_k),
+        &host(&[total, kvd], &kv_v),
+        &mut ck,
+        &mut cv,
+        &host_i32(&slots),
+    )
+    .unwrap();
+    g.kv_write(
+        &up(g, &[total, kvd], &kv_k),
+        &up(g, &[total, kvd], &kv_v),
+        &mut gk,
+        &mut gv,
+        &up_i32(g, &slots),
+    )
+    .unwrap();
+    let t = *qs.last().unwrap() as usize;
+    let qv = rnd(rng, t * nh * hd, 1.0);
+    let params = AttentionParams {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        sliding_window: case.window,
+        softcap: case.softcap,
+    };
+    let mut bt_host = Tensor::zeros_cpu(DType::I32, &[case.seqs.len(), max_blocks]).unwrap();
+    bt_host.as_i32_mut().unwrap().copy_from_slice(&tables);
+    let (hqs, hctx) = (host_i32(&qs), host_i32(&ctx));
+    let meta = PagedAttentionMeta {
+        query_start: &hqs,
+        context_lens: &hctx,
+        block_tables: &bt_host,
+        num_seqs: case.seqs.len(),
+        block_size: bs,
+        custom_mask: None,
+    };
+    let mut want = c.zeros(DType::F32, &[t, nh * hd]).unwrap();
+    c.paged_attention(
+        &host(&[t, nh * hd], &qv),
+        &ck,
+        &cv,
+        &meta,
+        &params,
+        &mut want,
+    )
+    .unwrap();
+    let (gqs, gctx, gbt) = (up_i32(g, &qs), up_i32(g, &ctx), g.upload(&bt_host).unwrap());
+    let gmeta = PagedAttentionMeta {
+        query_start: &gqs,
+        context_lens: &gctx,
+        block_tables: &gbt,
+        num_seqs: case.seqs.len(),
+        block_size: bs,
+        custom_mask: None,
+    };
+    let mut out = poisoned(g, &[t, nh * hd]);
+    g.paged_attention(
+        &up(g, &[t, nh * hd], &qv),
+        &gk,
+        &gv,
+        &gmeta,
+        &params,
+        &mut out,
+    )
+    .unwrap();
+    rel_err(&down(g, &out), want.as_f32().unwrap())
+}
+
+#[test]
+fn paged_attention_matches_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let cases = [
+        // SmolLM2-like GQA (3 per KV head), mixed prefill chunk + decodes
+        AttnCase {
+            n_heads: 9,
+            n_kv: 3,
+            hd: 64,
+            block_size: 16,
+            window: None,
+            softcap: None,
+            seqs: vec![(37, 37), (1, 300), (1, 1), (5, 120)],
+        },
+        // Llama-8B-like (4 per KV head), head_dim 128, long decode
+        AttnCase {
+            n_heads: 32,
+            n_kv: 8,
+            hd: 128,
+            block_size: 16,
+            window: None,
+            softcap: None,
+            seqs: vec![(1, 2000), (16, 700)],
+        },
+        // Gemma-like MQA, head_dim 256, sliding window + softcap
+        AttnCase {
+            n_heads: 4,
+            n_kv: 1,
+            hd: 256,
+            block_size: 32,
+            window: Some(40),
+            softcap: Some(50.0),
+            seqs: vec![(60, 100), (1, 77)],
+        },
+        // MHA with a tiny odd head dim (stories260K-like: 8), block size 7
+        AttnCase {
+            n_heads: 8,
+            n_kv: 4,
+            hd: 8,
+            block_size: 7,
+            window: None,
+            softcap: None,
+            seqs: vec![(13, 13), (2, 50)],
+        },
+        // 8 query heads per KV head (the kernel's limit), odd head dim 96
+        AttnCase {
+            n_heads: 16,
+            n_kv: 2,
+            hd: 96,
+            block_size: 16,
+            window: Some(5),
+            softcap: None,
+            seqs: vec![(9, 30)],
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for kv in [DType::F32, DType::BF16] {
+            let e = attention_case(&g, kv, case, &mut rng);
+            let tol = if kv == DType::F32 { 1e-5 } else { 2e-2 };
+            eprintln!("attention case {i} kv {kv}: rel err {e:.2e} (tol {tol:.0e})");
+            assert!(e <= tol, "attention case {i} kv {kv}: {e:.3e} > {tol:.0e}");
+        }
+    }
+}
+
+#[test]
+fn missing_device_or_bad_spec_is_a_clear_error() {
+    let e = Device::parse("tpu", None, CudaWeightType::Auto)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("unknown device"), "{e}");
+    let e = Device::parse("cuda:x", None, CudaWeightType::Auto)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bad device"), "{e}");
+    if !sluice_backend::cuda::driver_present() {
+        let e = Device::parse("cuda", None, CudaWeightType::Auto)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no CUDA driver"), "{e}");
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
+# Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
+# binary and the test binaries in .devbin/ and the small test models in .devmodels/.
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|torch|all]...
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/sluice-out}
+mkdir -p "$OUT"
+BIN=/tmp/sluice-bin
+mkdir -p $BIN
+for f in .devbin/*.xz; do
+  b=$BIN/$(basename "$f" .xz)
+  [ -f "$b" ] || xz -dc "$f" > "$b" 2>/dev/null || python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$f" > "$b"
+  chmod +x "$b"
+done
+export SLUICE_BIN=$BIN/sluice
+export SLUICE_TEST_MODELS=$PWD/.devmodels
+export SLUICE_CUDA_SMOLLM=$PWD/.devmodels/smollm2-small.gguf
+export SLUICE_REQUIRE_CUDA=1
+export SLUICE_CUDA_CACHE=/tmp/sluice-cuda-cache
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+what=${*:-all}
+status=0
+
+run_tests() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+  for t in cuda_nvrtc cuda_ops forward_reference cuda_golden; do
+    echo "=== test $t"
+    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$OUT/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation"; then
+      status=1
+    fi
+    grep -q "test result: ok" "$OUT/test-$t.log" || { echo "FAILED: $t"; status=1; }
+  done
+}
+
+bench_model() { # preset, extra args...
+  local p=$1; shift
+  echo "=== bench model $p $*"
+  $SLUICE_BIN bench model --device cuda --random-weights "$p" -p 512 -n 128 -b 1,8,32,64 -r 3 "$@" 2>&1 | tee -a "$OUT/bench-$p.txt"
+}
+
+run_bench() {
+  python3 - <<'PY' 2>&1 | tee "$OUT/copy_bw.txt"
+import torch
+x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+torch.cuda.synchronize(); s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 20
+print(f"device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write) over 2 GiB")
+PY
+  bench_model llama-3.2-1b
+  bench_model llama-3.1-8b
+  for b in 1 32 64; do
+    echo "=== latency llama-3.1-8b batch $b 512 in / 128 out"
+    $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b --batch-size $b --input-len 512 --output-len 128 -r 1 2>&1 | tee -a "$OUT/latency-8b.txt"
+  done
+}
+
+run_torch() {
+  PYTHONUNBUFFERED=1 timeout 240 python3 scripts/cuda/torch_baseline.py llama-3.1-8b,llama-3.2-1b 1,32,128 2>&1 | grep -v Warning | tee "$OUT/torch.txt"
+}
+
+for w in $what; do
+  case $w in
+    tests) run_tests ;;
+    bench) run_bench ;;
+    torch) run_torch ;;
+    all) run_tests; run_bench; run_torch ;;
+  esac
+done
+exit $status

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# On the CPU machine: builds the release binary and the CUDA test binaries and stages
+# them (stripped) with small test models for scripts/cuda/device_run.sh, inside the
+# device tool's 64 MiB upload limit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODELS=${SLUICE_TEST_MODELS:-../shared/models}
+mkdir -p .devbin .devmodels
+cargo build --release -p sluice-cli
+cp target/release/sluice .devbin/sluice
+for spec in "sluice-backend cuda_nvrtc" "sluice-backend cuda_ops" "sluice-model forward_reference" "sluice-cli cuda_golden"; do
+  set -- $spec
+  exe=$(cargo test --release -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$2" | tail -1)
+  cp "$exe" ".devbin/test-$2"
+done
+strip .devbin/* 2>/dev/null || true
+# Compressed: the binaries are 3-4x smaller in xz, and the upload limit is 64 MiB.
+for f in .devbin/*; do case $f in *.xz) ;; *) xz -T2 -6 -f "$f" ;; esac; done
+rm -rf .devmodels/stories260K && cp -r "$MODELS/stories260K" .devmodels/
+if [ ! -f .devmodels/smollm2-small.gguf ]; then
+  python3 scripts/cuda/truncate_gguf.py "$MODELS/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf" .devmodels/smollm2-small.gguf 6
+fi
+du -sh .devbin .devmodels
