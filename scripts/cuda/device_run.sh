@@ -2,7 +2,7 @@
 # One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
 # Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
 # binary and the test binaries in .devbin/ and the small test models in .devmodels/.
-#   usage: bash scripts/cuda/device_run.sh [tests|bench|torch|all]...
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|roofline|torch|latency|tune|serve|all]...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -37,7 +37,43 @@ run_tests() {
 bench_model() { # preset, extra args...
   local p=$1; shift
   echo "=== bench model $p $*"
-  $SLUICE_BIN bench model --device cuda --random-weights "$p" -p 512 -n 128 -b 1,8,32,64 -r 3 "$@" 2>&1 | tee -a "$OUT/bench-$p.txt"
+  timeout 300 $SLUICE_BIN bench model --device cuda --random-weights "$p" -p 512 -n 128 -b 1,8,32,64,128,256 -r 2 "$@" 2>&1 | tee -a "$OUT/bench-$p.txt"
+}
+
+run_roofline() {
+  echo "=== roofline llama-3.1-8b on the GPU"
+  timeout 300 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench --random-weights --bench --measure \
+    -b 1,8,32,64 -c 512,4096 -p 512,1024 -r 3 --plot "$OUT/roofline-h" --json "$OUT/roofline.json" 2>&1 | tee "$OUT/roofline.txt"
+}
+
+run_tune() { # the attention kernels' key unroll, forced each way, against the default pick
+  for u in 1 4; do
+    echo "=== roofline llama-3.1-8b-bench, attention unroll forced to $u"
+    SLUICE_CUDA_ATTENTION_UNROLL=$u timeout 200 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench \
+      --random-weights --bench -b 1,64 -c 4096 -p 512 -r 3 2>&1 | tee "$OUT/tune-u$u.txt" | grep -E "^\| (attention|decode|prefill) "
+  done
+}
+
+run_serve() { # sluice serve --device cuda under sluice bench serve, several request rates
+  python3 - <<'PY'
+# The synthetic tokenizer of --random-weights (t0..t49151, whitespace-split) as a
+# tokenizer.json, so the load generator counts tokens exactly as the server does.
+from tokenizers import Tokenizer, models, pre_tokenizers
+tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(49152)}, unk_token="t0"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.save("/tmp/synthetic-tokenizer.json")
+PY
+  $SLUICE_BIN serve --device cuda --random-weights llama-3.1-8b-bench --port 8089 \
+    --max-num-seqs 128 --max-num-batched-tokens 4096 > "$OUT/serve.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 180); do curl -sf http://127.0.0.1:8089/health >/dev/null && break; sleep 1; done
+  for rate in 4 16 64; do
+    echo "=== bench serve, 8B shape, 512 in / 128 out, rate $rate/s"
+    timeout 120 $SLUICE_BIN bench serve --base-url http://127.0.0.1:8089 --model random-llama-3.1-8b-bench \
+      --tokenizer /tmp/synthetic-tokenizer.json --num-prompts 200 --random-input-len 512 \
+      --random-output-len 128 --ignore-eos --request-rate $rate 2>&1 | tee -a "$OUT/serve-bench.txt"
+  done
+  kill $pid 2>/dev/null
 }
 
 run_bench() {
@@ -52,11 +88,14 @@ e.record(); torch.cuda.synchronize()
 ms = s.elapsed_time(e) / 20
 print(f"device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write) over 2 GiB")
 PY
-  bench_model llama-3.2-1b
-  bench_model llama-3.1-8b
+  bench_model llama-3.2-1b-bench
+  bench_model llama-3.1-8b-bench
+}
+
+run_latency() {
   for b in 1 32 64; do
     echo "=== latency llama-3.1-8b batch $b 512 in / 128 out"
-    $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b --batch-size $b --input-len 512 --output-len 128 -r 1 2>&1 | tee -a "$OUT/latency-8b.txt"
+    $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1 2>&1 | tee -a "$OUT/latency-8b.txt"
   done
 }
 
@@ -69,7 +108,11 @@ for w in $what; do
     tests) run_tests ;;
     bench) run_bench ;;
     torch) run_torch ;;
-    all) run_tests; run_bench; run_torch ;;
+    roofline) run_roofline ;;
+    latency) run_latency ;;
+    tune) run_tune ;;
+    serve) run_serve ;;
+    all) run_tests; run_bench; run_roofline; run_torch ;;
   esac
 done
 exit $status

@@ -137,6 +137,31 @@ impl Device {
         }
     }
 
+    /// Copies `src` into `dst` on this device (same dtype and byte size); queued on the
+    /// GPU, immediate on the CPU.
+    pub fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        match self {
+            Device::Cpu(_) => {
+                let what = format!(
+                    "copy: {:?} {:?} into {:?} {:?}",
+                    src.dtype(),
+                    src.shape(),
+                    dst.dtype(),
+                    dst.shape()
+                );
+                let same_dtype = src.dtype() == dst.dtype();
+                let from = src.cpu_bytes()?;
+                let to = dst.cpu_bytes_mut()?;
+                if !same_dtype || from.len() != to.len() {
+                    return Err(BackendError::Shape(what));
+                }
+                to.copy_from_slice(from);
+                Ok(())
+            }
+            Device::Cuda(g) => g.copy_device(src, dst),
+        }
+    }
+
     /// Copies a host tensor to the device as it is (same dtype and layout).
     pub fn upload(&self, host: &Tensor) -> Result<Tensor> {
         match self {
@@ -279,6 +304,26 @@ impl Device {
         match self {
             Device::Cpu(c) => c.rms_norm(x, weight, eps, out),
             Device::Cuda(g) => g.rms_norm(x, weight, eps, out),
+        }
+    }
+
+    /// The residual add and the next norm in one pass: `x += delta`, then
+    /// `out = rms_norm(x) * weight`. One kernel on the GPU (x is read once, not twice,
+    /// and one launch instead of two per use); the two ops in turn on the CPU.
+    pub fn add_rms_norm(
+        &self,
+        x: &mut Tensor,
+        delta: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(c) => {
+                c.add_inplace(x, delta)?;
+                c.rms_norm(x, weight, eps, out)
+            }
+            Device::Cuda(g) => g.add_rms_norm(x, delta, weight, eps, out),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod quant;
 pub mod tensor;
 
+pub use cuda::CudaWeightType;
 pub use device::{AttentionParams, Device, PagedAttentionMeta, RopeStyle, ACTIVATION_DTYPE};
 pub use dtype::DType;
 pub use error::{BackendError, Result};

@@ -202,6 +202,40 @@ fn elementwise_ops_match_the_cpu() {
             1e-5,
         );
 
+        // add + rms_norm fused: x += y, out = rms_norm(x) * w
+        let mut want_x = host(&[rows, cols], &xv);
+        let mut want_out = host(&[rows, cols], &xv);
+        c.add_rms_norm(
+            &mut want_x,
+            &host(&[rows, cols], &yv),
+            &host(&[cols], &wv),
+            1e-5,
+            &mut want_out,
+        )
+        .unwrap();
+        let mut x = up(&g, &[rows, cols], &xv);
+        let mut out = poisoned(&g, &[rows, cols]);
+        g.add_rms_norm(
+            &mut x,
+            &up(&g, &[rows, cols], &yv),
+            &up(&g, &[cols], &wv),
+            1e-5,
+            &mut out,
+        )
+        .unwrap();
+        check(
+            "add_rms_norm x",
+            &down(&g, &x),
+            want_x.as_f32().unwrap(),
+            1e-6,
+        );
+        check(
+            "add_rms_norm out",
+            &down(&g, &out),
+            want_out.as_f32().unwrap(),
+            1e-5,
+        );
+
         // add, bias, scale, softcap
         let mut want = host(&[rows, cols], &xv);
         c.add_inplace(&mut want, &host(&[rows, cols], &yv)).unwrap();
@@ -505,6 +539,27 @@ fn paged_attention_matches_the_cpu() {
             window: None,
             softcap: None,
             seqs: vec![(13, 13), (2, 50)],
+        },
+        // Qwen2.5-7B-like: 7 query heads per KV head (runs the G = 8 kernel), one long
+        // decode (split-K over many blocks) next to a short prefill
+        AttnCase {
+            n_heads: 28,
+            n_kv: 4,
+            hd: 128,
+            block_size: 16,
+            window: None,
+            softcap: None,
+            seqs: vec![(1, 3001), (3, 40)],
+        },
+        // MHA, a single decode over a long context (the most splits)
+        AttnCase {
+            n_heads: 4,
+            n_kv: 4,
+            hd: 64,
+            block_size: 16,
+            window: None,
+            softcap: None,
+            seqs: vec![(1, 4500)],
         },
         // 8 query heads per KV head (the kernel's limit), odd head dim 96
         AttnCase {

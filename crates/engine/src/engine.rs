@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use sluice_backend::{BackendError, DType, Tensor};
 use sluice_model::arch::Model;
 use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use sluice_model::{BatchInput, KvCache};
@@ -138,6 +139,12 @@ pub struct LlmEngine {
     next_id: u64,
     batch: BatchInput,
     logits: Vec<f32>,
+    /// Device-side argmax ids for steps where every token is plain greedy (GPU only:
+    /// only the ids cross to the host, not `rows x vocab` logits).
+    greedy_ids_dev: Option<Tensor>,
+    greedy_ids: Vec<i32>,
+    /// Whether this step's tokens come from `greedy_ids`.
+    step_on_device_greedy: bool,
     sampled: Vec<Vec<u32>>,
     metrics: EngineMetrics,
     max_model_len: usize,
@@ -185,7 +192,8 @@ fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineErr
             if budget <= 0.0 {
                 return Err(EngineError::InvalidRequest {
                     message: format!(
-                        "out of GPU memory: the weights use {:.1} GiB of {:.1} GiB and                          --gpu-memory-utilization {} leaves nothing for the KV cache",
+                        "out of GPU memory: the weights use {:.1} GiB of {:.1} GiB and \
+                         --gpu-memory-utilization {} leaves nothing for the KV cache",
                         used / (1u64 << 30) as f64,
                         total as f64 / (1u64 << 30) as f64,
                         cfg.gpu_memory_utilization
@@ -211,6 +219,16 @@ impl LlmEngine {
         let kv_dtype = cfg
             .kv_cache_dtype
             .unwrap_or_else(|| model.device().default_kv_dtype());
+        if !model.device().is_cpu() && !matches!(kv_dtype, DType::F32 | DType::BF16) {
+            return Err(EngineError::InvalidRequest {
+                message: format!(
+                    "--kv-cache-dtype {} is CPU-only for now; the CUDA backend keeps its KV \
+                     cache in bf16 (or f32)",
+                    kv_dtype.name().to_ascii_lowercase()
+                ),
+                param: Some("kv_cache_dtype"),
+            });
+        }
         sluice_model::kv_cache::check_kv_cache_dtype(&model.config, kv_dtype).map_err(|e| {
             EngineError::InvalidRequest {
                 message: e.to_string(),
@@ -264,6 +282,9 @@ impl LlmEngine {
             next_id: 0,
             batch: BatchInput::default(),
             logits: Vec::new(),
+            greedy_ids_dev: None,
+            greedy_ids: Vec::new(),
+            step_on_device_greedy: false,
             sampled: Vec::new(),
             metrics: EngineMetrics::default(),
             max_model_len,
@@ -500,10 +521,37 @@ impl LlmEngine {
                 .map_err(EngineError::Speculative)?;
         }
         let device = self.model.device().clone();
+        self.step_on_device_greedy = !device.is_cpu()
+            && self.spec.is_none()
+            && self.lookahead.is_none()
+            && out.scheduled.iter().all(|s| {
+                !s.produces_token
+                    || (s.num_spec_tokens == 0
+                        && self
+                            .states
+                            .get(&s.seq_id)
+                            .is_some_and(|st| st.params.is_plain_greedy()))
+            });
         let logits = self.model.forward(&self.batch, &mut self.kv)?;
-        device
-            .copy_f32_to_host(logits, &mut self.logits)
-            .map_err(sluice_model::ModelError::from)?;
+        if self.step_on_device_greedy {
+            let rows = logits.rows();
+            let ids = match &mut self.greedy_ids_dev {
+                Some(t) if t.size_in_bytes() >= rows * 4 => t,
+                slot => slot.insert(
+                    device
+                        .zeros(DType::I32, &[rows.max(64)])
+                        .map_err(sluice_model::ModelError::from)?,
+                ),
+            };
+            ids.set_len(rows)
+                .and_then(|_| device.argmax(logits, ids))
+                .and_then(|_| device.copy_i32_to_host(ids, &mut self.greedy_ids))
+                .map_err(sluice_model::ModelError::from)?;
+        } else {
+            device
+                .copy_f32_to_host(logits, &mut self.logits)
+                .map_err(sluice_model::ModelError::from)?;
+        }
         let outputs = self.sample_and_update(&out)?;
         self.metrics
             .record_step(&out, t0.elapsed(), self.scheduler.stats());
@@ -647,6 +695,18 @@ impl LlmEngine {
                         emitted: &self.sampled[i],
                     });
                 }
+            } else if s.produces_token && self.step_on_device_greedy {
+                let state = self
+                    .states
+                    .get_mut(&s.seq_id)
+                    .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+                let id = self.greedy_ids.get(row).copied().ok_or_else(|| {
+                    sluice_model::ModelError::from(BackendError::Shape(format!(
+                        "device argmax: no id for logits row {row}"
+                    )))
+                })? as u32;
+                state.sampler.observe(id);
+                self.sampled[i].push(id);
             } else if s.produces_token {
                 let state = self
                     .states

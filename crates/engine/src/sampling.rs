@@ -75,6 +75,17 @@ impl SamplingParams {
         self.temperature <= 0.0 || self.top_k == 1
     }
 
+    /// Greedy with no logit processor and no log-probabilities: the token is the argmax
+    /// of the raw logits, so a GPU engine can pick it on the device and copy only the id.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && self.logprobs.is_none()
+            && self.logit_bias.is_empty()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     /// Checks ranges; the error names the parameter.
     pub fn validate(&self, vocab_size: usize) -> Result<(), (String, &'static str)> {
         let bad = |msg: String, p: &'static str| Err((msg, p));

@@ -491,6 +491,28 @@ pub fn resolve(
     })
 }
 
+/// The built-in profile for a GPU, from the name the driver reports.
+pub fn builtin_for_gpu_name(name: &str) -> Option<&'static str> {
+    let n = name.to_ascii_uppercase();
+    Some(if n.contains("H200") {
+        "h200"
+    } else if n.contains("H100") && n.contains("PCIE") {
+        "h100-pcie"
+    } else if n.contains("H100") {
+        "h100-sxm"
+    } else if n.contains("A100") && n.contains("40GB") {
+        "a100-40gb"
+    } else if n.contains("A100") {
+        "a100-80gb"
+    } else if n.contains(" L4") {
+        "l4"
+    } else if n.contains("4090") {
+        "rtx-4090"
+    } else {
+        return None;
+    })
+}
+
 /// Every built-in GPU profile (for `--list` and tests).
 pub fn builtin_gpus() -> Vec<HardwareProfile> {
     BUILTIN.iter().filter_map(|n| builtin_gpu(n)).collect()

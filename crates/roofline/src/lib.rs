@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use sluice_backend::DType;
+use sluice_backend::{CudaWeightType, DType, Device};
 
 use analytic::{
     kv_bytes_per_token, matmul_parameters, stored_weight_bytes, ComputeClass, Precision, Step,
@@ -157,6 +157,7 @@ fn validate_grid(a: &RooflineArgs) -> anyhow::Result<()> {
 /// The hardware profile, measured when asked.
 fn hardware_profile(
     a: &RooflineArgs,
+    gpu: Option<&Device>,
 ) -> anyhow::Result<(HardwareProfile, Option<probe::CpuMeasurement>)> {
     let llc = hardware::CpuInfo::detect().llc_bytes;
     let threads = a.threads;
@@ -185,10 +186,18 @@ fn hardware_profile(
     let mut measured = None;
     if a.measure {
         if hw.kind == DeviceKind::Gpu {
-            bail!(
-                "--measure probes this machine; {} can only be measured with the CUDA backend, which is not available in this build (use --hardware cpu, or a datasheet profile without --measure)",
-                hw.name
+            let Some(dev) = gpu else {
+                bail!(
+                    "--measure probes the device it runs on; add --device cuda to measure {} (or use --hardware cpu)",
+                    hw.name
+                );
+            };
+            eprintln!(
+                "measuring {} copy bandwidth and matmul rates...",
+                dev.name()
             );
+            measured = Some(probe::measure_gpu(&mut hw, dev)?);
+            return Ok((hw, measured));
         }
         eprintln!("measuring memory bandwidth and matmul rates...");
         measured = Some(probe::measure_cpu(&mut hw, a.threads, llc)?);
@@ -343,16 +352,43 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         list();
         return Ok(());
     }
-    match a.device.trim().to_ascii_lowercase().as_str() {
-        "cpu" => {}
-        "cuda" => bail!("CUDA backend not available in this build (use --device cpu, or a GPU --hardware profile for predictions only)"),
-        other => bail!("unknown device `{other}` (cpu or cuda)"),
-    }
     validate_grid(&a)?;
+    let mut a = a;
+    // The GPU is only opened when something runs on it (--bench or --measure).
+    let gpu = if a.device.trim().eq_ignore_ascii_case("cpu") {
+        None
+    } else if a.bench || a.measure {
+        let d = Device::parse(&a.device, a.threads, CudaWeightType::Auto)
+            .with_context(|| format!("--device {}", a.device))?;
+        if a.hardware == "cpu" {
+            // Default profile: the datasheet of the card we run on.
+            a.hardware = hardware::builtin_for_gpu_name(&d.name())
+                .with_context(|| {
+                    format!(
+                        "no built-in profile for {}; pass --hardware (one of {}) or a .toml file",
+                        d.name(),
+                        hardware::BUILTIN.join(", ")
+                    )
+                })?
+                .to_string();
+        }
+        Some(d)
+    } else {
+        let d = a.device.trim().to_ascii_lowercase();
+        let ordinal_ok = d.strip_prefix("cuda").is_some_and(|r| {
+            r.is_empty()
+                || r.strip_prefix(':')
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+        });
+        if !ordinal_ok {
+            bail!("unknown device `{}` (cpu, cuda or cuda:N)", a.device);
+        }
+        None // predictions only: nothing runs on the device
+    };
     let weights = dtype_arg("--weights", &a.weights)?;
     let kv_override = dtype_arg("--kv-dtype", &a.kv_dtype)?;
     let spec = source::resolve_model(&a.model, weights)?;
-    let (hw, measured_hw) = hardware_profile(&a)?;
+    let (hw, measured_hw) = hardware_profile(&a, gpu.as_ref())?;
     if let Some(p) = &a.save_profile {
         hw.save(p)?;
         eprintln!("wrote hardware profile {}", p.display());
@@ -383,11 +419,16 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the grid does not fit {}", cfg.name))?;
 
     let measured: Vec<Measurement> = if a.bench {
-        if hw.kind == DeviceKind::Gpu {
-            bail!(
-                "--bench runs on this CPU (the CUDA backend is not available in this build); measured CPU times against the {} floor would mean nothing: use --hardware cpu or a CPU profile file",
+        match (hw.kind, gpu.is_some()) {
+            (DeviceKind::Gpu, false) => bail!(
+                "--bench runs on this CPU (add --device cuda to run on the GPU); measured CPU times against the {} floor would mean nothing: use --hardware cpu or a CPU profile file",
                 hw.name
-            );
+            ),
+            (DeviceKind::Cpu, true) => bail!(
+                "--device {} runs on the GPU; measured against a CPU profile it would mean nothing: pass a GPU --hardware profile",
+                a.device
+            ),
+            _ => {}
         }
         let from = match &spec.source {
             ModelSource::File(p) => {
@@ -409,9 +450,13 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
                 p.display()
             ),
         };
-        if kv_override.is_some_and(|k| k != DType::F32) {
+        if gpu.is_none() && kv_override.is_some_and(|k| k != DType::F32) {
             eprintln!("note: the CPU engine keeps its KV cache in F32; --kv-dtype only changes the prediction");
         }
+        let device = match &gpu {
+            Some(d) => d.clone(),
+            None => Device::cpu(a.threads),
+        };
         let plan = BenchPlan {
             steps: steps.clone(),
             reps: a.reps,
@@ -421,7 +466,9 @@ pub fn run(a: RooflineArgs) -> anyhow::Result<()> {
             threads: a.threads,
             block_size: a.block_size,
         };
-        measure::run_bench(cfg, &from, &plan, &mut |line| eprintln!("  {line}"))?
+        measure::run_bench(&device, cfg, &from, &plan, &mut |line| {
+            eprintln!("  {line}")
+        })?
     } else {
         Vec::new()
     };

@@ -231,6 +231,7 @@ fn engine_times(
 
 /// Runs the plan. `progress` receives one line per cell (the CLI prints it to stderr).
 pub fn run_bench(
+    device: &Device,
     cfg: &ModelConfig,
     from: &WeightsFrom,
     plan: &BenchPlan,
@@ -248,12 +249,11 @@ pub fn run_bench(
             "must be between 1 and 1024",
         ));
     }
-    let device = Device::cpu(plan.threads);
     let engine = match (&from, plan.engine) {
         // A file without a tokenizer (or any engine failure) costs the engine columns,
         // not the whole benchmark.
         (WeightsFrom::File(p), true) => {
-            engine_times(p, &device, plan, progress).unwrap_or_else(|e| {
+            engine_times(p, device, plan, progress).unwrap_or_else(|e| {
                 progress(&format!("engine timing skipped: {e}"));
                 Vec::new()
             })
@@ -272,10 +272,10 @@ pub fn run_bench(
         .max()
         .unwrap_or(1)
         + 1;
-    let mut model = Model::new(&device, cfg.clone(), host_weights(cfg, from)?, max_len)?;
+    let mut model = Model::new(device, cfg.clone(), host_weights(cfg, from)?, max_len)?;
     let mut harness = if plan.ops {
         Some(OpHarness::new(
-            &device,
+            device,
             cfg.clone(),
             host_weights(cfg, from)?,
             max_len,
@@ -290,7 +290,10 @@ pub fn run_bench(
         .max()
         .unwrap_or(1);
     let mut kv = model.new_kv_cache(num_blocks, plan.block_size)?;
-    fill_kv(&mut kv)?;
+    if device.is_cpu() {
+        // GPU memory is backed when allocated (and zeroed): nothing to fault in.
+        fill_kv(&mut kv)?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut out = Vec::new();
     for step in &plan.steps {
@@ -300,10 +303,13 @@ pub fn run_bench(
         ));
         let batch = build_batch(step, cfg.vocab_size, plan.block_size, &mut rng);
         model.forward(&batch, &mut kv)?; // warm-up: buffers grow, pages fault in
+        device.synchronize()?;
         let mut times = Vec::with_capacity(plan.reps);
         for _ in 0..plan.reps.max(1) {
             let t0 = Instant::now();
             model.forward(&batch, &mut kv)?;
+            // A GPU queues the work: the step ends when the device is done.
+            device.synchronize()?;
             times.push(t0.elapsed().as_secs_f64());
         }
         let forward_min_s = Summary::Min.of(&mut times);

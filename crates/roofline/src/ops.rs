@@ -6,7 +6,9 @@
 //! that drifted from the model would show as a mismatch.
 //!
 //! The ops run synchronously on the CPU backend, so a wall clock around each call is the
-//! op's time. A GPU backend would need events or a synchronize per op.
+//! op's time. On a GPU every mark first waits for the device (a synchronize per op
+//! group), so each op's time includes its launch latency: the ops' total is then above
+//! the real forward, by roughly the launch cost times the number of groups.
 
 use std::time::Instant;
 
@@ -174,9 +176,12 @@ impl OpHarness {
         let st = &mut self.state;
         st.prepare(dev, cfg, batch)?;
         let mut acc = [0f64; OpKind::ALL.len()];
+        dev.synchronize()?;
         let mut clock = Instant::now();
-        // Adds the time since the last mark to `kind`.
+        // Adds the time since the last mark to `kind` (after the device finished it).
         let mut mark = |kind: OpKind| {
+            // A synchronize error resurfaces at the next op or at the step's end.
+            let _ = dev.synchronize();
             let now = Instant::now();
             acc[kind as usize] += (now - clock).as_secs_f64();
             clock = now;

@@ -113,13 +113,15 @@ pub fn matmul_rate(
     let xs: Vec<f32> = (0..t * k)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
-    let x = Tensor::from_f32_cpu(&[t, k], &xs)?;
+    let x = device.upload(&Tensor::from_f32_cpu(&[t, k], &xs)?)?;
     let mut out = device.zeros(DType::F32, &[t, m])?;
     device.matmul(&x, &w, &mut out)?; // warm-up: scratch allocation, page faults
+    device.synchronize()?;
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(1) {
         let t0 = Instant::now();
         device.matmul(&x, &w, &mut out)?;
+        device.synchronize()?;
         best = best.min(t0.elapsed().as_secs_f64());
     }
     Ok(2.0 * (t * k * m) as f64 / best / 1e12)
@@ -178,6 +180,52 @@ pub fn measure_cpu(
          backend matmul {t}x{k}x{m} with F32/BF16/Q8_0 weights, best of 5",
         bandwidth.buffer_bytes >> 20,
         bandwidth.passes
+    );
+    Ok(CpuMeasurement { bandwidth, matmul })
+}
+
+/// Probes the GPU `device` runs on: device-to-device copy bandwidth (bytes read plus
+/// bytes written, as the field quotes it; decode streams weights at about this rate)
+/// and the backend's matmul at 4096^3 with BF16 weights (f32 activations converted
+/// to BF16 first, as every GEMM of the engine does).
+pub fn measure_gpu(profile: &mut HardwareProfile, device: &Device) -> Result<CpuMeasurement> {
+    let bytes = 1usize << 31;
+    let src = device.zeros(DType::F32, &[bytes / 4])?;
+    let mut dst = device.zeros(DType::F32, &[bytes / 4])?;
+    let passes = 10;
+    device.copy(&src, &mut dst)?;
+    device.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..passes {
+        device.copy(&src, &mut dst)?;
+    }
+    device.synchronize()?;
+    let gbs = (2 * bytes * passes) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+    drop((src, dst));
+    let bandwidth = BandwidthProbe {
+        gbs,
+        buffer_bytes: bytes,
+        threads: 0,
+        passes,
+    };
+    let (t, k, m) = (4096, 4096, 4096);
+    // Only the 16-bit class: the CUDA backend stores every matrix in its 16-bit weight
+    // type by default, so an "F32" probe would time the same BF16 GEMM. The profile's
+    // f32 and int8 peaks stay the datasheet's.
+    let tflops = matmul_rate(device, DType::BF16, t, k, m, 10)?;
+    let matmul = vec![MatmulProbe {
+        class: ComputeClass::Half,
+        weight_dtype: DType::BF16.name().to_string(),
+        shape: [t, k, m],
+        tflops,
+    }];
+    profile.peak_tflops_half = tflops;
+    profile.memory_bandwidth_gbs = gbs;
+    profile.name = format!("{} (measured)", device.name());
+    profile.source = format!(
+        "measured by `sluice roofline --measure`: device copy of {} MiB x {passes} (read + write), \
+         backend matmul {t}x{k}x{m} with BF16 weights, best of 10 (f32 and int8 peaks: datasheet)",
+        bytes >> 20
     );
     Ok(CpuMeasurement { bandwidth, matmul })
 }

@@ -116,7 +116,10 @@ fn the_benchmark_grid_runs_on_random_weights() {
         dtype: DType::Q4_0,
         seed: 1,
     };
-    let m = run_bench(&cfg, &from, &plan, &mut |l| lines.push(l.to_string())).unwrap();
+    let m = run_bench(&Device::cpu(Some(2)), &cfg, &from, &plan, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
     assert_eq!(m.len(), 3);
     for (x, step) in m.iter().zip(&plan.steps) {
         assert_eq!(&x.step, step);
@@ -153,11 +156,13 @@ fn bad_input_gets_clear_errors() {
         err.contains("tpu-v9") && err.contains("h100-sxm") && err.contains("rtx-4090"),
         "{err}"
     );
-    let err = run(args(&["--device", "cuda"])).unwrap_err().to_string();
-    assert!(
-        err.contains("CUDA backend not available in this build"),
-        "{err}"
-    );
+    let err = run(args(&["--device", "tpu"])).unwrap_err().to_string();
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+    if !sluice_backend::cuda::driver_present() {
+        let err = run(args(&["--device", "cuda", "--bench", "--random-weights"])).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("no CUDA driver found"), "{err}");
+    }
     let err = run(args(&["--model", "gpt-5", "--hardware", "l4"]))
         .unwrap_err()
         .to_string();
@@ -188,7 +193,7 @@ fn bad_input_gets_clear_errors() {
     let err = run(args(&["--hardware", "h100-sxm", "--measure"]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("CUDA backend"), "{err}");
+    assert!(err.contains("add --device cuda"), "{err}");
     let err = run(args(&["--hardware", "l4", "--context", "9000"])).unwrap_err();
     assert!(format!("{err:#}").contains("8192"), "{err:#}");
     let err = run(args(&["--hardware", "l4", "--batch", "0"]))
@@ -287,7 +292,14 @@ fn smollm2_file_matches_its_preset_and_runs_through_the_engine() {
         threads: Some(2),
         block_size: 16,
     };
-    let m = run_bench(c, &WeightsFrom::File(path), &plan, &mut |_| {}).unwrap();
+    let m = run_bench(
+        &Device::cpu(Some(2)),
+        c,
+        &WeightsFrom::File(path),
+        &plan,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(
         m.iter().all(|x| x.engine_step_s.is_some_and(|s| s > 0.0)),
         "{m:?}"

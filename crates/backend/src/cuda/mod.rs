@@ -112,6 +112,11 @@ pub struct CudaBackend {
     gemm: gemm::Gemm,
     /// Staging for 16-bit copies of activations fed to cuBLASLt, grown on demand.
     scratch: Mutex<Option<CudaBuffer>>,
+    /// Split-K attention partials (m, l, acc per row, head and split).
+    attention_scratch: Mutex<Option<CudaBuffer>>,
+    /// `SLUICE_CUDA_ATTENTION_UNROLL=1|4` forces the attention kernels' key unroll (for
+    /// tuning measurements); unset, the launcher picks per call.
+    attention_unroll: Option<usize>,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
@@ -155,6 +160,11 @@ impl CudaBackend {
             kernels,
             gemm,
             scratch: Mutex::new(None),
+            attention_scratch: Mutex::new(None),
+            attention_unroll: std::env::var("SLUICE_CUDA_ATTENTION_UNROLL")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|u| module::ATTENTION_UNROLL.contains(u)),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,
@@ -218,8 +228,14 @@ impl CudaBackend {
         let bytes = host.cpu_bytes()?;
         let buf = self.alloc(bytes.len())?;
         if !bytes.is_empty() {
-            // SAFETY: `bytes` lives through the synchronous copy; sizes match.
-            unsafe { drv::memcpy_htod_sync(buf.ptr, bytes) }.map_err(derr)?;
+            // On our stream, not the legacy default stream: a synchronous cuMemcpyHtoD
+            // from pageable memory returns once the bytes are staged, before the DMA
+            // lands, and our non-blocking stream does not wait for the legacy stream, so
+            // a kernel queued next could read the buffer early (seen on an H200: the
+            // last row of an uploaded matrix still held the old bytes).
+            // SAFETY: sizes match; the synchronize below outlives the use of `bytes`.
+            unsafe { drv::memcpy_htod_async(buf.ptr, bytes, self.stream) }.map_err(derr)?;
+            self.synchronize()?;
         }
         Tensor::from_storage(host.dtype(), host.shape(), Storage::Cuda(buf))
     }
@@ -301,6 +317,23 @@ impl CudaBackend {
         Ok(host)
     }
 
+    /// Queues a copy of `src`'s bytes into `dst` (same dtype, same size).
+    pub fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        if src.dtype() != dst.dtype() || src.size_in_bytes() != dst.size_in_bytes() {
+            return Err(BackendError::Shape(format!(
+                "copy: {:?} {:?} into {:?} {:?}",
+                src.dtype(),
+                src.shape(),
+                dst.dtype(),
+                dst.shape()
+            )));
+        }
+        let (s, d) = (cuda_buf(src)?.ptr, cuda_buf(dst)?.ptr);
+        self.bind()?;
+        // SAFETY: both ranges are live allocations of at least this many bytes.
+        unsafe { drv::memcpy_dtod_async(d, s, src.size_in_bytes(), self.stream) }.map_err(derr)
+    }
+
     /// Waits until all queued work is done, and reports any asynchronous kernel error.
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
@@ -314,8 +347,16 @@ impl CudaBackend {
 
     /// A 16-bit staging buffer of at least `len` bytes (grown, never shrunk).
     fn scratch_ptr(&self, len: usize) -> Result<sys::CUdeviceptr> {
-        let mut guard = self
-            .scratch
+        self.grow(&self.scratch, len)
+    }
+
+    /// The split-K attention partials buffer, at least `len` bytes.
+    fn attention_scratch(&self, len: usize) -> Result<sys::CUdeviceptr> {
+        self.grow(&self.attention_scratch, len)
+    }
+
+    fn grow(&self, slot: &Mutex<Option<CudaBuffer>>, len: usize) -> Result<sys::CUdeviceptr> {
+        let mut guard = slot
             .lock()
             .map_err(|_| BackendError::Device("scratch lock poisoned".into()))?;
         if guard.as_ref().is_none_or(|b| b.len < len) {

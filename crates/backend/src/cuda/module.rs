@@ -138,12 +138,34 @@ fn cubin_for(arch: &str) -> Result<Vec<u8>> {
     Ok(cubin)
 }
 
+/// The attention kernel instantiations (see kernels/attention.cu): KV cache type, query
+/// heads per KV head rounded up (G), head_dim / 32 rounded up (DPL).
+const ATTENTION_KV: [&str; 2] = ["f32", "bf16"];
+const ATTENTION_G: [usize; 4] = [1, 2, 4, 8];
+const ATTENTION_DPL: [usize; 3] = [2, 4, 8];
+/// Keys per warp per loop iteration (U).
+pub const ATTENTION_UNROLL: [usize; 2] = [1, 4];
+
+/// Index into `Kernels::attention` for a KV type (`bf16` or not), `g` query heads per KV
+/// head (1..=8), head dim `hd` (1..=256) and unroll `u` (1 or 4).
+pub fn attention_index(bf16: bool, g: usize, hd: usize, u: usize) -> usize {
+    let gi = ATTENTION_G.iter().position(|&x| x >= g).unwrap_or(3);
+    let di = ATTENTION_DPL
+        .iter()
+        .position(|&x| x * 32 >= hd)
+        .unwrap_or(2);
+    let ui = usize::from(u > 1);
+    ((usize::from(bf16) * 4 + gi) * 3 + di) * 2 + ui
+}
+
 macro_rules! kernels {
     ($($name:ident),* $(,)?) => {
         /// Handles of every kernel in the loaded module.
         pub struct Kernels {
             _module: sys::CUmodule,
             $(pub $name: sys::CUfunction,)*
+            /// `paged_attention_{kv}_g{G}_d{DPL}`, indexed by [`attention_index`].
+            pub attention: Vec<sys::CUfunction>,
         }
 
         impl Kernels {
@@ -155,8 +177,24 @@ macro_rules! kernels {
                 // SAFETY: `cubin` is a complete image for this device; the driver copies it.
                 let module = unsafe { drv::module::load_data(cubin.as_ptr() as *const _) }
                     .map_err(derr)?;
+                let mut attention = Vec::with_capacity(ATTENTION_KV.len() * 24);
+                for kv in ATTENTION_KV {
+                    for g in ATTENTION_G {
+                        for d in ATTENTION_DPL {
+                            for u in ATTENTION_UNROLL {
+                            let name = format!("paged_attention_{kv}_g{g}_d{d}_u{u}");
+                            let n = CString::new(name.as_str()).map_err(derr)?;
+                            // SAFETY: the module is loaded; the name is a kernel in it.
+                            attention.push(unsafe { drv::module::get_function(module, n) }.map_err(
+                                |e| BackendError::Device(format!("kernel {name} missing from the module: {e:?}")),
+                            )?);
+                            }
+                        }
+                    }
+                }
                 Ok(Kernels {
                     _module: module,
+                    attention,
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.
@@ -177,6 +215,7 @@ kernels!(
     f32_to_bf16_kernel,
     f32_to_f16_kernel,
     rms_norm_kernel,
+    add_rms_norm_kernel,
     add_kernel,
     add_bias_kernel,
     scale_kernel,
@@ -203,6 +242,5 @@ kernels!(
     gemv_f32_2,
     gemv_f32_3,
     gemv_f32_4,
-    paged_attention_f32,
-    paged_attention_bf16,
+    attention_merge_kernel,
 );

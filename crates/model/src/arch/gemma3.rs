@@ -62,9 +62,7 @@ pub fn block(
         .as_ref()
         .ok_or_else(|| missing("post_attention_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_attn, cfg.rms_eps)?;
-    dev.add_inplace(&mut st.x, &st.xo)?;
-
-    dev.rms_norm(&st.x, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
+    dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
     dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
     dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
     match cfg.activation {

@@ -48,9 +48,7 @@ pub fn block(
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;
-    dev.add_inplace(&mut st.x, &st.xo)?;
-
-    dev.rms_norm(&st.x, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
+    dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
     dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
     dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
     match cfg.activation {

@@ -24,6 +24,25 @@ extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float
     for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
 
+// x += y, then out = rms_norm(x) * w, per row: the residual add fused into the norm
+// that follows it (each thread re-reads only elements it wrote itself).
+extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const float* w, float* out,
+                                               int cols, float eps) {
+    __shared__ float scratch[32];
+    float* xr = x + (long)blockIdx.x * cols;
+    const float* yr = y + (long)blockIdx.x * cols;
+    float* orow = out + (long)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = xr[i] + yr[i];
+        xr[i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    float inv = rsqrtf(ss / (float)cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+}
+
 extern "C" __global__ void add_kernel(float* x, const float* y, long n) {
     GRID_STRIDE(i, n) x[i] += y[i];
 }

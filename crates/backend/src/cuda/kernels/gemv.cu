@@ -36,59 +36,85 @@ __device__ __forceinline__ void unpack(const uint4& r, const float*, float* f) {
     f[2] = __uint_as_float(r.z); f[3] = __uint_as_float(r.w);
 }
 
+// f[0..n) . x[0..n) with x read as float4 (n is 4 or 8; x is 16-byte aligned because K
+// is a multiple of the elements per weight load): a quarter of the load instructions of
+// scalar reads, which matters because x is re-read from L1 for every weight row.
+__device__ __forceinline__ float dot_x(const float* f, const float* x, int n) {
+    const float4* xv = reinterpret_cast<const float4*>(x);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (4 * i >= n) break;
+        float4 v = __ldg(xv + i);
+        s += f[4 * i] * v.x + f[4 * i + 1] * v.y + f[4 * i + 2] * v.z + f[4 * i + 3] * v.w;
+    }
+    return s;
+}
+
+// `wpr` warps share a row (1, 2, 4 or 8; the block's 8 warps cover 8 / wpr rows): with
+// few rows (a K or V projection of 1,024 rows is 128 blocks of one warp per row on 132
+// SMs) one warp per row leaves too few loads in flight to reach full bandwidth.
 template <typename W, int T>
 __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const W* __restrict__ w,
-                                          float* __restrict__ out, int M, int K) {
+                                          float* __restrict__ out, int M, int K, int wpr) {
+    __shared__ float part[8][T];
     const int NV = Vec<W>::N;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int m = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (m >= M) return;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + (long)m * K);
-    int chunks = K / NV;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int m = blockIdx.x * (8 / wpr) + warp / wpr;
+    const int slice = warp % wpr;
+    const bool live = m < M;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (long)(live ? m : 0) * K);
+    const int chunks = live ? K / NV : 0;
     float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     const int UNROLL = 4;
-    int c = lane;
-    for (; c + 32 * (UNROLL - 1) < chunks; c += 32 * UNROLL) {
+    const int step = 32 * wpr;
+    int c = lane + 32 * slice;
+    for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 r[UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) r[u] = __ldg(wr + c + 32 * u);
+        for (int u = 0; u < UNROLL; u++) r[u] = __ldg(wr + c + step * u);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             float f[NV];
             unpack(r[u], w, f);
-            int k0 = (c + 32 * u) * NV;
+            int k0 = (c + step * u) * NV;
 #pragma unroll
-            for (int t = 0; t < T; t++) {
-                const float* xr = x + (long)t * K + k0;
-#pragma unroll
-                for (int e = 0; e < NV; e++) acc[t] += f[e] * __ldg(xr + e);
-            }
+            for (int t = 0; t < T; t++) acc[t] += dot_x(f, x + (long)t * K + k0, NV);
         }
     }
-    for (; c < chunks; c += 32) {
+    for (; c < chunks; c += step) {
         uint4 r = __ldg(wr + c);
         float f[NV];
         unpack(r, w, f);
         int k0 = c * NV;
 #pragma unroll
-        for (int t = 0; t < T; t++) {
-            const float* xr = x + (long)t * K + k0;
-#pragma unroll
-            for (int e = 0; e < NV; e++) acc[t] += f[e] * __ldg(xr + e);
-        }
+        for (int t = 0; t < T; t++) acc[t] += dot_x(f, x + (long)t * K + k0, NV);
     }
 #pragma unroll
     for (int t = 0; t < T; t++) {
         float s = warp_sum(acc[t]);
-        if (lane == 0) out[(long)t * M + m] = s;
+        if (wpr == 1) {
+            if (lane == 0 && live) out[(long)t * M + m] = s;
+        } else if (lane == 0) {
+            part[warp][t] = s;
+        }
+    }
+    if (wpr > 1) {
+        __syncthreads();
+        if (slice == 0 && lane < T && live) {
+            float s = 0.0f;
+            for (int i = 0; i < wpr; i++) s += part[warp + i][lane];
+            out[(long)lane * M + m] = s;
+        }
     }
 }
 
 #define GEMV(NAME, W, T) \
-extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* w, float* out, int M, int K) { \
-    gemv_body<W, T>(x, w, out, M, K); \
+extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* w, float* out, int M, int K, \
+                                                       int wpr) { \
+    gemv_body<W, T>(x, w, out, M, K, wpr); \
 }
 GEMV(gemv_bf16_1, bf16_t, 1) GEMV(gemv_bf16_2, bf16_t, 2) GEMV(gemv_bf16_3, bf16_t, 3) GEMV(gemv_bf16_4, bf16_t, 4)
 GEMV(gemv_f16_1, f16_t, 1) GEMV(gemv_f16_2, f16_t, 2) GEMV(gemv_f16_3, f16_t, 3) GEMV(gemv_f16_4, f16_t, 4)
