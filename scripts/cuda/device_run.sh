@@ -46,11 +46,11 @@ run_roofline() {
     -b 1,8,32,64 -c 512,4096 -p 512,1024 -r 3 --plot "$OUT/roofline-h" --json "$OUT/roofline.json" 2>&1 | tee "$OUT/roofline.txt"
 }
 
-run_tune() { # the attention kernels' key unroll, forced each way, against the default pick
-  for u in 1 4; do
-    echo "=== roofline llama-3.1-8b-bench, attention unroll forced to $u"
-    SLUICE_CUDA_ATTENTION_UNROLL=$u timeout 200 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench \
-      --random-weights --bench -b 1,64 -c 4096 -p 512 -r 3 2>&1 | tee "$OUT/tune-u$u.txt" | grep -E "^\| (attention|decode|prefill) "
+run_tune() { # the attention kernels compared: warp-per-key ("rows") against lane-per-key (default)
+  for a in rows lanes; do
+    echo "=== roofline llama-3.1-8b-bench, attention kernel: $a"
+    SLUICE_CUDA_ATTENTION=$a timeout 200 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench \
+      --random-weights --bench -b 1,64 -c 4096 -p 512 -r 3 2>&1 | tee "$OUT/tune-$a.txt" | grep -E "^\| (attention|decode|prefill) "
   done
 }
 

@@ -117,6 +117,9 @@ pub struct CudaBackend {
     /// `SLUICE_CUDA_ATTENTION_UNROLL=1|4` forces the attention kernels' key unroll (for
     /// tuning measurements); unset, the launcher picks per call.
     attention_unroll: Option<usize>,
+    /// `SLUICE_CUDA_ATTENTION=rows` selects the warp-per-key attention kernels instead of
+    /// the lane-per-key ones (for comparisons).
+    attention_rows: bool,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
@@ -165,6 +168,8 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|u| module::ATTENTION_UNROLL.contains(u)),
+            attention_rows: std::env::var("SLUICE_CUDA_ATTENTION").is_ok_and(|v| v == "rows")
+                || std::env::var("SLUICE_CUDA_ATTENTION_UNROLL").is_ok(),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,

@@ -158,14 +158,21 @@ pub fn attention_index(bf16: bool, g: usize, hd: usize, u: usize) -> usize {
     ((usize::from(bf16) * 4 + gi) * 3 + di) * 2 + ui
 }
 
+/// Index into `Kernels::attention_lanes` (see [`attention_index`]).
+pub fn attention_lanes_index(bf16: bool, g: usize, hd: usize) -> usize {
+    attention_index(bf16, g, hd, 1) / 2
+}
+
 macro_rules! kernels {
     ($($name:ident),* $(,)?) => {
         /// Handles of every kernel in the loaded module.
         pub struct Kernels {
             _module: sys::CUmodule,
             $(pub $name: sys::CUfunction,)*
-            /// `paged_attention_{kv}_g{G}_d{DPL}`, indexed by [`attention_index`].
+            /// `paged_attention_{kv}_g{G}_d{DPL}_u{U}`, indexed by [`attention_index`].
             pub attention: Vec<sys::CUfunction>,
+            /// `paged_attention_lanes_{kv}_g{G}_d{DPL}`, indexed by [`attention_lanes_index`].
+            pub attention_lanes: Vec<sys::CUfunction>,
         }
 
         impl Kernels {
@@ -192,9 +199,23 @@ macro_rules! kernels {
                         }
                     }
                 }
+                let mut attention_lanes = Vec::with_capacity(ATTENTION_KV.len() * 12);
+                for kv in ATTENTION_KV {
+                    for g in ATTENTION_G {
+                        for d in ATTENTION_DPL {
+                            let name = format!("paged_attention_lanes_{kv}_g{g}_d{d}");
+                            let n = CString::new(name.as_str()).map_err(derr)?;
+                            // SAFETY: the module is loaded; the name is a kernel in it.
+                            attention_lanes.push(unsafe { drv::module::get_function(module, n) }.map_err(
+                                |e| BackendError::Device(format!("kernel {name} missing from the module: {e:?}")),
+                            )?);
+                        }
+                    }
+                }
                 Ok(Kernels {
                     _module: module,
                     attention,
+                    attention_lanes,
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.

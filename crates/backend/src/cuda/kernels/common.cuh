@@ -34,6 +34,22 @@ __device__ __forceinline__ f16_t f32_to_f16(float f) {
 __device__ __forceinline__ float load_f32(const float* p, long i) { return p[i]; }
 __device__ __forceinline__ float load_f32(const bf16_t* p, long i) { return bf16_to_f32(p[i]); }
 
+// Eight consecutive elements from an 16-byte aligned position (i a multiple of 8).
+__device__ __forceinline__ void load8(const float* p, long i, float* f) {
+    const float4* v = reinterpret_cast<const float4*>(p + i);
+    float4 a = __ldg(v), b = __ldg(v + 1);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+__device__ __forceinline__ void load8(const bf16_t* p, long i, float* f) {
+    uint4 r = __ldg(reinterpret_cast<const uint4*>(p + i));
+    unsigned int u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        f[2 * e] = __uint_as_float(u[e] << 16);
+        f[2 * e + 1] = __uint_as_float(u[e] & 0xffff0000u);
+    }
+}
+
 __device__ __forceinline__ void store_kv(float* p, long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_kv(bf16_t* p, long i, float v) { p[i] = f32_to_bf16(v); }
 
