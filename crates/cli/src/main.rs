@@ -103,8 +103,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {
-        // One clear line: the chain of causes, outermost first.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // One clear line: the chain of causes, outermost first (a cause that its parent's
+        // message already ends with, as in "I/O error on f: No such file", is not repeated).
+        let mut msg: Vec<String> = Vec::new();
+        for c in e.chain() {
+            let s = c.to_string();
+            if !msg.last().is_some_and(|p| p.ends_with(&s)) {
+                msg.push(s);
+            }
+        }
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);
     }
