@@ -118,33 +118,15 @@ impl GgufWriter {
     /// Writes the whole file to `w`.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         let mut w = Counting { w, pos: 0 };
-        w.put(GGUF_MAGIC)?;
-        w.put(&3u32.to_le_bytes())?;
-        w.put(&(self.tensors.len() as u64).to_le_bytes())?;
-        w.put(&(self.metadata.len() as u64).to_le_bytes())?;
-        for (key, value) in &self.metadata {
-            w.put(&encode_string(key))?;
-            w.put(&type_id(value).to_le_bytes())?;
-            let mut buf = Vec::new();
-            encode_value(value, &mut buf);
-            w.put(&buf)?;
-        }
         let align = self.alignment;
-        // Offsets relative to the data section; each tensor starts aligned.
-        let mut end = 0usize;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        for (name, t) in &self.tensors {
-            w.put(&encode_string(name))?;
-            w.put(&(t.shape().len() as u32).to_le_bytes())?;
-            for &d in t.shape().iter().rev() {
-                w.put(&(d as u64).to_le_bytes())?;
-            }
-            w.put(&t.dtype().ggml_id().to_le_bytes())?;
-            let offset = end.div_ceil(align) * align;
-            w.put(&(offset as u64).to_le_bytes())?;
-            offsets.push(offset);
-            end = offset + t.size_in_bytes();
-        }
+        let (header, offsets) = encode_header(
+            &self.metadata,
+            self.tensors
+                .iter()
+                .map(|(name, t)| (name.as_str(), t.shape(), t.dtype(), t.size_in_bytes())),
+            align,
+        );
+        w.put(&header)?;
         w.zeros(w.pos.div_ceil(align) * align - w.pos)?;
         let mut written = 0usize;
         for ((name, t), &offset) in self.tensors.iter().zip(&offsets) {
@@ -185,11 +167,47 @@ impl<W: Write> Counting<'_, W> {
     }
 }
 
-fn encode_string(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + s.len());
-    v.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    v.extend_from_slice(s.as_bytes());
-    v
+/// The GGUF v3 header: magic, version, counts, the metadata, and the tensor table from
+/// `(name, row-major shape, type, data bytes)`, each tensor placed at the next aligned
+/// offset of the data section. Returns the header bytes (not yet padded to the alignment)
+/// and the tensors' offsets. Shared by [`GgufWriter`] and the streaming writer of
+/// `sluice quantize`.
+pub(crate) fn encode_header<'a>(
+    metadata: &[(String, GgufValue)],
+    tensors: impl ExactSizeIterator<Item = (&'a str, &'a [usize], DType, usize)>,
+    alignment: usize,
+) -> (Vec<u8>, Vec<usize>) {
+    let mut h = Vec::new();
+    h.extend_from_slice(GGUF_MAGIC);
+    h.extend_from_slice(&3u32.to_le_bytes());
+    h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut h, key);
+        h.extend_from_slice(&type_id(value).to_le_bytes());
+        encode_value(value, &mut h);
+    }
+    // Offsets relative to the data section; each tensor starts aligned.
+    let mut end = 0usize;
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for (name, shape, dtype, size) in tensors {
+        put_string(&mut h, name);
+        h.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for &d in shape.iter().rev() {
+            h.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        h.extend_from_slice(&dtype.ggml_id().to_le_bytes());
+        let offset = end.div_ceil(alignment) * alignment;
+        h.extend_from_slice(&(offset as u64).to_le_bytes());
+        offsets.push(offset);
+        end = offset + size;
+    }
+    (h, offsets)
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn type_id(v: &GgufValue) -> u32 {
@@ -212,7 +230,7 @@ fn type_id(v: &GgufValue) -> u32 {
 }
 
 /// Arrays must be homogeneous: GGUF stores one element type per array.
-fn check_value(key: &str, v: &GgufValue) -> Result<()> {
+pub(crate) fn check_value(key: &str, v: &GgufValue) -> Result<()> {
     if let GgufValue::Array(items) = v {
         if let Some(first) = items.first() {
             let ty = type_id(first);
@@ -242,7 +260,7 @@ fn encode_value(v: &GgufValue, out: &mut Vec<u8>) {
         GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
         GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
         GgufValue::Bool(x) => out.push(*x as u8),
-        GgufValue::String(s) => out.extend_from_slice(&encode_string(s)),
+        GgufValue::String(s) => put_string(out, s),
         GgufValue::Array(items) => {
             // An empty array's element type is arbitrary; u8 is as good as any.
             let elem = items.first().map(type_id).unwrap_or(value_type::U8);

@@ -15,10 +15,11 @@ use crate::config::Arch;
 use crate::error::{ModelError, Result};
 use crate::loader::gguf::{GgufFile, GGUF_DEFAULT_ALIGNMENT};
 use crate::loader::gguf_value::GgufValue;
+use crate::loader::gguf_writer::check_value;
 use crate::loader::{load_model_parts, safetensors, LoadOptions};
 use crate::quantize::hf_meta;
 use crate::quantize::recipe::{choose_type, layer_of, Fallback, ModelShape, QuantTarget};
-use crate::quantize::writer::{check_array, StreamWriter, TensorEntry};
+use crate::quantize::writer::{StreamWriter, TensorEntry};
 
 /// `general.quantization_version` that ggml writes (GGML_QNT_VERSION).
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -177,7 +178,7 @@ fn plan_gguf(input: &Path, target: QuantTarget) -> Result<QuantizePlan> {
         if k == "general.architecture" || DROPPED_KEYS.contains(&k.as_str()) {
             continue;
         }
-        check_array(k, v)?;
+        check_value(k, v)?;
         metadata.push((k.clone(), v.clone()));
     }
     finish_metadata(&mut metadata, target);
@@ -205,7 +206,7 @@ fn plan_hf(input: &Path, target: QuantTarget) -> Result<QuantizePlan> {
     let gguf_arch = hf_meta::gguf_arch(&parts)?;
     let mut metadata = hf_meta::metadata(&parts, &gguf_arch)?;
     for (k, v) in &metadata {
-        check_array(k, v)?;
+        check_value(k, v)?;
     }
     finish_metadata(&mut metadata, target);
     let shape = ModelShape {

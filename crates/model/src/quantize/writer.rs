@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use sluice_backend::DType;
 
 use crate::error::{ModelError, Result};
-use crate::loader::gguf::{value_type, GGUF_MAGIC};
 use crate::loader::gguf_value::GgufValue;
+use crate::loader::gguf_writer::encode_header;
 
 /// One tensor of the table: name, our row-major shape, type.
 #[derive(Clone, Debug)]
@@ -104,30 +104,14 @@ impl StreamWriter {
     }
 
     fn header(&mut self, metadata: &[(String, GgufValue)], tensors: &[TensorEntry]) -> Result<()> {
-        let mut h = Vec::new();
-        h.extend_from_slice(GGUF_MAGIC);
-        h.extend_from_slice(&3u32.to_le_bytes());
-        h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-        for (key, value) in metadata {
-            put_string(&mut h, key);
-            h.extend_from_slice(&type_id(value).to_le_bytes());
-            encode_value(value, &mut h);
-        }
-        let a = self.alignment as u64;
-        let mut end = 0u64;
-        for t in tensors {
-            put_string(&mut h, &t.name);
-            h.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-            for &d in t.shape.iter().rev() {
-                h.extend_from_slice(&(d as u64).to_le_bytes());
-            }
-            h.extend_from_slice(&t.dtype.ggml_id().to_le_bytes());
-            let offset = end.div_ceil(a) * a;
-            h.extend_from_slice(&offset.to_le_bytes());
-            self.offsets.push(offset);
-            end = offset + t.size() as u64;
-        }
+        let (h, offsets) = encode_header(
+            metadata,
+            tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice(), t.dtype, t.size())),
+            self.alignment,
+        );
+        self.offsets = offsets.into_iter().map(|o| o as u64).collect();
         self.put(&h)?;
         self.pad()?;
         self.data_start = self.pos;
@@ -184,75 +168,6 @@ impl Drop for StreamWriter {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn type_id(v: &GgufValue) -> u32 {
-    use value_type as t;
-    match v {
-        GgufValue::U8(_) => t::U8,
-        GgufValue::I8(_) => t::I8,
-        GgufValue::U16(_) => t::U16,
-        GgufValue::I16(_) => t::I16,
-        GgufValue::U32(_) => t::U32,
-        GgufValue::I32(_) => t::I32,
-        GgufValue::U64(_) => t::U64,
-        GgufValue::I64(_) => t::I64,
-        GgufValue::F32(_) => t::F32,
-        GgufValue::F64(_) => t::F64,
-        GgufValue::Bool(_) => t::BOOL,
-        GgufValue::String(_) => t::STRING,
-        GgufValue::Array(_) => t::ARRAY,
-    }
-}
-
-fn encode_value(v: &GgufValue, out: &mut Vec<u8>) {
-    match v {
-        GgufValue::U8(x) => out.push(*x),
-        GgufValue::I8(x) => out.push(*x as u8),
-        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(*x as u8),
-        GgufValue::String(s) => put_string(out, s),
-        GgufValue::Array(items) => {
-            // Arrays are homogeneous in GGUF; the reader guarantees it for what it read
-            // and `check_array` for what we build. An empty array's type is arbitrary.
-            let elem = items.first().map(type_id).unwrap_or(value_type::U8);
-            out.extend_from_slice(&elem.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                encode_value(item, out);
-            }
-        }
-    }
-}
-
-/// Refuses arrays of mixed element types (GGUF stores one type per array).
-pub fn check_array(key: &str, v: &GgufValue) -> Result<()> {
-    if let GgufValue::Array(items) = v {
-        if let Some(first) = items.first() {
-            let ty = type_id(first);
-            if items.iter().any(|x| type_id(x) != ty) {
-                return Err(ModelError::Unsupported(format!(
-                    "metadata `{key}` is an array of mixed types"
-                )));
-            }
-        }
-        for item in items {
-            check_array(key, item)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
