@@ -2,7 +2,7 @@
 # One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
 # Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
 # binary and the test binaries in .devbin/ and the small test models in .devmodels/.
-#   usage: bash scripts/cuda/device_run.sh [tests|bench|roofline|torch|latency|tune|serve|all]...
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|roofline|torch|latency|serve|all]...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -44,14 +44,6 @@ run_roofline() {
   echo "=== roofline llama-3.1-8b on the GPU"
   timeout 300 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench --random-weights --bench --measure \
     -b 1,8,32,64 -c 512,4096 -p 512,1024 -r 3 --plot "$OUT/roofline-h" --json "$OUT/roofline.json" 2>&1 | tee "$OUT/roofline.txt"
-}
-
-run_tune() { # the attention kernels compared: warp-per-key ("rows") against lane-per-key (default)
-  for a in rows lanes; do
-    echo "=== roofline llama-3.1-8b-bench, attention kernel: $a"
-    SLUICE_CUDA_ATTENTION=$a timeout 200 $SLUICE_BIN roofline --device cuda --model llama-3.1-8b-bench \
-      --random-weights --bench -b 1,64 -c 4096 -p 512 -r 3 2>&1 | tee "$OUT/tune-$a.txt" | grep -E "^\| (attention|decode|prefill) "
-  done
 }
 
 run_serve() { # sluice serve --device cuda under sluice bench serve, several request rates
@@ -110,7 +102,6 @@ for w in $what; do
     torch) run_torch ;;
     roofline) run_roofline ;;
     latency) run_latency ;;
-    tune) run_tune ;;
     serve) run_serve ;;
     all) run_tests; run_bench; run_roofline; run_torch ;;
   esac

@@ -114,12 +114,6 @@ pub struct CudaBackend {
     scratch: Mutex<Option<CudaBuffer>>,
     /// Split-K attention partials (m, l, acc per row, head and split).
     attention_scratch: Mutex<Option<CudaBuffer>>,
-    /// `SLUICE_CUDA_ATTENTION_UNROLL=1|4` forces the attention kernels' key unroll (for
-    /// tuning measurements); unset, the launcher picks per call.
-    attention_unroll: Option<usize>,
-    /// `SLUICE_CUDA_ATTENTION=rows` selects the warp-per-key attention kernels instead of
-    /// the lane-per-key ones (for comparisons).
-    attention_rows: bool,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
@@ -164,12 +158,6 @@ impl CudaBackend {
             gemm,
             scratch: Mutex::new(None),
             attention_scratch: Mutex::new(None),
-            attention_unroll: std::env::var("SLUICE_CUDA_ATTENTION_UNROLL")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|u| module::ATTENTION_UNROLL.contains(u)),
-            attention_rows: std::env::var("SLUICE_CUDA_ATTENTION").is_ok_and(|v| v == "rows")
-                || std::env::var("SLUICE_CUDA_ATTENTION_UNROLL").is_ok(),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,

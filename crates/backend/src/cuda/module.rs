@@ -143,24 +143,16 @@ fn cubin_for(arch: &str) -> Result<Vec<u8>> {
 const ATTENTION_KV: [&str; 2] = ["f32", "bf16"];
 const ATTENTION_G: [usize; 4] = [1, 2, 4, 8];
 const ATTENTION_DPL: [usize; 3] = [2, 4, 8];
-/// Keys per warp per loop iteration (U).
-pub const ATTENTION_UNROLL: [usize; 2] = [1, 4];
 
 /// Index into `Kernels::attention` for a KV type (`bf16` or not), `g` query heads per KV
-/// head (1..=8), head dim `hd` (1..=256) and unroll `u` (1 or 4).
-pub fn attention_index(bf16: bool, g: usize, hd: usize, u: usize) -> usize {
+/// head (1..=8) and head dim `hd` (1..=256).
+pub fn attention_index(bf16: bool, g: usize, hd: usize) -> usize {
     let gi = ATTENTION_G.iter().position(|&x| x >= g).unwrap_or(3);
     let di = ATTENTION_DPL
         .iter()
         .position(|&x| x * 32 >= hd)
         .unwrap_or(2);
-    let ui = usize::from(u > 1);
-    ((usize::from(bf16) * 4 + gi) * 3 + di) * 2 + ui
-}
-
-/// Index into `Kernels::attention_lanes` (see [`attention_index`]).
-pub fn attention_lanes_index(bf16: bool, g: usize, hd: usize) -> usize {
-    attention_index(bf16, g, hd, 1) / 2
+    (usize::from(bf16) * 4 + gi) * 3 + di
 }
 
 macro_rules! kernels {
@@ -169,10 +161,8 @@ macro_rules! kernels {
         pub struct Kernels {
             _module: sys::CUmodule,
             $(pub $name: sys::CUfunction,)*
-            /// `paged_attention_{kv}_g{G}_d{DPL}_u{U}`, indexed by [`attention_index`].
+            /// `paged_attention_{kv}_g{G}_d{DPL}`, indexed by [`attention_index`].
             pub attention: Vec<sys::CUfunction>,
-            /// `paged_attention_lanes_{kv}_g{G}_d{DPL}`, indexed by [`attention_lanes_index`].
-            pub attention_lanes: Vec<sys::CUfunction>,
         }
 
         impl Kernels {
@@ -184,29 +174,14 @@ macro_rules! kernels {
                 // SAFETY: `cubin` is a complete image for this device; the driver copies it.
                 let module = unsafe { drv::module::load_data(cubin.as_ptr() as *const _) }
                     .map_err(derr)?;
-                let mut attention = Vec::with_capacity(ATTENTION_KV.len() * 24);
+                let mut attention = Vec::with_capacity(ATTENTION_KV.len() * 12);
                 for kv in ATTENTION_KV {
                     for g in ATTENTION_G {
                         for d in ATTENTION_DPL {
-                            for u in ATTENTION_UNROLL {
-                            let name = format!("paged_attention_{kv}_g{g}_d{d}_u{u}");
+                            let name = format!("paged_attention_{kv}_g{g}_d{d}");
                             let n = CString::new(name.as_str()).map_err(derr)?;
                             // SAFETY: the module is loaded; the name is a kernel in it.
                             attention.push(unsafe { drv::module::get_function(module, n) }.map_err(
-                                |e| BackendError::Device(format!("kernel {name} missing from the module: {e:?}")),
-                            )?);
-                            }
-                        }
-                    }
-                }
-                let mut attention_lanes = Vec::with_capacity(ATTENTION_KV.len() * 12);
-                for kv in ATTENTION_KV {
-                    for g in ATTENTION_G {
-                        for d in ATTENTION_DPL {
-                            let name = format!("paged_attention_lanes_{kv}_g{g}_d{d}");
-                            let n = CString::new(name.as_str()).map_err(derr)?;
-                            // SAFETY: the module is loaded; the name is a kernel in it.
-                            attention_lanes.push(unsafe { drv::module::get_function(module, n) }.map_err(
                                 |e| BackendError::Device(format!("kernel {name} missing from the module: {e:?}")),
                             )?);
                         }
@@ -215,7 +190,6 @@ macro_rules! kernels {
                 Ok(Kernels {
                     _module: module,
                     attention,
-                    attention_lanes,
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.

@@ -490,15 +490,7 @@ impl CudaBackend {
             meta.block_tables.cols() * meta.block_size,
             self.sm_count as usize,
         );
-        // One key per warp iteration unless forced: on an H100 the unrolled variant
-        // (U = 4) was slower for split decode too (8B shape, one sequence at 4,096
-        // tokens: 1.89 ms vs 2.22 ms of attention per step; prefill 13.6 vs 17.2 ms).
-        let unroll = self.attention_unroll.unwrap_or(1);
-        let f = if self.attention_rows {
-            self.kernels.attention[super::module::attention_index(bf16, g, hd, unroll)]
-        } else {
-            self.kernels.attention_lanes[super::module::attention_lanes_index(bf16, g, hd)]
-        };
+        let f = self.kernels.attention[super::module::attention_index(bf16, g, hd)];
         let split_len_i = split_len as i32;
         let partial = if splits > 1 {
             self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?

@@ -2,167 +2,32 @@
 // contract, crates/backend/src/cpu/attention.rs): q [T, n_heads * hd] f32, caches
 // [num_blocks, n_kv, bs, hd] (f32 or bf16), out [T, n_heads * hd] f32.
 //
-// Two kernels share the contract, the grid and the split-K merge: attention_lanes (the
-// default, version 3 below) and attention_row (SLUICE_CUDA_ATTENTION=rows).
+// One block per (query row, KV head, key split). The g query heads that share a KV head
+// are handled together (GQA: a K/V row is read once for all of them), with an online
+// softmax (Milakov & Gimelshein 2018; FlashAttention's running max and sum), so memory
+// stays O(1) in the context length; there is no T x T score matrix.
 //
-// The row kernel: one block per (query row, KV head). The block's four warps
-// split the keys (warp w takes keys w, w + 4, ...), every warp keeps an online softmax
-// (Milakov & Gimelshein 2018; FlashAttention's running max and sum) for each of the g
-// query heads that share the KV head (GQA: a K/V row is read once for all g heads),
-// and the warps' states are merged through shared memory at the end. Lanes split the
-// head dimension (d = lane + 32 i), so each K/V row is one coalesced read.
-// Memory stays O(1) in the context length; there is no T x T score matrix.
+// - Compile-time G (query heads per KV head, rounded up to 1/2/4/8) and DPL (head_dim /
+//   32 rounded up to 2/4/8): each instantiation holds only the registers it needs.
+// - Split-K over the keys (flash-decoding, Dao et al. 2023): blockIdx.z takes keys
+//   [z * split_len, (z + 1) * split_len), so a decode of one sequence runs on
+//   n_kv * splits blocks instead of n_kv, and prefill rows of unequal length balance.
+//   With splits > 1 each block writes its unnormalised partial state (m, l, acc) and
+//   attention_merge_kernel combines them (the log-sum-exp merge of FlashAttention).
+// - Lane per key: a warp takes 32 keys at a time with one key per lane for Q.K (the lane
+//   reads its key's whole row with 16-byte loads, q comes from shared memory as a
+//   broadcast), one softmax update per 32 keys and head (two warp reductions), then P.V
+//   with lanes over the head dimension (each key's p broadcast by a shuffle). The block's
+//   four warps take interleaved tiles and merge their states through shared memory.
+//
+// History, measured on an H100 with the Llama-3.1-8B shape (docs/BENCHMARKS.md): an
+// earlier "warp per key" kernel (lanes over the head dimension for Q.K too, one shuffle
+// reduction per key and head) took 52.2 ms for a batch-64 decode step at 4k context and
+// 31.0 ms for a 512-token prefill, against 35.6 and 25.8 ms here; unrolling its key loads
+// (4 keys per iteration) was slower still. It was removed.
 
 #define ATT_WARPS 4
 
-// Version 2: compile-time G (query heads per KV head, rounded up to 1/2/4/8) and DPL
-// (head_dim / 32 rounded up to 2/4/8), so each instantiation holds only the registers
-// it needs (v1 sized everything for G = 8, DPL = 8 and ran at two blocks per SM); and
-// split-K over the keys (flash-decoding, Dao et al. 2023): blockIdx.z takes keys
-// [z * split_len, (z + 1) * split_len), so a decode of one sequence runs on
-// n_kv * splits blocks instead of n_kv, and prefill rows of unequal length balance.
-// With splits > 1 each block writes its unnormalised partial state (m, l, acc) and
-// attention_merge_kernel combines them (the log-sum-exp merge of FlashAttention).
-template <typename KV, int G, int DPL, int U>
-__device__ void attention_row(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc,
-                              const int* __restrict__ query_start, int num_seqs,
-                              const int* __restrict__ context_lens, const int* __restrict__ block_tables,
-                              int bt_cols, int bs, int n_heads, int n_kv, int hd, float scale,
-                              int window, float softcap, int split_len, float* __restrict__ partial,
-                              float* __restrict__ out) {
-    __shared__ float sm_m[ATT_WARPS][G];
-    __shared__ float sm_l[ATT_WARPS][G];
-    __shared__ float sm_acc[ATT_WARPS][G][DPL * 32];
-    const int t = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = n_heads / n_kv;
-
-    // The sequence of row t: the last s with query_start[s] <= t.
-    int lo_s = 0, hi_s = num_seqs - 1;
-    while (lo_s < hi_s) {
-        int mid = (lo_s + hi_s + 1) >> 1;
-        if (query_start[mid] <= t) lo_s = mid; else hi_s = mid - 1;
-    }
-    const int s = lo_s;
-    const int q_rows = query_start[s + 1] - query_start[s];
-    const int pos = context_lens[s] - q_rows + (t - query_start[s]);
-    const int first = window > 0 ? max(0, pos - window + 1) : 0;
-    const int lo = max(first, z * split_len);
-    const int hi = min(pos, z * split_len + split_len - 1);
-    const int* table = block_tables + (long)s * bt_cols;
-
-    float qr[G][DPL];
-    float acc[G][DPL];
-    float m[G], l[G];
-#pragma unroll
-    for (int j = 0; j < G; j++) {
-        m[j] = NEG_INF; l[j] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DPL; i++) {
-            int d = lane + 32 * i;
-            bool ok = j < g && d < hd;
-            qr[j][i] = ok ? q[(long)t * n_heads * hd + (long)(kvh * g + j) * hd + d] * scale : 0.0f;
-            acc[j][i] = 0.0f;
-        }
-    }
-
-    // U keys per warp per iteration, all their loads issued before any math (a key's
-    // K/V address depends on a block-table load). Measured on an H100 for the 8B shape,
-    // U = 4 lost to U = 1 both for split decode (2.22 vs 1.89 ms of attention per step
-    // at 4,096 tokens) and prefill (17.2 vs 13.6 ms at 512): its registers cost more
-    // occupancy than the overlap gains. The host uses U = 1;
-    // SLUICE_CUDA_ATTENTION_UNROLL=4 selects the other for measurements.
-    for (int k0 = lo + warp; k0 <= hi; k0 += ATT_WARPS * U) {
-        float kr[U][DPL], vr[U][DPL];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int k = k0 + u * ATT_WARPS;
-            const bool kin = k <= hi;
-            const long base = kin ? (((long)table[k / bs] * n_kv + kvh) * bs + (k % bs)) * hd : 0;
-#pragma unroll
-            for (int i = 0; i < DPL; i++) {
-                int d = lane + 32 * i;
-                bool ok = kin && d < hd;
-                kr[u][i] = ok ? load_f32(kc, base + d) : 0.0f;
-                vr[u][i] = ok ? load_f32(vc, base + d) : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (k0 + u * ATT_WARPS > hi) break;
-#pragma unroll
-            for (int j = 0; j < G; j++) {
-                if (j >= g) break;
-                float sc = 0.0f;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) sc += qr[j][i] * kr[u][i];
-                sc = warp_sum(sc);
-                if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
-                float mn = fmaxf(m[j], sc);
-                float c = __expf(m[j] - mn);
-                float p = __expf(sc - mn);
-                l[j] = l[j] * c + p;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) acc[j][i] = acc[j][i] * c + p * vr[u][i];
-                m[j] = mn;
-            }
-        }
-    }
-
-    // Merge the warps' partial softmax states.
-#pragma unroll
-    for (int j = 0; j < G; j++) {
-        if (j >= g) break;
-        if (lane == 0) { sm_m[warp][j] = m[j]; sm_l[warp][j] = l[j]; }
-#pragma unroll
-        for (int i = 0; i < DPL; i++) sm_acc[warp][j][lane + 32 * i] = acc[j][i];
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < g * hd; idx += blockDim.x) {
-        int j = idx / hd, d = idx % hd;
-        float mx = NEG_INF;
-        for (int w = 0; w < ATT_WARPS; w++) mx = fmaxf(mx, sm_m[w][j]);
-        float num = 0.0f, den = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) {
-            float mw = sm_m[w][j];
-            if (mw == NEG_INF) continue;
-            float f = __expf(mw - mx);
-            num += sm_acc[w][j][d] * f;
-            den += sm_l[w][j] * f;
-        }
-        const int h = kvh * g + j;
-        if (splits > 1) {
-            // [m, l, acc[hd]] per (row, head, split); m = -inf marks an empty split.
-            float* pp = partial + (((long)t * n_heads + h) * splits + z) * (hd + 2);
-            if (d == 0) { pp[0] = den > 0.0f ? mx : NEG_INF; pp[1] = den; }
-            pp[2 + d] = num;
-        } else {
-            out[(long)t * n_heads * hd + (long)h * hd + d] = den > 0.0f ? num / den : 0.0f;
-        }
-    }
-}
-
-#define ATTENTION(KVN, KV, G, DPL, U) \
-extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_##KVN##_g##G##_d##DPL##_u##U( \
-    const float* q, const KV* kc, const KV* vc, const int* query_start, int num_seqs, \
-    const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
-    int hd, float scale, int window, float softcap, int split_len, float* partial, float* out) { \
-    attention_row<KV, G, DPL, U>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, \
-                                 bs, n_heads, n_kv, hd, scale, window, softcap, split_len, partial, out); \
-}
-#define ATTENTION_U(KVN, KV, G, DPL) ATTENTION(KVN, KV, G, DPL, 1) ATTENTION(KVN, KV, G, DPL, 4)
-#define ATTENTION_G(KVN, KV, G) ATTENTION_U(KVN, KV, G, 2) ATTENTION_U(KVN, KV, G, 4) ATTENTION_U(KVN, KV, G, 8)
-#define ATTENTION_KV(KVN, KV) ATTENTION_G(KVN, KV, 1) ATTENTION_G(KVN, KV, 2) ATTENTION_G(KVN, KV, 4) ATTENTION_G(KVN, KV, 8)
-ATTENTION_KV(f32, float)
-ATTENTION_KV(bf16, bf16_t)
-
-// Version 3, "lane per key": the same contract, grid and split-K as attention_row, but a
-// warp takes 32 keys at a time with one key per lane for Q.K (the lane reads its key's
-// whole row with 16-byte loads, q comes from shared memory as a broadcast), one softmax
-// update per 32 keys and head (two warp reductions instead of one per key), then P.V with
-// lanes over the head dimension (each key's p broadcast by a shuffle). Per key and head
-// this is ~3x fewer instructions than attention_row's shuffle reduction per key, and each
-// lane has its key's loads in flight at once.
 template <typename KV, int G, int DPL>
 __device__ void attention_lanes(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc,
                                 const int* __restrict__ query_start, int num_seqs,
@@ -300,7 +165,7 @@ __device__ void attention_lanes(const float* __restrict__ q, const KV* __restric
 }
 
 #define ATTENTION_LANES(KVN, KV, G, DPL) \
-extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_lanes_##KVN##_g##G##_d##DPL( \
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_##KVN##_g##G##_d##DPL( \
     const float* q, const KV* kc, const KV* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     int hd, float scale, int window, float softcap, int split_len, float* partial, float* out) { \
