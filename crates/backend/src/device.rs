@@ -129,6 +129,15 @@ impl Device {
         }
     }
 
+    /// Whether this device's attention reads a KV cache of `dtype` (the CPU reads every
+    /// type `--kv-cache-dtype` offers; the CUDA kernels read bf16 and f32).
+    pub fn supports_kv_dtype(&self, dtype: DType) -> bool {
+        match self {
+            Device::Cpu(_) => true,
+            Device::Cuda(_) => matches!(dtype, DType::F32 | DType::BF16),
+        }
+    }
+
     /// Waits for queued device work (a no-op on the CPU, whose ops are synchronous).
     pub fn synchronize(&self) -> Result<()> {
         match self {

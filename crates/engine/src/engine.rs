@@ -143,8 +143,6 @@ pub struct LlmEngine {
     /// only the ids cross to the host, not `rows x vocab` logits).
     greedy_ids_dev: Option<Tensor>,
     greedy_ids: Vec<i32>,
-    /// Whether this step's tokens come from `greedy_ids`.
-    step_on_device_greedy: bool,
     sampled: Vec<Vec<u32>>,
     metrics: EngineMetrics,
     max_model_len: usize,
@@ -219,12 +217,13 @@ impl LlmEngine {
         let kv_dtype = cfg
             .kv_cache_dtype
             .unwrap_or_else(|| model.device().default_kv_dtype());
-        if !model.device().is_cpu() && !matches!(kv_dtype, DType::F32 | DType::BF16) {
+        if !model.device().supports_kv_dtype(kv_dtype) {
             return Err(EngineError::InvalidRequest {
                 message: format!(
-                    "--kv-cache-dtype {} is CPU-only for now; the CUDA backend keeps its KV \
-                     cache in bf16 (or f32)",
-                    kv_dtype.name().to_ascii_lowercase()
+                    "--kv-cache-dtype {} is not supported on {} (the CUDA backend keeps its \
+                     KV cache in bf16 or f32; the other types are CPU-only for now)",
+                    kv_dtype.name().to_ascii_lowercase(),
+                    model.device().name()
                 ),
                 param: Some("kv_cache_dtype"),
             });
@@ -284,7 +283,6 @@ impl LlmEngine {
             logits: Vec::new(),
             greedy_ids_dev: None,
             greedy_ids: Vec::new(),
-            step_on_device_greedy: false,
             sampled: Vec::new(),
             metrics: EngineMetrics::default(),
             max_model_len,
@@ -521,7 +519,7 @@ impl LlmEngine {
                 .map_err(EngineError::Speculative)?;
         }
         let device = self.model.device().clone();
-        self.step_on_device_greedy = !device.is_cpu()
+        let on_device_greedy = !device.is_cpu()
             && self.spec.is_none()
             && self.lookahead.is_none()
             && out.scheduled.iter().all(|s| {
@@ -533,7 +531,7 @@ impl LlmEngine {
                             .is_some_and(|st| st.params.is_plain_greedy()))
             });
         let logits = self.model.forward(&self.batch, &mut self.kv)?;
-        if self.step_on_device_greedy {
+        if on_device_greedy {
             let rows = logits.rows();
             let ids = match &mut self.greedy_ids_dev {
                 Some(t) if t.size_in_bytes() >= rows * 4 => t,
@@ -552,7 +550,7 @@ impl LlmEngine {
                 .copy_f32_to_host(logits, &mut self.logits)
                 .map_err(sluice_model::ModelError::from)?;
         }
-        let outputs = self.sample_and_update(&out)?;
+        let outputs = self.sample_and_update(&out, on_device_greedy)?;
         self.metrics
             .record_step(&out, t0.elapsed(), self.scheduler.stats());
         if let Some(spec) = &self.spec {
@@ -610,6 +608,8 @@ impl LlmEngine {
     fn sample_and_update(
         &mut self,
         out: &SchedulerOutput,
+        // This step's tokens are the device argmax ids in `greedy_ids`.
+        on_device_greedy: bool,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
         self.sampled.resize(out.scheduled.len(), Vec::new());
@@ -695,7 +695,7 @@ impl LlmEngine {
                         emitted: &self.sampled[i],
                     });
                 }
-            } else if s.produces_token && self.step_on_device_greedy {
+            } else if s.produces_token && on_device_greedy {
                 let state = self
                     .states
                     .get_mut(&s.seq_id)

@@ -158,7 +158,7 @@ fn validate_grid(a: &RooflineArgs) -> anyhow::Result<()> {
 fn hardware_profile(
     a: &RooflineArgs,
     gpu: Option<&Device>,
-) -> anyhow::Result<(HardwareProfile, Option<probe::CpuMeasurement>)> {
+) -> anyhow::Result<(HardwareProfile, Option<probe::HardwareMeasurement>)> {
     let llc = hardware::CpuInfo::detect().llc_bytes;
     let threads = a.threads;
     let measure = a.measure;

@@ -23,6 +23,7 @@ use crate::random_weights::random_matrix;
 pub struct BandwidthProbe {
     pub gbs: f64,
     pub buffer_bytes: usize,
+    /// CPU threads that streamed the buffer (0: a GPU's device-to-device copy).
     pub threads: usize,
     pub passes: usize,
 }
@@ -129,7 +130,7 @@ pub fn matmul_rate(
 
 /// Everything `--measure` found.
 #[derive(Clone, Debug, Serialize)]
-pub struct CpuMeasurement {
+pub struct HardwareMeasurement {
     pub bandwidth: BandwidthProbe,
     pub matmul: Vec<MatmulProbe>,
 }
@@ -144,7 +145,7 @@ pub fn measure_cpu(
     profile: &mut HardwareProfile,
     threads: Option<usize>,
     llc: Option<usize>,
-) -> Result<CpuMeasurement> {
+) -> Result<HardwareMeasurement> {
     let device = Device::cpu(threads);
     // The same default as `Device::cpu`: every available core.
     let n = threads.unwrap_or_else(|| {
@@ -181,14 +182,14 @@ pub fn measure_cpu(
         bandwidth.buffer_bytes >> 20,
         bandwidth.passes
     );
-    Ok(CpuMeasurement { bandwidth, matmul })
+    Ok(HardwareMeasurement { bandwidth, matmul })
 }
 
 /// Probes the GPU `device` runs on: device-to-device copy bandwidth (bytes read plus
 /// bytes written, as the field quotes it; decode streams weights at about this rate)
 /// and the backend's matmul at 4096^3 with BF16 weights (f32 activations converted
 /// to BF16 first, as every GEMM of the engine does).
-pub fn measure_gpu(profile: &mut HardwareProfile, device: &Device) -> Result<CpuMeasurement> {
+pub fn measure_gpu(profile: &mut HardwareProfile, device: &Device) -> Result<HardwareMeasurement> {
     let bytes = 1usize << 31;
     let src = device.zeros(DType::F32, &[bytes / 4])?;
     let mut dst = device.zeros(DType::F32, &[bytes / 4])?;
@@ -227,7 +228,7 @@ pub fn measure_gpu(profile: &mut HardwareProfile, device: &Device) -> Result<Cpu
          backend matmul {t}x{k}x{m} with BF16 weights, best of 10 (f32 and int8 peaks: datasheet)",
         bytes >> 20
     );
-    Ok(CpuMeasurement { bandwidth, matmul })
+    Ok(HardwareMeasurement { bandwidth, matmul })
 }
 
 #[cfg(test)]
