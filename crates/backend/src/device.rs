@@ -64,6 +64,21 @@ pub struct AttentionParams {
     pub softcap: Option<f32>,
 }
 
+/// Head layout of fused Q/K/V projection rows: `n_heads` query heads, then `n_kv_heads`
+/// key heads, then `n_kv_heads` value heads, each `head_dim` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvDims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub style: RopeStyle,
+}
+
+/// A recorded sequence of device work (a CUDA graph), replayed by `Device::launch_graph`.
+pub enum DeviceGraph {
+    Cuda(crate::cuda::CudaGraph),
+}
+
 /// The element type of activations on a device.
 pub const ACTIVATION_DTYPE: DType = DType::F32;
 
@@ -407,6 +422,158 @@ impl Device {
         match self {
             Device::Cpu(c) => c.glu(gate, up, out, crate::cpu::ops::Activation::GeluTanh),
             Device::Cuda(g) => g.glu(gate, up, out, false),
+        }
+    }
+
+    /// Fused gate/up rows `[T, 2F]` (gate columns first) -> `out [T, F]` =
+    /// `silu(gate) * up` (`silu`) or `gelu_tanh(gate) * up`.
+    pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, silu: bool) -> Result<()> {
+        match self {
+            Device::Cpu(c) => {
+                let act = if silu {
+                    crate::cpu::ops::Activation::Silu
+                } else {
+                    crate::cpu::ops::Activation::GeluTanh
+                };
+                c.glu_packed(gate_up, out, act)
+            }
+            Device::Cuda(g) => g.glu_packed(gate_up, out, silu),
+        }
+    }
+
+    /// Splits fused projections `qkv [T, (n_heads + 2 n_kv_heads) * head_dim]` into
+    /// `q`, `k`, `v` and applies RoPE (token `t` at `positions[t]`) to q and k.
+    #[allow(clippy::too_many_arguments)]
+    pub fn split_qkv_rope(
+        &self,
+        qkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dims: QkvDims,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(c) => c.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v),
+            Device::Cuda(g) => g.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v),
+        }
+    }
+
+    /// Whether the model should stack its Q/K/V and gate/up weights into one matrix
+    /// each (`load_weights_stacked`): on a GPU it saves launches and under-filled small
+    /// GEMVs; the CPU runs on the file's mapped tensors in place (stacking would copy
+    /// them), whose rows may even be of different quant types (Q4_K_M).
+    pub fn stacks_projections(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// Loads host matrices that share a column count as one weight with their rows
+    /// stacked in order (fused Q/K/V or gate/up projections: one matmul instead of
+    /// several). On the CPU the parts must share a dtype.
+    pub fn load_weights_stacked(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        match self {
+            Device::Cpu(c) => {
+                let first = parts
+                    .first()
+                    .ok_or_else(|| BackendError::Shape("no weights to stack".into()))?;
+                let (dtype, cols) = (first.dtype(), first.cols());
+                if parts
+                    .iter()
+                    .any(|t| t.dtype() != dtype || t.cols() != cols || t.shape().len() != 2)
+                {
+                    return Err(BackendError::Shape(
+                        "stacked weights need matrices of one dtype and width".into(),
+                    ));
+                }
+                let rows: usize = parts.iter().map(|t| t.rows()).sum();
+                let mut bytes = Vec::with_capacity(rows * dtype.row_bytes(cols));
+                for p in &parts {
+                    bytes.extend_from_slice(p.cpu_bytes()?);
+                }
+                c.prepare_weight(Tensor::from_bytes_cpu(dtype, &[rows, cols], &bytes)?)
+            }
+            Device::Cuda(g) => g.prepare_weights_stacked(parts),
+        }
+    }
+
+    /// Samples one token per row of `logits` `[rows, vocab]` into `out` (I32 `[rows]`):
+    /// each row's adjustments are applied to its logits in place, then greedy or
+    /// temperature / top-k / top-p / min-p and one draw with the row's uniform (see
+    /// `sample::sample_row`, the reference). On a GPU only the ids need to cross.
+    pub fn sample(
+        &self,
+        logits: &mut Tensor,
+        rows: &[crate::SampleParams],
+        adjust: &[crate::LogitAdjust],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        crate::sample::check(rows, adjust, logits.rows())?;
+        out.expect_dtype(DType::I32)?;
+        if out.numel() < rows.len() {
+            return Err(BackendError::Shape(format!(
+                "sample: {} rows into {} ids",
+                rows.len(),
+                out.numel()
+            )));
+        }
+        match self {
+            Device::Cpu(_) => {
+                let vocab = logits.cols();
+                let l = logits.as_f32_mut()?;
+                let ids: Vec<i32> = rows
+                    .iter()
+                    .zip(l.chunks_exact_mut(vocab.max(1)))
+                    .map(|(p, row)| {
+                        let a = &adjust[p.adjust_start as usize..][..p.adjust_len as usize];
+                        crate::sample::sample_row(p, a, row) as i32
+                    })
+                    .collect();
+                out.as_i32_mut()?[..ids.len()].copy_from_slice(&ids);
+                Ok(())
+            }
+            Device::Cuda(g) => g.sample(logits, rows, adjust, out),
+        }
+    }
+
+    /// Whether this device records and replays step graphs (`begin_capture`).
+    pub fn supports_graphs(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// Starts recording the device's queue into a graph instead of running it.
+    pub fn begin_capture(&self) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Device("graph capture needs a GPU".into())),
+            Device::Cuda(g) => g.begin_capture(),
+        }
+    }
+
+    /// Ends the recording started by `begin_capture` (always, even on error).
+    pub fn end_capture(&self) -> Result<DeviceGraph> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Device("graph capture needs a GPU".into())),
+            Device::Cuda(g) => g.end_capture().map(DeviceGraph::Cuda),
+        }
+    }
+
+    /// Queues a replay of a recorded graph.
+    pub fn launch_graph(&self, graph: &DeviceGraph) -> Result<()> {
+        match (self, graph) {
+            (Device::Cuda(g), DeviceGraph::Cuda(c)) => g.launch_graph(c),
+            _ => Err(BackendError::Device(
+                "a graph replayed on another device".into(),
+            )),
+        }
+    }
+
+    /// Changes whenever a device-owned buffer that a graph may hold moves; graphs from
+    /// an older epoch must be recorded again.
+    pub fn graph_epoch(&self) -> u64 {
+        match self {
+            Device::Cpu(_) => 0,
+            Device::Cuda(g) => g.graph_epoch(),
         }
     }
 

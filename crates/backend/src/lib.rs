@@ -8,10 +8,14 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod quant;
+pub mod sample;
 pub mod tensor;
 
 pub use cuda::CudaWeightType;
-pub use device::{AttentionParams, Device, PagedAttentionMeta, RopeStyle, ACTIVATION_DTYPE};
+pub use device::{
+    AttentionParams, Device, DeviceGraph, PagedAttentionMeta, QkvDims, RopeStyle, ACTIVATION_DTYPE,
+};
 pub use dtype::DType;
 pub use error::{BackendError, Result};
+pub use sample::{LogitAdjust, SampleParams};
 pub use tensor::Tensor;

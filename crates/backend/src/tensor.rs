@@ -257,6 +257,15 @@ impl Tensor {
         }
     }
 
+    /// The address of the tensor's data on its device (identity only: tells whether two
+    /// tensors share storage, or whether a buffer was replaced).
+    pub fn data_addr(&self) -> usize {
+        match &self.storage {
+            Storage::Cpu(b) => b.as_bytes().as_ptr() as usize,
+            Storage::Cuda(b) => b.ptr() as usize,
+        }
+    }
+
     /// Reinterprets the shape (same number of elements, same storage).
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
         let n: usize = shape.iter().product();

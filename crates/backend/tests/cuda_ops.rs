@@ -386,6 +386,18 @@ struct AttnCase {
 
 /// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`.
 fn attention_case(g: &Device, kv: DType, case: &AttnCase, rng: &mut ChaCha8Rng) -> f64 {
+    attention_case_q(g, kv, case, 1.0, rng)
+}
+
+/// `attention_case` with queries uniform in `[-q_amp, q_amp)`: a larger amplitude makes
+/// the softmax peakier, so a key wrongly masked in or out moves the output more.
+fn attention_case_q(
+    g: &Device,
+    kv: DType,
+    case: &AttnCase,
+    q_amp: f32,
+    rng: &mut ChaCha8Rng,
+) -> f64 {
     let c = cpu();
     let (nh, nkv, hd, bs) = (case.n_heads, case.n_kv, case.hd, case.block_size);
     let num_blocks = 4096;
@@ -441,7 +453,7 @@ fn attention_case(g: &Device, kv: DType, case: &AttnCase, rng: &mut ChaCha8Rng) 
     )
     .unwrap();
     let t = *qs.last().unwrap() as usize;
-    let qv = rnd(rng, t * nh * hd, 1.0);
+    let qv = rnd(rng, t * nh * hd, q_amp);
     let params = AttentionParams {
         n_heads: nh,
         n_kv_heads: nkv,
@@ -582,6 +594,116 @@ fn paged_attention_matches_the_cpu() {
     }
 }
 
+/// The tensor-core prefill kernel (kernels/attention_prefill.cu: bf16 cache, head_dim 64
+/// or 128, sequences of at least 16 rows) next to the row-per-block kernel in the same
+/// call: prompt-only prefills (one 64-row tile, one row more, partial tiles), chunks after
+/// a cached prefix (tiles not aligned to the key tiles), decodes and short chunks mixed
+/// in, GQA 1 / 3 / 4, block sizes 16, 32 and an odd 7, sliding windows and a softcap.
+#[test]
+fn prefill_attention_matches_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
+        n_heads,
+        n_kv,
+        hd,
+        block_size,
+        window,
+        softcap,
+        seqs,
+    };
+    let many: Vec<(usize, usize)> = (0..24)
+        .map(|i| match i % 4 {
+            0 => (1, 40 + 37 * i),
+            1 => (16 + 5 * i, 16 + 5 * i),
+            2 => (3 * i + 20, 11 * i + 200),
+            _ => (15, 15 + i),
+        })
+        .collect();
+    let cases = [
+        // MHA, hd 64: prompt-only prefills of 200, 64 and 65 rows, one decode
+        case(
+            4,
+            4,
+            64,
+            16,
+            None,
+            None,
+            vec![(200, 200), (1, 500), (64, 64), (65, 65)],
+        ),
+        // GQA 4, hd 128: chunks after a cached prefix, a decode, exactly 16 rows
+        case(
+            8,
+            2,
+            128,
+            16,
+            None,
+            None,
+            vec![(100, 1000), (1, 500), (17, 300), (16, 16)],
+        ),
+        // GQA 3, hd 64, block size 32, 15 rows (the old kernel) next to longer ones
+        case(
+            6,
+            2,
+            64,
+            32,
+            None,
+            None,
+            vec![(65, 65), (130, 130), (15, 50), (33, 97)],
+        ),
+        // GQA 4, hd 128, sliding windows (wide and narrow)
+        case(
+            8,
+            2,
+            128,
+            16,
+            Some(100),
+            None,
+            vec![(200, 200), (70, 300), (1, 400)],
+        ),
+        case(
+            4,
+            1,
+            128,
+            32,
+            Some(7),
+            None,
+            vec![(64, 129), (100, 100), (2, 9)],
+        ),
+        // GQA 3, hd 64, softcap small enough to bend the scores
+        case(
+            6,
+            2,
+            64,
+            16,
+            None,
+            Some(0.7),
+            vec![(80, 80), (40, 150), (1, 33)],
+        ),
+        // odd block size: every key's address through the table
+        case(2, 1, 64, 7, Some(50), None, vec![(50, 60), (129, 129)]),
+        // many sequences of every kind, GQA 1, hd 128, block size 32
+        case(4, 4, 128, 32, None, None, many),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for q_amp in [1.0, 4.0] {
+            for kv in [DType::F32, DType::BF16] {
+                let e = attention_case_q(&g, kv, case, q_amp, &mut rng);
+                let tol = if kv == DType::F32 { 1e-5 } else { 2e-2 };
+                eprintln!(
+                    "prefill case {i} q_amp {q_amp} kv {kv}: rel err {e:.2e} (tol {tol:.0e})"
+                );
+                assert!(
+                    e <= tol,
+                    "prefill case {i} q_amp {q_amp} kv {kv}: {e:.3e} > {tol:.0e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn missing_device_or_bad_spec_is_a_clear_error() {
     let e = Device::parse("tpu", None, CudaWeightType::Auto)
@@ -598,4 +720,181 @@ fn missing_device_or_bad_spec_is_a_clear_error() {
             .unwrap();
         assert!(e.to_string().contains("no CUDA driver"), "{e}");
     }
+}
+
+/// The stacked-projection ops: `glu_packed` (both activations), `split_qkv_rope` (both
+/// pairings, GQA and MHA, scrambled positions) and a stacked weight's matmul, each
+/// against the CPU reference.
+#[test]
+fn fused_projection_ops_match_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &(t, f) in &[(1usize, 7usize), (6, 1536), (33, 100)] {
+        let gu = rnd(&mut rng, t * 2 * f, 3.0);
+        for silu in [true, false] {
+            let mut want = c.zeros(DType::F32, &[t, f]).unwrap();
+            c.glu_packed(&host(&[t, 2 * f], &gu), &mut want, silu)
+                .unwrap();
+            let mut out = poisoned(&g, &[t, f]);
+            g.glu_packed(&up(&g, &[t, 2 * f], &gu), &mut out, silu)
+                .unwrap();
+            check(
+                &format!("glu_packed silu={silu}"),
+                &down(&g, &out),
+                want.as_f32().unwrap(),
+                1e-5,
+            );
+        }
+    }
+    for &(t, nh, nkv, hd) in &[
+        (1usize, 32usize, 8usize, 128usize),
+        (5, 9, 3, 64),
+        (7, 4, 4, 8),
+    ] {
+        let max_pos = 2000;
+        let half = hd / 2;
+        let (cos, sin) = (
+            rnd(&mut rng, max_pos * half, 1.0),
+            rnd(&mut rng, max_pos * half, 1.0),
+        );
+        let pos: Vec<i32> = (0..t)
+            .map(|_| rng.random_range(0..max_pos as i32))
+            .collect();
+        let width = (nh + 2 * nkv) * hd;
+        let qkv = rnd(&mut rng, t * width, 2.0);
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let dims = sluice_backend::QkvDims {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                style,
+            };
+            let mut w: Vec<Tensor> = [nh, nkv, nkv]
+                .iter()
+                .map(|&h| c.zeros(DType::F32, &[t, h * hd]).unwrap())
+                .collect();
+            let (wq, rest) = w.split_at_mut(1);
+            let (wk, wv) = rest.split_at_mut(1);
+            c.split_qkv_rope(
+                &host(&[t, width], &qkv),
+                &host_i32(&pos),
+                &host(&[max_pos, half], &cos),
+                &host(&[max_pos, half], &sin),
+                dims,
+                &mut wq[0],
+                &mut wk[0],
+                &mut wv[0],
+            )
+            .unwrap();
+            let mut gq = poisoned(&g, &[t, nh * hd]);
+            let mut gk = poisoned(&g, &[t, nkv * hd]);
+            let mut gv = poisoned(&g, &[t, nkv * hd]);
+            g.split_qkv_rope(
+                &up(&g, &[t, width], &qkv),
+                &up_i32(&g, &pos),
+                &up(&g, &[max_pos, half], &cos),
+                &up(&g, &[max_pos, half], &sin),
+                dims,
+                &mut gq,
+                &mut gk,
+                &mut gv,
+            )
+            .unwrap();
+            for (name, got, want) in [("q", &gq, &wq[0]), ("k", &gk, &wk[0]), ("v", &gv, &wv[0])] {
+                check(
+                    &format!("split_qkv_rope {style:?} {name}"),
+                    &down(&g, got),
+                    want.as_f32().unwrap(),
+                    1e-5,
+                );
+            }
+        }
+    }
+    // A stacked weight multiplies like its parts side by side.
+    let (t, k) = (3usize, 256usize);
+    let parts: Vec<Vec<f32>> = [64usize, 16, 16]
+        .iter()
+        .map(|&m| rnd(&mut rng, m * k, 1.0))
+        .collect();
+    let x = rnd(&mut rng, t * k, 1.0);
+    let stacked = g
+        .load_weights_stacked(parts.iter().map(|p| host(&[p.len() / k, k], p)).collect())
+        .unwrap();
+    assert_eq!(stacked.shape(), &[96, k]);
+    let mut out = poisoned(&g, &[t, 96]);
+    g.matmul(&up(&g, &[t, k], &x), &stacked, &mut out).unwrap();
+    let got = down(&g, &out);
+    let all: Vec<f32> = parts.concat();
+    let want = matmul_f64(&x, &all, t, 96, k);
+    check("stacked weight matmul", &got, &want, 1e-2);
+}
+
+/// `Device::sample` on the GPU picks what the CPU reference picks (same adjustments,
+/// same uniforms) for greedy rows and every truncation, on a 49k vocabulary; the
+/// adjusted logits match too.
+#[test]
+fn sampling_matches_the_cpu_reference() {
+    use sluice_backend::{LogitAdjust, SampleParams};
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let vocab = 49_157;
+    let n = 96;
+    let mut rows = Vec::new();
+    let mut adjust = Vec::new();
+    for i in 0..n {
+        let start = adjust.len() as u32;
+        for _ in 0..(i % 5) * 7 {
+            adjust.push(LogitAdjust {
+                token: rng.random_range(0..vocab as u32),
+                bias: rng.random_range(-2.0..2.0),
+                repetition: if i % 2 == 0 { 1.3 } else { 1.0 },
+                penalty: rng.random_range(0.0..0.5),
+            });
+        }
+        // one entry per token within a row
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<LogitAdjust> = adjust.split_off(start as usize);
+        kept.retain(|a| seen.insert(a.token));
+        adjust.extend(kept);
+        rows.push(SampleParams {
+            temperature: [0.0, 0.7, 1.0, 1.3][i % 4],
+            top_k: [0, 1, 5, 50, 1000][i % 5],
+            top_p: [1.0, 0.9, 0.5, 0.99][(i / 4) % 4],
+            min_p: [0.0, 0.05, 0.0][i % 3],
+            uniform: rng.random_range(0.0..1.0),
+            adjust_start: start,
+            adjust_len: adjust.len() as u32 - start,
+        });
+    }
+    let logits = rnd(&mut rng, n * vocab, 4.0);
+    let mut want_l = host(&[n, vocab], &logits);
+    let mut want = c.zeros(DType::I32, &[n]).unwrap();
+    c.sample(&mut want_l, &rows, &adjust, &mut want).unwrap();
+    let mut got_l = up(&g, &[n, vocab], &logits);
+    let mut ids = g.upload(&host_i32(&vec![-1; n])).unwrap();
+    g.sample(&mut got_l, &rows, &adjust, &mut ids).unwrap();
+    let mut got = Vec::new();
+    g.copy_i32_to_host(&ids, &mut got).unwrap();
+    check(
+        "sample adjusted logits",
+        &down(&g, &got_l),
+        want_l.as_f32().unwrap(),
+        1e-6,
+    );
+    let want = want.as_i32().unwrap();
+    let differ: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
+    eprintln!("sampling: {} of {n} rows differ: {differ:?}", differ.len());
+    // A draw landing within f32 rounding of a cumulative boundary may pick the neighbour.
+    assert!(
+        differ.len() <= 1,
+        "rows {differ:?}: {:?} vs {:?}",
+        &got,
+        want
+    );
 }

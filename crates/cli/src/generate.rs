@@ -53,6 +53,10 @@ pub struct ModelArgs {
     /// cache gets what the weights leave.
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
+    /// Run every decode step op by op on a GPU instead of replaying recorded CUDA graphs
+    /// (for debugging and for measuring what the graphs save).
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// Benchmark real shapes without a checkpoint: random weights for a config preset
     /// (see `sluice roofline --list-presets`), with a stand-in vocabulary `t0 t1 ...`.
     /// `--model` is then ignored.
@@ -135,6 +139,7 @@ impl ModelArgs {
             max_model_len: self.max_model_len,
             gpu_memory_utilization: self.gpu_memory_utilization,
             kv_cache_dtype: self.kv_cache_dtype()?,
+            step_graphs: !self.enforce_eager,
             ..EngineConfig::default()
         })
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_backend::{BackendError, DType, Tensor};
+use sluice_backend::{BackendError, DType, LogitAdjust, SampleParams, Tensor};
 use sluice_model::arch::Model;
 use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use sluice_model::{BatchInput, KvCache};
@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// None = the device's default (F32 on the CPU). Sets how many tokens
     /// `kv_cache_memory` holds.
     pub kv_cache_dtype: Option<sluice_backend::DType>,
+    /// Replay decode steps from recorded device graphs (CUDA graphs) where the device
+    /// supports them; false runs every step op by op (`--enforce-eager`).
+    pub step_graphs: bool,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             gpu_memory_utilization: 0.9,
             kv_cache_dtype: None,
+            step_graphs: true,
         }
     }
 }
@@ -139,10 +143,13 @@ pub struct LlmEngine {
     next_id: u64,
     batch: BatchInput,
     logits: Vec<f32>,
-    /// Device-side argmax ids for steps where every token is plain greedy (GPU only:
-    /// only the ids cross to the host, not `rows x vocab` logits).
-    greedy_ids_dev: Option<Tensor>,
-    greedy_ids: Vec<i32>,
+    /// Ids sampled on the device (GPU only: only the ids cross to the host, not
+    /// `rows x vocab` logits), for steps whose every token can be sampled there.
+    device_ids_dev: Option<Tensor>,
+    device_ids: Vec<i32>,
+    /// This step's per-row sampling parameters and logit adjustments for the device.
+    sample_rows: Vec<SampleParams>,
+    sample_adjust: Vec<LogitAdjust>,
     sampled: Vec<Vec<u32>>,
     metrics: EngineMetrics,
     max_model_len: usize,
@@ -206,10 +213,11 @@ fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineErr
 
 impl LlmEngine {
     pub fn new(
-        model: Model,
+        mut model: Model,
         tokenizer: Arc<Tokenizer>,
         cfg: &EngineConfig,
     ) -> Result<LlmEngine, EngineError> {
+        model.set_step_graphs(cfg.step_graphs);
         let max_model_len = cfg
             .max_model_len
             .unwrap_or_else(|| model.config.max_position.min(8192))
@@ -281,8 +289,10 @@ impl LlmEngine {
             next_id: 0,
             batch: BatchInput::default(),
             logits: Vec::new(),
-            greedy_ids_dev: None,
-            greedy_ids: Vec::new(),
+            device_ids_dev: None,
+            device_ids: Vec::new(),
+            sample_rows: Vec::new(),
+            sample_adjust: Vec::new(),
             sampled: Vec::new(),
             metrics: EngineMetrics::default(),
             max_model_len,
@@ -519,7 +529,9 @@ impl LlmEngine {
                 .map_err(EngineError::Speculative)?;
         }
         let device = self.model.device().clone();
-        let on_device_greedy = !device.is_cpu()
+        // On a GPU, sample on the device unless a token needs the host: speculative
+        // verification and log-probabilities work on the full logits there.
+        let on_device = !device.is_cpu()
             && self.spec.is_none()
             && self.lookahead.is_none()
             && out.scheduled.iter().all(|s| {
@@ -528,12 +540,25 @@ impl LlmEngine {
                         && self
                             .states
                             .get(&s.seq_id)
-                            .is_some_and(|st| st.params.is_plain_greedy()))
+                            .is_some_and(|st| st.params.logprobs.is_none()))
             });
-        let logits = self.model.forward(&self.batch, &mut self.kv)?;
-        if on_device_greedy {
+        let plain_greedy = on_device
+            && out.scheduled.iter().all(|s| {
+                !s.produces_token
+                    || self
+                        .states
+                        .get(&s.seq_id)
+                        .is_some_and(|st| st.params.is_plain_greedy())
+            });
+        if on_device && !plain_greedy {
+            // Before the forward: draws come from each sequence's generator in step order.
+            self.prepare_device_sampling(&out)?;
+        }
+        self.model.forward(&self.batch, &mut self.kv)?;
+        let logits = self.model.logits_mut();
+        if on_device {
             let rows = logits.rows();
-            let ids = match &mut self.greedy_ids_dev {
+            let ids = match &mut self.device_ids_dev {
                 Some(t) if t.size_in_bytes() >= rows * 4 => t,
                 slot => slot.insert(
                     device
@@ -541,16 +566,22 @@ impl LlmEngine {
                         .map_err(sluice_model::ModelError::from)?,
                 ),
             };
-            ids.set_len(rows)
-                .and_then(|_| device.argmax(logits, ids))
-                .and_then(|_| device.copy_i32_to_host(ids, &mut self.greedy_ids))
+            let picked = ids.set_len(rows).and_then(|_| {
+                if plain_greedy {
+                    device.argmax(logits, ids)
+                } else {
+                    device.sample(logits, &self.sample_rows, &self.sample_adjust, ids)
+                }
+            });
+            picked
+                .and_then(|_| device.copy_i32_to_host(ids, &mut self.device_ids))
                 .map_err(sluice_model::ModelError::from)?;
         } else {
             device
                 .copy_f32_to_host(logits, &mut self.logits)
                 .map_err(sluice_model::ModelError::from)?;
         }
-        let outputs = self.sample_and_update(&out, on_device_greedy)?;
+        let outputs = self.sample_and_update(&out, on_device)?;
         self.metrics
             .record_step(&out, t0.elapsed(), self.scheduler.stats());
         if let Some(spec) = &self.spec {
@@ -605,11 +636,44 @@ impl LlmEngine {
         Ok(())
     }
 
+    /// Fills `sample_rows` / `sample_adjust` for this step's logits rows (one per
+    /// sequence that produces a token; no speculative rows on this path).
+    fn prepare_device_sampling(&mut self, out: &SchedulerOutput) -> Result<(), EngineError> {
+        self.sample_rows.clear();
+        self.sample_adjust.clear();
+        for s in out.scheduled.iter().filter(|s| s.produces_token) {
+            let state = self
+                .states
+                .get_mut(&s.seq_id)
+                .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
+            let start = self.sample_adjust.len();
+            state
+                .sampler
+                .logit_adjustments(&state.params, &mut self.sample_adjust);
+            let p = &state.params;
+            let uniform = if p.is_greedy() {
+                0.0
+            } else {
+                state.sampler.uniform()
+            };
+            self.sample_rows.push(SampleParams {
+                temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+                top_k: p.top_k as u32,
+                top_p: p.top_p,
+                min_p: p.min_p,
+                uniform,
+                adjust_start: start as u32,
+                adjust_len: (self.sample_adjust.len() - start) as u32,
+            });
+        }
+        Ok(())
+    }
+
     fn sample_and_update(
         &mut self,
         out: &SchedulerOutput,
-        // This step's tokens are the device argmax ids in `greedy_ids`.
-        on_device_greedy: bool,
+        // This step's tokens were sampled on the device, into `device_ids`.
+        on_device: bool,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
         self.sampled.resize(out.scheduled.len(), Vec::new());
@@ -695,14 +759,14 @@ impl LlmEngine {
                         emitted: &self.sampled[i],
                     });
                 }
-            } else if s.produces_token && on_device_greedy {
+            } else if s.produces_token && on_device {
                 let state = self
                     .states
                     .get_mut(&s.seq_id)
                     .ok_or(EngineError::Scheduler(SchedulerError::UnknownSeq(s.seq_id)))?;
-                let id = self.greedy_ids.get(row).copied().ok_or_else(|| {
+                let id = self.device_ids.get(row).copied().ok_or_else(|| {
                     sluice_model::ModelError::from(BackendError::Shape(format!(
-                        "device argmax: no id for logits row {row}"
+                        "device sampling: no id for logits row {row}"
                     )))
                 })? as u32;
                 state.sampler.observe(id);

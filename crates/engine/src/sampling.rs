@@ -255,7 +255,12 @@ impl Sampler {
         }
         if p.repetition_penalty != 1.0 {
             let rp = p.repetition_penalty;
-            let seen = self.prompt_tokens.iter().chain(self.output_counts.keys());
+            // Once per token, whether it appeared in the prompt, the output or both.
+            let seen = self.prompt_tokens.iter().chain(
+                self.output_counts
+                    .keys()
+                    .filter(|id| !self.prompt_tokens.contains(id)),
+            );
             for &id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l = if *l > 0.0 { *l / rp } else { *l * rp };
@@ -269,6 +274,44 @@ impl Sampler {
                 }
             }
         }
+    }
+
+    /// The processors of `process_logits` as one entry per affected token (for
+    /// `Device::sample`), appended to `out`: the same bias, repetition and
+    /// presence/frequency effects, in the same order.
+    pub fn logit_adjustments(
+        &self,
+        p: &SamplingParams,
+        out: &mut Vec<sluice_backend::LogitAdjust>,
+    ) {
+        use sluice_backend::LogitAdjust;
+        fn entry(
+            m: &mut std::collections::BTreeMap<u32, LogitAdjust>,
+            id: u32,
+        ) -> &mut LogitAdjust {
+            m.entry(id).or_insert(LogitAdjust {
+                token: id,
+                bias: 0.0,
+                repetition: 1.0,
+                penalty: 0.0,
+            })
+        }
+        let mut by_token = std::collections::BTreeMap::new();
+        for &(id, b) in &p.logit_bias {
+            entry(&mut by_token, id).bias += b;
+        }
+        if p.repetition_penalty != 1.0 {
+            for &id in self.prompt_tokens.iter().chain(self.output_counts.keys()) {
+                entry(&mut by_token, id).repetition = p.repetition_penalty;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&id, &c) in &self.output_counts {
+                entry(&mut by_token, id).penalty =
+                    p.presence_penalty + p.frequency_penalty * c as f32;
+            }
+        }
+        out.extend(by_token.into_values());
     }
 
     /// The exact distribution `sample` draws from (speculative verification needs it):
@@ -582,6 +625,42 @@ mod tests {
         assert!((t.logprob.unwrap_or(0.0) - (0.0 - lse)).abs() < 1e-5);
         assert_eq!(t.top_logprobs[0].0, 1);
         assert_eq!(t.top_logprobs.len(), 2);
+    }
+
+    #[test]
+    fn logit_adjustments_equal_the_processors() {
+        let p = SamplingParams {
+            logit_bias: vec![(3, 1.5), (7, -2.0), (3, 0.5)],
+            repetition_penalty: 1.3,
+            presence_penalty: 0.4,
+            frequency_penalty: 0.1,
+            ..params(0.8)
+        };
+        let mut s = Sampler::new(&p, &[1, 2, 3, 2]);
+        for id in [5, 3, 5, 9] {
+            s.observe(id);
+        }
+        let logits: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) * 0.7).collect();
+        let mut want = logits.clone();
+        s.process_logits(&p, &mut want);
+        let mut adj = Vec::new();
+        s.logit_adjustments(&p, &mut adj);
+        let mut got = logits.clone();
+        for a in &adj {
+            let l = &mut got[a.token as usize];
+            let mut v = *l + a.bias;
+            if a.repetition != 1.0 {
+                v = if v > 0.0 {
+                    v / a.repetition
+                } else {
+                    v * a.repetition
+                };
+            }
+            *l = v - a.penalty;
+        }
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
     }
 
     #[test]

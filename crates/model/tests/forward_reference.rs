@@ -424,6 +424,56 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device) {
             );
         }
     }
+
+    // (c) several sequences decoding in lockstep after their prefills: pure decode steps
+    // of 5 and then 3 rows. On a GPU these replay recorded graphs, padded to the next
+    // batch bucket (5 -> 6 rows), so dummy rows run next to the real ones.
+    let prompts: Vec<Vec<u32>> = (0..5)
+        .map(|i| {
+            tokens
+                .iter()
+                .cycle()
+                .skip(3 * i)
+                .take(tokens.len())
+                .copied()
+                .collect()
+        })
+        .collect();
+    let refs: Vec<Vec<Vec<f64>>> = prompts
+        .iter()
+        .map(|p| reference_logits(&cfg, &weights, p))
+        .collect();
+    let mut kv = model.new_kv_cache(64, BLOCK).unwrap();
+    let per = tokens.len().div_ceil(BLOCK);
+    let tables: Vec<Vec<u32>> = (0..5)
+        .map(|i| (0..per).map(|j| (63 - (j * 5 + i)) as u32).collect())
+        .collect();
+    let prefill = 12;
+    let mut b = BatchInput::default();
+    for (p, t) in prompts.iter().zip(&tables) {
+        b.push_seq(&p[..prefill], prefill, t, BLOCK, true);
+    }
+    model.forward(&b, &mut kv).unwrap();
+    for pos in prefill..tokens.len() {
+        let live = if pos < prefill + 6 { 5 } else { 3 };
+        let mut b = BatchInput::default();
+        for (p, t) in prompts.iter().zip(&tables).take(live) {
+            b.push_seq(&p[pos..pos + 1], pos + 1, t, BLOCK, true);
+        }
+        let logits = host_logits(&device, model.forward(&b, &mut kv).unwrap());
+        assert_eq!(logits.len(), live * cfg.vocab_size);
+        for (i, r) in refs.iter().take(live).enumerate() {
+            let d = max_abs_diff(
+                &logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size],
+                &r[pos],
+            );
+            worst = worst.max(d);
+            assert!(
+                d < tol,
+                "{name}: lockstep decode seq {i} pos {pos}: max abs diff {d}"
+            );
+        }
+    }
     println!("{name}: max abs logit error vs f64 reference {worst:.2e}");
 }
 

@@ -12,24 +12,14 @@
 
 use std::time::Instant;
 
-use sluice_backend::{AttentionParams, DType, Device, Tensor};
-use sluice_model::arch::common::{RopeTable, RunState};
-use sluice_model::arch::LayerWeights;
+use sluice_backend::{Device, QkvDims, Tensor};
+use sluice_model::arch::common::RunState;
+use sluice_model::arch::{FfnInWeights, ModelWeights, QkvWeights};
 use sluice_model::config::FfnActivation;
 use sluice_model::{BatchInput, KvCache, ModelConfig, ModelError, WeightStore};
 
 use crate::analytic::OpKind;
 use crate::error::{Result, RooflineError};
-
-/// Norm weights are used as F32 whatever the file stored (as `Model::new` does).
-fn to_f32(t: Tensor) -> Result<Tensor> {
-    if t.dtype() == DType::F32 {
-        return Ok(t);
-    }
-    let mut data = vec![0f32; t.numel()];
-    sluice_backend::quant::dequantize_row(t.dtype(), t.cpu_bytes()?, &mut data)?;
-    Ok(Tensor::from_f32_cpu(t.shape(), &data)?)
-}
 
 /// Per op kind: seconds summed over the layers of one step.
 pub type OpTimes = Vec<(OpKind, f64)>;
@@ -37,19 +27,13 @@ pub type OpTimes = Vec<(OpKind, f64)>;
 pub struct OpHarness {
     device: Device,
     config: ModelConfig,
-    /// `[vocab, hidden]`
-    tok_embd: Tensor,
-    /// `[vocab, hidden]`
-    output: Tensor,
-    /// `[hidden]`
-    output_norm: Tensor,
-    layers: Vec<LayerWeights>,
-    ropes: Vec<RopeTable>,
+    weights: ModelWeights,
     state: RunState,
 }
 
 impl OpHarness {
-    /// Builds the replica from host weights, as `Model::new` does.
+    /// Builds the replica from host weights, as `Model::new` does (the same loader, so
+    /// the same stacked projections on a GPU).
     pub fn new(
         device: &Device,
         config: ModelConfig,
@@ -59,104 +43,13 @@ impl OpHarness {
         config
             .validate()
             .map_err(|m| RooflineError::invalid("model config", m))?;
-        let c = &config;
-        let hd = c.head_dim;
-        let tok_embd = w.take("token_embd.weight")?;
-        let output_host = if c.tie_embeddings {
-            tok_embd.duplicate()?
-        } else {
-            w.take("output.weight")?
-        };
-        let output = device.load_weight(output_host)?;
-        let tok_embd = device.load_weight_rows(tok_embd)?;
-        let output_norm = device.load_weight(to_f32(w.take("output_norm.weight")?)?)?;
-        let max_len = max_model_len.min(c.max_position).max(1);
-        let mut ropes: Vec<RopeTable> = Vec::new();
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
-            let theta = c.layer_rope_theta(i);
-            let rope = match ropes.iter().position(|r| r.theta == theta) {
-                Some(r) => r,
-                None => {
-                    ropes.push(RopeTable::new(device, hd, theta, &c.rope_scaling, max_len)?);
-                    ropes.len() - 1
-                }
-            };
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let mut mat = |s: &str| -> Result<Tensor> { Ok(device.load_weight(w.take(&p(s))?)?) };
-            let (wq, wk, wv, wo) = (
-                mat("attn_q.weight")?,
-                mat("attn_k.weight")?,
-                mat("attn_v.weight")?,
-                mat("attn_output.weight")?,
-            );
-            let (w_gate, w_up, w_down) = (
-                mat("ffn_gate.weight")?,
-                mat("ffn_up.weight")?,
-                mat("ffn_down.weight")?,
-            );
-            let mut vec =
-                |s: &str| -> Result<Tensor> { Ok(device.load_weight(to_f32(w.take(&p(s))?)?)?) };
-            let mut opt = |on: bool, s: &str| -> Result<Option<Tensor>> {
-                if on {
-                    vec(s).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            let (attn_norm, ffn_norm) = (
-                opt(true, "attn_norm.weight")?,
-                opt(true, "ffn_norm.weight")?,
-            );
-            let (bq, bk, bv) = (
-                opt(c.qkv_bias, "attn_q.bias")?,
-                opt(c.qkv_bias, "attn_k.bias")?,
-                opt(c.qkv_bias, "attn_v.bias")?,
-            );
-            let (q_norm, k_norm) = (
-                opt(c.qk_norm, "attn_q_norm.weight")?,
-                opt(c.qk_norm, "attn_k_norm.weight")?,
-            );
-            let post_attn_norm = opt(c.sandwich_norms, "post_attention_norm.weight")?;
-            let post_ffn_norm = opt(c.sandwich_norms, "post_ffw_norm.weight")?;
-            let missing = |what: &str| RooflineError::Model(ModelError::MissingTensor(p(what)));
-            layers.push(LayerWeights {
-                attn_norm: attn_norm.ok_or_else(|| missing("attn_norm.weight"))?,
-                wq,
-                wk,
-                wv,
-                wo,
-                bq,
-                bk,
-                bv,
-                q_norm,
-                k_norm,
-                post_attn_norm,
-                ffn_norm: ffn_norm.ok_or_else(|| missing("ffn_norm.weight"))?,
-                w_gate,
-                w_up,
-                w_down,
-                post_ffn_norm,
-                rope,
-                attn: AttentionParams {
-                    n_heads: c.n_heads,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: hd,
-                    scale: c.attention_scale(),
-                    sliding_window: c.layer_window(i),
-                    softcap: c.attn_logit_softcap,
-                },
-            });
-        }
-        let state = RunState::new(device, c, 16, 4)?;
+        let max_len = max_model_len.min(config.max_position).max(1);
+        let weights = ModelWeights::load(device, &config, &mut w, max_len)?;
+        let state = RunState::new(device, &config, 16, 4, weights.fused)?;
         Ok(OpHarness {
             device: device.clone(),
             config,
-            tok_embd,
-            output,
-            output_norm,
-            layers,
-            ropes,
+            weights,
             state,
         })
     }
@@ -174,7 +67,8 @@ impl OpHarness {
         let dev = &self.device;
         let cfg = &self.config;
         let st = &mut self.state;
-        st.prepare(dev, cfg, batch)?;
+        let w = &self.weights;
+        st.prepare(dev, cfg, batch, None)?;
         let mut acc = [0f64; OpKind::ALL.len()];
         dev.synchronize()?;
         let mut clock = Instant::now();
@@ -192,49 +86,71 @@ impl OpHarness {
         let eps = cfg.rms_eps;
         dev.embedding(
             &st.meta.tokens,
-            &self.tok_embd,
+            &w.tok_embd,
             cfg.embedding_scale.unwrap_or(1.0),
             &mut st.x,
         )?;
         mark(OpKind::Embedding);
-        for (l, lkv) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            let rope = &self.ropes[l.rope];
+        for (l, lkv) in w.layers.iter().zip(kv.layers.iter_mut()) {
+            let rope = &w.ropes[l.rope];
             dev.rms_norm(&st.x, &l.attn_norm, eps, &mut st.xb)?;
             mark(OpKind::AttnNorm);
-            dev.matmul(&st.xb, &l.wq, &mut st.q)?;
-            dev.matmul(&st.xb, &l.wk, &mut st.k)?;
-            dev.matmul(&st.xb, &l.wv, &mut st.v)?;
-            for (b, out) in [(&l.bq, &mut st.q), (&l.bk, &mut st.k), (&l.bv, &mut st.v)] {
-                if let Some(b) = b {
-                    dev.add_bias_inplace(out, b)?;
+            let (hd, style) = (cfg.head_dim, cfg.rope_style);
+            match &l.qkv {
+                QkvWeights::Fused { wqkv, bias } => {
+                    dev.matmul(&st.xb, wqkv, &mut st.qkv)?;
+                    if let Some(b) = bias {
+                        dev.add_bias_inplace(&mut st.qkv, b)?;
+                    }
+                    mark(OpKind::QkvProj);
+                    let dims = QkvDims {
+                        n_heads: cfg.n_heads,
+                        n_kv_heads: cfg.n_kv_heads,
+                        head_dim: hd,
+                        style,
+                    };
+                    let pos = &st.meta.positions;
+                    dev.split_qkv_rope(
+                        &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v,
+                    )?;
+                    mark(OpKind::Rope);
+                }
+                QkvWeights::Separate {
+                    wq,
+                    wk,
+                    wv,
+                    bq,
+                    bk,
+                    bv,
+                } => {
+                    dev.matmul(&st.xb, wq, &mut st.q)?;
+                    dev.matmul(&st.xb, wk, &mut st.k)?;
+                    dev.matmul(&st.xb, wv, &mut st.v)?;
+                    for (b, out) in [(bq, &mut st.q), (bk, &mut st.k), (bv, &mut st.v)] {
+                        if let Some(b) = b {
+                            dev.add_bias_inplace(out, b)?;
+                        }
+                    }
+                    mark(OpKind::QkvProj);
+                    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                        dev.rms_norm_inplace(&mut st.q, qn, eps)?;
+                        dev.rms_norm_inplace(&mut st.k, kn, eps)?;
+                        mark(OpKind::QkNorm);
+                    }
+                    let pos = &st.meta.positions;
+                    dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, style)?;
+                    dev.rope_inplace(
+                        &mut st.k,
+                        pos,
+                        &rope.cos,
+                        &rope.sin,
+                        cfg.n_kv_heads,
+                        hd,
+                        style,
+                    )?;
+                    mark(OpKind::Rope);
                 }
             }
-            mark(OpKind::QkvProj);
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                dev.rms_norm_inplace(&mut st.q, qn, eps)?;
-                dev.rms_norm_inplace(&mut st.k, kn, eps)?;
-                mark(OpKind::QkNorm);
-            }
-            let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-            dev.rope_inplace(
-                &mut st.q,
-                pos,
-                &rope.cos,
-                &rope.sin,
-                cfg.n_heads,
-                hd,
-                cfg.rope_style,
-            )?;
-            dev.rope_inplace(
-                &mut st.k,
-                pos,
-                &rope.cos,
-                &rope.sin,
-                cfg.n_kv_heads,
-                hd,
-                cfg.rope_style,
-            )?;
-            mark(OpKind::Rope);
             dev.kv_write(&st.k, &st.v, &mut lkv.k, &mut lkv.v, &st.meta.slots)?;
             mark(OpKind::KvWrite);
             let meta = st.meta.attention_meta(kv.block_size);
@@ -250,12 +166,23 @@ impl OpHarness {
             mark(OpKind::Residual);
             dev.rms_norm(&st.x, &l.ffn_norm, eps, &mut st.xb)?;
             mark(OpKind::FfnNorm);
-            dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
-            dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
-            mark(OpKind::GateUp);
-            match cfg.activation {
-                FfnActivation::Silu => dev.silu_mul(&st.gate, &st.up, &mut st.act)?,
-                FfnActivation::GeluTanh => dev.gelu_mul(&st.gate, &st.up, &mut st.act)?,
+            let silu = cfg.activation == FfnActivation::Silu;
+            match &l.ffn_in {
+                FfnInWeights::Fused { w_gate_up } => {
+                    dev.matmul(&st.xb, w_gate_up, &mut st.gate_up)?;
+                    mark(OpKind::GateUp);
+                    dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
+                }
+                FfnInWeights::Separate { w_gate, w_up } => {
+                    dev.matmul(&st.xb, w_gate, &mut st.gate)?;
+                    dev.matmul(&st.xb, w_up, &mut st.up)?;
+                    mark(OpKind::GateUp);
+                    if silu {
+                        dev.silu_mul(&st.gate, &st.up, &mut st.act)?;
+                    } else {
+                        dev.gelu_mul(&st.gate, &st.up, &mut st.act)?;
+                    }
+                }
             }
             mark(OpKind::Glu);
             dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
@@ -268,9 +195,9 @@ impl OpHarness {
             mark(OpKind::Residual);
         }
         dev.gather_rows(&st.x, &st.meta.logits_rows, &mut st.last)?;
-        dev.rms_norm_inplace(&mut st.last, &self.output_norm, eps)?;
+        dev.rms_norm_inplace(&mut st.last, &w.output_norm, eps)?;
         mark(OpKind::FinalNorm);
-        dev.matmul(&st.last, &self.output, &mut st.logits)?;
+        dev.matmul(&st.last, &w.output, &mut st.logits)?;
         if let Some(cap) = cfg.final_logit_softcap {
             dev.softcap_inplace(&mut st.logits, cap)?;
         }

@@ -247,6 +247,97 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// Fused gate/up rows `[T, 2F]` -> `out[t, j] = act(gu[t, j]) * gu[t, F + j]`.
+    pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, act: Activation) -> Result<()> {
+        let f = out.cols();
+        if gate_up.cols() != 2 * f || gate_up.rows() != out.rows() {
+            return Err(BackendError::Shape(format!(
+                "glu_packed: {:?} into {:?}",
+                gate_up.shape(),
+                out.shape()
+            )));
+        }
+        let gu = gate_up.as_f32()?;
+        let o = out.as_f32_mut()?;
+        for (orow, row) in o
+            .chunks_exact_mut(f.max(1))
+            .zip(gu.chunks_exact(2 * f.max(1)))
+        {
+            let (g, u) = row.split_at(f);
+            for ((d, a), b) in orow.iter_mut().zip(g).zip(u) {
+                *d = match act {
+                    Activation::Silu => silu(*a) * b,
+                    Activation::GeluTanh => gelu_tanh(*a) * b,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Fused projections `[T, (n_heads + 2 n_kv) * hd]` split into q, k, v, with RoPE on
+    /// q and k (the reference for the GPU's one-kernel version).
+    #[allow(clippy::too_many_arguments)]
+    pub fn split_qkv_rope(
+        &self,
+        qkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dims: crate::device::QkvDims,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
+        let (qd, kvd) = (
+            dims.n_heads * dims.head_dim,
+            dims.n_kv_heads * dims.head_dim,
+        );
+        let t = qkv.rows();
+        if qkv.cols() != qd + 2 * kvd
+            || q.rows() != t
+            || k.rows() != t
+            || v.rows() != t
+            || q.cols() != qd
+            || k.cols() != kvd
+            || v.cols() != kvd
+        {
+            return Err(BackendError::Shape(format!(
+                "split_qkv_rope: {:?} into q {:?} k {:?} v {:?}",
+                qkv.shape(),
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        let src = qkv.as_f32()?;
+        {
+            let (qs, ks, vs) = (q.as_f32_mut()?, k.as_f32_mut()?, v.as_f32_mut()?);
+            for (r, row) in src.chunks_exact(qd + 2 * kvd).enumerate() {
+                qs[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
+                ks[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                vs[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+            }
+        }
+        self.rope_inplace(
+            q,
+            positions,
+            cos,
+            sin,
+            dims.n_heads,
+            dims.head_dim,
+            dims.style,
+        )?;
+        self.rope_inplace(
+            k,
+            positions,
+            cos,
+            sin,
+            dims.n_kv_heads,
+            dims.head_dim,
+            dims.style,
+        )
+    }
+
     pub fn embedding(
         &self,
         ids: &Tensor,

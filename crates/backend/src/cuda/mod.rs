@@ -10,11 +10,15 @@
 //! request) and the KV cache in bf16 or f32. Matmuls with few rows (decode) run our own
 //! bandwidth-bound GEMV; larger ones go to cuBLASLt.
 
+mod fused;
 mod gemm;
+mod graph;
 pub mod module;
 mod ops;
+mod sample;
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as drv, sys, CudaContext};
@@ -23,6 +27,7 @@ use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::{Storage, Tensor};
 
+pub use graph::CudaGraph;
 pub use module::{compile_kernels, kernel_source};
 
 pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
@@ -92,7 +97,7 @@ impl CudaWeightType {
         }
     }
 
-    fn resolve(self, file: DType) -> DType {
+    pub(crate) fn resolve(self, file: DType) -> DType {
         match self {
             CudaWeightType::Auto => match file {
                 DType::F16 => DType::F16,
@@ -114,9 +119,15 @@ pub struct CudaBackend {
     scratch: Mutex<Option<CudaBuffer>>,
     /// Split-K attention partials (m, l, acc per row, head and split).
     attention_scratch: Mutex<Option<CudaBuffer>>,
+    /// Sampling parameters of a step, uploaded before the sampling kernel.
+    sample_staging: Mutex<Option<CudaBuffer>>,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
+    /// Set while the stream is being captured into a graph (see graph.rs).
+    capturing: AtomicBool,
+    /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
+    epoch: AtomicU64,
 }
 
 // SAFETY: the stream and function handles are driver objects valid in the context, which
@@ -158,9 +169,12 @@ impl CudaBackend {
             gemm,
             scratch: Mutex::new(None),
             attention_scratch: Mutex::new(None),
+            sample_staging: Mutex::new(None),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,
+            capturing: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -348,14 +362,26 @@ impl CudaBackend {
         self.grow(&self.attention_scratch, len)
     }
 
+    /// Staging for `sample`'s parameters, at least `len` bytes.
+    fn sample_staging(&self, len: usize) -> Result<sys::CUdeviceptr> {
+        self.grow(&self.sample_staging, len)
+    }
+
     fn grow(&self, slot: &Mutex<Option<CudaBuffer>>, len: usize) -> Result<sys::CUdeviceptr> {
         let mut guard = slot
             .lock()
             .map_err(|_| BackendError::Device("scratch lock poisoned".into()))?;
         if guard.as_ref().is_none_or(|b| b.len < len) {
+            if self.capturing.load(Ordering::SeqCst) {
+                return Err(BackendError::Device(format!(
+                    "a scratch buffer must grow to {len} bytes during a CUDA graph capture \
+                     (run the step once without capture first)"
+                )));
+            }
             // Make sure no queued kernel still reads the old buffer before it is freed.
             self.synchronize()?;
             *guard = Some(self.alloc(len.next_power_of_two())?);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         Ok(guard.as_ref().map(|b| b.ptr).unwrap_or(0))
     }

@@ -22,6 +22,8 @@ pub fn kernel_source() -> String {
         include_str!("kernels/elementwise.cu"),
         include_str!("kernels/gemv.cu"),
         include_str!("kernels/attention.cu"),
+        include_str!("kernels/attention_prefill.cu"),
+        include_str!("kernels/sampling.cu"),
     ]
     .join("\n")
 }
@@ -238,4 +240,9 @@ kernels!(
     gemv_f32_3,
     gemv_f32_4,
     attention_merge_kernel,
+    glu_packed_kernel,
+    split_qkv_rope_kernel,
+    sample_kernel,
+    flash_prefill_bf16_d64,
+    flash_prefill_bf16_d128,
 );

@@ -76,6 +76,11 @@ pub(crate) fn attention_splits(blocks: usize, max_ctx: usize, sms: usize) -> (us
     (max_ctx.div_ceil(split_len), split_len)
 }
 
+/// Sequences with at least this many query rows in a step take the tensor-core prefill
+/// kernel (kernels/attention_prefill.cu) when it applies (bf16 KV cache, head_dim 64 or
+/// 128, causal); the others take the row-per-block kernel (kernels/attention.cu).
+pub(crate) const PREFILL_MIN_ROWS: usize = 16;
+
 /// Blocks for a grid-stride loop over `n` elements (enough to fill the GPU; the loop
 /// covers the rest).
 fn blocks(n: usize) -> u32 {
@@ -83,7 +88,12 @@ fn blocks(n: usize) -> u32 {
 }
 
 impl CudaBackend {
-    fn launch_1d(&self, f: sys::CUfunction, n: usize, args: &mut [*mut c_void]) -> Result<()> {
+    pub(crate) fn launch_1d(
+        &self,
+        f: sys::CUfunction,
+        n: usize,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -492,6 +502,19 @@ impl CudaBackend {
         );
         let f = self.kernels.attention[super::module::attention_index(bf16, g, hd)];
         let split_len_i = split_len as i32;
+        // Sequences of PREFILL_MIN_ROWS rows or more go to the tensor-core kernel (custom
+        // masks were refused above); the row-per-block kernel then skips their rows.
+        let flash = match hd {
+            64 if bf16 => Some(self.kernels.flash_prefill_bf16_d64),
+            128 if bf16 => Some(self.kernels.flash_prefill_bf16_d128),
+            _ => None,
+        }
+        .filter(|_| t >= PREFILL_MIN_ROWS && t > meta.num_seqs);
+        let max_q_rows = if flash.is_some() {
+            PREFILL_MIN_ROWS as i32 - 1
+        } else {
+            i32::MAX
+        };
         let partial = if splits > 1 {
             self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
         } else {
@@ -518,6 +541,7 @@ impl CudaBackend {
                 window,
                 softcap,
                 split_len_i,
+                max_q_rows,
                 partial,
                 po
             ],
@@ -529,6 +553,23 @@ impl CudaBackend {
                 (t as u32, p.n_heads as u32, 1),
                 (hd as u32).next_multiple_of(32).min(256),
                 &mut args![partial, si, nh, hdi, po],
+            )?;
+        }
+        if let Some(f) = flash {
+            // Launched last, on the same stream: the merge above writes every row, also
+            // those the first kernel skipped (from partials it never wrote), and this
+            // kernel overwrites them. Grid: an upper bound on the 64-row tiles of the
+            // qualifying sequences (sum ceil(q_s / 64) <= ceil(T / 64) + num_seqs);
+            // surplus blocks exit at once.
+            let min_rows = PREFILL_MIN_ROWS as i32;
+            self.launch(
+                f,
+                ((t.div_ceil(64) + meta.num_seqs) as u32, p.n_heads as u32, 1),
+                128,
+                &mut args![
+                    pq, pk, pv, pqs, ns, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                    min_rows, po
+                ],
             )?;
         }
         Ok(())

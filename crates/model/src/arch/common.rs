@@ -82,11 +82,24 @@ fn upload_f32(device: &Device, shape: &[usize], data: &[f32]) -> Result<Tensor> 
     Ok(device.upload(&host)?)
 }
 
+/// Which projections of the layers are stacked into one weight (see `LayerWeights`),
+/// so which of the run state's buffers exist.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FusedLayout {
+    /// Q/K/V rows stacked: `qkv` is used, then split into `q`, `k`, `v`.
+    pub qkv: bool,
+    /// gate/up rows stacked: `gate_up` is used instead of `gate` and `up`.
+    pub gate_up: bool,
+}
+
 /// Activation buffers, allocated for `cap_tokens` rows and reused every step
 /// (llama2.c's RunState). `set_rows` shrinks their logical shape per step.
 pub struct RunState {
     pub cap_tokens: usize,
     pub cap_logits: usize,
+    pub fused: FusedLayout,
+    /// Changes whenever a buffer here is reallocated (captured graphs hold addresses).
+    pub generation: u64,
     /// `[T, hidden]` residual stream
     pub x: Tensor,
     /// `[T, hidden]` normed input of a block
@@ -99,12 +112,17 @@ pub struct RunState {
     pub k: Tensor,
     /// `[T, n_kv_heads * head_dim]`
     pub v: Tensor,
+    /// `[T, (n_heads + 2 n_kv_heads) * head_dim]` fused projections (empty unless
+    /// `fused.qkv`)
+    pub qkv: Tensor,
     /// `[T, n_heads * head_dim]` attention output
     pub att: Tensor,
     /// `[T, ffn]`
     pub gate: Tensor,
     /// `[T, ffn]`
     pub up: Tensor,
+    /// `[T, 2 ffn]` fused gate/up (gate and up are empty when `fused.gate_up`)
+    pub gate_up: Tensor,
     /// `[T, ffn]` activation(gate) * up
     pub act: Tensor,
     /// `[L, hidden]` rows whose logits are wanted
@@ -145,22 +163,36 @@ impl RunState {
         cfg: &ModelConfig,
         cap_tokens: usize,
         cap_logits: usize,
+        fused: FusedLayout,
     ) -> Result<RunState> {
         let z = |cols: usize, rows: usize| device.zeros(DType::F32, &[rows, cols]);
         let i = |n: usize| device.zeros(DType::I32, &[n]);
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (sep_f, qkv_w) = (
+            if fused.gate_up { 0 } else { f },
+            if fused.qkv {
+                cfg.q_dim() + 2 * cfg.kv_dim()
+            } else {
+                0
+            },
+        );
+        let gu = if fused.gate_up { 2 * f } else { 0 };
         Ok(RunState {
             cap_tokens,
             cap_logits,
+            fused,
+            generation: 0,
             x: z(h, cap_tokens)?,
             xb: z(h, cap_tokens)?,
             xo: z(h, cap_tokens)?,
             q: z(cfg.q_dim(), cap_tokens)?,
             k: z(cfg.kv_dim(), cap_tokens)?,
             v: z(cfg.kv_dim(), cap_tokens)?,
+            qkv: z(qkv_w, cap_tokens)?,
             att: z(cfg.q_dim(), cap_tokens)?,
-            gate: z(f, cap_tokens)?,
-            up: z(f, cap_tokens)?,
+            gate: z(sep_f, cap_tokens)?,
+            up: z(sep_f, cap_tokens)?,
+            gate_up: z(gu, cap_tokens)?,
             act: z(f, cap_tokens)?,
             last: z(h, cap_logits)?,
             logits: z(cfg.vocab_size, cap_logits)?,
@@ -182,47 +214,75 @@ impl RunState {
 
     /// Makes room for the batch (reallocating only when it outgrows the buffers), sets
     /// every buffer's logical row count, and uploads the metadata.
+    ///
+    /// `pad_to`: a decode batch (one token per sequence, every row's logits wanted) is
+    /// padded with dummy sequences up to this many rows, so that a step graph recorded
+    /// for that size can replay it (see `BatchTensors::upload`).
     pub fn prepare(
         &mut self,
         device: &Device,
         cfg: &ModelConfig,
         batch: &BatchInput,
+        pad_to: Option<usize>,
     ) -> Result<()> {
-        let t = batch.num_tokens();
-        let l = batch.logits_indices.len();
-        if t > self.cap_tokens || l > self.cap_logits || batch.seqs.len() > self.cap_tokens {
-            let ct = t
-                .max(batch.seqs.len())
-                .next_power_of_two()
-                .max(self.cap_tokens);
+        let pad = pad_to.unwrap_or(0);
+        let t = batch.num_tokens().max(pad);
+        let l = batch.logits_indices.len().max(pad);
+        let s = batch.seqs.len().max(pad);
+        if t > self.cap_tokens || l > self.cap_logits || s > self.cap_tokens {
+            let ct = t.max(s).next_power_of_two().max(self.cap_tokens);
             let cl = l.next_power_of_two().max(self.cap_logits);
             let block_cols = self.meta.block_tables.cols();
-            *self = RunState::new(device, cfg, ct, cl)?;
+            let generation = self.generation + 1;
+            *self = RunState::new(device, cfg, ct, cl, self.fused)?;
             self.meta.block_tables = device.zeros(DType::I32, &[ct, block_cols])?;
+            self.generation = generation;
         }
-        for b in [
-            &mut self.x,
-            &mut self.xb,
-            &mut self.xo,
-            &mut self.q,
-            &mut self.k,
-            &mut self.v,
-            &mut self.att,
-            &mut self.gate,
-            &mut self.up,
-            &mut self.act,
+        let f = self.fused;
+        for (b, used) in [
+            (&mut self.x, true),
+            (&mut self.xb, true),
+            (&mut self.xo, true),
+            (&mut self.q, true),
+            (&mut self.k, true),
+            (&mut self.v, true),
+            (&mut self.qkv, f.qkv),
+            (&mut self.att, true),
+            (&mut self.gate, !f.gate_up),
+            (&mut self.up, !f.gate_up),
+            (&mut self.gate_up, f.gate_up),
+            (&mut self.act, true),
         ] {
-            b.set_rows(t)?;
+            if used {
+                b.set_rows(t)?;
+            }
         }
         self.last.set_rows(l)?;
         self.logits.set_rows(l)?;
-        self.meta.upload(device, batch, self.cap_tokens)
+        if self.meta.upload(device, batch, self.cap_tokens, pad)? {
+            self.generation += 1;
+        }
+        Ok(())
     }
 }
 
 impl BatchTensors {
-    fn upload(&mut self, device: &Device, batch: &BatchInput, cap_tokens: usize) -> Result<()> {
-        let s = batch.seqs.len();
+    /// Uploads the batch, padded with `pad - seqs` dummy one-token sequences when `pad`
+    /// exceeds the sequence count (a pure decode batch): token 0 at position 0, no KV
+    /// write (slot -1), attending to one key of block 0 (finite whatever it holds), its
+    /// logits row after the real ones. Their results are never read. Returns whether a
+    /// buffer was reallocated.
+    fn upload(
+        &mut self,
+        device: &Device,
+        batch: &BatchInput,
+        cap_tokens: usize,
+        pad: usize,
+    ) -> Result<bool> {
+        let real = batch.seqs.len();
+        let s = real.max(pad);
+        let extra = s - real;
+        let mut moved = false;
         let max_blocks = batch
             .seqs
             .iter()
@@ -233,6 +293,7 @@ impl BatchTensors {
         if max_blocks > self.block_tables.cols() {
             self.block_tables =
                 device.zeros(DType::I32, &[cap_tokens, max_blocks.next_power_of_two()])?;
+            moved = true;
         }
         let cols = self.block_tables.cols();
         let st = &mut self.staging;
@@ -249,20 +310,49 @@ impl BatchTensors {
                 device.copy_i32_from_host(&mut $dst, st)?;
             }};
         }
-        put!(self.tokens, batch.tokens.iter().copied());
-        put!(self.positions, batch.positions.iter().copied());
-        put!(self.slots, batch.slot_mapping.iter().copied());
+        let zeros = || std::iter::repeat_n(0u32, extra);
+        put!(self.tokens, batch.tokens.iter().copied().chain(zeros()));
+        put!(
+            self.positions,
+            batch.positions.iter().copied().chain(zeros())
+        );
+        st.clear();
+        for &v in &batch.slot_mapping {
+            st.push(as_i32(v)?);
+        }
+        st.resize(st.len() + extra, -1);
+        self.slots.set_len(st.len())?;
+        device.copy_i32_from_host(&mut self.slots, st)?;
         let mut acc = 0u32;
-        let starts = std::iter::once(0u32).chain(batch.seqs.iter().map(|q| {
-            acc += q.num_tokens as u32;
-            acc
-        }));
+        let starts = std::iter::once(0u32).chain(
+            batch
+                .seqs
+                .iter()
+                .map(|q| q.num_tokens as u32)
+                .chain(std::iter::repeat_n(1, extra))
+                .map(|n| {
+                    acc += n;
+                    acc
+                }),
+        );
         put!(self.query_start, starts);
         put!(
             self.context_lens,
-            batch.seqs.iter().map(|q| q.context_len as u32)
+            batch
+                .seqs
+                .iter()
+                .map(|q| q.context_len as u32)
+                .chain(std::iter::repeat_n(1, extra))
         );
-        put!(self.logits_rows, batch.logits_indices.iter().copied());
+        let rows = batch.logits_indices.len() as u32;
+        put!(
+            self.logits_rows,
+            batch
+                .logits_indices
+                .iter()
+                .copied()
+                .chain(rows..rows + extra as u32)
+        );
         st.clear();
         for q in &batch.seqs {
             for &b in &q.block_table {
@@ -270,6 +360,7 @@ impl BatchTensors {
             }
             st.resize(st.len() + cols - q.block_table.len(), 0);
         }
+        st.resize(st.len() + extra * cols, 0);
         self.block_tables.set_rows(s.max(1))?;
         device.copy_i32_from_host(&mut self.block_tables, st)?;
         self.num_seqs = s;
@@ -277,6 +368,7 @@ impl BatchTensors {
         if let Some(m) = &batch.custom_mask {
             if m.len() > self.custom_mask.size_in_bytes() / 4 {
                 self.custom_mask = device.zeros(DType::I32, &[m.len().next_power_of_two()])?;
+                moved = true;
             }
             st.clear();
             st.extend(m.iter().map(|&b| (b != 0) as i32));
@@ -284,7 +376,7 @@ impl BatchTensors {
             device.copy_i32_from_host(&mut self.custom_mask, st)?;
             self.has_mask = true;
         }
-        Ok(())
+        Ok(moved)
     }
 
     pub fn attention_meta(&self, block_size: usize) -> PagedAttentionMeta<'_> {

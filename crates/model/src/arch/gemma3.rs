@@ -12,8 +12,8 @@
 use sluice_backend::Device;
 
 use super::common::{RopeTable, RunState};
-use super::{qkv, LayerWeights};
-use crate::config::{FfnActivation, ModelConfig};
+use super::{apply_rope, ffn, qkv, LayerWeights};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::LayerKv;
 
@@ -28,31 +28,13 @@ pub fn block(
 ) -> Result<()> {
     let missing = |what: &str| ModelError::MissingTensor(format!("gemma3 layer {what}"));
     dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
-    qkv(dev, l, st)?;
+    qkv(dev, cfg, l, None, st)?;
     let q_norm = l.q_norm.as_ref().ok_or_else(|| missing("attn_q_norm"))?;
     let k_norm = l.k_norm.as_ref().ok_or_else(|| missing("attn_k_norm"))?;
     // Per-head norms: the op treats [T, heads*hd] as rows of hd.
     dev.rms_norm_inplace(&mut st.q, q_norm, cfg.rms_eps)?;
     dev.rms_norm_inplace(&mut st.k, k_norm, cfg.rms_eps)?;
-    let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-    dev.rope_inplace(
-        &mut st.q,
-        pos,
-        &rope.cos,
-        &rope.sin,
-        cfg.n_heads,
-        hd,
-        cfg.rope_style,
-    )?;
-    dev.rope_inplace(
-        &mut st.k,
-        pos,
-        &rope.cos,
-        &rope.sin,
-        cfg.n_kv_heads,
-        hd,
-        cfg.rope_style,
-    )?;
+    apply_rope(dev, cfg, rope, st)?;
     dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
@@ -63,13 +45,7 @@ pub fn block(
         .ok_or_else(|| missing("post_attention_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_attn, cfg.rms_eps)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
-    dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
-    match cfg.activation {
-        FfnActivation::GeluTanh => dev.gelu_mul(&st.gate, &st.up, &mut st.act)?,
-        FfnActivation::Silu => dev.silu_mul(&st.gate, &st.up, &mut st.act)?,
-    }
-    dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
+    ffn(dev, cfg, l, st)?;
     let post_ffn = l
         .post_ffn_norm
         .as_ref()

@@ -9,8 +9,8 @@
 use sluice_backend::Device;
 
 use super::common::{RopeTable, RunState};
-use super::{qkv, LayerWeights};
-use crate::config::{FfnActivation, ModelConfig};
+use super::{ffn, qkv, LayerWeights};
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
 
@@ -24,38 +24,13 @@ pub fn block(
     st: &mut RunState,
 ) -> Result<()> {
     dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
-    qkv(dev, l, st)?;
-    let (hd, pos) = (cfg.head_dim, &st.meta.positions);
-    dev.rope_inplace(
-        &mut st.q,
-        pos,
-        &rope.cos,
-        &rope.sin,
-        cfg.n_heads,
-        hd,
-        cfg.rope_style,
-    )?;
-    dev.rope_inplace(
-        &mut st.k,
-        pos,
-        &rope.cos,
-        &rope.sin,
-        cfg.n_kv_heads,
-        hd,
-        cfg.rope_style,
-    )?;
+    qkv(dev, cfg, l, Some(rope), st)?;
     dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    dev.matmul(&st.xb, &l.w_gate, &mut st.gate)?;
-    dev.matmul(&st.xb, &l.w_up, &mut st.up)?;
-    match cfg.activation {
-        FfnActivation::Silu => dev.silu_mul(&st.gate, &st.up, &mut st.act)?,
-        FfnActivation::GeluTanh => dev.gelu_mul(&st.gate, &st.up, &mut st.act)?,
-    }
-    dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
+    ffn(dev, cfg, l, st)?;
     dev.add_inplace(&mut st.x, &st.xo)?;
     Ok(())
 }

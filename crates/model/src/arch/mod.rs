@@ -3,33 +3,53 @@
 
 pub mod common;
 pub mod gemma3;
+mod graphs;
 pub mod llama;
 
-use sluice_backend::{AttentionParams, DType, Device, Tensor};
+use sluice_backend::{AttentionParams, DType, Device, QkvDims, Tensor};
 
 use crate::batch::BatchInput;
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Arch, FfnActivation, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::weights::WeightStore;
-use common::{RopeTable, RunState};
+use common::{FusedLayout, RopeTable, RunState};
+use graphs::StepGraphs;
+
+/// Q/K/V projection weights (2-D weights are `[out, in]`).
+#[allow(clippy::large_enum_variant)] // one per layer, never moved on a hot path
+pub enum QkvWeights {
+    /// `[n_heads * head_dim, hidden]`, `[n_kv_heads * head_dim, hidden]` twice, and
+    /// Qwen2's biases `[q_dim]`, `[kv_dim]`, `[kv_dim]`.
+    Separate {
+        wq: Tensor,
+        wk: Tensor,
+        wv: Tensor,
+        bq: Option<Tensor>,
+        bk: Option<Tensor>,
+        bv: Option<Tensor>,
+    },
+    /// The three stacked by rows, `[q_dim + 2 kv_dim, hidden]` (bias likewise): one
+    /// matmul, then `split_qkv_rope` (devices that prefer it, see
+    /// `Device::stacks_projections`).
+    Fused { wqkv: Tensor, bias: Option<Tensor> },
+}
+
+/// The FFN's input projections.
+pub enum FfnInWeights {
+    /// `[ffn, hidden]` each.
+    Separate { w_gate: Tensor, w_up: Tensor },
+    /// gate rows then up rows, `[2 ffn, hidden]`: one matmul, then `glu_packed`.
+    Fused { w_gate_up: Tensor },
+}
 
 /// One transformer block's weights (device tensors). 2-D weights are `[out, in]`.
 pub struct LayerWeights {
     /// `[hidden]`
     pub attn_norm: Tensor,
-    /// `[n_heads * head_dim, hidden]`
-    pub wq: Tensor,
-    /// `[n_kv_heads * head_dim, hidden]`
-    pub wk: Tensor,
-    /// `[n_kv_heads * head_dim, hidden]`
-    pub wv: Tensor,
+    pub qkv: QkvWeights,
     /// `[hidden, n_heads * head_dim]`
     pub wo: Tensor,
-    /// Qwen2: `[q_dim]`, `[kv_dim]`, `[kv_dim]`
-    pub bq: Option<Tensor>,
-    pub bk: Option<Tensor>,
-    pub bv: Option<Tensor>,
     /// Gemma: `[head_dim]` per-head RMSNorm weights
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
@@ -37,32 +57,54 @@ pub struct LayerWeights {
     pub post_attn_norm: Option<Tensor>,
     /// `[hidden]`
     pub ffn_norm: Tensor,
-    /// `[ffn, hidden]`
-    pub w_gate: Tensor,
-    /// `[ffn, hidden]`
-    pub w_up: Tensor,
+    pub ffn_in: FfnInWeights,
     /// `[hidden, ffn]`
     pub w_down: Tensor,
     /// Gemma sandwich norm after the FFN, `[hidden]`
     pub post_ffn_norm: Option<Tensor>,
-    /// Index into `Model::ropes` for this layer's base frequency.
+    /// Index into `ModelWeights::ropes` for this layer's base frequency.
     pub rope: usize,
     pub attn: AttentionParams,
+}
+
+impl LayerWeights {
+    /// The layer's matrices (for byte counts).
+    pub fn matrices(&self) -> Vec<&Tensor> {
+        let mut v = match &self.qkv {
+            QkvWeights::Separate { wq, wk, wv, .. } => vec![wq, wk, wv],
+            QkvWeights::Fused { wqkv, .. } => vec![wqkv],
+        };
+        v.push(&self.wo);
+        match &self.ffn_in {
+            FfnInWeights::Separate { w_gate, w_up } => v.extend([w_gate, w_up]),
+            FfnInWeights::Fused { w_gate_up } => v.push(w_gate_up),
+        }
+        v.push(&self.w_down);
+        v
+    }
+}
+
+/// Everything read-only a forward pass needs: the weights and RoPE tables.
+pub struct ModelWeights {
+    /// `[vocab, hidden]` (kept in its file layout for row lookups)
+    pub tok_embd: Tensor,
+    /// `[vocab, hidden]` output head in the device's matmul layout
+    pub output: Tensor,
+    /// `[hidden]`
+    pub output_norm: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub ropes: Vec<RopeTable>,
+    /// Which projections are stacked (the run state's buffers follow it).
+    pub fused: FusedLayout,
 }
 
 /// A loaded model ready to run on a device.
 pub struct Model {
     pub config: ModelConfig,
     device: Device,
-    /// `[vocab, hidden]` (kept in its file layout for row lookups)
-    tok_embd: Tensor,
-    /// `[vocab, hidden]` output head in the device's matmul layout
-    output: Tensor,
-    /// `[hidden]`
-    output_norm: Tensor,
-    layers: Vec<LayerWeights>,
-    ropes: Vec<RopeTable>,
+    weights: ModelWeights,
     state: RunState,
+    graphs: StepGraphs,
     max_model_len: usize,
 }
 
@@ -88,17 +130,16 @@ fn expect_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
-impl Model {
-    /// Builds the model on `device` from host weights. `max_model_len` bounds positions
-    /// (RoPE tables are built that long).
-    pub fn new(
+impl ModelWeights {
+    /// Moves the weights of `w` onto `device` (shapes checked against `c`), stacking
+    /// Q/K/V and gate/up where the device prefers it. RoPE tables cover `max_model_len`
+    /// positions.
+    pub fn load(
         device: &Device,
-        config: ModelConfig,
-        mut w: WeightStore,
+        c: &ModelConfig,
+        w: &mut WeightStore,
         max_model_len: usize,
-    ) -> Result<Model> {
-        config.validate().map_err(ModelError::Config)?;
-        let c = &config;
+    ) -> Result<ModelWeights> {
         let (h, f, qd, kvd, hd) = (
             c.hidden_size,
             c.intermediate_size,
@@ -106,8 +147,12 @@ impl Model {
             c.kv_dim(),
             c.head_dim,
         );
-        let max_model_len = max_model_len.min(c.max_position).max(1);
-
+        let stack = device.stacks_projections();
+        // Gemma normalises q and k per head before RoPE, so its projections stay apart.
+        let fused = FusedLayout {
+            qkv: stack && !c.qk_norm,
+            gate_up: stack,
+        };
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = w.take(name)?;
             expect_shape(name, &t, shape)?;
@@ -143,31 +188,79 @@ impl Model {
                 }
             };
             let p = |s: &str| format!("blk.{i}.{s}");
-            let mut mat = |s: &str, shape: &[usize]| -> Result<Tensor> {
-                Ok(device.load_weight(take(&p(s), shape)?)?)
+            let mut host = |s: &str, shape: &[usize]| take(&p(s), shape);
+            let vec_host = |host: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+                            s: &str,
+                            n: usize|
+             -> Result<Tensor> { to_f32(host(s, &[n])?) };
+            let (wq, wk, wv) = (
+                host("attn_q.weight", &[qd, h])?,
+                host("attn_k.weight", &[kvd, h])?,
+                host("attn_v.weight", &[kvd, h])?,
+            );
+            let biases = if c.qkv_bias {
+                Some((
+                    vec_host(&mut host, "attn_q.bias", qd)?,
+                    vec_host(&mut host, "attn_k.bias", kvd)?,
+                    vec_host(&mut host, "attn_v.bias", kvd)?,
+                ))
+            } else {
+                None
             };
-            let wq = mat("attn_q.weight", &[qd, h])?;
-            let wk = mat("attn_k.weight", &[kvd, h])?;
-            let wv = mat("attn_v.weight", &[kvd, h])?;
-            let wo = mat("attn_output.weight", &[h, qd])?;
-            let w_gate = mat("ffn_gate.weight", &[f, h])?;
-            let w_up = mat("ffn_up.weight", &[f, h])?;
-            let w_down = mat("ffn_down.weight", &[h, f])?;
+            let qkv = if fused.qkv {
+                let bias = match biases {
+                    Some((bq, bk, bv)) => {
+                        let mut all = bq.as_f32()?.to_vec();
+                        all.extend_from_slice(bk.as_f32()?);
+                        all.extend_from_slice(bv.as_f32()?);
+                        let t = Tensor::from_f32_cpu(&[all.len()], &all)?;
+                        Some(device.load_weight(t)?)
+                    }
+                    None => None,
+                };
+                QkvWeights::Fused {
+                    wqkv: device.load_weights_stacked(vec![wq, wk, wv])?,
+                    bias,
+                }
+            } else {
+                let (bq, bk, bv) = match biases {
+                    Some((bq, bk, bv)) => (
+                        Some(device.load_weight(bq)?),
+                        Some(device.load_weight(bk)?),
+                        Some(device.load_weight(bv)?),
+                    ),
+                    None => (None, None, None),
+                };
+                QkvWeights::Separate {
+                    wq: device.load_weight(wq)?,
+                    wk: device.load_weight(wk)?,
+                    wv: device.load_weight(wv)?,
+                    bq,
+                    bk,
+                    bv,
+                }
+            };
+            let wo = device.load_weight(host("attn_output.weight", &[h, qd])?)?;
+            let (w_gate, w_up) = (
+                host("ffn_gate.weight", &[f, h])?,
+                host("ffn_up.weight", &[f, h])?,
+            );
+            let ffn_in = if fused.gate_up {
+                FfnInWeights::Fused {
+                    w_gate_up: device.load_weights_stacked(vec![w_gate, w_up])?,
+                }
+            } else {
+                FfnInWeights::Separate {
+                    w_gate: device.load_weight(w_gate)?,
+                    w_up: device.load_weight(w_up)?,
+                }
+            };
+            let w_down = device.load_weight(host("ffn_down.weight", &[h, f])?)?;
             let mut vec = |s: &str, n: usize| -> Result<Tensor> {
-                let t = to_f32(take(&p(s), &[n])?)?;
-                Ok(device.load_weight(t)?)
+                Ok(device.load_weight(vec_host(&mut host, s, n)?)?)
             };
             let attn_norm = vec("attn_norm.weight", h)?;
             let ffn_norm = vec("ffn_norm.weight", h)?;
-            let (bq, bk, bv) = if c.qkv_bias {
-                (
-                    Some(vec("attn_q.bias", qd)?),
-                    Some(vec("attn_k.bias", kvd)?),
-                    Some(vec("attn_v.bias", kvd)?),
-                )
-            } else {
-                (None, None, None)
-            };
             let (q_norm, k_norm) = if c.qk_norm {
                 (
                     Some(vec("attn_q_norm.weight", hd)?),
@@ -186,19 +279,13 @@ impl Model {
             };
             layers.push(LayerWeights {
                 attn_norm,
-                wq,
-                wk,
-                wv,
+                qkv,
                 wo,
-                bq,
-                bk,
-                bv,
                 q_norm,
                 k_norm,
                 post_attn_norm,
                 ffn_norm,
-                w_gate,
-                w_up,
+                ffn_in,
                 w_down,
                 post_ffn_norm,
                 rope,
@@ -212,16 +299,65 @@ impl Model {
                 },
             });
         }
-        let state = RunState::new(device, c, 16, 4)?;
-        Ok(Model {
-            config,
-            device: device.clone(),
+        Ok(ModelWeights {
             tok_embd,
             output,
             output_norm,
             layers,
             ropes,
+            fused,
+        })
+    }
+
+    /// One step's work on the device, after `RunState::prepare`: embedding, every
+    /// block, the final norm and the logits of the wanted rows. Queues kernels only (no
+    /// synchronisation or allocation once the buffers are sized), so it can be recorded
+    /// into a graph.
+    pub fn run(
+        &self,
+        dev: &Device,
+        cfg: &ModelConfig,
+        kv: &mut KvCache,
+        st: &mut RunState,
+    ) -> Result<()> {
+        let embed_scale = cfg.embedding_scale.unwrap_or(1.0);
+        dev.embedding(&st.meta.tokens, &self.tok_embd, embed_scale, &mut st.x)?;
+        for (layer, lkv) in self.layers.iter().zip(kv.layers.iter_mut()) {
+            let rope = &self.ropes[layer.rope];
+            match cfg.arch {
+                Arch::Llama => llama::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
+                Arch::Gemma3 => gemma3::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
+            }
+        }
+        dev.gather_rows(&st.x, &st.meta.logits_rows, &mut st.last)?;
+        dev.rms_norm_inplace(&mut st.last, &self.output_norm, cfg.rms_eps)?;
+        dev.matmul(&st.last, &self.output, &mut st.logits)?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            dev.softcap_inplace(&mut st.logits, cap)?;
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// Builds the model on `device` from host weights. `max_model_len` bounds positions
+    /// (RoPE tables are built that long).
+    pub fn new(
+        device: &Device,
+        config: ModelConfig,
+        mut w: WeightStore,
+        max_model_len: usize,
+    ) -> Result<Model> {
+        config.validate().map_err(ModelError::Config)?;
+        let max_model_len = max_model_len.min(config.max_position).max(1);
+        let weights = ModelWeights::load(device, &config, &mut w, max_model_len)?;
+        let state = RunState::new(device, &config, 16, 4, weights.fused)?;
+        Ok(Model {
+            config,
+            device: device.clone(),
+            weights,
             state,
+            graphs: StepGraphs::new(device.supports_graphs()),
             max_model_len,
         })
     }
@@ -235,19 +371,22 @@ impl Model {
         self.max_model_len
     }
 
+    /// Replays decode steps from recorded graphs where the device supports them (on by
+    /// default there); off runs every step op by op (`--enforce-eager`).
+    pub fn set_step_graphs(&mut self, enabled: bool) {
+        self.graphs = StepGraphs::new(enabled && self.device.supports_graphs());
+    }
+
     /// Bytes of weights read by one decode step (all matrices, the head once).
     pub fn weight_bytes(&self) -> usize {
         let layer: usize = self
+            .weights
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|t| t.size_in_bytes())
-                    .sum::<usize>()
-            })
+            .flat_map(|l| l.matrices())
+            .map(|t| t.size_in_bytes())
             .sum();
-        layer + self.output.size_in_bytes()
+        layer + self.weights.output.size_in_bytes()
     }
 
     /// Allocates a KV cache for this model on its device.
@@ -282,48 +421,137 @@ impl Model {
                 self.max_model_len
             )));
         }
-        if kv.layers.len() != self.layers.len() {
+        if kv.layers.len() != self.weights.layers.len() {
             return Err(ModelError::Batch("KV cache built for another model".into()));
         }
         let dev = &self.device;
         let cfg = &self.config;
         let st = &mut self.state;
-        st.prepare(dev, cfg, batch)?;
+        let bucket = self.graphs.bucket(batch);
+        st.prepare(dev, cfg, batch, bucket)?;
         if batch.num_tokens() == 0 {
             return Ok(&st.logits);
         }
-        let embed_scale = cfg.embedding_scale.unwrap_or(1.0);
-        dev.embedding(&st.meta.tokens, &self.tok_embd, embed_scale, &mut st.x)?;
-        for (layer, lkv) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            let rope = &self.ropes[layer.rope];
-            match cfg.arch {
-                Arch::Llama => llama::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
-                Arch::Gemma3 => gemma3::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
+        match bucket {
+            Some(b) => {
+                self.graphs
+                    .run(b, dev, kv, st, |kv, st| self.weights.run(dev, cfg, kv, st))?;
+                // The padded rows' logits follow the real ones; hide them.
+                st.logits.set_rows(batch.logits_indices.len())?;
             }
-        }
-        dev.gather_rows(&st.x, &st.meta.logits_rows, &mut st.last)?;
-        dev.rms_norm_inplace(&mut st.last, &self.output_norm, cfg.rms_eps)?;
-        dev.matmul(&st.last, &self.output, &mut st.logits)?;
-        if let Some(cap) = cfg.final_logit_softcap {
-            dev.softcap_inplace(&mut st.logits, cap)?;
+            None => self.weights.run(dev, cfg, kv, st)?,
         }
         Ok(&st.logits)
     }
+
+    /// The logits of the last `forward` (for ops that work on them in place, such as
+    /// `Device::sample`).
+    pub fn logits_mut(&mut self) -> &mut Tensor {
+        &mut self.state.logits
+    }
 }
 
-/// q/k/v projections (+ biases) shared by the blocks.
-pub(crate) fn qkv(dev: &Device, l: &LayerWeights, st: &mut RunState) -> Result<()> {
-    dev.matmul(&st.xb, &l.wq, &mut st.q)?;
-    dev.matmul(&st.xb, &l.wk, &mut st.k)?;
-    dev.matmul(&st.xb, &l.wv, &mut st.v)?;
-    if let Some(b) = &l.bq {
-        dev.add_bias_inplace(&mut st.q, b)?;
+/// q/k/v projections (+ biases) into `st.q`, `st.k`, `st.v`, with RoPE applied to q and
+/// k unless `rope` is None (Gemma normalises per head first, then applies it itself).
+pub(crate) fn qkv(
+    dev: &Device,
+    cfg: &ModelConfig,
+    l: &LayerWeights,
+    rope: Option<&RopeTable>,
+    st: &mut RunState,
+) -> Result<()> {
+    let pos = &st.meta.positions;
+    match &l.qkv {
+        QkvWeights::Fused { wqkv, bias } => {
+            dev.matmul(&st.xb, wqkv, &mut st.qkv)?;
+            if let Some(b) = bias {
+                dev.add_bias_inplace(&mut st.qkv, b)?;
+            }
+            let rope = rope.ok_or_else(|| {
+                ModelError::Batch("stacked q/k/v projections need RoPE applied at once".into())
+            })?;
+            let dims = QkvDims {
+                n_heads: cfg.n_heads,
+                n_kv_heads: cfg.n_kv_heads,
+                head_dim: cfg.head_dim,
+                style: cfg.rope_style,
+            };
+            dev.split_qkv_rope(
+                &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v,
+            )?;
+        }
+        QkvWeights::Separate {
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
+        } => {
+            dev.matmul(&st.xb, wq, &mut st.q)?;
+            dev.matmul(&st.xb, wk, &mut st.k)?;
+            dev.matmul(&st.xb, wv, &mut st.v)?;
+            for (b, out) in [(bq, &mut st.q), (bk, &mut st.k), (bv, &mut st.v)] {
+                if let Some(b) = b {
+                    dev.add_bias_inplace(out, b)?;
+                }
+            }
+            if let Some(rope) = rope {
+                apply_rope(dev, cfg, rope, st)?;
+            }
+        }
     }
-    if let Some(b) = &l.bk {
-        dev.add_bias_inplace(&mut st.k, b)?;
+    Ok(())
+}
+
+/// RoPE on `st.q` and `st.k` in place.
+pub(crate) fn apply_rope(
+    dev: &Device,
+    cfg: &ModelConfig,
+    rope: &RopeTable,
+    st: &mut RunState,
+) -> Result<()> {
+    let (hd, pos) = (cfg.head_dim, &st.meta.positions);
+    let style = cfg.rope_style;
+    dev.rope_inplace(&mut st.q, pos, &rope.cos, &rope.sin, cfg.n_heads, hd, style)?;
+    dev.rope_inplace(
+        &mut st.k,
+        pos,
+        &rope.cos,
+        &rope.sin,
+        cfg.n_kv_heads,
+        hd,
+        style,
+    )?;
+    Ok(())
+}
+
+/// The FFN from the normed input `st.xb` to `st.xo`: act(gate) * up, then down.
+pub(crate) fn ffn(
+    dev: &Device,
+    cfg: &ModelConfig,
+    l: &LayerWeights,
+    st: &mut RunState,
+) -> Result<()> {
+    let silu = match cfg.activation {
+        FfnActivation::Silu => true,
+        FfnActivation::GeluTanh => false,
+    };
+    match &l.ffn_in {
+        FfnInWeights::Fused { w_gate_up } => {
+            dev.matmul(&st.xb, w_gate_up, &mut st.gate_up)?;
+            dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
+        }
+        FfnInWeights::Separate { w_gate, w_up } => {
+            dev.matmul(&st.xb, w_gate, &mut st.gate)?;
+            dev.matmul(&st.xb, w_up, &mut st.up)?;
+            if silu {
+                dev.silu_mul(&st.gate, &st.up, &mut st.act)?;
+            } else {
+                dev.gelu_mul(&st.gate, &st.up, &mut st.act)?;
+            }
+        }
     }
-    if let Some(b) = &l.bv {
-        dev.add_bias_inplace(&mut st.v, b)?;
-    }
+    dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
     Ok(())
 }

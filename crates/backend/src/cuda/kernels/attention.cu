@@ -14,6 +14,9 @@
 //   n_kv * splits blocks instead of n_kv, and prefill rows of unequal length balance.
 //   With splits > 1 each block writes its unnormalised partial state (m, l, acc) and
 //   attention_merge_kernel combines them (the log-sum-exp merge of FlashAttention).
+// - Rows of sequences with more than `max_q_rows` rows return at once: the host gives
+//   those to the tensor-core prefill kernel (attention_prefill.cu), launched after this
+//   kernel and the merge, so it overwrites whatever the merge wrote for them.
 // - Lane per key: a warp takes 32 keys at a time with one key per lane for Q.K (the lane
 //   reads its key's whole row with 16-byte loads, q comes from shared memory as a
 //   broadcast), one softmax update per 32 keys and head (two warp reductions), then P.V
@@ -33,8 +36,8 @@ __device__ void attention_lanes(const float* __restrict__ q, const KV* __restric
                                 const int* __restrict__ query_start, int num_seqs,
                                 const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                                 int bt_cols, int bs, int n_heads, int n_kv, int hd, float scale,
-                                int window, float softcap, int split_len, float* __restrict__ partial,
-                                float* __restrict__ out) {
+                                int window, float softcap, int split_len, int max_q_rows,
+                                float* __restrict__ partial, float* __restrict__ out) {
     __shared__ float sq[G][DPL * 32];
     __shared__ float sm_m[ATT_WARPS][G];
     __shared__ float sm_l[ATT_WARPS][G];
@@ -50,6 +53,8 @@ __device__ void attention_lanes(const float* __restrict__ q, const KV* __restric
     }
     const int s = lo_s;
     const int q_rows = query_start[s + 1] - query_start[s];
+    // Sequences with more rows are the tensor-core prefill kernel's (attention_prefill.cu).
+    if (q_rows > max_q_rows) return;
     const int pos = context_lens[s] - q_rows + (t - query_start[s]);
     const int first = window > 0 ? max(0, pos - window + 1) : 0;
     const int lo = max(first, z * split_len);
@@ -168,9 +173,11 @@ __device__ void attention_lanes(const float* __restrict__ q, const KV* __restric
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_##KVN##_g##G##_d##DPL( \
     const float* q, const KV* kc, const KV* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
-    int hd, float scale, int window, float softcap, int split_len, float* partial, float* out) { \
+    int hd, float scale, int window, float softcap, int split_len, int max_q_rows, float* partial, \
+    float* out) { \
     attention_lanes<KV, G, DPL>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, \
-                                bs, n_heads, n_kv, hd, scale, window, softcap, split_len, partial, out); \
+                                bs, n_heads, n_kv, hd, scale, window, softcap, split_len, max_q_rows, \
+                                partial, out); \
 }
 #define ATTENTION_LANES_G(KVN, KV, G) ATTENTION_LANES(KVN, KV, G, 2) ATTENTION_LANES(KVN, KV, G, 4) ATTENTION_LANES(KVN, KV, G, 8)
 #define ATTENTION_LANES_KV(KVN, KV) ATTENTION_LANES_G(KVN, KV, 1) ATTENTION_LANES_G(KVN, KV, 2) ATTENTION_LANES_G(KVN, KV, 4) ATTENTION_LANES_G(KVN, KV, 8)

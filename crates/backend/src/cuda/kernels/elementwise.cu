@@ -169,3 +169,52 @@ extern "C" __global__ void argmax_kernel(const float* logits, int* out, int voca
         if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
     }
 }
+
+// Fused gate/up rows gu [T, 2F] (gate columns first) -> out [T, F] = act(gate) * up.
+extern "C" __global__ void glu_packed_kernel(const float* gu, float* out, long n, int F, int silu) {
+    GRID_STRIDE(i, n) {
+        long t = i / F; int j = (int)(i % F);
+        float v = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j];
+        if (silu) {
+            out[i] = v / (1.0f + __expf(-v)) * u;
+        } else {
+            float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+            out[i] = 0.5f * v * (1.0f + tanhf(inner)) * u;
+        }
+    }
+}
+
+// Fused projections qkv [T, (nh + 2 nkv) * hd] -> q [T, nh * hd], k and v [T, nkv * hd],
+// RoPE applied to q and k on the way (rope_kernel's pairing). One thread per pair of a
+// head: the split costs no pass of its own.
+extern "C" __global__ void split_qkv_rope_kernel(const float* qkv, const int* pos, const float* cos_t,
+                                                 const float* sin_t, float* q, float* k, float* v,
+                                                 int T, int nh, int nkv, int hd, int neox) {
+    int half = hd / 2;
+    int heads = nh + 2 * nkv;
+    long n = (long)T * heads * half;
+    GRID_STRIDE(idx, n) {
+        int i = (int)(idx % half);
+        long th = idx / half;
+        int h = (int)(th % heads);
+        long t = th / heads;
+        const float* src = qkv + th * hd;
+        int a = neox ? i : 2 * i;
+        int b = neox ? i + half : 2 * i + 1;
+        float x0 = src[a], x1 = src[b];
+        float* dst;
+        if (h < nh) {
+            dst = q + (t * nh + h) * hd;
+        } else if (h < nh + nkv) {
+            dst = k + (t * nkv + (h - nh)) * hd;
+        } else {
+            dst = v + (t * nkv + (h - nh - nkv)) * hd;
+            dst[a] = x0; dst[b] = x1;
+            continue;
+        }
+        long p = pos[t];
+        float c = cos_t[p * half + i], s = sin_t[p * half + i];
+        dst[a] = x0 * c - x1 * s;
+        dst[b] = x0 * s + x1 * c;
+    }
+}

@@ -1,0 +1,136 @@
+//! Fused projections on the GPU: Q/K/V and gate/up weights stacked into one matrix each
+//! at load time (one GEMV/GEMM instead of three or two: fewer launches, and the small
+//! K/V projections no longer run as separate, under-filled kernels), plus the two
+//! kernels that take the stacked outputs apart.
+
+use std::ffi::c_void;
+
+use super::{convert_host, cuda_buf, CudaBackend};
+use crate::device::{QkvDims, RopeStyle};
+use crate::dtype::DType;
+use crate::error::{BackendError, Result};
+use crate::tensor::Tensor;
+
+/// A pointer-to-value for the kernel argument list.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        [$(&$v as *const _ as *mut c_void),*]
+    };
+}
+
+fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    match ts.iter().find(|t| t.dtype() != DType::F32) {
+        Some(t) => Err(BackendError::Unsupported {
+            op,
+            dtype: t.dtype(),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl CudaBackend {
+    /// Stacks the rows of host matrices with equal column counts (converted to the
+    /// backend's weight type first) and uploads them as one weight.
+    pub fn prepare_weights_stacked(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        let cols = parts.first().map(|t| t.cols()).unwrap_or(0);
+        if parts.is_empty()
+            || parts
+                .iter()
+                .any(|t| t.shape().len() != 2 || t.cols() != cols)
+        {
+            return Err(BackendError::Shape(format!(
+                "stacked weights need matrices of equal width, got {:?}",
+                parts.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
+            )));
+        }
+        let target = self.weight_type().resolve(parts[0].dtype());
+        let rows: usize = parts.iter().map(|t| t.rows()).sum();
+        let mut bytes = Vec::with_capacity(rows * target.row_bytes(cols));
+        for p in parts {
+            if p.dtype() == target {
+                bytes.extend_from_slice(p.cpu_bytes()?);
+            } else {
+                bytes.extend_from_slice(convert_host(&p, target)?.cpu_bytes()?);
+            }
+        }
+        let host = Tensor::from_bytes_cpu(target, &[rows, cols], &bytes)?;
+        self.upload(&host)
+    }
+
+    pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, silu: bool) -> Result<()> {
+        check_f32("glu_packed", &[gate_up, out])?;
+        let f = out.cols();
+        if gate_up.cols() != 2 * f || gate_up.rows() != out.rows() {
+            return Err(BackendError::Shape(format!(
+                "glu_packed: {:?} into {:?}",
+                gate_up.shape(),
+                out.shape()
+            )));
+        }
+        self.bind()?;
+        let (pg, po) = (cuda_buf(gate_up)?.ptr(), cuda_buf(out)?.ptr());
+        let n = out.numel();
+        let (nl, fi, si) = (n as i64, f as i32, i32::from(silu));
+        self.launch_1d(
+            self.kernels.glu_packed_kernel,
+            n,
+            &mut args![pg, po, nl, fi, si],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn split_qkv_rope(
+        &self,
+        qkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dims: QkvDims,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
+        check_f32("split_qkv_rope", &[qkv, cos, sin, q, k, v])?;
+        positions.expect_dtype(DType::I32)?;
+        let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
+        let t = qkv.rows();
+        let shapes_ok = qkv.cols() == (nh + 2 * nkv) * hd
+            && [q.rows(), k.rows(), v.rows()].iter().all(|&r| r == t)
+            && q.cols() == nh * hd
+            && k.cols() == nkv * hd
+            && v.cols() == nkv * hd
+            && positions.numel() >= t
+            && cos.cols() * 2 == hd
+            && hd.is_multiple_of(2);
+        if !shapes_ok {
+            return Err(BackendError::Shape(format!(
+                "split_qkv_rope: qkv {:?} ({nh} + 2x{nkv} heads of {hd}) into q {:?} k {:?} v {:?}, \
+                 {} positions, table {:?}",
+                qkv.shape(),
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                positions.numel(),
+                cos.shape()
+            )));
+        }
+        self.bind()?;
+        let ptrs = (
+            cuda_buf(qkv)?.ptr(),
+            cuda_buf(positions)?.ptr(),
+            cuda_buf(cos)?.ptr(),
+            cuda_buf(sin)?.ptr(),
+            cuda_buf(q)?.ptr(),
+            cuda_buf(k)?.ptr(),
+            cuda_buf(v)?.ptr(),
+        );
+        let (px, pp, pc, ps, pq, pk, pv) = ptrs;
+        let (ti, hi, kvi, di) = (t as i32, nh as i32, nkv as i32, hd as i32);
+        let neox = i32::from(dims.style == RopeStyle::Neox);
+        self.launch_1d(
+            self.kernels.split_qkv_rope_kernel,
+            t * (nh + 2 * nkv) * hd / 2,
+            &mut args![px, pp, pc, ps, pq, pk, pv, ti, hi, kvi, di, neox],
+        )
+    }
+}

@@ -1,0 +1,67 @@
+//! `Device::sample` on the GPU: the rows' parameters and adjustments packed into one
+//! upload, one block per row (kernels/sampling.cu).
+
+use std::ffi::c_void;
+
+use super::{cuda_buf, CudaBackend};
+use crate::dtype::DType;
+use crate::error::{BackendError, Result};
+use crate::sample::{LogitAdjust, SampleParams};
+use crate::tensor::Tensor;
+
+impl CudaBackend {
+    pub fn sample(
+        &self,
+        logits: &mut Tensor,
+        rows: &[SampleParams],
+        adjust: &[LogitAdjust],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        logits.expect_dtype(DType::F32)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut packed: Vec<i32> = Vec::with_capacity(rows.len() * 8 + adjust.len() * 4);
+        let bits = |f: f32| f.to_bits() as i32;
+        for r in rows {
+            packed.extend_from_slice(&[
+                bits(r.temperature),
+                r.top_k.min(i32::MAX as u32) as i32,
+                bits(r.top_p),
+                bits(r.min_p),
+                bits(r.uniform),
+                r.adjust_start as i32,
+                r.adjust_len as i32,
+                0,
+            ]);
+        }
+        for a in adjust {
+            let token = i32::try_from(a.token).unwrap_or(-1);
+            packed.extend_from_slice(&[token, bits(a.bias), bits(a.repetition), bits(a.penalty)]);
+        }
+        let staging = self.sample_staging(packed.len() * 4)?;
+        self.bind()?;
+        // SAFETY: the staging buffer holds at least this many bytes; the driver stages
+        // pageable memory before returning, so `packed` may be dropped after the call.
+        unsafe { cudarc::driver::result::memcpy_htod_async(staging, &packed, self.stream) }
+            .map_err(super::derr)?;
+        let (pl, po) = (cuda_buf(logits)?.ptr(), cuda_buf(out)?.ptr());
+        let adj = staging + (rows.len() * 8 * 4) as u64;
+        let vocab = i32::try_from(logits.cols())
+            .map_err(|_| BackendError::Shape("sample: vocabulary too large".into()))?;
+        let args = [
+            &pl as *const _ as *mut c_void,
+            &vocab as *const _ as *mut c_void,
+            &staging as *const _ as *mut c_void,
+            &adj as *const _ as *mut c_void,
+            &po as *const _ as *mut c_void,
+        ];
+        let mut args = args;
+        self.launch(
+            self.kernels.sample_kernel,
+            (rows.len() as u32, 1, 1),
+            1024,
+            &mut args,
+        )
+    }
+}

@@ -1,0 +1,289 @@
+//! Token sampling as a device op (`Device::sample`): the row parameters, the logit
+//! adjustments, and the CPU reference of the GPU kernel (kernels/sampling.cu).
+//!
+//! The semantics are the engine's (`sluice_engine::sampling`): processors (bias,
+//! repetition, presence/frequency), then greedy, or temperature, top-k, top-p, min-p and
+//! one draw. The draw inverts the CDF of the kept tokens in id order with a uniform the
+//! caller takes from the sequence's seeded generator, so a seed reproduces a run on the
+//! same device; the engine's CPU sampler walks its candidates in another order, so the
+//! same seed picks from the same distribution there, not always the same token.
+
+use crate::error::{BackendError, Result};
+
+/// One row's sampling parameters. Temperature 0 (or top-k 1) is greedy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// The draw, in `[0, 1)`.
+    pub uniform: f32,
+    /// This row's entries in the adjustment list: `adjust[start..start + len]`, at most
+    /// one per token.
+    pub adjust_start: u32,
+    pub adjust_len: u32,
+}
+
+impl SampleParams {
+    pub fn greedy() -> SampleParams {
+        SampleParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.0,
+            adjust_start: 0,
+            adjust_len: 0,
+        }
+    }
+
+    fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 1
+    }
+}
+
+/// The processors' effect on one token's logit: `l += bias`; then, unless `repetition`
+/// is 1, `l = l > 0 ? l / repetition : l * repetition`; then `l -= penalty`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogitAdjust {
+    pub token: u32,
+    pub bias: f32,
+    pub repetition: f32,
+    pub penalty: f32,
+}
+
+/// Checks the rows against the logits and adjustment list.
+pub(crate) fn check(rows: &[SampleParams], adjust: &[LogitAdjust], n_rows: usize) -> Result<()> {
+    if rows.len() != n_rows {
+        return Err(BackendError::Shape(format!(
+            "sample: {} parameter rows for {n_rows} logits rows",
+            rows.len()
+        )));
+    }
+    for r in rows {
+        let end = r.adjust_start as usize + r.adjust_len as usize;
+        if end > adjust.len() {
+            return Err(BackendError::Shape(format!(
+                "sample: adjustments {}..{end} of {}",
+                r.adjust_start,
+                adjust.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Monotone map of a float to an unsigned key (the kernel's `order_key`).
+fn order_key(f: f32) -> u32 {
+    let u = f.to_bits();
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
+    }
+}
+
+/// The largest key `K` with `f(K) >= want`, for `f` non-increasing in `K` (a bitwise
+/// search from the top bit, as the kernel does).
+fn largest_key(want: f64, f: impl Fn(u32) -> f64) -> u32 {
+    let mut prefix = 0u32;
+    for b in (0..32).rev() {
+        let cand = prefix | (1 << b);
+        if f(cand) >= want {
+            prefix = cand;
+        }
+    }
+    prefix
+}
+
+/// The reference: applies the row's adjustments to `logits` in place and returns the
+/// sampled id. Sums in f64 (the kernel's f32 sums differ only in rounding).
+pub fn sample_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) -> u32 {
+    for a in adjust {
+        if let Some(l) = logits.get_mut(a.token as usize) {
+            let mut v = *l + a.bias;
+            if a.repetition != 1.0 {
+                v = if v > 0.0 {
+                    v / a.repetition
+                } else {
+                    v * a.repetition
+                };
+            }
+            *l = v - a.penalty;
+        }
+    }
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    if p.is_greedy() || logits.is_empty() {
+        return best as u32;
+    }
+    let inv_t = 1.0 / p.temperature;
+    let scaled: Vec<f32> = logits.iter().map(|&l| l * inv_t).collect();
+    let mx = scaled[best];
+    let keys: Vec<u32> = scaled.iter().map(|&l| order_key(l)).collect();
+    let weight = |i: usize| ((scaled[i] - mx) as f64).exp();
+    let k = p.top_k as usize;
+    let kth = if k > 0 && k < logits.len() {
+        largest_key(k as f64, |c| {
+            keys.iter().filter(|&&x| x >= c).count() as f64
+        })
+    } else {
+        0
+    };
+    let mass = |lo: u32| -> f64 {
+        (0..logits.len())
+            .filter(|&i| keys[i] >= lo)
+            .map(weight)
+            .sum()
+    };
+    let z = mass(kth);
+    let keep = if p.top_p < 1.0 {
+        largest_key(p.top_p as f64 * z, |c| mass(c.max(kth))).max(kth)
+    } else {
+        kth
+    };
+    let w = |i: usize| -> f64 {
+        if keys[i] < keep {
+            return 0.0;
+        }
+        let e = weight(i);
+        if p.min_p > 0.0 && e < p.min_p as f64 {
+            0.0
+        } else {
+            e
+        }
+    };
+    let total: f64 = (0..logits.len()).map(w).sum();
+    let target = (p.uniform as f64 * total).max(1e-30);
+    let mut acc = 0.0;
+    let mut last = best;
+    for i in 0..logits.len() {
+        let wi = w(i);
+        if wi > 0.0 {
+            last = i;
+            acc += wi;
+            if acc >= target {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32, k: u32, top_p: f32, min_p: f32, u: f32) -> SampleParams {
+        SampleParams {
+            temperature: t,
+            top_k: k,
+            top_p,
+            min_p,
+            uniform: u,
+            ..SampleParams::greedy()
+        }
+    }
+
+    #[test]
+    fn keys_preserve_order() {
+        let xs = [
+            -3.5f32,
+            -0.0,
+            0.0,
+            1e-30,
+            2.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for a in xs {
+            for b in xs {
+                if a < b {
+                    assert!(order_key(a) < order_key(b), "{a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_the_right_sets() {
+        // Probabilities ∝ e^l: 0.5, 0.25, 0.125, 0.0625, ... over 8 tokens (ids shuffled).
+        let order = [3usize, 0, 6, 1, 7, 2, 5, 4];
+        let mut logits = vec![0f32; 8];
+        for (rank, &id) in order.iter().enumerate() {
+            logits[id] = -(rank as f32) * std::f32::consts::LN_2;
+        }
+        let kept = |p: SampleParams| -> Vec<u32> {
+            let mut ids: Vec<u32> = (0..400)
+                .map(|i| {
+                    let q = SampleParams {
+                        uniform: i as f32 / 400.0,
+                        ..p
+                    };
+                    sample_row(&q, &[], &mut logits.clone())
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        assert_eq!(kept(params(0.0, 0, 1.0, 0.0, 0.5)), vec![3]);
+        assert_eq!(kept(params(1.0, 2, 1.0, 0.0, 0.0)), vec![0, 3]);
+        assert_eq!(kept(params(1.0, 3, 1.0, 0.0, 0.0)), vec![0, 3, 6]);
+        // top_p 0.7: 0.5 + 0.25 reaches it.
+        assert_eq!(kept(params(1.0, 0, 0.7, 0.0, 0.0)), vec![0, 3]);
+        // top_p 0.8: needs the third token too.
+        assert_eq!(kept(params(1.0, 0, 0.8, 0.0, 0.0)), vec![0, 3, 6]);
+        // min_p 0.2: p >= 0.1 keeps 0.5, 0.25, 0.125.
+        assert_eq!(kept(params(1.0, 0, 1.0, 0.2, 0.0)), vec![0, 3, 6]);
+        // Everything is reachable without truncation.
+        assert_eq!(kept(params(1.0, 0, 1.0, 0.0, 0.0)).len(), 8);
+    }
+
+    #[test]
+    fn draws_follow_the_distribution_in_id_order() {
+        // p = [0.1, 0.2, 0.3, 0.4]: u in [0, 0.1) -> 0, [0.1, 0.3) -> 1, ...
+        let logits: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
+        for (u, want) in [
+            (0.05, 0),
+            (0.15, 1),
+            (0.29, 1),
+            (0.31, 2),
+            (0.61, 3),
+            (0.999, 3),
+        ] {
+            let got = sample_row(&params(1.0, 0, 1.0, 0.0, u), &[], &mut logits.clone());
+            assert_eq!(got, want, "u = {u}");
+        }
+    }
+
+    #[test]
+    fn adjustments_apply_bias_then_repetition_then_penalty() {
+        let mut l = vec![2.0f32, -2.0, 1.0];
+        let adj = [
+            LogitAdjust {
+                token: 0,
+                bias: 1.0,
+                repetition: 2.0,
+                penalty: 0.25,
+            },
+            LogitAdjust {
+                token: 1,
+                bias: 0.0,
+                repetition: 2.0,
+                penalty: 0.0,
+            },
+        ];
+        let id = sample_row(&SampleParams::greedy(), &adj, &mut l);
+        assert_eq!(l, vec![1.25, -4.0, 1.0]);
+        assert_eq!(id, 0);
+    }
+}
