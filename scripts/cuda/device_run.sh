@@ -2,7 +2,7 @@
 # One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
 # Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
 # binary and the test binaries in .devbin/ and the small test models in .devmodels/.
-#   usage: bash scripts/cuda/device_run.sh [tests|bench|roofline|torch|latency|serve|all]...
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|eager|prefill|latency|roofline|torch|serve|offline|all]...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -91,6 +91,26 @@ run_latency() {
   done
 }
 
+run_eager() { # the same decode benchmark op by op (no CUDA graphs): what the graphs save
+  for p in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    echo "=== bench model $p --enforce-eager"
+    timeout 200 $SLUICE_BIN bench model --device cuda --random-weights "$p" -p 512 -n 128 -b 1,64 -r 2 --enforce-eager 2>&1 | tee -a "$OUT/bench-eager-$p.txt"
+  done
+}
+
+run_prefill() { # 16 x 1,024-token prompts in one step (issue 7's MFU goal), and one of 512
+  for b in 1 16; do
+    echo "=== prefill llama-3.1-8b batch $b x 1024"
+    timeout 200 $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 1024 --output-len 2 -r 3 2>&1 | tee -a "$OUT/prefill-8b.txt"
+  done
+}
+
+run_offline() { # 1,000 requests of 1,024 in / 1,024 out (TensorRT-LLM's published setting)
+  echo "=== offline throughput llama-3.1-8b 1000 x 1024/1024"
+  timeout 420 $SLUICE_BIN bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 1024 --output-len 1024 \
+    --num-prompts 1000 --max-num-seqs 192 --max-num-batched-tokens 8192 2>&1 | tee -a "$OUT/offline-8b.txt"
+}
+
 run_torch() {
   PYTHONUNBUFFERED=1 timeout 240 python3 scripts/cuda/torch_baseline.py llama-3.1-8b,llama-3.2-1b 1,32,128 2>&1 | grep -v Warning | tee "$OUT/torch.txt"
 }
@@ -103,6 +123,9 @@ for w in $what; do
     roofline) run_roofline ;;
     latency) run_latency ;;
     serve) run_serve ;;
+    eager) run_eager ;;
+    prefill) run_prefill ;;
+    offline) run_offline ;;
     all) run_tests; run_bench; run_roofline; run_torch ;;
   esac
 done

@@ -100,6 +100,9 @@ pub struct RunState {
     pub fused: FusedLayout,
     /// Changes whenever a buffer here is reallocated (captured graphs hold addresses).
     pub generation: u64,
+    /// A block's output `xo` still has to be added to the residual stream `x`: the add
+    /// is fused into the next block's input norm (`pre_norm`), or done before the head.
+    pub residual_pending: bool,
     /// `[T, hidden]` residual stream
     pub x: Tensor,
     /// `[T, hidden]` normed input of a block
@@ -182,6 +185,7 @@ impl RunState {
             cap_logits,
             fused,
             generation: 0,
+            residual_pending: false,
             x: z(h, cap_tokens)?,
             xb: z(h, cap_tokens)?,
             xo: z(h, cap_tokens)?,
@@ -264,6 +268,18 @@ impl RunState {
         }
         Ok(())
     }
+}
+
+/// A block's input norm `xb = norm(x)`, adding a pending block output to `x` first in
+/// the same kernel (`add_rms_norm`): one pass over the residual stream instead of two.
+pub fn pre_norm(dev: &Device, weight: &Tensor, eps: f32, st: &mut RunState) -> Result<()> {
+    if st.residual_pending {
+        dev.add_rms_norm(&mut st.x, &st.xo, weight, eps, &mut st.xb)?;
+        st.residual_pending = false;
+    } else {
+        dev.rms_norm(&st.x, weight, eps, &mut st.xb)?;
+    }
+    Ok(())
 }
 
 impl BatchTensors {

@@ -11,7 +11,7 @@
 
 use sluice_backend::Device;
 
-use super::common::{RopeTable, RunState};
+use super::common::{pre_norm, RopeTable, RunState};
 use super::{apply_rope, ffn, qkv, LayerWeights};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -27,7 +27,7 @@ pub fn block(
     st: &mut RunState,
 ) -> Result<()> {
     let missing = |what: &str| ModelError::MissingTensor(format!("gemma3 layer {what}"));
-    dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
+    pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
     qkv(dev, cfg, l, None, st)?;
     let q_norm = l.q_norm.as_ref().ok_or_else(|| missing("attn_q_norm"))?;
     let k_norm = l.k_norm.as_ref().ok_or_else(|| missing("attn_k_norm"))?;
@@ -51,6 +51,6 @@ pub fn block(
         .as_ref()
         .ok_or_else(|| missing("post_ffw_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_ffn, cfg.rms_eps)?;
-    dev.add_inplace(&mut st.x, &st.xo)?;
+    st.residual_pending = true;
     Ok(())
 }

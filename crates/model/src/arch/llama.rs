@@ -8,7 +8,7 @@
 
 use sluice_backend::Device;
 
-use super::common::{RopeTable, RunState};
+use super::common::{pre_norm, RopeTable, RunState};
 use super::{ffn, qkv, LayerWeights};
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -23,7 +23,7 @@ pub fn block(
     block_size: usize,
     st: &mut RunState,
 ) -> Result<()> {
-    dev.rms_norm(&st.x, &l.attn_norm, cfg.rms_eps, &mut st.xb)?;
+    pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
     qkv(dev, cfg, l, Some(rope), st)?;
     dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     let meta = st.meta.attention_meta(block_size);
@@ -31,6 +31,6 @@ pub fn block(
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
     ffn(dev, cfg, l, st)?;
-    dev.add_inplace(&mut st.x, &st.xo)?;
+    st.residual_pending = true;
     Ok(())
 }

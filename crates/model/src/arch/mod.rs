@@ -322,12 +322,17 @@ impl ModelWeights {
     ) -> Result<()> {
         let embed_scale = cfg.embedding_scale.unwrap_or(1.0);
         dev.embedding(&st.meta.tokens, &self.tok_embd, embed_scale, &mut st.x)?;
+        st.residual_pending = false;
         for (layer, lkv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let rope = &self.ropes[layer.rope];
             match cfg.arch {
                 Arch::Llama => llama::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
                 Arch::Gemma3 => gemma3::block(dev, cfg, layer, rope, lkv, kv.block_size, st)?,
             }
+        }
+        if st.residual_pending {
+            dev.add_inplace(&mut st.x, &st.xo)?;
+            st.residual_pending = false;
         }
         dev.gather_rows(&st.x, &st.meta.logits_rows, &mut st.last)?;
         dev.rms_norm_inplace(&mut st.last, &self.output_norm, cfg.rms_eps)?;

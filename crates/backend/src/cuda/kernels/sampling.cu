@@ -4,7 +4,7 @@
 // temperature, top-k, top-p, min-p and one draw by inverse CDF over the kept tokens in
 // id order with the host's uniform u (from the sequence's seeded generator).
 //
-// One block of 1024 threads per row, no sort: top-k and top-p are thresholds found by a
+// One block of 1024 threads per row, no sort (sums in f64, see block_sum_f64): top-k and top-p are thresholds found by a
 // bitwise search over the order-preserving integer image of the scaled logits (32
 // passes over the row, each a block reduction; a row of 49k-256k floats sits in L1/L2),
 // in the spirit of radix select. min-p needs no search: e^(l - max) >= min_p.
@@ -19,6 +19,23 @@
 __device__ __forceinline__ unsigned int order_key(float f) {
     unsigned int u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Sum over the block in f64: the masses and the draw's cumulative sums run over up to
+// the whole vocabulary, where f32 rounding would move the top-p cut and the drawn token
+// away from the reference's in a measurable share of rows.
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    double t = lane < nw ? scratch[lane] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
 }
 
 __device__ __forceinline__ float block_max(float v, float* scratch) {
@@ -65,8 +82,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float
                                                                          const int* rows, const int* adjust,
                                                                          int* out) {
     __shared__ float scratch[32];
+    __shared__ double dscratch[32];
     __shared__ int iscratch[32];
-    __shared__ float incl[SAMPLE_THREADS];
+    __shared__ double incl[SAMPLE_THREADS];
     __shared__ int picked;
     const int r = blockIdx.x, tid = threadIdx.x;
     float* row = logits + (long)r * vocab;
@@ -111,53 +129,53 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float
         kth = prefix;
     }
     // Softmax mass of the top-k set (unnormalised: the maximum weighs 1).
-    float z = 0.0f;
+    double z = 0.0;
     for (int i = tid; i < vocab; i += blockDim.x) {
         const float l = row[i] * inv_t;
-        if (order_key(l) >= kth) z += __expf(l - mx);
+        if (order_key(l) >= kth) z += expf(l - mx);
     }
-    z = block_sum(z, scratch);
+    z = block_sum_f64(z, dscratch);
     // top-p: the largest key whose tokens at or above it hold at least top_p of the mass
     // (the shortest prefix of the sorted tokens reaching top_p).
     unsigned int keep = kth;
     if (top_p < 1.0f) {
         unsigned int prefix = 0;
-        const float want = top_p * z;
+        const double want = (double)top_p * z;
         for (int b = 31; b >= 0; b--) {
             const unsigned int cand = prefix | (1u << b);
             const unsigned int lo = cand > kth ? cand : kth;
-            float m = 0.0f;
+            double m = 0.0;
             for (int i = tid; i < vocab; i += blockDim.x) {
                 const float l = row[i] * inv_t;
-                if (order_key(l) >= lo) m += __expf(l - mx);
+                if (order_key(l) >= lo) m += expf(l - mx);
             }
-            m = block_sum(m, scratch);
+            m = block_sum_f64(m, dscratch);
             if (m >= want) prefix = cand;
         }
         keep = prefix > kth ? prefix : kth;
     }
     // Weights of the kept tokens; min-p keeps p >= min_p * p_max, i.e. e^(l - max) >= min_p.
 #define SAMPLE_WEIGHT(i, w) { const float l_ = row[i] * inv_t; w = 0.0f; \
-        if (order_key(l_) >= keep) { w = __expf(l_ - mx); if (min_p > 0.0f && w < min_p) w = 0.0f; } }
+        if (order_key(l_) >= keep) { w = expf(l_ - mx); if (min_p > 0.0f && w < min_p) w = 0.0f; } }
     const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
     const int lo = min(vocab, tid * chunk), hi = min(vocab, lo + chunk);
-    float s = 0.0f;
+    double s = 0.0;
     for (int i = lo; i < hi; i++) { float w; SAMPLE_WEIGHT(i, w); s += w; }
     incl[tid] = s;
     if (tid == 0) picked = best;
     __syncthreads();
     for (int off = 1; off < (int)blockDim.x; off <<= 1) {
-        const float add = tid >= off ? incl[tid - off] : 0.0f;
+        const double add = tid >= off ? incl[tid - off] : 0.0;
         __syncthreads();
         incl[tid] += add;
         __syncthreads();
     }
-    const float total = incl[blockDim.x - 1];
+    const double total = incl[blockDim.x - 1];
     // The maximum always stays (weight 1), so total >= 1 and a crossing exists.
-    const float target = fmaxf(u * total, 1e-30f);
-    const float before = tid > 0 ? incl[tid - 1] : 0.0f;
-    if (s > 0.0f && before < target && incl[tid] >= target) {
-        float acc = before;
+    const double target = fmax((double)u * total, 1e-30);
+    const double before = tid > 0 ? incl[tid - 1] : 0.0;
+    if (s > 0.0 && before < target && incl[tid] >= target) {
+        double acc = before;
         int last = -1;
         for (int i = lo; i < hi; i++) {
             float w; SAMPLE_WEIGHT(i, w);
