@@ -2,7 +2,7 @@
 # One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
 # Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
 # binary and the test binaries in .devbin/ and the small test models in .devmodels/.
-#   usage: bash scripts/cuda/device_run.sh [tests|bench|eager|prefill|latency|roofline|torch|serve|offline|all]...
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|eager|q8|prefill|latency|roofline|torch|serve|offline|all]...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -25,7 +25,7 @@ status=0
 
 run_tests() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-  for t in cuda_nvrtc cuda_ops forward_reference cuda_golden; do
+  for t in cuda_nvrtc cuda_ops forward_reference cuda_golden cuda_batch_invariance; do
     echo "=== test $t"
     if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$OUT/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation"; then
       status=1
@@ -59,11 +59,13 @@ PY
     --max-num-seqs 128 --max-num-batched-tokens 4096 > "$OUT/serve.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 180); do curl -sf http://127.0.0.1:8089/health >/dev/null && break; sleep 1; done
-  for rate in 4 16 64; do
-    echo "=== bench serve, 8B shape, 512 in / 128 out, rate $rate/s"
+  # greedy, then sampled on the device (temperature 0.8, top-p 0.95)
+  for spec in "16 0" "16 0.8" "64 0.8"; do
+    set -- $spec
+    echo "=== bench serve, 8B shape, 512 in / 128 out, rate $1/s, temperature $2"
     timeout 120 $SLUICE_BIN bench serve --base-url http://127.0.0.1:8089 --model random-llama-3.1-8b-bench \
       --tokenizer /tmp/synthetic-tokenizer.json --num-prompts 200 --random-input-len 512 \
-      --random-output-len 128 --ignore-eos --request-rate $rate 2>&1 | tee -a "$OUT/serve-bench.txt"
+      --random-output-len 128 --ignore-eos --request-rate $1 --temperature $2 --extra-body '{"top_p": 0.95}' 2>&1 | tee -a "$OUT/serve-bench.txt"
   done
   kill $pid 2>/dev/null
 }
@@ -98,6 +100,13 @@ run_eager() { # the same decode benchmark op by op (no CUDA graphs): what the gr
   done
 }
 
+run_q8() { # Q8_0 weights on the GPU (GEMV for decode, dequantize + cuBLASLt above 4 rows)
+  for p in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    echo "=== bench model $p, Q8_0 weights"
+    timeout 240 $SLUICE_BIN bench model --device cuda --random-weights "$p" --random-weights-type q8_0 -p 512 -n 128 -b 1,8,32,64 -r 2 2>&1 | tee -a "$OUT/bench-q8-$p.txt"
+  done
+}
+
 run_prefill() { # 16 x 1,024-token prompts in one step (issue 7's MFU goal), and one of 512
   for b in 1 16; do
     echo "=== prefill llama-3.1-8b batch $b x 1024"
@@ -124,6 +133,7 @@ for w in $what; do
     latency) run_latency ;;
     serve) run_serve ;;
     eager) run_eager ;;
+    q8) run_q8 ;;
     prefill) run_prefill ;;
     offline) run_offline ;;
     all) run_tests; run_bench; run_roofline; run_torch ;;

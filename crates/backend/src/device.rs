@@ -74,6 +74,15 @@ pub struct QkvDims {
     pub style: RopeStyle,
 }
 
+/// Paged KV caches and the step's slots, for ops that write K/V as they go.
+pub struct KvWrite<'a> {
+    /// `[num_blocks, n_kv_heads, block_size, head_dim]`
+    pub k_cache: &'a mut Tensor,
+    pub v_cache: &'a mut Tensor,
+    /// `[T]` slot of each row (negative = skip)
+    pub slots: &'a Tensor,
+}
+
 /// A recorded sequence of device work (a CUDA graph), replayed by `Device::launch_graph`.
 pub enum DeviceGraph {
     Cuda(crate::cuda::CudaGraph),
@@ -271,7 +280,7 @@ impl Device {
     pub fn load_weight_rows(&self, host: Tensor) -> Result<Tensor> {
         match self {
             Device::Cpu(_) => Ok(host),
-            Device::Cuda(g) => g.prepare_weight(host),
+            Device::Cuda(g) => g.prepare_weight_rows(host),
         }
     }
 
@@ -442,7 +451,8 @@ impl Device {
     }
 
     /// Splits fused projections `qkv [T, (n_heads + 2 n_kv_heads) * head_dim]` into
-    /// `q`, `k`, `v` and applies RoPE (token `t` at `positions[t]`) to q and k.
+    /// `q`, `k`, `v` and applies RoPE (token `t` at `positions[t]`) to q and k; with
+    /// `kv`, also writes k and v into the paged caches (what `kv_write` would do next).
     #[allow(clippy::too_many_arguments)]
     pub fn split_qkv_rope(
         &self,
@@ -454,10 +464,17 @@ impl Device {
         q: &mut Tensor,
         k: &mut Tensor,
         v: &mut Tensor,
+        kv: Option<KvWrite<'_>>,
     ) -> Result<()> {
         match self {
-            Device::Cpu(c) => c.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v),
-            Device::Cuda(g) => g.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v),
+            Device::Cpu(c) => {
+                c.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v)?;
+                match kv {
+                    Some(w) => c.kv_write(k, v, w.k_cache, w.v_cache, w.slots),
+                    None => Ok(()),
+                }
+            }
+            Device::Cuda(g) => g.split_qkv_rope(qkv, positions, cos, sin, dims, q, k, v, kv),
         }
     }
 

@@ -400,7 +400,9 @@ fn attention_case_q(
 ) -> f64 {
     let c = cpu();
     let (nh, nkv, hd, bs) = (case.n_heads, case.n_kv, case.hd, case.block_size);
-    let num_blocks = 4096;
+    // A pool with room to spare (random ids), 4096 blocks at least.
+    let used: usize = case.seqs.iter().map(|s| s.1.div_ceil(bs)).sum();
+    let num_blocks = (used + used / 4).max(4096);
     let kvd = nkv * hd;
     // Each sequence's blocks: random distinct ids from a large pool.
     let mut free: Vec<i32> = (0..num_blocks as i32).collect();
@@ -704,6 +706,66 @@ fn prefill_attention_matches_the_cpu() {
     }
 }
 
+/// The tensor-core decode kernel (kernels/attention_decode.cu: bf16 cache, head_dim 64 or
+/// 128, sequences of fewer than 16 rows): many decodes over long contexts (split-K, the
+/// merge), speculative-verification-like chunks of 5 rows, every row count 1..15 mixed
+/// (one and two 16-row m-tiles per pass, several passes and row groups for GQA 7 and 8),
+/// GQA 1 / 3 / 4 / 7 / 8, block sizes 16, 32 and 7, sliding windows and a softcap, with
+/// and without a prefill sequence in the same call (which changes the row bound).
+#[test]
+fn decode_attention_matches_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
+        n_heads,
+        n_kv,
+        hd,
+        block_size,
+        window,
+        softcap,
+        seqs,
+    };
+    // Llama-3.1-8B shape: 64 decodes over 253..4096 keys.
+    let decodes: Vec<(usize, usize)> = (0..64).map(|i| (1, 4096 - 61 * i)).collect();
+    // Speculative verification: 16 chunks of 5 rows after long prefixes.
+    let verify: Vec<(usize, usize)> = (0..16).map(|i| (5, 1500 + 397 * i)).collect();
+    // Every row count below 16, plus a prefill chunk (the prefill kernel takes it).
+    let mut mixed: Vec<(usize, usize)> = (1..16).map(|r| (r, r + 37 * r * r)).collect();
+    mixed.push((40, 300));
+    // Every row count below 16 alone (T > 15: no prefill launch, rows bounded by 15 / T).
+    let rows_only: Vec<(usize, usize)> = (1..16).map(|r| (r, 16 * r + 3)).collect();
+    let cases = [
+        case(32, 8, 128, 16, None, None, decodes),
+        case(32, 8, 128, 16, None, None, verify),
+        case(9, 3, 64, 32, None, None, mixed.clone()),
+        case(28, 4, 128, 16, Some(300), None, mixed.clone()),
+        case(16, 2, 64, 7, None, Some(0.7), rows_only.clone()),
+        case(8, 8, 128, 16, Some(33), None, rows_only),
+        case(8, 1, 128, 32, None, Some(30.0), mixed),
+        // single decodes: the most splits, a context of one key, T < 16
+        case(8, 2, 64, 16, None, None, vec![(1, 20_000)]),
+        case(4, 1, 128, 16, None, None, vec![(1, 1), (3, 3), (2, 700)]),
+        case(
+            12,
+            3,
+            128,
+            7,
+            Some(5),
+            None,
+            vec![(4, 90), (1, 64), (1, 65)],
+        ),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        for q_amp in [1.0, 4.0] {
+            let e = attention_case_q(&g, DType::BF16, case, q_amp, &mut rng);
+            eprintln!("decode case {i} q_amp {q_amp}: rel err {e:.2e} (tol 2e-2)");
+            assert!(e <= 2e-2, "decode case {i} q_amp {q_amp}: {e:.3e} > 2e-2");
+        }
+    }
+}
+
 #[test]
 fn missing_device_or_bad_spec_is_a_clear_error() {
     let e = Device::parse("tpu", None, CudaWeightType::Auto)
@@ -787,6 +849,7 @@ fn fused_projection_ops_match_the_cpu() {
                 &mut wq[0],
                 &mut wk[0],
                 &mut wv[0],
+                None,
             )
             .unwrap();
             let mut gq = poisoned(&g, &[t, nh * hd]);
@@ -801,6 +864,7 @@ fn fused_projection_ops_match_the_cpu() {
                 &mut gq,
                 &mut gk,
                 &mut gv,
+                None,
             )
             .unwrap();
             for (name, got, want) in [("q", &gq, &wq[0]), ("k", &gk, &wk[0]), ("v", &gv, &wv[0])] {
@@ -810,6 +874,54 @@ fn fused_projection_ops_match_the_cpu() {
                     want.as_f32().unwrap(),
                     1e-5,
                 );
+            }
+            // The same with the K/V cache write fused in (f32 and bf16 caches, a skipped
+            // slot), against the CPU's kv_write of its results.
+            let (bs, blocks) = (16usize, 64usize);
+            let slots: Vec<i32> = (0..t as i32)
+                .map(|i| if i == 1 { -1 } else { 1000 - 7 * i })
+                .collect();
+            let shape = [blocks, nkv, bs, hd];
+            let mut ck = c.zeros(DType::F32, &shape).unwrap();
+            let mut cv = c.zeros(DType::F32, &shape).unwrap();
+            c.kv_write(&wk[0], &wv[0], &mut ck, &mut cv, &host_i32(&slots))
+                .unwrap();
+            for (kv_dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+                let mut gkc = g.zeros(kv_dtype, &shape).unwrap();
+                let mut gvc = g.zeros(kv_dtype, &shape).unwrap();
+                let gslots = up_i32(&g, &slots);
+                g.split_qkv_rope(
+                    &up(&g, &[t, width], &qkv),
+                    &up_i32(&g, &pos),
+                    &up(&g, &[max_pos, half], &cos),
+                    &up(&g, &[max_pos, half], &sin),
+                    dims,
+                    &mut gq,
+                    &mut gk,
+                    &mut gv,
+                    Some(sluice_backend::KvWrite {
+                        k_cache: &mut gkc,
+                        v_cache: &mut gvc,
+                        slots: &gslots,
+                    }),
+                )
+                .unwrap();
+                for (name, got, want) in [("k cache", &gkc, &ck), ("v cache", &gvc, &cv)] {
+                    let got = g.download(got).unwrap();
+                    let mut gf = vec![0f32; got.numel()];
+                    sluice_backend::quant::dequantize_row(
+                        kv_dtype,
+                        got.cpu_bytes().unwrap(),
+                        &mut gf,
+                    )
+                    .unwrap();
+                    check(
+                        &format!("split_qkv_rope {style:?} {name} {kv_dtype}"),
+                        &gf,
+                        want.as_f32().unwrap(),
+                        tol,
+                    );
+                }
             }
         }
     }
@@ -897,4 +1009,82 @@ fn sampling_matches_the_cpu_reference() {
         &got,
         want
     );
+}
+
+/// Q8_0 weights on the GPU (repacked at load): the GEMV (1-4 rows) and the dequantize +
+/// cuBLASLt path (more rows) against an f64 product with the dequantized weights; a
+/// stacked Q8_0 weight; an odd row length falls back to bf16.
+#[test]
+fn q8_0_matmul_matches_the_dequantized_reference() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for &(m, k) in &[(77usize, 64usize), (1000, 576), (33, 4096)] {
+        let wv = rnd(&mut rng, m * k, 0.5);
+        let mut bytes = vec![0u8; DType::Q8_0.row_bytes(k) * m];
+        sluice_backend::quant::quantize_row(DType::Q8_0, &wv, &mut bytes).unwrap();
+        let mut deq = vec![0f32; m * k];
+        sluice_backend::quant::dequantize_row(DType::Q8_0, &bytes, &mut deq).unwrap();
+        let w_host = Tensor::from_bytes_cpu(DType::Q8_0, &[m, k], &bytes).unwrap();
+        let w = g.load_weight(w_host).unwrap();
+        assert_eq!(w.dtype(), DType::Q8_0);
+        for &t in &[1usize, 2, 3, 4, 5, 17] {
+            let x = rnd(&mut rng, t * k, 1.0);
+            let mut out = poisoned(&g, &[t, m]);
+            g.matmul(&up(&g, &[t, k], &x), &w, &mut out).unwrap();
+            let want = matmul_f64(&x, &deq, t, m, k);
+            let tol = if t <= 4 { 1e-5 } else { 1e-2 };
+            check(
+                &format!("matmul Q8_0 t={t} m={m} k={k}"),
+                &down(&g, &out),
+                &want,
+                tol,
+            );
+        }
+    }
+    // Stacked Q8_0 parts multiply like the parts side by side.
+    let (t, k) = (2usize, 128usize);
+    let parts: Vec<Vec<f32>> = [40usize, 8, 8]
+        .iter()
+        .map(|&m| rnd(&mut rng, m * k, 1.0))
+        .collect();
+    let mut deq_all = Vec::new();
+    let hosts: Vec<Tensor> = parts
+        .iter()
+        .map(|p| {
+            let rows = p.len() / k;
+            let mut b = vec![0u8; DType::Q8_0.row_bytes(k) * rows];
+            sluice_backend::quant::quantize_row(DType::Q8_0, p, &mut b).unwrap();
+            let mut d = vec![0f32; p.len()];
+            sluice_backend::quant::dequantize_row(DType::Q8_0, &b, &mut d).unwrap();
+            deq_all.extend(d);
+            Tensor::from_bytes_cpu(DType::Q8_0, &[rows, k], &b).unwrap()
+        })
+        .collect();
+    let stacked = g.load_weights_stacked(hosts).unwrap();
+    assert_eq!(
+        (stacked.dtype(), stacked.shape()),
+        (DType::Q8_0, &[56, k][..])
+    );
+    let x = rnd(&mut rng, t * k, 1.0);
+    let mut out = poisoned(&g, &[t, 56]);
+    g.matmul(&up(&g, &[t, k], &x), &stacked, &mut out).unwrap();
+    check(
+        "stacked Q8_0",
+        &down(&g, &out),
+        &matmul_f64(&x, &deq_all, t, 56, k),
+        1e-5,
+    );
+    // --dtype q8_0 quantizes an f32 matrix at load; rows of 40 are not whole blocks.
+    if let Some(q) = gpu(CudaWeightType::Q8_0) {
+        let w = q
+            .load_weight(host(&[3, 64], &rnd(&mut rng, 192, 1.0)))
+            .unwrap();
+        assert_eq!(w.dtype(), DType::Q8_0);
+        let w = q
+            .load_weight(host(&[3, 40], &rnd(&mut rng, 120, 1.0)))
+            .unwrap();
+        assert_eq!(w.dtype(), DType::BF16);
+    }
 }

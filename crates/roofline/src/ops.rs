@@ -112,6 +112,7 @@ impl OpHarness {
                     let pos = &st.meta.positions;
                     dev.split_qkv_rope(
                         &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v,
+                        None,
                     )?;
                     mark(OpKind::Rope);
                 }

@@ -5,8 +5,8 @@
 
 use std::ffi::c_void;
 
-use super::{convert_host, cuda_buf, CudaBackend};
-use crate::device::{QkvDims, RopeStyle};
+use super::{cuda_buf, CudaBackend};
+use crate::device::{KvWrite, QkvDims, RopeStyle};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::Tensor;
@@ -43,18 +43,14 @@ impl CudaBackend {
                 parts.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
             )));
         }
-        let target = self.weight_type().resolve(parts[0].dtype());
+        let target = self.weight_type().resolve(parts[0].dtype(), cols);
         let rows: usize = parts.iter().map(|t| t.rows()).sum();
         let mut bytes = Vec::with_capacity(rows * target.row_bytes(cols));
         for p in parts {
-            if p.dtype() == target {
-                bytes.extend_from_slice(p.cpu_bytes()?);
-            } else {
-                bytes.extend_from_slice(convert_host(&p, target)?.cpu_bytes()?);
-            }
+            bytes.extend_from_slice(self.to_weight_type(p, target)?.cpu_bytes()?);
         }
         let host = Tensor::from_bytes_cpu(target, &[rows, cols], &bytes)?;
-        self.upload(&host)
+        self.upload_weight(host)
     }
 
     pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, silu: bool) -> Result<()> {
@@ -89,6 +85,7 @@ impl CudaBackend {
         q: &mut Tensor,
         k: &mut Tensor,
         v: &mut Tensor,
+        kv: Option<KvWrite<'_>>,
     ) -> Result<()> {
         check_f32("split_qkv_rope", &[qkv, cos, sin, q, k, v])?;
         positions.expect_dtype(DType::I32)?;
@@ -114,6 +111,43 @@ impl CudaBackend {
                 cos.shape()
             )));
         }
+        // Without caches: the f32 kernel with null cache pointers.
+        let (f, kc, vc, slots, bs) = match &kv {
+            None => (self.kernels.split_qkv_rope_f32_kernel, 0, 0, 0, 0i32),
+            Some(w) => {
+                let s = w.k_cache.shape();
+                if s.len() != 4
+                    || w.v_cache.shape() != s
+                    || w.k_cache.dtype() != w.v_cache.dtype()
+                    || s[1] != nkv
+                    || s[3] != hd
+                    || w.slots.numel() < t
+                {
+                    return Err(BackendError::Shape(format!(
+                        "split_qkv_rope: caches {s:?} for {nkv} KV heads of {hd}, {} slots",
+                        w.slots.numel()
+                    )));
+                }
+                w.slots.expect_dtype(DType::I32)?;
+                let f = match w.k_cache.dtype() {
+                    DType::F32 => self.kernels.split_qkv_rope_f32_kernel,
+                    DType::BF16 => self.kernels.split_qkv_rope_bf16_kernel,
+                    other => {
+                        return Err(BackendError::Unsupported {
+                            op: "CUDA KV cache",
+                            dtype: other,
+                        })
+                    }
+                };
+                (
+                    f,
+                    cuda_buf(w.k_cache)?.ptr(),
+                    cuda_buf(w.v_cache)?.ptr(),
+                    cuda_buf(w.slots)?.ptr(),
+                    s[2] as i32,
+                )
+            }
+        };
         self.bind()?;
         let ptrs = (
             cuda_buf(qkv)?.ptr(),
@@ -128,9 +162,9 @@ impl CudaBackend {
         let (ti, hi, kvi, di) = (t as i32, nh as i32, nkv as i32, hd as i32);
         let neox = i32::from(dims.style == RopeStyle::Neox);
         self.launch_1d(
-            self.kernels.split_qkv_rope_kernel,
+            f,
             t * (nh + 2 * nkv) * hd / 2,
-            &mut args![px, pp, pc, ps, pq, pk, pv, ti, hi, kvi, di, neox],
+            &mut args![px, pp, pc, ps, pq, pk, pv, kc, vc, slots, bs, ti, hi, kvi, di, neox],
         )
     }
 }

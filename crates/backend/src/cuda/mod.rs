@@ -84,6 +84,9 @@ pub enum CudaWeightType {
     F16,
     /// Exact weights and f32 GEMMs (no TF32): the reference path for golden tests.
     F32,
+    /// GGUF Q8_0 (blocks of 32 int8 with an f16 scale, 1.06 bytes per weight): files
+    /// already in Q8_0 stay so under `Auto`; this quantizes any other file at load.
+    Q8_0,
 }
 
 impl CudaWeightType {
@@ -93,19 +96,26 @@ impl CudaWeightType {
             "bf16" | "bfloat16" => Some(CudaWeightType::Bf16),
             "f16" | "fp16" | "float16" | "half" => Some(CudaWeightType::F16),
             "f32" | "fp32" | "float32" => Some(CudaWeightType::F32),
+            "q8_0" | "q8" => Some(CudaWeightType::Q8_0),
             _ => None,
         }
     }
 
-    pub(crate) fn resolve(self, file: DType) -> DType {
+    /// The GPU type of a matrix stored as `file` with rows of `cols`: Q8_0 needs whole
+    /// blocks per row (otherwise bf16, as llama.cpp falls back for odd rows).
+    pub(crate) fn resolve(self, file: DType, cols: usize) -> DType {
+        let q8 = cols.is_multiple_of(32);
         match self {
             CudaWeightType::Auto => match file {
                 DType::F16 => DType::F16,
+                DType::Q8_0 if q8 => DType::Q8_0,
                 _ => DType::BF16,
             },
             CudaWeightType::Bf16 => DType::BF16,
             CudaWeightType::F16 => DType::F16,
             CudaWeightType::F32 => DType::F32,
+            CudaWeightType::Q8_0 if q8 => DType::Q8_0,
+            CudaWeightType::Q8_0 => DType::BF16,
         }
     }
 }
@@ -121,6 +131,8 @@ pub struct CudaBackend {
     attention_scratch: Mutex<Option<CudaBuffer>>,
     /// Sampling parameters of a step, uploaded before the sampling kernel.
     sample_staging: Mutex<Option<CudaBuffer>>,
+    /// A Q8_0 weight dequantized to bf16 for a cuBLASLt matmul (the largest so far).
+    weight_scratch: Mutex<Option<CudaBuffer>>,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
@@ -170,6 +182,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             attention_scratch: Mutex::new(None),
             sample_staging: Mutex::new(None),
+            weight_scratch: Mutex::new(None),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,
@@ -248,17 +261,54 @@ impl CudaBackend {
     }
 
     /// Moves a weight to the GPU: 1-D tensors (norms, biases) as they are; matrices in
-    /// the backend's weight type, dequantizing quantized blocks on the host.
+    /// the backend's weight type, dequantizing (or quantizing, for Q8_0) on the host.
     pub fn prepare_weight(&self, host: Tensor) -> Result<Tensor> {
         if host.shape().len() <= 1 || host.dtype() == DType::I32 {
             return self.upload(&host);
         }
-        let target = self.weight_type.resolve(host.dtype());
-        if host.dtype() == target {
+        let target = self.weight_type.resolve(host.dtype(), host.cols());
+        self.upload_weight(self.to_weight_type(host, target)?)
+    }
+
+    /// A table read by rows (token embeddings): never Q8_0, which only the matmuls read.
+    pub fn prepare_weight_rows(&self, host: Tensor) -> Result<Tensor> {
+        if host.shape().len() <= 1 {
             return self.upload(&host);
         }
-        let converted = convert_host(&host, target)?;
-        self.upload(&converted)
+        let target = match self.weight_type.resolve(host.dtype(), host.cols()) {
+            DType::Q8_0 => DType::BF16,
+            t => t,
+        };
+        self.upload_weight(self.to_weight_type(host, target)?)
+    }
+
+    /// The host matrix in `target`'s file layout (converted only when it differs).
+    pub(crate) fn to_weight_type(&self, host: Tensor, target: DType) -> Result<Tensor> {
+        if host.dtype() == target {
+            Ok(host)
+        } else {
+            convert_host(&host, target)
+        }
+    }
+
+    /// Uploads a host matrix already in its GPU type. Q8_0 is repacked on the way: all
+    /// rows' int8 quants first (`[M, K]`, 16-byte aligned rows for the GEMV's loads), then
+    /// all f16 scales (`[M, K / 32]`): the same bytes as GGUF's 34-byte blocks, which
+    /// are not 16-byte aligned.
+    pub(crate) fn upload_weight(&self, host: Tensor) -> Result<Tensor> {
+        if host.dtype() != DType::Q8_0 {
+            return self.upload(&host);
+        }
+        let (m, k) = (host.rows(), host.cols());
+        let src = host.cpu_bytes()?;
+        let mut split = vec![0u8; src.len()];
+        let (qs, sc) = split.split_at_mut(m * k);
+        for (b, block) in src.chunks_exact(34).enumerate() {
+            sc[2 * b..2 * b + 2].copy_from_slice(&block[..2]);
+            qs[32 * b..32 * b + 32].copy_from_slice(&block[2..]);
+        }
+        let packed = Tensor::from_bytes_cpu(DType::Q8_0, &[m, k], &split)?;
+        self.upload(&packed)
     }
 
     /// Copies the first `src.len()` elements of an I32 tensor from the host.
@@ -362,6 +412,11 @@ impl CudaBackend {
         self.grow(&self.attention_scratch, len)
     }
 
+    /// Room for a dequantized weight, at least `len` bytes.
+    fn weight_scratch(&self, len: usize) -> Result<sys::CUdeviceptr> {
+        self.grow(&self.weight_scratch, len)
+    }
+
     /// Staging for `sample`'s parameters, at least `len` bytes.
     fn sample_staging(&self, len: usize) -> Result<sys::CUdeviceptr> {
         self.grow(&self.sample_staging, len)
@@ -425,8 +480,8 @@ pub(crate) fn cuda_buf(t: &Tensor) -> Result<&CudaBuffer> {
     }
 }
 
-/// Converts a host tensor of any dtype to F32, F16 or BF16 on the host, row by row on
-/// all cores (an 8B model's weights are 7 G elements).
+/// Converts a host tensor of any dtype to F32, F16, BF16 or Q8_0 on the host, row by row
+/// on all cores (an 8B model's weights are 7 G elements).
 fn convert_host(host: &Tensor, target: DType) -> Result<Tensor> {
     let (rows, cols) = (host.rows(), host.cols());
     let mut out = Tensor::zeros_cpu(target, host.shape())?;
@@ -449,29 +504,7 @@ fn convert_host(host: &Tensor, target: DType) -> Result<Tensor> {
                     let mut tmp = vec![0f32; cols];
                     for (drow, srow) in d.chunks_mut(dst_row).zip(sr.chunks(src_row)) {
                         crate::quant::dequantize_row(dtype, srow, &mut tmp)?;
-                        match target {
-                            DType::F32 => {
-                                for (o, v) in drow.chunks_exact_mut(4).zip(&tmp) {
-                                    o.copy_from_slice(&v.to_le_bytes());
-                                }
-                            }
-                            DType::BF16 => {
-                                for (o, v) in drow.chunks_exact_mut(2).zip(&tmp) {
-                                    o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                                }
-                            }
-                            DType::F16 => {
-                                for (o, v) in drow.chunks_exact_mut(2).zip(&tmp) {
-                                    o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                                }
-                            }
-                            other => {
-                                return Err(BackendError::Unsupported {
-                                    op: "CUDA weight conversion",
-                                    dtype: other,
-                                })
-                            }
-                        }
+                        crate::quant::quantize_row(target, &tmp, drow)?;
                     }
                     Ok(())
                 })

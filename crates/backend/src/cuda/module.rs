@@ -23,6 +23,7 @@ pub fn kernel_source() -> String {
         include_str!("kernels/gemv.cu"),
         include_str!("kernels/attention.cu"),
         include_str!("kernels/attention_prefill.cu"),
+        include_str!("kernels/attention_decode.cu"),
         include_str!("kernels/sampling.cu"),
     ]
     .join("\n")
@@ -241,8 +242,18 @@ kernels!(
     gemv_f32_4,
     attention_merge_kernel,
     glu_packed_kernel,
-    split_qkv_rope_kernel,
+    gemv_q8_0_1,
+    gemv_q8_0_2,
+    gemv_q8_0_3,
+    gemv_q8_0_4,
+    dequant_q8_0_bf16_kernel,
+    split_qkv_rope_f32_kernel,
+    split_qkv_rope_bf16_kernel,
     sample_kernel,
     flash_prefill_bf16_d64,
     flash_prefill_bf16_d128,
+    flash_decode_bf16_d64,
+    flash_decode_bf16_d128,
+    flash_decode_multi_bf16_d64,
+    flash_decode_multi_bf16_d128,
 );

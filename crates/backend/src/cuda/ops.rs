@@ -76,9 +76,54 @@ pub(crate) fn attention_splits(blocks: usize, max_ctx: usize, sms: usize) -> (us
     (max_ctx.div_ceil(split_len), split_len)
 }
 
+/// Partial states of split-K decode attention are capped at this many bytes (T rows x
+/// heads x splits x (head_dim + 2) f32): a step with a long prefill chunk next to a few
+/// decodes then runs the decodes unsplit instead of staging (and merging) partials for
+/// every prefill row too.
+const DECODE_PARTIAL_BUDGET: usize = 32 << 20;
+
+/// Key splits for the tensor-core decode kernel (kernels/attention_decode.cu) over
+/// `blocks` (sequence, KV head) pairs, contexts of at most `max_ctx` keys and
+/// `split_bytes` of partial state per split: `(splits, keys per split)`, the keys a
+/// multiple of its 64-key tile. Enough splits for 4 blocks per SM (as many as run at once;
+/// 8 and 16 were no faster on an H100), but no split shorter than one tile.
+pub(crate) fn decode_splits(
+    blocks: usize,
+    max_ctx: usize,
+    sms: usize,
+    split_bytes: usize,
+) -> (usize, usize) {
+    let max_ctx = max_ctx.max(1);
+    let tiles = max_ctx.div_ceil(64);
+    let budget = (DECODE_PARTIAL_BUDGET / split_bytes.max(1)).max(1);
+    let splits = (4 * sms.max(1))
+        .div_ceil(blocks.max(1))
+        .min(tiles)
+        .min(budget)
+        .clamp(1, 1024);
+    let split_len = tiles.div_ceil(splits) * 64;
+    (max_ctx.div_ceil(split_len), split_len)
+}
+
+/// A bound on the query rows of the sequences the decode kernel takes, known without
+/// reading the device: under PREFILL_MIN_ROWS, and t - num_seqs + 1 when every sequence
+/// has a row (as in the engine's batches; a plain decode step gives 1). Only speed depends
+/// on it: the decode kernel handles any row count, in more passes.
+pub(crate) fn decode_rows_bound(t: usize, num_seqs: usize) -> usize {
+    let rows = if t >= num_seqs { t - num_seqs + 1 } else { t };
+    rows.clamp(1, PREFILL_MIN_ROWS - 1)
+}
+
+/// Row groups of the general decode kernel: blocks per (sequence, KV head, split) that
+/// share the passes (two 16-row m-tiles each) over up to `g * rows` packed rows.
+pub(crate) fn decode_row_groups(g: usize, rows: usize) -> usize {
+    (g * rows).div_ceil(16).div_ceil(2).max(1)
+}
+
 /// Sequences with at least this many query rows in a step take the tensor-core prefill
 /// kernel (kernels/attention_prefill.cu) when it applies (bf16 KV cache, head_dim 64 or
-/// 128, causal); the others take the row-per-block kernel (kernels/attention.cu).
+/// 128, causal); the others take the tensor-core decode kernel (kernels/attention_decode.cu)
+/// under the same conditions, else the row-per-block kernel (kernels/attention.cu).
 pub(crate) const PREFILL_MIN_ROWS: usize = 16;
 
 /// Blocks for a grid-stride loop over `n` elements (enough to fill the GPU; the loop
@@ -117,6 +162,9 @@ impl CudaBackend {
         }
         self.bind()?;
         let (px, pw, po) = (ptr(x)?, ptr(w)?, ptr(out)?);
+        if w.dtype() == DType::Q8_0 {
+            return self.matmul_q8_0(px, pw, po, t, m, k);
+        }
         let per_load = match w.dtype() {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 8,
@@ -172,6 +220,60 @@ impl CudaBackend {
         };
         self.gemm
             .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k)
+    }
+
+    /// Q8_0 weights (split layout, see `upload_weight`): our GEMV for up to 4 rows;
+    /// above, the weight is dequantized to bf16 into a scratch buffer and cuBLASLt runs
+    /// (prefill is compute-bound, so the extra pass over the weight costs little there).
+    fn matmul_q8_0(
+        &self,
+        px: sys::CUdeviceptr,
+        pw: sys::CUdeviceptr,
+        po: sys::CUdeviceptr,
+        t: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        if !k.is_multiple_of(32) {
+            return Err(BackendError::Shape(format!(
+                "Q8_0 matmul: rows of {k} are not whole blocks of 32"
+            )));
+        }
+        let (mi, ki) = (m as i32, k as i32);
+        if t <= 4 {
+            let kern = &self.kernels;
+            let f = [
+                kern.gemv_q8_0_1,
+                kern.gemv_q8_0_2,
+                kern.gemv_q8_0_3,
+                kern.gemv_q8_0_4,
+            ][t - 1];
+            let wpr = gemv_warps_per_row(m, self.sm_count as usize);
+            let rows_per_block = (THREADS / 32) / wpr;
+            let wpr_i = wpr as i32;
+            return self.launch(
+                f,
+                ((m as u32).div_ceil(rows_per_block), 1, 1),
+                THREADS,
+                &mut args![px, pw, po, mi, ki, wpr_i],
+            );
+        }
+        let wb = self.weight_scratch(m * k * 2)?;
+        self.launch_1d(
+            self.kernels.dequant_q8_0_bf16_kernel,
+            m * k / 16,
+            &mut args![pw, wb, mi, ki],
+        )?;
+        let n = t * k;
+        let staged = self.scratch_ptr(n * 2)?;
+        let nl = n as i64;
+        self.launch_1d(
+            self.kernels.f32_to_bf16_kernel,
+            n,
+            &mut args![px, staged, nl],
+        )?;
+        self.gemm
+            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
     }
 
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
@@ -493,17 +595,8 @@ impl CudaBackend {
         let window = p.sliding_window.map(|w| w as i32).unwrap_or(0);
         let softcap = p.softcap.unwrap_or(0.0);
         let scale = p.scale;
-        // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
-        // The block table's width bounds every context, so it bounds the splits too.
-        let (splits, split_len) = attention_splits(
-            t * p.n_kv_heads,
-            meta.block_tables.cols() * meta.block_size,
-            self.sm_count as usize,
-        );
-        let f = self.kernels.attention[super::module::attention_index(bf16, g, hd)];
-        let split_len_i = split_len as i32;
-        // Sequences of PREFILL_MIN_ROWS rows or more go to the tensor-core kernel (custom
-        // masks were refused above); the row-per-block kernel then skips their rows.
+        // Sequences of PREFILL_MIN_ROWS rows or more go to the tensor-core prefill kernel
+        // (custom masks were refused above); the kernels launched first skip their rows.
         let flash = match hd {
             64 if bf16 => Some(self.kernels.flash_prefill_bf16_d64),
             128 if bf16 => Some(self.kernels.flash_prefill_bf16_d128),
@@ -515,37 +608,110 @@ impl CudaBackend {
         } else {
             i32::MAX
         };
-        let partial = if splits > 1 {
-            self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
+        // The other sequences: the tensor-core decode kernel over a bf16 cache with head
+        // dim 64 / 128, else the row-per-block kernel. Every grid below is a function of
+        // t, num_seqs, the block table's width and the shapes only (decode steps are
+        // replayed from CUDA graphs; the table's width bounds every context).
+        let max_ctx = meta.block_tables.cols() * meta.block_size;
+        // One m-tile of packed rows per sequence at most (plain decode steps): the
+        // kernel with only that path, which fits more blocks per SM.
+        let rows_bound = decode_rows_bound(t, meta.num_seqs);
+        let one_tile = g * rows_bound <= 16;
+        let decode = match (hd, one_tile) {
+            (64, true) => Some(self.kernels.flash_decode_bf16_d64),
+            (128, true) => Some(self.kernels.flash_decode_bf16_d128),
+            (64, false) => Some(self.kernels.flash_decode_multi_bf16_d64),
+            (128, false) => Some(self.kernels.flash_decode_multi_bf16_d128),
+            _ => None,
+        }
+        .filter(|_| bf16);
+        let (splits, partial) = if let Some(f) = decode {
+            // One block per (sequence, KV head, row group, key split).
+            let (splits, split_len) = decode_splits(
+                meta.num_seqs * p.n_kv_heads,
+                max_ctx,
+                self.sm_count as usize,
+                t * p.n_heads * (hd + 2) * 4,
+            );
+            let row_groups = if one_tile {
+                1
+            } else {
+                decode_row_groups(g, rows_bound)
+            };
+            let partial = if splits > 1 {
+                self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
+            } else {
+                0
+            };
+            let split_len_i = split_len as i32;
+            self.launch(
+                f,
+                (
+                    meta.num_seqs as u32,
+                    (p.n_kv_heads * row_groups) as u32,
+                    splits as u32,
+                ),
+                128,
+                &mut args![
+                    pq,
+                    pk,
+                    pv,
+                    pqs,
+                    pcl,
+                    pbt,
+                    bt_cols,
+                    bs,
+                    nh,
+                    nkv,
+                    scale,
+                    window,
+                    softcap,
+                    split_len_i,
+                    max_q_rows,
+                    partial,
+                    po
+                ],
+            )?;
+            (splits, partial)
         } else {
-            0
+            // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
+            let (splits, split_len) =
+                attention_splits(t * p.n_kv_heads, max_ctx, self.sm_count as usize);
+            let f = self.kernels.attention[super::module::attention_index(bf16, g, hd)];
+            let partial = if splits > 1 {
+                self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
+            } else {
+                0
+            };
+            let split_len_i = split_len as i32;
+            self.launch(
+                f,
+                (t as u32, p.n_kv_heads as u32, splits as u32),
+                128,
+                &mut args![
+                    pq,
+                    pk,
+                    pv,
+                    pqs,
+                    ns,
+                    pcl,
+                    pbt,
+                    bt_cols,
+                    bs,
+                    nh,
+                    nkv,
+                    hdi,
+                    scale,
+                    window,
+                    softcap,
+                    split_len_i,
+                    max_q_rows,
+                    partial,
+                    po
+                ],
+            )?;
+            (splits, partial)
         };
-        self.launch(
-            f,
-            (t as u32, p.n_kv_heads as u32, splits as u32),
-            128,
-            &mut args![
-                pq,
-                pk,
-                pv,
-                pqs,
-                ns,
-                pcl,
-                pbt,
-                bt_cols,
-                bs,
-                nh,
-                nkv,
-                hdi,
-                scale,
-                window,
-                softcap,
-                split_len_i,
-                max_q_rows,
-                partial,
-                po
-            ],
-        )?;
         if splits > 1 {
             let si = splits as i32;
             self.launch(
@@ -599,7 +765,7 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::attention_splits;
+    use super::{attention_splits, decode_row_groups, decode_rows_bound, decode_splits};
 
     #[test]
     fn gemv_spreads_small_projections_over_more_warps() {
@@ -627,5 +793,41 @@ mod tests {
             let (n, len) = attention_splits(b, ctx, 132);
             assert!(n >= 1 && n * len >= ctx && (n - 1) * len < ctx, "{b} {ctx}");
         }
+    }
+
+    #[test]
+    fn decode_splits_fill_the_gpu_in_whole_tiles() {
+        let per_split = 64 * 32 * 130 * 4; // 64 decode rows, 32 heads, head_dim 128
+                                           // Batch 1, 8 KV heads, 4k context: one 64-key tile per split.
+        assert_eq!(decode_splits(8, 4096, 132, 32 * 130 * 4), (64, 64));
+        // Batch 64: 512 blocks, 2 splits for 4 blocks per SM, in whole tiles.
+        assert_eq!(decode_splits(512, 4096, 132, per_split), (2, 2048));
+        assert_eq!(decode_splits(512, 576, 132, per_split), (2, 320));
+        // Enough blocks already: one split.
+        assert_eq!(decode_splits(2048, 1024, 132, 4 * per_split), (1, 1024));
+        // A long prefill chunk in the step: partials for all its rows would not pay.
+        assert_eq!(decode_splits(16, 4096, 132, 4096 * 32 * 130 * 4), (1, 4096));
+        for (b, ctx) in [(1, 1), (3, 7000), (17, 2048), (100, 65), (527, 1 << 17)] {
+            let (n, len) = decode_splits(b, ctx, 132, 1 << 10);
+            assert!((1..=1024).contains(&n) && len % 64 == 0, "{b} {ctx}");
+            assert!(n * len >= ctx && (n - 1) * len < ctx, "{b} {ctx}");
+        }
+    }
+
+    #[test]
+    fn decode_row_groups_bound_the_packed_rows() {
+        // Plain decode steps: one row per sequence.
+        assert_eq!(decode_rows_bound(64, 64), 1);
+        assert_eq!(decode_rows_bound(1, 1), 1);
+        // Up to 15 rows: GQA 4 gives 60 packed rows, 4 m-tiles, 2 passes of 2.
+        assert_eq!(decode_rows_bound(320, 64), 15);
+        assert_eq!(decode_row_groups(4, 15), 2);
+        assert_eq!(decode_row_groups(8, 15), 4);
+        // Three sequences, 9 rows in all: at most 7 rows each.
+        assert_eq!(decode_rows_bound(9, 3), 7);
+        assert_eq!(decode_row_groups(4, 7), 1);
+        assert_eq!(decode_row_groups(8, 7), 2);
+        // Fewer rows than sequences (not the engine's batches): bounded by T.
+        assert_eq!(decode_rows_bound(2, 5), 2);
     }
 }

@@ -28,7 +28,7 @@ pub fn block(
 ) -> Result<()> {
     let missing = |what: &str| ModelError::MissingTensor(format!("gemma3 layer {what}"));
     pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
-    qkv(dev, cfg, l, None, st)?;
+    qkv(dev, cfg, l, None, None, st)?;
     let q_norm = l.q_norm.as_ref().ok_or_else(|| missing("attn_q_norm"))?;
     let k_norm = l.k_norm.as_ref().ok_or_else(|| missing("attn_k_norm"))?;
     // Per-head norms: the op treats [T, heads*hd] as rows of hd.

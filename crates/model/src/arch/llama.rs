@@ -24,8 +24,9 @@ pub fn block(
     st: &mut RunState,
 ) -> Result<()> {
     pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
-    qkv(dev, cfg, l, Some(rope), st)?;
-    dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
+    if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), st)? {
+        dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
+    }
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;

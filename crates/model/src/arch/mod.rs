@@ -6,7 +6,7 @@ pub mod gemma3;
 mod graphs;
 pub mod llama;
 
-use sluice_backend::{AttentionParams, DType, Device, QkvDims, Tensor};
+use sluice_backend::{AttentionParams, DType, Device, KvWrite, QkvDims, Tensor};
 
 use crate::batch::BatchInput;
 use crate::config::{Arch, FfnActivation, ModelConfig};
@@ -458,13 +458,16 @@ impl Model {
 
 /// q/k/v projections (+ biases) into `st.q`, `st.k`, `st.v`, with RoPE applied to q and
 /// k unless `rope` is None (Gemma normalises per head first, then applies it itself).
+/// With `kv`, k and v also go into the layer's cache where the op can do it on the way
+/// (stacked projections); returns whether it did, so the caller writes it otherwise.
 pub(crate) fn qkv(
     dev: &Device,
     cfg: &ModelConfig,
     l: &LayerWeights,
     rope: Option<&RopeTable>,
+    kv: Option<&mut crate::kv_cache::LayerKv>,
     st: &mut RunState,
-) -> Result<()> {
+) -> Result<bool> {
     let pos = &st.meta.positions;
     match &l.qkv {
         QkvWeights::Fused { wqkv, bias } => {
@@ -481,9 +484,16 @@ pub(crate) fn qkv(
                 head_dim: cfg.head_dim,
                 style: cfg.rope_style,
             };
+            let write = kv.map(|kv| KvWrite {
+                k_cache: &mut kv.k,
+                v_cache: &mut kv.v,
+                slots: &st.meta.slots,
+            });
+            let wrote = write.is_some();
             dev.split_qkv_rope(
-                &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v,
+                &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v, write,
             )?;
+            return Ok(wrote);
         }
         QkvWeights::Separate {
             wq,
@@ -506,7 +516,7 @@ pub(crate) fn qkv(
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// RoPE on `st.q` and `st.k` in place.

@@ -17,6 +17,10 @@
 // - Rows of sequences with more than `max_q_rows` rows return at once: the host gives
 //   those to the tensor-core prefill kernel (attention_prefill.cu), launched after this
 //   kernel and the merge, so it overwrites whatever the merge wrote for them.
+// - Over a bf16 cache with head_dim 64 or 128 the host runs neither this kernel nor its
+//   split choice: the tensor-core decode kernel (attention_decode.cu) takes the short
+//   sequences and writes the same partial layout for attention_merge_kernel below. This
+//   kernel remains for f32 caches and other head dims.
 // - Lane per key: a warp takes 32 keys at a time with one key per lane for Q.K (the lane
 //   reads its key's whole row with 16-byte loads, q comes from shared memory as a
 //   broadcast), one softmax update per 32 keys and head (two warp reductions), then P.V

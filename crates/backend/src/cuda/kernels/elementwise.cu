@@ -186,10 +186,14 @@ extern "C" __global__ void glu_packed_kernel(const float* gu, float* out, long n
 
 // Fused projections qkv [T, (nh + 2 nkv) * hd] -> q [T, nh * hd], k and v [T, nkv * hd],
 // RoPE applied to q and k on the way (rope_kernel's pairing). One thread per pair of a
-// head: the split costs no pass of its own.
-extern "C" __global__ void split_qkv_rope_kernel(const float* qkv, const int* pos, const float* cos_t,
-                                                 const float* sin_t, float* q, float* k, float* v,
-                                                 int T, int nh, int nkv, int hd, int neox) {
+// head: the split costs no pass of its own. With kc != NULL the rotated k and the v of
+// row t are also written into the paged caches at slots[t] (kv_write's layout; negative
+// slots skipped), which saves the decode step a kernel per layer.
+template <typename KV>
+__device__ __forceinline__ void split_qkv_rope_body(const float* qkv, const int* pos, const float* cos_t,
+                                                    const float* sin_t, float* q, float* k, float* v,
+                                                    KV* kc, KV* vc, const int* slots, int bs,
+                                                    int T, int nh, int nkv, int hd, int neox) {
     int half = hd / 2;
     int heads = nh + 2 * nkv;
     long n = (long)T * heads * half;
@@ -203,13 +207,35 @@ extern "C" __global__ void split_qkv_rope_kernel(const float* qkv, const int* po
         int b = neox ? i + half : 2 * i + 1;
         float x0 = src[a], x1 = src[b];
         float* dst;
+        KV* cache = 0;
+        int kvh = 0;
         if (h < nh) {
             dst = q + (t * nh + h) * hd;
         } else if (h < nh + nkv) {
-            dst = k + (t * nkv + (h - nh)) * hd;
+            kvh = h - nh;
+            dst = k + (t * nkv + kvh) * hd;
+            cache = kc;
         } else {
-            dst = v + (t * nkv + (h - nh - nkv)) * hd;
+            kvh = h - nh - nkv;
+            dst = v + (t * nkv + kvh) * hd;
+            cache = vc;
+        }
+        if (h >= nh) {
+            if (h < nh + nkv) {
+                long p = pos[t];
+                float c = cos_t[p * half + i], s = sin_t[p * half + i];
+                float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+                x0 = r0; x1 = r1;
+            }
             dst[a] = x0; dst[b] = x1;
+            if (cache) {
+                int slot = slots[t];
+                if (slot >= 0) {
+                    long base = (((long)(slot / bs) * nkv + kvh) * bs + slot % bs) * hd;
+                    store_kv(cache, base + a, x0);
+                    store_kv(cache, base + b, x1);
+                }
+            }
             continue;
         }
         long p = pos[t];
@@ -218,3 +244,12 @@ extern "C" __global__ void split_qkv_rope_kernel(const float* qkv, const int* po
         dst[b] = x0 * s + x1 * c;
     }
 }
+
+#define SPLIT_QKV_ROPE(NAME, KV) \
+extern "C" __global__ void NAME(const float* qkv, const int* pos, const float* cos_t, const float* sin_t, \
+                                float* q, float* k, float* v, KV* kc, KV* vc, const int* slots, int bs, \
+                                int T, int nh, int nkv, int hd, int neox) { \
+    split_qkv_rope_body<KV>(qkv, pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, T, nh, nkv, hd, neox); \
+}
+SPLIT_QKV_ROPE(split_qkv_rope_f32_kernel, float)
+SPLIT_QKV_ROPE(split_qkv_rope_bf16_kernel, bf16_t)

@@ -119,3 +119,114 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* 
 GEMV(gemv_bf16_1, bf16_t, 1) GEMV(gemv_bf16_2, bf16_t, 2) GEMV(gemv_bf16_3, bf16_t, 3) GEMV(gemv_bf16_4, bf16_t, 4)
 GEMV(gemv_f16_1, f16_t, 1) GEMV(gemv_f16_2, f16_t, 2) GEMV(gemv_f16_3, f16_t, 3) GEMV(gemv_f16_4, f16_t, 4)
 GEMV(gemv_f32_1, float, 1) GEMV(gemv_f32_2, float, 2) GEMV(gemv_f32_3, float, 3) GEMV(gemv_f32_4, float, 4)
+
+// Q8_0 weights, repacked at load (cuda/mod.rs `upload_weight`): int8 quants qs [M, K]
+// then f16 scales sc [M, K / 32]. out[t, m] = sum_k x[t, k] * qs[m, k] * sc[m, k / 32].
+// The bf16 kernel's structure with 16 weights per 16-byte load (half a block: one scale),
+// so a decode step reads 1.06 bytes per weight instead of 2.
+__device__ __forceinline__ void unpack_i8(const uint4& r, float* f) {
+    unsigned int u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[4 * i] = (float)((int)(u[i] << 24) >> 24);
+        f[4 * i + 1] = (float)((int)(u[i] << 16) >> 24);
+        f[4 * i + 2] = (float)((int)(u[i] << 8) >> 24);
+        f[4 * i + 3] = (float)((int)u[i] >> 24);
+    }
+}
+
+template <int T>
+__device__ __forceinline__ void gemv_q8_0_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                                               float* __restrict__ out, int M, int K, int wpr) {
+    __shared__ float part[8][T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int m = blockIdx.x * (8 / wpr) + warp / wpr;
+    const int slice = warp % wpr;
+    const bool live = m < M;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (long)(live ? m : 0) * K);
+    const f16_t* sc = reinterpret_cast<const f16_t*>(w + (long)M * K) + (long)(live ? m : 0) * (K / 32);
+    const int chunks = live ? K / 16 : 0;
+    float acc[T];
+#pragma unroll
+    for (int t = 0; t < T; t++) acc[t] = 0.0f;
+    const int UNROLL = 4;
+    const int step = 32 * wpr;
+    int c = lane + 32 * slice;
+    for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
+        uint4 r[UNROLL];
+        float s[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            r[u] = __ldg(wr + c + step * u);
+            s[u] = f16_to_f32(sc[(c + step * u) >> 1]);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            float f[16];
+            unpack_i8(r[u], f);
+            int k0 = (c + step * u) * 16;
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                const float* xt = x + (long)t * K + k0;
+                acc[t] += s[u] * (dot_x(f, xt, 8) + dot_x(f + 8, xt + 8, 8));
+            }
+        }
+    }
+    for (; c < chunks; c += step) {
+        uint4 r = __ldg(wr + c);
+        float s = f16_to_f32(sc[c >> 1]);
+        float f[16];
+        unpack_i8(r, f);
+        int k0 = c * 16;
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const float* xt = x + (long)t * K + k0;
+            acc[t] += s * (dot_x(f, xt, 8) + dot_x(f + 8, xt + 8, 8));
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        float sum = warp_sum(acc[t]);
+        if (wpr == 1) {
+            if (lane == 0 && live) out[(long)t * M + m] = sum;
+        } else if (lane == 0) {
+            part[warp][t] = sum;
+        }
+    }
+    if (wpr > 1) {
+        __syncthreads();
+        if (slice == 0 && lane < T && live) {
+            float sum = 0.0f;
+            for (int i = 0; i < wpr; i++) sum += part[warp + i][lane];
+            out[(long)lane * M + m] = sum;
+        }
+    }
+}
+
+#define GEMV_Q8(NAME, T) \
+extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
+                                                       int K, int wpr) { \
+    gemv_q8_0_body<T>(x, w, out, M, K, wpr); \
+}
+GEMV_Q8(gemv_q8_0_1, 1) GEMV_Q8(gemv_q8_0_2, 2) GEMV_Q8(gemv_q8_0_3, 3) GEMV_Q8(gemv_q8_0_4, 4)
+
+// Q8_0 (split layout) -> bf16 [M, K], for the cuBLASLt path of matmuls with more rows:
+// 16 weights per thread.
+extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) {
+    const long chunks = (long)M * K / 16;
+    const uint4* qs = reinterpret_cast<const uint4*>(w);
+    const f16_t* sc = reinterpret_cast<const f16_t*>(w + (long)M * K);
+    for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (long)gridDim.x * blockDim.x) {
+        float f[16];
+        unpack_i8(__ldg(qs + c), f);
+        const float s = f16_to_f32(sc[c >> 1]);
+        unsigned int o[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            o[i] = (unsigned int)f32_to_bf16(f[2 * i] * s) | ((unsigned int)f32_to_bf16(f[2 * i + 1] * s) << 16);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(out) + 2 * c;
+        dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
+        dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}

@@ -1,0 +1,416 @@
+// Decode attention on tensor cores over a paged bf16 KV cache: sequences with few query
+// rows (plain decode: 1; speculative verification or short chunks: up to 15). The data
+// contract is attention.cu's (the CPU kernel's, crates/backend/src/cpu/attention.rs):
+// q [T, n_heads * hd] f32, caches [num_blocks, n_kv, bs, hd] bf16, out [T, n_heads * hd]
+// f32. Uses the helpers of attention_prefill.cu (fp_*), which precedes this file.
+//
+// Why: decode attention is bound by the bytes of K/V it reads. attention.cu's lane kernel
+// (one query row per block, CUDA cores, each query row reading its keys) reached 0.7-1.6
+// TB/s on an H100, and 0.4 TB/s for 5-row verification chunks. Here:
+// - GQA sharing (FlashInfer-style packing of the query heads that share a KV head into
+//   the rows of one tensor-core tile, Ye et al. 2024 "FlashInfer"): one block per
+//   (sequence, KV head, key split) takes all g = n_heads / n_kv query heads of that KV
+//   head and all q_rows (<= 15) rows of the sequence as the M dimension of
+//   mma.sync m16n8k16: packed row pr = r * g + j (query row r, head j of the group), 16
+//   per m-tile. Each K/V tile is read from memory once for all of them.
+// - Split-K over the keys (flash-decoding, Dao et al. 2023): blockIdx.z takes keys
+//   [z * split_len, (z + 1) * split_len) (split_len a multiple of the 64-key tile), so a
+//   small batch still fills the GPU. With splits > 1 each block writes the unnormalised
+//   state (m in natural-log units, l, acc[hd]) per (row, head, split) in attention.cu's
+//   partial layout, and attention_merge_kernel combines them; with one split the block
+//   writes the output.
+// - K/V tiles of 64 keys copied to shared memory with 16-byte cp.async in FA2's schedule
+//   (K(j+1) streams in while P.V(j) runs, V(j+1) while Q.K(j+1) runs). The cache row of
+//   each key comes from the block table (any block size) one tile ahead, into shared
+//   memory, so a warp's copies cover whole key rows and no thread holds per-key
+//   addresses. Q.K^T and P.V as in attention_prefill.cu (ldmatrix; P stays in registers
+//   as A fragments); online softmax in exp2 units.
+// - Work of the 4 warps, chosen per block from its m-tiles (MT = ceil(g * q_rows / 16)):
+//   one m-tile: each warp takes 16 of each tile's 64 keys (so a batch-1 decode keeps all
+//   four busy); two: two warps per m-tile, 32 keys each. Warps sharing an m-tile keep
+//   their own softmax state, merged through shared memory at the end. More m-tiles
+//   (g * q_rows > 32, e.g. GQA 4 with 9+ rows) go in passes of two, each streaming the
+//   keys again; gridDim.y = n_kv * row_groups spreads the passes over blocks (the host
+//   sizes row_groups from a bound on q_rows it knows without reading the device). Why
+//   not a warp per m-tile over all 64 keys: 32 more score registers, and registers bound
+//   the blocks per SM (Q sits in shared memory, read by ldmatrix, for the same reason).
+// - Two kernels per head dim: the one-m-tile kernel (plain decode; 128 registers, 4
+//   blocks per SM) and the general one (168 registers, 3 blocks per SM).
+// - Sequences with more than `max_q_rows` rows return at once (the prefill kernel's).
+//
+// Measured on an H100 80GB HBM3 (device-to-device copy 3.0 TB/s read + write), Llama-3.1-8B
+// shape (32 query heads, 8 KV heads, head_dim 128, bf16 cache, block size 16, random block
+// ids), one attention call incl. the merge, CUDA-graph replays; GB/s of K/V read:
+//   batch x context (rows)  lane kernel (attention.cu)   this kernel
+//   1 x 4096                24.1 us   697 GB/s           16.7 us  1002 GB/s
+//   64 x 4096               816 us   1315 GB/s           389 us   2761 GB/s
+//   64 x 576                164 us    919 GB/s           69.1 us  2186 GB/s
+//   256 x 1024              671 us   1602 GB/s           390 us   2753 GB/s
+//   64 x 4096 (5 rows)      2707 us   397 GB/s           434 us   2473 GB/s
+// (split target 4 blocks per SM; 8 and 16 measured within 2% at long contexts, 16 was
+// 5% slower at batch 256.) Batch 1 is bound by latency: 512 blocks of one tile each.
+
+#define FD_KEYS 64       // keys per tile
+#define FD_WARPS 4
+#define FD_OPAD 4        // f32 padding per row of the warps' O in shared memory
+
+// The K/V tiles during the key loop; the warps' O (16 rows each) at the end.
+template <int HD>
+union __attribute__((aligned(16))) FdShared {
+    struct {
+        bf16_t k[FD_KEYS][HD + FP_PAD];
+        bf16_t v[FD_KEYS][HD + FP_PAD];
+    } kv;
+    float o[FD_WARPS][16][HD + FD_OPAD];
+};
+
+// Everything a pass needs about its block (read once in flash_decode).
+struct FdBlock {
+    const float* q;
+    const bf16_t* kc;
+    const bf16_t* vc;
+    const int* table;     // this sequence's block-table row
+    int bs, n_heads, n_kv, kvh, gh;
+    int q0, q_rows, m_rows, pos0;
+    int lo, hi;           // this block's keys [lo, hi]
+    int z, splits, window;
+    float qscale, cap_in, cap_out;
+    bool use_cap;
+    float* partial;
+    float* out;
+};
+
+// Issues the cp.async copies of one 64-key tile of `cache` into `dst`, each key's cache
+// row read from shared memory (`srow`, -1: zero-fill; filled one tile ahead): thread t
+// copies chunks t + 128 i, so a warp's instruction covers whole key rows (two at
+// head_dim 128: four full 128-byte lines) and no thread keeps a row per key in registers.
+// (A layout of two threads per key, one row register each, gave every 128-byte line to
+// four instructions and ran at 2.14 TB/s against 2.75 here: b64 c4096, H100.)
+template <int HD>
+__device__ __forceinline__ void fd_load_tile(bf16_t (*dst)[HD + FP_PAD], const bf16_t* __restrict__ cache,
+                                               const int* srow) {
+    constexpr int CHUNKS = HD / 8;
+    constexpr int PER_THREAD = FD_KEYS * CHUNKS / (FD_WARPS * 32);
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; i++) {
+        const int c = threadIdx.x + i * FD_WARPS * 32;
+        const int key = c / CHUNKS, ch = c % CHUNKS;
+        const int row = srow[key];
+        const bf16_t* src = row >= 0 ? cache + (long)row * HD + ch * 8 : cache;
+        fp_cp_async16(fp_smem_addr(&dst[key][ch * 8]), src, row >= 0 ? 16 : 0);
+    }
+}
+
+// One pass over the block's keys for m-tiles mt0 .. mt0 + 4 / KW - 1 (those that exist):
+// KW warps share each m-tile, each taking 64 / KW keys of every tile.
+template <int HD, int KW>
+__device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
+                                        float (*s_m)[16], float (*s_l)[16], const FdBlock& b, int mt0) {
+    constexpr int MW = FD_WARPS / KW;    // m-tiles in flight
+    constexpr int NK = FD_KEYS / KW;     // keys per warp per tile
+    constexpr int NJ = NK / 8;           // n8 tiles of S per warp
+    constexpr int KC = HD / 16;          // k-steps of Q.K
+    constexpr int NT = HD / 8;           // n8 tiles of O
+    constexpr unsigned int ROW_BYTES = (HD + FP_PAD) * 2;
+    const unsigned int full = 0xffffffffu;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int mtl = warp % MW, koff = (warp / MW) * NK;
+    const int mtile = mt0 + mtl;
+    const bool w_active = mtile * 16 < b.m_rows;
+    const int ld = b.n_heads * HD;
+
+    // This thread's two packed rows (g and g + 8 of the m-tile): query row, head, the
+    // highest key each may see (-1 for padding rows: everything masked) and the lowest.
+    const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
+    const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
+    const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
+    const int u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
+    const int u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
+    const int f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
+    const int f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
+
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+
+    // Cache row of key k (-1: past the block's last key, zero-filled).
+    auto row_of = [&](int k) {
+        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
+    };
+    // The rows of tile j sit in srow[j & 1], written one tile ahead by threads 0..63.
+    const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
+    if (n_tiles > 0) {
+        if (threadIdx.x < FD_KEYS) {
+            srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
+            srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+        }
+        __syncthreads();
+        fd_load_tile<HD>(sh.kv.k, b.kc, srow[0]);
+        fp_cp_async_commit();
+        fd_load_tile<HD>(sh.kv.v, b.vc, srow[0]);
+        fp_cp_async_commit();
+    }
+    // Q rows of this pass into shared memory (while the first tile streams in), scaled
+    // and rounded to bf16, padding rows 0; the warps read their A fragments from there
+    // with ldmatrix (registers are the occupancy limit, shared memory is not).
+    for (int idx = threadIdx.x; idx < MW * 16 * (HD / 2); idx += FD_WARPS * 32) {
+        const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+        const int pr = mt0 * 16 + lr;
+        float2 x = make_float2(0.0f, 0.0f);
+        if (pr < b.m_rows) {
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            x = *reinterpret_cast<const float2*>(b.q + (long)(b.q0 + r) * ld + h * HD + d);
+        }
+        *reinterpret_cast<unsigned int*>(&sq[lr][d]) = fp_pack_bf16(x.x * b.qscale, x.y * b.qscale);
+    }
+
+    const unsigned int q_addr = fp_smem_addr(&sq[mtl * 16 + (lane & 15)][(lane >> 4) * 8]);
+    const unsigned int k_addr =
+        fp_smem_addr(&sh.kv.k[koff + (lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
+    const unsigned int v_addr =
+        fp_smem_addr(&sh.kv.v[koff + ((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
+
+    for (int jt = 0; jt < n_tiles; jt++) {
+        const int kt = b.lo + jt * FD_KEYS;
+        fp_cp_async_wait1();  // K(jt) has landed (V(jt) may still be in flight)
+        __syncthreads();
+        // Rows of tile jt + 2, stored at the end of this iteration (the load's latency hides
+        // behind this tile's work).
+        const int r_next =
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+
+        float sc[NJ][4];
+        if (w_active) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll 1
+            for (int ks = 0; ks < KC; ks++) {
+                unsigned int qf[4];
+                fp_ldmatrix_x4(q_addr + ks * 32, qf[0], qf[1], qf[2], qf[3]);
+#pragma unroll
+                for (int np = 0; np < NJ / 2; np++) {
+                    unsigned int b0, b1, b2, b3;
+                    fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
+                    fp_mma(sc[2 * np], qf, b0, b1);
+                    fp_mma(sc[2 * np + 1], qf, b2, b3);
+                }
+            }
+            if (b.use_cap) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
+            }
+            // Causal / window / split-end mask per packed row (a few compares per score;
+            // the tile loads dominate).
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int k = kt + koff + j * 8 + 2 * c + e;
+                    if (k > u_a || k < f_a) sc[j][e] = NEG_INF;
+                    if (k > u_b || k < f_b) sc[j][2 + e] = NEG_INF;
+                }
+            }
+            float mx_a = NEG_INF, mx_b = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
+                mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 2));
+            const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+            // A row that has seen no key yet keeps max -inf: subtract 0 instead (p = 0).
+            const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
+            const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
+            const float alpha_a = fp_exp2(m_a - base_a), alpha_b = fp_exp2(m_b - base_b);
+            m_a = mn_a;
+            m_b = mn_b;
+            float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                sc[j][0] = fp_exp2(sc[j][0] - base_a);
+                sc[j][1] = fp_exp2(sc[j][1] - base_a);
+                sc[j][2] = fp_exp2(sc[j][2] - base_b);
+                sc[j][3] = fp_exp2(sc[j][3] - base_b);
+                sum_a += sc[j][0] + sc[j][1];
+                sum_b += sc[j][2] + sc[j][3];
+            }
+            l_a = l_a * alpha_a + sum_a;
+            l_b = l_b * alpha_b + sum_b;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                o[j][0] *= alpha_a;
+                o[j][1] *= alpha_a;
+                o[j][2] *= alpha_b;
+                o[j][3] *= alpha_b;
+            }
+        }
+        __syncthreads();  // every warp is done with K(jt)
+        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.k, b.kc, srow[(jt + 1) & 1]);
+        fp_cp_async_commit();
+        fp_cp_async_wait1();  // V(jt) has landed (K(jt + 1) may still be in flight)
+        __syncthreads();
+
+        if (w_active) {
+#pragma unroll
+            for (int kk = 0; kk < NJ / 2; kk++) {
+                unsigned int pa[4];
+                pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+                pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+                pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    unsigned int b0, b1, b2, b3;
+                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
+                    fp_mma(o[2 * dp], pa, b0, b1);
+                    fp_mma(o[2 * dp + 1], pa, b2, b3);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with V(jt)
+        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.v, b.vc, srow[(jt + 1) & 1]);
+        fp_cp_async_commit();
+        // Tile jt's rows are no longer read (its loads were issued last iteration).
+        if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) srow[jt & 1][threadIdx.x] = r_next;
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();  // the tiles' shared memory becomes the warps' O
+
+    // Each warp's state into shared memory: m per row, l summed over the row's 4 lanes, O.
+    l_a += __shfl_xor_sync(full, l_a, 1);
+    l_a += __shfl_xor_sync(full, l_a, 2);
+    l_b += __shfl_xor_sync(full, l_b, 1);
+    l_b += __shfl_xor_sync(full, l_b, 2);
+    if (c == 0) {
+        s_m[warp][g] = m_a;
+        s_m[warp][g + 8] = m_b;
+        s_l[warp][g] = l_a;
+        s_l[warp][g + 8] = l_b;
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        *reinterpret_cast<float2*>(&sh.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
+        *reinterpret_cast<float2*>(&sh.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
+    }
+    __syncthreads();
+
+    // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
+    const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
+    for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
+        const int lr = idx / HD, d = idx % HD;
+        const int mt = lr >> 4, rr = lr & 15;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int kg = 0; kg < KW; kg++) mx = fmaxf(mx, s_m[mt + MW * kg][rr]);
+        float num = 0.0f, den = 0.0f;
+#pragma unroll
+        for (int kg = 0; kg < KW; kg++) {
+            const int w = mt + MW * kg;
+            const float mw = s_m[w][rr];
+            if (mw == NEG_INF) continue;
+            const float f = fp_exp2(mw - mx);
+            num += sh.o[w][rr][d] * f;
+            den += s_l[w][rr] * f;
+        }
+        const int pr = mt0 * 16 + lr;
+        const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+        const long t = b.q0 + r;
+        if (b.splits > 1) {
+            float* pp = b.partial + ((t * b.n_heads + h) * b.splits + b.z) * (HD + 2);
+            if (d == 0) {
+                // m back to natural-log units (the merge kernel's): scores were in log2 units.
+                pp[0] = den > 0.0f ? mx * (1.0f / FP_LOG2E) : NEG_INF;
+                pp[1] = den;
+            }
+            pp[2 + d] = num;
+        } else {
+            b.out[t * ld + h * HD + d] = den > 0.0f ? num / den : 0.0f;
+        }
+    }
+    __syncthreads();  // shared memory is reused by the next pass
+}
+
+template <int HD, bool MULTI>
+__device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restrict__ kc,
+                             const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+                             const int* __restrict__ context_lens, const int* __restrict__ block_tables,
+                             int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
+                             float softcap, int split_len, int max_q_rows, float* __restrict__ partial,
+                             float* __restrict__ out) {
+    __shared__ FdShared<HD> sh;
+    __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
+    __shared__ int srow[2][FD_KEYS];
+    __shared__ float s_m[FD_WARPS][16];
+    __shared__ float s_l[FD_WARPS][16];
+    const int s = blockIdx.x;
+    const int row_groups = gridDim.y / n_kv;
+    FdBlock b;
+    b.q0 = query_start[s];
+    b.q_rows = query_start[s + 1] - b.q0;
+    if (b.q_rows <= 0 || b.q_rows > max_q_rows) return;
+    b.q = q;
+    b.kc = kc;
+    b.vc = vc;
+    b.table = block_tables + (long)s * bt_cols;
+    b.bs = bs;
+    b.n_heads = n_heads;
+    b.n_kv = n_kv;
+    b.kvh = blockIdx.y / row_groups;
+    b.gh = n_heads / n_kv;
+    b.m_rows = b.gh * b.q_rows;
+    const int ctx = context_lens[s];
+    b.pos0 = ctx - b.q_rows;
+    b.z = blockIdx.z;
+    b.splits = gridDim.z;
+    b.window = window;
+    // Keys any row of this block sees, within this split.
+    const int key_lo = window > 0 ? max(0, b.pos0 - window + 1) : 0;
+    b.lo = max(key_lo, b.z * split_len);
+    b.hi = min(ctx - 1, b.z * split_len + split_len - 1);
+    b.use_cap = softcap > 0.0f;
+    // Scores in log2 units, so the softmax uses exp2: Q scaled by log2 e, or the cap's
+    // output when there is a softcap.
+    b.qscale = b.use_cap ? scale : scale * FP_LOG2E;
+    b.cap_out = softcap * FP_LOG2E;
+    b.cap_in = b.use_cap ? 1.0f / softcap : 0.0f;
+    b.partial = partial;
+    b.out = out;
+
+    const int mt = (b.m_rows + 15) / 16;
+    const int rg = blockIdx.y % row_groups;
+    if (MULTI) {
+        // Passes of at most two m-tiles; row group rg takes passes rg, rg + row_groups, ...
+        for (int mt0 = 2 * rg; mt0 < mt; mt0 += 2 * row_groups) {
+            if (mt - mt0 == 1) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, b, mt0);
+            else fd_pass<HD, 2>(sh, sq, srow, s_m, s_l, b, mt0);
+        }
+    } else {
+        // The host expects one m-tile (g * q_rows <= 16); more would take a pass each.
+        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, b, mt0);
+    }
+}
+
+// Two kernels per head dim: for steps whose sequences all have g * q_rows <= 16 (plain
+// decode) only the one-m-tile path, which fits 4 blocks per SM (128 registers); the
+// general one also has the two-m-tile path and fits 3.
+#define FLASH_DECODE(HD, NAME, MULTI, MINB) \
+extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##NAME##_bf16_d##HD( \
+    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
+    const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
+    float scale, int window, float softcap, int split_len, int max_q_rows, float* partial, \
+    float* out) { \
+    flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
+                            n_heads, n_kv, scale, window, softcap, split_len, max_q_rows, partial, \
+                            out); \
+}
+FLASH_DECODE(64, , false, 4)
+FLASH_DECODE(128, , false, 4)
+FLASH_DECODE(64, _multi, true, 3)
+FLASH_DECODE(128, _multi, true, 3)
