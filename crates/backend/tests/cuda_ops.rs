@@ -746,6 +746,11 @@ fn decode_attention_matches_the_cpu() {
         case(8, 1, 128, 32, None, Some(30.0), mixed),
         // single decodes: the most splits, a context of one key, T < 16
         case(8, 2, 64, 16, None, None, vec![(1, 20_000)]),
+        // one short sequence alone (a prompt under 16 tokens, then a chunk after a
+        // prefix), GQA 2, 4-key blocks: the engine's batch-invariance test's shape
+        case(4, 2, 64, 4, None, None, vec![(7, 7)]),
+        case(4, 2, 64, 4, None, None, vec![(5, 30)]),
+        case(8, 4, 128, 4, None, None, vec![(9, 9)]),
         case(4, 1, 128, 16, None, None, vec![(1, 1), (3, 3), (2, 700)]),
         case(
             12,

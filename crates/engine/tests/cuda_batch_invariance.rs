@@ -1,7 +1,8 @@
 //! Batch invariance on every device present (the CPU always, a CUDA GPU when there is
 //! one; SLUICE_REQUIRE_CUDA=1 makes its absence an error): each request alone and all of
 //! them in one mixed, chunked batch give the same tokens, greedy and seeded sampling
-//! alike. On a GPU this runs the whole engine path: stacked projections, flash prefill
+//! alike, on the exact paths (CPU; CUDA with f32 weights and KV cache); with bf16 on the
+//! GPU, most requests (see the bound below). On a GPU this runs the whole engine path: stacked projections, flash prefill
 //! chunks next to decodes, decode steps replayed from CUDA graphs padded to a batch
 //! bucket, sampling on the device (seeded draws come from each request's generator, so
 //! a request's tokens do not depend on its neighbours).
@@ -17,17 +18,19 @@ use sluice_model::arch::Model;
 use sluice_model::tokenizer::Tokenizer;
 use spec_common::*;
 
-fn devices() -> Vec<Device> {
-    let mut v = vec![device()];
+/// The devices, each with whether it computes exactly (f32 weights, f32 KV cache and
+/// row-independent kernels: bitwise batch invariant) or in bf16.
+fn devices() -> Vec<(Device, bool)> {
+    let mut v = vec![(device(), true)];
     match Device::cuda(0, CudaWeightType::F32) {
-        Ok(d) => v.push(d),
+        Ok(d) => v.push((d, true)),
         Err(e) => assert!(
             std::env::var("SLUICE_REQUIRE_CUDA").as_deref() != Ok("1"),
             "SLUICE_REQUIRE_CUDA=1 but: {e}"
         ),
     }
     if let Ok(d) = Device::cuda(0, CudaWeightType::Bf16) {
-        v.push(d);
+        v.push((d, false));
     }
     v
 }
@@ -75,8 +78,10 @@ fn requests_alone_and_batched_give_the_same_tokens() {
             )
         })
         .collect();
-    for dev in devices() {
+    let mut failures = Vec::new();
+    for (dev, exact) in devices() {
         let mut e = engine_on(&dev, DType::F16);
+        let (mut same, mut total) = (0, 0);
         for (what, reqs) in [("greedy", &greedy_reqs), ("seeded sampling", &sampled_reqs)] {
             let alone = run_each(&mut e, reqs);
             let batched = run_all(&mut e, reqs);
@@ -87,13 +92,35 @@ fn requests_alone_and_batched_give_the_same_tokens() {
                     "{}: request {i} length",
                     dev.name()
                 );
-                assert_eq!(a, b, "{} {what}: request {i} alone vs batched", dev.name());
+                total += 1;
+                if a == b {
+                    same += 1;
+                } else if exact {
+                    failures.push(format!(
+                        "{} {what}: request {i} (prompt of {}) alone {a:?} batched {b:?}",
+                        dev.name(),
+                        reqs[i].0.len()
+                    ));
+                }
             }
-            eprintln!(
-                "{} {what}: {} requests identical alone and batched",
-                dev.name(),
-                reqs.len()
-            );
+        }
+        eprintln!(
+            "{}: {same} of {total} requests identical alone and batched",
+            dev.name()
+        );
+        // bf16 on a GPU is not bitwise batch invariant: cuBLASLt picks its algorithm per
+        // shape, and the tensor-core attention kernels round Q and the softmax weights to
+        // bf16, a step function that turns the GEMMs' last-bit differences into ~0.4%
+        // jumps. This tiny random model's attention is nearly uniform and its logits
+        // have near-ties, so a few requests drift apart after some tokens (measured on an
+        // H200: 17 of 21 identical). Most must still agree: a real fault (a wrong row, a
+        // stale KV block) garbles nearly every request.
+        if !exact && 3 * same < 2 * total {
+            failures.push(format!(
+                "{}: only {same} of {total} requests identical alone and batched",
+                dev.name()
+            ));
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
