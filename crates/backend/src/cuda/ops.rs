@@ -120,6 +120,9 @@ pub(crate) fn decode_row_groups(g: usize, rows: usize) -> usize {
     (g * rows).div_ceil(16).div_ceil(2).max(1)
 }
 
+/// Output rows per warp of the batch-1 GEMV (`GEMV_RPW` in kernels/gemv.cu).
+const GEMV_ROWS_PER_WARP: usize = 4;
+
 /// Sequences with at least this many query rows in a step take the tensor-core prefill
 /// kernel (kernels/attention_prefill.cu) when it applies (bf16 KV cache, head_dim 64 or
 /// 128, causal); the others take the tensor-core decode kernel (kernels/attention_decode.cu)
@@ -176,6 +179,14 @@ impl CudaBackend {
             }
         };
         // Few rows: a pass over the weights with our GEMV (needs 16-byte aligned rows).
+        if t == 1 && k.is_multiple_of(per_load) {
+            let f = match w.dtype() {
+                DType::BF16 => self.kernels.gemv1_rows_bf16,
+                DType::F16 => self.kernels.gemv1_rows_f16,
+                _ => self.kernels.gemv1_rows_f32,
+            };
+            return self.launch_gemv1_rows(f, px, pw, po, m, k);
+        }
         if t <= 4 && k.is_multiple_of(per_load) {
             let kern = &self.kernels;
             let f = match (w.dtype(), t) {
@@ -222,6 +233,28 @@ impl CudaBackend {
             .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k)
     }
 
+    /// The batch-1 GEMV with `GEMV_ROWS_PER_WARP` output rows per warp (kernels/gemv.cu
+    /// `gemv1_rows_*`: each x chunk loaded once for all of them).
+    fn launch_gemv1_rows(
+        &self,
+        f: sys::CUfunction,
+        px: sys::CUdeviceptr,
+        pw: sys::CUdeviceptr,
+        po: sys::CUdeviceptr,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        let wpr = gemv_warps_per_row(m.div_ceil(GEMV_ROWS_PER_WARP), self.sm_count as usize);
+        let rows_per_block = ((THREADS / 32) / wpr) as usize * GEMV_ROWS_PER_WARP;
+        let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
+        self.launch(
+            f,
+            (m.div_ceil(rows_per_block) as u32, 1, 1),
+            THREADS,
+            &mut args![px, pw, po, mi, ki, wpr_i],
+        )
+    }
+
     /// Q8_0 weights (split layout, see `upload_weight`): our GEMV for up to 4 rows;
     /// above, the weight is dequantized to bf16 into a scratch buffer and cuBLASLt runs
     /// (prefill is compute-bound, so the extra pass over the weight costs little there).
@@ -240,6 +273,9 @@ impl CudaBackend {
             )));
         }
         let (mi, ki) = (m as i32, k as i32);
+        if t == 1 {
+            return self.launch_gemv1_rows(self.kernels.gemv1_rows_q8_0, px, pw, po, m, k);
+        }
         if t <= 4 {
             let kern = &self.kernels;
             let f = [
