@@ -74,6 +74,55 @@ pub struct QkvDims {
     pub style: RopeStyle,
 }
 
+impl QkvDims {
+    /// Checks the shapes of a `split_qkv_rope` call (every backend's).
+    pub(crate) fn check(
+        &self,
+        qkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let t = qkv.rows();
+        let ok = qkv.cols() == (nh + 2 * nkv) * hd
+            && [q.rows(), k.rows(), v.rows()].iter().all(|&r| r == t)
+            && q.cols() == nh * hd
+            && k.cols() == nkv * hd
+            && v.cols() == nkv * hd
+            && positions.numel() >= t
+            && cos.cols() * 2 == hd
+            && hd.is_multiple_of(2);
+        if ok {
+            return Ok(());
+        }
+        Err(BackendError::Shape(format!(
+            "split_qkv_rope: qkv {:?} ({nh} + 2x{nkv} heads of {hd}) into q {:?} k {:?} v {:?}, \
+             {} positions, table {:?}",
+            qkv.shape(),
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            positions.numel(),
+            cos.shape()
+        )))
+    }
+}
+
+/// Checks the shapes of a `glu_packed` call: `[T, 2F]` into `[T, F]`.
+pub(crate) fn check_glu_packed(gate_up: &Tensor, out: &Tensor) -> Result<()> {
+    if gate_up.cols() != 2 * out.cols() || gate_up.rows() != out.rows() {
+        return Err(BackendError::Shape(format!(
+            "glu_packed: {:?} into {:?}",
+            gate_up.shape(),
+            out.shape()
+        )));
+    }
+    Ok(())
+}
+
 /// Paged KV caches and the step's slots, for ops that write K/V as they go.
 pub struct KvWrite<'a> {
     /// `[num_blocks, n_kv_heads, block_size, head_dim]`

@@ -249,14 +249,8 @@ impl CpuBackend {
 
     /// Fused gate/up rows `[T, 2F]` -> `out[t, j] = act(gu[t, j]) * gu[t, F + j]`.
     pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, act: Activation) -> Result<()> {
+        crate::device::check_glu_packed(gate_up, out)?;
         let f = out.cols();
-        if gate_up.cols() != 2 * f || gate_up.rows() != out.rows() {
-            return Err(BackendError::Shape(format!(
-                "glu_packed: {:?} into {:?}",
-                gate_up.shape(),
-                out.shape()
-            )));
-        }
         let gu = gate_up.as_f32()?;
         let o = out.as_f32_mut()?;
         for (orow, row) in o
@@ -288,27 +282,11 @@ impl CpuBackend {
         k: &mut Tensor,
         v: &mut Tensor,
     ) -> Result<()> {
+        dims.check(qkv, positions, cos, q, k, v)?;
         let (qd, kvd) = (
             dims.n_heads * dims.head_dim,
             dims.n_kv_heads * dims.head_dim,
         );
-        let t = qkv.rows();
-        if qkv.cols() != qd + 2 * kvd
-            || q.rows() != t
-            || k.rows() != t
-            || v.rows() != t
-            || q.cols() != qd
-            || k.cols() != kvd
-            || v.cols() != kvd
-        {
-            return Err(BackendError::Shape(format!(
-                "split_qkv_rope: {:?} into q {:?} k {:?} v {:?}",
-                qkv.shape(),
-                q.shape(),
-                k.shape(),
-                v.shape()
-            )));
-        }
         let src = qkv.as_f32()?;
         {
             let (qs, ks, vs) = (q.as_f32_mut()?, k.as_f32_mut()?, v.as_f32_mut()?);

@@ -55,14 +55,8 @@ impl CudaBackend {
 
     pub fn glu_packed(&self, gate_up: &Tensor, out: &mut Tensor, silu: bool) -> Result<()> {
         check_f32("glu_packed", &[gate_up, out])?;
+        crate::device::check_glu_packed(gate_up, out)?;
         let f = out.cols();
-        if gate_up.cols() != 2 * f || gate_up.rows() != out.rows() {
-            return Err(BackendError::Shape(format!(
-                "glu_packed: {:?} into {:?}",
-                gate_up.shape(),
-                out.shape()
-            )));
-        }
         self.bind()?;
         let (pg, po) = (cuda_buf(gate_up)?.ptr(), cuda_buf(out)?.ptr());
         let n = out.numel();
@@ -89,28 +83,9 @@ impl CudaBackend {
     ) -> Result<()> {
         check_f32("split_qkv_rope", &[qkv, cos, sin, q, k, v])?;
         positions.expect_dtype(DType::I32)?;
+        dims.check(qkv, positions, cos, q, k, v)?;
         let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
         let t = qkv.rows();
-        let shapes_ok = qkv.cols() == (nh + 2 * nkv) * hd
-            && [q.rows(), k.rows(), v.rows()].iter().all(|&r| r == t)
-            && q.cols() == nh * hd
-            && k.cols() == nkv * hd
-            && v.cols() == nkv * hd
-            && positions.numel() >= t
-            && cos.cols() * 2 == hd
-            && hd.is_multiple_of(2);
-        if !shapes_ok {
-            return Err(BackendError::Shape(format!(
-                "split_qkv_rope: qkv {:?} ({nh} + 2x{nkv} heads of {hd}) into q {:?} k {:?} v {:?}, \
-                 {} positions, table {:?}",
-                qkv.shape(),
-                q.shape(),
-                k.shape(),
-                v.shape(),
-                positions.numel(),
-                cos.shape()
-            )));
-        }
         // Without caches: the f32 kernel with null cache pointers.
         let (f, kc, vc, slots, bs) = match &kv {
             None => (self.kernels.split_qkv_rope_f32_kernel, 0, 0, 0, 0i32),
