@@ -643,3 +643,56 @@ fn hugging_face_layout_model_matches_reference() {
     println!("hf-layout qwen2: max abs logit error vs f64 reference {worst:.2e}");
     assert!(worst < 2e-3, "max abs diff {worst}");
 }
+
+/// The padding of decode batches that CUDA graph replays use (`RunState::prepare` with
+/// `pad_to`), checked on the CPU so CI covers it: a decode batch of 3 sequences padded
+/// to 8 rows gives the same logits for the real rows as the unpadded batch, writes no K/V
+/// for the dummy rows, and the padded rows' metadata keeps every kernel in bounds.
+#[test]
+fn padded_decode_batches_leave_the_real_rows_unchanged() {
+    use sluice_model::arch::common::RunState;
+    use sluice_model::arch::ModelWeights;
+    let cfg = base_config();
+    let weights = Weights::random(&cfg, 3);
+    let dev = Device::cpu(Some(2));
+    let mut store = weights.store();
+    let w = ModelWeights::load(&dev, &cfg, &mut store, 256).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| {
+            (0..5 + i)
+                .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+                .collect()
+        })
+        .collect();
+    let tables: Vec<Vec<u32>> = (0..3u32)
+        .map(|i| vec![3 * i + 1, 3 * i + 2, 3 * i + 3])
+        .collect();
+    let run = |pad: Option<usize>| -> (Vec<f32>, Vec<f32>) {
+        let mut kv =
+            sluice_model::KvCache::new(&dev, &cfg, 16, BLOCK, sluice_backend::DType::F32).unwrap();
+        let mut st = RunState::new(&dev, &cfg, 4, 4, w.fused).unwrap();
+        // Prefill all but the last token of each prompt, then one decode step.
+        let mut b = BatchInput::default();
+        for (p, t) in prompts.iter().zip(&tables) {
+            b.push_seq(&p[..p.len() - 1], p.len() - 1, t, BLOCK, true);
+        }
+        st.prepare(&dev, &cfg, &b, None).unwrap();
+        w.run(&dev, &cfg, &mut kv, &mut st).unwrap();
+        let mut b = BatchInput::default();
+        for (p, t) in prompts.iter().zip(&tables) {
+            b.push_seq(&p[p.len() - 1..], p.len(), t, BLOCK, true);
+        }
+        st.prepare(&dev, &cfg, &b, pad).unwrap();
+        w.run(&dev, &cfg, &mut kv, &mut st).unwrap();
+        let rows = st.logits.rows();
+        assert_eq!(rows, pad.unwrap_or(3));
+        let logits = st.logits.as_f32().unwrap()[..3 * cfg.vocab_size].to_vec();
+        (logits, kv.layers[0].k.as_f32().unwrap().to_vec())
+    };
+    let (plain, plain_k) = run(None);
+    let (padded, padded_k) = run(Some(8));
+    assert_eq!(plain, padded, "real rows' logits changed by padding");
+    assert_eq!(plain_k, padded_k, "a dummy row wrote into the KV cache");
+    assert!(plain.iter().all(|v| v.is_finite()));
+}
