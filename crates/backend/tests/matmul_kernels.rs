@@ -347,3 +347,43 @@ fn rows_do_not_depend_on_batch_composition() {
         }
     }
 }
+
+/// `Device::load_weights_stacked` on the CPU: the stacked matrix multiplies like its
+/// parts side by side (same dtype), and parts of different dtypes are refused.
+#[test]
+fn stacked_weights_multiply_like_their_parts() {
+    let dev = sluice_backend::Device::cpu(Some(2));
+    let mut r = rng(17);
+    let (t, k) = (3usize, 64usize);
+    let make = |r: &mut ChaCha8Rng, dtype: DType, m: usize| {
+        let vals: Vec<f32> = (0..m * k).map(|_| r.random_range(-1.0..1.0)).collect();
+        let mut bytes = vec![0u8; dtype.row_bytes(k) * m];
+        sluice_backend::quant::quantize_row(dtype, &vals, &mut bytes).unwrap();
+        Tensor::from_bytes_cpu(dtype, &[m, k], &bytes).unwrap()
+    };
+    let parts: Vec<Tensor> = [24usize, 8, 8]
+        .iter()
+        .map(|&m| make(&mut r, DType::Q8_0, m))
+        .collect();
+    let x: Vec<f32> = (0..t * k).map(|_| r.random_range(-1.0..1.0)).collect();
+    let xt = Tensor::from_f32_cpu(&[t, k], &x).unwrap();
+    let mut want = Vec::new();
+    let mut outs = Vec::new();
+    for p in &parts {
+        let mut o = dev.zeros(DType::F32, &[t, p.rows()]).unwrap();
+        dev.matmul(&xt, p, &mut o).unwrap();
+        outs.push(o.as_f32().unwrap().to_vec());
+    }
+    for row in 0..t {
+        for (o, p) in outs.iter().zip(&parts) {
+            want.extend_from_slice(&o[row * p.rows()..(row + 1) * p.rows()]);
+        }
+    }
+    let stacked = dev.load_weights_stacked(parts).unwrap();
+    assert_eq!(stacked.shape(), &[40, k]);
+    let mut got = dev.zeros(DType::F32, &[t, 40]).unwrap();
+    dev.matmul(&xt, &stacked, &mut got).unwrap();
+    assert_eq!(got.as_f32().unwrap(), &want[..]);
+    let mixed = vec![make(&mut r, DType::Q8_0, 4), make(&mut r, DType::Q4_0, 4)];
+    assert!(dev.load_weights_stacked(mixed).is_err());
+}
