@@ -185,34 +185,22 @@ impl CudaBackend {
                 DType::F16 => self.kernels.gemv1_rows_f16,
                 _ => self.kernels.gemv1_rows_f32,
             };
-            return self.launch_gemv1_rows(f, px, pw, po, m, k);
+            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
         }
         if t <= 4 && k.is_multiple_of(per_load) {
             let kern = &self.kernels;
             let f = match (w.dtype(), t) {
-                (DType::BF16, 1) => kern.gemv_bf16_1,
                 (DType::BF16, 2) => kern.gemv_bf16_2,
                 (DType::BF16, 3) => kern.gemv_bf16_3,
                 (DType::BF16, _) => kern.gemv_bf16_4,
-                (DType::F16, 1) => kern.gemv_f16_1,
                 (DType::F16, 2) => kern.gemv_f16_2,
                 (DType::F16, 3) => kern.gemv_f16_3,
                 (DType::F16, _) => kern.gemv_f16_4,
-                (_, 1) => kern.gemv_f32_1,
                 (_, 2) => kern.gemv_f32_2,
                 (_, 3) => kern.gemv_f32_3,
                 _ => kern.gemv_f32_4,
             };
-            let (mi, ki) = (m as i32, k as i32);
-            let wpr = gemv_warps_per_row(m, self.sm_count as usize);
-            let rows_per_block = (THREADS / 32) / wpr;
-            let wpr_i = wpr as i32;
-            return self.launch(
-                f,
-                ((m as u32).div_ceil(rows_per_block), 1, 1),
-                THREADS,
-                &mut args![px, pw, po, mi, ki, wpr_i],
-            );
+            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
         let xin = match w.dtype() {
             DType::F32 => px,
@@ -233,9 +221,11 @@ impl CudaBackend {
             .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k)
     }
 
-    /// The batch-1 GEMV with `GEMV_ROWS_PER_WARP` output rows per warp (kernels/gemv.cu
-    /// `gemv1_rows_*`: each x chunk loaded once for all of them).
-    fn launch_gemv1_rows(
+    /// Launches a GEMV kernel of kernels/gemv.cu (arguments `x, w, out, M, K, wpr`)
+    /// whose warps each compute `rows_per_warp` output rows (`GEMV_ROWS_PER_WARP` for
+    /// the batch-1 `gemv1_rows_*`, 1 for the others), `wpr` warps sharing a row group.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_gemv(
         &self,
         f: sys::CUfunction,
         px: sys::CUdeviceptr,
@@ -243,9 +233,10 @@ impl CudaBackend {
         po: sys::CUdeviceptr,
         m: usize,
         k: usize,
+        rows_per_warp: usize,
     ) -> Result<()> {
-        let wpr = gemv_warps_per_row(m.div_ceil(GEMV_ROWS_PER_WARP), self.sm_count as usize);
-        let rows_per_block = ((THREADS / 32) / wpr) as usize * GEMV_ROWS_PER_WARP;
+        let wpr = gemv_warps_per_row(m.div_ceil(rows_per_warp), self.sm_count as usize);
+        let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
         let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
         self.launch(
             f,
@@ -272,28 +263,16 @@ impl CudaBackend {
                 "Q8_0 matmul: rows of {k} are not whole blocks of 32"
             )));
         }
-        let (mi, ki) = (m as i32, k as i32);
         if t == 1 {
-            return self.launch_gemv1_rows(self.kernels.gemv1_rows_q8_0, px, pw, po, m, k);
+            let f = self.kernels.gemv1_rows_q8_0;
+            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
         }
         if t <= 4 {
             let kern = &self.kernels;
-            let f = [
-                kern.gemv_q8_0_1,
-                kern.gemv_q8_0_2,
-                kern.gemv_q8_0_3,
-                kern.gemv_q8_0_4,
-            ][t - 1];
-            let wpr = gemv_warps_per_row(m, self.sm_count as usize);
-            let rows_per_block = (THREADS / 32) / wpr;
-            let wpr_i = wpr as i32;
-            return self.launch(
-                f,
-                ((m as u32).div_ceil(rows_per_block), 1, 1),
-                THREADS,
-                &mut args![px, pw, po, mi, ki, wpr_i],
-            );
+            let f = [kern.gemv_q8_0_2, kern.gemv_q8_0_3, kern.gemv_q8_0_4][t - 2];
+            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
+        let (mi, ki) = (m as i32, k as i32);
         let wb = self.weight_scratch(m * k * 2)?;
         self.launch_1d(
             self.kernels.dequant_q8_0_bf16_kernel,

@@ -79,3 +79,35 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 }
 
 #define NEG_INF __int_as_float(0xff800000)
+
+// Keeps the larger of two (value, index) pairs, the lower index on ties.
+__device__ __forceinline__ void argmax_pair(float& best, int& bi, float ov, int oi) {
+    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+}
+
+__device__ __forceinline__ void warp_argmax(float& best, int& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_pair(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
+// Index of the largest of row[0..n) over the block (the first on ties, like the host's
+// `argmax`; NaN never wins; 0 for an all-NaN or empty row); every thread gets it.
+// `sv` / `si` hold 32 floats / ints of shared memory.
+__device__ __forceinline__ int block_argmax(const float* row, int n, float* sv, int* si) {
+    float best = NEG_INF; int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) { best = v; bi = i; }
+    }
+    warp_argmax(best, bi);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) { sv[warp] = best; si[warp] = bi; }
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    best = lane < nw ? sv[lane] : NEG_INF;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+    warp_argmax(best, bi);
+    return bi == 0x7fffffff ? 0 : bi;
+}

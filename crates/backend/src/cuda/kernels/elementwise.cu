@@ -141,33 +141,8 @@ KV_WRITE(kv_write_bf16_kernel, bf16_t)
 extern "C" __global__ void argmax_kernel(const float* logits, int* out, int vocab) {
     __shared__ float sv[32];
     __shared__ int si[32];
-    const float* row = logits + (long)blockIdx.x * vocab;
-    float best = NEG_INF; int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best) { best = v; bi = i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { sv[warp] = best; si[warp] = bi; }
-    __syncthreads();
-    if (warp == 0) {
-        int nw = (blockDim.x + 31) >> 5;
-        best = lane < nw ? sv[lane] : NEG_INF;
-        bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-        }
-        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
-    }
+    const int bi = block_argmax(logits + (long)blockIdx.x * vocab, vocab, sv, si);
+    if (threadIdx.x == 0) out[blockIdx.x] = bi;
 }
 
 // Fused gate/up rows gu [T, 2F] (gate columns first) -> out [T, F] = act(gate) * up.

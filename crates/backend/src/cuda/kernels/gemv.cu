@@ -116,9 +116,10 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* 
                                                        int wpr) { \
     gemv_body<W, T>(x, w, out, M, K, wpr); \
 }
-GEMV(gemv_bf16_1, bf16_t, 1) GEMV(gemv_bf16_2, bf16_t, 2) GEMV(gemv_bf16_3, bf16_t, 3) GEMV(gemv_bf16_4, bf16_t, 4)
-GEMV(gemv_f16_1, f16_t, 1) GEMV(gemv_f16_2, f16_t, 2) GEMV(gemv_f16_3, f16_t, 3) GEMV(gemv_f16_4, f16_t, 4)
-GEMV(gemv_f32_1, float, 1) GEMV(gemv_f32_2, float, 2) GEMV(gemv_f32_3, float, 3) GEMV(gemv_f32_4, float, 4)
+// One row (batch-1 decode) goes to gemv1_rows_* below.
+GEMV(gemv_bf16_2, bf16_t, 2) GEMV(gemv_bf16_3, bf16_t, 3) GEMV(gemv_bf16_4, bf16_t, 4)
+GEMV(gemv_f16_2, f16_t, 2) GEMV(gemv_f16_3, f16_t, 3) GEMV(gemv_f16_4, f16_t, 4)
+GEMV(gemv_f32_2, float, 2) GEMV(gemv_f32_3, float, 3) GEMV(gemv_f32_4, float, 4)
 
 // Q8_0 weights, repacked at load (cuda/mod.rs `upload_weight`): int8 quants qs [M, K]
 // then f16 scales sc [M, K / 32]. out[t, m] = sum_k x[t, k] * qs[m, k] * sc[m, k / 32].
@@ -216,7 +217,7 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const uns
                                                        int K, int wpr) { \
     gemv_q8_0_body<T>(x, w, out, M, K, wpr); \
 }
-GEMV_Q8(gemv_q8_0_1, 1) GEMV_Q8(gemv_q8_0_2, 2) GEMV_Q8(gemv_q8_0_3, 3) GEMV_Q8(gemv_q8_0_4, 4)
+GEMV_Q8(gemv_q8_0_2, 2) GEMV_Q8(gemv_q8_0_3, 3) GEMV_Q8(gemv_q8_0_4, 4)
 
 // Q8_0 (split layout) -> bf16 [M, K], for the cuBLASLt path of matmuls with more rows:
 // 16 weights per thread.

@@ -38,46 +38,6 @@ __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     return t;
 }
 
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) >> 5;
-    float t = lane < nw ? scratch[lane] : NEG_INF;
-    return warp_max(t);
-}
-
-// Index of the largest value (first on ties); every thread gets it.
-__device__ int block_argmax(const float* row, int vocab, float* sv, int* si) {
-    float best = NEG_INF; int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best) { best = v; bi = i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) { sv[warp] = best; si[warp] = bi; }
-    __syncthreads();
-    int nw = (blockDim.x + 31) >> 5;
-    best = lane < nw ? sv[lane] : NEG_INF;
-    bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    return bi == 0x7fffffff ? 0 : bi;
-}
-
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float* logits, int vocab,
                                                                          const int* rows, const int* adjust,
                                                                          int* out) {
