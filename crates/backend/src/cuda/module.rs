@@ -168,6 +168,20 @@ macro_rules! kernels {
             pub attention: Vec<sys::CUfunction>,
         }
 
+        /// The name of every kernel `Kernels::load` looks up (the attention instances
+        /// included), so that a compile check can find each one in the cubin.
+        pub fn kernel_names() -> Vec<String> {
+            let mut names: Vec<String> = vec![$(stringify!($name).to_string()),*];
+            for kv in ATTENTION_KV {
+                for g in ATTENTION_G {
+                    for d in ATTENTION_DPL {
+                        names.push(format!("paged_attention_{kv}_g{g}_d{d}"));
+                    }
+                }
+            }
+            names
+        }
+
         impl Kernels {
             /// Compiles (or loads from the cache) and loads the module for the current
             /// context's device.
