@@ -26,10 +26,9 @@ fn every_kernel_compiles_with_nvrtc() {
                 let names = kernel_names();
                 assert!(names.len() > 40, "{} kernel names", names.len());
                 for name in names {
-                    assert!(
-                        text.contains(&name),
-                        "{arch}: {name} missing from the cubin"
-                    );
+                    // Symbol names are NUL-terminated: no match on a longer name's prefix.
+                    let sym = format!("{name}\0");
+                    assert!(text.contains(&sym), "{arch}: {name} missing from the cubin");
                 }
             }
             Err(e) => panic!("{e}"),
