@@ -189,10 +189,6 @@ impl ModelWeights {
             };
             let p = |s: &str| format!("blk.{i}.{s}");
             let mut host = |s: &str, shape: &[usize]| take(&p(s), shape);
-            let vec_host = |host: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-                            s: &str,
-                            n: usize|
-             -> Result<Tensor> { to_f32(host(s, &[n])?) };
             let (wq, wk, wv) = (
                 host("attn_q.weight", &[qd, h])?,
                 host("attn_k.weight", &[kvd, h])?,
@@ -200,9 +196,9 @@ impl ModelWeights {
             );
             let biases = if c.qkv_bias {
                 Some((
-                    vec_host(&mut host, "attn_q.bias", qd)?,
-                    vec_host(&mut host, "attn_k.bias", kvd)?,
-                    vec_host(&mut host, "attn_v.bias", kvd)?,
+                    to_f32(host("attn_q.bias", &[qd])?)?,
+                    to_f32(host("attn_k.bias", &[kvd])?)?,
+                    to_f32(host("attn_v.bias", &[kvd])?)?,
                 ))
             } else {
                 None
@@ -257,7 +253,7 @@ impl ModelWeights {
             };
             let w_down = device.load_weight(host("ffn_down.weight", &[h, f])?)?;
             let mut vec = |s: &str, n: usize| -> Result<Tensor> {
-                Ok(device.load_weight(vec_host(&mut host, s, n)?)?)
+                Ok(device.load_weight(to_f32(host(s, &[n])?)?)?)
             };
             let attn_norm = vec("attn_norm.weight", h)?;
             let ffn_norm = vec("ffn_norm.weight", h)?;
