@@ -2,7 +2,7 @@
 # One call on the GPU machine (the `device` tool): every CUDA test, then benchmarks.
 # Nothing is built here: scripts/cuda/prepare.sh (on the CPU machine) puts the release
 # binary and the test binaries in .devbin/ and the small test models in .devmodels/.
-#   usage: bash scripts/cuda/device_run.sh [tests|bench|eager|q8|prefill|latency|roofline|torch|serve|offline|all]...
+#   usage: bash scripts/cuda/device_run.sh [tests|bench|eager|q8|prefill|latency|roofline|torch|serve|offline|profile|fp8|kq|all]...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -25,7 +25,7 @@ status=0
 
 run_tests() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-  for t in cuda_nvrtc cuda_ops forward_reference cuda_golden cuda_batch_invariance; do
+  for t in cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant forward_reference cuda_golden cuda_batch_invariance; do
     echo "=== test $t"
     if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$OUT/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation"; then
       status=1
@@ -107,6 +107,24 @@ run_q8() { # Q8_0 weights on the GPU (GEMV for decode, dequantize + cuBLASLt abo
   done
 }
 
+run_fp8() { # FP8 weights (GEMV for decode, cuBLASLt's FP8 GEMM above 4 rows on sm_89+)
+  for p in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    echo "=== bench model $p, FP8 weights"
+    timeout 240 $SLUICE_BIN bench model --device cuda --random-weights "$p" --dtype fp8 -p 512 -n 128 -b 1,8,32,64 -r 2 2>&1 | tee -a "$OUT/bench-fp8-$p.txt"
+  done
+  echo "=== prefill llama-3.1-8b batch 16 x 1024, FP8 weights"
+  timeout 200 $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --batch-size 16 --input-len 1024 --output-len 2 -r 3 2>&1 | tee -a "$OUT/prefill-fp8-8b.txt"
+}
+
+run_kq() { # GGUF K-quant weights: Q4_K as a file would have them (auto keeps them), Q6_K quantized at load
+  for p in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    echo "=== bench model $p, Q4_K weights"
+    timeout 400 $SLUICE_BIN bench model --device cuda --random-weights "$p" --random-weights-type q4_k -p 512 -n 128 -b 1,8,32,64 -r 2 2>&1 | tee -a "$OUT/bench-q4k-$p.txt"
+    echo "=== bench model $p, --dtype q6_k"
+    timeout 400 $SLUICE_BIN bench model --device cuda --random-weights "$p" --dtype q6_k -p 512 -n 128 -b 1,8,32,64 -r 2 2>&1 | tee -a "$OUT/bench-q6k-$p.txt"
+  done
+}
+
 run_prefill() { # 16 x 1,024-token prompts in one step (issue 7's MFU goal), and one of 512
   for b in 1 16; do
     echo "=== prefill llama-3.1-8b batch $b x 1024"
@@ -124,6 +142,20 @@ run_torch() {
   PYTHONUNBUFFERED=1 timeout 240 python3 scripts/cuda/torch_baseline.py llama-3.1-8b,llama-3.2-1b 1,32,128 2>&1 | grep -v Warning | tee "$OUT/torch.txt"
 }
 
+run_profile() { # Nsight Compute: every kernel of one decode step (batch 1) and one prefill step, timed alone
+  local NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  [ -n "$NCU" ] || { echo "no ncu"; return; }
+  local M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
+  for p in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    echo "=== ncu decode $p batch 1"
+    timeout 300 $NCU $M --launch-count 3000 $SLUICE_BIN bench model --device cuda --random-weights $p -p 16 -n 6 -b 1 -r 1 ${PROFILE_ARGS:-} > "$OUT/ncu-decode-$p.csv" 2> "$OUT/ncu-decode-$p.err"
+    python3 scripts/cuda/ncu_summary.py "$OUT/ncu-decode-$p.csv" --step-marker embedding --title "decode $p b1" | tee -a "$OUT/profile.md"
+  done
+  echo "=== ncu prefill 8B 16 x 1024"
+  timeout 300 $NCU $M --launch-count 1500 $SLUICE_BIN bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 1 -r 1 > "$OUT/ncu-prefill.csv" 2> "$OUT/ncu-prefill.err"
+  python3 scripts/cuda/ncu_summary.py "$OUT/ncu-prefill.csv" --step-marker embedding --title "prefill 8B 16x1024" | tee -a "$OUT/profile.md"
+}
+
 for w in $what; do
   case $w in
     tests) run_tests ;;
@@ -134,8 +166,11 @@ for w in $what; do
     serve) run_serve ;;
     eager) run_eager ;;
     q8) run_q8 ;;
+    fp8) run_fp8 ;;
+    kq) run_kq ;;
     prefill) run_prefill ;;
     offline) run_offline ;;
+    profile) run_profile ;;
     all) run_tests; run_bench; run_roofline; run_torch ;;
   esac
 done

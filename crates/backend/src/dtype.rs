@@ -28,10 +28,16 @@ pub enum DType {
     Q6_K,
     /// Activation format for K-quant dot products (f32 scale, per-16 sums).
     Q8_K,
+    /// OCP FP8 E4M3 (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; no infinities,
+    /// largest finite 448), one byte per element. A GPU weight type only (`--dtype fp8`,
+    /// see `cuda/fp8.rs`): its per-tensor scale lives with the device buffer, so no file
+    /// holds it and the CPU backend refuses it. Not in [`DType::ALL`] (no ggml id).
+    F8E4M3,
 }
 
 impl DType {
-    /// Every type, in ggml id order of the quantized ones.
+    /// Every type a file can hold, in ggml id order of the quantized ones (not the
+    /// GPU-only [`DType::F8E4M3`]).
     pub const ALL: [DType; 16] = [
         DType::F32,
         DType::F16,
@@ -54,7 +60,7 @@ impl DType {
     /// Elements per block (1 for plain types).
     pub const fn block_size(self) -> usize {
         match self {
-            DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 1,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I32 | DType::F8E4M3 => 1,
             DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 => 32,
             DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
                 256
@@ -67,6 +73,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::F8E4M3 => 1,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
             DType::Q5_0 => 22,
@@ -110,7 +117,8 @@ impl DType {
         self.block_bytes() as f64 * 8.0 / self.block_size() as f64
     }
 
-    /// The ggml type id used in GGUF files.
+    /// The ggml type id used in GGUF files (`u32::MAX` for the GPU-only F8E4M3, which
+    /// has none and is never written to a file).
     pub const fn ggml_id(self) -> u32 {
         match self {
             DType::F32 => 0,
@@ -129,6 +137,7 @@ impl DType {
             DType::Q8_K => 15,
             DType::I32 => 26,
             DType::BF16 => 30,
+            DType::F8E4M3 => u32::MAX,
         }
     }
 
@@ -182,6 +191,7 @@ impl DType {
             DType::Q5_K => "Q5_K",
             DType::Q6_K => "Q6_K",
             DType::Q8_K => "Q8_K",
+            DType::F8E4M3 => "F8_E4M3",
         }
     }
 
@@ -208,6 +218,9 @@ mod tests {
             assert_eq!(DType::from_name(d.name()), Some(d));
         }
         assert_eq!(DType::from_ggml_id(16), None);
+        // The GPU-only FP8 type has no ggml id: no file can claim it.
+        assert_eq!(DType::from_ggml_id(DType::F8E4M3.ggml_id()), None);
+        assert!(!DType::ALL.contains(&DType::F8E4M3));
         assert_eq!(DType::ggml_name(16), "IQ2_XXS");
     }
 

@@ -43,7 +43,16 @@ impl CudaBackend {
                 parts.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
             )));
         }
-        let target = self.weight_type().resolve(parts[0].dtype(), cols);
+        // One type for all parts: the widest of their own (Q4_K_M mixes Q4_K and Q6_K).
+        let types: Vec<DType> = parts
+            .iter()
+            .map(|p| self.weight_type().resolve(p.dtype(), cols))
+            .collect();
+        let target = super::kquant::stacked_type(&types).unwrap_or(DType::BF16);
+        if target == DType::F8E4M3 {
+            // One scale for the stacked matrix: its parts are quantized together.
+            return self.prepare_fp8(&parts);
+        }
         let rows: usize = parts.iter().map(|t| t.rows()).sum();
         let mut bytes = Vec::with_capacity(rows * target.row_bytes(cols));
         for p in parts {

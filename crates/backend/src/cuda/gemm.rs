@@ -135,6 +135,16 @@ impl Gemm {
         })
     }
 
+    /// The cuBLASLt handle, shared with the FP8 GEMM (cuda/fp8.rs).
+    pub(super) fn handle(&self) -> lt_sys::cublasLtHandle_t {
+        self.handle
+    }
+
+    /// The workspace (pointer, bytes), shared with the FP8 GEMM on the same stream.
+    pub(super) fn workspace(&self) -> (sys::CUdeviceptr, usize) {
+        (self.workspace.ptr, WORKSPACE_BYTES)
+    }
+
     /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(

@@ -10,9 +10,11 @@
 //! request) and the KV cache in bf16 or f32. Matmuls with few rows (decode) run our own
 //! bandwidth-bound GEMV; larger ones go to cuBLASLt.
 
+pub mod fp8;
 mod fused;
 mod gemm;
 mod graph;
+pub mod kquant;
 pub mod module;
 mod ops;
 mod sample;
@@ -77,8 +79,10 @@ impl Drop for CudaBuffer {
 
 /// Weight element type on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum CudaWeightType {
-    /// bf16 for quantized and f32 files, f16/bf16 files as they are.
+    /// bf16 for f32 and most quantized files; f16/bf16 files, and GGUF Q8_0, Q4_K and
+    /// Q6_K matrices, as they are.
     Auto,
     Bf16,
     F16,
@@ -87,6 +91,15 @@ pub enum CudaWeightType {
     /// GGUF Q8_0 (blocks of 32 int8 with an f16 scale, 1.06 bytes per weight): files
     /// already in Q8_0 stay so under `Auto`; this quantizes any other file at load.
     Q8_0,
+    /// OCP FP8 E4M3 with one f32 scale per matrix (1 byte per weight), quantized at load;
+    /// cuBLASLt's FP8 GEMM for prefill on sm_89+ (see `fp8.rs`). Rows that are not a
+    /// multiple of 16 stay bf16.
+    Fp8,
+    /// GGUF Q4_K (super-blocks of 256 4-bit weights, 4.5 bits per weight) or Q6_K (6.56
+    /// bits), quantized at load; Q4_K/Q6_K matrices of a file stay so under `Auto` (see
+    /// `kquant.rs`). Rows that are not whole super-blocks of 256 stay bf16.
+    Q4_K,
+    Q6_K,
 }
 
 impl CudaWeightType {
@@ -97,18 +110,23 @@ impl CudaWeightType {
             "f16" | "fp16" | "float16" | "half" => Some(CudaWeightType::F16),
             "f32" | "fp32" | "float32" => Some(CudaWeightType::F32),
             "q8_0" | "q8" => Some(CudaWeightType::Q8_0),
+            "fp8" | "f8" | "fp8_e4m3" | "e4m3" => Some(CudaWeightType::Fp8),
+            "q4_k" | "q4k" => Some(CudaWeightType::Q4_K),
+            "q6_k" | "q6k" => Some(CudaWeightType::Q6_K),
             _ => None,
         }
     }
 
-    /// The GPU type of a matrix stored as `file` with rows of `cols`: Q8_0 needs whole
-    /// blocks per row (otherwise bf16, as llama.cpp falls back for odd rows).
+    /// The GPU type of a matrix stored as `file` with rows of `cols`: Q8_0, Q4_K and Q6_K
+    /// need whole blocks per row (otherwise bf16, as llama.cpp falls back for odd rows).
     pub(crate) fn resolve(self, file: DType, cols: usize) -> DType {
         let q8 = cols.is_multiple_of(32);
+        let kq = cols.is_multiple_of(256);
         match self {
             CudaWeightType::Auto => match file {
                 DType::F16 => DType::F16,
                 DType::Q8_0 if q8 => DType::Q8_0,
+                DType::Q4_K | DType::Q6_K if kq => file,
                 _ => DType::BF16,
             },
             CudaWeightType::Bf16 => DType::BF16,
@@ -116,6 +134,11 @@ impl CudaWeightType {
             CudaWeightType::F32 => DType::F32,
             CudaWeightType::Q8_0 if q8 => DType::Q8_0,
             CudaWeightType::Q8_0 => DType::BF16,
+            CudaWeightType::Fp8 if cols.is_multiple_of(16) => DType::F8E4M3,
+            CudaWeightType::Fp8 => DType::BF16,
+            CudaWeightType::Q4_K if kq => DType::Q4_K,
+            CudaWeightType::Q6_K if kq => DType::Q6_K,
+            CudaWeightType::Q4_K | CudaWeightType::Q6_K => DType::BF16,
         }
     }
 }
@@ -133,6 +156,8 @@ pub struct CudaBackend {
     sample_staging: Mutex<Option<CudaBuffer>>,
     /// A Q8_0 weight dequantized to bf16 for a cuBLASLt matmul (the largest so far).
     weight_scratch: Mutex<Option<CudaBuffer>>,
+    /// FP8 GEMM plans and whether FP8 tensor cores are used (see fp8.rs).
+    fp8: fp8::Fp8Gemm,
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
@@ -183,6 +208,7 @@ impl CudaBackend {
             attention_scratch: Mutex::new(None),
             sample_staging: Mutex::new(None),
             weight_scratch: Mutex::new(None),
+            fp8: fp8::Fp8Gemm::new(major, minor),
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,
@@ -245,6 +271,13 @@ impl CudaBackend {
 
     /// Copies host bytes into a new device tensor of the same dtype and shape.
     pub fn upload(&self, host: &Tensor) -> Result<Tensor> {
+        if host.dtype() == DType::F8E4M3 {
+            // Its scale is not in the host bytes (see fp8.rs): prepare_weight makes them.
+            return Err(BackendError::Unsupported {
+                op: "CUDA upload (FP8 weights come from prepare_weight)",
+                dtype: DType::F8E4M3,
+            });
+        }
         let bytes = host.cpu_bytes()?;
         let buf = self.alloc(bytes.len())?;
         if !bytes.is_empty() {
@@ -267,16 +300,20 @@ impl CudaBackend {
             return self.upload(&host);
         }
         let target = self.weight_type.resolve(host.dtype(), host.cols());
+        if target == DType::F8E4M3 {
+            return self.prepare_fp8(&[host]);
+        }
         self.upload_weight(self.to_weight_type(host, target)?)
     }
 
-    /// A table read by rows (token embeddings): never Q8_0, which only the matmuls read.
+    /// A table read by rows (token embeddings): never Q8_0, FP8 or K-quants, which only
+    /// the matmuls read.
     pub fn prepare_weight_rows(&self, host: Tensor) -> Result<Tensor> {
         if host.shape().len() <= 1 {
             return self.upload(&host);
         }
         let target = match self.weight_type.resolve(host.dtype(), host.cols()) {
-            DType::Q8_0 => DType::BF16,
+            DType::Q8_0 | DType::F8E4M3 | DType::Q4_K | DType::Q6_K => DType::BF16,
             t => t,
         };
         self.upload_weight(self.to_weight_type(host, target)?)
@@ -296,6 +333,9 @@ impl CudaBackend {
     /// all f16 scales (`[M, K / 32]`): the same bytes as GGUF's 34-byte blocks, which
     /// are not 16-byte aligned.
     pub(crate) fn upload_weight(&self, host: Tensor) -> Result<Tensor> {
+        if kquant::is_kquant(host.dtype()) {
+            return self.upload_kquant(&host); // repacked too: see kquant.rs
+        }
         if host.dtype() != DType::Q8_0 {
             return self.upload(&host);
         }
@@ -376,6 +416,13 @@ impl CudaBackend {
 
     /// Queues a copy of `src`'s bytes into `dst` (same dtype, same size).
     pub fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        if src.dtype() == DType::F8E4M3 {
+            // The scale behind the codes would not come along (see fp8.rs).
+            return Err(BackendError::Unsupported {
+                op: "CUDA copy",
+                dtype: DType::F8E4M3,
+            });
+        }
         if src.dtype() != dst.dtype() || src.size_in_bytes() != dst.size_in_bytes() {
             return Err(BackendError::Shape(format!(
                 "copy: {:?} {:?} into {:?} {:?}",
@@ -480,8 +527,8 @@ pub(crate) fn cuda_buf(t: &Tensor) -> Result<&CudaBuffer> {
     }
 }
 
-/// Converts a host tensor of any dtype to F32, F16, BF16 or Q8_0 on the host, row by row
-/// on all cores (an 8B model's weights are 7 G elements).
+/// Converts a host tensor of any dtype to F32, F16, BF16, Q8_0, Q4_K or Q6_K on the host,
+/// row by row on all cores (an 8B model's weights are 7 G elements).
 fn convert_host(host: &Tensor, target: DType) -> Result<Tensor> {
     let (rows, cols) = (host.rows(), host.cols());
     let mut out = Tensor::zeros_cpu(target, host.shape())?;

@@ -25,6 +25,8 @@ pub fn kernel_source() -> String {
         include_str!("kernels/attention_prefill.cu"),
         include_str!("kernels/attention_decode.cu"),
         include_str!("kernels/sampling.cu"),
+        include_str!("kernels/fp8.cu"),
+        include_str!("kernels/kquant.cu"),
     ]
     .join("\n")
 }
@@ -270,4 +272,21 @@ kernels!(
     flash_decode_bf16_d128,
     flash_decode_multi_bf16_d64,
     flash_decode_multi_bf16_d128,
+    gemv1_rows_fp8,
+    gemv_fp8_2,
+    gemv_fp8_3,
+    gemv_fp8_4,
+    fp8_amax_kernel,
+    fp8_quantize_kernel,
+    fp8_dequant_bf16_kernel,
+    gemv1_rows_q4_k,
+    gemv_q4_k_2,
+    gemv_q4_k_3,
+    gemv_q4_k_4,
+    dequant_q4_k_bf16_kernel,
+    gemv1_rows_q6_k,
+    gemv_q6_k_2,
+    gemv_q6_k_3,
+    gemv_q6_k_4,
+    dequant_q6_k_bf16_kernel,
 );

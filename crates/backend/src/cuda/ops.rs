@@ -168,6 +168,12 @@ impl CudaBackend {
         if w.dtype() == DType::Q8_0 {
             return self.matmul_q8_0(px, pw, po, t, m, k);
         }
+        if matches!(w.dtype(), DType::Q4_K | DType::Q6_K) {
+            return self.matmul_kquant(w.dtype(), px, pw, po, t, m, k);
+        }
+        if w.dtype() == DType::F8E4M3 {
+            return self.matmul_fp8(px, pw, po, t, m, k);
+        }
         let per_load = match w.dtype() {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 8,

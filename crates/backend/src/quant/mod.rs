@@ -50,7 +50,8 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
                 *d = bf16::from_le_bytes([s[0], s[1]]).to_f32();
             }
         }
-        DType::I32 => {
+        // F8E4M3 rows mean nothing without their tensor's scale (a GPU-only type).
+        DType::I32 | DType::F8E4M3 => {
             return Err(BackendError::Unsupported {
                 op: "dequantize",
                 dtype,
