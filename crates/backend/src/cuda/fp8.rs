@@ -513,7 +513,7 @@ impl CudaBackend {
             && self.fp8.ready(&self.gemm, m, t, k)?
         {
             let (x_scale, xq) = self.quantize_activations(px, t * k)?;
-            return self.fp8.matmul(
+            match self.fp8.matmul(
                 &self.gemm,
                 self.stream,
                 xq,
@@ -522,7 +522,22 @@ impl CudaBackend {
                 (t, m, k),
                 x_scale,
                 w_scale,
-            );
+            ) {
+                Ok(()) => return Ok(()),
+                // cuBLASLt can offer a plan and still refuse the call (an H100 with
+                // cuBLASLt 13 answered CUBLAS_STATUS_NOT_SUPPORTED): the FP8 GEMM turns
+                // itself off, the reason is kept, and this and later calls take the bf16
+                // path below.
+                Err(e) => {
+                    self.fp8.enabled.store(false, Ordering::SeqCst);
+                    if let Ok(mut f) = self.fp8.failure.lock() {
+                        *f = Some(e.to_string());
+                    }
+                    tracing::warn!(
+                        "FP8 GEMM unavailable ({e}); FP8 weights use the bf16 GEMM above 4 rows"
+                    );
+                }
+            }
         }
         // The bf16 path: the weight dequantized into a scratch buffer, x converted.
         let (mi, ki) = (m as i32, k as i32);
