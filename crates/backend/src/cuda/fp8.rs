@@ -357,6 +357,14 @@ impl Fp8Gemm {
             .map_err(|_| BackendError::Device("FP8 plan cache poisoned".into()))
     }
 
+    /// Turns the FP8 GEMM off for good, keeping why (`fp8_gemm_failure`).
+    fn turn_off(&self, why: &BackendError) {
+        self.enabled.store(false, Ordering::SeqCst);
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(why.to_string());
+        }
+    }
+
     /// Makes the plan for `m x n x k` if needed; false (and the FP8 GEMM turned off, the
     /// reason kept) when cuBLASLt has none, so the caller takes the bf16 path.
     fn ready(&self, gemm: &super::gemm::Gemm, m: usize, n: usize, k: usize) -> Result<bool> {
@@ -370,10 +378,7 @@ impl Fp8Gemm {
                 Ok(true)
             }
             Err(e) => {
-                self.enabled.store(false, Ordering::SeqCst);
-                if let Ok(mut f) = self.failure.lock() {
-                    *f = Some(e.to_string());
-                }
+                self.turn_off(&e);
                 Ok(false)
             }
         }
@@ -500,12 +505,12 @@ impl CudaBackend {
         }
         if t == 1 {
             let f = self.kernels.gemv1_rows_fp8;
-            return self.launch_fp8_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
+            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
         }
         if t <= 4 {
             let kern = &self.kernels;
             let f = [kern.gemv_fp8_2, kern.gemv_fp8_3, kern.gemv_fp8_4][t - 2];
-            return self.launch_fp8_gemv(f, px, pw, po, m, k, 1);
+            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
         let w_scale = pw + (m * k) as u64;
         if m.is_multiple_of(16)
@@ -529,10 +534,7 @@ impl CudaBackend {
                 // itself off, the reason is kept, and this and later calls take the bf16
                 // path below.
                 Err(e) => {
-                    self.fp8.enabled.store(false, Ordering::SeqCst);
-                    if let Ok(mut f) = self.fp8.failure.lock() {
-                        *f = Some(e.to_string());
-                    }
+                    self.fp8.turn_off(&e);
                     tracing::warn!(
                         "FP8 GEMM unavailable ({e}); FP8 weights use the bf16 GEMM above 4 rows"
                     );
@@ -540,23 +542,9 @@ impl CudaBackend {
             }
         }
         // The bf16 path: the weight dequantized into a scratch buffer, x converted.
-        let (mi, ki) = (m as i32, k as i32);
         let wb = self.weight_scratch(m * k * 2)?;
-        self.launch_1d(
-            self.kernels.fp8_dequant_bf16_kernel,
-            m * k / 16,
-            &mut args![pw, wb, mi, ki],
-        )?;
-        let n = t * k;
-        let staged = self.scratch_ptr(n * 2)?;
-        let nl = n as i64;
-        self.launch_1d(
-            self.kernels.f32_to_bf16_kernel,
-            n,
-            &mut args![px, staged, nl],
-        )?;
-        self.gemm
-            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
+        self.dequantize_bf16_ptrs(DType::F8E4M3, pw, wb, m, k)?;
+        self.gemm_bf16_weight(px, wb, po, t, m, k)
     }
 
     /// Quantizes `n` f32 activations at `px` (n a multiple of 16) to E4M3 in the staging
@@ -588,31 +576,6 @@ impl CudaBackend {
             &mut args![px, nl, amax, scale, codes],
         )?;
         Ok((scale, codes))
-    }
-
-    /// Launches an FP8 GEMV (arguments `x, w, out, M, K, wpr`) whose warps each compute
-    /// `rows_per_warp` output rows, `wpr` warps sharing a row group (as ops.rs's
-    /// `launch_gemv`).
-    #[allow(clippy::too_many_arguments)]
-    fn launch_fp8_gemv(
-        &self,
-        f: sys::CUfunction,
-        px: sys::CUdeviceptr,
-        pw: sys::CUdeviceptr,
-        po: sys::CUdeviceptr,
-        m: usize,
-        k: usize,
-        rows_per_warp: usize,
-    ) -> Result<()> {
-        let wpr = super::ops::gemv_warps_per_row(m.div_ceil(rows_per_warp), self.sm_count as usize);
-        let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
-        let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
-        self.launch(
-            f,
-            (m.div_ceil(rows_per_block) as u32, 1, 1),
-            THREADS,
-            &mut args![px, pw, po, mi, ki, wpr_i],
-        )
     }
 
     /// Whether matmuls of FP8 weights with more than 4 rows (and M a multiple of 16) run

@@ -274,34 +274,16 @@ impl CudaBackend {
                     kern.gemv_q6_k_4,
                 ][t - 1],
             };
-            let sms = self.sm_count() as usize;
-            let wpr = super::ops::gemv_warps_per_row(m.div_ceil(ROWS_PER_WARP), sms);
-            let rows_per_block = (8 / wpr) as usize * ROWS_PER_WARP;
-            let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
-            return self.launch(
-                f,
-                (m.div_ceil(rows_per_block) as u32, 1, 1),
-                256,
-                &mut args![px, pw, po, mi, ki, wpr_i],
-            );
+            return self.launch_gemv(f, px, pw, po, m, k, ROWS_PER_WARP);
         }
         let wb = self.weight_scratch(m * k * 2)?;
         self.dequantize_bf16_ptrs(dtype, pw, wb, m, k)?;
-        let n = t * k;
-        let staged = self.scratch_ptr(n * 2)?;
-        let nl = n as i64;
-        self.launch_1d(
-            self.kernels.f32_to_bf16_kernel,
-            n,
-            &mut args![px, staged, nl],
-        )?;
-        self.gemm
-            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
+        self.gemm_bf16_weight(px, wb, po, t, m, k)
     }
 
-    /// Queues the dequantization of a Q8_0, Q4_K or Q6_K weight at `pw` (GPU layout)
+    /// Queues the dequantization of a Q8_0, Q4_K, Q6_K or FP8 weight at `pw` (GPU layout)
     /// into bf16 `[m, k]` at `out`.
-    fn dequantize_bf16_ptrs(
+    pub(super) fn dequantize_bf16_ptrs(
         &self,
         dtype: DType,
         pw: sys::CUdeviceptr,
@@ -311,6 +293,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let (f, per_thread) = match dtype {
             DType::Q8_0 => (self.kernels.dequant_q8_0_bf16_kernel, 16),
+            DType::F8E4M3 => (self.kernels.fp8_dequant_bf16_kernel, 16),
             DType::Q4_K => (self.kernels.dequant_q4_k_bf16_kernel, 32),
             DType::Q6_K => (self.kernels.dequant_q6_k_bf16_kernel, 64),
             other => {

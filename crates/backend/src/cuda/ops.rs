@@ -231,7 +231,7 @@ impl CudaBackend {
     /// whose warps each compute `rows_per_warp` output rows (`GEMV_ROWS_PER_WARP` for
     /// the batch-1 `gemv1_rows_*`, 1 for the others), `wpr` warps sharing a row group.
     #[allow(clippy::too_many_arguments)]
-    fn launch_gemv(
+    pub(super) fn launch_gemv(
         &self,
         f: sys::CUfunction,
         px: sys::CUdeviceptr,
@@ -278,13 +278,23 @@ impl CudaBackend {
             let f = [kern.gemv_q8_0_2, kern.gemv_q8_0_3, kern.gemv_q8_0_4][t - 2];
             return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
-        let (mi, ki) = (m as i32, k as i32);
         let wb = self.weight_scratch(m * k * 2)?;
-        self.launch_1d(
-            self.kernels.dequant_q8_0_bf16_kernel,
-            m * k / 16,
-            &mut args![pw, wb, mi, ki],
-        )?;
+        self.dequantize_bf16_ptrs(DType::Q8_0, pw, wb, m, k)?;
+        self.gemm_bf16_weight(px, wb, po, t, m, k)
+    }
+
+    /// The cuBLASLt half of a quantized matmul above 4 rows: x (f32 `[t, k]`) converted
+    /// to bf16 in the staging buffer, times the weight already dequantized to bf16 `[m,
+    /// k]` at `wb` (Q8_0, Q4_K, Q6_K and FP8's fallback share this).
+    pub(super) fn gemm_bf16_weight(
+        &self,
+        px: sys::CUdeviceptr,
+        wb: sys::CUdeviceptr,
+        po: sys::CUdeviceptr,
+        t: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
         let n = t * k;
         let staged = self.scratch_ptr(n * 2)?;
         let nl = n as i64;
