@@ -379,6 +379,46 @@ impl Device {
         }
     }
 
+    /// Whether `rms_norm_matmul` and `matmul_accumulate` run for `rows` rows of x
+    /// against `w`: on CUDA, one row (a batch-1 decode step) and a weight whose GEMV
+    /// folds the norm and the residual add in (bf16, f16, f32, Q8_0, FP8). The fusions
+    /// save the norm kernels between the projections; the CPU has no use for them.
+    pub fn fuses_decode_matmul(&self, w: &Tensor, rows: usize) -> bool {
+        match self {
+            Device::Cpu(_) => false,
+            Device::Cuda(g) => g.fuses_decode_matmul(w, rows),
+        }
+    }
+
+    /// `out = rms_norm(x) * gamma · wᵀ` in one pass (see `fuses_decode_matmul`).
+    pub fn rms_norm_matmul(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        w: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Unsupported {
+                op: "rms_norm_matmul (a CUDA decode fusion; check fuses_decode_matmul)",
+                dtype: w.dtype(),
+            }),
+            Device::Cuda(g) => g.rms_norm_matmul(x, gamma, eps, w, out),
+        }
+    }
+
+    /// `out += x · wᵀ` in one pass (see `fuses_decode_matmul`).
+    pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Unsupported {
+                op: "matmul_accumulate (a CUDA decode fusion; check fuses_decode_matmul)",
+                dtype: w.dtype(),
+            }),
+            Device::Cuda(g) => g.matmul_accumulate(x, w, out),
+        }
+    }
+
     /// Row-wise RMSNorm over the last `weight.numel()` elements:
     /// `out = x / sqrt(mean(x^2) + eps) * weight`. `x` may hold several heads per row
     /// (`x.numel()` a multiple of `weight.numel()`), as Gemma's QK norm needs.

@@ -201,8 +201,6 @@ fn host_quantize(t: &Tensor, inv: f32, dst: &mut [u8]) -> Result<()> {
     results.into_iter().collect()
 }
 
-/// Output rows per warp of `gemv1_rows_fp8` (`FP8_RPW` in kernels/fp8.cu).
-const GEMV_ROWS_PER_WARP: usize = 4;
 /// Threads per block of the FP8 kernels.
 const THREADS: u32 = 256;
 /// Offset of the quantized activations in the staging buffer; the amax (as u32 bits) and
@@ -505,7 +503,7 @@ impl CudaBackend {
         }
         if t == 1 {
             let f = self.kernels.gemv1_rows_fp8;
-            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
+            return self.launch_gemv1(f, px, pw, po, m, k, super::ops::Gemv1Fusion::NONE);
         }
         if t <= 4 {
             let kern = &self.kernels;

@@ -161,6 +161,11 @@ pub struct CudaBackend {
     weight_type: CudaWeightType,
     name: String,
     sm_count: u32,
+    /// Launch kernels with programmatic dependent launch (sm_90+, unless `SLUICE_PDL=0`):
+    /// see kernels/common.cuh `pdl_entry` and docs/cuda.md.
+    pdl: bool,
+    /// Fused batch-1 norm + GEMV and GEMV + residual (unless `SLUICE_FUSED_DECODE=0`).
+    fused_decode: bool,
     /// Set while the stream is being captured into a graph (see graph.rs).
     capturing: AtomicBool,
     /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
@@ -212,6 +217,8 @@ impl CudaBackend {
             weight_type,
             name: format!("{name} (sm_{major}{minor}, {sm_count} SMs)"),
             sm_count,
+            pdl: major >= 9 && std::env::var("SLUICE_PDL").map_or(true, |v| v != "0"),
+            fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             capturing: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
         })
@@ -219,6 +226,11 @@ impl CudaBackend {
 
     pub fn describe(&self) -> String {
         format!("cuda: {}", self.name)
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     pub fn weight_type(&self) -> CudaWeightType {
@@ -499,10 +511,39 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        // SAFETY: `f` comes from our loaded module, the argument list matches the kernel
-        // signature (each launcher passes pointers to locals that outlive the call), and
-        // cuLaunchKernel copies the values before returning.
-        unsafe { drv::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, args) }.map_err(derr)
+        if !self.pdl {
+            // SAFETY: `f` comes from our loaded module, the argument list matches the
+            // kernel signature (each launcher passes pointers to locals that outlive the
+            // call), and cuLaunchKernel copies the values before returning.
+            return unsafe { drv::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, args) }
+                .map_err(derr);
+        }
+        // Programmatic dependent launch: the kernel may start while the previous one in
+        // the stream finishes; every kernel waits for it in `pdl_entry()` before touching
+        // shared buffers (kernels/common.cuh). Stream capture records the programmatic
+        // edge, so graph replays keep the overlap.
+        // SAFETY: a plain C struct (id, padding, a union of plain values): all-zero is a
+        // valid value, and the two fields PDL needs are set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as for cuLaunchKernel above; `config` and `attr` outlive the call,
+        // which copies them.
+        unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(derr)
     }
 }
 

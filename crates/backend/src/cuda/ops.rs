@@ -49,6 +49,23 @@ fn same_numel(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// Warps per output row for the GEMV (1, 2, 4 or 8 of a block's 8): the fewest that give
 /// at least two blocks per SM, so small projections still keep enough loads in flight.
+/// What a batch-1 GEMV fuses (kernels/gemv.cu `gemv1_rows_body`): an RMSNorm of x with
+/// weight `gamma` (0: none) in front, and `out +=` instead of `out =` behind.
+#[derive(Clone, Copy)]
+pub(super) struct Gemv1Fusion {
+    pub gamma: sys::CUdeviceptr,
+    pub eps: f32,
+    pub accumulate: bool,
+}
+
+impl Gemv1Fusion {
+    pub const NONE: Gemv1Fusion = Gemv1Fusion {
+        gamma: 0,
+        eps: 0.0,
+        accumulate: false,
+    };
+}
+
 pub(crate) fn gemv_warps_per_row(m: usize, sms: usize) -> u32 {
     let want = 2 * sms.max(1);
     for wpr in [1u32, 2, 4] {
@@ -186,12 +203,9 @@ impl CudaBackend {
         };
         // Few rows: a pass over the weights with our GEMV (needs 16-byte aligned rows).
         if t == 1 && k.is_multiple_of(per_load) {
-            let f = match w.dtype() {
-                DType::BF16 => self.kernels.gemv1_rows_bf16,
-                DType::F16 => self.kernels.gemv1_rows_f16,
-                _ => self.kernels.gemv1_rows_f32,
-            };
-            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
+            if let Some(f) = self.gemv1_kernel(w.dtype(), k) {
+                return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
+            }
         }
         if t <= 4 && k.is_multiple_of(per_load) {
             let kern = &self.kernels;
@@ -252,6 +266,120 @@ impl CudaBackend {
         )
     }
 
+    /// The batch-1 GEMV of kernels/gemv.cu's skeleton for weights of `dtype` with rows of
+    /// `k`, if there is one (bf16, f16, f32, Q8_0, FP8, with rows of whole 16-byte loads).
+    pub(super) fn gemv1_kernel(&self, dtype: DType, k: usize) -> Option<sys::CUfunction> {
+        let kern = &self.kernels;
+        match dtype {
+            DType::BF16 if k.is_multiple_of(8) => Some(kern.gemv1_rows_bf16),
+            DType::F16 if k.is_multiple_of(8) => Some(kern.gemv1_rows_f16),
+            DType::F32 if k.is_multiple_of(4) => Some(kern.gemv1_rows_f32),
+            DType::Q8_0 if k.is_multiple_of(32) => Some(kern.gemv1_rows_q8_0),
+            DType::F8E4M3 if k.is_multiple_of(16) => Some(kern.gemv1_rows_fp8),
+            _ => None,
+        }
+    }
+
+    /// Launches a batch-1 GEMV `gemv1_rows_*` (arguments `x, w, out, M, K, wpr, gamma,
+    /// eps, accumulate`) with `GEMV_ROWS_PER_WARP` rows per warp.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_gemv1(
+        &self,
+        f: sys::CUfunction,
+        px: sys::CUdeviceptr,
+        pw: sys::CUdeviceptr,
+        po: sys::CUdeviceptr,
+        m: usize,
+        k: usize,
+        fusion: Gemv1Fusion,
+    ) -> Result<()> {
+        let wpr = gemv_warps_per_row(m.div_ceil(GEMV_ROWS_PER_WARP), self.sm_count as usize);
+        let rows_per_block = ((THREADS / 32) / wpr) as usize * GEMV_ROWS_PER_WARP;
+        let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
+        let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
+        self.launch(
+            f,
+            (m.div_ceil(rows_per_block) as u32, 1, 1),
+            THREADS,
+            &mut args![px, pw, po, mi, ki, wpr_i, gamma, eps, acc],
+        )
+    }
+
+    /// Whether `rms_norm_matmul` and `matmul_accumulate` can run for `rows` rows of x
+    /// against `w`: one row, and a weight type whose batch-1 GEMV has the fusions
+    /// (`SLUICE_FUSED_DECODE=0` turns them off, for comparisons).
+    pub fn fuses_decode_matmul(&self, w: &Tensor, rows: usize) -> bool {
+        rows == 1
+            && self.fused_decode
+            && w.shape().len() == 2
+            && self.gemv1_kernel(w.dtype(), w.cols()).is_some()
+    }
+
+    /// Checks a fused decode matmul's operands; returns (M, K) and its kernel.
+    fn fused_decode_operands(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        out: &Tensor,
+    ) -> Result<(usize, usize, sys::CUfunction)> {
+        check_f32(op, &[x, out])?;
+        let (m, k) = (w.rows(), w.cols());
+        if x.rows() != 1 || x.cols() != k || out.rows() != 1 || out.cols() != m {
+            return Err(BackendError::Shape(format!(
+                "{op}: x {:?} · w {:?}ᵀ -> out {:?} (one row)",
+                x.shape(),
+                w.shape(),
+                out.shape()
+            )));
+        }
+        match self.gemv1_kernel(w.dtype(), k) {
+            Some(f) if self.fuses_decode_matmul(w, 1) => Ok((m, k, f)),
+            _ => Err(BackendError::Unsupported {
+                op,
+                dtype: w.dtype(),
+            }),
+        }
+    }
+
+    /// `out = rms_norm(x) * gamma · wᵀ` for one row, the norm folded into the GEMV
+    /// (kernels/gemv.cu): no normalized copy of x is written.
+    pub fn rms_norm_matmul(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        w: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (m, k, f) = self.fused_decode_operands("rms_norm_matmul", x, w, out)?;
+        check_f32("rms_norm_matmul gamma", &[gamma])?;
+        if gamma.numel() != k {
+            return Err(BackendError::Shape(format!(
+                "rms_norm_matmul: gamma of {} for rows of {k}",
+                gamma.numel()
+            )));
+        }
+        self.bind()?;
+        let fusion = Gemv1Fusion {
+            gamma: ptr(gamma)?,
+            eps,
+            accumulate: false,
+        };
+        self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
+    }
+
+    /// `out += x · wᵀ` for one row (a residual add in the GEMV's epilogue).
+    pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        let (m, k, f) = self.fused_decode_operands("matmul_accumulate", x, w, out)?;
+        self.bind()?;
+        let fusion = Gemv1Fusion {
+            accumulate: true,
+            ..Gemv1Fusion::NONE
+        };
+        self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
+    }
+
     /// Q8_0 weights (split layout, see `upload_weight`): our GEMV for up to 4 rows;
     /// above, the weight is dequantized to bf16 into a scratch buffer and cuBLASLt runs
     /// (prefill is compute-bound, so the extra pass over the weight costs little there).
@@ -271,7 +399,7 @@ impl CudaBackend {
         }
         if t == 1 {
             let f = self.kernels.gemv1_rows_q8_0;
-            return self.launch_gemv(f, px, pw, po, m, k, GEMV_ROWS_PER_WARP);
+            return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
         }
         if t <= 4 {
             let kern = &self.kernels;

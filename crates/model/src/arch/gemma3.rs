@@ -12,7 +12,7 @@
 use sluice_backend::Device;
 
 use super::common::{pre_norm, RopeTable, RunState};
-use super::{apply_rope, ffn, qkv, LayerWeights};
+use super::{apply_rope, ffn, qkv, LayerWeights, ProjInput};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::LayerKv;
@@ -28,7 +28,7 @@ pub fn block(
 ) -> Result<()> {
     let missing = |what: &str| ModelError::MissingTensor(format!("gemma3 layer {what}"));
     pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
-    qkv(dev, cfg, l, None, None, st)?;
+    qkv(dev, cfg, l, None, None, ProjInput::Normed, st)?;
     let q_norm = l.q_norm.as_ref().ok_or_else(|| missing("attn_q_norm"))?;
     let k_norm = l.k_norm.as_ref().ok_or_else(|| missing("attn_k_norm"))?;
     // Per-head norms: the op treats [T, heads*hd] as rows of hd.
@@ -45,7 +45,7 @@ pub fn block(
         .ok_or_else(|| missing("post_attention_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_attn, cfg.rms_eps)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    ffn(dev, cfg, l, st)?;
+    ffn(dev, cfg, l, ProjInput::Normed, st)?;
     let post_ffn = l
         .post_ffn_norm
         .as_ref()

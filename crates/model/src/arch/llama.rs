@@ -9,7 +9,7 @@
 use sluice_backend::Device;
 
 use super::common::{pre_norm, RopeTable, RunState};
-use super::{ffn, qkv, LayerWeights};
+use super::{ffn, qkv, FfnInWeights, LayerWeights, ProjInput, QkvWeights};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
@@ -23,15 +23,74 @@ pub fn block(
     block_size: usize,
     st: &mut RunState,
 ) -> Result<()> {
+    if fuses_decode(dev, l, st.x.rows()) {
+        return fused_decode_block(dev, cfg, l, rope, kv, block_size, st);
+    }
     pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
-    if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), st)? {
+    if !qkv(
+        dev,
+        cfg,
+        l,
+        Some(rope),
+        Some(&mut *kv),
+        ProjInput::Normed,
+        st,
+    )? {
         dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     }
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     dev.matmul(&st.att, &l.wo, &mut st.xo)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    ffn(dev, cfg, l, st)?;
+    ffn(dev, cfg, l, ProjInput::Normed, st)?;
     st.residual_pending = true;
+    Ok(())
+}
+
+/// Whether this block runs as a fused batch-1 decode step: one token, stacked Q/K/V and
+/// gate/up, and weights whose GEMVs fold the norm and residual in (CUDA).
+fn fuses_decode(dev: &Device, l: &LayerWeights, rows: usize) -> bool {
+    let (QkvWeights::Fused { wqkv, .. }, FfnInWeights::Fused { w_gate_up }) = (&l.qkv, &l.ffn_in)
+    else {
+        return false;
+    };
+    [wqkv, &l.wo, w_gate_up, &l.w_down]
+        .iter()
+        .all(|w| dev.fuses_decode_matmul(w, rows))
+}
+
+/// The block with two kernels fewer per layer: each input norm runs inside the GEMV that
+/// consumes it (`rms_norm_matmul` on the residual stream `x`) and the output and down
+/// projections add into `x` in their epilogue (`matmul_accumulate`), so neither the
+/// normalized copy nor the block outputs go through memory. Same math as `block`.
+fn fused_decode_block(
+    dev: &Device,
+    cfg: &ModelConfig,
+    l: &LayerWeights,
+    rope: &RopeTable,
+    kv: &mut LayerKv,
+    block_size: usize,
+    st: &mut RunState,
+) -> Result<()> {
+    if st.residual_pending {
+        dev.add_inplace(&mut st.x, &st.xo)?;
+        st.residual_pending = false;
+    }
+    let eps = cfg.rms_eps;
+    let attn_in = ProjInput::FusedNorm {
+        gamma: &l.attn_norm,
+        eps,
+    };
+    if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), attn_in, st)? {
+        dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
+    }
+    let meta = st.meta.attention_meta(block_size);
+    dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
+    dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
+    let ffn_in = ProjInput::FusedNorm {
+        gamma: &l.ffn_norm,
+        eps,
+    };
+    ffn(dev, cfg, l, ffn_in, st)?;
     Ok(())
 }

@@ -331,8 +331,14 @@ impl ModelWeights {
             st.residual_pending = false;
         }
         dev.gather_rows(&st.x, &st.meta.logits_rows, &mut st.last)?;
-        dev.rms_norm_inplace(&mut st.last, &self.output_norm, cfg.rms_eps)?;
-        dev.matmul(&st.last, &self.output, &mut st.logits)?;
+        if dev.fuses_decode_matmul(&self.output, st.last.rows()) {
+            // One logits row: the final norm inside the head's GEMV.
+            let (norm, eps) = (&self.output_norm, cfg.rms_eps);
+            dev.rms_norm_matmul(&st.last, norm, eps, &self.output, &mut st.logits)?;
+        } else {
+            dev.rms_norm_inplace(&mut st.last, &self.output_norm, cfg.rms_eps)?;
+            dev.matmul(&st.last, &self.output, &mut st.logits)?;
+        }
         if let Some(cap) = cfg.final_logit_softcap {
             dev.softcap_inplace(&mut st.logits, cap)?;
         }
@@ -462,12 +468,13 @@ pub(crate) fn qkv(
     l: &LayerWeights,
     rope: Option<&RopeTable>,
     kv: Option<&mut crate::kv_cache::LayerKv>,
+    input: ProjInput,
     st: &mut RunState,
 ) -> Result<bool> {
     let pos = &st.meta.positions;
     match &l.qkv {
         QkvWeights::Fused { wqkv, bias } => {
-            dev.matmul(&st.xb, wqkv, &mut st.qkv)?;
+            input.project(dev, &st.xb, &st.x, wqkv, &mut st.qkv)?;
             if let Some(b) = bias {
                 dev.add_bias_inplace(&mut st.qkv, b)?;
             }
@@ -542,6 +549,7 @@ pub(crate) fn ffn(
     dev: &Device,
     cfg: &ModelConfig,
     l: &LayerWeights,
+    input: ProjInput,
     st: &mut RunState,
 ) -> Result<()> {
     let silu = match cfg.activation {
@@ -550,7 +558,7 @@ pub(crate) fn ffn(
     };
     match &l.ffn_in {
         FfnInWeights::Fused { w_gate_up } => {
-            dev.matmul(&st.xb, w_gate_up, &mut st.gate_up)?;
+            input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
             dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
         }
         FfnInWeights::Separate { w_gate, w_up } => {
@@ -563,6 +571,39 @@ pub(crate) fn ffn(
             }
         }
     }
-    dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
+    match input {
+        ProjInput::Normed => dev.matmul(&st.act, &l.w_down, &mut st.xo)?,
+        ProjInput::FusedNorm { .. } => dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?,
+    }
     Ok(())
+}
+
+/// Where a block's input projections (stacked Q/K/V, stacked gate/up) read from.
+#[derive(Clone, Copy)]
+pub(crate) enum ProjInput<'a> {
+    /// `st.xb`, the normalized residual stream written by a norm kernel; the FFN's down
+    /// projection writes `st.xo` (the residual add is pending).
+    Normed,
+    /// A batch-1 decode step on a device that fuses (`Device::fuses_decode_matmul`):
+    /// `st.x` normalized inside the GEMV with `gamma`; the FFN's down projection adds
+    /// into `st.x` in its epilogue.
+    FusedNorm { gamma: &'a Tensor, eps: f32 },
+}
+
+impl ProjInput<'_> {
+    /// `out = xb · wᵀ`, or `out = rms_norm(x) · wᵀ` in one fused GEMV.
+    fn project(
+        self,
+        dev: &Device,
+        xb: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        match self {
+            ProjInput::Normed => dev.matmul(xb, w, out)?,
+            ProjInput::FusedNorm { gamma, eps } => dev.rms_norm_matmul(x, gamma, eps, w, out)?,
+        }
+        Ok(())
+    }
 }

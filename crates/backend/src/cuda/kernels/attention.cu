@@ -178,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_##K
     const float* q, const KV* kc, const KV* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     int hd, float scale, int window, float softcap, int split_len, int max_q_rows, float* partial, \
-    float* out) { \
+    float* out) { pdl_entry(); \
     attention_lanes<KV, G, DPL>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, \
                                 bs, n_heads, n_kv, hd, scale, window, softcap, split_len, max_q_rows, \
                                 partial, out); \
@@ -194,7 +194,7 @@ ATTENTION_LANES_KV(bf16, bf16_t)
 // splits' maxima cost ~40 us per layer at 66 splits: one memory latency per split).
 #define MERGE_MAX_SPLITS 1024
 extern "C" __global__ void attention_merge_kernel(const float* __restrict__ partial, int splits,
-                                                  int n_heads, int hd, float* __restrict__ out) {
+                                                  int n_heads, int hd, float* __restrict__ out) { pdl_entry();
     __shared__ float wz[MERGE_MAX_SPLITS];
     __shared__ float scratch[32];
     const int t = blockIdx.x, h = blockIdx.y;

@@ -405,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int split_len, int max_q_rows, float* partial, \
-    float* out) { \
+    float* out) { pdl_entry(); \
     flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
                             n_heads, n_kv, scale, window, softcap, split_len, max_q_rows, partial, \
                             out); \

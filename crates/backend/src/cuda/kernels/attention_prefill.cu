@@ -364,7 +364,7 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
 extern "C" __global__ void __launch_bounds__(FP_WARPS * 32) flash_prefill_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
-    float scale, int window, float softcap, int min_q_rows, float* out) { \
+    float scale, int window, float softcap, int min_q_rows, float* out) { pdl_entry(); \
     flash_prefill<HD>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, bs, \
                       n_heads, n_kv, scale, window, softcap, min_q_rows, out); \
 }

@@ -3,6 +3,30 @@
 // explicit conversions (which also keeps the CI compile check free of header paths).
 
 typedef unsigned short bf16_t;
+
+// Programmatic dependent launch (PDL, Hopper): on sm_90+ every kernel is launched with
+// the programmatic-stream-serialization attribute (cuda/mod.rs `launch`), so its blocks
+// may start while the previous kernel of the stream still runs. Each kernel therefore
+// calls pdl_entry() before it touches any buffer that another kernel writes or reads:
+// `griddepcontrol.wait` returns once the previous grid has completed and its writes are
+// visible; `launch_dependents` then lets the next kernel's blocks start, only after the
+// wait, so at most one kernel runs ahead. What a kernel does before pdl_entry() may only
+// read memory nothing writes during a step (the weights): the GEMVs prefetch theirs into
+// L2 there, overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// One bulk (TMA) prefetch of `bytes` (a multiple of 16, 16-byte aligned) into L2.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 // A distinct type from bf16_t (signed), so overloads can tell the two apart.
 typedef short f16_t;
 

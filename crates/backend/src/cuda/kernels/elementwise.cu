@@ -3,17 +3,17 @@
 
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
 
-extern "C" __global__ void f32_to_bf16_kernel(const float* x, bf16_t* y, long n) {
+extern "C" __global__ void f32_to_bf16_kernel(const float* x, bf16_t* y, long n) { pdl_entry();
     GRID_STRIDE(i, n) y[i] = f32_to_bf16(x[i]);
 }
 
-extern "C" __global__ void f32_to_f16_kernel(const float* x, f16_t* y, long n) {
+extern "C" __global__ void f32_to_f16_kernel(const float* x, f16_t* y, long n) { pdl_entry();
     GRID_STRIDE(i, n) y[i] = f32_to_f16(x[i]);
 }
 
 // out = x / sqrt(mean(x^2) + eps) * w over rows of `cols`; one block per row.
 // `out` may alias `x` (each element is read before it is written by the same thread).
-extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps) {
+extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps) { pdl_entry();
     __shared__ float scratch[32];
     const float* xr = x + (long)blockIdx.x * cols;
     float* orow = out + (long)blockIdx.x * cols;
@@ -27,7 +27,7 @@ extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float
 // x += y, then out = rms_norm(x) * w, per row: the residual add fused into the norm
 // that follows it (each thread re-reads only elements it wrote itself).
 extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const float* w, float* out,
-                                               int cols, float eps) {
+                                               int cols, float eps) { pdl_entry();
     __shared__ float scratch[32];
     float* xr = x + (long)blockIdx.x * cols;
     const float* yr = y + (long)blockIdx.x * cols;
@@ -43,26 +43,26 @@ extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const f
     for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
 
-extern "C" __global__ void add_kernel(float* x, const float* y, long n) {
+extern "C" __global__ void add_kernel(float* x, const float* y, long n) { pdl_entry();
     GRID_STRIDE(i, n) x[i] += y[i];
 }
 
-extern "C" __global__ void add_bias_kernel(float* x, const float* b, long n, int cols) {
+extern "C" __global__ void add_bias_kernel(float* x, const float* b, long n, int cols) { pdl_entry();
     GRID_STRIDE(i, n) x[i] += b[i % cols];
 }
 
-extern "C" __global__ void scale_kernel(float* x, float s, long n) {
+extern "C" __global__ void scale_kernel(float* x, float s, long n) { pdl_entry();
     GRID_STRIDE(i, n) x[i] *= s;
 }
 
-extern "C" __global__ void softcap_kernel(float* x, float cap, long n) {
+extern "C" __global__ void softcap_kernel(float* x, float cap, long n) { pdl_entry();
     GRID_STRIDE(i, n) x[i] = cap * tanhf(x[i] / cap);
 }
 
 // RoPE in place on x [T, n_heads * hd]; cos/sin [max_pos, hd/2]. One thread per rotated
 // pair. neox = 1: pairs (i, i + hd/2) ("rotate_half"); 0: adjacent pairs (2i, 2i+1).
 extern "C" __global__ void rope_kernel(float* x, const int* pos, const float* cos_t, const float* sin_t,
-                                       int T, int n_heads, int hd, int neox) {
+                                       int T, int n_heads, int hd, int neox) { pdl_entry();
     int half = hd / 2;
     long n = (long)T * n_heads * half;
     GRID_STRIDE(idx, n) {
@@ -80,12 +80,12 @@ extern "C" __global__ void rope_kernel(float* x, const int* pos, const float* co
     }
 }
 
-extern "C" __global__ void silu_mul_kernel(const float* g, const float* u, float* out, long n) {
+extern "C" __global__ void silu_mul_kernel(const float* g, const float* u, float* out, long n) { pdl_entry();
     GRID_STRIDE(i, n) { float v = g[i]; out[i] = v / (1.0f + __expf(-v)) * u[i]; }
 }
 
 // gelu with the tanh approximation (Gemma's gelu_pytorch_tanh).
-extern "C" __global__ void gelu_mul_kernel(const float* g, const float* u, float* out, long n) {
+extern "C" __global__ void gelu_mul_kernel(const float* g, const float* u, float* out, long n) { pdl_entry();
     GRID_STRIDE(i, n) {
         float v = g[i];
         float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
@@ -96,7 +96,7 @@ extern "C" __global__ void gelu_mul_kernel(const float* g, const float* u, float
 // out[t, :] = table[ids[t], :] * scale for 16-bit or f32 tables.
 #define EMBEDDING(NAME, W, CONV)                                                              \
 extern "C" __global__ void NAME(const int* ids, const W* table, float scale, float* out,    \
-                                int T, int cols) {                                            \
+                                int T, int cols) { pdl_entry();                                            \
     long n = (long)T * cols;                                                                  \
     GRID_STRIDE(i, n) {                                                                       \
         long t = i / cols; int c = (int)(i % cols);                                           \
@@ -108,7 +108,7 @@ EMBEDDING(embedding_f32_kernel, float, id_f32)
 EMBEDDING(embedding_bf16_kernel, bf16_t, bf16_to_f32)
 EMBEDDING(embedding_f16_kernel, f16_t, f16_to_f32)
 
-extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, float* out, int L, int cols) {
+extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, float* out, int L, int cols) { pdl_entry();
     long n = (long)L * cols;
     GRID_STRIDE(i, n) {
         long r = i / cols; int c = (int)(i % cols);
@@ -120,7 +120,7 @@ extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, f
 // (block * bs + offset; negative = padding, skipped).
 #define KV_WRITE(NAME, KV)                                                                    \
 extern "C" __global__ void NAME(const float* k, const float* v, KV* kc, KV* vc,              \
-                                const int* slots, int T, int n_kv, int bs, int hd) {          \
+                                const int* slots, int T, int n_kv, int bs, int hd) { pdl_entry();          \
     long kvd = (long)n_kv * hd;                                                               \
     long n = (long)T * kvd;                                                                   \
     GRID_STRIDE(i, n) {                                                                       \
@@ -138,7 +138,7 @@ KV_WRITE(kv_write_bf16_kernel, bf16_t)
 
 // Greedy sampling on the device: the first index of each row's maximum (the host's
 // `argmax` rule), one block of 1024 threads per row. NaN never wins.
-extern "C" __global__ void argmax_kernel(const float* logits, int* out, int vocab) {
+extern "C" __global__ void argmax_kernel(const float* logits, int* out, int vocab) { pdl_entry();
     __shared__ float sv[32];
     __shared__ int si[32];
     const int bi = block_argmax(logits + (long)blockIdx.x * vocab, vocab, sv, si);
@@ -146,7 +146,7 @@ extern "C" __global__ void argmax_kernel(const float* logits, int* out, int voca
 }
 
 // Fused gate/up rows gu [T, 2F] (gate columns first) -> out [T, F] = act(gate) * up.
-extern "C" __global__ void glu_packed_kernel(const float* gu, float* out, long n, int F, int silu) {
+extern "C" __global__ void glu_packed_kernel(const float* gu, float* out, long n, int F, int silu) { pdl_entry();
     GRID_STRIDE(i, n) {
         long t = i / F; int j = (int)(i % F);
         float v = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j];
@@ -223,7 +223,7 @@ __device__ __forceinline__ void split_qkv_rope_body(const float* qkv, const int*
 #define SPLIT_QKV_ROPE(NAME, KV) \
 extern "C" __global__ void NAME(const float* qkv, const int* pos, const float* cos_t, const float* sin_t, \
                                 float* q, float* k, float* v, KV* kc, KV* vc, const int* slots, int bs, \
-                                int T, int nh, int nkv, int hd, int neox) { \
+                                int T, int nh, int nkv, int hd, int neox) { pdl_entry(); \
     split_qkv_rope_body<KV>(qkv, pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, T, nh, nkv, hd, neox); \
 }
 SPLIT_QKV_ROPE(split_qkv_rope_f32_kernel, float)

@@ -8,8 +8,8 @@
 //   (fp8_amax_kernel, then fp8_quantize_kernel; the scale never leaves the device), or
 //   elsewhere fp8_dequant_bf16_kernel and the bf16 GEMM.
 //
-// Helpers are fp8_-prefixed and self-contained (only common.cuh's warp_sum/warp_max are
-// shared) so this file does not depend on gemv.cu's internals.
+// Helpers are fp8_-prefixed; the batch-1 GEMV reuses gemv.cu's skeleton with a row
+// policy (RowFp8), the multi-row GEMVs keep their own loops.
 
 // Two E4M3 codes, in bits 8..15 and 24..31 of v (the other bits zero), as two f32 equal
 // to their values / 2^8. Each code's 7 magnitude bits (eeee mmm) move to bits 7..13 of an
@@ -44,16 +44,6 @@ __device__ __forceinline__ float fp8_out_scale(const unsigned char* w, int M, in
     return __ldg(reinterpret_cast<const float*>(w + (long)M * K)) * 256.0f;
 }
 
-// Sixteen activations from a 16-byte aligned position.
-__device__ __forceinline__ void fp8_load_x16(const float* x, float* xs) {
-    const float4* xv = reinterpret_cast<const float4*>(x);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float4 v = __ldg(xv + i);
-        xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
-    }
-}
-
 // f[0..16) . x[0..16) with x read as float4 as it is used (fewer live registers than
 // loading all sixteen first: the T = 2..4 kernels hold T accumulators and four loads).
 __device__ __forceinline__ float fp8_dot16_x(const float* f, const float* x) {
@@ -67,82 +57,24 @@ __device__ __forceinline__ float fp8_dot16_x(const float* f, const float* x) {
     return s;
 }
 
-__device__ __forceinline__ float fp8_dot16(const float* f, const float* xs) {
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 16; i++) s += f[i] * xs[i];
-    return s;
-}
-
-// Batch-1 GEMV, RPW output rows per warp (each x chunk is loaded once for all of them;
-// see gemv.cu's gemv1_rows_*), `wpr` warps sharing a row group, UNROLL x RPW 16-byte
-// weight loads in flight per lane. Rows past M are clamped to the last row and dropped.
-#define FP8_RPW 4
-
-extern "C" __global__ void __launch_bounds__(256) gemv1_rows_fp8(const float* __restrict__ x,
-                                                                 const unsigned char* __restrict__ w,
-                                                                 float* __restrict__ out, int M, int K, int wpr) {
-    __shared__ float part[8][FP8_RPW];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * FP8_RPW;
-    const int slice = warp % wpr;
-    const uint4* wr[FP8_RPW];
-#pragma unroll
-    for (int r = 0; r < FP8_RPW; r++) wr[r] = reinterpret_cast<const uint4*>(w + (long)min(m0 + r, M - 1) * K);
-    const int chunks = m0 < M ? K / 16 : 0;
-    float acc[FP8_RPW];
-#pragma unroll
-    for (int r = 0; r < FP8_RPW; r++) acc[r] = 0.0f;
-    const int UNROLL = 2;
-    const int step = 32 * wpr;
-    int c = lane + 32 * slice;
-    for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
-        uint4 q[UNROLL][FP8_RPW];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < FP8_RPW; r++) q[u][r] = __ldg(wr[r] + c + step * u);
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            float xs[16];
-            fp8_load_x16(x + (long)(c + step * u) * 16, xs);
-#pragma unroll
-            for (int r = 0; r < FP8_RPW; r++) {
-                float f[16];
-                fp8_unpack16(q[u][r], f);
-                acc[r] += fp8_dot16(f, xs);
-            }
-        }
+// Batch-1 GEMV: gemv.cu's skeleton (gemv1_rows_body: RPW rows per warp, the fused norm
+// and residual, the L2 prefetch under PDL) with this row policy; the per-tensor scale
+// is applied once per output.
+struct RowFp8 {
+    static const int N = 16;
+    const uint4* p;
+    __device__ __forceinline__ void init(const unsigned char* w, long m, int, int K) {
+        p = reinterpret_cast<const uint4*>(w + m * K);
     }
-    for (; c < chunks; c += step) {
-        float xs[16];
-        fp8_load_x16(x + (long)c * 16, xs);
-#pragma unroll
-        for (int r = 0; r < FP8_RPW; r++) {
-            float f[16];
-            fp8_unpack16(__ldg(wr[r] + c), f);
-            acc[r] += fp8_dot16(f, xs);
-        }
+    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ float scale(int) const { return 1.0f; }
+    __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { fp8_unpack16(q, f); }
+    __device__ __forceinline__ static long row_bytes(int K) { return K; }
+    __device__ __forceinline__ static float out_scale(const unsigned char* w, int M, int K) {
+        return fp8_out_scale(w, M, K);
     }
-    const float s = fp8_out_scale(w, M, K);
-#pragma unroll
-    for (int r = 0; r < FP8_RPW; r++) {
-        const float sum = warp_sum(acc[r]);
-        if (wpr == 1) {
-            if (lane == 0 && m0 + r < M) out[m0 + r] = sum * s;
-        } else if (lane == 0) {
-            part[warp][r] = sum;
-        }
-    }
-    if (wpr > 1) {
-        __syncthreads();
-        if (slice == 0 && lane < FP8_RPW && m0 + lane < M) {
-            float sum = 0.0f;
-            for (int i = 0; i < wpr; i++) sum += part[warp + i][lane];
-            out[m0 + lane] = sum * s;
-        }
-    }
-}
+};
+GEMV1_ROWS(gemv1_rows_fp8, RowFp8)
 
 // T = 2..4 rows: one output row per warp (`wpr` warps per row), each weight load used for
 // all T rows of x, four loads in flight per lane (gemv.cu's gemv_q8_0_* structure).
@@ -204,7 +136,7 @@ __device__ __forceinline__ void gemv_fp8_body(const float* __restrict__ x, const
 
 #define GEMV_FP8(NAME, T) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
-                                                       int K, int wpr) { \
+                                                       int K, int wpr) { pdl_entry(); \
     gemv_fp8_body<T>(x, w, out, M, K, wpr); \
 }
 GEMV_FP8(gemv_fp8_2, 2) GEMV_FP8(gemv_fp8_3, 3) GEMV_FP8(gemv_fp8_4, 4)
@@ -243,7 +175,7 @@ __device__ __forceinline__ float fp8_tensor_scale(float amax) {
 // amax = max |x| over n floats (n a multiple of 4), as the bits of a non-negative float
 // (ordered like unsigned integers) merged with atomicMax: the slot must be zeroed first.
 // NaN is ignored (fmaxf).
-extern "C" __global__ void fp8_amax_kernel(const float* __restrict__ x, long n, unsigned int* amax) {
+extern "C" __global__ void fp8_amax_kernel(const float* __restrict__ x, long n, unsigned int* amax) { pdl_entry();
     __shared__ float red[32];
     float m = 0.0f;
     const float4* xv = reinterpret_cast<const float4*>(x);
@@ -267,7 +199,7 @@ extern "C" __global__ void fp8_amax_kernel(const float* __restrict__ x, long n, 
 // product is __fmul_rn so that it is never fused: the host reference rounds it the same.
 extern "C" __global__ void fp8_quantize_kernel(const float* __restrict__ x, long n,
                                                const unsigned int* __restrict__ amax, float* scale,
-                                               unsigned char* __restrict__ q) {
+                                               unsigned char* __restrict__ q) { pdl_entry();
     const float s = fp8_tensor_scale(__uint_as_float(*amax));
     const float inv = 1.0f / s;
     if (blockIdx.x == 0 && threadIdx.x == 0) *scale = s;
@@ -288,7 +220,7 @@ extern "C" __global__ void fp8_quantize_kernel(const float* __restrict__ x, long
 // FP8 weight -> bf16 [M, K] (code value times the scale, rounded once to bf16), for the
 // bf16 cuBLASLt path where FP8 tensor cores are missing (before sm_89) or the shape does
 // not suit them: 16 weights per thread.
-extern "C" __global__ void fp8_dequant_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) {
+extern "C" __global__ void fp8_dequant_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) { pdl_entry();
     const long chunks = (long)M * K / 16;
     const uint4* qs = reinterpret_cast<const uint4*>(w);
     const float s = fp8_out_scale(w, M, K);

@@ -113,7 +113,7 @@ __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const W* 
 
 #define GEMV(NAME, W, T) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* w, float* out, int M, int K, \
-                                                       int wpr) { \
+                                                       int wpr) { pdl_entry(); \
     gemv_body<W, T>(x, w, out, M, K, wpr); \
 }
 // One row (batch-1 decode) goes to gemv1_rows_* below.
@@ -214,14 +214,14 @@ __device__ __forceinline__ void gemv_q8_0_body(const float* __restrict__ x, cons
 
 #define GEMV_Q8(NAME, T) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
-                                                       int K, int wpr) { \
+                                                       int K, int wpr) { pdl_entry(); \
     gemv_q8_0_body<T>(x, w, out, M, K, wpr); \
 }
 GEMV_Q8(gemv_q8_0_2, 2) GEMV_Q8(gemv_q8_0_3, 3) GEMV_Q8(gemv_q8_0_4, 4)
 
 // Q8_0 (split layout) -> bf16 [M, K], for the cuBLASLt path of matmuls with more rows:
 // 16 weights per thread.
-extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) {
+extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) { pdl_entry();
     const long chunks = (long)M * K / 16;
     const uint4* qs = reinterpret_cast<const uint4*>(w);
     const f16_t* sc = reinterpret_cast<const f16_t*>(w + (long)M * K);
@@ -246,6 +246,18 @@ extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16
 // warp loads each x chunk once into registers for RPW rows, and keeps RPW x UNROLL
 // 16-byte weight loads in flight per lane. Rows past M are clamped to the last row and
 // their results dropped.
+//
+// One skeleton serves every weight format with a simple per-row layout; a row policy
+// (RowPlain<W>, RowQ8_0 here, RowFp8 in fp8.cu) says how to load and unpack 16 bytes of
+// a row and which scale multiplies them. Two fusions of the decode step live here:
+// - `gamma` non-null: x is RMS-normalized on the fly, out = rsqrt(mean(x^2) + eps) *
+//   W (gamma * x). The sum of squares accumulates from the x chunks the warp loads
+//   anyway (a warp, or the `wpr` warps of a row group, covers all of K), so the norm
+//   costs no extra pass and no kernel of its own.
+// - `accumulate` non-zero: out += W x (the residual add in the epilogue of the output
+//   and down projections).
+// Before pdl_entry() each block prefetches its own rows of the weight into L2, so that
+// under PDL the weight streams while the previous kernel finishes.
 __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
     const float4* xv = reinterpret_cast<const float4*>(x);
 #pragma unroll
@@ -253,6 +265,22 @@ __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
         if (4 * i >= n) break;
         float4 v = __ldg(xv + i);
         xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
+    }
+}
+
+// x[0..n) into xs; with NORM, times gamma, and the squares of x added to `ss`.
+template <bool NORM>
+__device__ __forceinline__ void load_x_norm(const float* x, const float* gamma, int n, float* xs, float& ss) {
+    load_x(x, n, xs);
+    if (NORM) {
+        float g[16];
+        load_x(gamma, n, g);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            if (i >= n) break;
+            ss += xs[i] * xs[i];
+            xs[i] *= g[i];
+        }
     }
 }
 
@@ -264,97 +292,106 @@ __device__ __forceinline__ float dot_r(const float* f, const float* xs) {
     return s;
 }
 
-// Reduces each row's per-lane sums and writes the rows (through shared memory when
-// several warps share a row).
-template <int RPW>
-__device__ __forceinline__ void gemv_rows_store(float* acc, float* out, int M, int m0, int wpr) {
-    __shared__ float part[8][RPW];
+// Reduces each row's per-lane sums (through shared memory when several warps share a
+// row), applies the norm and the format's output scale, and stores or accumulates.
+template <int RPW, bool NORM>
+__device__ __forceinline__ void gemv_rows_store(float* acc, float ss, float* out, int M, int K, int m0, int wpr,
+                                                float eps, float out_scale, int accumulate) {
+    __shared__ float part[8][RPW + 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, slice = warp % wpr;
 #pragma unroll
-    for (int r = 0; r < RPW; r++) {
-        float s = warp_sum(acc[r]);
-        if (wpr == 1) {
-            if (lane == 0 && m0 + r < M) out[m0 + r] = s;
-        } else if (lane == 0) {
-            part[warp][r] = s;
-        }
-    }
+    for (int r = 0; r < RPW; r++) acc[r] = warp_sum(acc[r]);
+    if (NORM) ss = warp_sum(ss);
     if (wpr > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < RPW; r++) part[warp][r] = acc[r];
+            part[warp][RPW] = ss;
+        }
         __syncthreads();
-        if (slice == 0 && lane < RPW && m0 + lane < M) {
-            float s = 0.0f;
-            for (int i = 0; i < wpr; i++) s += part[warp + i][lane];
-            out[m0 + lane] = s;
-        }
-    }
-}
-
-template <typename W, int RPW>
-__device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const W* __restrict__ w,
-                                                float* __restrict__ out, int M, int K, int wpr) {
-    const int NV = Vec<W>::N;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
-    const int slice = warp % wpr;
-    const uint4* wr[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; r++) wr[r] = reinterpret_cast<const uint4*>(w + (long)min(m0 + r, M - 1) * K);
-    const int chunks = m0 < M ? K / NV : 0;
-    float acc[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
-    const int UNROLL = 2;
-    const int step = 32 * wpr;
-    int c = lane + 32 * slice;
-    for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
-        uint4 q[UNROLL][RPW];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < RPW; r++) q[u][r] = __ldg(wr[r] + c + step * u);
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            float xs[NV];
-            load_x(x + (c + step * u) * NV, NV, xs);
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-                float f[NV];
-                unpack(q[u][r], w, f);
-                acc[r] += dot_r<NV>(f, xs);
-            }
-        }
-    }
-    for (; c < chunks; c += step) {
-        float xs[NV];
-        load_x(x + c * NV, NV, xs);
+        if (slice != 0) return;
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            float f[NV];
-            unpack(__ldg(wr[r] + c), w, f);
-            acc[r] += dot_r<NV>(f, xs);
+            float s = 0.0f;
+            for (int i = 0; i < wpr; i++) s += part[warp + i][r];
+            acc[r] = s;
+        }
+        if (NORM) {
+            float s = 0.0f;
+            for (int i = 0; i < wpr; i++) s += part[warp + i][RPW];
+            ss = s;
         }
     }
-    gemv_rows_store<RPW>(acc, out, M, m0, wpr);
+    const float scale = NORM ? out_scale * rsqrtf(ss / (float)K + eps) : out_scale;
+    if (lane < RPW) {
+        float v = 0.0f;
+#pragma unroll
+        for (int r = 0; r < RPW; r++)
+            if (r == lane) v = acc[r];
+        const int m = m0 + lane;
+        if (m < M) out[m] = accumulate ? out[m] + v * scale : v * scale;
+    }
 }
 
-template <int RPW>
-__device__ __forceinline__ void gemv1_rows_q8_0_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                                                     float* __restrict__ out, int M, int K, int wpr) {
+// Row policies: `init` points at row m, `load(c)` is its c-th 16-byte chunk (N
+// weights), `scale(c)` the factor of that chunk's dot product, `unpack` the N floats.
+template <typename W> struct RowPlain {
+    static const int N = Vec<W>::N;
+    const uint4* p;
+    __device__ __forceinline__ void init(const unsigned char* w, long m, int, int K) {
+        p = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(w) + m * K);
+    }
+    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ float scale(int) const { return 1.0f; }
+    __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { unpack(q, (const W*)0, f); }
+    __device__ __forceinline__ static long row_bytes(int K) { return (long)K * sizeof(W); }
+    __device__ __forceinline__ static float out_scale(const unsigned char*, int, int) { return 1.0f; }
+};
+
+// Q8_0 split layout (int8 quants [M, K], then f16 scales [M, K / 32]).
+struct RowQ8_0 {
+    static const int N = 16;
+    const uint4* p;
+    const f16_t* sc;
+    __device__ __forceinline__ void init(const unsigned char* w, long m, int M, int K) {
+        p = reinterpret_cast<const uint4*>(w + m * K);
+        sc = reinterpret_cast<const f16_t*>(w + (long)M * K) + m * (K / 32);
+    }
+    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ float scale(int c) const { return f16_to_f32(sc[c >> 1]); }
+    __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { unpack_i8(q, f); }
+    __device__ __forceinline__ static long row_bytes(int K) { return K; }
+    __device__ __forceinline__ static float out_scale(const unsigned char*, int, int) { return 1.0f; }
+};
+
+// Weight bytes below this offset are prefetched into L2 before pdl_entry(): about what
+// the blocks resident ahead of time can use; more would only evict itself from L2.
+#define GEMV_PREFETCH_LIMIT (24L << 20)
+
+template <class P, int RPW, bool NORM>
+__device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                                                float* __restrict__ out, int M, int K, int wpr,
+                                                const float* __restrict__ gamma, float eps, int accumulate) {
+    const int N = P::N;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rows_per_block = (8 / wpr) * RPW;
+    if (threadIdx.x == 0) {
+        const long rb = P::row_bytes(K);
+        const long first = (long)blockIdx.x * rows_per_block * rb;
+        const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, GEMV_PREFETCH_LIMIT);
+        if (first < end && rb % 16 == 0) prefetch_l2(w + first, (unsigned int)(end - first));
+    }
+    pdl_entry();
     const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
     const int slice = warp % wpr;
-    const uint4* wr[RPW];
-    const f16_t* sc[RPW];
+    P rows[RPW];
 #pragma unroll
-    for (int r = 0; r < RPW; r++) {
-        const long m = min(m0 + r, M - 1);
-        wr[r] = reinterpret_cast<const uint4*>(w + m * K);
-        sc[r] = reinterpret_cast<const f16_t*>(w + (long)M * K) + m * (K / 32);
-    }
-    const int chunks = m0 < M ? K / 16 : 0;
+    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
+    const int chunks = m0 < M ? K / N : 0;
     float acc[RPW];
 #pragma unroll
     for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
+    float ss = 0.0f;
     const int UNROLL = 2;
     const int step = 32 * wpr;
     int c = lane + 32 * slice;
@@ -365,42 +402,47 @@ __device__ __forceinline__ void gemv1_rows_q8_0_body(const float* __restrict__ x
         for (int u = 0; u < UNROLL; u++)
 #pragma unroll
             for (int r = 0; r < RPW; r++) {
-                q[u][r] = __ldg(wr[r] + c + step * u);
-                s[u][r] = f16_to_f32(sc[r][(c + step * u) >> 1]);
+                q[u][r] = rows[r].load(c + step * u);
+                s[u][r] = rows[r].scale(c + step * u);
             }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            float xs[16];
-            load_x(x + (c + step * u) * 16, 16, xs);
+            const int k0 = (c + step * u) * N;
+            float xs[N];
+            load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
 #pragma unroll
             for (int r = 0; r < RPW; r++) {
-                float f[16];
-                unpack_i8(q[u][r], f);
-                acc[r] += s[u][r] * dot_r<16>(f, xs);
+                float f[N];
+                P::unpack_to(q[u][r], f);
+                acc[r] += s[u][r] * dot_r<N>(f, xs);
             }
         }
     }
     for (; c < chunks; c += step) {
-        float xs[16];
-        load_x(x + c * 16, 16, xs);
+        const int k0 = c * N;
+        float xs[N];
+        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            float f[16];
-            unpack_i8(__ldg(wr[r] + c), f);
-            acc[r] += f16_to_f32(sc[r][c >> 1]) * dot_r<16>(f, xs);
+            float f[N];
+            P::unpack_to(rows[r].load(c), f);
+            acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
         }
     }
-    gemv_rows_store<RPW>(acc, out, M, m0, wpr);
+    gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
-#define GEMV1_ROWS(NAME, W) \
-extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const W* w, float* out, int M, int K, \
-                                                       int wpr) { \
-    gemv1_rows_body<W, GEMV_RPW>(x, w, out, M, K, wpr); \
-}
+// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate): gamma null for a plain
+// product (cuda/ops.rs `launch_gemv1`).
 #define GEMV_RPW 4
-GEMV1_ROWS(gemv1_rows_bf16, bf16_t) GEMV1_ROWS(gemv1_rows_f16, f16_t) GEMV1_ROWS(gemv1_rows_f32, float)
-extern "C" __global__ void __launch_bounds__(256) gemv1_rows_q8_0(const float* x, const unsigned char* w, float* out,
-                                                                  int M, int K, int wpr) {
-    gemv1_rows_q8_0_body<GEMV_RPW>(x, w, out, M, K, wpr);
+#define GEMV1_ROWS(NAME, P) \
+extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
+                                                       int K, int wpr, const float* gamma, float eps, \
+                                                       int accumulate) { \
+    if (gamma) gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate); \
+    else gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate); \
 }
+GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>)
+GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>)
+GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>)
+GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0)

@@ -220,7 +220,7 @@ __device__ __forceinline__ void gemv_q4_k_body(const float* __restrict__ x, cons
 
 #define GEMV_Q4_K(NAME, T, UNROLL) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
-                                                       int K, int wpr) { \
+                                                       int K, int wpr) { pdl_entry(); \
     gemv_q4_k_body<T, KQ_RPW, UNROLL>(x, w, out, M, K, wpr); \
 }
 GEMV_Q4_K(gemv1_rows_q4_k, 1, 2)
@@ -229,7 +229,7 @@ GEMV_Q4_K(gemv_q4_k_2, 2, 1) GEMV_Q4_K(gemv_q4_k_3, 3, 1) GEMV_Q4_K(gemv_q4_k_4,
 // Q4_K -> bf16 [M, K] with ggml's arithmetic (dequantize_row_q4_K: d1 = d * sc, m1 = dmin
 // * m, w = d1 * q - m1, each rounded to f32; no FMA contraction), so the values are the
 // host's bit for bit before the rounding to bf16. One thread per sub-block chunk.
-extern "C" __global__ void dequant_q4_k_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) {
+extern "C" __global__ void dequant_q4_k_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) { pdl_entry();
     const long chunks = (long)M * K / 32;
     const uint4* qs = reinterpret_cast<const uint4*>(w);
     const uint4* hd = reinterpret_cast<const uint4*>(w + (long)M * (K / 2));
@@ -370,7 +370,7 @@ __device__ __forceinline__ void gemv_q6_k_body(const float* __restrict__ x, cons
 
 #define GEMV_Q6_K(NAME, T) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
-                                                       int K, int wpr) { \
+                                                       int K, int wpr) { pdl_entry(); \
     gemv_q6_k_body<T, KQ_RPW>(x, w, out, M, K, wpr); \
 }
 GEMV_Q6_K(gemv1_rows_q6_k, 1) GEMV_Q6_K(gemv_q6_k_2, 2) GEMV_Q6_K(gemv_q6_k_3, 3) GEMV_Q6_K(gemv_q6_k_4, 4)
@@ -378,7 +378,7 @@ GEMV_Q6_K(gemv1_rows_q6_k, 1) GEMV_Q6_K(gemv_q6_k_2, 2) GEMV_Q6_K(gemv_q6_k_3, 3
 // Q6_K -> bf16 [M, K] with ggml's arithmetic (dequantize_row_q6_K: w = d * sc * (q - 32),
 // multiplied left to right, each product rounded to f32), bit for bit the host's values
 // before the rounding to bf16. One thread per unit of 64 weights.
-extern "C" __global__ void dequant_q6_k_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) {
+extern "C" __global__ void dequant_q6_k_bf16_kernel(const unsigned char* w, bf16_t* out, int M, int K) { pdl_entry();
     const long units = (long)M * K / 64;
     const long plane = K / 64;
     const long nb = K / 256;

@@ -40,7 +40,7 @@ __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float* logits, int vocab,
                                                                          const int* rows, const int* adjust,
-                                                                         int* out) {
+                                                                         int* out) { pdl_entry();
     __shared__ float scratch[32];
     __shared__ double dscratch[32];
     __shared__ int iscratch[32];
