@@ -16,6 +16,9 @@
 //!   error against unquantized x is printed (E4M3 rounds x by up to 1/16 relative);
 //! - bf16 fallback GEMM: 1e-4 against the f64 product of the same bf16-rounded operands.
 
+mod cuda_common;
+
+use cuda_common::{byte_perm, check, down, gpu, host, poisoned, rel_err, rnd, up};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -164,15 +167,8 @@ fn quantizer_matches_a_brute_force_nearest_search() {
 }
 
 /// The GPU's decoding (kernels/fp8.cu `fp8_unpack16`), replayed on the host: `__byte_perm`
-/// as the CUDA documentation defines it, the two logic ops, and the f16 read.
-fn byte_perm(x: u32, y: u32, s: u32) -> u32 {
-    let bytes = (u64::from(y) << 32) | u64::from(x);
-    (0..4).fold(0u32, |r, n| {
-        let sel = (s >> (4 * n)) & 7;
-        r | ((((bytes >> (8 * sel)) & 0xff) as u32) << (8 * n))
-    })
-}
-
+/// as the CUDA documentation defines it (`cuda_common::byte_perm`), the two logic ops,
+/// and the f16 read.
 fn gpu_pair(v: u32) -> (f32, f32) {
     let h = (v & 0x8000_8000) | ((v >> 1) & 0x3f80_3f80);
     (
@@ -281,62 +277,11 @@ fn weight_type_names_and_cpu_refusal() {
 // ---------------------------------------------------------------------------------------
 // GPU.
 
-fn gpu(weights: CudaWeightType) -> Option<Device> {
-    let required = std::env::var("SLUICE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    match Device::cuda(0, weights) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(!required, "SLUICE_REQUIRE_CUDA=1 but: {e}");
-            eprintln!("note: no CUDA device ({e}); skipping");
-            None
-        }
-    }
-}
-
 fn backend(g: &Device) -> &CudaBackend {
     match g {
         Device::Cuda(c) => c,
         Device::Cpu(_) => unreachable!("a CUDA device"),
     }
-}
-
-fn rnd(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-fn host(shape: &[usize], v: &[f32]) -> Tensor {
-    Tensor::from_f32_cpu(shape, v).unwrap()
-}
-
-fn up(g: &Device, shape: &[usize], v: &[f32]) -> Tensor {
-    g.upload(&host(shape, v)).unwrap()
-}
-
-fn poisoned(g: &Device, shape: &[usize]) -> Tensor {
-    up(g, shape, &vec![f32::NAN; shape.iter().product()])
-}
-
-fn down(g: &Device, t: &Tensor) -> Vec<f32> {
-    g.download(t).unwrap().as_f32().unwrap().to_vec()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
-    let mut worst = 0f64;
-    for (g, w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        worst = worst.max((*g as f64 - *w as f64).abs());
-    }
-    worst / scale
-}
-
-fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
-    let e = rel_err(got, want);
-    eprintln!("{name}: rel err {e:.2e} (tol {tol:.0e})");
-    assert!(e <= tol, "{name}: error {e:.3e} over {tol:.0e}");
 }
 
 /// `x[t, k] · w[m, k]ᵀ` in f64, rows of w spread over the cores.

@@ -19,6 +19,9 @@
 //! - GEMV (1-4 rows): 1e-5;
 //! - dequantize to bf16 + cuBLASLt (5+ rows, weights and x rounded to bf16): 1e-2.
 
+mod cuda_common;
+
+use cuda_common::{byte_perm, check, down, gpu, matmul_f64, poisoned, rel_err, rnd, up};
 use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,10 +31,6 @@ use sluice_backend::quant::{dequantize_row, quantize_row};
 use sluice_backend::{DType, Device, Tensor};
 
 const KQ: [DType; 2] = [DType::Q4_K, DType::Q6_K];
-
-fn rnd(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
 
 /// Weights with a different amplitude per row and a few outliers, as real matrices have.
 fn weights(rng: &mut ChaCha8Rng, m: usize, k: usize) -> Vec<f32> {
@@ -57,41 +56,6 @@ fn quantize(dtype: DType, w: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) 
     let mut deq = vec![0f32; m * k];
     dequantize_row(dtype, &bytes, &mut deq).unwrap();
     (bytes, deq)
-}
-
-fn matmul_f64(x: &[f32], w: &[f32], t: usize, m: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; t * m];
-    for i in 0..t {
-        let xr = &x[i * k..(i + 1) * k];
-        for j in 0..m {
-            let s: f64 = xr
-                .iter()
-                .zip(&w[j * k..(j + 1) * k])
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
-            out[i * m + j] = s as f32;
-        }
-    }
-    out
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
-    let mut worst = 0f64;
-    for (g, w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        worst = worst.max((*g as f64 - *w as f64).abs());
-    }
-    worst / scale
-}
-
-fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
-    let e = rel_err(got, want);
-    eprintln!("{name}: rel err {e:.2e} (tol {tol:.0e})");
-    assert!(e <= tol, "{name}: error {e:.3e} over {tol:.0e}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -182,15 +146,6 @@ fn the_documented_layout_dequantizes_to_the_host_values() {
             assert_eq!(a.to_bits(), b.to_bits(), "{dtype} element {i}: {a} vs {b}");
         }
     }
-}
-
-/// CUDA's `__byte_perm(x, y, s)`: byte n of the result is byte `s >> 4n & 7` of y:x.
-fn byte_perm(x: u32, y: u32, s: u32) -> u32 {
-    let v = ((y as u64) << 32) | x as u64;
-    (0..4).fold(0, |r, n| {
-        let sel = (s >> (4 * n)) & 7;
-        r | ((((v >> (8 * sel)) & 0xff) as u32) << (8 * n))
-    })
 }
 
 /// kq_float: byte `b` of v in bits 16..23 of a float with top byte 0x3F.
@@ -328,31 +283,6 @@ fn the_gemv_arithmetic_replayed_on_the_host_matches_f64() {
 
 // ---------------------------------------------------------------------------------------
 // GPU.
-
-fn gpu(weights: CudaWeightType) -> Option<Device> {
-    let required = std::env::var("SLUICE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    match Device::cuda(0, weights) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(!required, "SLUICE_REQUIRE_CUDA=1 but: {e}");
-            eprintln!("note: no CUDA device ({e}); skipping");
-            None
-        }
-    }
-}
-
-fn up(g: &Device, shape: &[usize], v: &[f32]) -> Tensor {
-    g.upload(&Tensor::from_f32_cpu(shape, v).unwrap()).unwrap()
-}
-
-fn poisoned(g: &Device, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    up(g, shape, &vec![f32::NAN; n])
-}
-
-fn down(g: &Device, t: &Tensor) -> Vec<f32> {
-    g.download(t).unwrap().as_f32().unwrap().to_vec()
-}
 
 /// The GGUF bytes of a device K-quant weight.
 fn download_gguf(g: &Device, w: &Tensor) -> Vec<u8> {

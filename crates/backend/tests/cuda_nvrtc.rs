@@ -35,3 +35,28 @@ fn every_kernel_compiles_with_nvrtc() {
         }
     }
 }
+
+/// Under programmatic dependent launch (sm_90+) a kernel's blocks may start before the
+/// previous kernel ends, so every kernel must call `pdl_entry()` (directly, or through
+/// the batch-1 GEMV skeleton, which prefetches weights first) before it touches shared
+/// buffers. A kernel without it would race; this check needs no GPU.
+#[test]
+fn every_kernel_waits_for_its_predecessor_first() {
+    let src = sluice_backend::cuda::kernel_source();
+    let mut kernels = 0;
+    for (at, _) in src.match_indices("extern \"C\" __global__") {
+        let rest = &src[at..];
+        let body = &rest[rest.find('{').expect("kernel body")..];
+        let head: String = body.chars().take(400).collect();
+        let name: String = rest.chars().take(160).collect();
+        let waits = head
+            .trim_start_matches('{')
+            .trim_start()
+            .starts_with("pdl_entry();")
+            || head.contains("gemv1_rows_body<");
+        assert!(waits, "kernel without pdl_entry() first: {name}");
+        kernels += 1;
+    }
+    assert!(kernels >= 30, "{kernels} kernels found");
+    assert!(src.contains("griddepcontrol.wait"));
+}

@@ -13,34 +13,13 @@
 //! - 16-bit weights through cuBLASLt (activations rounded to bf16/f16): 1e-2;
 //! - attention over a bf16 KV cache (K/V rounded to bf16): 2e-2; over f32: 1e-5.
 
+mod cuda_common;
+
+use cuda_common::{check, down, gpu, host, matmul_f64, poisoned, rel_err, rnd, up};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_backend::cuda::CudaWeightType;
 use sluice_backend::{AttentionParams, DType, Device, PagedAttentionMeta, RopeStyle, Tensor};
-
-fn gpu(weights: CudaWeightType) -> Option<Device> {
-    let required = std::env::var("SLUICE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    match Device::cuda(0, weights) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(!required, "SLUICE_REQUIRE_CUDA=1 but: {e}");
-            eprintln!("note: no CUDA device ({e}); skipping");
-            None
-        }
-    }
-}
-
-fn rnd(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-fn host(shape: &[usize], v: &[f32]) -> Tensor {
-    Tensor::from_f32_cpu(shape, v).unwrap()
-}
-
-fn up(g: &Device, shape: &[usize], v: &[f32]) -> Tensor {
-    g.upload(&host(shape, v)).unwrap()
-}
 
 fn up_i32(g: &Device, v: &[i32]) -> Tensor {
     let mut t = Tensor::zeros_cpu(DType::I32, &[v.len().max(1)]).unwrap();
@@ -54,34 +33,6 @@ fn host_i32(v: &[i32]) -> Tensor {
     t.as_i32_mut().unwrap()[..v.len()].copy_from_slice(v);
     t.set_len(v.len()).unwrap();
     t
-}
-
-fn poisoned(g: &Device, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    up(g, shape, &vec![f32::NAN; n])
-}
-
-fn down(g: &Device, t: &Tensor) -> Vec<f32> {
-    g.download(t).unwrap().as_f32().unwrap().to_vec()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
-    let mut worst = 0f64;
-    for (g, w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        worst = worst.max((*g as f64 - *w as f64).abs());
-    }
-    worst / scale
-}
-
-fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
-    let e = rel_err(got, want);
-    eprintln!("{name}: rel err {e:.2e} (tol {tol:.0e})");
-    assert!(e <= tol, "{name}: error {e:.3e} over {tol:.0e}");
 }
 
 fn cpu() -> Device {
@@ -107,19 +58,6 @@ fn weights16(dtype: DType, v: &[f32], shape: &[usize]) -> (Tensor, Vec<f32>) {
         back.push(r);
     }
     (Tensor::from_bytes_cpu(dtype, shape, &bytes).unwrap(), back)
-}
-
-fn matmul_f64(x: &[f32], w: &[f32], t: usize, m: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; t * m];
-    for i in 0..t {
-        for j in 0..m {
-            let s: f64 = (0..k)
-                .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
-                .sum();
-            out[i * m + j] = s as f32;
-        }
-    }
-    out
 }
 
 #[test]

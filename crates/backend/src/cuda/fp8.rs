@@ -204,7 +204,8 @@ fn host_quantize(t: &Tensor, inv: f32, dst: &mut [u8]) -> Result<()> {
 /// Threads per block of the FP8 kernels.
 const THREADS: u32 = 256;
 /// Offset of the quantized activations in the staging buffer; the amax (as u32 bits) and
-/// the activation scale sit at bytes 0 and 4 before them.
+/// the activation scale sit at bytes 0 and 16 before them (cuBLASLt's scale pointers
+/// are kept 16-byte aligned, like every other operand it is given).
 const STAGED_CODES: usize = 256;
 /// `CUBLAS_OP_T` of cublasOperation_t.
 const OP_T: i32 = 1;
@@ -223,8 +224,14 @@ struct Plan {
     a: lt_sys::cublasLtMatrixLayout_t,
     b: lt_sys::cublasLtMatrixLayout_t,
     d: lt_sys::cublasLtMatrixLayout_t,
-    algo: lt_sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's candidates, best first; `matmul` moves past any the library then
+    /// refuses to run (`first`).
+    algos: Vec<lt_sys::cublasLtMatmulAlgo_t>,
+    first: usize,
 }
+
+/// How many algorithms to ask the heuristic for.
+const ALGO_CANDIDATES: usize = 8;
 
 impl Plan {
     /// The descriptors of a plan (TRANSA = T: the "TN" layout FP8 needs; compute and
@@ -242,8 +249,8 @@ impl Plan {
             a: std::ptr::null_mut(),
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
-            // SAFETY: a plain-data struct of integers; overwritten by the heuristic below.
-            algo: unsafe { std::mem::zeroed() },
+            algos: Vec::new(),
+            first: 0,
         };
         // From here on `plan`'s Drop frees whatever was created if a step fails.
         plan.a = lt::create_matrix_layout(e4m3, ku, mu, k as i64).map_err(derr)?;
@@ -269,8 +276,12 @@ impl Plan {
         }
         let pref = lt::create_matmul_pref().map_err(derr)?;
         let ws = gemm.workspace().1 as u64;
-        // SAFETY: as above; the heuristic reads the live descriptors.
-        let heur = unsafe {
+        // SAFETY: as above; the heuristic reads the live descriptors and writes at most
+        // ALGO_CANDIDATES results into the zeroed plain-data array.
+        let found = unsafe {
+            let mut results: [lt_sys::cublasLtMatmulHeuristicResult_t; ALGO_CANDIDATES] =
+                std::mem::zeroed();
+            let mut count = 0i32;
             let set = lt::set_matmul_pref_attribute(
                 pref,
                 lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -278,7 +289,7 @@ impl Plan {
                 std::mem::size_of::<u64>(),
             );
             let h = set.and_then(|_| {
-                lt::get_matmul_algo_heuristic(
+                lt_sys::cublasLtMatmulAlgoGetHeuristic(
                     gemm.handle(),
                     desc,
                     plan.a,
@@ -286,17 +297,32 @@ impl Plan {
                     plan.d,
                     plan.d,
                     pref,
+                    ALGO_CANDIDATES as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
                 )
+                .result()
             });
             let _ = lt::destroy_matmul_pref(pref);
-            h
+            h.map(|_| {
+                results[..count.clamp(0, ALGO_CANDIDATES as i32) as usize]
+                    .iter()
+                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                    .map(|r| r.algo)
+                    .collect::<Vec<_>>()
+            })
         }
         .map_err(|e| {
             BackendError::Device(format!(
                 "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul: {e:?}"
             ))
         })?;
-        plan.algo = heur.algo;
+        if found.is_empty() {
+            return Err(BackendError::Device(format!(
+                "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul"
+            )));
+        }
+        plan.algos = found;
         Ok(plan)
     }
 }
@@ -396,15 +422,14 @@ impl Fp8Gemm {
         x_scale: sys::CUdeviceptr,
         w_scale: sys::CUdeviceptr,
     ) -> Result<()> {
-        let plans = self.lock()?;
+        let mut plans = self.lock()?;
         let p = plans
-            .get(&(m, n, k))
+            .get_mut(&(m, n, k))
             .ok_or_else(|| BackendError::Device(format!("no FP8 plan for {m}x{n}x{k}")))?;
         let (ws, ws_len) = gemm.workspace();
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the scale attributes hold device pointers (`void*`), passed by address
-        // and copied by cuBLASLt; the operands are live device buffers of the planned
-        // shapes (checked by `matmul`), the scales live f32s; C = D with beta = 0.
+        // and copied by cuBLASLt.
         unsafe {
             lt::set_matmul_desc_attribute(
                 p.desc,
@@ -420,26 +445,47 @@ impl Fp8Gemm {
                 std::mem::size_of::<sys::CUdeviceptr>(),
             )
             .map_err(derr)?;
-            lt::matmul(
-                gemm.handle(),
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                w as *const c_void,
-                p.a,
-                x as *const c_void,
-                p.b,
-                out as *const c_void,
-                p.d,
-                out as *mut c_void,
-                p.d,
-                &p.algo,
-                ws as *mut c_void,
-                ws_len,
-                stream as lt_sys::cudaStream_t,
-            )
         }
-        .map_err(derr)
+        // cuBLASLt can rank an algorithm first and then refuse to run it (NOT_SUPPORTED
+        // on an H100 with cuBLASLt 13, session 5): the next candidates are tried, and the
+        // first that runs is kept for this shape. A refused call launches nothing.
+        let mut last = None;
+        while p.first < p.algos.len() {
+            // SAFETY: the operands are live device buffers of the planned shapes
+            // (checked by `matmul_fp8`), the scales live f32s; C = D with beta = 0.
+            let r = unsafe {
+                lt::matmul(
+                    gemm.handle(),
+                    p.desc,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    w as *const c_void,
+                    p.a,
+                    x as *const c_void,
+                    p.b,
+                    out as *const c_void,
+                    p.d,
+                    out as *mut c_void,
+                    p.d,
+                    &p.algos[p.first],
+                    ws as *mut c_void,
+                    ws_len,
+                    stream as lt_sys::cudaStream_t,
+                )
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.0 == lt_sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED => {
+                    last = Some(e);
+                    p.first += 1;
+                }
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        Err(BackendError::Device(format!(
+            "cuBLASLt refused all {} FP8 algorithms for a {m}x{n}x{k} matmul: {last:?}",
+            p.algos.len()
+        )))
     }
 }
 
@@ -554,7 +600,7 @@ impl CudaBackend {
         n: usize,
     ) -> Result<(sys::CUdeviceptr, sys::CUdeviceptr)> {
         let base = self.scratch_ptr(STAGED_CODES + n)?;
-        let (amax, scale, codes) = (base, base + 4, base + STAGED_CODES as u64);
+        let (amax, scale, codes) = (base, base + 16, base + STAGED_CODES as u64);
         // SAFETY: the first 4 bytes of the staging buffer, on our stream.
         unsafe { drv::memset_d8_async(amax, 0, 4, self.stream) }.map_err(derr)?;
         let nl = n as i64;

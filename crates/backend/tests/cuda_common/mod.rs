@@ -1,5 +1,6 @@
 //! Helpers shared by the CUDA test files: a GPU or a skip note, random inputs, uploads
-//! and downloads, and the error measure the tolerances are stated in.
+//! and downloads, the error measure the tolerances are stated in, and CUDA's
+//! `__byte_perm` for the host replays of kernel arithmetic.
 #![allow(dead_code)]
 
 use rand::Rng;
@@ -75,4 +76,13 @@ pub fn matmul_f64(x: &[f32], w: &[f32], t: usize, m: usize, k: usize) -> Vec<f32
         }
     }
     out
+}
+
+/// CUDA's `__byte_perm(x, y, s)`: byte n of the result is byte `s >> 4n & 7` of y:x.
+pub fn byte_perm(x: u32, y: u32, s: u32) -> u32 {
+    let v = ((y as u64) << 32) | x as u64;
+    (0..4).fold(0, |r, n| {
+        let sel = (s >> (4 * n)) & 7;
+        r | ((((v >> (8 * sel)) & 0xff) as u32) << (8 * n))
+    })
 }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One device call: every CUDA test, then the batch-1 decode step with programmatic
+# dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
+# switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
+# bandwidth measured in the same call.
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [batched] [fp8]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/sluice-out}
+mkdir -p "$OUT"
+what=${*:-tests ab}
+if [[ " $what " == *" tests "* ]]; then bash scripts/cuda/device_run.sh tests; else bash scripts/cuda/device_run.sh none >/dev/null 2>&1; fi
+B=/tmp/sluice-bin/sluice
+export SLUICE_CUDA_CACHE=/tmp/sluice-cuda-cache
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+python3 - <<'PY' | tee -a "$OUT/copy_bw.txt"
+import torch
+x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+torch.cuda.synchronize(); s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+print(f"device copy: {2 * x.numel() / (s.elapsed_time(e) / 20) / 1e6:.0f} GB/s (read + write)")
+PY
+q() { echo "=== $*" | tee -a "$OUT/pdl.txt"; timeout 300 env "$@" 2>&1 | grep -E "tg|pp|tok/s|decode|prefill|warn|error|Error" | tail -8 | tee -a "$OUT/pdl.txt"; }
+if [[ " $what " == *" ab "* ]]; then
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_PDL=0 SLUICE_FUSED_DECODE=0" "SLUICE_PDL=0 SLUICE_FUSED_DECODE=1" "SLUICE_PDL=1 SLUICE_FUSED_DECODE=0" "SLUICE_PDL=1 SLUICE_FUSED_DECODE=1"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+  q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 -p 512 -n 128 -b 1 -r 3
+  q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 -p 512 -n 128 -b 1 -r 3
+fi
+if [[ " $what " == *" batched "* ]]; then
+  q SLUICE_PDL=0 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 8,32,64 -r 1
+  q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 8,32,64 -r 1
+  for b in 32 64; do
+    q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1
+  done
+fi
+if [[ " $what " == *" fp8 "* ]]; then
+  CUBLASLT_LOG_LEVEL=5 CUBLASLT_LOG_FILE=$OUT/cublaslt-%i.log timeout 120 /tmp/sluice-bin/test-cuda_fp8 --nocapture --test-threads=1 fp8_gemm_matches 2>&1 | grep -E "path|fallback|FP8|test result" | head -20 | tee -a "$OUT/pdl.txt"
+  grep -h -iE "error|not.supported|fail" $OUT/cublaslt-*.log 2>/dev/null | head -20 | tee -a "$OUT/pdl.txt"
+  q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 -p 512 -n 128 -b 8,32,64 -r 1
+  q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2
+  q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --batch-size 16 --input-len 1024 --output-len 2 -r 2
+fi
