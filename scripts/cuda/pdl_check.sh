@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [batched] [fp8]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [profile64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -33,6 +33,20 @@ if [[ " $what " == *" ab "* ]]; then
   q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 -p 512 -n 128 -b 1 -r 3
   q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 -p 512 -n 128 -b 1 -r 3
 fi
+if [[ " $what " == *" ab2 "* ]]; then # against the previous build (.devbin/sluice-old, staged by hand) and the prefetch size
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=old" "SLUICE_GEMV_PREFETCH=0" "SLUICE_GEMV_PREFETCH=8388608" "SLUICE_GEMV_PREFETCH=25165824"; do
+      bin=$B; [ "$cfg" = "X=old" ] && bin=/tmp/sluice-bin/sluice-old
+      q $cfg $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+fi
+if [[ " $what " == *" sweep "* ]]; then # prefetch sizes around the default (8 MiB)
+  for pf in 4194304 12582912 16777216; do
+    q SLUICE_GEMV_PREFETCH=$pf $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 3
+  done
+  q X=default $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 3
+fi
 if [[ " $what " == *" batched "* ]]; then
   q SLUICE_PDL=0 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 8,32,64 -r 1
   q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 8,32,64 -r 1
@@ -46,4 +60,10 @@ if [[ " $what " == *" fp8 "* ]]; then
   q SLUICE_PDL=1 $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 -p 512 -n 128 -b 8,32,64 -r 1
   q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2
   q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --batch-size 16 --input-len 1024 --output-len 2 -r 2
+fi
+if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
+  timeout 400 $NCU $M --launch-count 2600 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 4 -r 1 > "$OUT/ncu-b64.csv" 2> "$OUT/ncu-b64.err"
+  python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b64.csv" --step-marker embedding --title "decode 8B b64 ctx 512" | tee -a "$OUT/profile.md"
 fi

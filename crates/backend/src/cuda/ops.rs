@@ -297,11 +297,12 @@ impl CudaBackend {
         let rows_per_block = ((THREADS / 32) / wpr) as usize * GEMV_ROWS_PER_WARP;
         let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
+        let prefetch = self.gemv_prefetch;
         self.launch(
             f,
             (m.div_ceil(rows_per_block) as u32, 1, 1),
             THREADS,
-            &mut args![px, pw, po, mi, ki, wpr_i, gamma, eps, acc],
+            &mut args![px, pw, po, mi, ki, wpr_i, gamma, eps, acc, prefetch],
         )
     }
 

@@ -364,21 +364,19 @@ struct RowQ8_0 {
     __device__ __forceinline__ static float out_scale(const unsigned char*, int, int) { return 1.0f; }
 };
 
-// Weight bytes below this offset are prefetched into L2 before pdl_entry(): about what
-// the blocks resident ahead of time can use; more would only evict itself from L2.
-#define GEMV_PREFETCH_LIMIT (24L << 20)
 
 template <class P, int RPW, bool NORM>
 __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                 float* __restrict__ out, int M, int K, int wpr,
-                                                const float* __restrict__ gamma, float eps, int accumulate) {
+                                                const float* __restrict__ gamma, float eps, int accumulate,
+                                                long prefetch) {
     const int N = P::N;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rows_per_block = (8 / wpr) * RPW;
     if (threadIdx.x == 0) {
         const long rb = P::row_bytes(K);
         const long first = (long)blockIdx.x * rows_per_block * rb;
-        const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, GEMV_PREFETCH_LIMIT);
+        const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, prefetch);
         if (first < end && rb % 16 == 0) prefetch_l2(w + first, (unsigned int)(end - first));
     }
     pdl_entry();
@@ -432,15 +430,17 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
-// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate): gamma null for a plain
-// product (cuda/ops.rs `launch_gemv1`).
+// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch): gamma null for a
+// plain product; weight bytes below offset `prefetch` are prefetched into L2 before
+// pdl_entry() (0 without PDL, where the prefetch would only duplicate the loads that
+// follow it; cuda/ops.rs `launch_gemv1`).
 #define GEMV_RPW 4
 #define GEMV1_ROWS(NAME, P) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
                                                        int K, int wpr, const float* gamma, float eps, \
-                                                       int accumulate) { \
-    if (gamma) gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate); \
-    else gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate); \
+                                                       int accumulate, long prefetch) { \
+    if (gamma) gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+    else gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
 }
 GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>)
 GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>)
