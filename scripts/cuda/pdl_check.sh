@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [profile64]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [profile64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -61,9 +61,19 @@ if [[ " $what " == *" fp8 "* ]]; then
   q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2
   q SLUICE_PDL=1 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --batch-size 16 --input-len 1024 --output-len 2 -r 2
 fi
+if [[ " $what " == *" latency "* ]]; then # llama-batched-bench's setting, bf16
+  for b in 1 32 64; do
+    q $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1
+  done
+fi
+if [[ " $what " == *" offline_fp8 "* ]]; then # TensorRT-LLM's published setting (FP8 weights there too)
+  echo "=== offline throughput 8B FP8 1000 x 1024/1024" | tee -a "$OUT/pdl.txt"
+  timeout 300 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --input-len 1024 --output-len 1024 \
+    --num-prompts 1000 --max-num-seqs 256 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -14 | tee -a "$OUT/pdl.txt"
+fi
 if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
-  timeout 400 $NCU $M --launch-count 2600 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 4 -r 1 > "$OUT/ncu-b64.csv" 2> "$OUT/ncu-b64.err"
+  timeout 280 $NCU $M --launch-count 2000 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 3 -r 1 > "$OUT/ncu-b64.csv" 2> "$OUT/ncu-b64.err"
   python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b64.csv" --step-marker embedding --title "decode 8B b64 ctx 512" | tee -a "$OUT/profile.md"
 fi
