@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [profile64]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [profile64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -70,6 +70,18 @@ if [[ " $what " == *" offline_fp8 "* ]]; then # TensorRT-LLM's published setting
   echo "=== offline throughput 8B FP8 1000 x 1024/1024" | tee -a "$OUT/pdl.txt"
   timeout 300 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --input-len 1024 --output-len 1024 \
     --num-prompts 1000 --max-num-seqs 256 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -14 | tee -a "$OUT/pdl.txt"
+fi
+if [[ " $what " == *" final "* ]]; then # this build's headline figures on one card
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    q $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    q $B bench model --device cuda --random-weights $preset --dtype fp8 -p 512 -n 128 -b 1 -r 3
+  done
+  for dt in bf16 fp8; do
+    for b in 32 64; do
+      q $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size $b --input-len 512 --output-len 128 -r 1
+    done
+    q $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size 16 --input-len 1024 --output-len 2 -r 2
+  done
 fi
 if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
