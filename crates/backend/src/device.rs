@@ -381,7 +381,7 @@ impl Device {
 
     /// Whether `rms_norm_matmul` and `matmul_accumulate` run for `rows` rows of x
     /// against `w`: on CUDA, one row (a batch-1 decode step) and a weight whose GEMV
-    /// folds the norm and the residual add in (bf16, f16, f32, Q8_0, FP8). The fusions
+    /// folds the norm and the residual add in at a gain (bf16, f16, f32, FP8). The fusions
     /// save the norm kernels between the projections; the CPU has no use for them.
     pub fn fuses_decode_matmul(&self, w: &Tensor, rows: usize) -> bool {
         match self {

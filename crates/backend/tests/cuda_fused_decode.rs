@@ -42,7 +42,10 @@ fn fused_norm_and_residual_gemvs_match_the_unfused_ops() {
                 .load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
                 .unwrap();
             assert_eq!(w.dtype(), dtype, "{wt:?} weight type");
-            assert!(g.fuses_decode_matmul(&w, 1), "{dtype} m={m} k={k} fuses");
+            // Q8_0's fused GEMV runs but is slower than the norm kernel and the plain
+            // GEMV, so the model is told not to use it.
+            let fuses = dtype != DType::Q8_0;
+            assert_eq!(g.fuses_decode_matmul(&w, 1), fuses, "{dtype} m={m} k={k}");
             assert!(!g.fuses_decode_matmul(&w, 2), "two rows do not fuse");
             // Residual-stream scale (RMS ~ 3) so that the norm really rescales.
             let x = up(&g, &[1, k], &rnd(&mut rng, k, 5.0));

@@ -306,13 +306,18 @@ impl CudaBackend {
         )
     }
 
-    /// Whether `rms_norm_matmul` and `matmul_accumulate` can run for `rows` rows of x
-    /// against `w`: one row, and a weight type whose batch-1 GEMV has the fusions
-    /// (`SLUICE_FUSED_DECODE=0` turns them off, for comparisons).
+    /// Whether a batch-1 decode step should use `rms_norm_matmul` and `matmul_accumulate`
+    /// for `rows` rows of x against `w`: one row, and a weight type whose fused GEMV pays
+    /// (`SLUICE_FUSED_DECODE=0` turns them off, for comparisons). Not Q8_0: its GEMV is
+    /// bound by L1 loads (x, and the block scales), and the norm's gamma adds as many
+    /// again; on an H100 (tokens/s, batch 1, unfused against fused) 8B Q8_0 253.6 against
+    /// 224.7 and 1B 1,047 against 988, while FP8 (266.5 / 264.6, 1,068 / 1,089) is even
+    /// and bf16 gains (docs/BENCHMARKS.md). The kernels still take Q8_0 when asked.
     pub fn fuses_decode_matmul(&self, w: &Tensor, rows: usize) -> bool {
         rows == 1
             && self.fused_decode
             && w.shape().len() == 2
+            && w.dtype() != DType::Q8_0
             && self.gemv1_kernel(w.dtype(), w.cols()).is_some()
     }
 
@@ -335,7 +340,7 @@ impl CudaBackend {
             )));
         }
         match self.gemv1_kernel(w.dtype(), k) {
-            Some(f) if self.fuses_decode_matmul(w, 1) => Ok((m, k, f)),
+            Some(f) => Ok((m, k, f)),
             _ => Err(BackendError::Unsupported {
                 op,
                 dtype: w.dtype(),
