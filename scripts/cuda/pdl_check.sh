@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [profile64]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [profile64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -81,6 +81,14 @@ if [[ " $what " == *" final "* ]]; then # this build's headline figures on one c
       q $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size $b --input-len 512 --output-len 128 -r 1
     done
     q $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size 16 --input-len 1024 --output-len 2 -r 2
+  done
+fi
+if [[ " $what " == *" prefill_ab "* ]]; then # the vectorised staging/GLU kernels against the previous build (.devbin/sluice-old)
+  for bin in /tmp/sluice-bin/sluice-old $B /tmp/sluice-bin/sluice-old $B; do
+    q $bin bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2
+  done
+  for bin in /tmp/sluice-bin/sluice-old $B; do
+    q $bin bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1
   done
 fi
 if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone

@@ -66,7 +66,13 @@ fn matmul_matches_reference_for_every_weight_type_and_row_count() {
         return;
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    for &(m, k) in &[(77usize, 64usize), (200, 576), (33, 264), (1000, 1536)] {
+    for &(m, k) in &[
+        (77usize, 64usize),
+        (200, 576),
+        (33, 264),
+        (1000, 1536),
+        (19, 37),
+    ] {
         for &t in &[1usize, 2, 3, 4, 5, 17, 64] {
             let x = rnd(&mut rng, t * k, 1.0);
             let wv = rnd(&mut rng, m * k, 0.5);

@@ -69,7 +69,21 @@ impl CudaBackend {
         self.bind()?;
         let (pg, po) = (cuda_buf(gate_up)?.ptr(), cuda_buf(out)?.ptr());
         let n = out.numel();
-        let (nl, fi, si) = (n as i64, f as i32, i32::from(silu));
+        let (fi, si) = (f as i32, i32::from(silu));
+        let t = out.rows();
+        if f.is_multiple_of(4) && t > 0 && t <= i32::MAX as usize {
+            // Four columns per thread, one grid row per token row (grid-stride past
+            // 65,535 rows).
+            let ti = t as i32;
+            let grid = ((f / 4).div_ceil(256) as u32, t.min(65_535) as u32, 1);
+            return self.launch(
+                self.kernels.glu_packed4_kernel,
+                grid,
+                256,
+                &mut args![pg, po, ti, fi, si],
+            );
+        }
+        let nl = n as i64;
         self.launch_1d(
             self.kernels.glu_packed_kernel,
             n,

@@ -255,6 +255,7 @@ kernels!(
     gemv_f32_4,
     attention_merge_kernel,
     glu_packed_kernel,
+    glu_packed4_kernel,
     gemv_q8_0_2,
     gemv_q8_0_3,
     gemv_q8_0_4,

@@ -232,8 +232,7 @@ impl CudaBackend {
                 } else {
                     self.kernels.f32_to_f16_kernel
                 };
-                let nl = n as i64;
-                self.launch_1d(f, n, &mut args![px, staged, nl])?;
+                self.stage_half(f, px, staged, n)?;
                 staged
             }
         };
@@ -431,14 +430,22 @@ impl CudaBackend {
     ) -> Result<()> {
         let n = t * k;
         let staged = self.scratch_ptr(n * 2)?;
-        let nl = n as i64;
-        self.launch_1d(
-            self.kernels.f32_to_bf16_kernel,
-            n,
-            &mut args![px, staged, nl],
-        )?;
+        self.stage_half(self.kernels.f32_to_bf16_kernel, px, staged, n)?;
         self.gemm
             .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
+    }
+
+    /// Converts `n` f32 activations at `px` to bf16/f16 at `staged` with
+    /// `f32_to_bf16_kernel` / `f32_to_f16_kernel` (eight elements per thread).
+    fn stage_half(
+        &self,
+        f: sys::CUfunction,
+        px: sys::CUdeviceptr,
+        staged: sys::CUdeviceptr,
+        n: usize,
+    ) -> Result<()> {
+        let nl = n as i64;
+        self.launch_1d(f, n.div_ceil(8), &mut args![px, staged, nl])
     }
 
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
