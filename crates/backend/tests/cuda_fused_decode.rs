@@ -155,3 +155,87 @@ fn fused_decode_ops_refuse_what_they_cannot_do() {
         .matmul_accumulate(&host(&[1, k], &vec![1.0; k]), &wc, &mut oc)
         .is_err());
 }
+
+/// A GEMM fed by a norm or the GLU takes the bf16 copy those kernels wrote next to their
+/// f32 output ("staged activations", cuda/ops.rs) instead of converting the input
+/// itself: the result must be bit for bit what converting the same f32 values gives
+/// (the same rounding), for bf16 and Q8_0 weights (whose dequantization runs between the
+/// producer and the GEMM). And a kernel that changes the tensor in between must stop the
+/// GEMM from taking the stale copy.
+#[test]
+fn staged_activations_equal_converting_and_go_stale_on_any_other_kernel() {
+    let mut rng = ChaCha8Rng::seed_from_u64(74);
+    for wt in [CudaWeightType::Bf16, CudaWeightType::Q8_0] {
+        let Some(g) = gpu(wt) else {
+            return;
+        };
+        let (t, k, m, f) = (37usize, 256usize, 96usize, 64usize);
+        let w = g
+            .load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
+            .unwrap();
+        let wd = g
+            .load_weight(host(&[m, f], &rnd(&mut rng, m * f, 0.5)))
+            .unwrap();
+        let gamma = up(&g, &[k], &rnd(&mut rng, k, 1.5));
+        // The reference: the same f32 input uploaded fresh, so the GEMM converts it.
+        let converted = |x: &sluice_backend::Tensor, w: &sluice_backend::Tensor, rows, cols| {
+            let fresh = up(&g, &[rows, cols], &down(&g, x));
+            let mut out = poisoned(&g, &[rows, w.rows()]);
+            g.matmul(&fresh, w, &mut out).unwrap();
+            down(&g, &out)
+        };
+        let same = |name: &str, got: Vec<f32>, want: Vec<f32>| {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{name} ({wt:?})");
+        };
+
+        let x = up(&g, &[t, k], &rnd(&mut rng, t * k, 3.0));
+        // Grows the scratch buffers first (a reallocation rightly drops a staged copy).
+        converted(&x, &w, t, k);
+        let backend = match &g {
+            Device::Cuda(b) => b,
+            Device::Cpu(_) => unreachable!("a CUDA device"),
+        };
+        let uses = backend.staged_gemm_inputs();
+        let mut normed = poisoned(&g, &[t, k]);
+        g.rms_norm(&x, &gamma, 1e-5, &mut normed).unwrap();
+        let mut out = poisoned(&g, &[t, m]);
+        g.matmul(&normed, &w, &mut out).unwrap();
+        // Twice from one norm (separate Q/K/V projections share the copy).
+        let mut again = poisoned(&g, &[t, m]);
+        g.matmul(&normed, &w, &mut again).unwrap();
+        let want = converted(&normed, &w, t, k);
+        same("norm -> GEMM", down(&g, &out), want.clone());
+        same("norm -> second GEMM", down(&g, &again), want);
+
+        let mut resid = up(&g, &[t, k], &rnd(&mut rng, t * k, 3.0));
+        let delta = up(&g, &[t, k], &rnd(&mut rng, t * k, 1.0));
+        g.add_rms_norm(&mut resid, &delta, &gamma, 1e-5, &mut normed)
+            .unwrap();
+        g.matmul(&normed, &w, &mut out).unwrap();
+        same(
+            "add+norm -> GEMM",
+            down(&g, &out),
+            converted(&normed, &w, t, k),
+        );
+
+        let gu = up(&g, &[t, 2 * f], &rnd(&mut rng, t * 2 * f, 2.0));
+        let mut act = poisoned(&g, &[t, f]);
+        g.glu_packed(&gu, &mut act, true).unwrap();
+        let mut out_d = poisoned(&g, &[t, m]);
+        g.matmul(&act, &wd, &mut out_d).unwrap();
+        same("GLU -> GEMM", down(&g, &out_d), converted(&act, &wd, t, f));
+
+        // A kernel in between changes the input: the copy is stale and must not be used.
+        g.rms_norm(&x, &gamma, 1e-5, &mut normed).unwrap();
+        g.scale_inplace(&mut normed, -2.0).unwrap();
+        g.matmul(&normed, &w, &mut out).unwrap();
+        same(
+            "norm, scale -> GEMM",
+            down(&g, &out),
+            converted(&normed, &w, t, k),
+        );
+        // Norm (twice), add+norm and GLU took the copy; the stale case did not.
+        assert_eq!(backend.staged_gemm_inputs() - uses, 4, "{wt:?}");
+    }
+}

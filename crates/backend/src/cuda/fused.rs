@@ -76,12 +76,15 @@ impl CudaBackend {
             // 65,535 rows).
             let ti = t as i32;
             let grid = ((f / 4).div_ceil(256) as u32, t.min(65_535) as u32, 1);
-            return self.launch(
+            let staged = self.staging_for(n, t)?;
+            self.launch(
                 self.kernels.glu_packed4_kernel,
                 grid,
                 256,
-                &mut args![pg, po, ti, fi, si],
-            );
+                &mut args![pg, po, ti, fi, si, staged],
+            )?;
+            self.set_staged(po, n, staged);
+            return Ok(());
         }
         let nl = n as i64;
         self.launch_1d(

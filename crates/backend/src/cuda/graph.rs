@@ -50,6 +50,7 @@ impl CudaBackend {
     /// buffers refuse to grow and say so).
     pub fn begin_capture(&self) -> Result<()> {
         self.bind()?;
+        self.clear_staged();
         // SAFETY: our own stream; thread-local mode lets other threads keep using CUDA.
         unsafe {
             drv::stream::begin_capture(
@@ -66,6 +67,7 @@ impl CudaBackend {
     /// usable again even when recording failed.
     pub fn end_capture(&self) -> Result<CudaGraph> {
         self.bind()?;
+        self.clear_staged();
         self.capturing.store(false, Ordering::SeqCst);
         // SAFETY: our own stream, in capture mode since `begin_capture`.
         let graph = unsafe { drv::stream::end_capture(self.stream) }.map_err(derr)?;
@@ -100,6 +102,8 @@ impl CudaBackend {
             ));
         }
         self.bind()?;
+        // The replay's kernels may overwrite the activation scratch.
+        self.clear_staged();
         // SAFETY: an instantiated graph of this context on our stream.
         unsafe { drv::graph::launch(g.exec, self.stream) }.map_err(derr)
     }

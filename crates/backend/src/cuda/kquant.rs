@@ -304,7 +304,14 @@ impl CudaBackend {
             }
         };
         let (mi, ki) = (m as i32, k as i32);
-        self.launch_1d(f, m * k / per_thread, &mut args![pw, out, mi, ki])
+        // The dequantized weight goes to `out` (the weight scratch), never to the
+        // activation scratch: a staged bf16 copy of the GEMM's input stays valid.
+        let staged = self.staged.lock().ok().and_then(|g| *g);
+        self.launch_1d(f, m * k / per_thread, &mut args![pw, out, mi, ki])?;
+        if let Some(s) = staged {
+            self.set_staged(s.src, s.n, s.dst);
+        }
+        Ok(())
     }
 
     /// A new bf16 device copy of a quantized device weight (Q8_0, Q4_K or Q6_K), through

@@ -83,6 +83,14 @@ impl Drop for CudaBuffer {
     }
 }
 
+/// `src` (f32, `n` elements) also exists as bf16 at `dst` in the activation scratch.
+#[derive(Clone, Copy)]
+pub(crate) struct StagedActivations {
+    pub src: sys::CUdeviceptr,
+    pub n: usize,
+    pub dst: sys::CUdeviceptr,
+}
+
 /// Weight element type on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
@@ -176,6 +184,14 @@ pub struct CudaBackend {
     gemv_prefetch: i64,
     /// Fused batch-1 norm + GEMV and GEMV + residual (unless `SLUICE_FUSED_DECODE=0`).
     fused_decode: bool,
+    /// A bf16 copy of an f32 activation tensor that the kernel just launched wrote next to
+    /// it, for the GEMM that consumes it (see `ops.rs`, "staged activations"). Cleared
+    /// by every other launch, so it only ever describes the latest kernel's output.
+    staged: Mutex<Option<StagedActivations>>,
+    /// Producers write the bf16 copies (unless `SLUICE_STAGED_ACTIVATIONS=0`).
+    stage_activations: bool,
+    /// GEMM inputs taken from a staged copy so far (for tests).
+    staged_uses: AtomicU64,
     /// Set while the stream is being captured into a graph (see graph.rs).
     capturing: AtomicBool,
     /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
@@ -235,6 +251,18 @@ impl CudaBackend {
             pdl,
             gemv_prefetch,
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
+            staged: Mutex::new(None),
+            staged_uses: AtomicU64::new(0),
+            // Only where the GEMMs take bf16 input (not f16, f32 or FP8 weights).
+            stage_activations: matches!(
+                weight_type,
+                CudaWeightType::Auto
+                    | CudaWeightType::Bf16
+                    | CudaWeightType::Q8_0
+                    | CudaWeightType::Q4_K
+                    | CudaWeightType::Q6_K
+            ) && std::env::var("SLUICE_STAGED_ACTIVATIONS")
+                .map_or(true, |v| v != "0"),
             capturing: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
         })
@@ -242,6 +270,18 @@ impl CudaBackend {
 
     pub fn describe(&self) -> String {
         format!("cuda: {}", self.name)
+    }
+
+    pub(crate) fn clear_staged(&self) {
+        if let Ok(mut g) = self.staged.lock() {
+            *g = None;
+        }
+    }
+
+    /// How many GEMM inputs came from a staged bf16 copy instead of a conversion (see
+    /// ops.rs, "staged activations").
+    pub fn staged_gemm_inputs(&self) -> u64 {
+        self.staged_uses.load(Ordering::SeqCst)
     }
 
     /// Whether kernels are launched with programmatic dependent launch.
@@ -510,6 +550,7 @@ impl CudaBackend {
             }
             // Make sure no queued kernel still reads the old buffer before it is freed.
             self.synchronize()?;
+            self.clear_staged();
             *guard = Some(self.alloc(len.next_power_of_two())?);
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
@@ -524,6 +565,9 @@ impl CudaBackend {
         block: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        // Whatever this kernel writes, a staged bf16 copy no longer describes the latest
+        // output; a producer sets it again after its launch.
+        self.clear_staged();
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! launch each (matmul: our GEMV for up to 4 rows, else cuBLASLt).
 
 use std::ffi::c_void;
+use std::sync::atomic::Ordering;
 
 use cudarc::driver::sys;
 
@@ -222,9 +223,15 @@ impl CudaBackend {
             };
             return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
-        let xin = match w.dtype() {
-            DType::F32 => px,
-            d => {
+        let staged = if w.dtype() == DType::BF16 {
+            self.staged_copy(px, t * k)
+        } else {
+            None
+        };
+        let xin = match (w.dtype(), staged) {
+            (DType::F32, _) => px,
+            (DType::BF16, Some(staged)) => staged,
+            (d, _) => {
                 let n = t * k;
                 let staged = self.scratch_ptr(n * 2)?;
                 let f = if d == DType::BF16 {
@@ -429,8 +436,14 @@ impl CudaBackend {
         k: usize,
     ) -> Result<()> {
         let n = t * k;
-        let staged = self.scratch_ptr(n * 2)?;
-        self.stage_half(self.kernels.f32_to_bf16_kernel, px, staged, n)?;
+        let staged = match self.staged_copy(px, n) {
+            Some(s) => s,
+            None => {
+                let staged = self.scratch_ptr(n * 2)?;
+                self.stage_half(self.kernels.f32_to_bf16_kernel, px, staged, n)?;
+                staged
+            }
+        };
         self.gemm
             .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
     }
@@ -446,6 +459,45 @@ impl CudaBackend {
     ) -> Result<()> {
         let nl = n as i64;
         self.launch_1d(f, n.div_ceil(8), &mut args![px, staged, nl])
+    }
+
+    // Staged activations. Between ops activations are f32, and a cuBLASLt GEMM needs its
+    // input in bf16: a conversion pass per GEMM (11% of a large prefill step on an H200).
+    // The producers of GEMM inputs (the norms, the GLU) write a bf16 copy into the
+    // activation scratch as they go, and record it; the GEMM that comes right after uses
+    // it instead of converting. Any other kernel launch, a graph launch or capture, and a
+    // scratch reallocation clear the record, so a GEMM only ever takes the copy of the
+    // latest kernel's output, made by that kernel (cuBLASLt calls in between do not
+    // write the scratch: the Q/K/V projections of one norm share it).
+
+    /// Where a producer of `n` activations in `rows` rows should write their bf16 copy:
+    /// the activation scratch when a GEMM (more than 4 rows) may consume them, else 0.
+    pub(super) fn staging_for(&self, n: usize, rows: usize) -> Result<sys::CUdeviceptr> {
+        if !self.stage_activations || rows <= 4 || n == 0 {
+            return Ok(0);
+        }
+        self.scratch_ptr(n * 2)
+    }
+
+    /// Records that `dst` holds `src`'s `n` activations in bf16 (after the producer's
+    /// launch; nothing when `dst` is 0).
+    pub(super) fn set_staged(&self, src: sys::CUdeviceptr, n: usize, dst: sys::CUdeviceptr) {
+        if dst == 0 {
+            return;
+        }
+        if let Ok(mut g) = self.staged.lock() {
+            *g = Some(super::StagedActivations { src, n, dst });
+        }
+    }
+
+    /// The bf16 copy of `src`'s `n` activations, if the latest kernel wrote one.
+    fn staged_copy(&self, src: sys::CUdeviceptr, n: usize) -> Option<sys::CUdeviceptr> {
+        let g = self.staged.lock().ok()?;
+        let dst = g.filter(|s| s.src == src && s.n == n).map(|s| s.dst);
+        if dst.is_some() {
+            self.staged_uses.fetch_add(1, Ordering::SeqCst);
+        }
+        dst
     }
 
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
@@ -483,12 +535,15 @@ impl CudaBackend {
         let (px, pd, pw, po) = (ptr(x)?, ptr(delta)?, ptr(w)?, ptr(out)?);
         let c = cols as i32;
         let threads = (cols.next_power_of_two() as u32).clamp(32, 1024);
+        let staged = self.staging_for(x.numel(), rows)?;
         self.launch(
             self.kernels.add_rms_norm_kernel,
             (rows as u32, 1, 1),
             threads,
-            &mut args![px, pd, pw, po, c, eps],
-        )
+            &mut args![px, pd, pw, po, c, eps, staged],
+        )?;
+        self.set_staged(po, x.numel(), staged);
+        Ok(())
     }
 
     fn rms_norm_ptrs(
@@ -510,12 +565,15 @@ impl CudaBackend {
         let pw = ptr(w)?;
         let c = cols as i32;
         let threads = (cols.next_power_of_two() as u32).clamp(32, 1024);
+        let staged = self.staging_for(numel, rows)?;
         self.launch(
             self.kernels.rms_norm_kernel,
             (rows as u32, 1, 1),
             threads,
-            &mut args![px, pw, po, c, eps],
-        )
+            &mut args![px, pw, po, c, eps, staged],
+        )?;
+        self.set_staged(po, numel, staged);
+        Ok(())
     }
 
     pub fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {

@@ -45,7 +45,11 @@ extern "C" __global__ void f32_to_f16_kernel(const float* x, f16_t* y, long n) {
 
 // out = x / sqrt(mean(x^2) + eps) * w over rows of `cols`; one block per row.
 // `out` may alias `x` (each element is read before it is written by the same thread).
-extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps) { pdl_entry();
+// `staged` (may be null): a bf16 copy of `out` as well, for the cuBLASLt GEMM that
+// consumes it (cuda/ops.rs "staged activations": the GEMM then skips its own f32-to-bf16
+// pass over `out`).
+extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps,
+                                           bf16_t* staged) { pdl_entry();
     __shared__ float scratch[32];
     const float* xr = x + (long)blockIdx.x * cols;
     float* orow = out + (long)blockIdx.x * cols;
@@ -53,13 +57,18 @@ extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float
     for (int i = threadIdx.x; i < cols; i += blockDim.x) { float v = xr[i]; ss += v * v; }
     ss = block_sum(ss, scratch);
     float inv = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+    bf16_t* srow = staged ? staged + (long)blockIdx.x * cols : nullptr;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = xr[i] * inv * w[i];
+        orow[i] = v;
+        if (srow) srow[i] = f32_to_bf16(v);
+    }
 }
 
 // x += y, then out = rms_norm(x) * w, per row: the residual add fused into the norm
-// that follows it (each thread re-reads only elements it wrote itself).
+// that follows it (each thread re-reads only elements it wrote itself). `staged` as above.
 extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const float* w, float* out,
-                                               int cols, float eps) { pdl_entry();
+                                               int cols, float eps, bf16_t* staged) { pdl_entry();
     __shared__ float scratch[32];
     float* xr = x + (long)blockIdx.x * cols;
     const float* yr = y + (long)blockIdx.x * cols;
@@ -72,7 +81,12 @@ extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const f
     }
     ss = block_sum(ss, scratch);
     float inv = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+    bf16_t* srow = staged ? staged + (long)blockIdx.x * cols : nullptr;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = xr[i] * inv * w[i];
+        orow[i] = v;
+        if (srow) srow[i] = f32_to_bf16(v);
+    }
 }
 
 extern "C" __global__ void add_kernel(float* x, const float* y, long n) { pdl_entry();
@@ -200,15 +214,21 @@ __device__ __forceinline__ float glu_act(float v, float u, int silu) {
 // The same for F a multiple of 4: four columns per thread with 16-byte loads and stores,
 // rows on the grid's y axis (grid-stride, so any T), no 64-bit division per element (the
 // kernel above divides by F for every element and moved 2.5 TB/s on an H200).
-extern "C" __global__ void glu_packed4_kernel(const float* gu, float* out, int T, int F, int silu) { pdl_entry();
+// `staged` (may be null): a bf16 copy of `out` as well (see rms_norm_kernel).
+extern "C" __global__ void glu_packed4_kernel(const float* gu, float* out, int T, int F, int silu,
+                                              bf16_t* staged) { pdl_entry();
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (j >= F) return;
     for (int t = blockIdx.y; t < T; t += gridDim.y) {
         const float4 g = *reinterpret_cast<const float4*>(gu + (long)t * 2 * F + j);
         const float4 u = *reinterpret_cast<const float4*>(gu + (long)t * 2 * F + F + j);
-        *reinterpret_cast<float4*>(out + (long)t * F + j) =
-            make_float4(glu_act(g.x, u.x, silu), glu_act(g.y, u.y, silu), glu_act(g.z, u.z, silu),
-                        glu_act(g.w, u.w, silu));
+        const float4 o = make_float4(glu_act(g.x, u.x, silu), glu_act(g.y, u.y, silu), glu_act(g.z, u.z, silu),
+                                     glu_act(g.w, u.w, silu));
+        *reinterpret_cast<float4*>(out + (long)t * F + j) = o;
+        if (staged)
+            *reinterpret_cast<uint2*>(staged + (long)t * F + j) =
+                make_uint2((unsigned int)f32_to_bf16(o.x) | ((unsigned int)f32_to_bf16(o.y) << 16),
+                           (unsigned int)f32_to_bf16(o.z) | ((unsigned int)f32_to_bf16(o.w) << 16));
     }
 }
 
