@@ -71,17 +71,7 @@ PY
 }
 
 run_bench() {
-  python3 - <<'PY' 2>&1 | tee "$OUT/copy_bw.txt"
-import torch
-x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-torch.cuda.synchronize(); s.record()
-for _ in range(20): y.copy_(x)
-e.record(); torch.cuda.synchronize()
-ms = s.elapsed_time(e) / 20
-print(f"device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write) over 2 GiB")
-PY
+  python3 scripts/cuda/copy_bw.py 2>&1 | tee "$OUT/copy_bw.txt"
   bench_model llama-3.2-1b-bench
   bench_model llama-3.1-8b-bench
 }

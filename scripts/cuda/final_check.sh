@@ -7,16 +7,7 @@ OUT=${OUT:-/tmp/sluice-out}
 mkdir -p "$OUT"
 bash scripts/cuda/device_run.sh tests
 B=/tmp/sluice-bin/sluice
-python3 - <<'PY' | tee "$OUT/copy_bw.txt"
-import torch
-x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-torch.cuda.synchronize(); s.record()
-for _ in range(20): y.copy_(x)
-e.record(); torch.cuda.synchronize()
-print(f"device copy: {2 * x.numel() / (s.elapsed_time(e) / 20) / 1e6:.0f} GB/s (read + write)")
-PY
+python3 scripts/cuda/copy_bw.py | tee "$OUT/copy_bw.txt"
 q() { echo "=== $*"; timeout 300 $B "$@" 2>&1 | grep -v "^\s*$" | tail -12 | tee -a "$OUT/final.txt"; }
 q bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1,8,32,64 -r 1
 q bench model --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 -p 512 -n 128 -b 1,8,32,64 -r 1

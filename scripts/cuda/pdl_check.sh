@@ -13,16 +13,7 @@ if [[ " $what " == *" tests "* ]]; then bash scripts/cuda/device_run.sh tests; e
 B=/tmp/sluice-bin/sluice
 export SLUICE_CUDA_CACHE=/tmp/sluice-cuda-cache
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-python3 - <<'PY' | tee -a "$OUT/copy_bw.txt"
-import torch
-x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-torch.cuda.synchronize(); s.record()
-for _ in range(20): y.copy_(x)
-e.record(); torch.cuda.synchronize()
-print(f"device copy: {2 * x.numel() / (s.elapsed_time(e) / 20) / 1e6:.0f} GB/s (read + write)")
-PY
+python3 scripts/cuda/copy_bw.py | tee -a "$OUT/copy_bw.txt"
 q() { echo "=== $*" | tee -a "$OUT/pdl.txt"; timeout 300 env "$@" 2>&1 | grep -E "tg|pp|tok/s|decode|prefill|warn|error|Error" | tail -8 | tee -a "$OUT/pdl.txt"; }
 if [[ " $what " == *" ab "* ]]; then
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do

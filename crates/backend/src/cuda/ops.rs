@@ -261,15 +261,17 @@ impl CudaBackend {
         k: usize,
         rows_per_warp: usize,
     ) -> Result<()> {
+        let (blocks, wpr) = self.gemv_grid(m, rows_per_warp);
+        let (mi, ki) = (m as i32, k as i32);
+        let mut a = args![px, pw, po, mi, ki, wpr];
+        self.launch(f, (blocks, 1, 1), THREADS, &mut a)
+    }
+
+    /// A GEMV's blocks and warps per row group for `m` rows, `rows_per_warp` per warp.
+    fn gemv_grid(&self, m: usize, rows_per_warp: usize) -> (u32, i32) {
         let wpr = gemv_warps_per_row(m.div_ceil(rows_per_warp), self.sm_count as usize);
         let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
-        let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
-        self.launch(
-            f,
-            (m.div_ceil(rows_per_block) as u32, 1, 1),
-            THREADS,
-            &mut args![px, pw, po, mi, ki, wpr_i],
-        )
+        (m.div_ceil(rows_per_block) as u32, wpr as i32)
     }
 
     /// The batch-1 GEMV of kernels/gemv.cu's skeleton for weights of `dtype` with rows of
@@ -299,17 +301,12 @@ impl CudaBackend {
         k: usize,
         fusion: Gemv1Fusion,
     ) -> Result<()> {
-        let wpr = gemv_warps_per_row(m.div_ceil(GEMV_ROWS_PER_WARP), self.sm_count as usize);
-        let rows_per_block = ((THREADS / 32) / wpr) as usize * GEMV_ROWS_PER_WARP;
-        let (mi, ki, wpr_i) = (m as i32, k as i32, wpr as i32);
+        let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
+        let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
         let prefetch = self.gemv_prefetch;
-        self.launch(
-            f,
-            (m.div_ceil(rows_per_block) as u32, 1, 1),
-            THREADS,
-            &mut args![px, pw, po, mi, ki, wpr_i, gamma, eps, acc, prefetch],
-        )
+        let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
+        self.launch(f, (blocks, 1, 1), THREADS, &mut a)
     }
 
     /// Whether a batch-1 decode step should use `rms_norm_matmul` and `matmul_accumulate`
