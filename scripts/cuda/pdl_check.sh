@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [profile64]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -80,6 +80,14 @@ if [[ " $what " == *" prefill_ab "* ]]; then # the vectorised staging/GLU kernel
   done
   for bin in /tmp/sluice-bin/sluice-old $B; do
     q $bin bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1
+  done
+fi
+if [[ " $what " == *" fp8_ab "* ]]; then # FP8 batch 1 against the session-5 build (.devbin/sluice-old), and which change costs what
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=old" "X=new" "SLUICE_GEMV_PREFETCH=0" "SLUICE_FUSED_DECODE=0"; do
+      bin=$B; [ "$cfg" = "X=old" ] && bin=/tmp/sluice-bin/sluice-old
+      q $cfg $bin bench model --device cuda --random-weights $preset --dtype fp8 -p 512 -n 128 -b 1 -r 3
+    done
   done
 fi
 if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone
