@@ -204,7 +204,7 @@ impl CudaBackend {
         };
         // Few rows: a pass over the weights with our GEMV (needs 16-byte aligned rows).
         if t == 1 && k.is_multiple_of(per_load) {
-            if let Some(f) = self.gemv1_kernel(w.dtype(), k) {
+            if let Some(f) = self.gemv1_kernel(w.dtype(), k, false) {
                 return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
             }
         }
@@ -275,15 +275,32 @@ impl CudaBackend {
     }
 
     /// The batch-1 GEMV of kernels/gemv.cu's skeleton for weights of `dtype` with rows of
-    /// `k`, if there is one (bf16, f16, f32, Q8_0, FP8, with rows of whole 16-byte loads).
-    pub(super) fn gemv1_kernel(&self, dtype: DType, k: usize) -> Option<sys::CUfunction> {
+    /// `k`, if there is one (bf16, f16, f32, Q8_0, FP8, with rows of whole 16-byte loads):
+    /// `gemv1_rows_*`, or with the RMSNorm folded in (`norm`) `gemv1_rows_*_norm`.
+    pub(super) fn gemv1_kernel(
+        &self,
+        dtype: DType,
+        k: usize,
+        norm: bool,
+    ) -> Option<sys::CUfunction> {
         let kern = &self.kernels;
+        let pick = |plain, normed| Some(if norm { normed } else { plain });
         match dtype {
-            DType::BF16 if k.is_multiple_of(8) => Some(kern.gemv1_rows_bf16),
-            DType::F16 if k.is_multiple_of(8) => Some(kern.gemv1_rows_f16),
-            DType::F32 if k.is_multiple_of(4) => Some(kern.gemv1_rows_f32),
-            DType::Q8_0 if k.is_multiple_of(32) => Some(kern.gemv1_rows_q8_0),
-            DType::F8E4M3 if k.is_multiple_of(16) => Some(kern.gemv1_rows_fp8),
+            DType::BF16 if k.is_multiple_of(8) => {
+                pick(kern.gemv1_rows_bf16, kern.gemv1_rows_bf16_norm)
+            }
+            DType::F16 if k.is_multiple_of(8) => {
+                pick(kern.gemv1_rows_f16, kern.gemv1_rows_f16_norm)
+            }
+            DType::F32 if k.is_multiple_of(4) => {
+                pick(kern.gemv1_rows_f32, kern.gemv1_rows_f32_norm)
+            }
+            DType::Q8_0 if k.is_multiple_of(32) => {
+                pick(kern.gemv1_rows_q8_0, kern.gemv1_rows_q8_0_norm)
+            }
+            DType::F8E4M3 if k.is_multiple_of(16) => {
+                pick(kern.gemv1_rows_fp8, kern.gemv1_rows_fp8_norm)
+            }
             _ => None,
         }
     }
@@ -321,13 +338,14 @@ impl CudaBackend {
             && self.fused_decode
             && w.shape().len() == 2
             && w.dtype() != DType::Q8_0
-            && self.gemv1_kernel(w.dtype(), w.cols()).is_some()
+            && self.gemv1_kernel(w.dtype(), w.cols(), false).is_some()
     }
 
     /// Checks a fused decode matmul's operands; returns (M, K) and its kernel.
     fn fused_decode_operands(
         &self,
         op: &'static str,
+        norm: bool,
         x: &Tensor,
         w: &Tensor,
         out: &Tensor,
@@ -342,7 +360,7 @@ impl CudaBackend {
                 out.shape()
             )));
         }
-        match self.gemv1_kernel(w.dtype(), k) {
+        match self.gemv1_kernel(w.dtype(), k, norm) {
             Some(f) => Ok((m, k, f)),
             _ => Err(BackendError::Unsupported {
                 op,
@@ -361,7 +379,7 @@ impl CudaBackend {
         w: &Tensor,
         out: &mut Tensor,
     ) -> Result<()> {
-        let (m, k, f) = self.fused_decode_operands("rms_norm_matmul", x, w, out)?;
+        let (m, k, f) = self.fused_decode_operands("rms_norm_matmul", true, x, w, out)?;
         check_f32("rms_norm_matmul gamma", &[gamma])?;
         if gamma.numel() != k {
             return Err(BackendError::Shape(format!(
@@ -380,7 +398,7 @@ impl CudaBackend {
 
     /// `out += x · wᵀ` for one row (a residual add in the GEMV's epilogue).
     pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
-        let (m, k, f) = self.fused_decode_operands("matmul_accumulate", x, w, out)?;
+        let (m, k, f) = self.fused_decode_operands("matmul_accumulate", false, x, w, out)?;
         self.bind()?;
         let fusion = Gemv1Fusion {
             accumulate: true,

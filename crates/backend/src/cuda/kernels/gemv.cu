@@ -430,17 +430,23 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
-// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch): gamma null for a
-// plain product; weight bytes below offset `prefetch` are prefetched into L2 before
-// pdl_entry() (0 without PDL, where the prefetch would only duplicate the loads that
-// follow it; cuda/ops.rs `launch_gemv1`).
+// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch) and, with the norm
+// folded in, gemv1_rows_*_norm (same arguments, gamma non-null); weight bytes below offset
+// `prefetch` are prefetched into L2 before pdl_entry() (0 without PDL, where the prefetch
+// would only duplicate the loads that follow it; cuda/ops.rs `launch_gemv1`). Two kernels,
+// not one with a branch on gamma: one kernel holds the registers of its larger branch,
+// and the norm's (16 gamma values per FP8 chunk) cost the plain FP8 GEMV 4% on an H100.
 #define GEMV_RPW 4
 #define GEMV1_ROWS(NAME, P) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
                                                        int K, int wpr, const float* gamma, float eps, \
                                                        int accumulate, long prefetch) { \
-    if (gamma) gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
-    else gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+    gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+} \
+extern "C" __global__ void __launch_bounds__(256) NAME##_norm(const float* x, const unsigned char* w, float* out, \
+                                                              int M, int K, int wpr, const float* gamma, \
+                                                              float eps, int accumulate, long prefetch) { \
+    gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
 }
 GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>)
 GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>)
