@@ -434,8 +434,10 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 // folded in, gemv1_rows_*_norm (same arguments, gamma non-null); weight bytes below offset
 // `prefetch` are prefetched into L2 before pdl_entry() (0 without PDL, where the prefetch
 // would only duplicate the loads that follow it; cuda/ops.rs `launch_gemv1`). Two kernels,
-// not one with a branch on gamma: one kernel holds the registers of its larger branch,
-// and the norm's (16 gamma values per FP8 chunk) cost the plain FP8 GEMV 4% on an H100.
+// not one with a branch on gamma: a kernel is allocated the registers of its larger
+// branch. One shared kernel measured 4% slower for plain FP8 than session 5's own FP8
+// GEMV on an H100 (275.6 -> 264.7 tokens/s, 8B), and neither the prefetch nor the fusion
+// explained it. This split is the suspected fix; it has not been timed yet.
 #define GEMV_RPW 4
 #define GEMV1_ROWS(NAME, P) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
