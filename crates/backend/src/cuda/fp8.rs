@@ -532,7 +532,8 @@ impl CudaBackend {
         Tensor::from_storage(DType::F8E4M3, &[rows, cols], Storage::Cuda(buf))
     }
 
-    /// `out[t, m] = x[t, k] · w[m, k]ᵀ` for an FP8 weight (pointers checked by `matmul`).
+    /// `out[t, m] = x[t, k] · w[m, k]ᵀ` for an FP8 weight above 4 rows (fewer went to the
+    /// GEMVs in `matmul`; pointers checked there).
     pub(super) fn matmul_fp8(
         &self,
         px: sys::CUdeviceptr,
@@ -546,15 +547,6 @@ impl CudaBackend {
             return Err(BackendError::Shape(format!(
                 "FP8 matmul: rows of {k} are not whole 16-byte loads"
             )));
-        }
-        if t == 1 {
-            let f = self.kernels.gemv1_rows_fp8;
-            return self.launch_gemv1(f, px, pw, po, m, k, super::ops::Gemv1Fusion::NONE);
-        }
-        if t <= 4 {
-            let kern = &self.kernels;
-            let f = [kern.gemv_fp8_2, kern.gemv_fp8_3, kern.gemv_fp8_4][t - 2];
-            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
         let w_scale = pw + (m * k) as u64;
         if m.is_multiple_of(16)

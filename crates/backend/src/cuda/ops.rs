@@ -183,45 +183,27 @@ impl CudaBackend {
         }
         self.bind()?;
         let (px, pw, po) = (ptr(x)?, ptr(w)?, ptr(out)?);
-        if w.dtype() == DType::Q8_0 {
-            return self.matmul_q8_0(px, pw, po, t, m, k);
+        // Few rows (decode): a pass over the weights with our GEMVs. K-quants have their
+        // own; rows that are not whole 16-byte loads go on to the GEMM paths below.
+        if t == 1 {
+            if let Some(f) = self.gemv1_kernel(w.dtype(), k, false) {
+                return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
+            }
         }
-        if matches!(w.dtype(), DType::Q4_K | DType::Q6_K) {
-            return self.matmul_kquant(w.dtype(), px, pw, po, t, m, k);
+        if let Some(f) = self.gemv_rows_kernel(w.dtype(), k, t) {
+            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
-        if w.dtype() == DType::F8E4M3 {
-            return self.matmul_fp8(px, pw, po, t, m, k);
-        }
-        let per_load = match w.dtype() {
-            DType::F32 => 4,
-            DType::BF16 | DType::F16 => 8,
+        match w.dtype() {
+            DType::Q8_0 => return self.matmul_q8_0(px, pw, po, t, m, k),
+            DType::Q4_K | DType::Q6_K => return self.matmul_kquant(w.dtype(), px, pw, po, t, m, k),
+            DType::F8E4M3 => return self.matmul_fp8(px, pw, po, t, m, k),
+            DType::F32 | DType::BF16 | DType::F16 => {}
             other => {
                 return Err(BackendError::Unsupported {
                     op: "CUDA matmul weights",
                     dtype: other,
                 })
             }
-        };
-        // Few rows: a pass over the weights with our GEMV (needs 16-byte aligned rows).
-        if t == 1 && k.is_multiple_of(per_load) {
-            if let Some(f) = self.gemv1_kernel(w.dtype(), k, false) {
-                return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
-            }
-        }
-        if t <= 4 && k.is_multiple_of(per_load) {
-            let kern = &self.kernels;
-            let f = match (w.dtype(), t) {
-                (DType::BF16, 2) => kern.gemv_bf16_2,
-                (DType::BF16, 3) => kern.gemv_bf16_3,
-                (DType::BF16, _) => kern.gemv_bf16_4,
-                (DType::F16, 2) => kern.gemv_f16_2,
-                (DType::F16, 3) => kern.gemv_f16_3,
-                (DType::F16, _) => kern.gemv_f16_4,
-                (_, 2) => kern.gemv_f32_2,
-                (_, 3) => kern.gemv_f32_3,
-                _ => kern.gemv_f32_4,
-            };
-            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
         let staged = if w.dtype() == DType::BF16 {
             self.staged_copy(px, t * k)
@@ -300,6 +282,32 @@ impl CudaBackend {
             }
             DType::F8E4M3 if k.is_multiple_of(16) => {
                 pick(kern.gemv1_rows_fp8, kern.gemv1_rows_fp8_norm)
+            }
+            _ => None,
+        }
+    }
+
+    /// The GEMV for 2-4 rows of x (`gemv_*_{2,3,4}`: one output row per warp, each weight
+    /// load used for every row of x) for weights of `dtype` with rows of `k`, if there is
+    /// one (bf16, f16, f32, Q8_0, FP8, with rows of whole 16-byte loads).
+    fn gemv_rows_kernel(&self, dtype: DType, k: usize, t: usize) -> Option<sys::CUfunction> {
+        let kern = &self.kernels;
+        let by_rows = |fs: [sys::CUfunction; 3]| (2..=4).contains(&t).then(|| fs[t - 2]);
+        match dtype {
+            DType::BF16 if k.is_multiple_of(8) => {
+                by_rows([kern.gemv_bf16_2, kern.gemv_bf16_3, kern.gemv_bf16_4])
+            }
+            DType::F16 if k.is_multiple_of(8) => {
+                by_rows([kern.gemv_f16_2, kern.gemv_f16_3, kern.gemv_f16_4])
+            }
+            DType::F32 if k.is_multiple_of(4) => {
+                by_rows([kern.gemv_f32_2, kern.gemv_f32_3, kern.gemv_f32_4])
+            }
+            DType::Q8_0 if k.is_multiple_of(32) => {
+                by_rows([kern.gemv_q8_0_2, kern.gemv_q8_0_3, kern.gemv_q8_0_4])
+            }
+            DType::F8E4M3 if k.is_multiple_of(16) => {
+                by_rows([kern.gemv_fp8_2, kern.gemv_fp8_3, kern.gemv_fp8_4])
             }
             _ => None,
         }
@@ -407,9 +415,10 @@ impl CudaBackend {
         self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
     }
 
-    /// Q8_0 weights (split layout, see `upload_weight`): our GEMV for up to 4 rows;
-    /// above, the weight is dequantized to bf16 into a scratch buffer and cuBLASLt runs
-    /// (prefill is compute-bound, so the extra pass over the weight costs little there).
+    /// Q8_0 weights (split layout, see `upload_weight`) above 4 rows (fewer went to the
+    /// GEMVs in `matmul`): the weight is dequantized to bf16 into a scratch buffer and
+    /// cuBLASLt runs (prefill is compute-bound, so the extra pass over the weight costs
+    /// little there).
     fn matmul_q8_0(
         &self,
         px: sys::CUdeviceptr,
@@ -423,15 +432,6 @@ impl CudaBackend {
             return Err(BackendError::Shape(format!(
                 "Q8_0 matmul: rows of {k} are not whole blocks of 32"
             )));
-        }
-        if t == 1 {
-            let f = self.kernels.gemv1_rows_q8_0;
-            return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
-        }
-        if t <= 4 {
-            let kern = &self.kernels;
-            let f = [kern.gemv_q8_0_2, kern.gemv_q8_0_3, kern.gemv_q8_0_4][t - 2];
-            return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
         let wb = self.weight_scratch(m * k * 2)?;
         self.dequantize_bf16_ptrs(DType::Q8_0, pw, wb, m, k)?;
