@@ -14,6 +14,11 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
 
+/// One block. On a batch-1 decode step of a device that fuses (`fuses_decode`), two
+/// kernels fewer per layer: each input norm runs inside the GEMV that consumes it
+/// (`ProjInput::FusedNorm`, on the residual stream `x`) and the output and down
+/// projections add into `x` in their epilogue (`matmul_accumulate`), so neither the
+/// normalized copy nor the block outputs go through memory. Same math either way.
 pub fn block(
     dev: &Device,
     cfg: &ModelConfig,
@@ -23,27 +28,40 @@ pub fn block(
     block_size: usize,
     st: &mut RunState,
 ) -> Result<()> {
-    if fuses_decode(dev, l, st.x.rows()) {
-        return fused_decode_block(dev, cfg, l, rope, kv, block_size, st);
-    }
-    pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
-    if !qkv(
-        dev,
-        cfg,
-        l,
-        Some(rope),
-        Some(&mut *kv),
-        ProjInput::Normed,
-        st,
-    )? {
+    let eps = cfg.rms_eps;
+    let fused = fuses_decode(dev, l, st.x.rows());
+    let (attn_in, ffn_in) = if fused {
+        if st.residual_pending {
+            dev.add_inplace(&mut st.x, &st.xo)?;
+            st.residual_pending = false;
+        }
+        let attn = ProjInput::FusedNorm {
+            gamma: &l.attn_norm,
+            eps,
+        };
+        let ffn = ProjInput::FusedNorm {
+            gamma: &l.ffn_norm,
+            eps,
+        };
+        (attn, ffn)
+    } else {
+        pre_norm(dev, &l.attn_norm, eps, st)?;
+        (ProjInput::Normed, ProjInput::Normed)
+    };
+    if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), attn_in, st)? {
         dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
     }
     let meta = st.meta.attention_meta(block_size);
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
-    dev.matmul(&st.att, &l.wo, &mut st.xo)?;
-    dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    ffn(dev, cfg, l, ProjInput::Normed, st)?;
-    st.residual_pending = true;
+    if fused {
+        dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
+    } else {
+        dev.matmul(&st.att, &l.wo, &mut st.xo)?;
+        dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, eps, &mut st.xb)?;
+    }
+    // The fused down projection adds into `x` itself; the plain one leaves `xo` pending.
+    ffn(dev, cfg, l, ffn_in, st)?;
+    st.residual_pending = !fused;
     Ok(())
 }
 
@@ -57,40 +75,4 @@ fn fuses_decode(dev: &Device, l: &LayerWeights, rows: usize) -> bool {
     [wqkv, &l.wo, w_gate_up, &l.w_down]
         .iter()
         .all(|w| dev.fuses_decode_matmul(w, rows))
-}
-
-/// The block with two kernels fewer per layer: each input norm runs inside the GEMV that
-/// consumes it (`rms_norm_matmul` on the residual stream `x`) and the output and down
-/// projections add into `x` in their epilogue (`matmul_accumulate`), so neither the
-/// normalized copy nor the block outputs go through memory. Same math as `block`.
-fn fused_decode_block(
-    dev: &Device,
-    cfg: &ModelConfig,
-    l: &LayerWeights,
-    rope: &RopeTable,
-    kv: &mut LayerKv,
-    block_size: usize,
-    st: &mut RunState,
-) -> Result<()> {
-    if st.residual_pending {
-        dev.add_inplace(&mut st.x, &st.xo)?;
-        st.residual_pending = false;
-    }
-    let eps = cfg.rms_eps;
-    let attn_in = ProjInput::FusedNorm {
-        gamma: &l.attn_norm,
-        eps,
-    };
-    if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), attn_in, st)? {
-        dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;
-    }
-    let meta = st.meta.attention_meta(block_size);
-    dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
-    dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
-    let ffn_in = ProjInput::FusedNorm {
-        gamma: &l.ffn_norm,
-        eps,
-    };
-    ffn(dev, cfg, l, ffn_in, st)?;
-    Ok(())
 }
