@@ -284,11 +284,6 @@ impl CudaBackend {
         self.staged_uses.load(Ordering::SeqCst)
     }
 
-    /// Whether kernels are launched with programmatic dependent launch.
-    pub fn pdl(&self) -> bool {
-        self.pdl
-    }
-
     pub fn weight_type(&self) -> CudaWeightType {
         self.weight_type
     }
