@@ -25,7 +25,8 @@ status=0
 
 run_tests() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-  for t in cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant cuda_fused_decode forward_reference cuda_golden cuda_batch_invariance; do
+  # SLUICE_CUDA_TESTS: a subset, when a call has little device time.
+  for t in ${SLUICE_CUDA_TESTS:-cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant cuda_fused_decode forward_reference cuda_golden cuda_batch_invariance}; do
     echo "=== test $t"
     if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$OUT/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation"; then
       status=1

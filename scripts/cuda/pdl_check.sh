@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -90,9 +90,28 @@ if [[ " $what " == *" fp8_ab "* ]]; then # FP8 batch 1 against the session-5 bui
     done
   done
 fi
-if [[ " $what " == *" profile64 "* ]]; then # every kernel of one batch-64 decode step at ~512 context, timed alone
+if [[ " $what " == *" profile64 "* ]]; then # every kernel of one decode step (8B bf16, ~530 context) at 64 and 32 sequences, timed alone
+  # --launch-skip passes the prefill steps (and the warm-up run's), so the window holds decode steps only.
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
-  timeout 280 $NCU $M --launch-count 2000 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 3 -r 1 > "$OUT/ncu-b64.csv" 2> "$OUT/ncu-b64.err"
-  python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b64.csv" --step-marker embedding --title "decode 8B b64 ctx 512" | tee -a "$OUT/profile.md"
+  for b in 64 32; do
+    timeout 200 $NCU $M --launch-skip 12000 --launch-count 900 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 200 -r 1 > "$OUT/ncu-b$b.csv" 2> "$OUT/ncu-b$b.err"
+    python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b$b.csv" --step-marker embedding --title "decode 8B bf16 b$b ctx ~530" | tee -a "$OUT/profile.md"
+  done
+fi
+if [[ " $what " == *" decode_ab "* ]]; then # batched decode: the previous build (.devbin/sluice-base) against this one, autotune on/off
+  for b in 32 64; do
+    for cfg in "X=base" "SLUICE_GEMM_AUTOTUNE=0" "SLUICE_LOG=sluice_backend=debug"; do
+      bin=$B; [ "$cfg" = "X=base" ] && bin=/tmp/sluice-bin/sluice-base
+      echo "=== $cfg $bin b$b" | tee -a "$OUT/pdl.txt"
+      timeout 300 env $cfg $bin bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1 > "$OUT/lat-$b.log" 2>&1
+      grep -a "decode |" "$OUT/lat-$b.log" | tee -a "$OUT/pdl.txt"
+      grep -a "autotune" "$OUT/lat-$b.log" | sed 's/.*cuBLASLt/cuBLASLt/' | sort -u | tee -a "$OUT/pdl.txt"
+    done
+  done
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for bin in /tmp/sluice-bin/sluice-base $B; do
+      q X=$bin $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
 fi

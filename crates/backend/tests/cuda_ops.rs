@@ -438,6 +438,11 @@ fn attention_case_q(
         block_size: bs,
         custom_mask: None,
     };
+    // The output projection of check_staged_attention_output, made before the attention
+    // (a weight upload may launch a conversion kernel, which drops a staged copy).
+    let w_o = g
+        .load_weight(host(&[24, nh * hd], &rnd(rng, 24 * nh * hd, 0.5)))
+        .unwrap();
     let mut out = poisoned(g, &[t, nh * hd]);
     g.paged_attention(
         &up(g, &[t, nh * hd], &qv),
@@ -448,7 +453,39 @@ fn attention_case_q(
         &mut out,
     )
     .unwrap();
+    check_staged_attention_output(g, kv, case, &out, &w_o);
     rel_err(&down(g, &out), want.as_f32().unwrap())
+}
+
+/// The decode kernel writes a bf16 copy of its output for the output projection
+/// ("staged activations", cuda/ops.rs) when no prefill kernel rewrites rows after it
+/// (bf16 cache, head_dim 64/128, not 16+ rows next to fewer sequences) and a GEMM (more
+/// than 4 rows) follows. The GEMM right after must give bit for bit what converting the
+/// f32 output gives, and must take the copy exactly then.
+fn check_staged_attention_output(g: &Device, kv: DType, case: &AttnCase, out: &Tensor, w: &Tensor) {
+    let Device::Cuda(backend) = g else {
+        return;
+    };
+    let (t, width) = (out.rows(), out.cols());
+    let staged = kv == DType::BF16
+        && matches!(case.hd, 64 | 128)
+        && t > 4
+        && !(t >= 16 && t > case.seqs.len());
+    let uses = backend.staged_gemm_inputs();
+    let mut got = poisoned(g, &[t, 24]);
+    g.matmul(out, w, &mut got).unwrap();
+    let took = backend.staged_gemm_inputs() - uses;
+    let fresh = up(g, &[t, width], &down(g, out));
+    let mut want = poisoned(g, &[t, 24]);
+    g.matmul(&fresh, w, &mut want).unwrap();
+    let bits = |x: &Tensor| down(g, x).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want), "staged attention output -> GEMM");
+    assert_eq!(
+        took,
+        u64::from(staged),
+        "staged copy taken (t {t}, hd {})",
+        case.hd
+    );
 }
 
 #[test]

@@ -4,7 +4,20 @@
 //! K×M column-major matrix transposed (TRANSA = T) and xᵀ as K×T column-major. Inputs
 //! are bf16/f16 (x converted by a kernel first) or f32 (compute type 32F without TF32:
 //! exact f32 products for the reference path); the output is always f32. A plan (the
-//! descriptors and the heuristic's algorithm) is made once per shape and reused.
+//! descriptors and an algorithm) is made once per shape and reused.
+//!
+//! Autotuning: the heuristic's first choice is often not the fastest for the skinny
+//! GEMMs of batched decode (8-64 token rows against a 4096-14336 wide weight: bound by
+//! the weight's bytes, which some tile shapes stream better than others). For token
+//! counts a decode step can have (multiples of 4 up to 512: the step-graph buckets) the
+//! plan times the heuristic's candidates on the call's own buffers, once, outside graph
+//! capture, and keeps the fastest (TensorRT-LLM's tactic selection, in miniature).
+//! Other shapes (prefill chunks of any length) take the heuristic's first choice, so
+//! no request waits on timing. `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can
+//! differ between runs (timing noise between near-equal candidates), and candidates may
+//! sum in different orders (split-K): outputs can then differ in the last bits from run
+//! to run of the process, as with any autotuning library; within a process a shape
+//! keeps its algorithm.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -18,6 +31,10 @@ use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
 const WORKSPACE_BYTES: usize = 32 << 20;
+/// How many algorithms to ask the heuristic for (the autotuner's candidates).
+const ALGO_CANDIDATES: usize = 16;
+/// Timed runs per candidate (after one untimed run).
+const TUNE_RUNS: usize = 5;
 /// `CUBLAS_OP_T` of cublasOperation_t.
 const OP_T: i32 = 1;
 
@@ -34,7 +51,15 @@ struct Plan {
     a: lt_sys::cublasLtMatrixLayout_t,
     b: lt_sys::cublasLtMatrixLayout_t,
     d: lt_sys::cublasLtMatrixLayout_t,
-    algo: lt_sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's candidates, best first.
+    algos: Vec<lt_sys::cublasLtMatmulAlgo_t>,
+    /// The one in use.
+    chosen: usize,
+}
+
+/// Whether a GEMM of `n` token rows gets its algorithm by timing (see the module notes).
+pub(super) fn autotuned_rows(n: usize) -> bool {
+    n <= 512 && n.is_multiple_of(4)
 }
 
 pub struct Gemm {
@@ -116,57 +141,62 @@ impl Gemm {
                 std::mem::size_of::<u64>(),
             )
             .map_err(derr)?;
-            let h = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, d, d, pref);
+            let mut results: [lt_sys::cublasLtMatmulHeuristicResult_t; ALGO_CANDIDATES] =
+                std::mem::zeroed();
+            let mut count = 0i32;
+            let h = lt_sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                desc,
+                a,
+                b,
+                d,
+                d,
+                pref,
+                ALGO_CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut count,
+            )
+            .result();
             let _ = lt::destroy_matmul_pref(pref);
-            h
-        }
-        .map_err(|e| {
+            h.map(|_| {
+                results[..count.clamp(0, ALGO_CANDIDATES as i32) as usize]
+                    .iter()
+                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                    .map(|r| r.algo)
+                    .collect::<Vec<_>>()
+            })
+        };
+        let no_algo = |why: String| {
             BackendError::Device(format!(
-                "cuBLASLt has no algorithm for a {}x{}x{} {} matmul: {e:?}",
+                "cuBLASLt has no algorithm for a {}x{}x{} {} matmul{why}",
                 key.m, key.n, key.k, key.dtype
             ))
-        })?;
+        };
+        let algos = heur.map_err(|e| no_algo(format!(": {e:?}")))?;
+        if algos.is_empty() {
+            return Err(no_algo(String::new()));
+        }
         Ok(Plan {
             desc,
             a,
             b,
             d,
-            algo: heur.algo,
+            algos,
+            chosen: 0,
         })
     }
 
-    /// The cuBLASLt handle, shared with the FP8 GEMM (cuda/fp8.rs).
-    pub(super) fn handle(&self) -> lt_sys::cublasLtHandle_t {
-        self.handle
-    }
-
-    /// The workspace (pointer, bytes), shared with the FP8 GEMM on the same stream.
-    pub(super) fn workspace(&self) -> (sys::CUdeviceptr, usize) {
-        (self.workspace.ptr, WORKSPACE_BYTES)
-    }
-
-    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32.
+    /// Runs `p`'s candidate `i` once on the given buffers.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul(
+    fn run(
         &self,
         stream: sys::CUstream,
-        dtype: DType,
+        p: &Plan,
+        i: usize,
         x: sys::CUdeviceptr,
         w: sys::CUdeviceptr,
         out: sys::CUdeviceptr,
-        n: usize,
-        m: usize,
-        k: usize,
     ) -> Result<()> {
-        let key = Key { m, n, k, dtype };
-        let mut plans = self
-            .plans
-            .lock()
-            .map_err(|_| BackendError::Device("cuBLASLt plan cache poisoned".into()))?;
-        let p = match plans.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(key)?),
-        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: pointers are live device buffers of the planned shapes (checked by the
         // caller); C = D with beta = 0; the workspace is ours.
@@ -184,13 +214,137 @@ impl Gemm {
                 p.d,
                 out as *mut c_void,
                 p.d,
-                &p.algo,
+                &p.algos[i],
                 self.workspace.ptr as *mut c_void,
                 WORKSPACE_BYTES,
                 stream as lt_sys::cudaStream_t,
             )
         }
         .map_err(derr)
+    }
+
+    /// Times every candidate of `p` on the call's buffers (the output is overwritten;
+    /// the caller's run comes after) and picks the fastest; a candidate the library
+    /// refuses is skipped. Synchronizes the stream.
+    ///
+    /// Each timed run starts with a cold L2: a decode step streams each weight from
+    /// memory once, while back-to-back runs of one GEMM would find a weight of up to the
+    /// L2's size (50 MB on an H100: the 8B shape's QKV and output projections) in it, and
+    /// would time the wrong thing.
+    fn tune(
+        &self,
+        stream: sys::CUstream,
+        key: Key,
+        p: &mut Plan,
+        (x, w, out): (sys::CUdeviceptr, sys::CUdeviceptr, sys::CUdeviceptr),
+    ) -> Result<()> {
+        use cudarc::driver::result::{event, malloc_sync, memset_d8_async, stream as drv_stream};
+        const FLUSH_BYTES: usize = 128 << 20;
+        // SAFETY: a plain allocation, freed below; none if memory is short (warm runs).
+        let flush = unsafe { malloc_sync(FLUSH_BYTES) }.ok();
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let (start, end) = (
+            event::create(flags).map_err(derr)?,
+            event::create(flags).map_err(derr)?,
+        );
+        let mut best: Option<(usize, f32)> = None;
+        let mut first = f32::NAN;
+        'candidates: for i in 0..p.algos.len() {
+            if self.run(stream, p, i, x, w, out).is_err() {
+                continue;
+            }
+            let mut ms = 0.0f32;
+            for _ in 0..TUNE_RUNS {
+                // SAFETY: the flush buffer is ours; fresh events of this context,
+                // recorded on our stream.
+                unsafe {
+                    if let Some(f) = flush {
+                        memset_d8_async(f, 0, FLUSH_BYTES, stream).map_err(derr)?;
+                    }
+                    event::record(start, stream).map_err(derr)?;
+                    let ok = self.run(stream, p, i, x, w, out).is_ok();
+                    event::record(end, stream).map_err(derr)?;
+                    drv_stream::synchronize(stream).map_err(derr)?;
+                    if !ok {
+                        continue 'candidates;
+                    }
+                    ms += event::elapsed(start, end).map_err(derr)?;
+                }
+            }
+            if i == 0 {
+                first = ms;
+            }
+            if best.is_none_or(|(_, b)| ms < b) {
+                best = Some((i, ms));
+            }
+        }
+        // SAFETY: created above, no longer used (the stream is synchronized).
+        unsafe {
+            let _ = event::destroy(start);
+            let _ = event::destroy(end);
+            if let Some(f) = flush {
+                let _ = cudarc::driver::result::free_sync(f);
+            }
+        }
+        if let Some((i, ms)) = best {
+            p.chosen = i;
+            let us = |ms: f32| ms * 1e3 / TUNE_RUNS as f32;
+            tracing::debug!(
+                "cuBLASLt autotune {}x{}x{} {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
+                key.m,
+                key.n,
+                key.k,
+                key.dtype,
+                p.algos.len(),
+                us(ms),
+                us(first)
+            );
+        }
+        Ok(())
+    }
+
+    /// The cuBLASLt handle, shared with the FP8 GEMM (cuda/fp8.rs).
+    pub(super) fn handle(&self) -> lt_sys::cublasLtHandle_t {
+        self.handle
+    }
+
+    /// The workspace (pointer, bytes), shared with the FP8 GEMM on the same stream.
+    pub(super) fn workspace(&self) -> (sys::CUdeviceptr, usize) {
+        (self.workspace.ptr, WORKSPACE_BYTES)
+    }
+
+    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32. `tune`: the
+    /// stream may synchronize (not capturing a graph) and autotuning is on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        stream: sys::CUstream,
+        dtype: DType,
+        x: sys::CUdeviceptr,
+        w: sys::CUdeviceptr,
+        out: sys::CUdeviceptr,
+        n: usize,
+        m: usize,
+        k: usize,
+        tune: bool,
+    ) -> Result<()> {
+        let key = Key { m, n, k, dtype };
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| BackendError::Device("cuBLASLt plan cache poisoned".into()))?;
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut p = self.plan(key)?;
+                // Not the exact f32 reference path: it is there for its numbers.
+                if tune && dtype != DType::F32 && autotuned_rows(n) && p.algos.len() > 1 {
+                    self.tune(stream, key, &mut p, (x, w, out))?;
+                }
+                e.insert(p)
+            }
+        };
+        self.run(stream, p, p.chosen, x, w, out)
     }
 }
 

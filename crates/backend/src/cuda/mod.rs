@@ -184,6 +184,9 @@ pub struct CudaBackend {
     gemv_prefetch: i64,
     /// Fused batch-1 norm + GEMV and GEMV + residual (unless `SLUICE_FUSED_DECODE=0`).
     fused_decode: bool,
+    /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
+    /// takes the heuristic's first choice).
+    gemm_autotune: bool,
     /// A bf16 copy of an f32 activation tensor that the kernel just launched wrote next to
     /// it, for the GEMM that consumes it (see `ops.rs`, "staged activations"). Cleared
     /// by every other launch, so it only ever describes the latest kernel's output.
@@ -251,6 +254,7 @@ impl CudaBackend {
             pdl,
             gemv_prefetch,
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
+            gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             staged: Mutex::new(None),
             staged_uses: AtomicU64::new(0),
             // Only where the GEMMs take bf16 input (not f16, f32 or FP8 weights).
@@ -270,6 +274,11 @@ impl CudaBackend {
 
     pub fn describe(&self) -> String {
         format!("cuda: {}", self.name)
+    }
+
+    /// Whether a GEMM planned now may time its candidates (not inside a graph capture).
+    pub(super) fn gemm_may_tune(&self) -> bool {
+        self.gemm_autotune && !self.capturing.load(Ordering::SeqCst)
     }
 
     pub(crate) fn clear_staged(&self) {

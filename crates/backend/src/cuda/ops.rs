@@ -101,26 +101,24 @@ pub(crate) fn attention_splits(blocks: usize, max_ctx: usize, sms: usize) -> (us
 const DECODE_PARTIAL_BUDGET: usize = 32 << 20;
 
 /// Key splits for the tensor-core decode kernel (kernels/attention_decode.cu) over
-/// `blocks` (sequence, KV head) pairs, contexts of at most `max_ctx` keys and
-/// `split_bytes` of partial state per split: `(splits, keys per split)`, the keys a
-/// multiple of its 64-key tile. Enough splits for 4 blocks per SM (as many as run at once;
-/// 8 and 16 were no faster on an H100), but no split shorter than one tile.
+/// `blocks` (sequence, KV head, row group) triples, contexts of at most `max_ctx` keys and
+/// `split_bytes` of partial state per split. Each sequence's keys are cut into that many
+/// equal runs of whole 64-key tiles on the device (from its own context length, so the
+/// grid stays a function of the bound: graph replays). As many splits as fit the blocks
+/// in one wave of 4 per SM (the occupancy of the decode kernel; rounding up gave batch
+/// 64 two splits and a second wave), but none shorter than a tile.
 pub(crate) fn decode_splits(
     blocks: usize,
     max_ctx: usize,
     sms: usize,
     split_bytes: usize,
-) -> (usize, usize) {
-    let max_ctx = max_ctx.max(1);
-    let tiles = max_ctx.div_ceil(64);
+) -> usize {
+    let tiles = max_ctx.max(1).div_ceil(64);
     let budget = (DECODE_PARTIAL_BUDGET / split_bytes.max(1)).max(1);
-    let splits = (4 * sms.max(1))
-        .div_ceil(blocks.max(1))
+    ((4 * sms.max(1)) / blocks.max(1))
         .min(tiles)
         .min(budget)
-        .clamp(1, 1024);
-    let split_len = tiles.div_ceil(splits) * 64;
-    (max_ctx.div_ceil(split_len), split_len)
+        .clamp(1, 1024)
 }
 
 /// A bound on the query rows of the sequences the decode kernel takes, known without
@@ -225,8 +223,9 @@ impl CudaBackend {
                 staged
             }
         };
+        let tune = self.gemm_may_tune();
         self.gemm
-            .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k)
+            .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k, tune)
     }
 
     /// Launches a GEMV kernel of kernels/gemv.cu (arguments `x, w, out, M, K, wpr`)
@@ -459,8 +458,9 @@ impl CudaBackend {
                 staged
             }
         };
+        let tune = self.gemm_may_tune();
         self.gemm
-            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k)
+            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k, tune)
     }
 
     /// Converts `n` f32 activations at `px` to bf16/f16 at `staged` with
@@ -870,25 +870,33 @@ impl CudaBackend {
             _ => None,
         }
         .filter(|_| bf16);
-        let (splits, partial) = if let Some(f) = decode {
+        // (splits, partials, the bf16 copy of the output to write or 0)
+        let (splits, partial, staged) = if let Some(f) = decode {
             // One block per (sequence, KV head, row group, key split).
-            let (splits, split_len) = decode_splits(
-                meta.num_seqs * p.n_kv_heads,
-                max_ctx,
-                self.sm_count as usize,
-                t * p.n_heads * (hd + 2) * 4,
-            );
             let row_groups = if one_tile {
                 1
             } else {
                 decode_row_groups(g, rows_bound)
             };
+            let groups = meta.num_seqs * p.n_kv_heads * row_groups;
+            let splits = decode_splits(
+                groups,
+                max_ctx,
+                self.sm_count as usize,
+                t * p.n_heads * (hd + 2) * 4,
+            );
             let partial = if splits > 1 {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {
                 0
             };
-            let split_len_i = split_len as i32;
+            // The bf16 copy of the output for the output projection, unless the prefill
+            // kernel below rewrites some rows (its f32 rows only).
+            let staged = if flash.is_none() {
+                self.staging_for(out.numel(), t)?
+            } else {
+                0
+            };
             self.launch(
                 f,
                 (
@@ -898,26 +906,11 @@ impl CudaBackend {
                 ),
                 128,
                 &mut args![
-                    pq,
-                    pk,
-                    pv,
-                    pqs,
-                    pcl,
-                    pbt,
-                    bt_cols,
-                    bs,
-                    nh,
-                    nkv,
-                    scale,
-                    window,
-                    softcap,
-                    split_len_i,
-                    max_q_rows,
-                    partial,
-                    po
+                    pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                    max_q_rows, partial, po, staged
                 ],
             )?;
-            (splits, partial)
+            (splits, partial, staged)
         } else {
             // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
             let (splits, split_len) =
@@ -955,7 +948,7 @@ impl CudaBackend {
                     po
                 ],
             )?;
-            (splits, partial)
+            (splits, partial, 0)
         };
         if splits > 1 {
             let si = splits as i32;
@@ -963,8 +956,12 @@ impl CudaBackend {
                 self.kernels.attention_merge_kernel,
                 (t as u32, p.n_heads as u32, 1),
                 (hd as u32).next_multiple_of(32).min(256),
-                &mut args![partial, si, nh, hdi, po],
+                &mut args![partial, si, nh, hdi, po, staged],
             )?;
+        }
+        // Set after the last launch (each launch clears the record).
+        if flash.is_none() {
+            self.set_staged(po, out.numel(), staged);
         }
         if let Some(f) = flash {
             // Launched last, on the same stream: the merge above writes every row, also
@@ -1041,21 +1038,27 @@ mod tests {
     }
 
     #[test]
-    fn decode_splits_fill_the_gpu_in_whole_tiles() {
+    fn decode_splits_fill_one_wave_in_whole_tiles() {
         let per_split = 64 * 32 * 130 * 4; // 64 decode rows, 32 heads, head_dim 128
-                                           // Batch 1, 8 KV heads, 4k context: one 64-key tile per split.
-        assert_eq!(decode_splits(8, 4096, 132, 32 * 130 * 4), (64, 64));
-        // Batch 64: 512 blocks, 2 splits for 4 blocks per SM, in whole tiles.
-        assert_eq!(decode_splits(512, 4096, 132, per_split), (2, 2048));
-        assert_eq!(decode_splits(512, 576, 132, per_split), (2, 320));
-        // Enough blocks already: one split.
-        assert_eq!(decode_splits(2048, 1024, 132, 4 * per_split), (1, 1024));
+                                           // Batch 1, 8 KV heads: 66 splits make 528 blocks, 4 per SM; a 4k context has
+                                           // only 64 tiles.
+        assert_eq!(decode_splits(8, 1 << 16, 132, 32 * 130 * 4), 66);
+        assert_eq!(decode_splits(8, 4096, 132, 32 * 130 * 4), 64);
+        // ... but no more splits than tiles.
+        assert_eq!(decode_splits(8, 576, 132, 32 * 130 * 4), 9);
+        // Batch 32: 256 groups, 2 splits fill the wave; batch 64: 512 groups, one split.
+        assert_eq!(decode_splits(256, 1024, 132, per_split / 2), 2);
+        assert_eq!(decode_splits(512, 4096, 132, per_split), 1);
+        // More groups than the wave holds: one split.
+        assert_eq!(decode_splits(2048, 1024, 132, 4 * per_split), 1);
         // A long prefill chunk in the step: partials for all its rows would not pay.
-        assert_eq!(decode_splits(16, 4096, 132, 4096 * 32 * 130 * 4), (1, 4096));
+        assert_eq!(decode_splits(16, 4096, 132, 4096 * 32 * 130 * 4), 1);
         for (b, ctx) in [(1, 1), (3, 7000), (17, 2048), (100, 65), (527, 1 << 17)] {
-            let (n, len) = decode_splits(b, ctx, 132, 1 << 10);
-            assert!((1..=1024).contains(&n) && len % 64 == 0, "{b} {ctx}");
-            assert!(n * len >= ctx && (n - 1) * len < ctx, "{b} {ctx}");
+            let n = decode_splits(b, ctx, 132, 1 << 10);
+            assert!(
+                (1..=ctx.div_ceil(64)).contains(&n) && b * n <= 528.max(b),
+                "{b} {ctx}"
+            );
         }
     }
 

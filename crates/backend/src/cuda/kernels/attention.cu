@@ -194,7 +194,8 @@ ATTENTION_LANES_KV(bf16, bf16_t)
 // splits' maxima cost ~40 us per layer at 66 splits: one memory latency per split).
 #define MERGE_MAX_SPLITS 1024
 extern "C" __global__ void attention_merge_kernel(const float* __restrict__ partial, int splits,
-                                                  int n_heads, int hd, float* __restrict__ out) { pdl_entry();
+                                                  int n_heads, int hd, float* __restrict__ out,
+                                                  bf16_t* __restrict__ out_bf16) { pdl_entry();
     __shared__ float wz[MERGE_MAX_SPLITS];
     __shared__ float scratch[32];
     const int t = blockIdx.x, h = blockIdx.y;
@@ -219,6 +220,8 @@ extern "C" __global__ void attention_merge_kernel(const float* __restrict__ part
         float num = 0.0f;
 #pragma unroll 8
         for (int z = 0; z < splits; z++) num += pp[(long)z * (hd + 2) + 2 + d] * wz[z];
-        out[((long)t * n_heads + h) * hd + d] = den > 0.0f ? num / den : 0.0f;
+        const float y = den > 0.0f ? num / den : 0.0f;
+        out[((long)t * n_heads + h) * hd + d] = y;
+        if (out_bf16) out_bf16[((long)t * n_heads + h) * hd + d] = f32_to_bf16(y);  // for the next GEMM
     }
 }

@@ -13,12 +13,15 @@
 //   head and all q_rows (<= 15) rows of the sequence as the M dimension of
 //   mma.sync m16n8k16: packed row pr = r * g + j (query row r, head j of the group), 16
 //   per m-tile. Each K/V tile is read from memory once for all of them.
-// - Split-K over the keys (flash-decoding, Dao et al. 2023): blockIdx.z takes keys
-//   [z * split_len, (z + 1) * split_len) (split_len a multiple of the 64-key tile), so a
-//   small batch still fills the GPU. With splits > 1 each block writes the unnormalised
-//   state (m in natural-log units, l, acc[hd]) per (row, head, split) in attention.cu's
-//   partial layout, and attention_merge_kernel combines them; with one split the block
-//   writes the output.
+// - Split-K over the keys (flash-decoding, Dao et al. 2023): blockIdx.z takes the z-th
+//   of `splits` equal runs of whole 64-key tiles of its sequence's keys, so a small batch
+//   still fills the GPU. With splits > 1 each block writes the unnormalised state (m in
+//   natural-log units, l, acc[hd]) per (row, head, split) in attention.cu's partial
+//   layout, and attention_merge_kernel combines them; with one split the block writes
+//   the output. Either way a bf16 copy of the output can go along, for the output
+//   projection's GEMM. (Merging in the last block of each group to finish, with an
+//   arrival counter and a device-wide fence in every block, instead of a merge kernel,
+//   measured no faster at batch 32 and 1.5% slower at batch 1 on an H100.)
 // - K/V tiles of 64 keys copied to shared memory with 16-byte cp.async in FA2's schedule
 //   (K(j+1) streams in while P.V(j) runs, V(j+1) while Q.K(j+1) runs). The cache row of
 //   each key comes from the block table (any block size) one tile ahead, into shared
@@ -78,6 +81,7 @@ struct FdBlock {
     bool use_cap;
     float* partial;
     float* out;
+    bf16_t* out_bf16;     // a bf16 copy of out for the next GEMM (null: none)
 };
 
 // Issues the cp.async copies of one 64-key tile of `cache` into `dst`, each key's cache
@@ -331,7 +335,9 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             }
             pp[2 + d] = num;
         } else {
-            b.out[t * ld + h * HD + d] = den > 0.0f ? num / den : 0.0f;
+            const float y = den > 0.0f ? num / den : 0.0f;
+            b.out[t * ld + h * HD + d] = y;
+            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
         }
     }
     __syncthreads();  // shared memory is reused by the next pass
@@ -342,8 +348,8 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
                              const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
                              const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                              int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
-                             float softcap, int split_len, int max_q_rows, float* __restrict__ partial,
-                             float* __restrict__ out) {
+                             float softcap, int max_q_rows, float* __restrict__ partial,
+                             float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
     __shared__ FdShared<HD> sh;
     __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
     __shared__ int srow[2][FD_KEYS];
@@ -370,10 +376,15 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     b.z = blockIdx.z;
     b.splits = gridDim.z;
     b.window = window;
-    // Keys any row of this block sees, within this split.
+    // Keys any row of this block sees, within this split: the sequence's own keys cut
+    // into `splits` runs of whole tiles. (Cutting the grid's bound on the context, the
+    // block table's width, instead left all the keys of a 576-key context to the first
+    // of 2-3 splits at batch 32-64: one busy block per (sequence, KV head).)
     const int key_lo = window > 0 ? max(0, b.pos0 - window + 1) : 0;
-    b.lo = max(key_lo, b.z * split_len);
-    b.hi = min(ctx - 1, b.z * split_len + split_len - 1);
+    const int tiles = (ctx - key_lo + FD_KEYS - 1) / FD_KEYS;
+    const int per_split = (tiles + b.splits - 1) / b.splits * FD_KEYS;
+    b.lo = key_lo + b.z * per_split;
+    b.hi = min(ctx - 1, b.lo + per_split - 1);
     b.use_cap = softcap > 0.0f;
     // Scores in log2 units, so the softmax uses exp2: Q scaled by log2 e, or the cap's
     // output when there is a softcap.
@@ -382,6 +393,7 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     b.cap_in = b.use_cap ? 1.0f / softcap : 0.0f;
     b.partial = partial;
     b.out = out;
+    b.out_bf16 = out_bf16;
 
     const int mt = (b.m_rows + 15) / 16;
     const int rg = blockIdx.y % row_groups;
@@ -404,11 +416,11 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
 extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##NAME##_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
-    float scale, int window, float softcap, int split_len, int max_q_rows, float* partial, \
-    float* out) { pdl_entry(); \
+    float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
+    bf16_t* out_bf16) { pdl_entry(); \
     flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
-                            n_heads, n_kv, scale, window, softcap, split_len, max_q_rows, partial, \
-                            out); \
+                            n_heads, n_kv, scale, window, softcap, max_q_rows, partial, out, \
+                            out_bf16); \
 }
 FLASH_DECODE(64, , false, 4)
 FLASH_DECODE(128, , false, 4)
