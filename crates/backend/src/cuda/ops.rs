@@ -102,20 +102,21 @@ const DECODE_PARTIAL_BUDGET: usize = 32 << 20;
 
 /// Key splits for the tensor-core decode kernel (kernels/attention_decode.cu) over
 /// `blocks` (sequence, KV head, row group) triples, contexts of at most `max_ctx` keys and
-/// `split_bytes` of partial state per split. Each sequence's keys are cut into that many
+/// `split_bytes` of partial state per split, on `slots` = SMs x blocks per SM (the
+/// kernel's occupancy). Each sequence's keys are cut into that many
 /// equal runs of whole 64-key tiles on the device (from its own context length, so the
 /// grid stays a function of the bound: graph replays). As many splits as fit the blocks
-/// in one wave of 4 per SM (the occupancy of the decode kernel; rounding up gave batch
-/// 64 two splits and a second wave), but none shorter than a tile.
+/// in one wave (rounding up gave batch 64 two splits and a second wave), but none
+/// shorter than a tile.
 pub(crate) fn decode_splits(
     blocks: usize,
     max_ctx: usize,
-    sms: usize,
+    slots: usize,
     split_bytes: usize,
 ) -> usize {
     let tiles = max_ctx.max(1).div_ceil(64);
     let budget = (DECODE_PARTIAL_BUDGET / split_bytes.max(1)).max(1);
-    ((4 * sms.max(1)) / blocks.max(1))
+    (slots.max(1) / blocks.max(1))
         .min(tiles)
         .min(budget)
         .clamp(1, 1024)
@@ -879,10 +880,13 @@ impl CudaBackend {
                 decode_row_groups(g, rows_bound)
             };
             let groups = meta.num_seqs * p.n_kv_heads * row_groups;
+            // Blocks per SM: 4 for the one-m-tile kernel (3 for the general one, which
+            // takes few sequences).
+            let per_sm = 4;
             let splits = decode_splits(
                 groups,
                 max_ctx,
-                self.sm_count as usize,
+                per_sm * self.sm_count as usize,
                 t * p.n_heads * (hd + 2) * 4,
             );
             let partial = if splits > 1 {
@@ -1042,19 +1046,19 @@ mod tests {
         let per_split = 64 * 32 * 130 * 4; // 64 decode rows, 32 heads, head_dim 128
                                            // Batch 1, 8 KV heads: 66 splits make 528 blocks, 4 per SM; a 4k context has
                                            // only 64 tiles.
-        assert_eq!(decode_splits(8, 1 << 16, 132, 32 * 130 * 4), 66);
-        assert_eq!(decode_splits(8, 4096, 132, 32 * 130 * 4), 64);
+        assert_eq!(decode_splits(8, 1 << 16, 528, 32 * 130 * 4), 66);
+        assert_eq!(decode_splits(8, 4096, 528, 32 * 130 * 4), 64);
         // ... but no more splits than tiles.
-        assert_eq!(decode_splits(8, 576, 132, 32 * 130 * 4), 9);
+        assert_eq!(decode_splits(8, 576, 528, 32 * 130 * 4), 9);
         // Batch 32: 256 groups, 2 splits fill the wave; batch 64: 512 groups, one split.
-        assert_eq!(decode_splits(256, 1024, 132, per_split / 2), 2);
-        assert_eq!(decode_splits(512, 4096, 132, per_split), 1);
+        assert_eq!(decode_splits(256, 1024, 528, per_split / 2), 2);
+        assert_eq!(decode_splits(512, 4096, 528, per_split), 1);
         // More groups than the wave holds: one split.
-        assert_eq!(decode_splits(2048, 1024, 132, 4 * per_split), 1);
+        assert_eq!(decode_splits(2048, 1024, 528, 4 * per_split), 1);
         // A long prefill chunk in the step: partials for all its rows would not pay.
-        assert_eq!(decode_splits(16, 4096, 132, 4096 * 32 * 130 * 4), 1);
+        assert_eq!(decode_splits(16, 4096, 528, 4096 * 32 * 130 * 4), 1);
         for (b, ctx) in [(1, 1), (3, 7000), (17, 2048), (100, 65), (527, 1 << 17)] {
-            let n = decode_splits(b, ctx, 132, 1 << 10);
+            let n = decode_splits(b, ctx, 528, 1 << 10);
             assert!(
                 (1..=ctx.div_ceil(64)).contains(&n) && b * n <= 528.max(b),
                 "{b} {ctx}"

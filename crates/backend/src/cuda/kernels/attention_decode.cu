@@ -412,6 +412,10 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
 // Two kernels per head dim: for steps whose sequences all have g * q_rows <= 16 (plain
 // decode) only the one-m-tile path, which fits 4 blocks per SM (128 registers); the
 // general one also has the two-m-tile path and fits 3.
+// (Held to 5 blocks per SM with __launch_bounds__ — 96 registers, 5 x 43.5 KB of shared
+// memory — the one-m-tile kernel made decode steps slower on an H100, also at head_dim 64
+// where nothing spilled: 8B shape b32 7.48 -> 7.93 ms, b64 8.48 -> 9.23 ms; 1B shape b64
+// 1.94 -> 2.09 ms, 512 + 128 tokens.)
 #define FLASH_DECODE(HD, NAME, MULTI, MINB) \
 extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##NAME##_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
