@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -112,6 +112,14 @@ if [[ " $what " == *" decode_ab "* ]]; then # batched decode: the previous build
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for bin in /tmp/sluice-bin/sluice-base $B; do
       q X=$bin $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+fi
+if [[ " $what " == *" norm_ab "* ]]; then # the vectorised norm kernels: previous build (.devbin/sluice-base) against this one, batch 64
+  for preset in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    for bin in /tmp/sluice-bin/sluice-base $B; do
+      echo "=== $preset b64 $bin" | tee -a "$OUT/pdl.txt"
+      timeout 120 $bin bench latency --device cuda --random-weights $preset --batch-size 64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "decode |" | tee -a "$OUT/pdl.txt"
     done
   done
 fi

@@ -111,7 +111,18 @@ fn elementwise_ops_match_the_cpu() {
     };
     let c = cpu();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    for &(rows, cols) in &[(1usize, 7usize), (5, 576), (3, 2049), (33, 64)] {
+    // Widths for the scalar norm kernels (7, 2049, 16388: not whole float4s or wider
+    // than the vectorised kernel takes) and the vectorised ones (576, 64, 4096, 16384:
+    // partly and wholly filled chunks).
+    for &(rows, cols) in &[
+        (1usize, 7usize),
+        (5, 576),
+        (3, 2049),
+        (33, 64),
+        (64, 4096),
+        (2, 16384),
+        (2, 16388),
+    ] {
         let n = rows * cols;
         let (xv, yv, wv) = (
             rnd(&mut rng, n, 3.0),

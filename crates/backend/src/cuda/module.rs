@@ -230,6 +230,8 @@ kernels!(
     f32_to_f16_kernel,
     rms_norm_kernel,
     add_rms_norm_kernel,
+    rms_norm4_kernel,
+    add_rms_norm4_kernel,
     add_kernel,
     add_bias_kernel,
     scale_kernel,

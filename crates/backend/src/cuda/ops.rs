@@ -131,6 +131,28 @@ pub(crate) fn decode_rows_bound(t: usize, num_seqs: usize) -> usize {
     rows.clamp(1, PREFILL_MIN_ROWS - 1)
 }
 
+/// Block size of the scalar norm kernels (one block per row).
+fn norm_threads(cols: usize) -> u32 {
+    (cols.next_power_of_two() as u32).clamp(32, 1024)
+}
+
+/// Float4 chunks each thread of the vectorised norm kernels keeps in registers
+/// (`NORM_CHUNKS` in kernels/elementwise.cu).
+const NORM_CHUNKS: usize = 4;
+
+/// Block size of the vectorised norm kernels (`rms_norm4_kernel`, `add_rms_norm4_kernel`)
+/// for rows of `cols`, or None where the scalar ones run: `cols` not a multiple of 4, a
+/// row wider than 4 chunks of 1,024 threads, or a pointer that is not 16-byte aligned
+/// (rows then are too, as cols % 4 == 0).
+pub(crate) fn norm4_threads(cols: usize, ptrs: &[sys::CUdeviceptr]) -> Option<u32> {
+    if cols == 0 || !cols.is_multiple_of(4) || ptrs.iter().any(|p| p % 16 != 0) {
+        return None;
+    }
+    let n4 = cols / 4;
+    let threads = n4.div_ceil(NORM_CHUNKS).next_power_of_two().clamp(32, 1024);
+    (n4 <= NORM_CHUNKS * threads).then_some(threads as u32)
+}
+
 /// Row groups of the general decode kernel: blocks per (sequence, KV head, split) that
 /// share the passes (two 16-row m-tiles each) over up to `g * rows` packed rows.
 pub(crate) fn decode_row_groups(g: usize, rows: usize) -> usize {
@@ -550,10 +572,13 @@ impl CudaBackend {
         let rows = x.numel() / cols;
         let (px, pd, pw, po) = (ptr(x)?, ptr(delta)?, ptr(w)?, ptr(out)?);
         let c = cols as i32;
-        let threads = (cols.next_power_of_two() as u32).clamp(32, 1024);
+        let (f, threads) = match norm4_threads(cols, &[px, pd, pw, po]) {
+            Some(t) => (self.kernels.add_rms_norm4_kernel, t),
+            None => (self.kernels.add_rms_norm_kernel, norm_threads(cols)),
+        };
         let staged = self.staging_for(x.numel(), rows)?;
         self.launch(
-            self.kernels.add_rms_norm_kernel,
+            f,
             (rows as u32, 1, 1),
             threads,
             &mut args![px, pd, pw, po, c, eps, staged],
@@ -580,10 +605,13 @@ impl CudaBackend {
         let rows = numel / cols;
         let pw = ptr(w)?;
         let c = cols as i32;
-        let threads = (cols.next_power_of_two() as u32).clamp(32, 1024);
+        let (f, threads) = match norm4_threads(cols, &[px, pw, po]) {
+            Some(t) => (self.kernels.rms_norm4_kernel, t),
+            None => (self.kernels.rms_norm_kernel, norm_threads(cols)),
+        };
         let staged = self.staging_for(numel, rows)?;
         self.launch(
-            self.kernels.rms_norm_kernel,
+            f,
             (rows as u32, 1, 1),
             threads,
             &mut args![px, pw, po, c, eps, staged],
@@ -1063,6 +1091,26 @@ mod tests {
                 (1..=ctx.div_ceil(64)).contains(&n) && b * n <= 528.max(b),
                 "{b} {ctx}"
             );
+        }
+    }
+
+    #[test]
+    fn vectorised_norms_take_aligned_rows_of_whole_float4s() {
+        use super::norm4_threads;
+        // 4096 columns: 1,024 float4 chunks, 4 per thread.
+        assert_eq!(norm4_threads(4096, &[256, 512]), Some(256));
+        assert_eq!(norm4_threads(576, &[0]), Some(64));
+        assert_eq!(norm4_threads(8, &[0]), Some(32));
+        assert_eq!(norm4_threads(16384, &[0]), Some(1024));
+        // Too wide for 4 chunks of 1,024 threads, not whole float4s, misaligned, empty.
+        assert_eq!(norm4_threads(16388, &[0]), None);
+        assert_eq!(norm4_threads(4094, &[0]), None);
+        assert_eq!(norm4_threads(4096, &[256, 8]), None);
+        assert_eq!(norm4_threads(0, &[0]), None);
+        for cols in (4..20_000).step_by(4) {
+            if let Some(t) = norm4_threads(cols, &[0]) {
+                assert!(cols / 4 <= 4 * t as usize && t.is_power_of_two(), "{cols}");
+            }
         }
     }
 

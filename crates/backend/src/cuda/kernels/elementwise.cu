@@ -89,6 +89,74 @@ extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const f
     }
 }
 
+// The two norms above for rows of cols % 4 == 0 with cols <= 4 * NORM_CHUNKS * blockDim.x
+// (16-byte aligned rows): each thread loads its float4 chunks of x (and y) all at once,
+// keeps them in registers, and writes x, out and the bf16 copy from there. The scalar
+// kernels re-read x and w and, since nothing tells the compiler that x, y and out do not
+// overlap, issue each load only after the previous store: a chain of memory latencies,
+// 6.5 us per launch for 64 rows of 4096 on an H100 (Nsight Compute, batch-64 decode step).
+#define NORM_CHUNKS 4
+template <bool ADD>
+__device__ __forceinline__ void rms_norm4_body(float* x, const float* __restrict__ y,
+                                               const float* __restrict__ w, float* out, int cols,
+                                               float eps, bf16_t* __restrict__ staged) {
+    __shared__ float scratch[32];
+    const long row = (long)blockIdx.x * cols;
+    const int n4 = cols / 4;
+    float4 v[NORM_CHUNKS];
+    float ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; c++) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n4) {
+            float4 a = reinterpret_cast<const float4*>(x + row)[i];
+            if (ADD) {
+                const float4 b = reinterpret_cast<const float4*>(y + row)[i];
+                a.x += b.x;
+                a.y += b.y;
+                a.z += b.z;
+                a.w += b.w;
+            }
+            v[c] = a;
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+        }
+    }
+    if (ADD) {
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < n4) reinterpret_cast<float4*>(x + row)[i] = v[c];
+        }
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)cols + eps);
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; c++) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n4) {
+            const float4 g = reinterpret_cast<const float4*>(w)[i];
+            const float4 o = make_float4(v[c].x * inv * g.x, v[c].y * inv * g.y, v[c].z * inv * g.z,
+                                         v[c].w * inv * g.w);
+            reinterpret_cast<float4*>(out + row)[i] = o;
+            if (staged)
+                reinterpret_cast<uint2*>(staged + row)[i] =
+                    make_uint2((unsigned int)f32_to_bf16(o.x) | ((unsigned int)f32_to_bf16(o.y) << 16),
+                               (unsigned int)f32_to_bf16(o.z) | ((unsigned int)f32_to_bf16(o.w) << 16));
+        }
+    }
+}
+
+// `out` may alias `x`: every x element is in registers before the first store to out.
+extern "C" __global__ void rms_norm4_kernel(const float* x, const float* w, float* out, int cols, float eps,
+                                            bf16_t* staged) { pdl_entry();
+    rms_norm4_body<false>(const_cast<float*>(x), nullptr, w, out, cols, eps, staged);
+}
+
+extern "C" __global__ void add_rms_norm4_kernel(float* x, const float* y, const float* w, float* out,
+                                                int cols, float eps, bf16_t* staged) { pdl_entry();
+    rms_norm4_body<true>(x, y, w, out, cols, eps, staged);
+}
+
 extern "C" __global__ void add_kernel(float* x, const float* y, long n) { pdl_entry();
     GRID_STRIDE(i, n) x[i] += y[i];
 }
