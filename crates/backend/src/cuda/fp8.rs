@@ -274,49 +274,13 @@ impl Plan {
             )
             .map_err(derr)?;
         }
-        let pref = lt::create_matmul_pref().map_err(derr)?;
-        let ws = gemm.workspace().1 as u64;
-        // SAFETY: as above; the heuristic reads the live descriptors and writes at most
-        // ALGO_CANDIDATES results into the zeroed plain-data array.
-        let found = unsafe {
-            let mut results: [lt_sys::cublasLtMatmulHeuristicResult_t; ALGO_CANDIDATES] =
-                std::mem::zeroed();
-            let mut count = 0i32;
-            let set = lt::set_matmul_pref_attribute(
-                pref,
-                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                std::mem::size_of::<u64>(),
-            );
-            let h = set.and_then(|_| {
-                lt_sys::cublasLtMatmulAlgoGetHeuristic(
-                    gemm.handle(),
-                    desc,
-                    plan.a,
-                    plan.b,
-                    plan.d,
-                    plan.d,
-                    pref,
-                    ALGO_CANDIDATES as i32,
-                    results.as_mut_ptr(),
-                    &mut count,
-                )
-                .result()
-            });
-            let _ = lt::destroy_matmul_pref(pref);
-            h.map(|_| {
-                results[..count.clamp(0, ALGO_CANDIDATES as i32) as usize]
-                    .iter()
-                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                    .map(|r| r.algo)
-                    .collect::<Vec<_>>()
-            })
-        }
-        .map_err(|e| {
-            BackendError::Device(format!(
-                "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul: {e:?}"
-            ))
-        })?;
+        // SAFETY: the plan's descriptors were just created and are live.
+        let found = unsafe { gemm.heuristic_algos(desc, plan.a, plan.b, plan.d, ALGO_CANDIDATES) }
+            .map_err(|e| {
+                BackendError::Device(format!(
+                    "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul: {e:?}"
+                ))
+            })?;
         if found.is_empty() {
             return Err(BackendError::Device(format!(
                 "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul"

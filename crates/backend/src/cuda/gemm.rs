@@ -130,42 +130,8 @@ impl Gemm {
         let a = lt::create_matrix_layout(ty, k, m, k as i64).map_err(derr)?;
         let b = lt::create_matrix_layout(ty, k, n, k as i64).map_err(derr)?;
         let d = lt::create_matrix_layout(f32t, m, n, m as i64).map_err(derr)?;
-        let pref = lt::create_matmul_pref().map_err(derr)?;
-        let ws = WORKSPACE_BYTES as u64;
-        // SAFETY: as above; the heuristic reads the live descriptors.
-        let heur = unsafe {
-            lt::set_matmul_pref_attribute(
-                pref,
-                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                std::mem::size_of::<u64>(),
-            )
-            .map_err(derr)?;
-            let mut results: [lt_sys::cublasLtMatmulHeuristicResult_t; ALGO_CANDIDATES] =
-                std::mem::zeroed();
-            let mut count = 0i32;
-            let h = lt_sys::cublasLtMatmulAlgoGetHeuristic(
-                self.handle,
-                desc,
-                a,
-                b,
-                d,
-                d,
-                pref,
-                ALGO_CANDIDATES as i32,
-                results.as_mut_ptr(),
-                &mut count,
-            )
-            .result();
-            let _ = lt::destroy_matmul_pref(pref);
-            h.map(|_| {
-                results[..count.clamp(0, ALGO_CANDIDATES as i32) as usize]
-                    .iter()
-                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                    .map(|r| r.algo)
-                    .collect::<Vec<_>>()
-            })
-        };
+        // SAFETY: the descriptors were just created and are live.
+        let heur = unsafe { self.heuristic_algos(desc, a, b, d, ALGO_CANDIDATES) };
         let no_algo = |why: String| {
             BackendError::Device(format!(
                 "cuBLASLt has no algorithm for a {}x{}x{} {} matmul{why}",
@@ -184,6 +150,61 @@ impl Gemm {
             algos,
             chosen: 0,
         })
+    }
+
+    /// Up to `max` algorithms cuBLASLt's heuristic offers for the matmul `desc` with
+    /// layouts `a`, `b` and `d` (C = D), best first, within the shared workspace. Shared
+    /// with the FP8 GEMM (cuda/fp8.rs).
+    ///
+    /// # Safety
+    /// The descriptors must be live.
+    pub(super) unsafe fn heuristic_algos(
+        &self,
+        desc: lt_sys::cublasLtMatmulDesc_t,
+        a: lt_sys::cublasLtMatrixLayout_t,
+        b: lt_sys::cublasLtMatrixLayout_t,
+        d: lt_sys::cublasLtMatrixLayout_t,
+        max: usize,
+    ) -> std::result::Result<Vec<lt_sys::cublasLtMatmulAlgo_t>, lt::CublasError> {
+        let pref = lt::create_matmul_pref()?;
+        let ws = WORKSPACE_BYTES as u64;
+        // SAFETY: a fresh preference, attribute buffers sized to their types; the
+        // heuristic reads the live descriptors and writes at most `max` results into the
+        // zeroed plain-data vector.
+        unsafe {
+            let mut results: Vec<lt_sys::cublasLtMatmulHeuristicResult_t> =
+                vec![std::mem::zeroed(); max];
+            let mut count = 0i32;
+            let h = lt::set_matmul_pref_attribute(
+                pref,
+                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                std::mem::size_of::<u64>(),
+            )
+            .and_then(|_| {
+                lt_sys::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    desc,
+                    a,
+                    b,
+                    d,
+                    d,
+                    pref,
+                    max as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            h.map(|_| {
+                results[..count.clamp(0, max as i32) as usize]
+                    .iter()
+                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                    .map(|r| r.algo)
+                    .collect()
+            })
+        }
     }
 
     /// Runs `p`'s candidate `i` once on the given buffers.
