@@ -648,6 +648,14 @@ impl Device {
         matches!(self, Device::Cuda(_))
     }
 
+    /// Opens or closes the window in which GEMMs planned for new shapes may time their
+    /// algorithms (CUDA; nothing on the CPU). The step-graph warm-up opens it.
+    pub fn set_gemm_tuning(&self, open: bool) {
+        if let Device::Cuda(g) = self {
+            g.set_gemm_tuning(open);
+        }
+    }
+
     /// Starts recording the device's queue into a graph instead of running it.
     pub fn begin_capture(&self) -> Result<()> {
         match self {

@@ -468,6 +468,50 @@ fn attention_case_q(
     rel_err(&down(g, &out), want.as_f32().unwrap())
 }
 
+/// GEMM autotuning (cuda/gemm.rs) times the candidates only of shapes first planned
+/// while the tuning window is open, once per shape, and a tuned plan's product is as
+/// right as any (1e-2 of an f64 product: bf16 inputs).
+#[test]
+fn gemm_autotuning_only_inside_the_window() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let Device::Cuda(backend) = &g else {
+        return;
+    };
+    let tuning_on = std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0");
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (m, k) = (96usize, 256usize);
+    let wv = rnd(&mut rng, m * k, 0.5);
+    let w = g.load_weight(host(&[m, k], &wv)).unwrap();
+    // (token rows, window open, plans expected to be tuned): a shape planned outside the
+    // window keeps the heuristic's choice even when it comes back inside it.
+    for (t, open, want) in [
+        (12usize, false, 0u64),
+        (20, true, 1),
+        (12, true, 0),
+        (20, false, 0),
+    ] {
+        let xv = rnd(&mut rng, t * k, 1.0);
+        let before = backend.gemm_tuned_plans();
+        g.set_gemm_tuning(open);
+        let mut out = poisoned(&g, &[t, m]);
+        let ran = g.matmul(&up(&g, &[t, k], &xv), &w, &mut out);
+        g.set_gemm_tuning(false);
+        ran.unwrap();
+        let tuned = backend.gemm_tuned_plans() - before;
+        if tuning_on {
+            assert_eq!(tuned, want, "{t} rows, window open: {open}");
+        }
+        check(
+            &format!("matmul {t} rows (window open: {open})"),
+            &down(&g, &out),
+            &matmul_f64(&xv, &wv, t, m, k),
+            1e-2,
+        );
+    }
+}
+
 /// The decode kernel writes a bf16 copy of its output for the output projection
 /// ("staged activations", cuda/ops.rs) when no prefill kernel rewrites rows after it
 /// (bf16 cache, head_dim 64/128, not 16+ rows next to fewer sequences) and a GEMM (more

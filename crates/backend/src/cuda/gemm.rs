@@ -8,12 +8,13 @@
 //!
 //! Autotuning: the heuristic's first choice is often not the fastest for the skinny
 //! GEMMs of batched decode (8-64 token rows against a 4096-14336 wide weight: bound by
-//! the weight's bytes, which some tile shapes stream better than others). For token
-//! counts a decode step can have (multiples of 4 up to 512: the step-graph buckets) the
-//! plan times the heuristic's candidates on the call's own buffers, once, outside graph
-//! capture, and keeps the fastest (TensorRT-LLM's tactic selection, in miniature).
-//! Other shapes (prefill chunks of any length) take the heuristic's first choice, so
-//! no request waits on timing. `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can
+//! the weight's bytes, which some tile shapes stream better than others). GEMMs planned
+//! while the backend's tuning window is open (the first, eager step of each decode-graph
+//! bucket: shapes that every replay repeats) and outside graph capture time the
+//! heuristic's candidates on the call's own buffers, once, and keep the fastest
+//! (TensorRT-LLM's tactic selection, in miniature). Other shapes (prefill chunks of any
+//! length) take the heuristic's first choice, so no request waits on timing.
+//! `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can
 //! differ between runs (timing noise between near-equal candidates), and candidates may
 //! sum in different orders (split-K): outputs can then differ in the last bits from run
 //! to run of the process, as with any autotuning library; within a process a shape
@@ -57,15 +58,17 @@ struct Plan {
     chosen: usize,
 }
 
-/// Whether a GEMM of `n` token rows gets its algorithm by timing (see the module notes).
+/// Token counts worth timing (a bound: decode-graph buckets go up to 512).
 pub(super) fn autotuned_rows(n: usize) -> bool {
-    n <= 512 && n.is_multiple_of(4)
+    n <= 512
 }
 
 pub struct Gemm {
     handle: lt_sys::cublasLtHandle_t,
     workspace: CudaBuffer,
     plans: Mutex<HashMap<Key, Plan>>,
+    /// Plans whose algorithm was picked by timing (for tests).
+    tuned: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: the handle and descriptors are only used with the plans' mutex held or through
@@ -108,6 +111,7 @@ impl Gemm {
                 ctx: Arc::clone(ctx),
             },
             plans: Mutex::new(HashMap::new()),
+            tuned: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -309,6 +313,7 @@ impl Gemm {
         }
         if let Some((i, ms)) = best {
             p.chosen = i;
+            self.tuned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let us = |ms: f32| ms * 1e3 / TUNE_RUNS as f32;
             tracing::debug!(
                 "cuBLASLt autotune {}x{}x{} {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
@@ -324,6 +329,11 @@ impl Gemm {
         Ok(())
     }
 
+    /// How many plans picked their algorithm by timing.
+    pub fn tuned_plans(&self) -> u64 {
+        self.tuned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The cuBLASLt handle, shared with the FP8 GEMM (cuda/fp8.rs).
     pub(super) fn handle(&self) -> lt_sys::cublasLtHandle_t {
         self.handle
@@ -334,8 +344,8 @@ impl Gemm {
         (self.workspace.ptr, WORKSPACE_BYTES)
     }
 
-    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32. `tune`: the
-    /// stream may synchronize (not capturing a graph) and autotuning is on.
+    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32. `tune`: a new
+    /// plan may time its candidates (the backend's tuning window is open, no capture).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,

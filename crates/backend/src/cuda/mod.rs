@@ -187,6 +187,9 @@ pub struct CudaBackend {
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
+    /// Open while the caller runs a step whose GEMM shapes recur (the first, eager step
+    /// of a decode-graph bucket): only GEMMs planned then are autotuned.
+    gemm_tuning_window: AtomicBool,
     /// A bf16 copy of an f32 activation tensor that the kernel just launched wrote next to
     /// it, for the GEMM that consumes it (see `ops.rs`, "staged activations"). Cleared
     /// by every other launch, so it only ever describes the latest kernel's output.
@@ -255,6 +258,7 @@ impl CudaBackend {
             gemv_prefetch,
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
+            gemm_tuning_window: AtomicBool::new(false),
             staged: Mutex::new(None),
             staged_uses: AtomicU64::new(0),
             // Only where the GEMMs take bf16 input (not f16, f32 or FP8 weights).
@@ -276,9 +280,24 @@ impl CudaBackend {
         format!("cuda: {}", self.name)
     }
 
-    /// Whether a GEMM planned now may time its candidates (not inside a graph capture).
+    /// Whether a GEMM planned now may time its candidates: inside a tuning window and not
+    /// inside a graph capture.
     pub(super) fn gemm_may_tune(&self) -> bool {
-        self.gemm_autotune && !self.capturing.load(Ordering::SeqCst)
+        self.gemm_autotune
+            && self.gemm_tuning_window.load(Ordering::SeqCst)
+            && !self.capturing.load(Ordering::SeqCst)
+    }
+
+    /// How many GEMM plans picked their algorithm by timing (gemm.rs).
+    pub fn gemm_tuned_plans(&self) -> u64 {
+        self.gemm.tuned_plans()
+    }
+
+    /// Opens or closes the GEMM tuning window (see gemm.rs, "Autotuning"): the model opens
+    /// it around the first step of each decode-graph bucket, whose shapes then recur on
+    /// every replay. Prefill chunks of any length are never timed, so no request waits.
+    pub fn set_gemm_tuning(&self, open: bool) {
+        self.gemm_tuning_window.store(open, Ordering::SeqCst);
     }
 
     pub(crate) fn clear_staged(&self) {

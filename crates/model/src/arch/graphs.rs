@@ -100,7 +100,12 @@ impl StepGraphs {
             return Ok(dev.launch_graph(g)?);
         }
         if self.warmed.insert(bucket) {
-            return body(kv, st);
+            // The first step of a bucket runs eagerly: its GEMM shapes recur on every
+            // replay, so they are the ones worth autotuning (the backend's choice).
+            dev.set_gemm_tuning(true);
+            let ran = body(kv, st);
+            dev.set_gemm_tuning(false);
+            return ran;
         }
         dev.begin_capture()?;
         let recorded = body(kv, st);
