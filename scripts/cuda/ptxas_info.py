@@ -47,9 +47,10 @@ def main():
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and name:
             spill = f"{m.group(1)}/{m.group(2)}"
-        m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
+        m = re.search(r"Used (\d+) registers", line)
         if m and name:
-            rows.append((name, int(m.group(1)), spill, int(m.group(2))))
+            smem = re.search(r"(\d+) bytes smem", line)
+            rows.append((name, int(m.group(1)), spill, int(smem.group(1)) if smem else 0))
             name = None
     print(f"| kernel ({arch}) | registers | spill st/ld bytes | static smem bytes |")
     print("| --- | ---: | ---: | ---: |")
