@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -122,4 +122,12 @@ if [[ " $what " == *" norm_ab "* ]]; then # the vectorised norm kernels: previou
       timeout 120 $bin bench latency --device cuda --random-weights $preset --batch-size 64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "decode |" | tee -a "$OUT/pdl.txt"
     done
   done
+fi
+if [[ " $what " == *" attn_stalls "* ]]; then # why the decode attention reads K/V at ~2.3 TB/s at short contexts: ncu stall reasons and memory sections, 8B b64 ctx ~530
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 240 $NCU --clock-control none --kernel-name flash_decode_bf16_d128 --launch-skip 200 --launch-count 2 \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section SpeedOfLight \
+    $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 64 -r 1 \
+    > "$OUT/ncu-attn.txt" 2>&1
+  grep -aE "Stall|Warp Cycles|Throughput|Achieved Occupancy|Memory Throughput|DRAM|L2 Hit|Duration" "$OUT/ncu-attn.txt" | head -60 | tee -a "$OUT/pdl.txt"
 fi
