@@ -14,11 +14,10 @@
 //! heuristic's candidates on the call's own buffers, once, and keep the fastest
 //! (TensorRT-LLM's tactic selection, in miniature). Other shapes (prefill chunks of any
 //! length) take the heuristic's first choice, so no request waits on timing.
-//! `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can
-//! differ between runs (timing noise between near-equal candidates), and candidates may
-//! sum in different orders (split-K): outputs can then differ in the last bits from run
-//! to run of the process, as with any autotuning library; within a process a shape
-//! keeps its algorithm.
+//! `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can differ between runs (timing
+//! noise between near-equal candidates), and candidates may sum in different orders
+//! (split-K): outputs can then differ in the last bits from one process to the next, as
+//! with any autotuning library; within a process a shape keeps its algorithm.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
