@@ -1071,9 +1071,10 @@ mod tests {
 
     #[test]
     fn decode_splits_fill_one_wave_in_whole_tiles() {
-        let per_split = 64 * 32 * 130 * 4; // 64 decode rows, 32 heads, head_dim 128
-                                           // Batch 1, 8 KV heads: 66 splits make 528 blocks, 4 per SM; a 4k context has
-                                           // only 64 tiles.
+        // Partial bytes per split: 64 decode rows, 32 heads, head_dim 128.
+        let per_split = 64 * 32 * 130 * 4;
+        // 528 slots: 132 SMs, 4 blocks each. Batch 1, 8 KV heads: 66 splits make 528
+        // blocks; a 4k context has only 64 tiles.
         assert_eq!(decode_splits(8, 1 << 16, 528, 32 * 130 * 4), 66);
         assert_eq!(decode_splits(8, 4096, 528, 32 * 130 * 4), 64);
         // ... but no more splits than tiles.
