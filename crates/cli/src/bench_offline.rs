@@ -163,10 +163,16 @@ pub fn run_latency(a: LatencyArgs) -> Result<()> {
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
     let weight_bytes = engine.model().weight_bytes() as f64;
-    // Warm-up at the measured shape (like vLLM's `--num-iters-warmup`): the one-time work
-    // of a new batch size (its first eager step, its step graph's capture, the GEMM
-    // autotuning of its shapes) stays out of the figures.
-    bench::step_latency(&mut engine, a.batch_size, a.input_len, 4, 1, 7)?;
+    // Warm-up. With step graphs, at the measured shape (like vLLM's
+    // `--num-iters-warmup`): the one-time work of a new batch size (its first eager step,
+    // its step graph's capture, the GEMM autotuning of its shapes) stays out of the
+    // figures. Without (the CPU) a short run suffices, and a full-size one would double
+    // the benchmark's time.
+    if engine.model().device().supports_graphs() {
+        bench::step_latency(&mut engine, a.batch_size, a.input_len, 4, 1, 7)?;
+    } else {
+        bench::decode(&mut engine, 1, 8, 4, 1, 1)?;
+    }
     let r = bench::step_latency(
         &mut engine,
         a.batch_size,
