@@ -390,8 +390,6 @@ impl Fp8Gemm {
         let p = plans
             .get_mut(&(m, n, k))
             .ok_or_else(|| BackendError::Device(format!("no FP8 plan for {m}x{n}x{k}")))?;
-        let (ws, ws_len) = gemm.workspace();
-        let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the scale attributes hold device pointers (`void*`), passed by address
         // and copied by cuBLASLt.
         unsafe {
@@ -418,23 +416,12 @@ impl Fp8Gemm {
             // SAFETY: the operands are live device buffers of the planned shapes
             // (checked by `matmul_fp8`), the scales live f32s; C = D with beta = 0.
             let r = unsafe {
-                lt::matmul(
-                    gemm.handle(),
+                gemm.launch(
+                    stream,
                     p.desc,
-                    &alpha as *const f32 as *const c_void,
-                    &beta as *const f32 as *const c_void,
-                    w as *const c_void,
-                    p.a,
-                    x as *const c_void,
-                    p.b,
-                    out as *const c_void,
-                    p.d,
-                    out as *mut c_void,
-                    p.d,
+                    (p.a, p.b, p.d),
                     &p.algos[p.first],
-                    ws as *mut c_void,
-                    ws_len,
-                    stream as lt_sys::cudaStream_t,
+                    (w, x, out),
                 )
             };
             match r {

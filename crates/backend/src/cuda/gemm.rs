@@ -210,8 +210,51 @@ impl Gemm {
         }
     }
 
-    /// Runs `p`'s candidate `i` once on the given buffers.
+    /// The one cuBLASLt call of the bf16 and FP8 GEMMs: `out = op(w) · x` with the
+    /// matmul `desc`, layouts `(a, b, d)` (C = D, alpha 1, beta 0) and `algo`, on the
+    /// shared workspace.
+    ///
+    /// # Safety
+    /// The descriptors must be live and `w`, `x`, `out` device buffers of the shapes they
+    /// describe.
     #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn launch(
+        &self,
+        stream: sys::CUstream,
+        desc: lt_sys::cublasLtMatmulDesc_t,
+        (a, b, d): (
+            lt_sys::cublasLtMatrixLayout_t,
+            lt_sys::cublasLtMatrixLayout_t,
+            lt_sys::cublasLtMatrixLayout_t,
+        ),
+        algo: &lt_sys::cublasLtMatmulAlgo_t,
+        (w, x, out): (sys::CUdeviceptr, sys::CUdeviceptr, sys::CUdeviceptr),
+    ) -> std::result::Result<(), lt::CublasError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the caller's promise; C = D with beta = 0; the workspace is ours.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                w as *const c_void,
+                a,
+                x as *const c_void,
+                b,
+                out as *const c_void,
+                d,
+                out as *mut c_void,
+                d,
+                algo,
+                self.workspace.ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                stream as lt_sys::cudaStream_t,
+            )
+        }
+    }
+
+    /// Runs `p`'s candidate `i` once on the given buffers.
     fn run(
         &self,
         stream: sys::CUstream,
@@ -221,30 +264,10 @@ impl Gemm {
         w: sys::CUdeviceptr,
         out: sys::CUdeviceptr,
     ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: pointers are live device buffers of the planned shapes (checked by the
-        // caller); C = D with beta = 0; the workspace is ours.
-        unsafe {
-            lt::matmul(
-                self.handle,
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                w as *const c_void,
-                p.a,
-                x as *const c_void,
-                p.b,
-                out as *const c_void,
-                p.d,
-                out as *mut c_void,
-                p.d,
-                &p.algos[i],
-                self.workspace.ptr as *mut c_void,
-                WORKSPACE_BYTES,
-                stream as lt_sys::cudaStream_t,
-            )
-        }
-        .map_err(derr)
+        // SAFETY: the plan's descriptors are live; the buffers are of the planned shapes
+        // (checked by the caller).
+        unsafe { self.launch(stream, p.desc, (p.a, p.b, p.d), &p.algos[i], (w, x, out)) }
+            .map_err(derr)
     }
 
     /// Times every candidate of `p` on the call's buffers (the output is overwritten;
@@ -331,16 +354,6 @@ impl Gemm {
     /// How many plans picked their algorithm by timing.
     pub fn tuned_plans(&self) -> u64 {
         self.tuned.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The cuBLASLt handle, shared with the FP8 GEMM (cuda/fp8.rs).
-    pub(super) fn handle(&self) -> lt_sys::cublasLtHandle_t {
-        self.handle
-    }
-
-    /// The workspace (pointer, bytes), shared with the FP8 GEMM on the same stream.
-    pub(super) fn workspace(&self) -> (sys::CUdeviceptr, usize) {
-        (self.workspace.ptr, WORKSPACE_BYTES)
     }
 
     /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32. `tune`: a new
