@@ -57,11 +57,6 @@ struct Plan {
     chosen: usize,
 }
 
-/// Token counts worth timing (a bound: decode-graph buckets go up to 512).
-pub(super) fn autotuned_rows(n: usize) -> bool {
-    n <= 512
-}
-
 pub struct Gemm {
     handle: lt_sys::cublasLtHandle_t,
     workspace: CudaBuffer,
@@ -381,7 +376,7 @@ impl Gemm {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut p = self.plan(key)?;
                 // Not the exact f32 reference path: it is there for its numbers.
-                if tune && dtype != DType::F32 && autotuned_rows(n) && p.algos.len() > 1 {
+                if tune && dtype != DType::F32 && p.algos.len() > 1 {
                     self.tune(stream, key, &mut p, (x, w, out))?;
                 }
                 e.insert(p)
