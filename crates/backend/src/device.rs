@@ -408,14 +408,55 @@ impl Device {
         }
     }
 
-    /// `out += x · wᵀ` in one pass (see `fuses_decode_matmul`).
+    /// `out += x · wᵀ` in one pass: the residual add in the matmul's epilogue, for one
+    /// row where `fuses_decode_matmul` holds and for more where `accumulates_matmul` does.
     pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
         match self {
             Device::Cpu(_) => Err(BackendError::Unsupported {
-                op: "matmul_accumulate (a CUDA decode fusion; check fuses_decode_matmul)",
+                op: "matmul_accumulate (a CUDA fusion; check fuses_decode_matmul or accumulates_matmul)",
                 dtype: w.dtype(),
             }),
             Device::Cuda(g) => g.matmul_accumulate(x, w, out),
+        }
+    }
+
+    /// Whether `matmul_accumulate` takes `rows` (more than one) token rows against `w`:
+    /// on CUDA, a cuBLASLt GEMM with bf16 inputs, whose epilogue adds into the output.
+    pub fn accumulates_matmul(&self, w: &Tensor, rows: usize) -> bool {
+        match self {
+            Device::Cpu(_) => false,
+            Device::Cuda(g) => rows > 1 && g.gemm_epilogues(w, rows),
+        }
+    }
+
+    /// Whether `gated_ffn` takes these stacked gate/up and down weights at `rows` token
+    /// rows.
+    pub fn fuses_gated_ffn(&self, w_gate_up: &Tensor, w_down: &Tensor, rows: usize) -> bool {
+        match self {
+            Device::Cpu(_) => false,
+            Device::Cuda(g) => rows > 1 && g.fuses_gated_ffn(w_gate_up, w_down, rows),
+        }
+    }
+
+    /// The gated FFN from the normed input `xb` into the residual stream `x`:
+    /// `x += (act(g) ⊙ u) · w_downᵀ`, `[g | u] = xb · w_gate_upᵀ` (SiLU or GELU-tanh), with
+    /// bf16 between the GEMMs; `work` (`[T, 2F]` f32) is working space whose contents are
+    /// unspecified afterwards. Where `fuses_gated_ffn` holds (CUDA, bf16 weights).
+    pub fn gated_ffn(
+        &self,
+        xb: &Tensor,
+        w_gate_up: &Tensor,
+        w_down: &Tensor,
+        work: &mut Tensor,
+        x: &mut Tensor,
+        silu: bool,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Unsupported {
+                op: "gated_ffn (a CUDA fusion; check fuses_gated_ffn)",
+                dtype: w_gate_up.dtype(),
+            }),
+            Device::Cuda(g) => g.gated_ffn(xb, w_gate_up, w_down, work, x, silu),
         }
     }
 

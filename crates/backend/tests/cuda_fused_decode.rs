@@ -2,6 +2,9 @@
 //! (the RMSNorm folded into the GEMV) and `matmul_accumulate` (the residual add in its
 //! epilogue), for every weight type that has them, against the unfused GPU ops (each
 //! checked against the CPU in cuda_ops.rs) and, for f32 weights, against the CPU itself.
+//! And the GEMM epilogues of larger steps: `matmul_accumulate` on cuBLASLt (beta 1) and
+//! `gated_ffn` (bf16 between the FFN's GEMMs), against the unfused ops with the same
+//! roundings replayed on the host.
 //! Row counts cover every warps-per-row split of the GEMV (8, 4, 2 and 1 warps per row
 //! group on an H100's 132 SMs).
 //!
@@ -237,5 +240,182 @@ fn staged_activations_equal_converting_and_go_stale_on_any_other_kernel() {
         );
         // Norm (twice), add+norm and GLU took the copy; the stale case did not.
         assert_eq!(backend.staged_gemm_inputs() - uses, 4, "{wt:?}");
+    }
+}
+
+/// Row counts that take cuBLASLt (above the GEMVs' 4) and (H, F) FFN shapes with F a
+/// multiple of 8; H = 4,096 with F = 14,336 is the Llama-3.1-8B layer.
+const GEMM_ROWS: [usize; 4] = [5, 17, 64, 300];
+const FFN_SHAPES: [(usize, usize); 4] = [(64, 96), (128, 344), (256, 1024), (4096, 14336)];
+
+#[test]
+fn gemm_residual_epilogue_matches_matmul_then_add() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(73);
+    for (m, k) in [(77usize, 64usize), (520, 256), (1000, 1032), (4096, 4096)] {
+        let w = g
+            .load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
+            .unwrap();
+        assert!(!g.accumulates_matmul(&w, 1), "one row is the GEMV's");
+        assert!(!g.accumulates_matmul(&w, 4), "four rows are the GEMV's");
+        for t in GEMM_ROWS {
+            assert!(g.accumulates_matmul(&w, t), "{t} rows");
+            let x = up(&g, &[t, k], &rnd(&mut rng, t * k, 1.0));
+            let resid = rnd(&mut rng, t * m, 3.0);
+            let mut plain = poisoned(&g, &[t, m]);
+            g.matmul(&x, &w, &mut plain).unwrap();
+            let want: Vec<f32> = down(&g, &plain)
+                .iter()
+                .zip(&resid)
+                .map(|(p, r)| p + r)
+                .collect();
+            // The first call of a shape inside the tuning window times the candidates
+            // first (on a buffer of its own: the output must be added into once).
+            g.set_gemm_tuning(t == 17);
+            let mut acc = up(&g, &[t, m], &resid);
+            let ran = g.matmul_accumulate(&x, &w, &mut acc);
+            g.set_gemm_tuning(false);
+            ran.unwrap();
+            check(
+                &format!("GEMM matmul_accumulate m={m} k={k} t={t}"),
+                &down(&g, &acc),
+                &want,
+                1e-5,
+            );
+        }
+    }
+}
+
+/// `x + (act(g) ⊙ u) · w_downᵀ` with the roundings of `gated_ffn` replayed: g and u from
+/// the GPU's f32 GEMM rounded to bf16, the GLU in f32 on the host, its output rounded to
+/// bf16 (exact in the down GEMM's bf16 input), the down GEMM on the GPU, the add on the
+/// host. What remains is the GEMMs' summation order (and `__expf`).
+fn gated_ffn_reference(
+    g: &Device,
+    xb: &sluice_backend::Tensor,
+    (w_gate_up, w_down): (&sluice_backend::Tensor, &sluice_backend::Tensor),
+    resid: &[f32],
+    (t, h, f): (usize, usize, usize),
+    silu: bool,
+) -> Vec<f32> {
+    let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+    let mut gu = poisoned(g, &[t, 2 * f]);
+    g.matmul(xb, w_gate_up, &mut gu).unwrap();
+    let gu = down(g, &gu);
+    let mut act = vec![0f32; t * f];
+    for r in 0..t {
+        for j in 0..f {
+            let (v, u) = (bf(gu[r * 2 * f + j]), bf(gu[r * 2 * f + f + j]));
+            let a = if silu {
+                v / (1.0 + (-v).exp()) * u
+            } else {
+                let inner = 0.797_884_6 * (v + 0.044715 * v * v * v);
+                0.5 * v * (1.0 + inner.tanh()) * u
+            };
+            act[r * f + j] = bf(a);
+        }
+    }
+    let mut out = poisoned(g, &[t, h]);
+    g.matmul(&up(g, &[t, f], &act), w_down, &mut out).unwrap();
+    down(g, &out)
+        .iter()
+        .zip(resid)
+        .map(|(o, r)| o + r)
+        .collect()
+}
+
+#[test]
+fn gated_ffn_matches_the_unfused_ops_with_its_roundings() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(74);
+    for (h, f) in FFN_SHAPES {
+        let w_gate_up = g
+            .load_weight(host(&[2 * f, h], &rnd(&mut rng, 2 * f * h, 0.5)))
+            .unwrap();
+        let w_down = g
+            .load_weight(host(&[h, f], &rnd(&mut rng, h * f, 0.5)))
+            .unwrap();
+        assert!(!g.fuses_gated_ffn(&w_gate_up, &w_down, 4), "four rows");
+        let rows: &[usize] = if h == 4096 { &[64, 300] } else { &GEMM_ROWS };
+        for (i, &t) in rows.iter().enumerate() {
+            assert!(
+                g.fuses_gated_ffn(&w_gate_up, &w_down, t),
+                "{h}x{f}, {t} rows"
+            );
+            let silu = i % 2 == 0;
+            // Inputs scaled so that g and u land where SiLU and GELU bend.
+            let xb = up(&g, &[t, h], &rnd(&mut rng, t * h, 2.0 / (h as f32).sqrt()));
+            let resid = rnd(&mut rng, t * h, 3.0);
+            let want = gated_ffn_reference(&g, &xb, (&w_gate_up, &w_down), &resid, (t, h, f), silu);
+            let mut work = poisoned(&g, &[t, 2 * f]);
+            let mut x = up(&g, &[t, h], &resid);
+            g.set_gemm_tuning(t == 17);
+            let ran = g.gated_ffn(&xb, &w_gate_up, &w_down, &mut work, &mut x, silu);
+            g.set_gemm_tuning(false);
+            ran.unwrap();
+            // A one-ulp bf16 difference in a few of g, u or the GLU output (the GEMMs'
+            // order of summation) moves an output by far less than this.
+            check(
+                &format!("gated_ffn h={h} f={f} t={t} silu={silu}"),
+                &down(&g, &x),
+                &want,
+                2e-3,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_epilogues_refuse_what_they_cannot_do() {
+    let mut rng = ChaCha8Rng::seed_from_u64(75);
+    let (h, f, t) = (64usize, 96usize, 8usize);
+    let (gu_v, dn_v) = (rnd(&mut rng, 2 * f * h, 0.5), rnd(&mut rng, h * f, 0.5));
+    let cpu = Device::cpu(Some(1));
+    let (gu, dn) = (host(&[2 * f, h], &gu_v), host(&[h, f], &dn_v));
+    assert!(!cpu.accumulates_matmul(&dn, t) && !cpu.fuses_gated_ffn(&gu, &dn, t));
+    let (mut work, mut x) = (
+        host(&[t, 2 * f], &vec![0.0; t * 2 * f]),
+        host(&[t, h], &vec![0.0; t * h]),
+    );
+    let xb = host(&[t, h], &vec![0.0; t * h]);
+    assert!(cpu
+        .gated_ffn(&xb, &gu, &dn, &mut work, &mut x, true)
+        .is_err());
+    for (wt, fuses) in [(CudaWeightType::F32, false), (CudaWeightType::Bf16, true)] {
+        let Some(g) = gpu(wt) else {
+            return;
+        };
+        let (gu, dn) = (
+            g.load_weight(host(&[2 * f, h], &gu_v)).unwrap(),
+            g.load_weight(host(&[h, f], &dn_v)).unwrap(),
+        );
+        assert_eq!(g.fuses_gated_ffn(&gu, &dn, t), fuses, "{wt:?}");
+        assert_eq!(g.accumulates_matmul(&dn, t), fuses, "{wt:?}");
+        let xb = up(&g, &[t, h], &vec![0.0; t * h]);
+        let mut x = up(&g, &[t, h], &vec![0.0; t * h]);
+        let mut work = up(&g, &[t, 2 * f], &vec![0.0; t * 2 * f]);
+        let ran = g.gated_ffn(&xb, &gu, &dn, &mut work, &mut x, true);
+        assert_eq!(ran.is_ok(), fuses, "{wt:?}: {ran:?}");
+        if fuses {
+            // Working space too small for g, u and the GLU output.
+            let mut small = up(&g, &[t, f], &vec![0.0; t * f]);
+            assert!(g
+                .gated_ffn(&xb, &gu, &dn, &mut small, &mut x, true)
+                .is_err());
+            // Swapped weights (the down projection's shape where gate/up belongs).
+            assert!(g.gated_ffn(&xb, &dn, &gu, &mut work, &mut x, true).is_err());
+            // One row is the GEMV's.
+            let (xb1, mut x1) = (
+                up(&g, &[1, h], &vec![0.0; h]),
+                up(&g, &[1, h], &vec![0.0; h]),
+            );
+            assert!(g
+                .gated_ffn(&xb1, &gu, &dn, &mut work, &mut x1, true)
+                .is_err());
+        }
     }
 }

@@ -106,6 +106,17 @@ impl Weights {
         Weights { map }
     }
 
+    /// The same weights rounded to bf16 values, so that a model with bf16 weights holds
+    /// them exactly.
+    fn rounded_to_bf16(mut self) -> Weights {
+        for (_, data) in self.map.values_mut() {
+            for v in data.iter_mut() {
+                *v = half::bf16::from_f32(*v).to_f32();
+            }
+        }
+        self
+    }
+
     fn store(&self) -> WeightStore {
         let mut s = WeightStore::new();
         for (name, (shape, data)) in &self.map {
@@ -340,12 +351,26 @@ fn check_config(name: &str, cfg: ModelConfig) {
             &format!("{name} on {}", device.name()),
             cfg.clone(),
             &device,
+            Precision::Exact,
         );
     }
 }
 
-fn check_config_on(name: &str, cfg: ModelConfig, device: &Device) {
-    let weights = Weights::random(&cfg, 7);
+/// What a device computes in, and so the tolerance against the f64 reference.
+#[derive(Clone, Copy, PartialEq)]
+enum Precision {
+    /// f32 weights and activations: 2e-3 of logits.
+    Exact,
+    /// bf16 weights (rounded beforehand, so exact) and bf16 GEMM inputs (and, on CUDA,
+    /// bf16 between the FFN's GEMMs): 3e-2.
+    Bf16,
+}
+
+fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Precision) {
+    let weights = match precision {
+        Precision::Exact => Weights::random(&cfg, 7),
+        Precision::Bf16 => Weights::random(&cfg, 7).rounded_to_bf16(),
+    };
     let device = device.clone();
     let mut model = Model::new(&device, cfg.clone(), weights.store(), 256).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -357,7 +382,10 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device) {
         .collect();
     let reference = reference_logits(&cfg, &weights, &tokens);
     let reference_other = reference_logits(&cfg, &weights, &other);
-    let tol = 2e-3;
+    let tol = match precision {
+        Precision::Exact => 2e-3,
+        Precision::Bf16 => 3e-2,
+    };
     let mut worst = 0f64;
 
     // (a) one prefill of everything, logits for every position.
@@ -480,6 +508,21 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device) {
 #[test]
 fn llama_gqa_interleaved() {
     check_config("llama-gqa", base_config());
+}
+
+/// bf16 weights on CUDA. Steps of more than 4 rows (the prefills, the 5- and 6-row
+/// decode graphs) take the GEMM epilogues: the residual add in the output and down
+/// projections' GEMMs and bf16 between the FFN's GEMMs (`gated_ffn`; the FFN width, 80,
+/// is whole 16-byte chunks); steps of fewer rows take the GEMVs.
+#[test]
+fn llama_bf16_weights_on_cuda() {
+    match Device::cuda(0, sluice_backend::cuda::CudaWeightType::Bf16) {
+        Ok(d) => check_config_on("llama-gqa bf16 on cuda", base_config(), &d, Precision::Bf16),
+        Err(e) => assert!(
+            std::env::var("SLUICE_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SLUICE_REQUIRE_CUDA=1 but: {e}"
+        ),
+    }
 }
 
 #[test]

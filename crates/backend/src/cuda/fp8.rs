@@ -422,6 +422,7 @@ impl Fp8Gemm {
                     (p.a, p.b, p.d),
                     &p.algos[p.first],
                     (w, x, out),
+                    0.0,
                 )
             };
             match r {

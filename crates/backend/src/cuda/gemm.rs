@@ -3,8 +3,12 @@
 //! cuBLASLt is column-major, so we compute `outᵀ (M×T) = op(W) · xᵀ` with W seen as a
 //! K×M column-major matrix transposed (TRANSA = T) and xᵀ as K×T column-major. Inputs
 //! are bf16/f16 (x converted by a kernel first) or f32 (compute type 32F without TF32:
-//! exact f32 products for the reference path); the output is always f32. A plan (the
-//! descriptors and an algorithm) is made once per shape and reused.
+//! exact f32 products for the reference path). The output is f32, or bf16 where the
+//! consumer takes bf16 (the gate/up projection's, read by the bf16 GLU: half the bytes
+//! of an f32 output each way); an f32 output can also be accumulated into (`out +=`, beta
+//! 1, C = D: the residual add in the GEMM's epilogue). A plan (the descriptors and an
+//! algorithm) is made once per shape and output type and reused, with or without the
+//! accumulation (the heuristic does not see beta).
 //!
 //! Autotuning: the heuristic's first choice is often not the fastest for the skinny
 //! GEMMs of batched decode (8-64 token rows against a 4096-14336 wide weight: bound by
@@ -44,6 +48,36 @@ struct Key {
     n: usize,
     k: usize,
     dtype: DType,
+    /// F32 or BF16.
+    out: DType,
+}
+
+/// What a matmul writes (`Gemm::matmul`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GemmOut {
+    /// `out = x · wᵀ` in f32.
+    F32,
+    /// `out += x · wᵀ` in f32 (beta 1 on the output itself).
+    F32Accumulate,
+    /// `out = x · wᵀ` rounded to bf16.
+    Bf16,
+}
+
+impl GemmOut {
+    fn dtype(self) -> DType {
+        match self {
+            GemmOut::F32 | GemmOut::F32Accumulate => DType::F32,
+            GemmOut::Bf16 => DType::BF16,
+        }
+    }
+
+    fn beta(self) -> f32 {
+        if self == GemmOut::F32Accumulate {
+            1.0
+        } else {
+            0.0
+        }
+    }
 }
 
 struct Plan {
@@ -127,13 +161,13 @@ impl Gemm {
         let (m, n, k) = (key.m as u64, key.n as u64, key.k as u64);
         let a = lt::create_matrix_layout(ty, k, m, k as i64).map_err(derr)?;
         let b = lt::create_matrix_layout(ty, k, n, k as i64).map_err(derr)?;
-        let d = lt::create_matrix_layout(f32t, m, n, m as i64).map_err(derr)?;
+        let d = lt::create_matrix_layout(cuda_type(key.out)?, m, n, m as i64).map_err(derr)?;
         // SAFETY: the descriptors were just created and are live.
         let heur = unsafe { self.heuristic_algos(desc, a, b, d, ALGO_CANDIDATES) };
         let no_algo = |why: String| {
             BackendError::Device(format!(
-                "cuBLASLt has no algorithm for a {}x{}x{} {} matmul{why}",
-                key.m, key.n, key.k, key.dtype
+                "cuBLASLt has no algorithm for a {}x{}x{} {} matmul into {}{why}",
+                key.m, key.n, key.k, key.dtype, key.out
             ))
         };
         let algos = heur.map_err(|e| no_algo(format!(": {e:?}")))?;
@@ -205,9 +239,9 @@ impl Gemm {
         }
     }
 
-    /// The one cuBLASLt call of the bf16 and FP8 GEMMs: `out = op(w) · x` with the
-    /// matmul `desc`, layouts `(a, b, d)` (C = D, alpha 1, beta 0) and `algo`, on the
-    /// shared workspace.
+    /// The one cuBLASLt call of the bf16 and FP8 GEMMs: `out = op(w) · x + beta · out`
+    /// with the matmul `desc`, layouts `(a, b, d)` (C = D, in place, alpha 1) and `algo`,
+    /// on the shared workspace.
     ///
     /// # Safety
     /// The descriptors must be live and `w`, `x`, `out` device buffers of the shapes they
@@ -224,9 +258,11 @@ impl Gemm {
         ),
         algo: &lt_sys::cublasLtMatmulAlgo_t,
         (w, x, out): (sys::CUdeviceptr, sys::CUdeviceptr, sys::CUdeviceptr),
+        beta: f32,
     ) -> std::result::Result<(), lt::CublasError> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the caller's promise; C = D with beta = 0; the workspace is ours.
+        let alpha = 1.0f32;
+        // SAFETY: the caller's promise; C = D (cuBLASLt computes in place when the two
+        // layouts are the same); the workspace is ours.
         unsafe {
             lt::matmul(
                 self.handle,
@@ -250,6 +286,7 @@ impl Gemm {
     }
 
     /// Runs `p`'s candidate `i` once on the given buffers.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         stream: sys::CUstream,
@@ -258,16 +295,20 @@ impl Gemm {
         x: sys::CUdeviceptr,
         w: sys::CUdeviceptr,
         out: sys::CUdeviceptr,
+        beta: f32,
     ) -> Result<()> {
         // SAFETY: the plan's descriptors are live; the buffers are of the planned shapes
         // (checked by the caller).
-        unsafe { self.launch(stream, p.desc, (p.a, p.b, p.d), &p.algos[i], (w, x, out)) }
+        let algo = &p.algos[i];
+        unsafe { self.launch(stream, p.desc, (p.a, p.b, p.d), algo, (w, x, out), beta) }
             .map_err(derr)
     }
 
     /// Times every candidate of `p` on the call's buffers (the output is overwritten;
-    /// the caller's run comes after) and picks the fastest; a candidate the library
-    /// refuses is skipped. Synchronizes the stream.
+    /// the caller's run comes after; an accumulating call gives a buffer of its own,
+    /// since the runs would add into its output) and picks the fastest; a candidate the
+    /// library refuses is skipped. Synchronizes the stream. The runs write (beta 0): the
+    /// same kernels as with beta 1.
     ///
     /// Each timed run starts with a cold L2: a decode step streams each weight from
     /// memory once, while back-to-back runs of one GEMM would find a weight of up to the
@@ -292,7 +333,7 @@ impl Gemm {
         let mut best: Option<(usize, f32)> = None;
         let mut first = f32::NAN;
         'candidates: for i in 0..p.algos.len() {
-            if self.run(stream, p, i, x, w, out).is_err() {
+            if self.run(stream, p, i, x, w, out, 0.0).is_err() {
                 continue;
             }
             let mut ms = 0.0f32;
@@ -304,7 +345,7 @@ impl Gemm {
                         memset_d8_async(f, 0, FLUSH_BYTES, stream).map_err(derr)?;
                     }
                     event::record(start, stream).map_err(derr)?;
-                    let ok = self.run(stream, p, i, x, w, out).is_ok();
+                    let ok = self.run(stream, p, i, x, w, out, 0.0).is_ok();
                     event::record(end, stream).map_err(derr)?;
                     drv_stream::synchronize(stream).map_err(derr)?;
                     if !ok {
@@ -333,11 +374,12 @@ impl Gemm {
             self.tuned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let us = |ms: f32| ms * 1e3 / TUNE_RUNS as f32;
             tracing::debug!(
-                "cuBLASLt autotune {}x{}x{} {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
+                "cuBLASLt autotune {}x{}x{} {} into {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
                 key.m,
                 key.n,
                 key.k,
                 key.dtype,
+                key.out,
                 p.algos.len(),
                 us(ms),
                 us(first)
@@ -351,8 +393,9 @@ impl Gemm {
         self.tuned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` with x and w of `dtype` and out f32. `tune`: a new
-    /// plan may time its candidates (the backend's tuning window is open, no capture).
+    /// `out[n, m] = x[n, k] · w[m, k]ᵀ` (or `+=`, see `GemmOut`) with x and w of `dtype`.
+    /// `tune`: a new plan may time its candidates (the backend's tuning window is open, no
+    /// capture).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -360,13 +403,25 @@ impl Gemm {
         dtype: DType,
         x: sys::CUdeviceptr,
         w: sys::CUdeviceptr,
-        out: sys::CUdeviceptr,
+        (out, kind): (sys::CUdeviceptr, GemmOut),
         n: usize,
         m: usize,
         k: usize,
         tune: bool,
     ) -> Result<()> {
-        let key = Key { m, n, k, dtype };
+        if dtype == DType::F32 && kind == GemmOut::Bf16 {
+            return Err(BackendError::Unsupported {
+                op: "cuBLASLt matmul with f32 inputs into bf16",
+                dtype,
+            });
+        }
+        let key = Key {
+            m,
+            n,
+            k,
+            dtype,
+            out: kind.dtype(),
+        };
         let mut plans = self
             .plans
             .lock()
@@ -377,12 +432,24 @@ impl Gemm {
                 let mut p = self.plan(key)?;
                 // Not the exact f32 reference path: it is there for its numbers.
                 if tune && dtype != DType::F32 && p.algos.len() > 1 {
-                    self.tune(stream, key, &mut p, (x, w, out))?;
+                    if kind == GemmOut::F32Accumulate {
+                        let bytes = n * m * 4;
+                        // SAFETY: a plain allocation, freed right after (the tuning
+                        // synchronized the stream).
+                        let own =
+                            unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(derr)?;
+                        let tuned = self.tune(stream, key, &mut p, (x, w, own));
+                        // SAFETY: allocated above; the stream no longer uses it.
+                        let _ = unsafe { cudarc::driver::result::free_sync(own) };
+                        tuned?;
+                    } else {
+                        self.tune(stream, key, &mut p, (x, w, out))?;
+                    }
                 }
                 e.insert(p)
             }
         };
-        self.run(stream, p, p.chosen, x, w, out)
+        self.run(stream, p, p.chosen, x, w, out, kind.beta())
     }
 }
 

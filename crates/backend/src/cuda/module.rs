@@ -258,6 +258,7 @@ kernels!(
     attention_merge_kernel,
     glu_packed_kernel,
     glu_packed4_kernel,
+    glu_packed_bf16_kernel,
     gemv_q8_0_2,
     gemv_q8_0_3,
     gemv_q8_0_4,

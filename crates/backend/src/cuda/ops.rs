@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use cudarc::driver::sys;
 
+use super::gemm::GemmOut;
 use super::{cuda_buf, CudaBackend};
 use crate::device::{AttentionParams, PagedAttentionMeta, RopeStyle};
 use crate::dtype::DType;
@@ -247,8 +248,22 @@ impl CudaBackend {
             }
         };
         let tune = self.gemm_may_tune();
+        let out = (po, GemmOut::F32);
         self.gemm
-            .matmul(self.stream, w.dtype(), xin, pw, po, t, m, k, tune)
+            .matmul(self.stream, w.dtype(), xin, pw, out, t, m, k, tune)
+    }
+
+    /// Whether a matmul of `rows` token rows with `w` runs on cuBLASLt with bf16 inputs
+    /// (bf16 weights, more rows than the GEMVs take), where the GEMM's epilogue can add
+    /// into the residual (`matmul_accumulate`) or the gate/up GEMM write bf16
+    /// (`gated_ffn`).
+    pub fn gemm_epilogues(&self, w: &Tensor, rows: usize) -> bool {
+        let k = w.cols();
+        w.dtype() == DType::BF16
+            && w.shape().len() == 2
+            && rows > 0
+            && !(rows == 1 && self.gemv1_kernel(w.dtype(), k, false).is_some())
+            && self.gemv_rows_kernel(w.dtype(), k, rows).is_none()
     }
 
     /// Launches a GEMV kernel of kernels/gemv.cu (arguments `x, w, out, M, K, wpr`)
@@ -426,8 +441,28 @@ impl CudaBackend {
         self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
     }
 
-    /// `out += x · wᵀ` for one row (a residual add in the GEMV's epilogue).
+    /// `out += x · wᵀ`: the residual add in the epilogue of the batch-1 GEMV (one row,
+    /// `fuses_decode_matmul`) or of the cuBLASLt GEMM (`gemm_epilogues`).
     pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        if x.rows() > 1 && self.gemm_epilogues(w, x.rows()) {
+            check_f32("matmul_accumulate activations", &[x, out])?;
+            let (t, k, m) = (x.rows(), x.cols(), w.rows());
+            if w.cols() != k || out.rows() != t || out.cols() != m {
+                return Err(BackendError::Shape(format!(
+                    "matmul_accumulate: x {:?} · w {:?}ᵀ -> out {:?}",
+                    x.shape(),
+                    w.shape(),
+                    out.shape()
+                )));
+            }
+            self.bind()?;
+            let xin = self.bf16_input(ptr(x)?, t * k)?;
+            let tune = self.gemm_may_tune();
+            let out = (ptr(out)?, GemmOut::F32Accumulate);
+            return self
+                .gemm
+                .matmul(self.stream, DType::BF16, xin, ptr(w)?, out, t, m, k, tune);
+        }
         let (m, k, f) = self.fused_decode_operands("matmul_accumulate", false, x, w, out)?;
         self.bind()?;
         let fusion = Gemv1Fusion {
@@ -472,18 +507,22 @@ impl CudaBackend {
         m: usize,
         k: usize,
     ) -> Result<()> {
-        let n = t * k;
-        let staged = match self.staged_copy(px, n) {
-            Some(s) => s,
-            None => {
-                let staged = self.scratch_ptr(n * 2)?;
-                self.stage_half(self.kernels.f32_to_bf16_kernel, px, staged, n)?;
-                staged
-            }
-        };
+        let staged = self.bf16_input(px, t * k)?;
         let tune = self.gemm_may_tune();
+        let out = (po, GemmOut::F32);
         self.gemm
-            .matmul(self.stream, DType::BF16, staged, wb, po, t, m, k, tune)
+            .matmul(self.stream, DType::BF16, staged, wb, out, t, m, k, tune)
+    }
+
+    /// The bf16 copy of the `n` f32 activations at `px` for a GEMM: the staged one if the
+    /// latest kernel wrote it, else converted into the staging buffer now.
+    pub(super) fn bf16_input(&self, px: sys::CUdeviceptr, n: usize) -> Result<sys::CUdeviceptr> {
+        if let Some(s) = self.staged_copy(px, n) {
+            return Ok(s);
+        }
+        let staged = self.scratch_ptr(n * 2)?;
+        self.stage_half(self.kernels.f32_to_bf16_kernel, px, staged, n)?;
+        Ok(staged)
     }
 
     /// Converts `n` f32 activations at `px` to bf16/f16 at `staged` with

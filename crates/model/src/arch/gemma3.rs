@@ -45,7 +45,8 @@ pub fn block(
         .ok_or_else(|| missing("post_attention_norm"))?;
     dev.rms_norm_inplace(&mut st.xo, post_attn, cfg.rms_eps)?;
     dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, cfg.rms_eps, &mut st.xb)?;
-    ffn(dev, cfg, l, ProjInput::Normed, st)?;
+    // Gemma's FFN output is normed (post_ffn) before the residual add: into `xo`.
+    ffn(dev, cfg, l, ProjInput::Normed, false, st)?;
     let post_ffn = l
         .post_ffn_norm
         .as_ref()

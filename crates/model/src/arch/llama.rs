@@ -18,7 +18,10 @@ use crate::kv_cache::LayerKv;
 /// kernels fewer per layer: each input norm runs inside the GEMV that consumes it
 /// (`ProjInput::FusedNorm`, on the residual stream `x`) and the output and down
 /// projections add into `x` in their epilogue (`matmul_accumulate`), so neither the
-/// normalized copy nor the block outputs go through memory. Same math either way.
+/// normalized copy nor the block outputs go through memory. Same math either way. On
+/// larger steps with bf16 weights on CUDA the output and down projections' GEMMs add into
+/// `x` in their epilogue (`accumulates_matmul`) and the FFN keeps bf16 between its GEMMs
+/// (`gated_ffn`).
 pub fn block(
     dev: &Device,
     cfg: &ModelConfig,
@@ -55,13 +58,18 @@ pub fn block(
     dev.paged_attention(&st.q, &kv.k, &kv.v, &meta, &l.attn, &mut st.att)?;
     if fused {
         dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
+    } else if dev.accumulates_matmul(&l.wo, st.att.rows()) {
+        // The residual add in the output projection's GEMM epilogue (beta 1 on `x`), so
+        // the norm reads `x` alone.
+        dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
+        dev.rms_norm(&st.x, &l.ffn_norm, eps, &mut st.xb)?;
     } else {
         dev.matmul(&st.att, &l.wo, &mut st.xo)?;
         dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, eps, &mut st.xb)?;
     }
-    // The fused down projection adds into `x` itself; the plain one leaves `xo` pending.
-    ffn(dev, cfg, l, ffn_in, st)?;
-    st.residual_pending = !fused;
+    // A down projection that added into `x` itself leaves nothing pending; one that wrote
+    // `xo` leaves the add to the next norm.
+    st.residual_pending = !ffn(dev, cfg, l, ffn_in, true, st)?;
     Ok(())
 }
 

@@ -544,19 +544,41 @@ pub(crate) fn apply_rope(
     Ok(())
 }
 
-/// The FFN from the normed input `st.xb` to `st.xo`: act(gate) * up, then down.
+/// The FFN from the normed input `st.xb`: act(gate) * up, then down. With `to_residual`
+/// (a block whose FFN output goes straight into the residual stream, no post-norm) and a
+/// device that can, the down projection adds into `st.x` in its epilogue and this returns
+/// true; otherwise it writes `st.xo` (the residual add pending) and returns false.
+/// `ProjInput::FusedNorm` always adds into `st.x`.
 pub(crate) fn ffn(
     dev: &Device,
     cfg: &ModelConfig,
     l: &LayerWeights,
     input: ProjInput,
+    to_residual: bool,
     st: &mut RunState,
-) -> Result<()> {
+) -> Result<bool> {
     let silu = match cfg.activation {
         FfnActivation::Silu => true,
         FfnActivation::GeluTanh => false,
     };
+    let rows = st.xb.rows();
     match &l.ffn_in {
+        FfnInWeights::Fused { w_gate_up }
+            if to_residual
+                && matches!(input, ProjInput::Normed)
+                && dev.fuses_gated_ffn(w_gate_up, &l.w_down, rows) =>
+        {
+            // bf16 between the two GEMMs and the residual add in the down GEMM's epilogue.
+            dev.gated_ffn(
+                &st.xb,
+                w_gate_up,
+                &l.w_down,
+                &mut st.gate_up,
+                &mut st.x,
+                silu,
+            )?;
+            return Ok(true);
+        }
         FfnInWeights::Fused { w_gate_up } => {
             input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
             dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
@@ -572,10 +594,19 @@ pub(crate) fn ffn(
         }
     }
     match input {
-        ProjInput::Normed => dev.matmul(&st.act, &l.w_down, &mut st.xo)?,
-        ProjInput::FusedNorm { .. } => dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?,
+        ProjInput::Normed if to_residual && dev.accumulates_matmul(&l.w_down, rows) => {
+            dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?;
+            Ok(true)
+        }
+        ProjInput::Normed => {
+            dev.matmul(&st.act, &l.w_down, &mut st.xo)?;
+            Ok(false)
+        }
+        ProjInput::FusedNorm { .. } => {
+            dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?;
+            Ok(true)
+        }
     }
-    Ok(())
 }
 
 /// Where a block's input projections (stacked Q/K/V, stacked gate/up) read from.
