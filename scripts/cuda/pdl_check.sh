@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -130,4 +130,17 @@ if [[ " $what " == *" attn_stalls "* ]]; then # why the decode attention reads K
     $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 64 -r 1 \
     > "$OUT/ncu-attn.txt" 2>&1
   grep -aE "Stall|Warp Cycles|Throughput|Achieved Occupancy|Memory Throughput|DRAM|L2 Hit|Duration" "$OUT/ncu-attn.txt" | head -60 | tee -a "$OUT/pdl.txt"
+fi
+if [[ " $what " == *" epi_ab "* ]]; then # the GEMM epilogues (residual add in the GEMM, bf16 between the FFN's GEMMs) off and on: prefill 16 x 1,024, batched decode
+  for e in 0 1 0 1; do
+    echo "=== prefill 8B 16 x 1024 SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
+    timeout 200 env SLUICE_GEMM_EPILOGUES=$e $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2 2>&1 | grep -a "prefill |" | tee -a "$OUT/pdl.txt"
+  done
+  for preset in "llama-3.1-8b-bench 64" "llama-3.1-8b-bench 32" "llama-3.2-1b-bench 64"; do
+    set -- $preset
+    for e in 0 1; do
+      echo "=== $1 b$2 SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
+      timeout 200 env SLUICE_GEMM_EPILOGUES=$e $B bench latency --device cuda --random-weights $1 --batch-size $2 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "prefill |\|decode |" | tee -a "$OUT/pdl.txt"
+    done
+  done
 fi

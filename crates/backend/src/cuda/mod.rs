@@ -187,6 +187,9 @@ pub struct CudaBackend {
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
+    /// The GEMM epilogues of steps above the GEMVs (`gemm_epilogues`: the residual add in
+    /// the GEMM, bf16 between the FFN's GEMMs); `SLUICE_GEMM_EPILOGUES=0` turns them off.
+    epilogues: bool,
     /// Open while the caller runs a step whose GEMM shapes recur (the first, eager step
     /// of a decode-graph bucket): only GEMMs planned then are autotuned.
     gemm_tuning_window: AtomicBool,
@@ -259,6 +262,7 @@ impl CudaBackend {
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
+            epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),
             staged: Mutex::new(None),
             staged_uses: AtomicU64::new(0),
             // Only where the GEMMs take bf16 input (not f16, f32 or FP8 weights).

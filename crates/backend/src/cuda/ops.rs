@@ -256,10 +256,11 @@ impl CudaBackend {
     /// Whether a matmul of `rows` token rows with `w` runs on cuBLASLt with bf16 inputs
     /// (bf16 weights, more rows than the GEMVs take), where the GEMM's epilogue can add
     /// into the residual (`matmul_accumulate`) or the gate/up GEMM write bf16
-    /// (`gated_ffn`).
+    /// (`gated_ffn`). `SLUICE_GEMM_EPILOGUES=0`: never.
     pub fn gemm_epilogues(&self, w: &Tensor, rows: usize) -> bool {
         let k = w.cols();
-        w.dtype() == DType::BF16
+        self.epilogues
+            && w.dtype() == DType::BF16
             && w.shape().len() == 2
             && rows > 0
             && !(rows == 1 && self.gemv1_kernel(w.dtype(), k, false).is_some())
