@@ -420,6 +420,16 @@ impl Device {
         }
     }
 
+    /// Whether a matmul of `rows` token rows with `w` runs on a GEMM that takes and writes
+    /// bf16 activation tensors (`matmul` with a bf16 `x` or `out`): CUDA, bf16 weights,
+    /// more rows than the GEMVs take.
+    pub fn gemm_epilogues(&self, w: &Tensor, rows: usize) -> bool {
+        match self {
+            Device::Cpu(_) => false,
+            Device::Cuda(g) => g.gemm_epilogues(w, rows),
+        }
+    }
+
     /// Whether `matmul_accumulate` takes `rows` (more than one) token rows against `w`:
     /// on CUDA, a cuBLASLt GEMM with bf16 inputs, whose epilogue adds into the output.
     pub fn accumulates_matmul(&self, w: &Tensor, rows: usize) -> bool {

@@ -419,3 +419,170 @@ fn gemm_epilogues_refuse_what_they_cannot_do() {
         }
     }
 }
+
+/// A bf16 device tensor of `v` rounded to bf16.
+fn up16(g: &Device, shape: &[usize], v: &[f32]) -> sluice_backend::Tensor {
+    let bytes: Vec<u8> = v
+        .iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+        .collect();
+    let host = sluice_backend::Tensor::from_bytes_cpu(DType::BF16, shape, &bytes).unwrap();
+    g.upload(&host).unwrap()
+}
+
+/// The bit patterns of a bf16 device tensor.
+fn down16(g: &Device, t: &sluice_backend::Tensor) -> Vec<u16> {
+    let host = g.download(t).unwrap();
+    host.cpu_bytes()
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+fn bits16(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect()
+}
+
+/// bf16 activation tensors (`llama::bf16_activations`): the norms writing bf16 only, a
+/// GEMM taking and writing bf16, the RoPE split reading bf16, against the f32 ops with
+/// the same roundings applied on the host.
+#[test]
+fn bf16_activations_equal_the_f32_ops_rounded() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(76);
+    let (t, h, m) = (9usize, 256usize, 200usize);
+    for cols in [h, 102] {
+        // 256 columns: the vectorised norm kernels; 102 (not whole float4s): the scalar
+        // ones.
+        let xv = rnd(&mut rng, t * cols, 3.0);
+        let gamma = up(&g, &[cols], &rnd(&mut rng, cols, 1.5));
+        let mut f32_out = poisoned(&g, &[t, cols]);
+        g.rms_norm(&up(&g, &[t, cols], &xv), &gamma, 1e-5, &mut f32_out)
+            .unwrap();
+        let mut b16 = g.zeros(DType::BF16, &[t, cols]).unwrap();
+        g.rms_norm(&up(&g, &[t, cols], &xv), &gamma, 1e-5, &mut b16)
+            .unwrap();
+        assert_eq!(
+            down16(&g, &b16),
+            bits16(&down(&g, &f32_out)),
+            "rms_norm {cols}"
+        );
+        // add + norm: x updated the same way, the output rounded.
+        let dv = rnd(&mut rng, t * cols, 1.0);
+        let (mut xa, mut xb) = (up(&g, &[t, cols], &xv), up(&g, &[t, cols], &xv));
+        let delta = up(&g, &[t, cols], &dv);
+        g.add_rms_norm(&mut xa, &delta, &gamma, 1e-5, &mut f32_out)
+            .unwrap();
+        g.add_rms_norm(&mut xb, &delta, &gamma, 1e-5, &mut b16)
+            .unwrap();
+        assert_eq!(down(&g, &xa), down(&g, &xb), "add_rms_norm x {cols}");
+        assert_eq!(
+            down16(&g, &b16),
+            bits16(&down(&g, &f32_out)),
+            "add_rms_norm {cols}"
+        );
+    }
+
+    // A GEMM with bf16 input: the same bits as the f32 input of the same values; with
+    // bf16 output: the f32 output rounded (another algorithm may be planned for it, so
+    // within a bf16 step of the largest output).
+    let w = g
+        .load_weight(host(&[m, h], &rnd(&mut rng, m * h, 0.5)))
+        .unwrap();
+    let xv: Vec<f32> = rnd(&mut rng, t * h, 1.0)
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32())
+        .collect();
+    let mut want = poisoned(&g, &[t, m]);
+    g.matmul(&up(&g, &[t, h], &xv), &w, &mut want).unwrap();
+    let want = down(&g, &want);
+    let mut got = poisoned(&g, &[t, m]);
+    g.matmul(&up16(&g, &[t, h], &xv), &w, &mut got).unwrap();
+    assert_eq!(down(&g, &got), want, "bf16 x -> f32 out");
+    let mut got16 = g.zeros(DType::BF16, &[t, m]).unwrap();
+    g.matmul(&up16(&g, &[t, h], &xv), &w, &mut got16).unwrap();
+    let got16: Vec<f32> = down16(&g, &got16)
+        .iter()
+        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .collect();
+    check("bf16 x -> bf16 out", &got16, &want, 4e-3);
+    // Too few rows for the GEMM, and the CPU: refused.
+    let mut few = g.zeros(DType::F32, &[3, m]).unwrap();
+    assert!(g
+        .matmul(&up16(&g, &[3, h], &xv[..3 * h]), &w, &mut few)
+        .is_err());
+    let cpu = Device::cpu(Some(1));
+    let cw = host(&[m, h], &vec![0.0; m * h]);
+    let mut cout = host(&[t, m], &vec![0.0; t * m]);
+    assert!(cpu
+        .matmul(&up16(&cpu, &[t, h], &xv), &cw, &mut cout)
+        .is_err());
+
+    // The RoPE split from bf16 projections: the same q, k, v and caches as from f32 ones
+    // holding the same values.
+    let (nh, nkv, hd, max_pos) = (4usize, 2usize, 16usize, 64usize);
+    let width = (nh + 2 * nkv) * hd;
+    let qkv: Vec<f32> = rnd(&mut rng, t * width, 2.0)
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32())
+        .collect();
+    let half = hd / 2;
+    let cos = up(&g, &[max_pos, half], &rnd(&mut rng, max_pos * half, 1.0));
+    let sin = up(&g, &[max_pos, half], &rnd(&mut rng, max_pos * half, 1.0));
+    let mut pos_host = sluice_backend::Tensor::zeros_cpu(DType::I32, &[t]).unwrap();
+    let mut slot_host = sluice_backend::Tensor::zeros_cpu(DType::I32, &[t]).unwrap();
+    for i in 0..t {
+        pos_host.as_i32_mut().unwrap()[i] = (i * 7 % max_pos) as i32;
+        slot_host.as_i32_mut().unwrap()[i] = if i == 2 { -1 } else { 40 - 3 * i as i32 };
+    }
+    let (pos, slots) = (g.upload(&pos_host).unwrap(), g.upload(&slot_host).unwrap());
+    let dims = sluice_backend::QkvDims {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        style: sluice_backend::RopeStyle::Neox,
+    };
+    let mut results = Vec::new();
+    for input in [up(&g, &[t, width], &qkv), up16(&g, &[t, width], &qkv)] {
+        let shape = [8, nkv, 8, hd];
+        let (mut kc, mut vc) = (
+            g.zeros(DType::BF16, &shape).unwrap(),
+            g.zeros(DType::BF16, &shape).unwrap(),
+        );
+        let mut q = poisoned(&g, &[t, nh * hd]);
+        let mut k = poisoned(&g, &[t, nkv * hd]);
+        let mut v = poisoned(&g, &[t, nkv * hd]);
+        g.split_qkv_rope(
+            &input,
+            &pos,
+            &cos,
+            &sin,
+            dims,
+            &mut q,
+            &mut k,
+            &mut v,
+            Some(sluice_backend::KvWrite {
+                k_cache: &mut kc,
+                v_cache: &mut vc,
+                slots: &slots,
+            }),
+        )
+        .unwrap();
+        results.push((
+            down(&g, &q),
+            down(&g, &k),
+            down(&g, &v),
+            down16(&g, &kc),
+            down16(&g, &vc),
+        ));
+    }
+    assert!(
+        results[0] == results[1],
+        "split_qkv_rope from bf16 projections"
+    );
+}

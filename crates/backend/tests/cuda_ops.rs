@@ -512,20 +512,17 @@ fn gemm_autotuning_only_inside_the_window() {
     }
 }
 
-/// The decode kernel writes a bf16 copy of its output for the output projection
-/// ("staged activations", cuda/ops.rs) when no prefill kernel rewrites rows after it
-/// (bf16 cache, head_dim 64/128, not 16+ rows next to fewer sequences) and a GEMM (more
-/// than 4 rows) follows. The GEMM right after must give bit for bit what converting the
-/// f32 output gives, and must take the copy exactly then.
+/// The tensor-core attention kernels (decode, its merge, and the prefill kernel for the
+/// rows it rewrites) write a bf16 copy of their output for the output projection
+/// ("staged activations", cuda/ops.rs) with a bf16 cache and head_dim 64/128, when a
+/// GEMM (more than 4 rows) follows. The GEMM right after must give bit for bit what
+/// converting the f32 output gives, and must take the copy exactly then.
 fn check_staged_attention_output(g: &Device, kv: DType, case: &AttnCase, out: &Tensor, w: &Tensor) {
     let Device::Cuda(backend) = g else {
         return;
     };
     let (t, width) = (out.rows(), out.cols());
-    let staged = kv == DType::BF16
-        && matches!(case.hd, 64 | 128)
-        && t > 4
-        && !(t >= 16 && t > case.seqs.len());
+    let staged = kv == DType::BF16 && matches!(case.hd, 64 | 128) && t > 4;
     let uses = backend.staged_gemm_inputs();
     let mut got = poisoned(g, &[t, 24]);
     g.matmul(out, w, &mut got).unwrap();

@@ -361,8 +361,10 @@ fn check_config(name: &str, cfg: ModelConfig) {
 enum Precision {
     /// f32 weights and activations: 2e-3 of logits.
     Exact,
-    /// bf16 weights (rounded beforehand, so exact) and bf16 GEMM inputs (and, on CUDA,
-    /// bf16 between the FFN's GEMMs): 3e-2.
+    /// bf16 weights (rounded beforehand, so exact) and bf16 activations into every GEMM
+    /// (on CUDA also out of the Q/K/V and gate/up GEMMs): 1% of the largest logit. Each
+    /// bf16 rounding is 2^-9 relative; a wiring mistake (a residual dropped or added
+    /// twice, a stale buffer) misses by the logits' own size.
     Bf16,
 }
 
@@ -382,11 +384,15 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
         .collect();
     let reference = reference_logits(&cfg, &weights, &tokens);
     let reference_other = reference_logits(&cfg, &weights, &other);
+    let scale = reference.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
     let tol = match precision {
         Precision::Exact => 2e-3,
-        Precision::Bf16 => 3e-2,
+        Precision::Bf16 => 1e-2 * scale.max(1.0),
     };
     let mut worst = 0f64;
+    // Every position is checked, and the worst error printed, before a failure is
+    // reported (the size of the miss says what broke).
+    let mut failures: Vec<String> = Vec::new();
 
     // (a) one prefill of everything, logits for every position.
     let mut kv = model.new_kv_cache(32, BLOCK).unwrap();
@@ -398,10 +404,11 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
     for (i, r) in reference.iter().enumerate() {
         let d = max_abs_diff(&logits[i * cfg.vocab_size..(i + 1) * cfg.vocab_size], r);
         worst = worst.max(d);
-        assert!(
-            d < tol,
-            "{name}: full prefill, position {i}: max abs diff {d}"
-        );
+        if d >= tol {
+            failures.push(format!(
+                "{name}: full prefill, position {i}: max abs diff {d}"
+            ));
+        }
     }
 
     // (b) chunked prefill then decodes, interleaved with another sequence in the same
@@ -434,11 +441,12 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
         done_a += n;
         let d = max_abs_diff(&logits[..cfg.vocab_size], &reference[done_a - 1]);
         worst = worst.max(d);
-        assert!(
-            d < tol,
-            "{name}: chunked step {step} (pos {}): max abs diff {d}",
-            done_a - 1
-        );
+        if d >= tol {
+            failures.push(format!(
+                "{name}: chunked step {step} (pos {}): max abs diff {d}",
+                done_a - 1
+            ));
+        }
         if n_b > 0 {
             done_b += n_b;
             let d = max_abs_diff(
@@ -446,10 +454,11 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
                 &reference_other[done_b - 1],
             );
             worst = worst.max(d);
-            assert!(
-                d < tol,
-                "{name}: other sequence step {step}: max abs diff {d}"
-            );
+            if d >= tol {
+                failures.push(format!(
+                    "{name}: other sequence step {step}: max abs diff {d}"
+                ));
+            }
         }
     }
 
@@ -496,13 +505,22 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
                 &r[pos],
             );
             worst = worst.max(d);
-            assert!(
-                d < tol,
-                "{name}: lockstep decode seq {i} pos {pos}: max abs diff {d}"
-            );
+            if d >= tol {
+                failures.push(format!(
+                    "{name}: lockstep decode seq {i} pos {pos}: max abs diff {d}"
+                ));
+            }
         }
     }
-    println!("{name}: max abs logit error vs f64 reference {worst:.2e}");
+    println!(
+        "{name}: max abs logit error vs f64 reference {worst:.2e} (tol {tol:.0e}, logits up to {scale:.1})"
+    );
+    assert!(
+        failures.is_empty(),
+        "{name}: {} positions over {tol:.0e}, the first: {}",
+        failures.len(),
+        failures[0]
+    );
 }
 
 #[test]

@@ -109,14 +109,37 @@ impl CudaBackend {
         v: &mut Tensor,
         kv: Option<KvWrite<'_>>,
     ) -> Result<()> {
-        check_f32("split_qkv_rope", &[qkv, cos, sin, q, k, v])?;
+        check_f32("split_qkv_rope", &[cos, sin, q, k, v])?;
+        // The projections in f32, or bf16 (a bf16 GEMM output, see `matmul`).
+        let bf16_in = match qkv.dtype() {
+            DType::F32 => false,
+            DType::BF16 => true,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "split_qkv_rope input",
+                    dtype: other,
+                })
+            }
+        };
+        let kern = &self.kernels;
+        let (f32_kernel, bf16_kernel) = if bf16_in {
+            (
+                kern.split_qkv_rope_bf16in_f32_kernel,
+                kern.split_qkv_rope_bf16in_bf16_kernel,
+            )
+        } else {
+            (
+                kern.split_qkv_rope_f32_kernel,
+                kern.split_qkv_rope_bf16_kernel,
+            )
+        };
         positions.expect_dtype(DType::I32)?;
         dims.check(qkv, positions, cos, q, k, v)?;
         let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
         let t = qkv.rows();
         // Without caches: the f32 kernel with null cache pointers.
         let (f, kc, vc, slots, bs) = match &kv {
-            None => (self.kernels.split_qkv_rope_f32_kernel, 0, 0, 0, 0i32),
+            None => (f32_kernel, 0, 0, 0, 0i32),
             Some(w) => {
                 let s = w.k_cache.shape();
                 if s.len() != 4
@@ -133,8 +156,8 @@ impl CudaBackend {
                 }
                 w.slots.expect_dtype(DType::I32)?;
                 let f = match w.k_cache.dtype() {
-                    DType::F32 => self.kernels.split_qkv_rope_f32_kernel,
-                    DType::BF16 => self.kernels.split_qkv_rope_bf16_kernel,
+                    DType::F32 => f32_kernel,
+                    DType::BF16 => bf16_kernel,
                     other => {
                         return Err(BackendError::Unsupported {
                             op: "CUDA KV cache",
@@ -200,7 +223,13 @@ impl CudaBackend {
         x: &mut Tensor,
         silu: bool,
     ) -> Result<()> {
-        check_f32("gated_ffn", &[xb, work, x])?;
+        check_f32("gated_ffn", &[work, x])?;
+        if !matches!(xb.dtype(), DType::F32 | DType::BF16) {
+            return Err(BackendError::Unsupported {
+                op: "gated_ffn input",
+                dtype: xb.dtype(),
+            });
+        }
         let (t, h) = (xb.rows(), xb.cols());
         let f = w_down.cols();
         // The GLU output starts on a 256-byte boundary after g and u (cuBLASLt's
@@ -227,7 +256,10 @@ impl CudaBackend {
         self.bind()?;
         let pwork = cuda_buf(work)?.ptr();
         let pact = pwork + act_at as u64;
-        let xin = self.bf16_input(cuda_buf(xb)?.ptr(), t * h)?;
+        let xin = match xb.dtype() {
+            DType::BF16 => cuda_buf(xb)?.ptr(),
+            _ => self.bf16_input(cuda_buf(xb)?.ptr(), t * h)?,
+        };
         let tune = self.gemm_may_tune();
         let (w_gu, w_dn) = (cuda_buf(w_gate_up)?.ptr(), cuda_buf(w_down)?.ptr());
         let gu_out = (pwork, GemmOut::Bf16);

@@ -273,6 +273,8 @@ kernels!(
     gemv1_rows_q8_0_norm,
     gemv1_rows_fp8_norm,
     split_qkv_rope_f32_kernel,
+    split_qkv_rope_bf16in_f32_kernel,
+    split_qkv_rope_bf16in_bf16_kernel,
     split_qkv_rope_bf16_kernel,
     sample_kernel,
     flash_prefill_bf16_d64,

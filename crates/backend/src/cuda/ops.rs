@@ -132,6 +132,26 @@ pub(crate) fn decode_rows_bound(t: usize, num_seqs: usize) -> usize {
     rows.clamp(1, PREFILL_MIN_ROWS - 1)
 }
 
+/// Where a norm writes: an f32 tensor (plus a staged bf16 copy) or a bf16 tensor.
+#[derive(Clone, Copy)]
+enum NormOut {
+    F32(sys::CUdeviceptr),
+    Bf16(sys::CUdeviceptr),
+}
+
+impl NormOut {
+    fn of(out: &Tensor) -> Result<NormOut> {
+        match out.dtype() {
+            DType::F32 => Ok(NormOut::F32(ptr(out)?)),
+            DType::BF16 => Ok(NormOut::Bf16(ptr(out)?)),
+            other => Err(BackendError::Unsupported {
+                op: "norm output",
+                dtype: other,
+            }),
+        }
+    }
+}
+
 /// Block size of the scalar norm kernels (one block per row).
 fn norm_threads(cols: usize) -> u32 {
     (cols.next_power_of_two() as u32).clamp(32, 1024)
@@ -188,7 +208,14 @@ impl CudaBackend {
         self.launch(f, (blocks(n), 1, 1), THREADS, args)
     }
 
+    /// `out[t, m] = x[t, k] · w[m, k]ᵀ`. Activations are f32; on the GEMM path of bf16
+    /// weights (`gemm_epilogues`) `x` and `out` may also be bf16 tensors (bf16
+    /// activations: the norm's output, the Q/K/V projections' output), which skip the
+    /// conversion and halve the bytes.
     pub fn matmul(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        if x.dtype() == DType::BF16 || out.dtype() == DType::BF16 {
+            return self.matmul_bf16_activations(x, w, out);
+        }
         check_f32("matmul activations", &[x, out])?;
         let (t, k) = (x.rows(), x.cols());
         let m = w.rows();
@@ -251,6 +278,57 @@ impl CudaBackend {
         let out = (po, GemmOut::F32);
         self.gemm
             .matmul(self.stream, w.dtype(), xin, pw, out, t, m, k, tune)
+    }
+
+    /// `matmul` with a bf16 `x` or `out` (each may also be f32).
+    fn matmul_bf16_activations(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+        let (t, k, m) = (x.rows(), x.cols(), w.rows());
+        for a in [x, &*out] {
+            if !matches!(a.dtype(), DType::F32 | DType::BF16) {
+                return Err(BackendError::Unsupported {
+                    op: "matmul activations",
+                    dtype: a.dtype(),
+                });
+            }
+        }
+        if w.cols() != k || out.rows() != t || out.cols() != m {
+            return Err(BackendError::Shape(format!(
+                "matmul: x {:?} · w {:?}ᵀ -> out {:?}",
+                x.shape(),
+                w.shape(),
+                out.shape()
+            )));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        if !self.gemm_epilogues(w, t) {
+            return Err(BackendError::Unsupported {
+                op: "bf16 activations (only on the GEMM path of bf16 weights, more than 4 rows)",
+                dtype: w.dtype(),
+            });
+        }
+        self.bind()?;
+        let xin = match x.dtype() {
+            DType::BF16 => ptr(x)?,
+            _ => self.bf16_input(ptr(x)?, t * k)?,
+        };
+        let kind = match out.dtype() {
+            DType::BF16 => GemmOut::Bf16,
+            _ => GemmOut::F32,
+        };
+        let tune = self.gemm_may_tune();
+        self.gemm.matmul(
+            self.stream,
+            DType::BF16,
+            xin,
+            ptr(w)?,
+            (ptr(out)?, kind),
+            t,
+            m,
+            k,
+            tune,
+        )
     }
 
     /// Whether a matmul of `rows` token rows with `w` runs on cuBLASLt with bf16 inputs
@@ -578,16 +656,19 @@ impl CudaBackend {
         dst
     }
 
+    /// `out` f32 (with a staged bf16 copy for a GEMM that follows), or a bf16 activation
+    /// tensor (the bf16 values only; see `matmul`).
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
-        check_f32("rms_norm", &[x, w, out])?;
+        check_f32("rms_norm", &[x, w])?;
         same_numel("rms_norm", x, out)?;
-        self.rms_norm_ptrs(ptr(x)?, x.numel(), w, eps, ptr(out)?)
+        let out = NormOut::of(out)?;
+        self.rms_norm_ptrs(ptr(x)?, x.numel(), w, eps, out)
     }
 
     pub fn rms_norm_inplace(&self, x: &mut Tensor, w: &Tensor, eps: f32) -> Result<()> {
         check_f32("rms_norm", &[x, w])?;
         let p = ptr(x)?;
-        self.rms_norm_ptrs(p, x.numel(), w, eps, p)
+        self.rms_norm_ptrs(p, x.numel(), w, eps, NormOut::F32(p))
     }
 
     pub fn add_rms_norm(
@@ -598,9 +679,10 @@ impl CudaBackend {
         eps: f32,
         out: &mut Tensor,
     ) -> Result<()> {
-        check_f32("add_rms_norm", &[x, delta, w, out])?;
+        check_f32("add_rms_norm", &[x, delta, w])?;
         same_numel("add_rms_norm", x, delta)?;
         same_numel("add_rms_norm", x, out)?;
+        let out = NormOut::of(out)?;
         let cols = w.numel();
         if cols == 0 || !x.numel().is_multiple_of(cols) {
             return Err(BackendError::Shape(format!(
@@ -610,21 +692,37 @@ impl CudaBackend {
         }
         self.bind()?;
         let rows = x.numel() / cols;
-        let (px, pd, pw, po) = (ptr(x)?, ptr(delta)?, ptr(w)?, ptr(out)?);
+        let (px, pd, pw) = (ptr(x)?, ptr(delta)?, ptr(w)?);
+        let (po, staged) = self.norm_outputs(out, x.numel(), rows)?;
         let c = cols as i32;
         let (f, threads) = match norm4_threads(cols, &[px, pd, pw, po]) {
             Some(t) => (self.kernels.add_rms_norm4_kernel, t),
             None => (self.kernels.add_rms_norm_kernel, norm_threads(cols)),
         };
-        let staged = self.staging_for(x.numel(), rows)?;
         self.launch(
             f,
             (rows as u32, 1, 1),
             threads,
             &mut args![px, pd, pw, po, c, eps, staged],
         )?;
-        self.set_staged(po, x.numel(), staged);
+        if po != 0 {
+            self.set_staged(po, x.numel(), staged);
+        }
         Ok(())
+    }
+
+    /// A norm's f32 output pointer (0: none) and where its bf16 values go (0: none): an
+    /// f32 output stages a copy for a GEMM (`staging_for`); a bf16 tensor takes them.
+    fn norm_outputs(
+        &self,
+        out: NormOut,
+        numel: usize,
+        rows: usize,
+    ) -> Result<(sys::CUdeviceptr, sys::CUdeviceptr)> {
+        Ok(match out {
+            NormOut::F32(p) => (p, self.staging_for(numel, rows)?),
+            NormOut::Bf16(p) => (0, p),
+        })
     }
 
     fn rms_norm_ptrs(
@@ -633,7 +731,7 @@ impl CudaBackend {
         numel: usize,
         w: &Tensor,
         eps: f32,
-        po: sys::CUdeviceptr,
+        out: NormOut,
     ) -> Result<()> {
         let cols = w.numel();
         if cols == 0 || !numel.is_multiple_of(cols) {
@@ -644,19 +742,21 @@ impl CudaBackend {
         self.bind()?;
         let rows = numel / cols;
         let pw = ptr(w)?;
+        let (po, staged) = self.norm_outputs(out, numel, rows)?;
         let c = cols as i32;
         let (f, threads) = match norm4_threads(cols, &[px, pw, po]) {
             Some(t) => (self.kernels.rms_norm4_kernel, t),
             None => (self.kernels.rms_norm_kernel, norm_threads(cols)),
         };
-        let staged = self.staging_for(numel, rows)?;
         self.launch(
             f,
             (rows as u32, 1, 1),
             threads,
             &mut args![px, pw, po, c, eps, staged],
         )?;
-        self.set_staged(po, numel, staged);
+        if po != 0 {
+            self.set_staged(po, numel, staged);
+        }
         Ok(())
     }
 
@@ -962,13 +1062,9 @@ impl CudaBackend {
             } else {
                 0
             };
-            // The bf16 copy of the output for the output projection, unless the prefill
-            // kernel below rewrites some rows (its f32 rows only).
-            let staged = if flash.is_none() {
-                self.staging_for(out.numel(), t)?
-            } else {
-                0
-            };
+            // The bf16 copy of the output for the output projection (the prefill kernel
+            // below rewrites its rows in both).
+            let staged = self.staging_for(out.numel(), t)?;
             self.launch(
                 f,
                 (
@@ -1020,6 +1116,7 @@ impl CudaBackend {
                     po
                 ],
             )?;
+            // No bf16 copy from this kernel: only where the prefill kernel writes them all.
             (splits, partial, 0)
         };
         if splits > 1 {
@@ -1030,10 +1127,6 @@ impl CudaBackend {
                 (hd as u32).next_multiple_of(32).min(256),
                 &mut args![partial, si, nh, hdi, po, staged],
             )?;
-        }
-        // Set after the last launch (each launch clears the record).
-        if flash.is_none() {
-            self.set_staged(po, out.numel(), staged);
         }
         if let Some(f) = flash {
             // Launched last, on the same stream: the merge above writes every row, also
@@ -1048,10 +1141,12 @@ impl CudaBackend {
                 128,
                 &mut args![
                     pq, pk, pv, pqs, ns, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                    min_rows, po
+                    min_rows, po, staged
                 ],
             )?;
         }
+        // Set after the last launch (each launch clears the record).
+        self.set_staged(po, out.numel(), staged);
         Ok(())
     }
 

@@ -107,6 +107,12 @@ pub struct RunState {
     pub x: Tensor,
     /// `[T, hidden]` normed input of a block
     pub xb: Tensor,
+    /// `[T, hidden]` the normed input in bf16, on a GPU (empty elsewhere): what the
+    /// GEMMs of bf16 weights read on larger steps (`llama::block`)
+    pub xb16: Tensor,
+    /// `[T, (n_heads + 2 n_kv_heads) * head_dim]` the stacked projections in bf16, on a
+    /// GPU with `fused.qkv` (empty otherwise)
+    pub qkv16: Tensor,
     /// `[T, hidden]` block output before the residual add
     pub xo: Tensor,
     /// `[T, n_heads * head_dim]`
@@ -169,6 +175,15 @@ impl RunState {
         fused: FusedLayout,
     ) -> Result<RunState> {
         let z = |cols: usize, rows: usize| device.zeros(DType::F32, &[rows, cols]);
+        // bf16 activations only where the GEMMs can take them (CUDA).
+        let gpu = matches!(device, Device::Cuda(_));
+        let z16 = |cols: usize, rows: usize| {
+            if gpu {
+                device.zeros(DType::BF16, &[rows, cols])
+            } else {
+                device.zeros(DType::F32, &[rows, 0])
+            }
+        };
         let i = |n: usize| device.zeros(DType::I32, &[n]);
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let (sep_f, qkv_w) = (
@@ -188,6 +203,8 @@ impl RunState {
             residual_pending: false,
             x: z(h, cap_tokens)?,
             xb: z(h, cap_tokens)?,
+            xb16: z16(h, cap_tokens)?,
+            qkv16: z16(qkv_w, cap_tokens)?,
             xo: z(h, cap_tokens)?,
             q: z(cfg.q_dim(), cap_tokens)?,
             k: z(cfg.kv_dim(), cap_tokens)?,
@@ -243,9 +260,12 @@ impl RunState {
             self.generation = generation;
         }
         let f = self.fused;
+        let (has_xb16, has_qkv16) = (self.xb16.cols() > 0, self.qkv16.cols() > 0);
         for (b, used) in [
             (&mut self.x, true),
             (&mut self.xb, true),
+            (&mut self.xb16, has_xb16),
+            (&mut self.qkv16, has_qkv16),
             (&mut self.xo, true),
             (&mut self.q, true),
             (&mut self.k, true),
@@ -278,6 +298,17 @@ pub fn pre_norm(dev: &Device, weight: &Tensor, eps: f32, st: &mut RunState) -> R
         st.residual_pending = false;
     } else {
         dev.rms_norm(&st.x, weight, eps, &mut st.xb)?;
+    }
+    Ok(())
+}
+
+/// `pre_norm` into the bf16 activations `xb16` (`st.xb` is not written).
+pub fn pre_norm_bf16(dev: &Device, weight: &Tensor, eps: f32, st: &mut RunState) -> Result<()> {
+    if st.residual_pending {
+        dev.add_rms_norm(&mut st.x, &st.xo, weight, eps, &mut st.xb16)?;
+        st.residual_pending = false;
+    } else {
+        dev.rms_norm(&st.x, weight, eps, &mut st.xb16)?;
     }
     Ok(())
 }

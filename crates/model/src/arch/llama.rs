@@ -8,7 +8,7 @@
 
 use sluice_backend::Device;
 
-use super::common::{pre_norm, RopeTable, RunState};
+use super::common::{pre_norm, pre_norm_bf16, RopeTable, RunState};
 use super::{ffn, qkv, FfnInWeights, LayerWeights, ProjInput, QkvWeights};
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -33,6 +33,7 @@ pub fn block(
 ) -> Result<()> {
     let eps = cfg.rms_eps;
     let fused = fuses_decode(dev, l, st.x.rows());
+    let bf16 = !fused && bf16_activations(dev, l, st);
     let (attn_in, ffn_in) = if fused {
         if st.residual_pending {
             dev.add_inplace(&mut st.x, &st.xo)?;
@@ -47,6 +48,9 @@ pub fn block(
             eps,
         };
         (attn, ffn)
+    } else if bf16 {
+        pre_norm_bf16(dev, &l.attn_norm, eps, st)?;
+        (ProjInput::Bf16, ProjInput::Bf16)
     } else {
         pre_norm(dev, &l.attn_norm, eps, st)?;
         (ProjInput::Normed, ProjInput::Normed)
@@ -62,7 +66,8 @@ pub fn block(
         // The residual add in the output projection's GEMM epilogue (beta 1 on `x`), so
         // the norm reads `x` alone.
         dev.matmul_accumulate(&st.att, &l.wo, &mut st.x)?;
-        dev.rms_norm(&st.x, &l.ffn_norm, eps, &mut st.xb)?;
+        let xb = if bf16 { &mut st.xb16 } else { &mut st.xb };
+        dev.rms_norm(&st.x, &l.ffn_norm, eps, xb)?;
     } else {
         dev.matmul(&st.att, &l.wo, &mut st.xo)?;
         dev.add_rms_norm(&mut st.x, &st.xo, &l.ffn_norm, eps, &mut st.xb)?;
@@ -71,6 +76,25 @@ pub fn block(
     // `xo` leaves the add to the next norm.
     st.residual_pending = !ffn(dev, cfg, l, ffn_in, true, st)?;
     Ok(())
+}
+
+/// Whether this step's block runs on bf16 activations (CUDA, bf16 weights, more rows than
+/// the GEMVs take): the norms write only bf16 (`st.xb16`, no f32 copy), the stacked Q/K/V
+/// GEMM writes bf16 (`st.qkv16`) for the RoPE split, the output projection adds into `x`
+/// and the FFN is `gated_ffn`. Against f32 with staged bf16 copies, a 16 × 1,024-token
+/// prefill of the Llama-3.1-8B shape moves about 0.9 GB less per layer.
+fn bf16_activations(dev: &Device, l: &LayerWeights, st: &RunState) -> bool {
+    let rows = st.x.rows();
+    let (QkvWeights::Fused { wqkv, bias: None }, FfnInWeights::Fused { w_gate_up }) =
+        (&l.qkv, &l.ffn_in)
+    else {
+        return false;
+    };
+    st.xb16.cols() > 0
+        && st.qkv16.cols() > 0
+        && dev.gemm_epilogues(wqkv, rows)
+        && dev.accumulates_matmul(&l.wo, rows)
+        && dev.fuses_gated_ffn(w_gate_up, &l.w_down, rows)
 }
 
 /// Whether this block runs as a fused batch-1 decode step: one token, stacked Q/K/V and

@@ -474,7 +474,13 @@ pub(crate) fn qkv(
     let pos = &st.meta.positions;
     match &l.qkv {
         QkvWeights::Fused { wqkv, bias } => {
-            input.project(dev, &st.xb, &st.x, wqkv, &mut st.qkv)?;
+            let bf16 = matches!(input, ProjInput::Bf16);
+            if bf16 {
+                // bf16 in, bf16 out (`ProjInput::Bf16` is only chosen without a bias).
+                dev.matmul(&st.xb16, wqkv, &mut st.qkv16)?;
+            } else {
+                input.project(dev, &st.xb, &st.x, wqkv, &mut st.qkv)?;
+            }
             if let Some(b) = bias {
                 dev.add_bias_inplace(&mut st.qkv, b)?;
             }
@@ -493,10 +499,16 @@ pub(crate) fn qkv(
                 slots: &st.meta.slots,
             });
             let wrote = write.is_some();
+            let qkv = if bf16 { &st.qkv16 } else { &st.qkv };
             dev.split_qkv_rope(
-                &st.qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v, write,
+                qkv, pos, &rope.cos, &rope.sin, dims, &mut st.q, &mut st.k, &mut st.v, write,
             )?;
             return Ok(wrote);
+        }
+        QkvWeights::Separate { .. } if matches!(input, ProjInput::Bf16) => {
+            return Err(ModelError::Batch(
+                "bf16 activations need stacked q/k/v projections".into(),
+            ));
         }
         QkvWeights::Separate {
             wq,
@@ -565,19 +577,22 @@ pub(crate) fn ffn(
     match &l.ffn_in {
         FfnInWeights::Fused { w_gate_up }
             if to_residual
-                && matches!(input, ProjInput::Normed)
+                && matches!(input, ProjInput::Normed | ProjInput::Bf16)
                 && dev.fuses_gated_ffn(w_gate_up, &l.w_down, rows) =>
         {
             // bf16 between the two GEMMs and the residual add in the down GEMM's epilogue.
-            dev.gated_ffn(
-                &st.xb,
-                w_gate_up,
-                &l.w_down,
-                &mut st.gate_up,
-                &mut st.x,
-                silu,
-            )?;
+            let xb = if matches!(input, ProjInput::Bf16) {
+                &st.xb16
+            } else {
+                &st.xb
+            };
+            dev.gated_ffn(xb, w_gate_up, &l.w_down, &mut st.gate_up, &mut st.x, silu)?;
             return Ok(true);
+        }
+        _ if matches!(input, ProjInput::Bf16) => {
+            return Err(ModelError::Batch(
+                "bf16 activations need the fused gated FFN (stacked gate/up)".into(),
+            ));
         }
         FfnInWeights::Fused { w_gate_up } => {
             input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
@@ -606,6 +621,9 @@ pub(crate) fn ffn(
             dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?;
             Ok(true)
         }
+        ProjInput::Bf16 => Err(ModelError::Batch(
+            "bf16 activations need the fused gated FFN (stacked gate/up)".into(),
+        )),
     }
 }
 
@@ -619,6 +637,10 @@ pub(crate) enum ProjInput<'a> {
     /// `st.x` normalized inside the GEMV with `gamma`; the FFN's down projection adds
     /// into `st.x` in its epilogue.
     FusedNorm { gamma: &'a Tensor, eps: f32 },
+    /// `st.xb16`, the normalized residual stream in bf16, on a step whose GEMMs all take
+    /// bf16 activations (`llama::bf16_activations`): the stacked Q/K/V projection writes
+    /// `st.qkv16`, the FFN runs `gated_ffn`, both adding into `st.x`.
+    Bf16,
 }
 
 impl ProjInput<'_> {
@@ -634,6 +656,11 @@ impl ProjInput<'_> {
         match self {
             ProjInput::Normed => dev.matmul(xb, w, out)?,
             ProjInput::FusedNorm { gamma, eps } => dev.rms_norm_matmul(x, gamma, eps, w, out)?,
+            ProjInput::Bf16 => {
+                return Err(ModelError::Batch(
+                    "bf16 activations go through the stacked projections only".into(),
+                ))
+            }
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
                               int num_seqs, const int* __restrict__ context_lens,
                               const int* __restrict__ block_tables, int bt_cols, int bs, int n_heads,
                               int n_kv, float scale, int window, float softcap, int min_q_rows,
-                              float* __restrict__ out) {
+                              float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
     constexpr int KC = HD / 16;     // k-steps of Q.K
     constexpr int NT = HD / 8;      // n-tiles of O
     constexpr int CHUNKS = HD / 8;
@@ -358,15 +358,29 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
         if (r_a <= last_row) *reinterpret_cast<float2*>(oa + j * 8) = make_float2(o[j][0] * inv_a, o[j][1] * inv_a);
         if (r_b <= last_row) *reinterpret_cast<float2*>(ob + j * 8) = make_float2(o[j][2] * inv_b, o[j][3] * inv_b);
     }
+    // The bf16 copy of these rows for the output projection's GEMM (cuda/ops.rs, "staged
+    // activations"), rounded as f32_to_bf16_kernel rounds.
+    if (out_bf16) {
+        bf16_t* ba = out_bf16 + (long)(q0 + r_a) * ld + h * HD + 2 * c;
+        bf16_t* bb = out_bf16 + (long)(q0 + r_b) * ld + h * HD + 2 * c;
+        auto pack = [](float lo, float hi) {
+            return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+        };
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (r_a <= last_row) *reinterpret_cast<unsigned int*>(ba + j * 8) = pack(o[j][0] * inv_a, o[j][1] * inv_a);
+            if (r_b <= last_row) *reinterpret_cast<unsigned int*>(bb + j * 8) = pack(o[j][2] * inv_b, o[j][3] * inv_b);
+        }
+    }
 }
 
 #define FLASH_PREFILL(HD) \
 extern "C" __global__ void __launch_bounds__(FP_WARPS * 32) flash_prefill_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
-    float scale, int window, float softcap, int min_q_rows, float* out) { pdl_entry(); \
+    float scale, int window, float softcap, int min_q_rows, float* out, bf16_t* out_bf16) { pdl_entry(); \
     flash_prefill<HD>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, bs, \
-                      n_heads, n_kv, scale, window, softcap, min_q_rows, out); \
+                      n_heads, n_kv, scale, window, softcap, min_q_rows, out, out_bf16); \
 }
 FLASH_PREFILL(64)
 FLASH_PREFILL(128)

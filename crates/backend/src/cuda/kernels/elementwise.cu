@@ -48,11 +48,12 @@ extern "C" __global__ void f32_to_f16_kernel(const float* x, f16_t* y, long n) {
 // `staged` (may be null): a bf16 copy of `out` as well, for the cuBLASLt GEMM that
 // consumes it (cuda/ops.rs "staged activations": the GEMM then skips its own f32-to-bf16
 // pass over `out`).
+// `out` may be null: only the bf16 copy then (a bf16 activation tensor, cuda/ops.rs).
 extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int cols, float eps,
                                            bf16_t* staged) { pdl_entry();
     __shared__ float scratch[32];
     const float* xr = x + (long)blockIdx.x * cols;
-    float* orow = out + (long)blockIdx.x * cols;
+    float* orow = out ? out + (long)blockIdx.x * cols : nullptr;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) { float v = xr[i]; ss += v * v; }
     ss = block_sum(ss, scratch);
@@ -60,7 +61,7 @@ extern "C" __global__ void rms_norm_kernel(const float* x, const float* w, float
     bf16_t* srow = staged ? staged + (long)blockIdx.x * cols : nullptr;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         const float v = xr[i] * inv * w[i];
-        orow[i] = v;
+        if (orow) orow[i] = v;
         if (srow) srow[i] = f32_to_bf16(v);
     }
 }
@@ -72,7 +73,7 @@ extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const f
     __shared__ float scratch[32];
     float* xr = x + (long)blockIdx.x * cols;
     const float* yr = y + (long)blockIdx.x * cols;
-    float* orow = out + (long)blockIdx.x * cols;
+    float* orow = out ? out + (long)blockIdx.x * cols : nullptr;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = xr[i] + yr[i];
@@ -84,7 +85,7 @@ extern "C" __global__ void add_rms_norm_kernel(float* x, const float* y, const f
     bf16_t* srow = staged ? staged + (long)blockIdx.x * cols : nullptr;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         const float v = xr[i] * inv * w[i];
-        orow[i] = v;
+        if (orow) orow[i] = v;
         if (srow) srow[i] = f32_to_bf16(v);
     }
 }
@@ -137,7 +138,7 @@ __device__ __forceinline__ void rms_norm4_body(float* x, const float* __restrict
             const float4 g = reinterpret_cast<const float4*>(w)[i];
             const float4 o = make_float4(v[c].x * inv * g.x, v[c].y * inv * g.y, v[c].z * inv * g.z,
                                          v[c].w * inv * g.w);
-            reinterpret_cast<float4*>(out + row)[i] = o;
+            if (out) reinterpret_cast<float4*>(out + row)[i] = o;
             if (staged)
                 reinterpret_cast<uint2*>(staged + row)[i] =
                     make_uint2((unsigned int)f32_to_bf16(o.x) | ((unsigned int)f32_to_bf16(o.y) << 16),
@@ -328,8 +329,8 @@ extern "C" __global__ void glu_packed_bf16_kernel(const bf16_t* gu, bf16_t* out,
 // head: the split costs no pass of its own. With kc != NULL the rotated k and the v of
 // row t are also written into the paged caches at slots[t] (kv_write's layout; negative
 // slots skipped), which saves the decode step a kernel per layer.
-template <typename KV>
-__device__ __forceinline__ void split_qkv_rope_body(const float* qkv, const int* pos, const float* cos_t,
+template <typename KV, typename IN>
+__device__ __forceinline__ void split_qkv_rope_body(const IN* qkv, const int* pos, const float* cos_t,
                                                     const float* sin_t, float* q, float* k, float* v,
                                                     KV* kc, KV* vc, const int* slots, int bs,
                                                     int T, int nh, int nkv, int hd, int neox) {
@@ -341,10 +342,10 @@ __device__ __forceinline__ void split_qkv_rope_body(const float* qkv, const int*
         long th = idx / half;
         int h = (int)(th % heads);
         long t = th / heads;
-        const float* src = qkv + th * hd;
+        const IN* src = qkv + th * hd;
         int a = neox ? i : 2 * i;
         int b = neox ? i + half : 2 * i + 1;
-        float x0 = src[a], x1 = src[b];
+        float x0 = load_f32(src, a), x1 = load_f32(src, b);
         float* dst;
         KV* cache = 0;
         int kvh = 0;
@@ -384,11 +385,14 @@ __device__ __forceinline__ void split_qkv_rope_body(const float* qkv, const int*
     }
 }
 
-#define SPLIT_QKV_ROPE(NAME, KV) \
-extern "C" __global__ void NAME(const float* qkv, const int* pos, const float* cos_t, const float* sin_t, \
+// IN: f32 projections, or bf16 ones (a bf16 GEMM output: half the bytes each way).
+#define SPLIT_QKV_ROPE(NAME, KV, IN) \
+extern "C" __global__ void NAME(const IN* qkv, const int* pos, const float* cos_t, const float* sin_t, \
                                 float* q, float* k, float* v, KV* kc, KV* vc, const int* slots, int bs, \
                                 int T, int nh, int nkv, int hd, int neox) { pdl_entry(); \
-    split_qkv_rope_body<KV>(qkv, pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, T, nh, nkv, hd, neox); \
+    split_qkv_rope_body<KV, IN>(qkv, pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, T, nh, nkv, hd, neox); \
 }
-SPLIT_QKV_ROPE(split_qkv_rope_f32_kernel, float)
-SPLIT_QKV_ROPE(split_qkv_rope_bf16_kernel, bf16_t)
+SPLIT_QKV_ROPE(split_qkv_rope_f32_kernel, float, float)
+SPLIT_QKV_ROPE(split_qkv_rope_bf16_kernel, bf16_t, float)
+SPLIT_QKV_ROPE(split_qkv_rope_bf16in_f32_kernel, float, bf16_t)
+SPLIT_QKV_ROPE(split_qkv_rope_bf16in_bf16_kernel, bf16_t, bf16_t)
