@@ -131,16 +131,24 @@ if [[ " $what " == *" attn_stalls "* ]]; then # why the decode attention reads K
     > "$OUT/ncu-attn.txt" 2>&1
   grep -aE "Stall|Warp Cycles|Throughput|Achieved Occupancy|Memory Throughput|DRAM|L2 Hit|Duration" "$OUT/ncu-attn.txt" | head -60 | tee -a "$OUT/pdl.txt"
 fi
-if [[ " $what " == *" epi_ab "* ]]; then # the GEMM epilogues (residual add in the GEMM, bf16 between the FFN's GEMMs) off and on: prefill 16 x 1,024, batched decode
+if [[ " $what " == *" epi_ab "* ]]; then # the GEMM epilogues and bf16 activations (SLUICE_GEMM_EPILOGUES) off and on: prefill 16 x 1,024, batched decode, batch 1
+  for e in 0 1; do
+    echo "=== forward_reference bf16 SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
+    SLUICE_GEMM_EPILOGUES=$e SLUICE_REQUIRE_CUDA=1 timeout 60 /tmp/sluice-bin/test-forward_reference --nocapture bf16 2>&1 | grep -aE "logit error|over|test result" | tee -a "$OUT/pdl.txt"
+  done
   for e in 0 1 0 1; do
     echo "=== prefill 8B 16 x 1024 SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
     timeout 200 env SLUICE_GEMM_EPILOGUES=$e $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 16 --input-len 1024 --output-len 2 -r 2 2>&1 | grep -a "prefill |" | tee -a "$OUT/pdl.txt"
   done
-  for preset in "llama-3.1-8b-bench 64" "llama-3.1-8b-bench 32" "llama-3.2-1b-bench 64"; do
+  for preset in "llama-3.1-8b-bench 64 0 1" "llama-3.1-8b-bench 32 0 1" "llama-3.2-1b-bench 64 0 1 0 1"; do
     set -- $preset
-    for e in 0 1; do
-      echo "=== $1 b$2 SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
-      timeout 200 env SLUICE_GEMM_EPILOGUES=$e $B bench latency --device cuda --random-weights $1 --batch-size $2 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "prefill |\|decode |" | tee -a "$OUT/pdl.txt"
+    m=$1; b=$2; shift 2
+    for e in "$@"; do
+      echo "=== $m b$b SLUICE_GEMM_EPILOGUES=$e" | tee -a "$OUT/pdl.txt"
+      timeout 200 env SLUICE_GEMM_EPILOGUES=$e $B bench latency --device cuda --random-weights $m --batch-size $b --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "prefill |\|decode |" | tee -a "$OUT/pdl.txt"
     done
+  done
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    q X=b1 $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
   done
 fi
