@@ -362,8 +362,9 @@ enum Precision {
     /// f32 weights and activations: 2e-3 of logits.
     Exact,
     /// bf16 weights (rounded beforehand, so exact) and bf16 activations into every GEMM
-    /// (on CUDA also out of the Q/K/V and gate/up GEMMs): 1% of the largest logit. Each
-    /// bf16 rounding is 2^-9 relative; a wiring mistake (a residual dropped or added
+    /// (on CUDA also out of the Q/K/V and gate/up GEMMs): 3% of the largest logit. On an
+    /// H100 the worst miss was 1.3% with bf16 GEMM inputs only (`SLUICE_GEMM_EPILOGUES=0`)
+    /// and 1.5% with the bf16 activations; a wiring mistake (a residual dropped or added
     /// twice, a stale buffer) misses by the logits' own size.
     Bf16,
 }
@@ -387,7 +388,7 @@ fn check_config_on(name: &str, cfg: ModelConfig, device: &Device, precision: Pre
     let scale = reference.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
     let tol = match precision {
         Precision::Exact => 2e-3,
-        Precision::Bf16 => 1e-2 * scale.max(1.0),
+        Precision::Bf16 => 3e-2 * scale.max(1.0),
     };
     let mut worst = 0f64;
     // Every position is checked, and the worst error printed, before a failure is
