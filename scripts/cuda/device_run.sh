@@ -8,10 +8,12 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
 mkdir -p "$OUT"
 BIN=/tmp/sluice-bin
-mkdir -p $BIN
+LOGS=/tmp/sluice-logs
+mkdir -p $BIN $LOGS
 for f in .devbin/*.xz; do
   b=$BIN/$(basename "$f" .xz)
-  [ -f "$b" ] || xz -dc "$f" > "$b" 2>/dev/null || python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$f" > "$b"
+  # Extracted again when the archive is newer (a warm machine keeps the last call's).
+  [ "$b" -nt "$f" ] || xz -dc "$f" > "$b" 2>/dev/null || python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$f" > "$b"
   chmod +x "$b"
 done
 export SLUICE_BIN=$BIN/sluice
@@ -28,10 +30,12 @@ run_tests() {
   # SLUICE_CUDA_TESTS: a subset, when a call has little device time.
   for t in ${SLUICE_CUDA_TESTS:-cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant cuda_fused_decode forward_reference cuda_golden cuda_batch_invariance}; do
     echo "=== test $t"
-    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$OUT/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation"; then
+    # Full logs stay on the machine (the device tool returns at most 8 files); what is
+    # printed also goes to $OUT/tests.txt.
+    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$LOGS/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation" | tee -a "$OUT/tests.txt"; then
       status=1
     fi
-    grep -q "test result: ok" "$OUT/test-$t.log" || { echo "FAILED: $t"; status=1; }
+    grep -q "test result: ok" "$LOGS/test-$t.log" || { echo "FAILED: $t" | tee -a "$OUT/tests.txt"; grep -A3 panicked "$LOGS/test-$t.log" | tee -a "$OUT/tests.txt"; status=1; }
   done
 }
 
