@@ -183,8 +183,10 @@ fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineErr
                 .map_err(|e| EngineError::Model(sluice_model::ModelError::from(e)))?;
             let used = total.saturating_sub(free) as f64;
             let c = &model.config;
-            // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget,
-            // plus f32 logits for every sequence, plus 1 GiB for workspaces and context.
+            // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget
+            // (the run state's f32 buffers plus its two bf16 ones, `xb16` and `qkv16`,
+            // come to less for every preset), plus f32 logits for every sequence, plus
+            // 1 GiB for workspaces and context.
             let act = cfg.max_num_batched_tokens as f64
                 * 4.0
                 * (6.0 * c.hidden_size as f64
