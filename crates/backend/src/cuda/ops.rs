@@ -132,6 +132,20 @@ pub(crate) fn decode_rows_bound(t: usize, num_seqs: usize) -> usize {
     rows.clamp(1, PREFILL_MIN_ROWS - 1)
 }
 
+/// `(t, k, m)` of `out[t, m] = x[t, k] · w[m, k]ᵀ`, or a shape error naming `op`.
+fn matmul_shapes(op: &str, x: &Tensor, w: &Tensor, out: &Tensor) -> Result<(usize, usize, usize)> {
+    let (t, k, m) = (x.rows(), x.cols(), w.rows());
+    if w.cols() != k || out.rows() != t || out.cols() != m {
+        return Err(BackendError::Shape(format!(
+            "{op}: x {:?} · w {:?}ᵀ -> out {:?}",
+            x.shape(),
+            w.shape(),
+            out.shape()
+        )));
+    }
+    Ok((t, k, m))
+}
+
 /// Where a norm writes: an f32 tensor (plus a staged bf16 copy) or a bf16 tensor.
 #[derive(Clone, Copy)]
 enum NormOut {
@@ -217,16 +231,7 @@ impl CudaBackend {
             return self.matmul_bf16_activations(x, w, out);
         }
         check_f32("matmul activations", &[x, out])?;
-        let (t, k) = (x.rows(), x.cols());
-        let m = w.rows();
-        if w.cols() != k || out.rows() != t || out.cols() != m {
-            return Err(BackendError::Shape(format!(
-                "matmul: x {:?} · w {:?}ᵀ -> out {:?}",
-                x.shape(),
-                w.shape(),
-                out.shape()
-            )));
-        }
+        let (t, k, m) = matmul_shapes("matmul", x, w, out)?;
         if t == 0 {
             return Ok(());
         }
@@ -282,7 +287,6 @@ impl CudaBackend {
 
     /// `matmul` with a bf16 `x` or `out` (each may also be f32).
     fn matmul_bf16_activations(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
-        let (t, k, m) = (x.rows(), x.cols(), w.rows());
         for a in [x, &*out] {
             if !matches!(a.dtype(), DType::F32 | DType::BF16) {
                 return Err(BackendError::Unsupported {
@@ -291,14 +295,7 @@ impl CudaBackend {
                 });
             }
         }
-        if w.cols() != k || out.rows() != t || out.cols() != m {
-            return Err(BackendError::Shape(format!(
-                "matmul: x {:?} · w {:?}ᵀ -> out {:?}",
-                x.shape(),
-                w.shape(),
-                out.shape()
-            )));
-        }
+        let (t, k, m) = matmul_shapes("matmul", x, w, out)?;
         if t == 0 {
             return Ok(());
         }
@@ -525,15 +522,7 @@ impl CudaBackend {
     pub fn matmul_accumulate(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
         if x.rows() > 1 && self.gemm_epilogues(w, x.rows()) {
             check_f32("matmul_accumulate activations", &[x, out])?;
-            let (t, k, m) = (x.rows(), x.cols(), w.rows());
-            if w.cols() != k || out.rows() != t || out.cols() != m {
-                return Err(BackendError::Shape(format!(
-                    "matmul_accumulate: x {:?} · w {:?}ᵀ -> out {:?}",
-                    x.shape(),
-                    w.shape(),
-                    out.shape()
-                )));
-            }
+            let (t, k, m) = matmul_shapes("matmul_accumulate", x, w, out)?;
             self.bind()?;
             let xin = self.bf16_input(ptr(x)?, t * k)?;
             let tune = self.gemm_may_tune();

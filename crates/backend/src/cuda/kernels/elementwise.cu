@@ -305,7 +305,8 @@ extern "C" __global__ void glu_packed4_kernel(const float* gu, float* out, int T
 // first, the gate/up GEMM's bf16 output) -> out [T, F] bf16 (the down GEMM's input), f32
 // arithmetic. F a multiple of 8: eight columns per thread, 16-byte loads and stores; rows
 // on the grid's y axis (grid-stride). Against glu_packed4_kernel on the f32 GEMM output,
-// it moves 3 bytes per element instead of 14 (8 read, 4 + 2 written).
+// it moves 6 bytes per output element (4 read, 2 written) instead of 14 (8 read, 4 + 2
+// written).
 __device__ __forceinline__ unsigned int glu_pair_bf16(unsigned int g, unsigned int u, int silu) {
     const float a = glu_act(bf16_to_f32((bf16_t)(g & 0xffffu)), bf16_to_f32((bf16_t)(u & 0xffffu)), silu);
     const float b = glu_act(bf16_to_f32((bf16_t)(g >> 16)), bf16_to_f32((bf16_t)(u >> 16)), silu);
