@@ -434,13 +434,16 @@ impl Gemm {
                 if tune && dtype != DType::F32 && p.algos.len() > 1 {
                     if kind == GemmOut::F32Accumulate {
                         let bytes = n * m * 4;
-                        // SAFETY: a plain allocation, freed right after (the tuning
-                        // synchronized the stream).
+                        // SAFETY: a plain allocation, freed right after.
                         let own =
                             unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(derr)?;
                         let tuned = self.tune(stream, key, &mut p, (x, w, own));
-                        // SAFETY: allocated above; the stream no longer uses it.
-                        let _ = unsafe { cudarc::driver::result::free_sync(own) };
+                        // SAFETY: the stream is synchronized (also when the tuning
+                        // stopped early with runs queued), so nothing uses `own` any more.
+                        unsafe {
+                            let _ = cudarc::driver::result::stream::synchronize(stream);
+                            let _ = cudarc::driver::result::free_sync(own);
+                        }
                         tuned?;
                     } else {
                         self.tune(stream, key, &mut p, (x, w, out))?;
