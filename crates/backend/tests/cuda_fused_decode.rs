@@ -277,8 +277,8 @@ fn gemm_residual_epilogue_matches_matmul_then_add() {
             let x = up(&g, &[t, k], &rnd(&mut rng, t * k, 1.0));
             let resid = rnd(&mut rng, t * m, 3.0);
             // At 17 rows the accumulating call is the shape's first, inside the tuning
-            // window: it times the candidates (on a buffer of its own, since the output
-            // must be added into once) and then runs the pick with beta 1. The plain
+            // window: it times the candidates (into an output of the tuner's own: this
+            // one must be added into once) and then runs the pick with beta 1. The plain
             // matmul after it shares the plan.
             let tuned_before = tuned_plans(&g);
             g.set_gemm_tuning(t == 17);

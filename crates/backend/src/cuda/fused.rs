@@ -260,19 +260,13 @@ impl CudaBackend {
             DType::BF16 => cuda_buf(xb)?.ptr(),
             _ => self.bf16_input(cuda_buf(xb)?.ptr(), t * h)?,
         };
-        let tune = self.gemm_may_tune();
         let (w_gu, w_dn) = (cuda_buf(w_gate_up)?.ptr(), cuda_buf(w_down)?.ptr());
-        let gu_out = (pwork, GemmOut::Bf16);
-        self.gemm.matmul(
-            self.stream,
+        self.gemm_call(
             DType::BF16,
             xin,
             w_gu,
-            gu_out,
-            t,
-            2 * f,
-            h,
-            tune,
+            (pwork, GemmOut::Bf16),
+            (t, 2 * f, h),
         )?;
         let (ti, fi, si) = (t as i32, f as i32, i32::from(silu));
         let grid = ((f / 8).div_ceil(256) as u32, t.min(65_535) as u32, 1);
@@ -283,16 +277,6 @@ impl CudaBackend {
             &mut args![pwork, pact, ti, fi, si],
         )?;
         let down_out = (cuda_buf(x)?.ptr(), GemmOut::F32Accumulate);
-        self.gemm.matmul(
-            self.stream,
-            DType::BF16,
-            pact,
-            w_dn,
-            down_out,
-            t,
-            h,
-            f,
-            tune,
-        )
+        self.gemm_call(DType::BF16, pact, w_dn, down_out, (t, h, f))
     }
 }

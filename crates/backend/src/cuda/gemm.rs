@@ -15,8 +15,8 @@
 //! the weight's bytes, which some tile shapes stream better than others). GEMMs planned
 //! while the backend's tuning window is open (the first, eager step of each decode-graph
 //! bucket: shapes that every replay repeats) and outside graph capture time the
-//! heuristic's candidates on the call's own buffers, once, and keep the fastest
-//! (TensorRT-LLM's tactic selection, in miniature). Other shapes (prefill chunks of any
+//! heuristic's candidates on the call's inputs (into an output buffer of their own), once,
+//! and keep the fastest (TensorRT-LLM's tactic selection, in miniature). Other shapes (prefill chunks of any
 //! length) take the heuristic's first choice, so no request waits on timing.
 //! `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can differ between runs (timing
 //! noise between near-equal candidates), and candidates may sum in different orders
@@ -35,6 +35,8 @@ use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
 const WORKSPACE_BYTES: usize = 32 << 20;
+/// The autotuner's L2 flush before each timed run (more than an H100's or H200's L2).
+const FLUSH_BYTES: usize = 128 << 20;
 /// How many algorithms to ask the heuristic for (the autotuner's candidates).
 const ALGO_CANDIDATES: usize = 16;
 /// Timed runs per candidate (after one untimed run).
@@ -304,11 +306,10 @@ impl Gemm {
             .map_err(derr)
     }
 
-    /// Times every candidate of `p` on the call's buffers (the output is overwritten;
-    /// the caller's run comes after; an accumulating call gives a buffer of its own,
-    /// since the runs would add into its output) and picks the fastest; a candidate the
-    /// library refuses is skipped. Synchronizes the stream. The runs write (beta 0): the
-    /// same kernels as with beta 1.
+    /// Times every candidate of `p` on the call's inputs, writing an output buffer of its
+    /// own (the caller's output stays as it was: an accumulating call adds into it once,
+    /// afterwards), and picks the fastest; a candidate the library refuses is skipped.
+    /// Synchronizes the stream. The runs write (beta 0): the same kernels as with beta 1.
     ///
     /// Each timed run starts with a cold L2: a decode step streams each weight from
     /// memory once, while back-to-back runs of one GEMM would find a weight of up to the
@@ -319,17 +320,64 @@ impl Gemm {
         stream: sys::CUstream,
         key: Key,
         p: &mut Plan,
-        (x, w, out): (sys::CUdeviceptr, sys::CUdeviceptr, sys::CUdeviceptr),
+        (x, w): (sys::CUdeviceptr, sys::CUdeviceptr),
     ) -> Result<()> {
-        use cudarc::driver::result::{event, malloc_sync, memset_d8_async, stream as drv_stream};
-        const FLUSH_BYTES: usize = 128 << 20;
-        // SAFETY: a plain allocation, freed below; none if memory is short (warm runs).
+        use cudarc::driver::result::{event, free_sync, malloc_sync, stream as drv_stream};
+        let out_bytes = key.n * key.m * if key.out == DType::BF16 { 2 } else { 4 };
+        // SAFETY: plain allocations and fresh events, all released below after the stream
+        // is synchronized; no flush buffer if memory is short (warm runs then).
+        let out = unsafe { malloc_sync(out_bytes) }.map_err(derr)?;
         let flush = unsafe { malloc_sync(FLUSH_BYTES) }.ok();
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let (start, end) = (
-            event::create(flags).map_err(derr)?,
-            event::create(flags).map_err(derr)?,
+        let events = event::create(flags).and_then(|a| event::create(flags).map(|b| (a, b)));
+        let timed = match events {
+            Ok(ev) => self.time_candidates(stream, p, (x, w, out), flush, ev),
+            Err(e) => Err(derr(e)),
+        };
+        // SAFETY: the stream is synchronized (also when timing stopped early with runs
+        // queued), so nothing uses these any more.
+        unsafe {
+            let _ = drv_stream::synchronize(stream);
+            if let Ok((a, b)) = events {
+                let _ = event::destroy(a);
+                let _ = event::destroy(b);
+            }
+            if let Some(f) = flush {
+                let _ = free_sync(f);
+            }
+            let _ = free_sync(out);
+        }
+        let Some(((i, ms), first)) = timed? else {
+            return Ok(());
+        };
+        p.chosen = i;
+        self.tuned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let us = |ms: f32| ms * 1e3 / TUNE_RUNS as f32;
+        tracing::debug!(
+            "cuBLASLt autotune {}x{}x{} {} into {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
+            key.m,
+            key.n,
+            key.k,
+            key.dtype,
+            key.out,
+            p.algos.len(),
+            us(ms),
+            us(first)
         );
+        Ok(())
+    }
+
+    /// `tune`'s timing loop: ((the fastest candidate, its ms over `TUNE_RUNS`), the first
+    /// candidate's ms), or None when the library refused them all.
+    fn time_candidates(
+        &self,
+        stream: sys::CUstream,
+        p: &Plan,
+        (x, w, out): (sys::CUdeviceptr, sys::CUdeviceptr, sys::CUdeviceptr),
+        flush: Option<sys::CUdeviceptr>,
+        (start, end): (sys::CUevent, sys::CUevent),
+    ) -> Result<Option<((usize, f32), f32)>> {
+        use cudarc::driver::result::{event, memset_d8_async, stream as drv_stream};
         let mut best: Option<(usize, f32)> = None;
         let mut first = f32::NAN;
         'candidates: for i in 0..p.algos.len() {
@@ -338,8 +386,8 @@ impl Gemm {
             }
             let mut ms = 0.0f32;
             for _ in 0..TUNE_RUNS {
-                // SAFETY: the flush buffer is ours; fresh events of this context,
-                // recorded on our stream.
+                // SAFETY: the flush buffer is ours; the events belong to this context and
+                // are recorded on our stream.
                 unsafe {
                     if let Some(f) = flush {
                         memset_d8_async(f, 0, FLUSH_BYTES, stream).map_err(derr)?;
@@ -361,31 +409,7 @@ impl Gemm {
                 best = Some((i, ms));
             }
         }
-        // SAFETY: created above, no longer used (the stream is synchronized).
-        unsafe {
-            let _ = event::destroy(start);
-            let _ = event::destroy(end);
-            if let Some(f) = flush {
-                let _ = cudarc::driver::result::free_sync(f);
-            }
-        }
-        if let Some((i, ms)) = best {
-            p.chosen = i;
-            self.tuned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let us = |ms: f32| ms * 1e3 / TUNE_RUNS as f32;
-            tracing::debug!(
-                "cuBLASLt autotune {}x{}x{} {} into {}: candidate {i} of {}, {:.1} us (heuristic's first: {:.1} us)",
-                key.m,
-                key.n,
-                key.k,
-                key.dtype,
-                key.out,
-                p.algos.len(),
-                us(ms),
-                us(first)
-            );
-        }
-        Ok(())
+        Ok(best.map(|b| (b, first)))
     }
 
     /// How many plans picked their algorithm by timing.
@@ -432,22 +456,7 @@ impl Gemm {
                 let mut p = self.plan(key)?;
                 // Not the exact f32 reference path: it is there for its numbers.
                 if tune && dtype != DType::F32 && p.algos.len() > 1 {
-                    if kind == GemmOut::F32Accumulate {
-                        let bytes = n * m * 4;
-                        // SAFETY: a plain allocation, freed right after.
-                        let own =
-                            unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(derr)?;
-                        let tuned = self.tune(stream, key, &mut p, (x, w, own));
-                        // SAFETY: the stream is synchronized (also when the tuning
-                        // stopped early with runs queued), so nothing uses `own` any more.
-                        unsafe {
-                            let _ = cudarc::driver::result::stream::synchronize(stream);
-                            let _ = cudarc::driver::result::free_sync(own);
-                        }
-                        tuned?;
-                    } else {
-                        self.tune(stream, key, &mut p, (x, w, out))?;
-                    }
+                    self.tune(stream, key, &mut p, (x, w))?;
                 }
                 e.insert(p)
             }

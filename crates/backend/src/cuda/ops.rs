@@ -259,30 +259,31 @@ impl CudaBackend {
                 })
             }
         }
-        let staged = if w.dtype() == DType::BF16 {
-            self.staged_copy(px, t * k)
-        } else {
-            None
-        };
-        let xin = match (w.dtype(), staged) {
-            (DType::F32, _) => px,
-            (DType::BF16, Some(staged)) => staged,
-            (d, _) => {
-                let n = t * k;
-                let staged = self.scratch_ptr(n * 2)?;
-                let f = if d == DType::BF16 {
-                    self.kernels.f32_to_bf16_kernel
-                } else {
-                    self.kernels.f32_to_f16_kernel
-                };
-                self.stage_half(f, px, staged, n)?;
+        let xin = match w.dtype() {
+            DType::F32 => px,
+            DType::BF16 => self.bf16_input(px, t * k)?,
+            _ => {
+                let staged = self.scratch_ptr(t * k * 2)?;
+                self.stage_half(self.kernels.f32_to_f16_kernel, px, staged, t * k)?;
                 staged
             }
         };
+        self.gemm_call(w.dtype(), xin, pw, (po, GemmOut::F32), (t, m, k))
+    }
+
+    /// One cuBLASLt GEMM `out[t, m] = x[t, k] · w[m, k]ᵀ` (see `GemmOut`) with inputs of
+    /// `dtype` already on the device, autotuned if the tuning window is open.
+    pub(super) fn gemm_call(
+        &self,
+        dtype: DType,
+        x: sys::CUdeviceptr,
+        w: sys::CUdeviceptr,
+        out: (sys::CUdeviceptr, GemmOut),
+        (t, m, k): (usize, usize, usize),
+    ) -> Result<()> {
         let tune = self.gemm_may_tune();
-        let out = (po, GemmOut::F32);
         self.gemm
-            .matmul(self.stream, w.dtype(), xin, pw, out, t, m, k, tune)
+            .matmul(self.stream, dtype, x, w, out, t, m, k, tune)
     }
 
     /// `matmul` with a bf16 `x` or `out` (each may also be f32).
@@ -314,18 +315,7 @@ impl CudaBackend {
             DType::BF16 => GemmOut::Bf16,
             _ => GemmOut::F32,
         };
-        let tune = self.gemm_may_tune();
-        self.gemm.matmul(
-            self.stream,
-            DType::BF16,
-            xin,
-            ptr(w)?,
-            (ptr(out)?, kind),
-            t,
-            m,
-            k,
-            tune,
-        )
+        self.gemm_call(DType::BF16, xin, ptr(w)?, (ptr(out)?, kind), (t, m, k))
     }
 
     /// Whether a matmul of `rows` token rows with `w` runs on cuBLASLt with bf16 inputs
@@ -525,11 +515,8 @@ impl CudaBackend {
             let (t, k, m) = matmul_shapes("matmul_accumulate", x, w, out)?;
             self.bind()?;
             let xin = self.bf16_input(ptr(x)?, t * k)?;
-            let tune = self.gemm_may_tune();
             let out = (ptr(out)?, GemmOut::F32Accumulate);
-            return self
-                .gemm
-                .matmul(self.stream, DType::BF16, xin, ptr(w)?, out, t, m, k, tune);
+            return self.gemm_call(DType::BF16, xin, ptr(w)?, out, (t, m, k));
         }
         let (m, k, f) = self.fused_decode_operands("matmul_accumulate", false, x, w, out)?;
         self.bind()?;
@@ -576,10 +563,7 @@ impl CudaBackend {
         k: usize,
     ) -> Result<()> {
         let staged = self.bf16_input(px, t * k)?;
-        let tune = self.gemm_may_tune();
-        let out = (po, GemmOut::F32);
-        self.gemm
-            .matmul(self.stream, DType::BF16, staged, wb, out, t, m, k, tune)
+        self.gemm_call(DType::BF16, staged, wb, (po, GemmOut::F32), (t, m, k))
     }
 
     /// The bf16 copy of the `n` f32 activations at `px` for a GEMM: the staged one if the
