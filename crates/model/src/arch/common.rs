@@ -290,25 +290,22 @@ impl RunState {
     }
 }
 
-/// A block's input norm `xb = norm(x)`, adding a pending block output to `x` first in
-/// the same kernel (`add_rms_norm`): one pass over the residual stream instead of two.
-pub fn pre_norm(dev: &Device, weight: &Tensor, eps: f32, st: &mut RunState) -> Result<()> {
+/// A block's input norm `xb = norm(x)` (into the bf16 `xb16` instead with `bf16`; `xb`
+/// is then not written), adding a pending block output to `x` first in the same kernel
+/// (`add_rms_norm`): one pass over the residual stream instead of two.
+pub fn pre_norm(
+    dev: &Device,
+    weight: &Tensor,
+    eps: f32,
+    bf16: bool,
+    st: &mut RunState,
+) -> Result<()> {
+    let out = if bf16 { &mut st.xb16 } else { &mut st.xb };
     if st.residual_pending {
-        dev.add_rms_norm(&mut st.x, &st.xo, weight, eps, &mut st.xb)?;
+        dev.add_rms_norm(&mut st.x, &st.xo, weight, eps, out)?;
         st.residual_pending = false;
     } else {
-        dev.rms_norm(&st.x, weight, eps, &mut st.xb)?;
-    }
-    Ok(())
-}
-
-/// `pre_norm` into the bf16 activations `xb16` (`st.xb` is not written).
-pub fn pre_norm_bf16(dev: &Device, weight: &Tensor, eps: f32, st: &mut RunState) -> Result<()> {
-    if st.residual_pending {
-        dev.add_rms_norm(&mut st.x, &st.xo, weight, eps, &mut st.xb16)?;
-        st.residual_pending = false;
-    } else {
-        dev.rms_norm(&st.x, weight, eps, &mut st.xb16)?;
+        dev.rms_norm(&st.x, weight, eps, out)?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ pub fn block(
     st: &mut RunState,
 ) -> Result<()> {
     let missing = |what: &str| ModelError::MissingTensor(format!("gemma3 layer {what}"));
-    pre_norm(dev, &l.attn_norm, cfg.rms_eps, st)?;
+    pre_norm(dev, &l.attn_norm, cfg.rms_eps, false, st)?;
     qkv(dev, cfg, l, None, None, ProjInput::Normed, st)?;
     let q_norm = l.q_norm.as_ref().ok_or_else(|| missing("attn_q_norm"))?;
     let k_norm = l.k_norm.as_ref().ok_or_else(|| missing("attn_k_norm"))?;

@@ -8,7 +8,7 @@
 
 use sluice_backend::Device;
 
-use super::common::{pre_norm, pre_norm_bf16, RopeTable, RunState};
+use super::common::{pre_norm, RopeTable, RunState};
 use super::{ffn, qkv, FfnInWeights, LayerWeights, ProjInput, QkvWeights};
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -48,12 +48,14 @@ pub fn block(
             eps,
         };
         (attn, ffn)
-    } else if bf16 {
-        pre_norm_bf16(dev, &l.attn_norm, eps, st)?;
-        (ProjInput::Bf16, ProjInput::Bf16)
     } else {
-        pre_norm(dev, &l.attn_norm, eps, st)?;
-        (ProjInput::Normed, ProjInput::Normed)
+        pre_norm(dev, &l.attn_norm, eps, bf16, st)?;
+        let input = if bf16 {
+            ProjInput::Bf16
+        } else {
+            ProjInput::Normed
+        };
+        (input, input)
     };
     if !qkv(dev, cfg, l, Some(rope), Some(&mut *kv), attn_in, st)? {
         dev.kv_write(&st.k, &st.v, &mut kv.k, &mut kv.v, &st.meta.slots)?;

@@ -506,9 +506,7 @@ pub(crate) fn qkv(
             return Ok(wrote);
         }
         QkvWeights::Separate { .. } if matches!(input, ProjInput::Bf16) => {
-            return Err(ModelError::Batch(
-                "bf16 activations need stacked q/k/v projections".into(),
-            ));
+            return Err(bf16_unsupported("stacked q/k/v projections"));
         }
         QkvWeights::Separate {
             wq,
@@ -590,9 +588,7 @@ pub(crate) fn ffn(
             return Ok(true);
         }
         _ if matches!(input, ProjInput::Bf16) => {
-            return Err(ModelError::Batch(
-                "bf16 activations need the fused gated FFN (stacked gate/up)".into(),
-            ));
+            return Err(bf16_unsupported("the fused gated FFN"))
         }
         FfnInWeights::Fused { w_gate_up } => {
             input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
@@ -621,10 +617,14 @@ pub(crate) fn ffn(
             dev.matmul_accumulate(&st.act, &l.w_down, &mut st.x)?;
             Ok(true)
         }
-        ProjInput::Bf16 => Err(ModelError::Batch(
-            "bf16 activations need the fused gated FFN (stacked gate/up)".into(),
-        )),
+        ProjInput::Bf16 => Err(bf16_unsupported("the fused gated FFN")),
     }
+}
+
+/// The error of a layer that `ProjInput::Bf16` cannot run (`llama::bf16_activations`
+/// chooses it only where it can).
+fn bf16_unsupported(what: &str) -> ModelError {
+    ModelError::Batch(format!("bf16 activations need {what}"))
 }
 
 /// Where a block's input projections (stacked Q/K/V, stacked gate/up) read from.
@@ -656,11 +656,7 @@ impl ProjInput<'_> {
         match self {
             ProjInput::Normed => dev.matmul(xb, w, out)?,
             ProjInput::FusedNorm { gamma, eps } => dev.rms_norm_matmul(x, gamma, eps, w, out)?,
-            ProjInput::Bf16 => {
-                return Err(ModelError::Batch(
-                    "bf16 activations go through the stacked projections only".into(),
-                ))
-            }
+            ProjInput::Bf16 => return Err(bf16_unsupported("a stacked projection's own path")),
         }
         Ok(())
     }
