@@ -274,19 +274,10 @@ impl Plan {
             )
             .map_err(derr)?;
         }
+        let what = format!("an FP8 (E4M3) {m}x{n}x{k} matmul");
         // SAFETY: the plan's descriptors were just created and are live.
-        let found = unsafe { gemm.heuristic_algos(desc, plan.a, plan.b, plan.d, ALGO_CANDIDATES) }
-            .map_err(|e| {
-                BackendError::Device(format!(
-                    "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul: {e:?}"
-                ))
-            })?;
-        if found.is_empty() {
-            return Err(BackendError::Device(format!(
-                "cuBLASLt has no FP8 (E4M3) algorithm for a {m}x{n}x{k} matmul"
-            )));
-        }
-        plan.algos = found;
+        plan.algos =
+            unsafe { gemm.heuristic_algos(desc, plan.a, plan.b, plan.d, ALGO_CANDIDATES, &what) }?;
         Ok(plan)
     }
 }

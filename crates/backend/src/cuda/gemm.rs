@@ -164,18 +164,12 @@ impl Gemm {
         let a = lt::create_matrix_layout(ty, k, m, k as i64).map_err(derr)?;
         let b = lt::create_matrix_layout(ty, k, n, k as i64).map_err(derr)?;
         let d = lt::create_matrix_layout(cuda_type(key.out)?, m, n, m as i64).map_err(derr)?;
+        let what = format!(
+            "a {}x{}x{} {} matmul into {}",
+            key.m, key.n, key.k, key.dtype, key.out
+        );
         // SAFETY: the descriptors were just created and are live.
-        let heur = unsafe { self.heuristic_algos(desc, a, b, d, ALGO_CANDIDATES) };
-        let no_algo = |why: String| {
-            BackendError::Device(format!(
-                "cuBLASLt has no algorithm for a {}x{}x{} {} matmul into {}{why}",
-                key.m, key.n, key.k, key.dtype, key.out
-            ))
-        };
-        let algos = heur.map_err(|e| no_algo(format!(": {e:?}")))?;
-        if algos.is_empty() {
-            return Err(no_algo(String::new()));
-        }
+        let algos = unsafe { self.heuristic_algos(desc, a, b, d, ALGO_CANDIDATES, &what) }?;
         Ok(Plan {
             desc,
             a,
@@ -187,8 +181,8 @@ impl Gemm {
     }
 
     /// Up to `max` algorithms cuBLASLt's heuristic offers for the matmul `desc` with
-    /// layouts `a`, `b` and `d` (C = D), best first, within the shared workspace. Shared
-    /// with the FP8 GEMM (cuda/fp8.rs).
+    /// layouts `a`, `b` and `d` (C = D), best first, within the shared workspace; at least
+    /// one, or an error naming `what` (the matmul). Shared with the FP8 GEMM (cuda/fp8.rs).
     ///
     /// # Safety
     /// The descriptors must be live.
@@ -199,8 +193,12 @@ impl Gemm {
         b: lt_sys::cublasLtMatrixLayout_t,
         d: lt_sys::cublasLtMatrixLayout_t,
         max: usize,
-    ) -> std::result::Result<Vec<lt_sys::cublasLtMatmulAlgo_t>, lt::CublasError> {
-        let pref = lt::create_matmul_pref()?;
+        what: &str,
+    ) -> Result<Vec<lt_sys::cublasLtMatmulAlgo_t>> {
+        let no_algo = |why: String| {
+            BackendError::Device(format!("cuBLASLt has no algorithm for {what}{why}"))
+        };
+        let pref = lt::create_matmul_pref().map_err(|e| no_algo(format!(": {e:?}")))?;
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: a fresh preference, attribute buffers sized to their types; the
         // heuristic reads the live descriptors and writes at most `max` results into the
@@ -231,13 +229,16 @@ impl Gemm {
                 .result()
             });
             let _ = lt::destroy_matmul_pref(pref);
-            h.map(|_| {
-                results[..count.clamp(0, max as i32) as usize]
-                    .iter()
-                    .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                    .map(|r| r.algo)
-                    .collect()
-            })
+            h.map_err(|e| no_algo(format!(": {e:?}")))?;
+            let algos: Vec<_> = results[..count.clamp(0, max as i32) as usize]
+                .iter()
+                .filter(|r| r.state == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .map(|r| r.algo)
+                .collect();
+            if algos.is_empty() {
+                return Err(no_algo(String::new()));
+            }
+            Ok(algos)
         }
     }
 

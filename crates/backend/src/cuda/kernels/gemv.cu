@@ -437,7 +437,8 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 // not one with a branch on gamma: a kernel is allocated the registers of its larger
 // branch. One shared kernel measured 4% slower for plain FP8 than session 5's own FP8
 // GEMV on an H100 (275.6 -> 264.7 tokens/s, 8B), and neither the prefetch nor the fusion
-// explained it. This split is the suspected fix; it has not been timed yet.
+// explained it; split, FP8 batch 1 is level again (277.4 against 276.7 tokens/s, 8B, and
+// 1,205 against 1,144 for 1B: docs/BENCHMARKS.md, session 7).
 #define GEMV_RPW 4
 #define GEMV1_ROWS(NAME, P) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
