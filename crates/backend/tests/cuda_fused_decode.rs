@@ -17,7 +17,7 @@
 
 mod cuda_common;
 
-use cuda_common::{check, down, gpu, host, poisoned, rnd, up};
+use cuda_common::{autotuning_on, check, down, gpu, host, poisoned, rnd, tuned_plans, up};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sluice_backend::cuda::CudaWeightType;
@@ -241,18 +241,6 @@ fn staged_activations_equal_converting_and_go_stale_on_any_other_kernel() {
         // Norm (twice), add+norm and GLU took the copy; the stale case did not.
         assert_eq!(backend.staged_gemm_inputs() - uses, 4, "{wt:?}");
     }
-}
-
-/// Plans whose algorithm the autotuner picked so far.
-fn tuned_plans(g: &Device) -> u64 {
-    match g {
-        Device::Cuda(b) => b.gemm_tuned_plans(),
-        Device::Cpu(_) => 0,
-    }
-}
-
-fn autotuning_on() -> bool {
-    std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0")
 }
 
 /// Row counts that take cuBLASLt (above the GEMVs' 4) and (H, F) FFN shapes with F a

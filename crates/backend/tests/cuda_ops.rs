@@ -15,7 +15,9 @@
 
 mod cuda_common;
 
-use cuda_common::{check, down, gpu, host, matmul_f64, poisoned, rel_err, rnd, up};
+use cuda_common::{
+    autotuning_on, check, down, gpu, host, matmul_f64, poisoned, rel_err, rnd, tuned_plans, up,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_backend::cuda::CudaWeightType;
@@ -476,10 +478,6 @@ fn gemm_autotuning_only_inside_the_window() {
     let Some(g) = gpu(CudaWeightType::Bf16) else {
         return;
     };
-    let Device::Cuda(backend) = &g else {
-        return;
-    };
-    let tuning_on = std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0");
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let (m, k) = (96usize, 256usize);
     let wv = rnd(&mut rng, m * k, 0.5);
@@ -493,14 +491,14 @@ fn gemm_autotuning_only_inside_the_window() {
         (20, false, 0),
     ] {
         let xv = rnd(&mut rng, t * k, 1.0);
-        let before = backend.gemm_tuned_plans();
+        let before = tuned_plans(&g);
         g.set_gemm_tuning(open);
         let mut out = poisoned(&g, &[t, m]);
         let ran = g.matmul(&up(&g, &[t, k], &xv), &w, &mut out);
         g.set_gemm_tuning(false);
         ran.unwrap();
-        let tuned = backend.gemm_tuned_plans() - before;
-        if tuning_on {
+        let tuned = tuned_plans(&g) - before;
+        if autotuning_on() {
             assert_eq!(tuned, want, "{t} rows, window open: {open}");
         }
         check(

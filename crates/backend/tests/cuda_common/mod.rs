@@ -86,3 +86,16 @@ pub fn byte_perm(x: u32, y: u32, s: u32) -> u32 {
         r | ((((v >> (8 * sel)) & 0xff) as u32) << (8 * n))
     })
 }
+
+/// Whether the GEMM autotuner runs (`SLUICE_GEMM_AUTOTUNE`, on unless 0).
+pub fn autotuning_on() -> bool {
+    std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0")
+}
+
+/// Plans whose algorithm the GEMM autotuner picked so far (0 off the GPU).
+pub fn tuned_plans(g: &Device) -> u64 {
+    match g {
+        Device::Cuda(b) => b.gemm_tuned_plans(),
+        Device::Cpu(_) => 0,
+    }
+}
