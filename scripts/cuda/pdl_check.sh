@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -150,5 +150,21 @@ if [[ " $what " == *" epi_ab "* ]]; then # the GEMM epilogues and bf16 activatio
   done
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     q X=b1 $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+  done
+fi
+if [[ " $what " == *" knobs "* ]]; then # session 9: where the host's time per step goes, and the tuning knobs of the GEMV grid, the decode attention's splits and cuBLASLt's candidates
+  for b in 1 32 64; do
+    q X=base $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1
+  done
+  for b in 32 64; do
+    for n in 8 12; do
+      q SLUICE_DECODE_BLOCKS_PER_SM=$n $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1
+    done
+    q SLUICE_GEMM_CANDIDATES=64 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $b --input-len 512 --output-len 128 -r 1
+  done
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for n in 2 4 8; do
+      q SLUICE_GEMV_BLOCKS_PER_SM=$n $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
   done
 fi

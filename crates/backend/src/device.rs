@@ -85,9 +85,27 @@ impl QkvDims {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<()> {
+        self.check_shape(qkv.shape(), positions, cos, q, k, v)
+    }
+
+    /// `check` for projections of shape `qkv` (`[T, cols]`), which need not exist as a
+    /// tensor (a fused GEMV's output).
+    pub(crate) fn check_shape(
+        &self,
+        qkv: &[usize],
+        positions: &Tensor,
+        cos: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<()> {
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let t = qkv.rows();
-        let ok = qkv.cols() == (nh + 2 * nkv) * hd
+        let (t, cols) = match qkv {
+            [t, c] => (*t, *c),
+            _ => (0, 0),
+        };
+        let ok = qkv.len() == 2
+            && cols == (nh + 2 * nkv) * hd
             && [q.rows(), k.rows(), v.rows()].iter().all(|&r| r == t)
             && q.cols() == nh * hd
             && k.cols() == nkv * hd
@@ -99,9 +117,8 @@ impl QkvDims {
             return Ok(());
         }
         Err(BackendError::Shape(format!(
-            "split_qkv_rope: qkv {:?} ({nh} + 2x{nkv} heads of {hd}) into q {:?} k {:?} v {:?}, \
+            "split_qkv_rope: qkv {qkv:?} ({nh} + 2x{nkv} heads of {hd}) into q {:?} k {:?} v {:?}, \
              {} positions, table {:?}",
-            qkv.shape(),
             q.shape(),
             k.shape(),
             v.shape(),
@@ -405,6 +422,65 @@ impl Device {
                 dtype: w.dtype(),
             }),
             Device::Cuda(g) => g.rms_norm_matmul(x, gamma, eps, w, out),
+        }
+    }
+
+    /// Whether `rms_norm_matmul_glu` (stacked gate/up weights) and
+    /// `rms_norm_matmul_qkv_rope` (stacked Q/K/V) take `w` at `rows` token rows: the
+    /// batch-1 GEMVs that apply the GLU or RoPE in their epilogue (CUDA, bf16 weights).
+    pub fn fuses_decode_pairs(&self, w: &Tensor, rows: usize) -> bool {
+        match self {
+            Device::Cpu(_) => false,
+            Device::Cuda(g) => g.fuses_decode_pairs(w, rows),
+        }
+    }
+
+    /// `out = act(g) ⊙ u`, `[g | u] = rms_norm(x) * gamma · w_gate_upᵀ` (SiLU or GELU-tanh)
+    /// in one pass, where `fuses_decode_pairs` holds.
+    pub fn rms_norm_matmul_glu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        w_gate_up: &Tensor,
+        out: &mut Tensor,
+        silu: bool,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Unsupported {
+                op: "rms_norm_matmul_glu (a CUDA decode fusion; check fuses_decode_pairs)",
+                dtype: w_gate_up.dtype(),
+            }),
+            Device::Cuda(g) => g.rms_norm_matmul_glu(x, gamma, eps, w_gate_up, out, silu),
+        }
+    }
+
+    /// `split_qkv_rope` (with the cache write) of `rms_norm(x) * gamma · wqkvᵀ` for one
+    /// token row in one pass, where `fuses_decode_pairs` holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_matmul_qkv_rope(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        wqkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dims: QkvDims,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &mut Tensor,
+        kv: KvWrite<'_>,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Err(BackendError::Unsupported {
+                op: "rms_norm_matmul_qkv_rope (a CUDA decode fusion; check fuses_decode_pairs)",
+                dtype: wqkv.dtype(),
+            }),
+            Device::Cuda(g) => g.rms_norm_matmul_qkv_rope(
+                x, gamma, eps, wqkv, positions, cos, sin, dims, q, k, v, kv,
+            ),
         }
     }
 

@@ -595,3 +595,188 @@ fn bf16_activations_equal_the_f32_ops_rounded() {
         "split_qkv_rope from bf16 projections"
     );
 }
+
+/// bf16 bits as f32 (for comparing bf16 caches within a tolerance).
+fn bf16_bits_to_f32(bits: &[u16]) -> Vec<f32> {
+    bits.iter()
+        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .collect()
+}
+
+/// The batch-1 GEMVs with a paired epilogue (kernels/gemv_pairs.cu): the GLU of stacked
+/// gate/up rows, against `rms_norm_matmul` then `glu_packed`. Odd widths leave a block
+/// with pairs past the end; the row counts cover every warps-per-row split.
+#[test]
+fn glu_gemv_matches_norm_gemv_then_glu() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(91);
+    for (f, k, silu) in [
+        (37, 64, true),
+        (200, 136, false),
+        (1100, 64, true),
+        (2200, 128, true),
+        (8192, 512, false),
+        (14336, 4096, true),
+    ] {
+        let w = g
+            .load_weight(host(&[2 * f, k], &rnd(&mut rng, 2 * f * k, 0.5)))
+            .unwrap();
+        assert!(g.fuses_decode_pairs(&w, 1), "f={f} k={k}");
+        assert!(!g.fuses_decode_pairs(&w, 2), "two rows do not fuse");
+        let x = up(&g, &[1, k], &rnd(&mut rng, k, 5.0));
+        let gamma = up(&g, &[k], &rnd(&mut rng, k, 1.5));
+        let eps = 1e-5;
+        let mut gate_up = poisoned(&g, &[1, 2 * f]);
+        g.rms_norm_matmul(&x, &gamma, eps, &w, &mut gate_up)
+            .unwrap();
+        let mut want = poisoned(&g, &[1, f]);
+        g.glu_packed(&gate_up, &mut want, silu).unwrap();
+        let mut got = poisoned(&g, &[1, f]);
+        g.rms_norm_matmul_glu(&x, &gamma, eps, &w, &mut got, silu)
+            .unwrap();
+        check(
+            &format!("rms_norm_matmul_glu f={f} k={k} silu={silu}"),
+            &down(&g, &got),
+            &down(&g, &want),
+            1e-5,
+        );
+        // Shape mismatches are errors, not launches.
+        let mut wrong = poisoned(&g, &[1, f + 1]);
+        assert!(g
+            .rms_norm_matmul_glu(&x, &gamma, eps, &w, &mut wrong, silu)
+            .is_err());
+    }
+    // Other weight types keep the unfused path (the model asks first).
+    let Some(f32g) = gpu(CudaWeightType::F32) else {
+        return;
+    };
+    let w = f32g
+        .load_weight(host(&[64, 64], &vec![0.5; 64 * 64]))
+        .unwrap();
+    assert!(!f32g.fuses_decode_pairs(&w, 1));
+    let cpu = Device::cpu(Some(1));
+    assert!(!cpu.fuses_decode_pairs(&host(&[64, 64], &vec![0.5; 64 * 64]), 1));
+}
+
+/// RoPE and the cache write in the stacked Q/K/V GEMV's epilogue, against
+/// `rms_norm_matmul` then `split_qkv_rope`: both RoPE styles, GQA and MHA, head dims 64
+/// and 128, bf16 and f32 caches, a slot in a high block and a skipped (negative) slot.
+#[test]
+fn qkv_rope_gemv_matches_norm_gemv_then_split() {
+    use sluice_backend::{KvWrite, QkvDims, RopeStyle, Tensor};
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(92);
+    let cases = [
+        (32, 8, 128, 4096, RopeStyle::Neox, DType::BF16, 4321),
+        (4, 4, 64, 64, RopeStyle::Interleaved, DType::F32, 3),
+        (14, 2, 64, 896, RopeStyle::Neox, DType::BF16, 17),
+        (6, 1, 128, 200, RopeStyle::Interleaved, DType::BF16, -1),
+        (9, 3, 64, 576, RopeStyle::Neox, DType::F32, 1000),
+    ];
+    for (nh, nkv, hd, k, style, kv_dtype, slot) in cases {
+        let m = (nh + 2 * nkv) * hd;
+        let (max_pos, half, bs, blocks) = (300usize, hd / 2, 16usize, 300usize);
+        let w = g
+            .load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
+            .unwrap();
+        assert!(g.fuses_decode_pairs(&w, 1));
+        let x = up(&g, &[1, k], &rnd(&mut rng, k, 5.0));
+        let gamma = up(&g, &[k], &rnd(&mut rng, k, 1.5));
+        let eps = 1e-6;
+        let cos = up(&g, &[max_pos, half], &rnd(&mut rng, max_pos * half, 1.0));
+        let sin = up(&g, &[max_pos, half], &rnd(&mut rng, max_pos * half, 1.0));
+        let scalar = |v: i32| {
+            let mut t = Tensor::zeros_cpu(DType::I32, &[1]).unwrap();
+            t.as_i32_mut().unwrap()[0] = v;
+            g.upload(&t).unwrap()
+        };
+        let (pos, slots) = (scalar(max_pos as i32 - 7), scalar(slot));
+        let dims = QkvDims {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            style,
+        };
+        // (q, k, v, k cache, v cache) of each path, caches as f32.
+        let mut results = Vec::new();
+        for fused in [false, true] {
+            let shape = [blocks, nkv, bs, hd];
+            let (mut kc, mut vc) = (
+                g.zeros(kv_dtype, &shape).unwrap(),
+                g.zeros(kv_dtype, &shape).unwrap(),
+            );
+            let mut q = poisoned(&g, &[1, nh * hd]);
+            let mut kk = poisoned(&g, &[1, nkv * hd]);
+            let mut v = poisoned(&g, &[1, nkv * hd]);
+            let write = KvWrite {
+                k_cache: &mut kc,
+                v_cache: &mut vc,
+                slots: &slots,
+            };
+            if fused {
+                g.rms_norm_matmul_qkv_rope(
+                    &x, &gamma, eps, &w, &pos, &cos, &sin, dims, &mut q, &mut kk, &mut v, write,
+                )
+                .unwrap();
+            } else {
+                let mut qkv = poisoned(&g, &[1, m]);
+                g.rms_norm_matmul(&x, &gamma, eps, &w, &mut qkv).unwrap();
+                g.split_qkv_rope(
+                    &qkv,
+                    &pos,
+                    &cos,
+                    &sin,
+                    dims,
+                    &mut q,
+                    &mut kk,
+                    &mut v,
+                    Some(write),
+                )
+                .unwrap();
+            }
+            let cache = |t: &Tensor| match kv_dtype {
+                DType::BF16 => bf16_bits_to_f32(&down16(&g, t)),
+                _ => down(&g, t),
+            };
+            results.push([
+                down(&g, &q),
+                down(&g, &kk),
+                down(&g, &v),
+                cache(&kc),
+                cache(&vc),
+            ]);
+        }
+        let what =
+            format!("qkv rope nh={nh} nkv={nkv} hd={hd} k={k} {style:?} {kv_dtype} slot {slot}");
+        for (i, name) in ["q", "k", "v", "k cache", "v cache"].iter().enumerate() {
+            // bf16 caches: one rounding of values that agree to 1e-5 may differ by an ulp.
+            let tol = if i >= 3 && kv_dtype == DType::BF16 {
+                8e-3
+            } else {
+                1e-5
+            };
+            check(
+                &format!("{what}: {name}"),
+                &results[1][i],
+                &results[0][i],
+                tol,
+            );
+        }
+        if slot < 0 {
+            assert!(
+                results[1][3].iter().all(|&c| c == 0.0),
+                "{what}: skipped slot written"
+            );
+        } else {
+            let written = results[1][3].iter().filter(|&&c| c != 0.0).count();
+            assert!(
+                written > nkv * hd / 2,
+                "{what}: the slot's keys are missing"
+            );
+        }
+    }
+}

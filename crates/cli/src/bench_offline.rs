@@ -206,5 +206,17 @@ pub fn run_latency(a: LatencyArgs) -> Result<()> {
             weight_bytes / (mean / 1e3) / 1e9,
         );
     }
+    // Where a decode step's time goes on the host's clock: the device idles during the
+    // host's own work before and after (the share that overlapped scheduling could win).
+    let n = r.decode_ms.len().max(1) as f64;
+    let p = r.decode_phases;
+    let us = |s: f64| s / n * 1e6;
+    println!(
+        "decode step, host view (µs per step): schedule {:.0}, forward call {:.0}, sample + wait {:.0}, update {:.0}",
+        us(p.host_before),
+        us(p.forward),
+        us(p.wait),
+        us(p.host_after)
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{EngineError, EngineRequest, LlmEngine};
+use crate::metrics::StepPhases;
 use crate::sampling::SamplingParams;
 
 /// Mean and sample standard deviation.
@@ -169,6 +170,8 @@ pub struct LatencyResult {
     pub prefill_ms: Vec<f64>,
     /// Milliseconds of every decode step, all repetitions.
     pub decode_ms: Vec<f64>,
+    /// The decode steps' time by phase (sums; see `StepPhases`).
+    pub decode_phases: StepPhases,
 }
 
 /// `batch` sequences of `n_in` random prompt tokens generating `n_out` tokens; the
@@ -186,6 +189,7 @@ pub fn step_latency(
     let mut res = LatencyResult {
         prefill_ms: Vec::new(),
         decode_ms: Vec::new(),
+        decode_phases: StepPhases::default(),
     };
     for _ in 0..reps {
         for _ in 0..batch {
@@ -196,6 +200,7 @@ pub fn step_latency(
         }
         let mut first = true;
         while engine.has_unfinished() {
+            let before = engine.metrics().step_phases;
             let t0 = Instant::now();
             engine.step()?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -204,6 +209,8 @@ pub fn step_latency(
                 first = false;
             } else {
                 res.decode_ms.push(ms);
+                let d = engine.metrics().step_phases.since(&before);
+                res.decode_phases.add(&d);
             }
         }
     }

@@ -14,7 +14,7 @@ use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use sluice_model::{BatchInput, KvCache};
 
 use crate::kv::KvCacheManager;
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, StepPhases};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
 use crate::sequence::{FinishReason, SeqId, Sequence};
@@ -556,7 +556,9 @@ impl LlmEngine {
             // Before the forward: draws come from each sequence's generator in step order.
             self.prepare_device_sampling(&out)?;
         }
+        let t_forward = Instant::now();
         self.model.forward(&self.batch, &mut self.kv)?;
+        let t_wait = Instant::now();
         let logits = self.model.logits_mut();
         if on_device {
             let rows = logits.rows();
@@ -583,9 +585,16 @@ impl LlmEngine {
                 .copy_f32_to_host(logits, &mut self.logits)
                 .map_err(sluice_model::ModelError::from)?;
         }
+        let t_after = Instant::now();
         let outputs = self.sample_and_update(&out, on_device)?;
+        let phases = StepPhases {
+            host_before: (t_forward - t0).as_secs_f64(),
+            forward: (t_wait - t_forward).as_secs_f64(),
+            wait: (t_after - t_wait).as_secs_f64(),
+            host_after: t_after.elapsed().as_secs_f64(),
+        };
         self.metrics
-            .record_step(&out, t0.elapsed(), self.scheduler.stats());
+            .record_step(&out, t0.elapsed(), phases, self.scheduler.stats());
         if let Some(spec) = &self.spec {
             self.metrics.spec.clear();
             self.metrics.spec.extend_from_slice(spec.stats());

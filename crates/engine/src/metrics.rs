@@ -52,6 +52,42 @@ impl Histogram {
     }
 }
 
+/// A step's time split at the points where the host hands work to the device and waits
+/// for it (seconds, summed over steps). On a GPU the device idles through `host_before`
+/// and `host_after` unless something else is queued, so their sum per step is the
+/// overlap that scheduling step N+1 during step N could win.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepPhases {
+    /// Scheduling, drafting and filling the batch: before the forward is called.
+    pub host_before: f64,
+    /// The forward call: metadata uploads and kernel (or graph) launches; on the CPU
+    /// the whole forward.
+    pub forward: f64,
+    /// Sampling, and the wait for the device's results (ids or logits).
+    pub wait: f64,
+    /// Updating sequences and outputs after the results arrived.
+    pub host_after: f64,
+}
+
+impl StepPhases {
+    pub fn add(&mut self, other: &StepPhases) {
+        self.host_before += other.host_before;
+        self.forward += other.forward;
+        self.wait += other.wait;
+        self.host_after += other.host_after;
+    }
+
+    /// `self - earlier`, for the steps between two snapshots.
+    pub fn since(&self, earlier: &StepPhases) -> StepPhases {
+        StepPhases {
+            host_before: self.host_before - earlier.host_before,
+            forward: self.forward - earlier.forward,
+            wait: self.wait - earlier.wait,
+            host_after: self.host_after - earlier.host_after,
+        }
+    }
+}
+
 /// Everything /metrics shows about the engine.
 #[derive(Clone, Debug)]
 pub struct EngineMetrics {
@@ -63,6 +99,8 @@ pub struct EngineMetrics {
     pub steps: u64,
     pub batched_tokens: u64,
     pub step_seconds: f64,
+    /// Where the steps' time went, from the host's side (sums over all steps).
+    pub step_phases: StepPhases,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
@@ -83,6 +121,7 @@ impl Default for EngineMetrics {
             steps: 0,
             batched_tokens: 0,
             step_seconds: 0.0,
+            step_phases: StepPhases::default(),
             ttft: Histogram::new(LATENCY_BUCKETS),
             itl: Histogram::new(LATENCY_BUCKETS),
             e2e: Histogram::new(LATENCY_BUCKETS),
@@ -93,8 +132,15 @@ impl Default for EngineMetrics {
 }
 
 impl EngineMetrics {
-    pub fn record_step(&mut self, out: &SchedulerOutput, took: Duration, stats: SchedulerStats) {
+    pub fn record_step(
+        &mut self,
+        out: &SchedulerOutput,
+        took: Duration,
+        phases: StepPhases,
+        stats: SchedulerStats,
+    ) {
         self.steps += 1;
+        self.step_phases.add(&phases);
         self.batched_tokens += out.num_batched_tokens as u64;
         self.step_seconds += took.as_secs_f64();
         self.scheduler = stats;

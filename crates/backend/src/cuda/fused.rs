@@ -30,6 +30,52 @@ fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     }
 }
 
+/// The device pointers of a KV write (caches `[blocks, n_kv, block_size, hd]` of f32 or
+/// bf16, an i32 slot per token row), checked against the model's dims.
+struct KvPtrs {
+    k: u64,
+    v: u64,
+    slots: u64,
+    block_size: i32,
+    bf16: bool,
+}
+
+impl KvPtrs {
+    fn of(op: &'static str, w: &KvWrite<'_>, nkv: usize, hd: usize, t: usize) -> Result<KvPtrs> {
+        let s = w.k_cache.shape();
+        if s.len() != 4
+            || w.v_cache.shape() != s
+            || w.k_cache.dtype() != w.v_cache.dtype()
+            || s[1] != nkv
+            || s[3] != hd
+            || w.slots.numel() < t
+        {
+            return Err(BackendError::Shape(format!(
+                "{op}: caches {s:?} for {nkv} KV heads of {hd}, {} slots",
+                w.slots.numel()
+            )));
+        }
+        w.slots.expect_dtype(DType::I32)?;
+        let bf16 = match w.k_cache.dtype() {
+            DType::F32 => false,
+            DType::BF16 => true,
+            other => {
+                return Err(BackendError::Unsupported {
+                    op: "CUDA KV cache",
+                    dtype: other,
+                })
+            }
+        };
+        Ok(KvPtrs {
+            k: cuda_buf(w.k_cache)?.ptr(),
+            v: cuda_buf(w.v_cache)?.ptr(),
+            slots: cuda_buf(w.slots)?.ptr(),
+            block_size: s[2] as i32,
+            bf16,
+        })
+    }
+}
+
 impl CudaBackend {
     /// Stacks the rows of host matrices with equal column counts (converted to the
     /// backend's weight type first) and uploads them as one weight.
@@ -141,37 +187,9 @@ impl CudaBackend {
         let (f, kc, vc, slots, bs) = match &kv {
             None => (f32_kernel, 0, 0, 0, 0i32),
             Some(w) => {
-                let s = w.k_cache.shape();
-                if s.len() != 4
-                    || w.v_cache.shape() != s
-                    || w.k_cache.dtype() != w.v_cache.dtype()
-                    || s[1] != nkv
-                    || s[3] != hd
-                    || w.slots.numel() < t
-                {
-                    return Err(BackendError::Shape(format!(
-                        "split_qkv_rope: caches {s:?} for {nkv} KV heads of {hd}, {} slots",
-                        w.slots.numel()
-                    )));
-                }
-                w.slots.expect_dtype(DType::I32)?;
-                let f = match w.k_cache.dtype() {
-                    DType::F32 => f32_kernel,
-                    DType::BF16 => bf16_kernel,
-                    other => {
-                        return Err(BackendError::Unsupported {
-                            op: "CUDA KV cache",
-                            dtype: other,
-                        })
-                    }
-                };
-                (
-                    f,
-                    cuda_buf(w.k_cache)?.ptr(),
-                    cuda_buf(w.v_cache)?.ptr(),
-                    cuda_buf(w.slots)?.ptr(),
-                    s[2] as i32,
-                )
+                let c = KvPtrs::of("split_qkv_rope", w, nkv, hd, t)?;
+                let f = if c.bf16 { bf16_kernel } else { f32_kernel };
+                (f, c.k, c.v, c.slots, c.block_size)
             }
         };
         self.bind()?;
@@ -278,5 +296,147 @@ impl CudaBackend {
         )?;
         let down_out = (cuda_buf(x)?.ptr(), GemmOut::F32Accumulate);
         self.gemm_call(DType::BF16, pact, w_dn, down_out, (t, h, f))
+    }
+
+    /// Whether the batch-1 GEMVs with a paired epilogue (kernels/gemv_pairs.cu) take `w`
+    /// at `rows` token rows: `rms_norm_matmul_glu` for stacked gate/up weights and
+    /// `rms_norm_matmul_qkv_rope` for stacked Q/K/V. One row, bf16 weights with rows of
+    /// whole 16-byte chunks, where the fused decode GEMVs run (`SLUICE_FUSED_PAIRS=0`
+    /// turns only these off, for comparisons).
+    pub fn fuses_decode_pairs(&self, w: &Tensor, rows: usize) -> bool {
+        self.fused_pairs
+            && self.fuses_decode_matmul(w, rows)
+            && w.dtype() == DType::BF16
+            && w.rows().is_multiple_of(2)
+    }
+
+    /// Checks a paired GEMV's input: x `[1, K]` f32, gamma of K f32, `w` `[M, K]`
+    /// (`fuses_decode_pairs`).
+    fn paired_gemv_operands(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        gamma: &Tensor,
+        w: &Tensor,
+    ) -> Result<(usize, usize)> {
+        check_f32(op, &[x, gamma])?;
+        let (m, k) = (w.rows(), w.cols());
+        if !self.fuses_decode_pairs(w, 1) {
+            return Err(BackendError::Unsupported {
+                op,
+                dtype: w.dtype(),
+            });
+        }
+        if x.rows() != 1 || x.cols() != k || gamma.numel() != k {
+            return Err(BackendError::Shape(format!(
+                "{op}: x {:?}, gamma {:?} against w {:?}",
+                x.shape(),
+                gamma.shape(),
+                w.shape()
+            )));
+        }
+        Ok((m, k))
+    }
+
+    /// `out = act(g) ⊙ u` with `[g | u] = rms_norm(x) * gamma · w_gate_upᵀ` for one token
+    /// row, in one GEMV whose epilogue applies the GLU (SiLU or GELU-tanh), instead of
+    /// `rms_norm_matmul` and `glu_packed`. Same arithmetic as those two.
+    pub fn rms_norm_matmul_glu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        w_gate_up: &Tensor,
+        out: &mut Tensor,
+        silu: bool,
+    ) -> Result<()> {
+        let op = "rms_norm_matmul_glu";
+        let (m, k) = self.paired_gemv_operands(op, x, gamma, w_gate_up)?;
+        check_f32(op, &[out])?;
+        let f = m / 2;
+        if out.rows() != 1 || out.cols() != f {
+            return Err(BackendError::Shape(format!(
+                "{op}: w {:?} into out {:?}",
+                w_gate_up.shape(),
+                out.shape()
+            )));
+        }
+        self.bind()?;
+        let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
+        let (px, pw, po, pg) = (
+            cuda_buf(x)?.ptr(),
+            cuda_buf(w_gate_up)?.ptr(),
+            cuda_buf(out)?.ptr(),
+            cuda_buf(gamma)?.ptr(),
+        );
+        let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
+        let prefetch = self.gemv_prefetch;
+        self.launch(
+            self.kernels.gemv1_glu_bf16,
+            (blocks, 1, 1),
+            256,
+            &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch],
+        )
+    }
+
+    /// `split_qkv_rope` of one token's stacked projections `rms_norm(x) * gamma · wqkvᵀ`
+    /// in one GEMV whose epilogue applies RoPE and writes q, k, v and the caches, instead
+    /// of `rms_norm_matmul` and `split_qkv_rope` (same arithmetic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_matmul_qkv_rope(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        eps: f32,
+        wqkv: &Tensor,
+        positions: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dims: QkvDims,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &mut Tensor,
+        kv: KvWrite<'_>,
+    ) -> Result<()> {
+        let op = "rms_norm_matmul_qkv_rope";
+        let (m, kdim) = self.paired_gemv_operands(op, x, gamma, wqkv)?;
+        check_f32(op, &[cos, sin, q, k, v])?;
+        positions.expect_dtype(DType::I32)?;
+        dims.check_shape(&[1, m], positions, cos, q, k, v)?;
+        let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
+        let c = KvPtrs::of(op, &kv, nkv, hd, 1)?;
+        self.bind()?;
+        let f = if c.bf16 {
+            self.kernels.gemv1_qkv_rope_bf16_kvbf16
+        } else {
+            self.kernels.gemv1_qkv_rope_bf16_kvf32
+        };
+        let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
+        let (px, pw, pg) = (
+            cuda_buf(x)?.ptr(),
+            cuda_buf(wqkv)?.ptr(),
+            cuda_buf(gamma)?.ptr(),
+        );
+        let (pp, pc, ps) = (
+            cuda_buf(positions)?.ptr(),
+            cuda_buf(cos)?.ptr(),
+            cuda_buf(sin)?.ptr(),
+        );
+        let (pq, pk, pv) = (cuda_buf(q)?.ptr(), cuda_buf(k)?.ptr(), cuda_buf(v)?.ptr());
+        // kernels/gemv_pairs.cu PAIR_ROPE_NEOX / PAIR_ROPE_INTERLEAVED
+        let mode: i32 = if dims.style == RopeStyle::Neox { 1 } else { 2 };
+        let ki = kdim as i32;
+        let prefetch = self.gemv_prefetch;
+        let (kc, vc, slots, bs) = (c.k, c.v, c.slots, c.block_size);
+        let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
+        self.launch(
+            f,
+            (blocks, 1, 1),
+            256,
+            &mut args![
+                px, pw, ki, wpr, pg, eps, prefetch, mode, pp, pc, ps, pq, pk, pv, kc, vc, slots,
+                bs, nhi, nkvi, hdi
+            ],
+        )
     }
 }

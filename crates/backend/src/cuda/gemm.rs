@@ -37,7 +37,8 @@ use crate::error::{BackendError, Result};
 const WORKSPACE_BYTES: usize = 32 << 20;
 /// The autotuner's L2 flush before each timed run (more than an H100's or H200's L2).
 const FLUSH_BYTES: usize = 128 << 20;
-/// How many algorithms to ask the heuristic for (the autotuner's candidates).
+/// How many algorithms to ask the heuristic for (the autotuner's candidates;
+/// `SLUICE_GEMM_CANDIDATES` overrides, for tuning).
 const ALGO_CANDIDATES: usize = 16;
 /// Timed runs per candidate (after one untimed run).
 const TUNE_RUNS: usize = 5;
@@ -99,6 +100,8 @@ pub struct Gemm {
     plans: Mutex<HashMap<Key, Plan>>,
     /// Plans whose algorithm was picked by timing (for tests).
     tuned: std::sync::atomic::AtomicU64,
+    /// Algorithms asked of the heuristic per plan.
+    candidates: usize,
 }
 
 // SAFETY: the handle and descriptors are only used with the plans' mutex held or through
@@ -142,6 +145,11 @@ impl Gemm {
             },
             plans: Mutex::new(HashMap::new()),
             tuned: std::sync::atomic::AtomicU64::new(0),
+            candidates: std::env::var("SLUICE_GEMM_CANDIDATES")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| (1..=256).contains(&n))
+                .unwrap_or(ALGO_CANDIDATES),
         })
     }
 
@@ -169,7 +177,7 @@ impl Gemm {
             key.m, key.n, key.k, key.dtype, key.out
         );
         // SAFETY: the descriptors were just created and are live.
-        let algos = unsafe { self.heuristic_algos(desc, a, b, d, ALGO_CANDIDATES, &what) }?;
+        let algos = unsafe { self.heuristic_algos(desc, a, b, d, self.candidates, &what) }?;
         Ok(Plan {
             desc,
             a,

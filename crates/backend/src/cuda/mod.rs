@@ -184,6 +184,15 @@ pub struct CudaBackend {
     gemv_prefetch: i64,
     /// Fused batch-1 norm + GEMV and GEMV + residual (unless `SLUICE_FUSED_DECODE=0`).
     fused_decode: bool,
+    /// The batch-1 GEMVs with the GLU or RoPE in their epilogue (fused.rs
+    /// `fuses_decode_pairs`; unless `SLUICE_FUSED_PAIRS=0`).
+    fused_pairs: bool,
+    /// Blocks per SM the batch-1 GEMV grids aim for (`gemv_warps_per_row`; 2, or
+    /// `SLUICE_GEMV_BLOCKS_PER_SM`, for tuning).
+    gemv_blocks_per_sm: usize,
+    /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
+    /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
+    decode_blocks_per_sm: usize,
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
@@ -212,6 +221,15 @@ pub struct CudaBackend {
 // mutexes.
 unsafe impl Send for CudaBackend {}
 unsafe impl Sync for CudaBackend {}
+
+/// A positive integer from the environment variable `name`, or `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
 
 impl CudaBackend {
     /// Opens GPU `ordinal`, compiles (or loads from the cache) the kernels and creates
@@ -260,6 +278,9 @@ impl CudaBackend {
             pdl,
             gemv_prefetch,
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
+            fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
+            gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
+            decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),

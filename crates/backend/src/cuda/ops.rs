@@ -68,8 +68,8 @@ impl Gemv1Fusion {
     };
 }
 
-pub(crate) fn gemv_warps_per_row(m: usize, sms: usize) -> u32 {
-    let want = 2 * sms.max(1);
+pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> u32 {
+    let want = blocks_per_sm * sms.max(1);
     for wpr in [1u32, 2, 4] {
         if m.div_ceil(8 / wpr as usize) >= want {
             return wpr;
@@ -195,7 +195,7 @@ pub(crate) fn decode_row_groups(g: usize, rows: usize) -> usize {
 }
 
 /// Output rows per warp of the batch-1 GEMV (`GEMV_RPW` in kernels/gemv.cu).
-const GEMV_ROWS_PER_WARP: usize = 4;
+pub(super) const GEMV_ROWS_PER_WARP: usize = 4;
 
 /// Sequences with at least this many query rows in a step take the tensor-core prefill
 /// kernel (kernels/attention_prefill.cu) when it applies (bf16 KV cache, head_dim 64 or
@@ -353,8 +353,12 @@ impl CudaBackend {
     }
 
     /// A GEMV's blocks and warps per row group for `m` rows, `rows_per_warp` per warp.
-    fn gemv_grid(&self, m: usize, rows_per_warp: usize) -> (u32, i32) {
-        let wpr = gemv_warps_per_row(m.div_ceil(rows_per_warp), self.sm_count as usize);
+    pub(super) fn gemv_grid(&self, m: usize, rows_per_warp: usize) -> (u32, i32) {
+        let wpr = gemv_warps_per_row(
+            m.div_ceil(rows_per_warp),
+            self.sm_count as usize,
+            self.gemv_blocks_per_sm,
+        );
         let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
         (m.div_ceil(rows_per_block) as u32, wpr as i32)
     }
@@ -1023,7 +1027,7 @@ impl CudaBackend {
             let groups = meta.num_seqs * p.n_kv_heads * row_groups;
             // Blocks per SM: 4 for the one-m-tile kernel (3 for the general one, which
             // takes few sequences).
-            let per_sm = 4;
+            let per_sm = self.decode_blocks_per_sm;
             let splits = decode_splits(
                 groups,
                 max_ctx,
@@ -1152,12 +1156,12 @@ mod tests {
     #[test]
     fn gemv_spreads_small_projections_over_more_warps() {
         use super::gemv_warps_per_row;
-        assert_eq!(gemv_warps_per_row(14336, 132), 1);
-        assert_eq!(gemv_warps_per_row(4096, 132), 1);
-        assert_eq!(gemv_warps_per_row(2048, 132), 2);
-        assert_eq!(gemv_warps_per_row(1024, 132), 4);
-        assert_eq!(gemv_warps_per_row(512, 132), 8);
-        assert_eq!(gemv_warps_per_row(33, 132), 8);
+        assert_eq!(gemv_warps_per_row(14336, 132, 2), 1);
+        assert_eq!(gemv_warps_per_row(4096, 132, 2), 1);
+        assert_eq!(gemv_warps_per_row(2048, 132, 2), 2);
+        assert_eq!(gemv_warps_per_row(1024, 132, 2), 4);
+        assert_eq!(gemv_warps_per_row(512, 132, 2), 8);
+        assert_eq!(gemv_warps_per_row(33, 132, 2), 8);
     }
 
     #[test]

@@ -471,6 +471,43 @@ pub(crate) fn qkv(
     input: ProjInput,
     st: &mut RunState,
 ) -> Result<bool> {
+    let dims = QkvDims {
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        style: cfg.rope_style,
+    };
+    // Batch 1: RoPE and the cache write in the stacked projection's GEMV epilogue.
+    let kv = match (&l.qkv, input, rope, kv) {
+        (
+            QkvWeights::Fused { wqkv, bias: None },
+            ProjInput::FusedNorm { gamma, eps },
+            Some(rope),
+            Some(kv),
+        ) if dev.fuses_decode_pairs(wqkv, st.x.rows()) => {
+            let write = KvWrite {
+                k_cache: &mut kv.k,
+                v_cache: &mut kv.v,
+                slots: &st.meta.slots,
+            };
+            dev.rms_norm_matmul_qkv_rope(
+                &st.x,
+                gamma,
+                eps,
+                wqkv,
+                &st.meta.positions,
+                &rope.cos,
+                &rope.sin,
+                dims,
+                &mut st.q,
+                &mut st.k,
+                &mut st.v,
+                write,
+            )?;
+            return Ok(true);
+        }
+        (_, _, _, kv) => kv,
+    };
     let pos = &st.meta.positions;
     match &l.qkv {
         QkvWeights::Fused { wqkv, bias } => {
@@ -487,12 +524,6 @@ pub(crate) fn qkv(
             let rope = rope.ok_or_else(|| {
                 ModelError::Batch("stacked q/k/v projections need RoPE applied at once".into())
             })?;
-            let dims = QkvDims {
-                n_heads: cfg.n_heads,
-                n_kv_heads: cfg.n_kv_heads,
-                head_dim: cfg.head_dim,
-                style: cfg.rope_style,
-            };
             let write = kv.map(|kv| KvWrite {
                 k_cache: &mut kv.k,
                 v_cache: &mut kv.v,
@@ -590,10 +621,16 @@ pub(crate) fn ffn(
         _ if matches!(input, ProjInput::Bf16) => {
             return Err(bf16_unsupported("the fused gated FFN"))
         }
-        FfnInWeights::Fused { w_gate_up } => {
-            input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
-            dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
-        }
+        FfnInWeights::Fused { w_gate_up } => match input {
+            // Batch 1: the GLU in the gate/up GEMV's epilogue.
+            ProjInput::FusedNorm { gamma, eps } if dev.fuses_decode_pairs(w_gate_up, rows) => {
+                dev.rms_norm_matmul_glu(&st.x, gamma, eps, w_gate_up, &mut st.act, silu)?
+            }
+            _ => {
+                input.project(dev, &st.xb, &st.x, w_gate_up, &mut st.gate_up)?;
+                dev.glu_packed(&st.gate_up, &mut st.act, silu)?;
+            }
+        },
         FfnInWeights::Separate { w_gate, w_up } => {
             dev.matmul(&st.xb, w_gate, &mut st.gate)?;
             dev.matmul(&st.xb, w_up, &mut st.up)?;

@@ -365,34 +365,18 @@ struct RowQ8_0 {
 };
 
 
+// The dot products of a warp's RPW weight rows with x (normalized on the fly with NORM,
+// the squares of x summed into `ss`): this lane's partial sums over chunks c0, c0 + step,
+// ... of `chunks` (the warps of a row group interleave their chunks), UNROLL x RPW
+// 16-byte weight loads in flight per lane. Shared with gemv_pairs.cu.
 template <class P, int RPW, bool NORM>
-__device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                                                float* __restrict__ out, int M, int K, int wpr,
-                                                const float* __restrict__ gamma, float eps, int accumulate,
-                                                long prefetch) {
+__device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict__ x, const float* __restrict__ gamma,
+                                          int chunks, int c0, int step, float* acc, float& ss) {
     const int N = P::N;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int rows_per_block = (8 / wpr) * RPW;
-    if (threadIdx.x == 0) {
-        const long rb = P::row_bytes(K);
-        const long first = (long)blockIdx.x * rows_per_block * rb;
-        const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, prefetch);
-        if (first < end && rb % 16 == 0) prefetch_l2(w + first, (unsigned int)(end - first));
-    }
-    pdl_entry();
-    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
-    const int slice = warp % wpr;
-    P rows[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
-    const int chunks = m0 < M ? K / N : 0;
-    float acc[RPW];
 #pragma unroll
     for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
-    float ss = 0.0f;
     const int UNROLL = 2;
-    const int step = 32 * wpr;
-    int c = lane + 32 * slice;
+    int c = c0;
     for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 q[UNROLL][RPW];
         float s[UNROLL][RPW];
@@ -427,6 +411,30 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
             acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
         }
     }
+}
+
+template <class P, int RPW, bool NORM>
+__device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                                                float* __restrict__ out, int M, int K, int wpr,
+                                                const float* __restrict__ gamma, float eps, int accumulate,
+                                                long prefetch) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rows_per_block = (8 / wpr) * RPW;
+    if (threadIdx.x == 0) {
+        const long rb = P::row_bytes(K);
+        const long first = (long)blockIdx.x * rows_per_block * rb;
+        const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, prefetch);
+        if (first < end && rb % 16 == 0) prefetch_l2(w + first, (unsigned int)(end - first));
+    }
+    pdl_entry();
+    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
+    const int slice = warp % wpr;
+    P rows[RPW];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
+    float acc[RPW];
+    float ss = 0.0f;
+    gemv1_dot<P, RPW, NORM>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc, ss);
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
