@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -166,5 +166,17 @@ if [[ " $what " == *" knobs "* ]]; then # session 9: where the host's time per s
     for n in 2 4 8; do
       q SLUICE_GEMV_BLOCKS_PER_SM=$n $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
+  done
+fi
+if [[ " $what " == *" pairs "* ]]; then # session 9: the GLU and RoPE in the batch-1 GEMV epilogues (SLUICE_FUSED_PAIRS) off and on, alternating; the GEMV grid; the decode attention's L2 prefetch before its PDL wait (SLUICE_ATTN_PREFETCH_TILES)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in SLUICE_FUSED_PAIRS=0 SLUICE_FUSED_PAIRS=1 SLUICE_FUSED_PAIRS=0 SLUICE_FUSED_PAIRS=1; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  q SLUICE_GEMV_BLOCKS_PER_SM=8 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
+  for bt in "64 0" "64 2" "64 0" "64 2" "32 0" "32 2"; do
+    set -- $bt
+    q SLUICE_ATTN_PREFETCH_TILES=$2 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $1 --input-len 512 --output-len 128 -r 1
   done
 fi
