@@ -168,15 +168,13 @@ if [[ " $what " == *" knobs "* ]]; then # session 9: where the host's time per s
     done
   done
 fi
-if [[ " $what " == *" pairs "* ]]; then # session 9: the GLU and RoPE in the batch-1 GEMV epilogues (SLUICE_FUSED_PAIRS) off and on, alternating; the GEMV grid; the decode attention's L2 prefetch before its PDL wait (SLUICE_ATTN_PREFETCH_TILES)
+if [[ " $what " == *" pairs "* ]]; then # session 9: the GLU and RoPE in the batch-1 GEMV epilogues (SLUICE_FUSED_PAIRS) off and on, alternating; the GEMV grid
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in SLUICE_FUSED_PAIRS=0 SLUICE_FUSED_PAIRS=1 SLUICE_FUSED_PAIRS=0 SLUICE_FUSED_PAIRS=1; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
   done
   q SLUICE_GEMV_BLOCKS_PER_SM=8 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
-  for bt in "64 0" "64 2" "64 0" "64 2" "32 0" "32 2"; do
-    set -- $bt
-    q SLUICE_ATTN_PREFETCH_TILES=$2 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $1 --input-len 512 --output-len 128 -r 1
-  done
+  # (Session 9 also A/B'd an L2 prefetch of the decode attention's first K/V tiles before
+  # its PDL wait here, at 32 and 64 sequences: no difference, so it was removed.)
 fi

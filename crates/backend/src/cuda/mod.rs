@@ -193,9 +193,6 @@ pub struct CudaBackend {
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
-    /// K/V tiles per block the decode attention prefetches into L2 before its PDL wait
-    /// (kernels/attention_decode.cu; 2, or `SLUICE_ATTN_PREFETCH_TILES` (0 = none)).
-    attn_prefetch_tiles: i32,
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
@@ -284,10 +281,6 @@ impl CudaBackend {
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
-            attn_prefetch_tiles: std::env::var("SLUICE_ATTN_PREFETCH_TILES")
-                .ok()
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or(2, |v| v.clamp(0, 2)),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),

@@ -1042,13 +1042,6 @@ impl CudaBackend {
             // The bf16 copy of the output for the output projection (the prefill kernel
             // below rewrites its rows in both).
             let staged = self.staging_for(out.numel(), t)?;
-            // K/V tiles each block prefetches into L2 before its PDL wait (none without
-            // PDL, where there is nothing to overlap).
-            let prefetch_tiles = if self.pdl {
-                self.attn_prefetch_tiles
-            } else {
-                0
-            };
             self.launch(
                 f,
                 (
@@ -1058,24 +1051,8 @@ impl CudaBackend {
                 ),
                 128,
                 &mut args![
-                    pq,
-                    pk,
-                    pv,
-                    pqs,
-                    pcl,
-                    pbt,
-                    bt_cols,
-                    bs,
-                    nh,
-                    nkv,
-                    scale,
-                    window,
-                    softcap,
-                    max_q_rows,
-                    partial,
-                    po,
-                    staged,
-                    prefetch_tiles
+                    pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                    max_q_rows, partial, po, staged
                 ],
             )?;
             (splits, partial, staged)

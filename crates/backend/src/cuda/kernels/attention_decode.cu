@@ -349,7 +349,7 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
                              const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                              int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
                              float softcap, int max_q_rows, float* __restrict__ partial,
-                             float* __restrict__ out, bf16_t* __restrict__ out_bf16, int prefetch_tiles) {
+                             float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
     __shared__ FdShared<HD> sh;
     __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
     __shared__ int srow[2][FD_KEYS];
@@ -360,7 +360,6 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     FdBlock b;
     b.q0 = query_start[s];
     b.q_rows = query_start[s + 1] - b.q0;
-    // (Sequences of other kernels: nothing to wait for, nothing touched.)
     if (b.q_rows <= 0 || b.q_rows > max_q_rows) return;
     b.q = q;
     b.kc = kc;
@@ -395,26 +394,6 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     b.partial = partial;
     b.out = out;
     b.out_bf16 = out_bf16;
-    // Before waiting for the previous kernel (under PDL it is still running): the K/V of
-    // this block's first `prefetch_tiles` tiles (at most 2) into L2, one bulk prefetch per run of keys within a
-    // cache block. Only host-written metadata is read here (context lengths, block
-    // table); the cache itself may still be written by the previous kernel (the RoPE
-    // split writes this step's keys), which a prefetch cannot make stale: L2 is where
-    // every SM's writes land, and the prefetch fills nothing closer to the SMs. Why: a
-    // block's start (metadata, block table, then its first tile) is a chain of memory
-    // round trips, and at short contexts (a 576-key decode is 9 tiles) it is a large
-    // share of the block's life (docs/BENCHMARKS.md, session 9).
-    if (b.lo <= b.hi && threadIdx.x < prefetch_tiles * FD_KEYS) {
-        const int key = b.lo + threadIdx.x;
-        const int last = min(b.hi, b.lo + prefetch_tiles * FD_KEYS - 1);
-        if (key <= last && (threadIdx.x == 0 || key % bs == 0)) {
-            const int run = min(last - key + 1, bs - key % bs);
-            const long row = ((long)b.table[key / bs] * n_kv + b.kvh) * bs + key % bs;
-            prefetch_l2(kc + row * HD, (unsigned int)(run * HD * 2));
-            prefetch_l2(vc + row * HD, (unsigned int)(run * HD * 2));
-        }
-    }
-    pdl_entry();
 
     const int mt = (b.m_rows + 15) / 16;
     const int rg = blockIdx.y % row_groups;
@@ -442,10 +421,10 @@ extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
-    bf16_t* out_bf16, int prefetch_tiles) { \
+    bf16_t* out_bf16) { pdl_entry(); \
     flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
                             n_heads, n_kv, scale, window, softcap, max_q_rows, partial, out, \
-                            out_bf16, min(prefetch_tiles, 2)); \
+                            out_bf16); \
 }
 FLASH_DECODE(64, , false, 4)
 FLASH_DECODE(128, , false, 4)
