@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -177,4 +177,10 @@ if [[ " $what " == *" pairs "* ]]; then # session 9: the GLU and RoPE in the bat
   q SLUICE_GEMV_BLOCKS_PER_SM=8 $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
   # (Session 9 also A/B'd an L2 prefetch of the decode attention's first K/V tiles before
   # its PDL wait here, at 32 and 64 sequences: no difference, so it was removed.)
+fi
+if [[ " $what " == *" pinned "* ]]; then # session 9: step uploads through pinned staging (SLUICE_PINNED_UPLOADS) off and on, alternating
+  for cfg in SLUICE_PINNED_UPLOADS=0 SLUICE_PINNED_UPLOADS=1 SLUICE_PINNED_UPLOADS=0 SLUICE_PINNED_UPLOADS=1; do
+    q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 1 --input-len 512 --output-len 128 -r 1
+    q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1
+  done
 fi

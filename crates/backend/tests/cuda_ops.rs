@@ -1124,3 +1124,37 @@ fn q8_0_matmul_matches_the_dequantized_reference() {
         assert_eq!(w.dtype(), DType::BF16);
     }
 }
+
+/// Step uploads go through a pinned staging region (cuda/pinned.rs) that is reused only
+/// after a stream synchronization: many uploads between two synchronizations, more than
+/// the region holds (so the later ones take the pageable path), each from a host buffer
+/// rewritten right after the call, all arrive as they were at the call.
+#[test]
+fn uploads_arrive_as_they_were_when_called_past_the_pinned_region() {
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let n = 60_001; // 240 KB per upload, 48 uploads: over 11 MB between synchronizations
+    for round in 0..2 {
+        let mut src = vec![0i32; n];
+        let mut dsts = Vec::new();
+        for u in 0..48 {
+            for (i, v) in src.iter_mut().enumerate() {
+                *v = (round * 1_000_000 + u * 10_000 + i) as i32;
+            }
+            let mut d = g.zeros(DType::I32, &[n]).unwrap();
+            g.copy_i32_from_host(&mut d, &src).unwrap();
+            // Rewritten at once: the copy must not read these bytes later.
+            src.iter_mut().for_each(|v| *v = -1);
+            dsts.push(d);
+        }
+        for (u, d) in dsts.iter().enumerate() {
+            let got = g.download(d).unwrap();
+            let got = got.as_i32().unwrap();
+            let want: Vec<i32> = (0..n)
+                .map(|i| (round * 1_000_000 + u * 10_000 + i) as i32)
+                .collect();
+            assert!(got == want.as_slice(), "round {round} upload {u} arrived changed");
+        }
+    }
+}

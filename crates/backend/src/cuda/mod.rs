@@ -17,6 +17,7 @@ mod graph;
 pub mod kquant;
 pub mod module;
 mod ops;
+mod pinned;
 mod sample;
 
 use std::ffi::c_void;
@@ -212,6 +213,10 @@ pub struct CudaBackend {
     staged_uses: AtomicU64,
     /// Set while the stream is being captured into a graph (see graph.rs).
     capturing: AtomicBool,
+    /// Pinned staging for the step uploads (pinned.rs), allocated on first use; unless
+    /// `SLUICE_PINNED_UPLOADS=0`.
+    pinned: Mutex<Option<pinned::PinnedStaging>>,
+    pinned_uploads: bool,
     /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
     epoch: AtomicU64,
 }
@@ -297,6 +302,8 @@ impl CudaBackend {
             ) && std::env::var("SLUICE_STAGED_ACTIVATIONS")
                 .map_or(true, |v| v != "0"),
             capturing: AtomicBool::new(false),
+            pinned: Mutex::new(None),
+            pinned_uploads: std::env::var("SLUICE_PINNED_UPLOADS").map_or(true, |v| v != "0"),
             epoch: AtomicU64::new(0),
         })
     }
@@ -481,6 +488,26 @@ impl CudaBackend {
             return Ok(());
         }
         self.bind()?;
+        // Through pinned staging where it has room (not while capturing a graph: a
+        // replay would copy from the staging bytes as they are then).
+        if self.pinned_uploads && !self.capturing.load(Ordering::SeqCst) {
+            let mut guard = self
+                .pinned
+                .lock()
+                .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?;
+            if guard.is_none() {
+                *guard = Some(
+                    pinned::PinnedStaging::new(&self.ctx, pinned::PINNED_BYTES).map_err(derr)?,
+                );
+            }
+            if let Some(staging) = guard.as_mut() {
+                // SAFETY: the destination range was checked above; the staging region is
+                // only reset after a synchronization of this stream (`synchronize`).
+                if unsafe { staging.upload(buf.ptr, src, self.stream) }.map_err(derr)? {
+                    return Ok(());
+                }
+            }
+        }
         // SAFETY: `src` is pageable host memory: the driver stages it before returning,
         // so it may be reused at once; the destination range was checked above.
         unsafe { drv::memcpy_htod_async(buf.ptr, src, self.stream) }.map_err(derr)
@@ -558,7 +585,17 @@ impl CudaBackend {
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: our own stream.
-        unsafe { drv::stream::synchronize(self.stream) }.map_err(derr)
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(derr)?;
+        // Every copy enqueued so far has completed: the pinned staging is free again.
+        if let Some(staging) = self
+            .pinned
+            .lock()
+            .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?
+            .as_mut()
+        {
+            staging.reset();
+        }
+        Ok(())
     }
 
     pub fn sm_count(&self) -> u32 {
