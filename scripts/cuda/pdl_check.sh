@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -182,5 +182,20 @@ if [[ " $what " == *" pinned "* ]]; then # session 9: step uploads through pinne
   for cfg in SLUICE_PINNED_UPLOADS=0 SLUICE_PINNED_UPLOADS=1 SLUICE_PINNED_UPLOADS=0 SLUICE_PINNED_UPLOADS=1; do
     q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 1 --input-len 512 --output-len 128 -r 1
     q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1
+  done
+fi
+if [[ " $what " == *" splits "* ]]; then # session 9: fewer key splits for the decode attention at batch 1 (SLUICE_DECODE_MAX_SPLITS; splits > 1 need the merge kernel)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in X=default SLUICE_DECODE_MAX_SPLITS=1 X=default SLUICE_DECODE_MAX_SPLITS=1; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in X=default SLUICE_DECODE_MAX_SPLITS=1 SLUICE_DECODE_MAX_SPLITS=2 X=default SLUICE_DECODE_MAX_SPLITS=1; do
+    for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+      q $cfg $B bench latency --device cuda --random-weights $preset --batch-size 1 --input-len 512 --output-len 128 -r 1
+    done
+  done
+  for cfg in X=default SLUICE_DECODE_MAX_SPLITS=1 X=default SLUICE_DECODE_MAX_SPLITS=1; do
+    q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 32 --input-len 512 --output-len 128 -r 1
   done
 fi

@@ -1154,7 +1154,10 @@ fn uploads_arrive_as_they_were_when_called_past_the_pinned_region() {
             let want: Vec<i32> = (0..n)
                 .map(|i| (round * 1_000_000 + u * 10_000 + i) as i32)
                 .collect();
-            assert!(got == want.as_slice(), "round {round} upload {u} arrived changed");
+            assert!(
+                got == want.as_slice(),
+                "round {round} upload {u} arrived changed"
+            );
         }
     }
 }

@@ -194,6 +194,9 @@ pub struct CudaBackend {
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
+    /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
+    /// for tuning; unbounded by default).
+    decode_max_splits: usize,
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
@@ -286,6 +289,7 @@ impl CudaBackend {
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
+            decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),

@@ -1033,7 +1033,8 @@ impl CudaBackend {
                 max_ctx,
                 per_sm * self.sm_count as usize,
                 t * p.n_heads * (hd + 2) * 4,
-            );
+            )
+            .min(self.decode_max_splits);
             let partial = if splits > 1 {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {
