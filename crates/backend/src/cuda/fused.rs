@@ -307,6 +307,7 @@ impl CudaBackend {
         self.fused_pairs
             && self.fuses_decode_matmul(w, rows)
             && w.dtype() == DType::BF16
+            && w.rows() >= 2
             && w.rows().is_multiple_of(2)
     }
 
