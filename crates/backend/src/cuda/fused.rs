@@ -375,7 +375,7 @@ impl CudaBackend {
         self.launch(
             self.kernels.gemv1_glu_bf16,
             (blocks, 1, 1),
-            256,
+            super::ops::THREADS,
             &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch],
         )
     }
@@ -433,7 +433,7 @@ impl CudaBackend {
         self.launch(
             f,
             (blocks, 1, 1),
-            256,
+            super::ops::THREADS,
             &mut args![
                 px, pw, ki, wpr, pg, eps, prefetch, mode, pp, pc, ps, pq, pk, pv, kc, vc, slots,
                 bs, nhi, nkvi, hdi

@@ -145,11 +145,7 @@ impl Gemm {
             },
             plans: Mutex::new(HashMap::new()),
             tuned: std::sync::atomic::AtomicU64::new(0),
-            candidates: std::env::var("SLUICE_GEMM_CANDIDATES")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| (1..=256).contains(&n))
-                .unwrap_or(ALGO_CANDIDATES),
+            candidates: super::env_usize("SLUICE_GEMM_CANDIDATES", ALGO_CANDIDATES).min(256),
         })
     }
 

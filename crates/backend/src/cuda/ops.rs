@@ -13,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::Tensor;
 
-const THREADS: u32 = 256;
+pub(super) const THREADS: u32 = 256;
 
 /// A pointer-to-value for the kernel argument list.
 macro_rules! args {
