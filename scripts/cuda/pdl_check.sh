@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -197,5 +197,14 @@ if [[ " $what " == *" splits "* ]]; then # session 9: fewer key splits for the d
   done
   for cfg in X=default SLUICE_DECODE_MAX_SPLITS=1 X=default SLUICE_DECODE_MAX_SPLITS=1; do
     q $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 32 --input-len 512 --output-len 128 -r 1
+  done
+fi
+if [[ " $what " == *" async "* ]]; then # session 10: overlapped steps (--async-scheduling) off and on, alternating
+  for a in off on off on; do
+    q X=$a $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1,32,64,128,256 -r 1 --async-scheduling $a
+    q X=$a $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1,64,256 -r 1 --async-scheduling $a
+  done
+  for a in off on; do
+    q X=$a $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1 --async-scheduling $a
   done
 fi

@@ -149,6 +149,18 @@ pub struct KvWrite<'a> {
     pub slots: &'a Tensor,
 }
 
+/// Sampled ids on their way to the host (`Device::start_ids_readback`).
+#[derive(Debug)]
+pub struct IdsReadback(ReadbackState);
+
+#[derive(Debug)]
+enum ReadbackState {
+    /// Copied already (the CPU).
+    Ready(Vec<i32>),
+    /// The CUDA backend's ticket.
+    Cuda(u64),
+}
+
 /// A recorded sequence of device work (a CUDA graph), replayed by `Device::launch_graph`.
 pub enum DeviceGraph {
     Cuda(crate::cuda::CudaGraph),
@@ -317,6 +329,58 @@ impl Device {
                 Ok(())
             }
             Device::Cuda(g) => g.copy_i32_to_host(src, dst),
+        }
+    }
+
+    /// Replaces every negative id `-(r + 1)` in `tokens` by `prev[r]`: the input tokens
+    /// of an overlapped step that the step before it sampled on the device (their values
+    /// never visit the host first). Error on the CPU, and nothing read, if a row is
+    /// outside `prev`.
+    pub fn resolve_token_ids(&self, tokens: &mut Tensor, prev: &Tensor) -> Result<()> {
+        match self {
+            Device::Cpu(_) => {
+                let p = prev.as_i32()?;
+                let t = tokens.as_i32_mut()?;
+                if let Some(&bad) = t
+                    .iter()
+                    .find(|&&v| v < 0 && (-(v as i64) - 1) as usize >= p.len())
+                {
+                    return Err(BackendError::Shape(format!(
+                        "resolve_token_ids: row {} of {} previous ids",
+                        -(bad as i64) - 1,
+                        p.len()
+                    )));
+                }
+                for v in t.iter_mut().filter(|v| **v < 0) {
+                    *v = p[(-(*v as i64) - 1) as usize];
+                }
+                Ok(())
+            }
+            Device::Cuda(g) => g.resolve_token_ids(tokens, prev),
+        }
+    }
+
+    /// Queues a copy of the I32 tensor `ids` (sampled ids) to the host without waiting
+    /// for the device; `finish_ids_readback` collects it. On a GPU the wait covers only
+    /// the work queued before this call, so a step queued after it keeps running.
+    pub fn start_ids_readback(&self, ids: &Tensor) -> Result<IdsReadback> {
+        match self {
+            Device::Cpu(_) => Ok(IdsReadback(ReadbackState::Ready(ids.as_i32()?.to_vec()))),
+            Device::Cuda(g) => Ok(IdsReadback(ReadbackState::Cuda(g.start_i32_readback(ids)?))),
+        }
+    }
+
+    /// Waits for a readback from `start_ids_readback` and puts its ids into `dst`.
+    pub fn finish_ids_readback(&self, r: IdsReadback, dst: &mut Vec<i32>) -> Result<()> {
+        match (self, r.0) {
+            (_, ReadbackState::Ready(v)) => {
+                *dst = v;
+                Ok(())
+            }
+            (Device::Cuda(g), ReadbackState::Cuda(ticket)) => g.finish_i32_readback(ticket, dst),
+            (Device::Cpu(_), ReadbackState::Cuda(_)) => Err(BackendError::Device(
+                "a GPU readback was handed to the CPU device".into(),
+            )),
         }
     }
 

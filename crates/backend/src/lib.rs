@@ -13,8 +13,8 @@ pub mod tensor;
 
 pub use cuda::CudaWeightType;
 pub use device::{
-    AttentionParams, Device, DeviceGraph, KvWrite, PagedAttentionMeta, QkvDims, RopeStyle,
-    ACTIVATION_DTYPE,
+    AttentionParams, Device, DeviceGraph, IdsReadback, KvWrite, PagedAttentionMeta, QkvDims,
+    RopeStyle, ACTIVATION_DTYPE,
 };
 pub use dtype::DType;
 pub use error::{BackendError, Result};

@@ -61,6 +61,12 @@ pub struct ModelArgs {
     /// (for debugging and for measuring what the graphs save).
     #[arg(long)]
     pub enforce_eager: bool,
+    /// Overlapped steps: on a GPU the next step is scheduled and queued before the host
+    /// reads this step's sampled ids, hiding the host's share of each step (on by
+    /// default there; `off` waits for every step's ids first). `on` also runs them on
+    /// the CPU, where nothing overlaps (for testing).
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub async_scheduling: String,
     /// Benchmark real shapes without a checkpoint: random weights for a config preset
     /// (see `sluice roofline --list-presets`), with a stand-in vocabulary `t0 t1 ...`.
     /// `--model` is then ignored.
@@ -144,6 +150,12 @@ impl ModelArgs {
             gpu_memory_utilization: self.gpu_memory_utilization,
             kv_cache_dtype: self.kv_cache_dtype()?,
             step_graphs: !self.enforce_eager,
+            async_scheduling: match self.async_scheduling.as_str() {
+                "auto" => None,
+                "on" => Some(true),
+                "off" => Some(false),
+                other => anyhow::bail!("--async-scheduling {other}: expected auto, on or off"),
+            },
             ..EngineConfig::default()
         })
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_backend::{BackendError, DType, LogitAdjust, SampleParams, Tensor};
+use sluice_backend::{BackendError, DType, IdsReadback, LogitAdjust, SampleParams, Tensor};
 use sluice_model::arch::Model;
 use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use sluice_model::{BatchInput, KvCache};
@@ -17,7 +17,7 @@ use crate::kv::KvCacheManager;
 use crate::metrics::{EngineMetrics, StepPhases};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
-use crate::sequence::{FinishReason, SeqId, Sequence};
+use crate::sequence::{FinishReason, SeqId, Sequence, PENDING_TOKEN};
 use crate::spec::lookahead::{Lookahead, LookaheadConfig};
 use crate::spec::verify::{verify_seq, VerifyScratch};
 use crate::spec::{Proposer, SpecConfig, Speculator, VerifyFeedback};
@@ -80,6 +80,15 @@ pub struct EngineConfig {
     /// Replay decode steps from recorded device graphs (CUDA graphs) where the device
     /// supports them; false runs every step op by op (`--enforce-eager`).
     pub step_graphs: bool,
+    /// Overlapped steps: step N + 1 is scheduled and queued before the host reads step
+    /// N's sampled ids (see `LlmEngine::step`). None = on for GPUs, off on the CPU
+    /// (where the forward runs on the calling thread, so nothing overlaps); Some(true) on
+    /// the CPU also samples with the device sampler there (tests of the mechanics).
+    pub async_scheduling: Option<bool>,
+    /// Sample with the device's sampler (`Device::sample`: only ids cross to the host)
+    /// where a step allows it. None = on GPUs and with `async_scheduling`; the CPU's
+    /// device sampler draws differently from the host sampler (same distribution).
+    pub sample_on_device: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +104,8 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             kv_cache_dtype: None,
             step_graphs: true,
+            async_scheduling: None,
+            sample_on_device: None,
         }
     }
 }
@@ -158,6 +169,39 @@ pub struct LlmEngine {
     verify_scratch: VerifyScratch,
     /// Lookahead decoding (None: off); exclusive with `spec`.
     lookahead: Option<Lookahead>,
+    /// Overlapped steps (see `step`), from `EngineConfig::async_scheduling`.
+    async_scheduling: bool,
+    /// Sample on the device where the step allows (`EngineConfig::sample_on_device`).
+    sample_on_device: bool,
+    /// The step queued on the device whose ids the host has not read yet.
+    in_flight: Option<InFlight>,
+}
+
+/// A step on the device whose sampled ids have not been read (overlapped steps).
+struct InFlight {
+    out: SchedulerOutput,
+    readback: IdsReadback,
+    /// Row of each token-sampling sequence in the step's ids.
+    rows: HashMap<SeqId, u32>,
+    host_before: f64,
+    forward: f64,
+}
+
+/// A step whose tokens or logits are on the host, to be finished.
+struct Done {
+    out: SchedulerOutput,
+    on_device: bool,
+    t0: Instant,
+    t_forward: Instant,
+    t_wait: Instant,
+}
+
+enum Launched {
+    /// Nothing was scheduled.
+    Nothing,
+    /// Queued; its ids are read by a later `resolve`.
+    Queued(InFlight),
+    Done(Done),
 }
 
 /// Free memory as the OS reports it (Linux `MemAvailable`), if known.
@@ -220,6 +264,17 @@ impl LlmEngine {
         cfg: &EngineConfig,
     ) -> Result<LlmEngine, EngineError> {
         model.set_step_graphs(cfg.step_graphs);
+        let gpu = !model.device().is_cpu();
+        let async_scheduling = cfg.async_scheduling.unwrap_or(gpu);
+        let sample_on_device = cfg.sample_on_device.unwrap_or(gpu || async_scheduling);
+        if async_scheduling && !sample_on_device {
+            return Err(EngineError::InvalidRequest {
+                message: "overlapped steps (async scheduling) need the tokens sampled on the \
+                          device"
+                    .into(),
+                param: Some("async_scheduling"),
+            });
+        }
         let max_model_len = cfg
             .max_model_len
             .unwrap_or_else(|| model.config.max_position.min(8192))
@@ -301,6 +356,9 @@ impl LlmEngine {
             spec: None,
             verify_scratch: VerifyScratch::default(),
             lookahead: None,
+            async_scheduling,
+            sample_on_device,
+            in_flight: None,
         })
     }
 
@@ -511,21 +569,81 @@ impl LlmEngine {
     }
 
     pub fn has_unfinished(&self) -> bool {
-        self.scheduler.has_unfinished()
+        self.scheduler.has_unfinished() || self.in_flight.is_some()
     }
 
     /// Runs one step. Returns the deltas of every request that produced something.
+    ///
+    /// With overlapped steps (`EngineConfig::async_scheduling`) a call queues step N + 1
+    /// on the device before it reads step N's sampled ids, then finishes step N (stop
+    /// checks, detokenization, the deltas) while N + 1 runs: the host's share of a step
+    /// hides behind the device's. The deltas of a step come out of the call after the
+    /// one that queued it; the tokens are the same as without overlap.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let Some(prev) = self.in_flight.take() else {
+            return match self.launch(None)? {
+                Launched::Nothing => Ok(Vec::new()),
+                Launched::Queued(next) => {
+                    self.in_flight = Some(next);
+                    Ok(Vec::new())
+                }
+                Launched::Done(next) => self.complete(next),
+            };
+        };
+        if !self.may_overlap() {
+            // The next step needs this one's tokens on the host first (penalties).
+            let mut outputs = self.resolve(prev)?;
+            outputs.extend(self.step()?);
+            return Ok(outputs);
+        }
+        let launched = self.launch(Some(&prev));
+        let mut outputs = self.resolve(prev)?;
+        match launched? {
+            Launched::Nothing => {}
+            Launched::Queued(next) => {
+                self.metrics.overlapped_steps += 1;
+                self.in_flight = Some(next);
+            }
+            Launched::Done(next) => {
+                self.metrics.overlapped_steps += 1;
+                outputs.extend(self.complete(next)?);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Whether the next step may be scheduled before the host has the previous step's
+    /// tokens: only when no live request samples from its own history (penalties, which
+    /// the device sampler gets as adjustments built on the host), and without
+    /// speculation (its drafts are built from the tokens).
+    fn may_overlap(&self) -> bool {
+        self.async_scheduling
+            && self.spec.is_none()
+            && self.lookahead.is_none()
+            && self
+                .states
+                .values()
+                .all(|st| !st.params.depends_on_history())
+    }
+
+    /// Schedules and queues one step. `prev`: the step still in flight (its tokens are
+    /// taken on the device, `BatchInput::deferred_tokens`).
+    fn launch(&mut self, prev: Option<&InFlight>) -> Result<Launched, EngineError> {
         let t0 = Instant::now();
-        self.propose_drafts()?;
-        if let Some(la) = &mut self.lookahead {
-            la.propose(&mut self.scheduler, self.max_model_len)?;
+        if prev.is_none() {
+            self.propose_drafts()?;
+            if let Some(la) = &mut self.lookahead {
+                la.propose(&mut self.scheduler, self.max_model_len)?;
+            }
         }
         let out = self.scheduler.schedule()?;
         if out.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Launched::Nothing);
         }
         self.scheduler.fill_batch(&out, &mut self.batch)?;
+        if let Some(prev) = prev {
+            self.defer_pending_tokens(&out, prev)?;
+        }
         if let Some(la) = &self.lookahead {
             la.prepare_batch(&out, &mut self.batch)
                 .map_err(EngineError::Speculative)?;
@@ -533,7 +651,7 @@ impl LlmEngine {
         let device = self.model.device().clone();
         // On a GPU, sample on the device unless a token needs the host: speculative
         // verification and log-probabilities work on the full logits there.
-        let on_device = !device.is_cpu()
+        let on_device = self.sample_on_device
             && self.spec.is_none()
             && self.lookahead.is_none()
             && out.scheduled.iter().all(|s| {
@@ -557,44 +675,149 @@ impl LlmEngine {
             self.prepare_device_sampling(&out)?;
         }
         let t_forward = Instant::now();
-        self.model.forward(&self.batch, &mut self.kv)?;
+        let prev_ids = prev.and(self.device_ids_dev.as_ref());
+        self.model
+            .forward_overlapped(&self.batch, &mut self.kv, prev_ids)?;
         let t_wait = Instant::now();
+        let queue = self.may_overlap();
         let logits = self.model.logits_mut();
-        if on_device {
-            let rows = logits.rows();
-            let ids = match &mut self.device_ids_dev {
-                Some(t) if t.size_in_bytes() >= rows * 4 => t,
-                slot => slot.insert(
-                    device
-                        .zeros(DType::I32, &[rows.max(64)])
-                        .map_err(sluice_model::ModelError::from)?,
-                ),
-            };
-            let picked = ids.set_len(rows).and_then(|_| {
+        if !on_device {
+            device
+                .copy_f32_to_host(logits, &mut self.logits)
+                .map_err(sluice_model::ModelError::from)?;
+            return Ok(Launched::Done(Done {
+                out,
+                on_device,
+                t0,
+                t_forward,
+                t_wait,
+            }));
+        }
+        let rows = logits.rows();
+        if self
+            .device_ids_dev
+            .as_ref()
+            .is_some_and(|t| t.size_in_bytes() < rows * 4)
+        {
+            // The old buffer may still be read by queued work (the previous step's ids).
+            device
+                .synchronize()
+                .map_err(sluice_model::ModelError::from)?;
+            self.device_ids_dev = None;
+        }
+        let ids = match &mut self.device_ids_dev {
+            Some(t) => t,
+            slot => slot.insert(
+                device
+                    .zeros(DType::I32, &[rows.max(64).next_power_of_two()])
+                    .map_err(sluice_model::ModelError::from)?,
+            ),
+        };
+        ids.set_len(rows)
+            .and_then(|_| {
                 if plain_greedy {
                     device.argmax(logits, ids)
                 } else {
                     device.sample(logits, &self.sample_rows, &self.sample_adjust, ids)
                 }
-            });
-            picked
-                .and_then(|_| device.copy_i32_to_host(ids, &mut self.device_ids))
+            })
+            .map_err(sluice_model::ModelError::from)?;
+        if queue {
+            let readback = device
+                .start_ids_readback(ids)
                 .map_err(sluice_model::ModelError::from)?;
-        } else {
-            device
-                .copy_f32_to_host(logits, &mut self.logits)
-                .map_err(sluice_model::ModelError::from)?;
+            self.scheduler.apply_provisional(&out)?;
+            let mut rows = HashMap::new();
+            let mut row = 0u32;
+            for s in &out.scheduled {
+                if s.produces_token {
+                    rows.insert(s.seq_id, row);
+                }
+                row += s.num_logits() as u32;
+            }
+            return Ok(Launched::Queued(InFlight {
+                out,
+                readback,
+                rows,
+                host_before: (t_forward - t0).as_secs_f64(),
+                forward: (t_wait - t_forward).as_secs_f64(),
+            }));
         }
+        device
+            .copy_i32_to_host(ids, &mut self.device_ids)
+            .map_err(sluice_model::ModelError::from)?;
+        Ok(Launched::Done(Done {
+            out,
+            on_device,
+            t0,
+            t_forward,
+            t_wait,
+        }))
+    }
+
+    /// Points every pending token of the batch (`PENDING_TOKEN`, sampled by `prev`) at
+    /// its row of `prev`'s ids, which stay on the device.
+    fn defer_pending_tokens(
+        &mut self,
+        out: &SchedulerOutput,
+        prev: &InFlight,
+    ) -> Result<(), EngineError> {
+        let mut row = 0usize;
+        for s in &out.scheduled {
+            for r in row..row + s.num_new_tokens {
+                if self.batch.tokens[r] == PENDING_TOKEN {
+                    let src = prev.rows.get(&s.seq_id).copied().ok_or_else(|| {
+                        SchedulerError::OutputMismatch(format!(
+                            "{}: a pending token that the step in flight does not sample",
+                            s.seq_id
+                        ))
+                    })?;
+                    self.batch.tokens[r] = 0;
+                    self.batch.deferred_tokens.push((r as u32, src));
+                }
+            }
+            row += s.num_new_tokens;
+        }
+        Ok(())
+    }
+
+    /// Finishes a step whose tokens (or logits) are on the host already.
+    fn complete(&mut self, d: Done) -> Result<Vec<RequestOutput>, EngineError> {
         let t_after = Instant::now();
-        let outputs = self.sample_and_update(&out, on_device)?;
+        let outputs = self.sample_and_update(&d.out, d.on_device, false)?;
         let phases = StepPhases {
-            host_before: (t_forward - t0).as_secs_f64(),
-            forward: (t_wait - t_forward).as_secs_f64(),
+            host_before: (d.t_forward - d.t0).as_secs_f64(),
+            forward: (d.t_wait - d.t_forward).as_secs_f64(),
+            wait: (t_after - d.t_wait).as_secs_f64(),
+            host_after: t_after.elapsed().as_secs_f64(),
+        };
+        self.record_step(&d.out, d.t0.elapsed(), phases);
+        Ok(outputs)
+    }
+
+    /// Waits for an overlapped step's ids and finishes it.
+    fn resolve(&mut self, f: InFlight) -> Result<Vec<RequestOutput>, EngineError> {
+        let t_wait = Instant::now();
+        self.model
+            .device()
+            .finish_ids_readback(f.readback, &mut self.device_ids)
+            .map_err(sluice_model::ModelError::from)?;
+        let t_after = Instant::now();
+        let outputs = self.sample_and_update(&f.out, true, true)?;
+        let phases = StepPhases {
+            host_before: f.host_before,
+            forward: f.forward,
             wait: (t_after - t_wait).as_secs_f64(),
             host_after: t_after.elapsed().as_secs_f64(),
         };
+        let took = phases.host_before + phases.forward + phases.wait + phases.host_after;
+        self.record_step(&f.out, std::time::Duration::from_secs_f64(took), phases);
+        Ok(outputs)
+    }
+
+    fn record_step(&mut self, out: &SchedulerOutput, took: std::time::Duration, p: StepPhases) {
         self.metrics
-            .record_step(&out, t0.elapsed(), phases, self.scheduler.stats());
+            .record_step(out, took, p, self.scheduler.stats());
         if let Some(spec) = &self.spec {
             self.metrics.spec.clear();
             self.metrics.spec.extend_from_slice(spec.stats());
@@ -603,7 +826,6 @@ impl LlmEngine {
             self.metrics.spec.clear();
             self.metrics.spec.push(la.stats().clone());
         }
-        Ok(outputs)
     }
 
     /// Asks the proposers for drafts for every running sequence in decode state and
@@ -685,6 +907,8 @@ impl LlmEngine {
         out: &SchedulerOutput,
         // This step's tokens were sampled on the device, into `device_ids`.
         on_device: bool,
+        // The step was applied with `Scheduler::apply_provisional` (overlapped).
+        provisional: bool,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
         self.sampled.resize(out.scheduled.len(), Vec::new());
@@ -693,6 +917,13 @@ impl LlmEngine {
         for (i, s) in out.scheduled.iter().enumerate() {
             self.sampled[i].clear();
             let mut lp = Vec::new();
+            if !self.states.contains_key(&s.seq_id) {
+                // Finished while this step was in flight (a stop found when the step
+                // before it was resolved; overlapped steps): its token is dropped.
+                row += s.num_logits();
+                logprobs.push(lp);
+                continue;
+            }
             let by_lookahead = s.produces_token
                 && self
                     .lookahead
@@ -798,7 +1029,11 @@ impl LlmEngine {
             row += s.num_logits();
             logprobs.push(lp);
         }
-        self.scheduler.update_from_output(out, &self.sampled)?;
+        if provisional {
+            self.scheduler.resolve_provisional(out, &self.sampled)?;
+        } else {
+            self.scheduler.update_from_output(out, &self.sampled)?;
+        }
         let now = Instant::now();
         let mut outputs = Vec::new();
         for ((s, toks), lp) in out.scheduled.iter().zip(&self.sampled).zip(logprobs) {
@@ -826,9 +1061,10 @@ impl LlmEngine {
             let Some(seq) = self.scheduler.seq(s.seq_id) else {
                 continue;
             };
+            // Not counting a token of the next step, still in flight (overlapped steps).
             let (n_prompt, n_out, n_cached) = (
                 seq.num_prompt_tokens(),
-                seq.num_output_tokens(),
+                seq.num_output_tokens() - seq.num_pending(),
                 seq.num_cached_tokens,
             );
             let mut finished = None;

@@ -97,6 +97,8 @@ pub struct EngineMetrics {
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
     pub steps: u64,
+    /// Steps queued before the host had the previous step's tokens (overlapped steps).
+    pub overlapped_steps: u64,
     pub batched_tokens: u64,
     pub step_seconds: f64,
     /// Where the steps' time went, from the host's side (sums over all steps).
@@ -119,6 +121,7 @@ impl Default for EngineMetrics {
             prompt_tokens: 0,
             generation_tokens: 0,
             steps: 0,
+            overlapped_steps: 0,
             batched_tokens: 0,
             step_seconds: 0.0,
             step_phases: StepPhases::default(),

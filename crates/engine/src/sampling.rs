@@ -86,6 +86,15 @@ impl SamplingParams {
             && self.frequency_penalty == 0.0
     }
 
+    /// Whether sampling reads the sequence's own tokens (repetition, presence or
+    /// frequency penalties): its next token cannot be drawn before the previous one is
+    /// known on the host (overlapped steps).
+    pub fn depends_on_history(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
     /// Checks ranges; the error names the parameter.
     pub fn validate(&self, vocab_size: usize) -> Result<(), (String, &'static str)> {
         let bad = |msg: String, p: &'static str| Err((msg, p));

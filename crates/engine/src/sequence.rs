@@ -65,6 +65,10 @@ impl SequenceStatus {
     }
 }
 
+/// The value of a token that an overlapped step is still sampling on the device (never a
+/// vocabulary id; batches carry such tokens as `BatchInput::deferred_tokens`).
+pub const PENDING_TOKEN: u32 = u32::MAX;
+
 /// A sequence's tokens and progress.
 ///
 /// Prompt and output tokens live in one vector (`all_token_ids()` is a slice, which the
@@ -97,6 +101,9 @@ pub struct Sequence {
     pub cache_salt: Option<String>,
     /// Times this sequence was preempted.
     pub num_preemptions: u32,
+    /// Output tokens appended as `PENDING_TOKEN` by an overlapped step whose ids the host
+    /// has not read yet (`Scheduler::apply_provisional`).
+    num_pending: usize,
 }
 
 impl Sequence {
@@ -115,6 +122,7 @@ impl Sequence {
             status: SequenceStatus::Waiting,
             cache_salt: None,
             num_preemptions: 0,
+            num_pending: 0,
         }
     }
 
@@ -165,6 +173,31 @@ impl Sequence {
             Some(&t) => Some(t),
             None => self.spec_token_ids.get(pos - self.token_ids.len()).copied(),
         }
+    }
+
+    /// Appends a token that a step in flight is sampling (its place is known, its value
+    /// not yet): `PENDING_TOKEN` until `resolve_pending`.
+    pub fn append_pending(&mut self) {
+        self.token_ids.push(PENDING_TOKEN);
+        self.num_pending += 1;
+    }
+
+    /// Puts the sampled `token` in the pending place `pos`; false if `pos` holds no
+    /// pending token.
+    pub fn resolve_pending(&mut self, pos: usize, token: u32) -> bool {
+        match self.token_ids.get_mut(pos) {
+            Some(t) if *t == PENDING_TOKEN && pos >= self.num_prompt_tokens => {
+                *t = token;
+                self.num_pending -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Output tokens whose values are still on the device (see `append_pending`).
+    pub fn num_pending(&self) -> usize {
+        self.num_pending
     }
 
     /// Appends a generated token.

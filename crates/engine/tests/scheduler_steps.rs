@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_engine::kv::KvCacheManager;
 use sluice_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
-use sluice_engine::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
+use sluice_engine::sequence::{FinishReason, SeqId, Sequence, SequenceStatus, PENDING_TOKEN};
 use sluice_model::BatchInput;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -34,12 +34,25 @@ fn next_token(ctx: &[u32]) -> u32 {
 
 /// Greedy continuation of `prompt` computed directly.
 fn reference(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    reference_until(prompt, max_tokens, None)
+}
+
+/// `reference`, ending after `stop` where it comes first.
+fn reference_until(prompt: &[u32], max_tokens: usize, stop: Option<u32>) -> Vec<u32> {
     let mut ctx = prompt.to_vec();
     for _ in 0..max_tokens {
-        ctx.push(next_token(&ctx));
+        let t = next_token(&ctx);
+        ctx.push(t);
+        if Some(t) == stop {
+            break;
+        }
     }
     ctx[prompt.len()..].to_vec()
 }
+
+/// The token that ends a sequence in the overlapped workloads (an EOS): a sequence that
+/// stops has one more token in flight, which must be dropped.
+const STOP: u32 = 7;
 
 struct FakeModel {
     block_size: usize,
@@ -103,6 +116,9 @@ struct Driver {
     model: FakeModel,
     batch: BatchInput,
     done: HashMap<SeqId, Sequence>,
+    /// Overlapped steps: the step "on the device" whose tokens the driver has not
+    /// applied yet, with its sampled ids and each sequence's row in them.
+    in_flight: Option<(SchedulerOutput, Vec<u32>, HashMap<SeqId, usize>)>,
 }
 
 impl Driver {
@@ -118,6 +134,7 @@ impl Driver {
             model,
             batch: BatchInput::default(),
             done: HashMap::new(),
+            in_flight: None,
         })
     }
 
@@ -176,6 +193,69 @@ impl Driver {
         Ok(out)
     }
 
+    /// One overlapped step, as the engine runs them: schedule step N + 1 while step N's
+    /// ids are "on the device" (its pending tokens are taken from those ids, as
+    /// `Device::resolve_token_ids` does), apply it provisionally, then resolve step N:
+    /// put its tokens in place and finish sequences that stopped (`STOP`) or reached
+    /// `max_tokens`. No drafts.
+    fn step_overlapped(&mut self) -> TestResult {
+        let prev = self.in_flight.take();
+        let out = self.sched.schedule()?;
+        if !out.is_empty() {
+            let cfg = self.sched.config().clone();
+            assert!(out.num_batched_tokens <= cfg.max_num_batched_tokens);
+            assert!(self.sched.num_running() <= cfg.max_num_seqs);
+            self.sched.fill_batch(&out, &mut self.batch)?;
+            let mut row = 0;
+            for s in &out.scheduled {
+                for r in row..row + s.num_new_tokens {
+                    if self.batch.tokens[r] == PENDING_TOKEN {
+                        let (_, ids, rows) = prev
+                            .as_ref()
+                            .ok_or("a pending token with no step in flight")?;
+                        let src = rows
+                            .get(&s.seq_id)
+                            .ok_or("a pending token the step in flight does not sample")?;
+                        self.batch.tokens[r] = ids[*src];
+                    }
+                }
+                row += s.num_new_tokens;
+            }
+            let ids = self.model.forward(&self.batch)?;
+            self.sched.apply_provisional(&out)?;
+            let mut rows = HashMap::new();
+            for s in out.scheduled.iter().filter(|s| s.produces_token) {
+                rows.insert(s.seq_id, rows.len());
+            }
+            self.in_flight = Some((out, ids, rows));
+        }
+        let Some((out, ids, rows)) = prev else {
+            return Ok(());
+        };
+        let sampled: Vec<Vec<u32>> = out
+            .scheduled
+            .iter()
+            .map(|s| {
+                rows.get(&s.seq_id)
+                    .map(|&r| vec![ids[r]])
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.sched.resolve_provisional(&out, &sampled)?;
+        for (s, toks) in out.scheduled.iter().zip(&sampled) {
+            let Some(seq) = self.sched.seq(s.seq_id) else {
+                continue;
+            };
+            let n_out = seq.num_output_tokens() - seq.num_pending();
+            assert!(n_out <= seq.max_tokens, "{} overran max_tokens", seq.id);
+            if toks.as_slice() == [STOP] || n_out == seq.max_tokens {
+                let seq = self.sched.finish(s.seq_id, FinishReason::Length)?;
+                self.done.insert(seq.id, seq);
+            }
+        }
+        Ok(())
+    }
+
     /// Steps until every sequence finished (or `max_steps`).
     fn run(&mut self, max_steps: usize) -> TestResult {
         for _ in 0..max_steps {
@@ -192,10 +272,18 @@ impl Driver {
         Ok(())
     }
 
+    /// A finished sequence's output (without a token still pending when it stopped).
     fn output(&self, id: u64) -> Vec<u32> {
         self.done
             .get(&SeqId(id))
-            .map(|s| s.output_token_ids()[..s.max_tokens].to_vec())
+            .map(|s| {
+                s.output_token_ids()
+                    .iter()
+                    .copied()
+                    .take_while(|&t| t != PENDING_TOKEN)
+                    .take(s.max_tokens)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -576,13 +664,14 @@ fn speculative_tokens_are_verified_and_rolled_back() -> TestResult {
 fn random_workload(
     seed: u64,
     prefix_caching: bool,
+    overlapped: bool,
 ) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let block_size = rng.random_range(1..=5);
     let max_model_len = 40;
     // Without chunked prefill the budget must hold a whole prompt (Scheduler::new).
     let chunked = rng.random_bool(0.8);
-    let spec = rng.random_bool(0.4);
+    let spec = rng.random_bool(0.4) && !overlapped;
     let c = SchedulerConfig {
         max_num_batched_tokens: if chunked {
             rng.random_range(1..=24)
@@ -615,19 +704,22 @@ fn random_workload(
             ));
             let max_tokens = rng.random_range(1..=(max_model_len - p.len()).min(12));
             d.add(next, p.clone(), max_tokens)?;
-            want.insert(next, reference(&p, max_tokens));
+            let stop = overlapped.then_some(STOP);
+            want.insert(next, reference_until(&p, max_tokens, stop));
             next += 1;
         }
         if spec {
             propose_drafts(&mut d, &mut rng)?;
         }
-        if d.sched.has_unfinished() {
+        if overlapped && (d.sched.has_unfinished() || d.in_flight.is_some()) {
+            d.step_overlapped()?;
+        } else if !overlapped && d.sched.has_unfinished() {
             d.step()?;
         } else if next == n_req {
             break;
         }
     }
-    assert!(!d.sched.has_unfinished());
+    assert!(!d.sched.has_unfinished() && d.in_flight.is_none());
     for (id, w) in &want {
         assert_eq!(&d.output(*id), w, "request {id} (seed {seed})");
     }
@@ -667,7 +759,7 @@ fn propose_drafts(d: &mut Driver, rng: &mut ChaCha8Rng) -> TestResult {
 fn seeded_workloads_match_reference_and_cover_preemption_and_hits() -> TestResult {
     let (mut preemptions, mut hits) = (0, 0);
     for seed in 0..200 {
-        let (p, h) = random_workload(seed, seed % 4 != 0)?;
+        let (p, h) = random_workload(seed, seed % 4 != 0, false)?;
         preemptions += p;
         hits += h;
     }
@@ -677,12 +769,33 @@ fn seeded_workloads_match_reference_and_cover_preemption_and_hits() -> TestResul
     Ok(())
 }
 
+/// The same with overlapped steps (apply_provisional / resolve_provisional), sequences
+/// that stop early on a token while their next one is in flight, and preemption of
+/// sequences with a pending token.
+#[test]
+fn overlapped_workloads_match_reference_and_cover_preemption_and_hits() -> TestResult {
+    let (mut preemptions, mut hits) = (0, 0);
+    for seed in 0..200 {
+        let (p, h) = random_workload(seed, seed % 4 != 0, true)?;
+        preemptions += p;
+        hits += h;
+    }
+    eprintln!("overlapped: {preemptions} preemptions, {hits} prefix-hit tokens");
+    assert!(preemptions > 20, "only {preemptions} preemptions");
+    assert!(hits > 100, "only {hits} prefix-hit tokens");
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(150))]
 
     #[test]
-    fn random_workloads_match_reference(seed in any::<u64>(), prefix_caching in any::<bool>()) {
-        if let Err(e) = random_workload(seed, prefix_caching).map(|_| ()) {
+    fn random_workloads_match_reference(
+        seed in any::<u64>(),
+        prefix_caching in any::<bool>(),
+        overlapped in any::<bool>(),
+    ) {
+        if let Err(e) = random_workload(seed, prefix_caching, overlapped).map(|_| ()) {
             return Err(TestCaseError::fail(format!("seed {seed}: {e}")));
         }
     }

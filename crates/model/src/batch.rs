@@ -39,6 +39,10 @@ pub struct BatchInput {
     /// row `i` sees token `j` iff `mask[i][j] != 0`, even `j > i`. Positions are
     /// still the caller's (`positions`), so tree branches may share a position.
     pub custom_mask: Option<Vec<u8>>,
+    /// `(row, src)`: the token at `row` of `tokens` is not known on the host; it is the id
+    /// at row `src` of the previous step's sampled ids, still on the device (overlapped
+    /// steps, see `Model::forward_overlapped`). `tokens[row]` is a placeholder.
+    pub deferred_tokens: Vec<(u32, u32)>,
 }
 
 /// The `n x n` lower-triangular causal mask, row-major.
@@ -54,6 +58,7 @@ impl BatchInput {
         self.seqs.clear();
         self.logits_indices.clear();
         self.custom_mask = None;
+        self.deferred_tokens.clear();
     }
 
     pub fn num_tokens(&self) -> usize {
@@ -151,6 +156,15 @@ impl BatchInput {
             .find(|&&s| s as usize >= num_blocks * block_size)
         {
             return Err(format!("slot {s} outside the cache"));
+        }
+        if let Some(&(r, src)) = self
+            .deferred_tokens
+            .iter()
+            .find(|&&(r, src)| r as usize >= t || src > i32::MAX as u32 - 1)
+        {
+            return Err(format!(
+                "deferred token row {r} (source {src}) outside the batch"
+            ));
         }
         if let Some(&r) = self.logits_indices.iter().find(|&&r| r as usize >= t) {
             return Err(format!("logits row {r} outside the batch"));

@@ -18,6 +18,7 @@ pub mod kquant;
 pub mod module;
 mod ops;
 mod pinned;
+mod readback;
 mod sample;
 
 use std::ffi::c_void;
@@ -220,6 +221,9 @@ pub struct CudaBackend {
     /// `SLUICE_PINNED_UPLOADS=0`.
     pinned: Mutex<Option<pinned::PinnedStaging>>,
     pinned_uploads: bool,
+    /// Sampled ids read back behind an event rather than a stream synchronization
+    /// (readback.rs), created on first use.
+    readback: Mutex<Option<readback::Readback>>,
     /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
     epoch: AtomicU64,
 }
@@ -308,6 +312,7 @@ impl CudaBackend {
             capturing: AtomicBool::new(false),
             pinned: Mutex::new(None),
             pinned_uploads: std::env::var("SLUICE_PINNED_UPLOADS").map_or(true, |v| v != "0"),
+            readback: Mutex::new(None),
             epoch: AtomicU64::new(0),
         })
     }
@@ -583,6 +588,69 @@ impl CudaBackend {
         self.bind()?;
         // SAFETY: both ranges are live allocations of at least this many bytes.
         unsafe { drv::memcpy_dtod_async(d, s, src.size_in_bytes(), self.stream) }.map_err(derr)
+    }
+
+    /// Queues a copy of an I32 tensor's logical elements to the host behind the work
+    /// queued so far, without waiting; `finish_i32_readback` collects it. Two readbacks
+    /// may be outstanding (a third waits for the oldest's copy before reusing its memory).
+    pub fn start_i32_readback(&self, src: &Tensor) -> Result<u64> {
+        src.expect_dtype(DType::I32)?;
+        let buf = cuda_buf(src)?;
+        if self.capturing.load(Ordering::SeqCst) {
+            return Err(BackendError::Device(
+                "a readback cannot be queued while a graph is being captured".into(),
+            ));
+        }
+        self.bind()?;
+        let mark = self
+            .pinned
+            .lock()
+            .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?
+            .as_ref()
+            .map_or(0, |p| p.mark());
+        let mut guard = self
+            .readback
+            .lock()
+            .map_err(|_| BackendError::Device("readback lock poisoned".into()))?;
+        if guard.is_none() {
+            *guard = Some(readback::Readback::new(&self.ctx).map_err(derr)?);
+        }
+        let rb = guard
+            .as_mut()
+            .ok_or_else(|| BackendError::Device("readback not created".into()))?;
+        // SAFETY: the tensor's allocation holds its logical elements; bound above.
+        unsafe { rb.start(buf.ptr, src.numel(), self.stream, mark) }.map_err(derr)
+    }
+
+    /// Waits for readback `ticket` (only for it and the work queued before it, not for
+    /// later work) and copies its values into `dst`; reports any asynchronous kernel error.
+    pub fn finish_i32_readback(&self, ticket: u64, dst: &mut Vec<i32>) -> Result<()> {
+        self.bind()?;
+        let mark = {
+            let mut guard = self
+                .readback
+                .lock()
+                .map_err(|_| BackendError::Device("readback lock poisoned".into()))?;
+            let rb = guard.as_mut().ok_or_else(|| {
+                BackendError::Device(format!("readback {ticket} was never started"))
+            })?;
+            rb.finish(ticket, dst).map_err(|e| match e {
+                Some(e) => derr(e),
+                None => BackendError::Device(format!(
+                    "readback {ticket} is not pending (collected already or overtaken)"
+                )),
+            })?
+        };
+        // The uploads queued before the readback have completed: their staging is free.
+        if let Some(staging) = self
+            .pinned
+            .lock()
+            .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?
+            .as_mut()
+        {
+            staging.release(mark);
+        }
+        Ok(())
     }
 
     /// Waits until all queued work is done, and reports any asynchronous kernel error.

@@ -244,6 +244,7 @@ kernels!(
     embedding_bf16_kernel,
     embedding_f16_kernel,
     gather_rows_kernel,
+    resolve_tokens_kernel,
     kv_write_f32_kernel,
     kv_write_bf16_kernel,
     argmax_kernel,

@@ -883,6 +883,23 @@ impl CudaBackend {
         )
     }
 
+    /// See `Device::resolve_token_ids` (rows out of range read token 0; the host checks).
+    pub fn resolve_token_ids(&self, tokens: &mut Tensor, prev: &Tensor) -> Result<()> {
+        tokens.expect_dtype(DType::I32)?;
+        prev.expect_dtype(DType::I32)?;
+        let (t, p) = (tokens.numel() as i32, prev.numel() as i32);
+        if t == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let (pt, pp) = (ptr(tokens)?, ptr(prev)?);
+        self.launch_1d(
+            self.kernels.resolve_tokens_kernel,
+            t as usize,
+            &mut args![pt, pp, t, p],
+        )
+    }
+
     pub fn kv_write(
         &self,
         k: &Tensor,

@@ -4,10 +4,13 @@
 //! Why: a copy from pageable memory makes the driver stage the bytes itself, which costs
 //! the host several microseconds per copy while the GPU waits for the step's graph; a
 //! step uploads seven such arrays. From pinned memory the copy is a DMA the stream runs
-//! on its own. The region is a bump allocator: each upload takes fresh bytes, and the
-//! whole region is free again after the next stream synchronization (every step ends with
-//! one, when the sampled ids come back), so no bytes are rewritten while a copy may still
-//! read them. A step that needs more than the region falls back to pageable copies.
+//! on its own. The region is a ring: each upload takes fresh bytes at the head, and bytes
+//! are handed back only once the copies that read them are known to have completed:
+//! everything at a stream synchronization (`reset`), or everything written before a mark
+//! whose event has completed (`release`, used by the overlapped steps, which wait for one
+//! step's ids while the next step's uploads are still queued). So no bytes are rewritten
+//! while a copy may still read them. An upload that finds no room falls back to a pageable
+//! copy.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -19,8 +22,7 @@ pub(super) const PINNED_BYTES: usize = 2 << 20;
 
 pub(super) struct PinnedStaging {
     ptr: *mut u8,
-    len: usize,
-    used: usize,
+    ring: Ring,
     ctx: Arc<CudaContext>,
 }
 
@@ -34,18 +36,21 @@ impl PinnedStaging {
         let ptr = unsafe { drv::malloc_host(len, 0) }? as *mut u8;
         Ok(PinnedStaging {
             ptr,
-            len,
-            used: 0,
+            ring: Ring {
+                len: len as u64,
+                written: 0,
+                released: 0,
+            },
             ctx: Arc::clone(ctx),
         })
     }
 
     /// Copies `src` into fresh pinned bytes and enqueues their copy to `dst` on `stream`;
-    /// false (nothing done) when the region has no room left before the next `reset`.
+    /// false (nothing done) when the region has no free room.
     ///
     /// # Safety
-    /// `dst` must hold `size_of_val(src)` bytes, and `reset` may only be called once every
-    /// copy enqueued before it has completed (after a synchronization of `stream`).
+    /// `dst` must hold `size_of_val(src)` bytes, and `reset` / `release` may only be
+    /// called once the copies they hand back have completed (see those).
     pub(super) unsafe fn upload<T: Copy>(
         &mut self,
         dst: sys::CUdeviceptr,
@@ -53,21 +58,28 @@ impl PinnedStaging {
         stream: sys::CUstream,
     ) -> Result<bool, drv::DriverError> {
         let bytes = std::mem::size_of_val(src);
-        let at = self.used;
-        let end = at + bytes.next_multiple_of(16);
-        if end > self.len {
+        let Some(at) = self.ring.take(bytes.next_multiple_of(16)) else {
             return Ok(false);
-        }
+        };
         let host = self.ptr.add(at);
         std::ptr::copy_nonoverlapping(src.as_ptr() as *const u8, host, bytes);
         sys::cuMemcpyHtoDAsync_v2(dst, host as *const c_void, bytes, stream).result()?;
-        self.used = end;
         Ok(true)
     }
 
-    /// Makes the whole region available again (see `upload`).
+    /// See `Ring::mark`.
+    pub(super) fn mark(&self) -> u64 {
+        self.ring.written
+    }
+
+    /// See `Ring::release`.
+    pub(super) fn release(&mut self, mark: u64) {
+        self.ring.release(mark);
+    }
+
+    /// Hands back the whole region: only after a synchronization of the stream.
     pub(super) fn reset(&mut self) {
-        self.used = 0;
+        self.ring.released = self.ring.written;
     }
 }
 
@@ -78,5 +90,76 @@ impl Drop for PinnedStaging {
             let _ = self.ctx.bind_to_thread();
             let _ = drv::free_host(self.ptr as *mut c_void);
         }
+    }
+}
+
+/// The ring's bookkeeping, apart from the memory (so it can be tested without a GPU).
+#[derive(Debug)]
+struct Ring {
+    len: u64,
+    /// Bytes ever taken (padding at the wrap included); the head is `written % len`.
+    written: u64,
+    /// Bytes ever handed back: everything taken before this count is free.
+    released: u64,
+}
+
+impl Ring {
+    /// Takes `bytes` contiguous bytes at the head (skipping the tail end of the region
+    /// when they do not fit before it); their offset, or None when the free room is short.
+    fn take(&mut self, bytes: usize) -> Option<usize> {
+        let bytes = bytes as u64;
+        let head = self.written % self.len;
+        let pad = if head + bytes > self.len {
+            self.len - head
+        } else {
+            0
+        };
+        let end = self.written + pad + bytes;
+        if bytes > self.len || end - self.released > self.len {
+            return None;
+        }
+        let at = ((self.written + pad) % self.len) as usize;
+        self.written = end;
+        Some(at)
+    }
+
+    /// Hands back every byte taken before `mark` (a value of `written` seen earlier, once
+    /// the stream has run past the copies issued before it).
+    fn release(&mut self, mark: u64) {
+        self.released = self.released.max(mark.min(self.written));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ring;
+
+    #[test]
+    fn the_ring_never_hands_out_bytes_that_are_still_in_use() {
+        let mut r = Ring {
+            len: 100,
+            written: 0,
+            released: 0,
+        };
+        assert_eq!(r.take(40), Some(0));
+        let step1 = r.written;
+        assert_eq!(r.take(40), Some(40));
+        // 20 bytes left before the end, none free at the front: no room for 30.
+        assert_eq!(r.take(30), None);
+        r.release(step1);
+        // The first 40 bytes are free again; 30 do not fit at the tail, so they wrap.
+        assert_eq!(r.take(30), Some(0));
+        // Bytes 30..40 are free, 40..80 and 0..30 are in use: 20 does not fit anywhere.
+        assert_eq!(r.take(20), None);
+        assert_eq!(r.take(10), Some(30));
+        r.release(r.written);
+        // All free: the rest of the region, then its start.
+        assert_eq!(r.take(60), Some(40));
+        assert_eq!(r.take(40), Some(0));
+        assert_eq!(r.take(1), None);
+        assert_eq!(r.take(101), None);
+        // A mark from the past never moves the release point back.
+        r.release(step1);
+        assert_eq!(r.take(1), None);
     }
 }

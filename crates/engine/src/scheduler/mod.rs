@@ -12,6 +12,13 @@
 //! -> `update_from_output()` -> the engine checks stop conditions (EOS, stop strings,
 //! `max_tokens`) and calls `finish()`. The engine must finish a sequence once it reaches
 //! `max_tokens`: the scheduler gives it no further tokens past that point.
+//!
+//! Overlapped steps (the engine's `async_scheduling`): `apply_provisional()` right after a
+//! step is queued advances its sequences as if it had finished, with a `PENDING_TOKEN`
+//! in place of each token it samples, so the next step can be scheduled at once (its
+//! input token then comes from the device); `resolve_provisional()` puts the sampled
+//! ids in their places once the host has them. Only one step is ever provisional: the
+//! engine resolves step N before it schedules step N + 2.
 
 mod output;
 
@@ -174,6 +181,11 @@ impl Scheduler {
                     break;
                 };
                 let seq = self.seqs.get(&id).ok_or(SchedulerError::UnknownSeq(id))?;
+                if seq.num_pending() > 0 {
+                    // Preempted while a token of it was in flight: its prompt is not
+                    // whole until that token is resolved (the next step).
+                    break;
+                }
                 let computed = self.kv.get_computed_blocks(seq);
                 let num_new = self.num_new_tokens(seq, computed.num_cached_tokens, budget);
                 if num_new == 0 {
@@ -271,6 +283,89 @@ impl Scheduler {
                 self.kv.truncate(s.seq_id, num_computed)?;
             }
             self.kv.cache_blocks(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a step that was just queued (overlapped steps): every scheduled sequence
+    /// counts its tokens as computed, and one that samples a token gets a pending one in
+    /// its place (no speculative tokens on this path). Blocks are cached only in
+    /// `resolve_provisional`, once their tokens are known.
+    pub fn apply_provisional(&mut self, out: &SchedulerOutput) -> Result<(), SchedulerError> {
+        for s in &out.scheduled {
+            let seq = self
+                .seqs
+                .get_mut(&s.seq_id)
+                .ok_or(SchedulerError::UnknownSeq(s.seq_id))?;
+            if seq.status != SequenceStatus::Running
+                || seq.num_computed_tokens != s.num_computed_before
+                || s.num_spec_tokens > 0
+            {
+                return Err(SchedulerError::OutputMismatch(format!(
+                    "{}: status {:?}, {} computed tokens (schedule said {}), {} drafts: \
+                     not a step that can be applied before its tokens are known",
+                    s.seq_id,
+                    seq.status,
+                    seq.num_computed_tokens,
+                    s.num_computed_before,
+                    s.num_spec_tokens
+                )));
+            }
+            seq.num_computed_tokens = s.context_len();
+            if s.produces_token {
+                seq.append_pending();
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the tokens sampled by a step applied with `apply_provisional` in their places
+    /// (`sampled[i]`: one token for each sequence that produces one, else none) and caches
+    /// the blocks they complete. Sequences finished or aborted since are skipped; a
+    /// preempted one still gets its token (it is part of what it recomputes).
+    pub fn resolve_provisional(
+        &mut self,
+        out: &SchedulerOutput,
+        sampled: &[Vec<u32>],
+    ) -> Result<(), SchedulerError> {
+        if sampled.len() != out.scheduled.len() {
+            return Err(SchedulerError::OutputMismatch(format!(
+                "{} token lists for {} scheduled sequences",
+                sampled.len(),
+                out.scheduled.len()
+            )));
+        }
+        for (s, toks) in out.scheduled.iter().zip(sampled) {
+            let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
+                continue;
+            };
+            match (s.produces_token, toks.as_slice()) {
+                (true, &[t]) => {
+                    if !seq.resolve_pending(s.context_len(), t) {
+                        return Err(SchedulerError::OutputMismatch(format!(
+                            "{}: no pending token at position {} (resolved twice?)",
+                            s.seq_id,
+                            s.context_len()
+                        )));
+                    }
+                }
+                (false, []) => {}
+                _ => {
+                    return Err(SchedulerError::OutputMismatch(format!(
+                        "{}: {} tokens for a provisional step that {}",
+                        s.seq_id,
+                        toks.len(),
+                        if s.produces_token {
+                            "samples one"
+                        } else {
+                            "samples none"
+                        }
+                    )))
+                }
+            }
+            if seq.status == SequenceStatus::Running {
+                self.kv.cache_blocks(seq)?;
+            }
         }
         Ok(())
     }
@@ -407,10 +502,15 @@ impl Scheduler {
         // Known tokens are always computed; drafts only up to the last KV slot the
         // sequence can ever need (max_kv_tokens), and never past max_model_len.
         let known = seq.num_tokens();
-        let target = seq
+        let mut target = seq
             .num_tokens_with_spec()
             .min(known.max(seq.max_kv_tokens()))
             .min(self.config.max_model_len);
+        if seq.reached_max_tokens() {
+            // Its last token is output only (the engine finishes it; an overlapped step
+            // may schedule before it has).
+            target = target.min(seq.max_kv_tokens());
+        }
         let computed = seq.num_computed_tokens + num_cached;
         let mut n = target.saturating_sub(computed);
         if !self.config.enable_chunked_prefill {

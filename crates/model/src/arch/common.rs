@@ -355,7 +355,17 @@ impl BatchTensors {
             }};
         }
         let zeros = || std::iter::repeat_n(0u32, extra);
-        put!(self.tokens, batch.tokens.iter().copied().chain(zeros()));
+        st.clear();
+        for v in batch.tokens.iter().copied().chain(zeros()) {
+            st.push(as_i32(v)?);
+        }
+        // Tokens still on the device: -(row of the previous step's ids + 1), which
+        // `Device::resolve_token_ids` replaces before the embedding reads them.
+        for &(row, src) in &batch.deferred_tokens {
+            st[row as usize] = -(src as i32) - 1;
+        }
+        self.tokens.set_len(st.len())?;
+        device.copy_i32_from_host(&mut self.tokens, st)?;
         put!(
             self.positions,
             batch.positions.iter().copied().chain(zeros())

@@ -415,6 +415,35 @@ impl Model {
     /// Runs one batched step: writes this step's K/V into `kv` and returns the logits
     /// `[batch.logits_indices.len(), vocab]` (F32 on the device).
     pub fn forward(&mut self, batch: &BatchInput, kv: &mut KvCache) -> Result<&Tensor> {
+        self.forward_overlapped(batch, kv, None)
+    }
+
+    /// `forward` for a step queued before the previous one finished: the tokens named in
+    /// `batch.deferred_tokens` are taken on the device from `prev_ids`, the ids that the
+    /// previous step sampled (I32, one per logits row), which the host has not seen.
+    pub fn forward_overlapped(
+        &mut self,
+        batch: &BatchInput,
+        kv: &mut KvCache,
+        prev_ids: Option<&Tensor>,
+    ) -> Result<&Tensor> {
+        match (
+            prev_ids,
+            batch.deferred_tokens.iter().map(|&(_, s)| s).max(),
+        ) {
+            (None, Some(_)) => {
+                return Err(ModelError::Batch(
+                    "deferred tokens without the previous step's ids".into(),
+                ))
+            }
+            (Some(p), Some(src)) if src as usize >= p.numel() => {
+                return Err(ModelError::Batch(format!(
+                    "deferred token from row {src} of {} previous ids",
+                    p.numel()
+                )))
+            }
+            _ => {}
+        }
         batch
             .validate(kv.num_blocks, kv.block_size)
             .map_err(ModelError::Batch)?;
@@ -438,6 +467,10 @@ impl Model {
         st.prepare(dev, cfg, batch, bucket)?;
         if batch.num_tokens() == 0 {
             return Ok(&st.logits);
+        }
+        if let (Some(prev), false) = (prev_ids, batch.deferred_tokens.is_empty()) {
+            // Outside any graph: queued before the replay, read by its embedding.
+            dev.resolve_token_ids(&mut st.meta.tokens, prev)?;
         }
         match bucket {
             Some(b) => {

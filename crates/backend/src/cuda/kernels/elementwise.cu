@@ -231,6 +231,18 @@ extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, f
     }
 }
 
+// Overlapped steps: a token the previous step sampled on the device is uploaded as
+// -(r + 1), r its row in that step's ids, and taken from them here, before the embedding.
+extern "C" __global__ void resolve_tokens_kernel(int* tokens, const int* prev, int T, int P) { pdl_entry();
+    GRID_STRIDE(i, (long)T) {
+        int t = tokens[i];
+        if (t < 0) {
+            int r = -t - 1;
+            tokens[i] = r < P ? prev[r] : 0;
+        }
+    }
+}
+
 // Writes k, v [T, n_kv * hd] into caches [num_blocks, n_kv, bs, hd] at slots[t]
 // (block * bs + offset; negative = padding, skipped).
 #define KV_WRITE(NAME, KV)                                                                    \

@@ -1,0 +1,135 @@
+//! Sampled ids read back without waiting for the whole stream.
+//!
+//! Why: with overlapped steps (the engine's `async_scheduling`) step N+1 is already
+//! queued when the host wants step N's ids. A stream synchronization would wait for
+//! N+1 too; instead each readback copies the ids into pinned memory and records an
+//! event right after the copy, and the host waits for that event alone. Two slots, so
+//! the readback of step N+1 can be queued while step N's is still to be collected.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result as drv, sys, CudaContext};
+
+const SLOTS: usize = 2;
+
+struct Slot {
+    /// Pinned host memory for `cap` ids.
+    host: *mut i32,
+    cap: usize,
+    event: sys::CUevent,
+    /// The readback queued into this slot and not collected yet: (ticket, ids, the pinned
+    /// staging's mark when it was queued).
+    pending: Option<(u64, usize, u64)>,
+}
+
+pub(super) struct Readback {
+    slots: Vec<Slot>,
+    next: u64,
+    ctx: Arc<CudaContext>,
+}
+
+impl Readback {
+    /// Events for every slot (host memory comes with the first readback).
+    pub(super) fn new(ctx: &Arc<CudaContext>) -> Result<Readback, drv::DriverError> {
+        let mut slots = Vec::with_capacity(SLOTS);
+        for _ in 0..SLOTS {
+            let event = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?;
+            slots.push(Slot {
+                host: std::ptr::null_mut(),
+                cap: 0,
+                event,
+                pending: None,
+            });
+        }
+        Ok(Readback {
+            slots,
+            next: 0,
+            ctx: Arc::clone(ctx),
+        })
+    }
+
+    /// Queues a copy of `n` i32 values at `src` to the host, then the slot's event;
+    /// returns the ticket that `finish` takes. `mark` is the pinned staging's mark now
+    /// (handed back by `finish`: every upload queued before this readback has completed
+    /// once its event has).
+    ///
+    /// # Safety
+    /// `src` must hold `n` i32 values; the context must be bound to this thread.
+    pub(super) unsafe fn start(
+        &mut self,
+        src: sys::CUdeviceptr,
+        n: usize,
+        stream: sys::CUstream,
+        mark: u64,
+    ) -> Result<u64, drv::DriverError> {
+        let ticket = self.next;
+        let slot = &mut self.slots[(ticket % SLOTS as u64) as usize];
+        if slot.pending.is_some() {
+            // Its owner never collected it (a dropped step): let the copy finish before
+            // the memory is reused.
+            drv::event::synchronize(slot.event)?;
+            slot.pending = None;
+        }
+        if slot.cap < n {
+            if !slot.host.is_null() {
+                drv::free_host(slot.host as *mut c_void)?;
+                slot.host = std::ptr::null_mut();
+                slot.cap = 0;
+            }
+            let cap = n.next_power_of_two().max(256);
+            slot.host = drv::malloc_host(cap * 4, 0)? as *mut i32;
+            slot.cap = cap;
+        }
+        if n > 0 {
+            sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream).result()?;
+        }
+        drv::event::record(slot.event, stream)?;
+        slot.pending = Some((ticket, n, mark));
+        self.next += 1;
+        Ok(ticket)
+    }
+
+    /// Waits for readback `ticket` and copies its ids into `dst`; returns the pinned
+    /// staging mark recorded with it. Err(None) when the ticket is not pending (collected
+    /// already, or overwritten by a later readback).
+    pub(super) fn finish(
+        &mut self,
+        ticket: u64,
+        dst: &mut Vec<i32>,
+    ) -> Result<u64, Option<drv::DriverError>> {
+        let slot = &mut self.slots[(ticket % SLOTS as u64) as usize];
+        let Some((t, n, mark)) = slot.pending else {
+            return Err(None);
+        };
+        if t != ticket {
+            return Err(None);
+        }
+        // SAFETY: the event belongs to this context (bound by the caller).
+        unsafe { drv::event::synchronize(slot.event) }.map_err(Some)?;
+        slot.pending = None;
+        dst.clear();
+        // SAFETY: the copy into the first n values has completed (the event follows it).
+        dst.extend_from_slice(unsafe { std::slice::from_raw_parts(slot.host, n) });
+        Ok(mark)
+    }
+}
+
+impl Drop for Readback {
+    fn drop(&mut self) {
+        // SAFETY: our own allocations and events; nothing uses them any more (a pending
+        // copy is waited for before its memory goes).
+        unsafe {
+            let _ = self.ctx.bind_to_thread();
+            for s in &self.slots {
+                if s.pending.is_some() {
+                    let _ = drv::event::synchronize(s.event);
+                }
+                if !s.host.is_null() {
+                    let _ = drv::free_host(s.host as *mut c_void);
+                }
+                let _ = drv::event::destroy(s.event);
+            }
+        }
+    }
+}
