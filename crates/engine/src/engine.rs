@@ -191,6 +191,9 @@ struct InFlight {
 struct Done {
     out: SchedulerOutput,
     on_device: bool,
+    /// The ids sampled on the device (kept apart from `device_ids`, which a step
+    /// resolved before this one is finished reads into).
+    ids: Vec<i32>,
     t0: Instant,
     t_forward: Instant,
     t_wait: Instant,
@@ -688,6 +691,7 @@ impl LlmEngine {
             return Ok(Launched::Done(Done {
                 out,
                 on_device,
+                ids: Vec::new(),
                 t0,
                 t_forward,
                 t_wait,
@@ -743,12 +747,14 @@ impl LlmEngine {
                 forward: (t_wait - t_forward).as_secs_f64(),
             }));
         }
+        let mut host_ids = std::mem::take(&mut self.device_ids);
         device
-            .copy_i32_to_host(ids, &mut self.device_ids)
+            .copy_i32_to_host(ids, &mut host_ids)
             .map_err(sluice_model::ModelError::from)?;
         Ok(Launched::Done(Done {
             out,
             on_device,
+            ids: host_ids,
             t0,
             t_forward,
             t_wait,
@@ -784,6 +790,9 @@ impl LlmEngine {
     /// Finishes a step whose tokens (or logits) are on the host already.
     fn complete(&mut self, d: Done) -> Result<Vec<RequestOutput>, EngineError> {
         let t_after = Instant::now();
+        if d.on_device {
+            self.device_ids = d.ids;
+        }
         let outputs = self.sample_and_update(&d.out, d.on_device, false)?;
         let phases = StepPhases {
             host_before: (d.t_forward - d.t0).as_secs_f64(),
