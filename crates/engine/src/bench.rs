@@ -198,15 +198,20 @@ pub fn step_latency(
                 n_out.max(1),
             ))?;
         }
-        let mut first = true;
+        // The prefill lasts until the first tokens come out: one call, or two with
+        // overlapped steps (the first only queues it).
+        let (mut first, mut prefill_ms) = (true, 0.0);
         while engine.has_unfinished() {
             let before = engine.metrics().step_phases;
             let t0 = Instant::now();
-            engine.step()?;
+            let outputs = engine.step()?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             if first {
-                res.prefill_ms.push(ms);
-                first = false;
+                prefill_ms += ms;
+                if !outputs.is_empty() {
+                    res.prefill_ms.push(prefill_ms);
+                    first = false;
+                }
             } else {
                 res.decode_ms.push(ms);
                 let d = engine.metrics().step_phases.since(&before);
