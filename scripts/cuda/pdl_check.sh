@@ -202,6 +202,8 @@ fi
 if [[ " $what " == *" async "* ]]; then # session 10: overlapped steps (--async-scheduling) off and on, alternating
   for a in off on off on; do
     q X=$a $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1,32,64,128,256 -r 1 --async-scheduling $a
+  done
+  for a in off on; do
     q X=$a $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1,64,256 -r 1 --async-scheduling $a
   done
   for a in off on; do
