@@ -235,13 +235,7 @@ impl Scheduler {
         out: &SchedulerOutput,
         sampled: &[Vec<u32>],
     ) -> Result<(), SchedulerError> {
-        if sampled.len() != out.scheduled.len() {
-            return Err(SchedulerError::OutputMismatch(format!(
-                "{} token lists for {} scheduled sequences",
-                sampled.len(),
-                out.scheduled.len()
-            )));
-        }
+        Self::check_token_lists(out, sampled)?;
         for (s, toks) in out.scheduled.iter().zip(sampled) {
             let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
                 continue;
@@ -328,13 +322,7 @@ impl Scheduler {
         out: &SchedulerOutput,
         sampled: &[Vec<u32>],
     ) -> Result<(), SchedulerError> {
-        if sampled.len() != out.scheduled.len() {
-            return Err(SchedulerError::OutputMismatch(format!(
-                "{} token lists for {} scheduled sequences",
-                sampled.len(),
-                out.scheduled.len()
-            )));
-        }
+        Self::check_token_lists(out, sampled)?;
         for (s, toks) in out.scheduled.iter().zip(sampled) {
             let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
                 continue;
@@ -366,6 +354,21 @@ impl Scheduler {
             if seq.status == SequenceStatus::Running {
                 self.kv.cache_blocks(seq)?;
             }
+        }
+        Ok(())
+    }
+
+    /// One token list per scheduled sequence (`update_from_output`, `resolve_provisional`).
+    fn check_token_lists(
+        out: &SchedulerOutput,
+        sampled: &[Vec<u32>],
+    ) -> Result<(), SchedulerError> {
+        if sampled.len() != out.scheduled.len() {
+            return Err(SchedulerError::OutputMismatch(format!(
+                "{} token lists for {} scheduled sequences",
+                sampled.len(),
+                out.scheduled.len()
+            )));
         }
         Ok(())
     }
