@@ -140,8 +140,10 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
 pub struct LatencyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
+    /// Sequences per batch; a comma-separated list measures each in turn with one
+    /// engine (one model load), e.g. `1,8,32,128,256`.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch_size: Vec<usize>,
     #[arg(long, default_value_t = 128)]
     pub input_len: usize,
     #[arg(long, default_value_t = 128)]
@@ -152,16 +154,32 @@ pub struct LatencyArgs {
 }
 
 pub fn run_latency(a: LatencyArgs) -> Result<()> {
-    if a.batch_size == 0 || a.input_len == 0 || a.output_len == 0 {
+    if a.batch_size.is_empty() || a.batch_size.contains(&0) || a.input_len == 0 || a.output_len == 0
+    {
         anyhow::bail!("--batch-size, --input-len and --output-len must be at least 1");
     }
+    let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     let cfg = EngineConfig {
-        max_num_batched_tokens: (a.batch_size * a.input_len).max(512),
-        max_num_seqs: a.batch_size,
+        max_num_batched_tokens: (max_b * a.input_len).max(512),
+        max_num_seqs: max_b,
         enable_prefix_caching: false,
         ..a.model.engine_config()?
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
+    println!("model: {name}, device: {}", engine.model().device().name());
+    for &batch in &a.batch_size {
+        latency_of_batch(&mut engine, &a, batch)?;
+    }
+    Ok(())
+}
+
+/// One `bench latency` table: `batch` sequences of `a.input_len` prompt tokens prefilled
+/// in one step, then decoded together for `a.output_len` tokens.
+fn latency_of_batch(
+    engine: &mut sluice_engine::LlmEngine,
+    a: &LatencyArgs,
+    batch: usize,
+) -> Result<()> {
     let weight_bytes = engine.model().weight_bytes() as f64;
     // Warm-up. With step graphs, at the measured shape (like vLLM's
     // `--num-iters-warmup`): the one-time work of a new batch size (its first eager step,
@@ -169,32 +187,20 @@ pub fn run_latency(a: LatencyArgs) -> Result<()> {
     // figures. Without (the CPU) a short run suffices, and a full-size one would double
     // the benchmark's time.
     if engine.model().device().supports_graphs() {
-        bench::step_latency(&mut engine, a.batch_size, a.input_len, 4, 1, 7)?;
+        bench::step_latency(engine, batch, a.input_len, 4, 1, 7)?;
     } else {
-        bench::decode(&mut engine, 1, 8, 4, 1, 1)?;
+        bench::decode(engine, 1, 8, 4, 1, 1)?;
     }
-    let r = bench::step_latency(
-        &mut engine,
-        a.batch_size,
-        a.input_len,
-        a.output_len,
-        a.reps,
-        11,
-    )?;
-    println!("model: {name}, device: {}", engine.model().device().name());
+    let r = bench::step_latency(engine, batch, a.input_len, a.output_len, a.reps, 11)?;
     println!(
         "batch {} x ({} in, {} out), {} repetitions",
-        a.batch_size, a.input_len, a.output_len, a.reps
+        batch, a.input_len, a.output_len, a.reps
     );
     println!("| phase | mean ms | p50 ms | p90 ms | p99 ms | tokens/s | weight GB/s |");
     println!("| ----- | ------: | -----: | -----: | -----: | -------: | ----------: |");
     for (phase, xs, tokens_per_step) in [
-        (
-            "prefill",
-            &r.prefill_ms,
-            (a.batch_size * a.input_len) as f64,
-        ),
-        ("decode", &r.decode_ms, a.batch_size as f64),
+        ("prefill", &r.prefill_ms, (batch * a.input_len) as f64),
+        ("decode", &r.decode_ms, batch as f64),
     ] {
         let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
         println!(
