@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -208,5 +208,15 @@ if [[ " $what " == *" async "* ]]; then # session 10: overlapped steps (--async-
   done
   for a in off on; do
     q X=$a $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1 --async-scheduling $a
+  done
+fi
+if [[ " $what " == *" cluster "* ]]; then # session 11: the decode attention's key splits merged in a thread-block cluster (default) or by the merge kernel (SLUICE_DECODE_CLUSTER=0), alternating
+  for rep in 1 2; do
+    for cfg in SLUICE_DECODE_CLUSTER=0 X=cluster; do
+      for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+        q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+        q $cfg $B bench latency --device cuda --random-weights $preset --batch-size 1,8,32 --input-len 512 --output-len 128 -r 1
+      done
+    done
   done
 fi

@@ -793,13 +793,27 @@ fn decode_attention_matches_the_cpu() {
             vec![(4, 90), (1, 64), (1, 65)],
         ),
     ];
-    for (i, case) in cases.iter().enumerate() {
-        for q_amp in [1.0, 4.0] {
-            let e = attention_case_q(&g, DType::BF16, case, q_amp, &mut rng);
-            eprintln!("decode case {i} q_amp {q_amp}: rel err {e:.2e} (tol 2e-2)");
-            assert!(e <= 2e-2, "decode case {i} q_amp {q_amp}: {e:.3e} > 2e-2");
+    // Key splits merged in a thread-block cluster (sm_90: up to 16 splits) and by the
+    // merge kernel (cluster size 0), over the same cases.
+    let Device::Cuda(backend) = &g else {
+        return;
+    };
+    for cluster in [16, 0] {
+        let in_force = backend.set_decode_cluster_max(cluster);
+        for (i, case) in cases.iter().enumerate() {
+            for q_amp in [1.0, 4.0] {
+                let e = attention_case_q(&g, DType::BF16, case, q_amp, &mut rng);
+                eprintln!(
+                    "decode case {i} q_amp {q_amp} clusters up to {in_force}: rel err {e:.2e} (tol 2e-2)"
+                );
+                assert!(
+                    e <= 2e-2,
+                    "decode case {i} q_amp {q_amp} cluster {in_force}: {e:.3e} > 2e-2"
+                );
+            }
         }
     }
+    backend.set_decode_cluster_max(16);
 }
 
 #[test]

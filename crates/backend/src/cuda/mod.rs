@@ -34,6 +34,11 @@ use crate::tensor::{Storage, Tensor};
 pub use graph::CudaGraph;
 pub use module::{compile_kernels, kernel_source};
 
+/// Default of `CudaBackend::decode_cluster_max`: the non-portable cluster size limit of
+/// Hopper, so that a batch-1 decode of up to 16 key tiles (1,024 keys) merges its splits
+/// in the cluster too.
+const DECODE_CLUSTER_MAX: usize = 16;
+
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
 /// blocks resident before the previous kernel ends can use, the prefetch only competes
@@ -195,6 +200,13 @@ pub struct CudaBackend {
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
+    /// Largest thread-block cluster the decode attention merges its key splits in
+    /// (sm_90+; 0: always the merge kernel). `SLUICE_DECODE_CLUSTER=0` turns it off,
+    /// `SLUICE_DECODE_CLUSTER_MAX` sets it (above 8 needs the non-portable sizes the
+    /// loader allows on the decode kernels).
+    decode_cluster_max: std::sync::atomic::AtomicUsize,
+    /// What the kernels allow (`Kernels::decode_cluster_limit`).
+    decode_cluster_limit: usize,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
@@ -273,6 +285,7 @@ impl CudaBackend {
             .unwrap_or(if pdl { GEMV_PREFETCH_BYTES } else { 0 });
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;
+        let cluster_limit = kernels.decode_cluster_limit;
         let gemm = gemm::Gemm::new(&ctx)?;
         Ok(CudaBackend {
             ctx,
@@ -294,6 +307,14 @@ impl CudaBackend {
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
+            decode_cluster_max: std::sync::atomic::AtomicUsize::new(
+                if std::env::var("SLUICE_DECODE_CLUSTER").map_or(true, |v| v != "0") {
+                    env_usize("SLUICE_DECODE_CLUSTER_MAX", DECODE_CLUSTER_MAX).min(cluster_limit)
+                } else {
+                    0
+                },
+            ),
+            decode_cluster_limit: cluster_limit,
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),
@@ -345,6 +366,15 @@ impl CudaBackend {
         if let Ok(mut g) = self.staged.lock() {
             *g = None;
         }
+    }
+
+    /// Sets the largest cluster the decode attention merges its key splits in (0 or 1:
+    /// always the merge kernel; capped at what the kernels allow). For tests and tuning;
+    /// `SLUICE_DECODE_CLUSTER_MAX` sets it at start. Returns the value in force.
+    pub fn set_decode_cluster_max(&self, n: usize) -> usize {
+        let n = n.min(self.decode_cluster_limit);
+        self.decode_cluster_max.store(n, Ordering::SeqCst);
+        n
     }
 
     /// How many GEMM inputs came from a staged bf16 copy instead of a conversion (see
@@ -722,13 +752,27 @@ impl CudaBackend {
         block: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        self.launch_clustered(f, grid, block, args, 1)
+    }
+
+    /// `launch`, with the blocks grouped into thread-block clusters of `cluster_z`
+    /// consecutive blocks along z (sm_90; 1: no clusters). The grid's z must be a
+    /// multiple of it.
+    fn launch_clustered(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut c_void],
+        cluster_z: u32,
+    ) -> Result<()> {
         // Whatever this kernel writes, a staged bf16 copy no longer describes the latest
         // output; a producer sets it again after its launch.
         self.clear_staged();
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        if !self.pdl {
+        if !self.pdl && cluster_z <= 1 {
             // SAFETY: `f` comes from our loaded module, the argument list matches the
             // kernel signature (each launcher passes pointers to locals that outlive the
             // call), and cuLaunchKernel copies the values before returning.
@@ -741,9 +785,21 @@ impl CudaBackend {
         // edge, so graph replays keep the overlap.
         // SAFETY: a plain C struct (id, padding, a union of plain values): all-zero is a
         // valid value, and the two fields PDL needs are set below.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if self.pdl {
+            attrs[n].id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if cluster_z > 1 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim.x = 1;
+            attrs[n].value.clusterDim.y = 1;
+            attrs[n].value.clusterDim.z = cluster_z;
+            n += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -753,8 +809,8 @@ impl CudaBackend {
             blockDimZ: 1,
             sharedMemBytes: 0,
             hStream: self.stream,
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         // SAFETY: as for cuLaunchKernel above; `config` and `attr` outlive the call,
         // which copies them.

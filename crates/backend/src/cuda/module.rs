@@ -169,6 +169,10 @@ macro_rules! kernels {
             $(pub $name: sys::CUfunction,)*
             /// `paged_attention_{kv}_g{G}_d{DPL}`, indexed by [`attention_index`].
             pub attention: Vec<sys::CUfunction>,
+            /// Largest thread-block cluster the decode attention kernels may be launched
+            /// in: 16 where the driver allows them non-portable sizes (sm_90+), else 8
+            /// there, 0 before sm_90.
+            pub decode_cluster_limit: usize,
         }
 
         /// The name of every kernel `Kernels::load` looks up (the attention instances
@@ -207,9 +211,10 @@ macro_rules! kernels {
                         }
                     }
                 }
-                Ok(Kernels {
+                let mut k = Kernels {
                     _module: module,
                     attention,
+                    decode_cluster_limit: 0,
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.
@@ -220,10 +225,42 @@ macro_rules! kernels {
                             ))
                         })?
                     },)*
-                })
+                };
+                k.decode_cluster_limit = decode_cluster_limit(&k, major);
+                Ok(k)
             }
         }
     };
+}
+
+/// See `Kernels::decode_cluster_limit`.
+fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
+    if major < 9 {
+        return 0;
+    }
+    let decode = [
+        k.flash_decode_bf16_d64,
+        k.flash_decode_bf16_d128,
+        k.flash_decode_multi_bf16_d64,
+        k.flash_decode_multi_bf16_d128,
+    ];
+    let non_portable = decode.iter().all(|&f| {
+        // SAFETY: `f` is a kernel of the loaded module; the attribute takes 0 or 1.
+        unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+        }
+        .result()
+        .is_ok()
+    });
+    if non_portable {
+        16
+    } else {
+        8
+    }
 }
 
 kernels!(

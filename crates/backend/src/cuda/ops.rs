@@ -1052,15 +1052,19 @@ impl CudaBackend {
                 t * p.n_heads * (hd + 2) * 4,
             )
             .min(self.decode_max_splits);
-            let partial = if splits > 1 {
+            // The splits of one (sequence, KV head) as one thread-block cluster that merges
+            // them through distributed shared memory: no partials, no merge kernel.
+            let cluster = splits > 1 && splits <= self.decode_cluster_max.load(Ordering::SeqCst);
+            let partial = if splits > 1 && !cluster {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {
                 0
             };
+            let ci = i32::from(cluster);
             // The bf16 copy of the output for the output projection (the prefill kernel
             // below rewrites its rows in both).
             let staged = self.staging_for(out.numel(), t)?;
-            self.launch(
+            self.launch_clustered(
                 f,
                 (
                     meta.num_seqs as u32,
@@ -1070,10 +1074,12 @@ impl CudaBackend {
                 128,
                 &mut args![
                     pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                    max_q_rows, partial, po, staged
+                    max_q_rows, partial, po, staged, ci
                 ],
+                if cluster { splits as u32 } else { 1 },
             )?;
-            (splits, partial, staged)
+            // Merged already: no merge kernel below.
+            (if cluster { 1 } else { splits }, partial, staged)
         } else {
             // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
             let (splits, split_len) =

@@ -77,6 +77,7 @@ struct FdBlock {
     int q0, q_rows, m_rows, pos0;
     int lo, hi;           // this block's keys [lo, hi]
     int z, splits, window;
+    bool cluster;         // the splits are one thread-block cluster and merge through DSMEM
     float qscale, cap_in, cap_out;
     bool use_cap;
     float* partial;
@@ -105,11 +106,40 @@ __device__ __forceinline__ void fd_load_tile(bf16_t (*dst)[HD + FP_PAD], const b
     }
 }
 
+// Thread-block clusters (sm_90): the `splits` blocks of one (sequence, KV head) form a
+// cluster along z, so their partial softmax states merge through distributed shared
+// memory instead of global partials and a merge kernel (fd_cluster_merge).
+__device__ __forceinline__ void fd_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned int fd_cluster_rank() {
+    unsigned int r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+    return r;
+}
+
+// A float in block `rank`'s shared memory at the address of `p` in ours.
+__device__ __forceinline__ float fd_dsmem_load(const float* p, unsigned int rank) {
+    float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(fp_smem_addr(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+#endif
+    return v;
+}
+
 // One pass over the block's keys for m-tiles mt0 .. mt0 + 4 / KW - 1 (those that exist):
 // KW warps share each m-tile, each taking 64 / KW keys of every tile.
 template <int HD, int KW>
 __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
-                                        float (*s_m)[16], float (*s_l)[16], const FdBlock& b, int mt0) {
+                                        float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
+                                        const FdBlock& b, int mt0) {
     constexpr int MW = FD_WARPS / KW;    // m-tiles in flight
     constexpr int NK = FD_KEYS / KW;     // keys per warp per tile
     constexpr int NJ = NK / 8;           // n8 tiles of S per warp
@@ -326,7 +356,16 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         const int pr = mt0 * 16 + lr;
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
         const long t = b.q0 + r;
-        if (b.splits > 1) {
+        if (b.cluster) {
+            // This block's state stays in shared memory for the cluster merge: num in
+            // place of the first warp's O of the m-tile (only this thread reads or writes
+            // that element), m (log2 units) and l per row beside it.
+            sh.o[mt][rr][d] = num;
+            if (d == 0) {
+                c_m[lr] = den > 0.0f ? mx : NEG_INF;
+                c_l[lr] = den;
+            }
+        } else if (b.splits > 1) {
             float* pp = b.partial + ((t * b.n_heads + h) * b.splits + b.z) * (HD + 2);
             if (d == 0) {
                 // m back to natural-log units (the merge kernel's): scores were in log2 units.
@@ -340,6 +379,36 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
         }
     }
+    if (b.cluster) {
+        // Every block's state is in its shared memory: each block merges its share of the
+        // (row, d) outputs over the cluster's blocks, then waits until all are done
+        // reading before shared memory is reused or the block exits.
+        fd_cluster_sync();
+        const unsigned int rank = fd_cluster_rank();
+        for (int idx = rank * FD_WARPS * 32 + threadIdx.x; idx < rows_here * HD; idx += b.splits * FD_WARPS * 32) {
+            const int lr = idx / HD, d = idx % HD;
+            const int mt = lr >> 4, rr = lr & 15;
+            float mx = NEG_INF;
+            for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, fd_dsmem_load(&c_m[lr], q));
+            float num = 0.0f, den = 0.0f;
+            if (mx != NEG_INF) {
+                for (int q = 0; q < b.splits; q++) {
+                    const float mq = fd_dsmem_load(&c_m[lr], q);
+                    if (mq == NEG_INF) continue;
+                    const float f = fp_exp2(mq - mx);
+                    num += fd_dsmem_load(&sh.o[mt][rr][d], q) * f;
+                    den += fd_dsmem_load(&c_l[lr], q) * f;
+                }
+            }
+            const int pr = mt0 * 16 + lr;
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            const long t = b.q0 + r;
+            const float y = den > 0.0f ? num / den : 0.0f;
+            b.out[t * ld + h * HD + d] = y;
+            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
+        }
+        fd_cluster_sync();
+    }
     __syncthreads();  // shared memory is reused by the next pass
 }
 
@@ -349,8 +418,9 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
                              const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                              int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
                              float softcap, int max_q_rows, float* __restrict__ partial,
-                             float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
+                             float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster) {
     __shared__ FdShared<HD> sh;
+    __shared__ float c_m[32], c_l[32];
     __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
     __shared__ int srow[2][FD_KEYS];
     __shared__ float s_m[FD_WARPS][16];
@@ -375,6 +445,7 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     b.pos0 = ctx - b.q_rows;
     b.z = blockIdx.z;
     b.splits = gridDim.z;
+    b.cluster = cluster != 0 && b.splits > 1;
     b.window = window;
     // Keys any row of this block sees, within this split: the sequence's own keys cut
     // into `splits` runs of whole tiles. (Cutting the grid's bound on the context, the
@@ -400,12 +471,12 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     if (MULTI) {
         // Passes of at most two m-tiles; row group rg takes passes rg, rg + row_groups, ...
         for (int mt0 = 2 * rg; mt0 < mt; mt0 += 2 * row_groups) {
-            if (mt - mt0 == 1) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, b, mt0);
-            else fd_pass<HD, 2>(sh, sq, srow, s_m, s_l, b, mt0);
+            if (mt - mt0 == 1) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+            else fd_pass<HD, 2>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
         }
     } else {
         // The host expects one m-tile (g * q_rows <= 16); more would take a pass each.
-        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, b, mt0);
+        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
     }
 }
 
@@ -421,10 +492,10 @@ extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
-    bf16_t* out_bf16) { pdl_entry(); \
+    bf16_t* out_bf16, int cluster) { pdl_entry(); \
     flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
                             n_heads, n_kv, scale, window, softcap, max_q_rows, partial, out, \
-                            out_bf16); \
+                            out_bf16, cluster); \
 }
 FLASH_DECODE(64, , false, 4)
 FLASH_DECODE(128, , false, 4)
