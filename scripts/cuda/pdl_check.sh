@@ -215,7 +215,8 @@ if [[ " $what " == *" cluster "* ]]; then # session 11: the decode attention's k
     for cfg in SLUICE_DECODE_CLUSTER=0 X=cluster; do
       for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
         q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
-        q $cfg $B bench latency --device cuda --random-weights $preset --batch-size 1,8,32 --input-len 512 --output-len 128 -r 1
+        echo "=== $cfg latency $preset b8,32" | tee -a "$OUT/pdl.txt"
+        timeout 300 env $cfg $B bench latency --device cuda --random-weights $preset --batch-size 8,32 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|warn|error" | tee -a "$OUT/pdl.txt"
       done
     done
   done

@@ -207,6 +207,8 @@ pub struct CudaBackend {
     decode_cluster_max: std::sync::atomic::AtomicUsize,
     /// What the kernels allow (`Kernels::decode_cluster_limit`).
     decode_cluster_limit: usize,
+    /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size), asked once each.
+    active_clusters: Mutex<std::collections::HashMap<(usize, u32), usize>>,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
@@ -315,6 +317,7 @@ impl CudaBackend {
                 },
             ),
             decode_cluster_limit: cluster_limit,
+            active_clusters: Mutex::new(std::collections::HashMap::new()),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),
@@ -742,6 +745,50 @@ impl CudaBackend {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         Ok(guard.as_ref().map(|b| b.ptr).unwrap_or(0))
+    }
+
+    /// How many clusters of `cluster_z` blocks of `block` threads of `f` can be resident
+    /// on the device at once (0 if the driver cannot place one, or does not answer).
+    fn max_active_clusters(&self, f: sys::CUfunction, cluster_z: u32, block: u32) -> usize {
+        let key = (f as usize, cluster_z);
+        if let Some(&n) = self
+            .active_clusters
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+            .as_ref()
+        {
+            return n;
+        }
+        // SAFETY: as in `launch_clustered`: a plain C struct, all-zero is valid.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = 1;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = cluster_z;
+        let config = sys::CUlaunchConfig {
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: cluster_z,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `f` is a kernel of our module, `config` and `attr` outlive the call.
+        let ok = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
+            .result()
+            .is_ok();
+        let n = if ok { n.max(0) as usize } else { 0 };
+        tracing::debug!("at most {n} clusters of {cluster_z} blocks resident (kernel {f:?})");
+        if let Ok(mut m) = self.active_clusters.lock() {
+            m.insert(key, n);
+        }
+        n
     }
 
     /// Launches `f` with the given arguments (each a pointer to the argument's value).

@@ -1054,7 +1054,12 @@ impl CudaBackend {
             .min(self.decode_max_splits);
             // The splits of one (sequence, KV head) as one thread-block cluster that merges
             // them through distributed shared memory: no partials, no merge kernel.
-            let cluster = splits > 1 && splits <= self.decode_cluster_max.load(Ordering::SeqCst);
+            // Only where every cluster fits on the GPU at once: at batch 8 (64 clusters of
+            // 8 blocks, 512 blocks in all) clusters left a second wave, and the step was
+            // 3.5% slower than with the merge kernel (H100, docs/BENCHMARKS.md).
+            let cluster = splits > 1
+                && splits <= self.decode_cluster_max.load(Ordering::SeqCst)
+                && groups <= self.max_active_clusters(f, splits as u32, 128);
             let partial = if splits > 1 && !cluster {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {
