@@ -71,7 +71,7 @@ def torch_baseline():
             continue
         if "decode_tokens_per_s" in r:
             same.setdefault(r["shape"] + "-bench", {})[r["batch"]] = r["decode_tokens_per_s"]
-    return (same, "PyTorch eager, same call") if same else (TORCH_QUOTED, "PyTorch as quoted in issue 7")
+    return (same, "PyTorch eager (best of 3 runs), same call") if same else (TORCH_QUOTED, "PyTorch as quoted in issue 7")
 
 
 TORCH, TORCH_SOURCE = torch_baseline()

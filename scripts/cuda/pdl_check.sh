@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -211,13 +211,22 @@ if [[ " $what " == *" async "* ]]; then # session 10: overlapped steps (--async-
   done
 fi
 if [[ " $what " == *" cluster "* ]]; then # session 11: the decode attention's key splits merged in a thread-block cluster (default) or by the merge kernel (SLUICE_DECODE_CLUSTER=0), alternating
-  for rep in 1 2; do
-    for cfg in SLUICE_DECODE_CLUSTER=0 X=cluster; do
+  for rep in ${CLUSTER_REPS:-1 2}; do
+    for cfg in SLUICE_DECODE_CLUSTER=0 SLUICE_LOG=sluice_backend=debug; do
       for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
-        q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
-        echo "=== $cfg latency $preset b8,32" | tee -a "$OUT/pdl.txt"
-        timeout 300 env $cfg $B bench latency --device cuda --random-weights $preset --batch-size 8,32 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|warn|error" | tee -a "$OUT/pdl.txt"
+        echo "=== $cfg latency $preset b1,8,32" | tee -a "$OUT/pdl.txt"
+        timeout 300 env $cfg $B bench latency --device cuda --random-weights $preset --batch-size 1,8,32 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|warn|error|clusters of" | sed 's/(kernel.*//' | awk '!seen[$0]++' | tee -a "$OUT/pdl.txt"
       done
     done
   done
+fi
+if [[ " $what " == *" session11 "* ]]; then # session 11's last call: PyTorch (best of 3) next to sluice's sweep in its workload, then offline throughput and serving if time is left
+  SECONDS=0
+  PYTHONUNBUFFERED=1 timeout 300 python3 scripts/cuda/torch_baseline.py llama-3.1-8b 1,8,32,128,256 2>&1 | grep -v Warning | tee "$OUT/torch.txt"
+  timeout 150 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 1,8,32,128,256 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch|\| decode" | tee "$OUT/sweep-8b.txt"
+  echo "=== offline throughput 8B bf16 1000 x 1024/1024 (at ${SECONDS} s)" | tee "$OUT/offline.txt"
+  timeout 230 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 1024 --output-len 1024 \
+    --num-prompts 1000 --max-num-seqs 192 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -6 | tee -a "$OUT/offline.txt"
+  echo "at ${SECONDS} s" | tee -a "$OUT/offline.txt"
+  if [ "$SECONDS" -lt 420 ]; then bash scripts/cuda/device_run.sh serve > /dev/null 2>&1; fi
 fi
