@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -229,4 +229,23 @@ if [[ " $what " == *" session11 "* ]]; then # session 11's last call: PyTorch (b
     --num-prompts 1000 --max-num-seqs 192 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -6 | tee -a "$OUT/offline.txt"
   echo "at ${SECONDS} s" | tee -a "$OUT/offline.txt"
   if [ "$SECONDS" -lt 420 ]; then bash scripts/cuda/device_run.sh serve > /dev/null 2>&1; fi
+fi
+if [[ " $what " == *" serve_ab "* ]]; then # session 11: serving TTFT with overlapped steps on and off (rate 64/s, 200 requests of 512 in / 128 out, each server warmed by one run first)
+  python3 -c 'from tokenizers import Tokenizer, models, pre_tokenizers
+tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(49152)}, unk_token="t0"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.save("/tmp/synthetic-tokenizer.json")'
+  for mode in off on; do
+    $B serve --device cuda --random-weights llama-3.1-8b-bench --port 8089 --max-num-seqs 128 --max-num-batched-tokens 4096 --async-scheduling $mode > "$OUT/serve-$mode.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 180); do curl -sf http://127.0.0.1:8089/health >/dev/null && break; sleep 1; done
+    for run in warm 1 2; do
+      echo "=== async $mode, rate 64/s, run $run" | tee -a "$OUT/pdl.txt"
+      timeout 120 $B bench serve --base-url http://127.0.0.1:8089 --model random-llama-3.1-8b-bench \
+        --tokenizer /tmp/synthetic-tokenizer.json --num-prompts 200 --random-input-len 512 \
+        --random-output-len 128 --ignore-eos --request-rate 64 --temperature 0.8 --extra-body '{"top_p": 0.95}' 2>&1 \
+        | grep -E "Request throughput|Output token|P50 TTFT|P99 TTFT|P50 TPOT|P99 TPOT" | tee -a "$OUT/pdl.txt"
+    done
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  done
 fi
