@@ -760,12 +760,7 @@ impl CudaBackend {
         {
             return n;
         }
-        // SAFETY: as in `launch_clustered`: a plain C struct, all-zero is valid.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = 1;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = cluster_z;
+        let mut attr = cluster_attribute(cluster_z);
         let config = sys::CUlaunchConfig {
             gridDimX: 1,
             gridDimY: 1,
@@ -831,7 +826,7 @@ impl CudaBackend {
         // shared buffers (kernels/common.cuh). Stream capture records the programmatic
         // edge, so graph replays keep the overlap.
         // SAFETY: a plain C struct (id, padding, a union of plain values): all-zero is a
-        // valid value, and the two fields PDL needs are set below.
+        // valid value; PDL sets its field below, and a cluster size replaces an entry.
         let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
         let mut n = 0;
         if self.pdl {
@@ -841,10 +836,7 @@ impl CudaBackend {
             n += 1;
         }
         if cluster_z > 1 {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[n].value.clusterDim.x = 1;
-            attrs[n].value.clusterDim.y = 1;
-            attrs[n].value.clusterDim.z = cluster_z;
+            attrs[n] = cluster_attribute(cluster_z);
             n += 1;
         }
         let config = sys::CUlaunchConfig {
@@ -877,6 +869,18 @@ impl Drop for CudaBackend {
             }
         }
     }
+}
+
+/// The launch attribute that groups `z` consecutive blocks along z into one cluster.
+fn cluster_attribute(z: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: a plain C struct (id, padding, a union of plain values): all-zero is a valid
+    // value, and the fields a cluster dimension needs are set below.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = 1;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = z;
+    attr
 }
 
 pub(crate) fn cuda_buf(t: &Tensor) -> Result<&CudaBuffer> {
