@@ -800,6 +800,7 @@ fn decode_attention_matches_the_cpu() {
     };
     for cluster in [16, 0] {
         let in_force = backend.set_decode_cluster_max(cluster);
+        let merges_before = backend.cluster_merges();
         for (i, case) in cases.iter().enumerate() {
             for q_amp in [1.0, 4.0] {
                 let e = attention_case_q(&g, DType::BF16, case, q_amp, &mut rng);
@@ -812,6 +813,14 @@ fn decode_attention_matches_the_cpu() {
                 );
             }
         }
+        // Each setting took the path it names: clusters where allowed (sm_90), none
+        // with size 0.
+        let merges = backend.cluster_merges() - merges_before;
+        assert_eq!(
+            merges > 0,
+            in_force > 1,
+            "{merges} cluster merges with clusters up to {in_force}"
+        );
     }
     backend.set_decode_cluster_max(16);
 }

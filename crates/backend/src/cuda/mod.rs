@@ -22,7 +22,7 @@ mod readback;
 mod sample;
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as drv, sys, CudaContext};
@@ -204,9 +204,11 @@ pub struct CudaBackend {
     /// (sm_90+; 0: always the merge kernel). `SLUICE_DECODE_CLUSTER=0` turns it off,
     /// `SLUICE_DECODE_CLUSTER_MAX` sets it (above 8 needs the non-portable sizes the
     /// loader allows on the decode kernels).
-    decode_cluster_max: std::sync::atomic::AtomicUsize,
+    decode_cluster_max: AtomicUsize,
     /// What the kernels allow (`Kernels::decode_cluster_limit`).
     decode_cluster_limit: usize,
+    /// Decode-attention launches whose splits merged in a cluster so far (for tests).
+    cluster_merges: AtomicU64,
     /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size), asked once each.
     active_clusters: Mutex<std::collections::HashMap<(usize, u32), usize>>,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
@@ -309,7 +311,7 @@ impl CudaBackend {
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
-            decode_cluster_max: std::sync::atomic::AtomicUsize::new(
+            decode_cluster_max: AtomicUsize::new(
                 if std::env::var("SLUICE_DECODE_CLUSTER").map_or(true, |v| v != "0") {
                     env_usize("SLUICE_DECODE_CLUSTER_MAX", DECODE_CLUSTER_MAX).min(cluster_limit)
                 } else {
@@ -318,6 +320,7 @@ impl CudaBackend {
             ),
             decode_cluster_limit: cluster_limit,
             active_clusters: Mutex::new(std::collections::HashMap::new()),
+            cluster_merges: AtomicU64::new(0),
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),
@@ -378,6 +381,12 @@ impl CudaBackend {
         let n = n.min(self.decode_cluster_limit);
         self.decode_cluster_max.store(n, Ordering::SeqCst);
         n
+    }
+
+    /// How many decode-attention launches merged their key splits in a thread-block
+    /// cluster so far (see `set_decode_cluster_max`).
+    pub fn cluster_merges(&self) -> u64 {
+        self.cluster_merges.load(Ordering::SeqCst)
     }
 
     /// How many GEMM inputs came from a staged bf16 copy instead of a conversion (see
@@ -751,13 +760,12 @@ impl CudaBackend {
     /// on the device at once (0 if the driver cannot place one, or does not answer).
     fn max_active_clusters(&self, f: sys::CUfunction, cluster_z: u32, block: u32) -> usize {
         let key = (f as usize, cluster_z);
-        if let Some(&n) = self
+        let known = self
             .active_clusters
             .lock()
             .ok()
-            .and_then(|m| m.get(&key).copied())
-            .as_ref()
-        {
+            .and_then(|m| m.get(&key).copied());
+        if let Some(n) = known {
             return n;
         }
         let mut attr = cluster_attribute(cluster_z);

@@ -1084,6 +1084,9 @@ impl CudaBackend {
                 if cluster { splits as u32 } else { 1 },
             )?;
             // Merged already: no merge kernel below.
+            if cluster {
+                self.cluster_merges.fetch_add(1, Ordering::SeqCst);
+            }
             (if cluster { 1 } else { splits }, partial, staged)
         } else {
             // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
