@@ -10,7 +10,9 @@
 
 use std::time::Instant;
 
+use sluice_backend::cpu::attention::KV_CACHE_DTYPES;
 use sluice_backend::cpu::CpuFeatures;
+use sluice_backend::quant::fp8::e4m3_row_from_f32;
 use sluice_backend::quant::quantize_row;
 use sluice_backend::{AttentionParams, DType, Device, PagedAttentionMeta, Tensor};
 
@@ -76,13 +78,18 @@ fn main() {
             softcap: None,
         };
         let mut reference: Vec<f32> = Vec::new();
-        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0] {
+        for dtype in KV_CACHE_DTYPES {
             let shape = [num_blocks, kv, bs, hd];
             let store = |vals: &[f32]| {
                 let rb = dtype.row_bytes(hd);
                 let mut bytes = vec![0u8; vals.len() / hd * rb];
                 for (src, dst) in vals.chunks_exact(hd).zip(bytes.chunks_exact_mut(rb)) {
-                    quantize_row(dtype, src, dst).unwrap();
+                    if dtype == DType::F8E4M3 {
+                        // The FP8 cache has no scale (quantize_row refuses F8E4M3).
+                        e4m3_row_from_f32(src, dst);
+                    } else {
+                        quantize_row(dtype, src, dst).unwrap();
+                    }
                 }
                 Tensor::from_bytes_cpu(dtype, &shape, &bytes).unwrap()
             };

@@ -169,6 +169,11 @@ pub enum DeviceGraph {
 /// The element type of activations on a device.
 pub const ACTIVATION_DTYPE: DType = DType::F32;
 
+/// The KV cache dtypes the CUDA backend's `kv_write` and attention kernels handle: f32,
+/// bf16 (its default) and F8E4M3 (FP8 codes with no scale, as on the CPU). The CPU reads
+/// more (`cpu::attention::KV_CACHE_DTYPES`); F16 and Q8_0 caches are CPU-only for now.
+pub const CUDA_KV_CACHE_DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F8E4M3];
+
 #[derive(Clone)]
 pub enum Device {
     Cpu(Arc<CpuBackend>),
@@ -232,11 +237,12 @@ impl Device {
     }
 
     /// Whether this device's attention reads a KV cache of `dtype` (the CPU reads every
-    /// type `--kv-cache-dtype` offers; the CUDA kernels read bf16 and f32).
+    /// type `--kv-cache-dtype` offers, `cpu::attention::KV_CACHE_DTYPES`; the CUDA
+    /// kernels read f32, bf16 and fp8 (E4M3, unscaled): [`CUDA_KV_CACHE_DTYPES`]).
     pub fn supports_kv_dtype(&self, dtype: DType) -> bool {
         match self {
             Device::Cpu(_) => true,
-            Device::Cuda(_) => matches!(dtype, DType::F32 | DType::BF16),
+            Device::Cuda(_) => CUDA_KV_CACHE_DTYPES.contains(&dtype),
         }
     }
 

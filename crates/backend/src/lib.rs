@@ -14,7 +14,7 @@ pub mod tensor;
 pub use cuda::CudaWeightType;
 pub use device::{
     AttentionParams, Device, DeviceGraph, IdsReadback, KvWrite, PagedAttentionMeta, QkvDims,
-    RopeStyle, ACTIVATION_DTYPE,
+    RopeStyle, ACTIVATION_DTYPE, CUDA_KV_CACHE_DTYPES,
 };
 pub use dtype::DType;
 pub use error::{BackendError, Result};

@@ -5,11 +5,14 @@
 //!
 //! The reference reads the cache's *stored* values (dequantized), so the tolerance
 //! measures the kernel's arithmetic; `quantized_cache_error_vs_f32` separately bounds
-//! what the storage format itself costs against an f32 cache.
+//! what the storage format itself costs against an f32 cache. The FP8 (E4M3, unscaled)
+//! cache must also give bit for bit the output of an F32 cache holding the same
+//! E4M3-rounded values (`fp8_cache_equals_f32_cache_of_rounded_values`).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_backend::cpu::{CpuBackend, CpuFeatures};
+use sluice_backend::quant::fp8::{e4m3_from_f32, e4m3_to_f32};
 use sluice_backend::quant::{dequantize_row, quantize_row};
 use sluice_backend::{AttentionParams, DType, Device, PagedAttentionMeta, Tensor};
 use std::sync::Arc;
@@ -22,7 +25,39 @@ fn kernel_tolerance(_dtype: DType) -> f64 {
 }
 
 /// The KV cache dtypes attention reads.
-const KV_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0];
+const KV_DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::F8E4M3,
+];
+
+/// The dtypes with one element per block (any head_dim).
+const PLAIN_KV_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F8E4M3];
+
+/// One cache row of `dtype` from f32 values. The FP8 cache has no scale, so its codes
+/// are `e4m3(x)` (`quantize_row` refuses F8E4M3: its weights carry a scale).
+fn encode_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    if dtype == DType::F8E4M3 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = e4m3_from_f32(x);
+        }
+    } else {
+        quantize_row(dtype, src, dst).unwrap();
+    }
+}
+
+/// The values one cache row of `dtype` holds.
+fn decode_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    if dtype == DType::F8E4M3 {
+        for (d, &c) in dst.iter_mut().zip(src) {
+            *d = e4m3_to_f32(c);
+        }
+    } else {
+        dequantize_row(dtype, src, dst).unwrap();
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum MaskKind {
@@ -58,8 +93,8 @@ fn store(dtype: DType, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
         .zip(bytes.chunks_exact_mut(row_bytes))
         .zip(back.chunks_exact_mut(hd))
     {
-        quantize_row(dtype, src, dst).unwrap();
-        dequantize_row(dtype, dst, b).unwrap();
+        encode_row(dtype, src, dst);
+        decode_row(dtype, dst, b);
     }
     (Tensor::from_bytes_cpu(dtype, shape, &bytes).unwrap(), back)
 }
@@ -326,7 +361,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Head dims that are not multiples of 32 (F32/F16/BF16 only: Q8_0 needs whole blocks).
+/// Head dims that are not multiples of 32 (not Q8_0, which needs whole blocks).
 fn odd_dim_cases() -> Vec<Case> {
     vec![
         Case {
@@ -377,7 +412,7 @@ fn paged_attention_matches_naive_reference() {
             );
         }
     }
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
+    for dtype in PLAIN_KV_DTYPES {
         for (i, c) in odd_dim_cases().iter().enumerate() {
             check(
                 c,
@@ -403,14 +438,16 @@ fn custom_mask_matches_naive_reference() {
             );
         }
     }
-    for (i, c) in odd_dim_cases().iter().enumerate() {
-        check(
-            c,
-            MaskKind::Random,
-            DType::F32,
-            400 + i as u64,
-            &format!("odd {i}"),
-        );
+    for dtype in [DType::F32, DType::F8E4M3] {
+        for (i, c) in odd_dim_cases().iter().enumerate() {
+            check(
+                c,
+                MaskKind::Random,
+                dtype,
+                400 + i as u64,
+                &format!("odd {i}"),
+            );
+        }
     }
 }
 
@@ -471,11 +508,13 @@ fn custom_mask_of_wrong_length_is_an_error() {
 /// reference over the original f32 values (inputs uniform in [-1, 1]).
 #[test]
 fn quantized_cache_error_vs_f32() {
-    // F16 keeps 11 significant bits, BF16 8, Q8_0 about 7 relative to the block max.
+    // F16 keeps 11 significant bits, BF16 8, Q8_0 about 7 relative to the block max,
+    // F8E4M3 4 (relative error up to 2^-4 per element; below 2^-6 an absolute 2^-10).
     let bound = |d: DType| match d {
         DType::F32 => 1e-4,
         DType::F16 => 2e-3,
         DType::BF16 => 1.5e-2,
+        DType::F8E4M3 => F8_BOUND,
         _ => 3e-2,
     };
     for dtype in KV_DTYPES {
@@ -522,7 +561,7 @@ fn kv_write_round_trips_every_dtype() {
                 let mut written = 0usize;
                 for r in 0..num_blocks * n_kv * bs {
                     let (b, h, off) = (r / (n_kv * bs), r / bs % n_kv, r % bs);
-                    dequantize_row(dtype, &bytes[r * rb..(r + 1) * rb], &mut got).unwrap();
+                    decode_row(dtype, &bytes[r * rb..(r + 1) * rb], &mut got);
                     let slot = (b * bs + off) as i32;
                     let Some(tok) = slots.iter().position(|&s| s == slot) else {
                         assert!(got.iter().all(|&x| x == 0.0), "{dtype}: stray write at {r}");
@@ -530,6 +569,13 @@ fn kv_write_round_trips_every_dtype() {
                     };
                     written += 1;
                     let want = &src[tok * row + h * hd..tok * row + (h + 1) * hd];
+                    if dtype == DType::F8E4M3 {
+                        // The codes themselves: e4m3(x), no scale.
+                        let codes = &bytes[r * rb..(r + 1) * rb];
+                        for (&c, &w) in codes.iter().zip(want) {
+                            assert_eq!(c, e4m3_from_f32(w), "{name}: row {r}: {w}");
+                        }
+                    }
                     for (blk, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
                         let amax = w.iter().fold(0f32, |a, x| a.max(x.abs()));
                         for (&g, &w) in g.iter().zip(w) {
@@ -537,6 +583,9 @@ fn kv_write_round_trips_every_dtype() {
                                 DType::F32 => 0.0,
                                 DType::F16 => w.abs() * 2f32.powi(-11) + 6e-8,
                                 DType::BF16 => w.abs() * 2f32.powi(-8),
+                                // Half a step: 2^-4 relative when normal (|w| >= 2^-6),
+                                // 2^-10 absolute among the subnormals.
+                                DType::F8E4M3 => (w.abs() * 2f32.powi(-4)).max(2f32.powi(-10)),
                                 // Half a quantization step, plus the f16 rounding of
                                 // the scale (relative 2^-11) at the block max.
                                 _ => amax / 127.0 * 0.5 + amax * 2f32.powi(-10),
@@ -557,4 +606,117 @@ fn kv_write_round_trips_every_dtype() {
     let mut bad_v = Tensor::zeros_cpu(DType::Q4_0, &[2, n_kv, bs, hd]).unwrap();
     let dev = &devices()[0].1;
     assert!(dev.kv_write(&kt, &vt, &mut bad, &mut bad_v, &st).is_err());
+}
+
+/// Largest attention error of the FP8 cache vs an exact f32 cache, inputs in [-1, 1].
+/// One element in [0.5, 1) is off by up to half its step, 2^-5 = 0.031, which a row that
+/// sees a single key (case 3, window 1) passes straight through (measured 3.1e-2; 2.3 to
+/// 3.2e-2 in the other cases); the bound leaves room for the scores' rounding on top.
+/// Truncating instead of rounding would err by up to 2^-4.
+const F8_BOUND: f64 = 0.05;
+
+/// Values over E4M3's whole range: magnitudes 2^-12 (below the smallest subnormal)
+/// to 2^`max_exp`, so with `max_exp` > 8 some saturate at ±448, and a few exact ties.
+fn wide_values(rng: &mut ChaCha8Rng, n: usize, max_exp: i32) -> Vec<f32> {
+    (0..n)
+        .map(|i| match i % 97 {
+            0 => 1.0625,                // tie between 1 and 1.125: rounds to 1
+            1 => -3.0 * 2f32.powi(-10), // subnormal tie: rounds to -2^-8
+            2 => 1e6,                   // saturates
+            _ => {
+                let e = rng.random_range(-12..=max_exp);
+                (rng.random::<f32>() * 2.0 - 1.0) * 2f32.powi(e)
+            }
+        })
+        .collect()
+}
+
+/// Attention over an F8E4M3 cache equals, bit for bit, attention over an F32 cache
+/// holding the same E4M3-rounded values: the kernel's only FP8 work is the exact decode.
+/// Odd shapes, GQA/MQA/MHA, prefill chunks with decodes, scrambled large block ids,
+/// windows, softcapping, random masks, every SIMD path.
+#[test]
+fn fp8_cache_equals_f32_cache_of_rounded_values() {
+    let all: Vec<Case> = cases().into_iter().chain(odd_dim_cases()).collect();
+    let (mut saturated, mut subnormal) = (0usize, 0usize);
+    for (i, c) in all.iter().enumerate() {
+        for mask in [MaskKind::None, MaskKind::Random] {
+            let mut inp = inputs(c, mask, 700 + i as u64);
+            let mut rng = ChaCha8Rng::seed_from_u64(800 + i as u64);
+            // Keys up to 2 (scores stay O(10)), values up to 2^10 (beyond 448).
+            inp.kc = wide_values(&mut rng, inp.kc.len(), 1);
+            inp.vc = wide_values(&mut rng, inp.vc.len(), 10);
+            for (name, dev) in devices() {
+                let (got, kvals, vvals) = run_kernel(&inp, DType::F8E4M3, &dev);
+                for v in kvals.iter().chain(&vvals) {
+                    saturated += (v.abs() == 448.0) as usize;
+                    subnormal += (*v != 0.0 && v.abs() < 2f32.powi(-6)) as usize;
+                }
+                let rounded = Inputs {
+                    kc: kvals,
+                    vc: vvals,
+                    ..inputs(c, mask, 700 + i as u64)
+                };
+                assert_eq!(rounded.q, inp.q);
+                let (want, _, _) = run_kernel(&rounded, DType::F32, &dev);
+                let differ = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|(a, b)| !a.is_finite() || a.to_bits() != b.to_bits())
+                    .count();
+                println!("{name} case {i} mask {mask:?}: {differ} outputs differ");
+                assert_eq!(differ, 0, "{name} case {i} mask {mask:?}");
+            }
+        }
+    }
+    // The inputs did reach E4M3's edges.
+    assert!(
+        saturated > 100 && subnormal > 100,
+        "{saturated} {subnormal}"
+    );
+}
+
+/// kv_write to an FP8 cache: round to nearest even, saturate at ±448, keep -0.
+#[test]
+fn kv_write_fp8_rounds_and_saturates() {
+    let vals = [
+        1.0625, // tie: 1.0 (even)
+        1.1875, // tie: 1.25 (even)
+        448.0,
+        460.0, // above 448: saturates (464 would be the tie to the NaN code 480)
+        -1e9,
+        f32::INFINITY,
+        3.0 * 2f32.powi(-10), // subnormal tie: 2^-8
+        2f32.powi(-10),       // tie with 0: 0
+        -0.0,
+        0.3,
+        -17.0, // tie between 16 and 18: 16 (even)
+        2f32.powi(-6),
+        -2f32.powi(-9),
+        100.0,   // tie between 96 and 104: 96 (even)
+        -0.0009, // below half of 2^-9: -0
+        1e-30,
+    ];
+    let want: [u8; 16] = [
+        0x38, 0x3a, 0x7e, 0x7e, 0xfe, 0x7e, 0x02, 0x00, 0x80, 0x2a, 0xd8, 0x08, 0x81, 0x6c, 0x80,
+        0x00,
+    ];
+    let (n_kv, hd, bs) = (1, 16, 4);
+    let k = Tensor::from_f32_cpu(&[1, 16], &vals).unwrap();
+    let v: Vec<f32> = vals.iter().map(|x| -x).collect();
+    let v = Tensor::from_f32_cpu(&[1, 16], &v).unwrap();
+    let st = i32t(&[6], &[1]);
+    for (name, dev) in devices() {
+        let shape = [3, n_kv, bs, hd];
+        let mut kc = dev.zeros(DType::F8E4M3, &shape).unwrap();
+        let mut vc = dev.zeros(DType::F8E4M3, &shape).unwrap();
+        dev.kv_write(&k, &v, &mut kc, &mut vc, &st).unwrap();
+        let (kb, vb) = (kc.cpu_bytes().unwrap(), vc.cpu_bytes().unwrap());
+        // Slot 6 = block 1, offset 2: row 6 of 12.
+        assert_eq!(&kb[6 * hd..7 * hd], &want[..], "{name}");
+        let neg: Vec<u8> = want.iter().map(|c| c ^ 0x80).collect();
+        assert_eq!(&vb[6 * hd..7 * hd], &neg[..], "{name}");
+        assert!(kb[..6 * hd].iter().chain(&kb[7 * hd..]).all(|&b| b == 0));
+        assert!(vb[..6 * hd].iter().chain(&vb[7 * hd..]).all(|&b| b == 0));
+    }
 }

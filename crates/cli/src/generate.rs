@@ -31,9 +31,11 @@ pub struct ModelArgs {
     /// KV cache memory, e.g. `2GiB`, `512MiB` or bytes (default: a quarter of free memory, at most 4 GiB).
     #[arg(long)]
     pub kv_cache_memory: Option<String>,
-    /// KV cache element type: f32 (the CPU default), f16, bf16, or q8_0 (blocks of 32
-    /// int8 with an f16 scale; needs head_dim % 32 == 0). Smaller types fit more tokens
-    /// in --kv-cache-memory; see docs/kv-cache.md for the cost in perplexity and speed.
+    /// KV cache element type: f32 (the CPU default), f16, bf16, q8_0 (blocks of 32
+    /// int8 with an f16 scale; needs head_dim % 32 == 0), or fp8 (E4M3, 1 byte per
+    /// element, no scale: values beyond ±448 saturate). On CUDA: f32, bf16 (its default)
+    /// or fp8. Smaller types fit more tokens in --kv-cache-memory; see docs/kv-cache.md
+    /// for the cost in perplexity and speed.
     #[arg(long, value_name = "DTYPE")]
     pub kv_cache_dtype: Option<String>,
     /// Tokens per KV cache block.

@@ -73,9 +73,9 @@ pub struct EngineConfig {
     /// On a GPU, the fraction of device memory to use; the KV cache gets what the
     /// weights and activations leave (when `kv_cache_memory` is not set).
     pub gpu_memory_utilization: f64,
-    /// KV cache element type (`--kv-cache-dtype`: F32, F16, BF16 or Q8_0 on the CPU);
-    /// None = the device's default (F32 on the CPU). Sets how many tokens
-    /// `kv_cache_memory` holds.
+    /// KV cache element type (`--kv-cache-dtype`: F32, F16, BF16, Q8_0 or F8E4M3 on the
+    /// CPU; F32, BF16 or F8E4M3 on CUDA); None = the device's default (F32 on the CPU).
+    /// Sets how many tokens `kv_cache_memory` holds.
     pub kv_cache_dtype: Option<sluice_backend::DType>,
     /// Replay decode steps from recorded device graphs (CUDA graphs) where the device
     /// supports them; false runs every step op by op (`--enforce-eager`).
@@ -286,12 +286,18 @@ impl LlmEngine {
             .kv_cache_dtype
             .unwrap_or_else(|| model.device().default_kv_dtype());
         if !model.device().supports_kv_dtype(kv_dtype) {
+            let name = sluice_model::kv_cache::kv_cache_dtype_name;
+            let cuda: Vec<String> = sluice_backend::CUDA_KV_CACHE_DTYPES
+                .iter()
+                .map(|&d| name(d))
+                .collect();
             return Err(EngineError::InvalidRequest {
                 message: format!(
                     "--kv-cache-dtype {} is not supported on {} (the CUDA backend keeps its \
-                     KV cache in bf16 or f32; the other types are CPU-only for now)",
-                    kv_dtype.name().to_ascii_lowercase(),
-                    model.device().name()
+                     KV cache in {}; the other types are CPU-only for now)",
+                    name(kv_dtype),
+                    model.device().name(),
+                    cuda.join(", ")
                 ),
                 param: Some("kv_cache_dtype"),
             });

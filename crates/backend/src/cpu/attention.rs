@@ -11,13 +11,14 @@
 //! With a custom mask (`PagedAttentionMeta::custom_mask`, tree/lookahead speculation) a
 //! row scans every new key of its sequence and skips those its mask row hides.
 //!
-//! The cache may hold F32, F16, BF16 or Q8_0 (`--kv-cache-dtype`). Each K or V row is read
-//! once per group and, unless it is F32, converted into an `hd`-float buffer in L1 that
-//! the group's `group` dots (or axpys) then read: the bytes from memory shrink 2x (F16,
-//! BF16) or 3.8x (Q8_0) while the arithmetic stays f32. Measured alternatives
-//! (examples/attention_kv_dtype, docs/kv-cache.md): converting each 16-lane chunk in
-//! registers right before the FMAs was slower for F16 (1.2x) and no faster for Q8_0,
-//! because each K chunk is then converted once per query head. Quantizing q to int8
+//! The cache may hold F32, F16, BF16, Q8_0 or F8E4M3 (`--kv-cache-dtype`; FP8 codes with
+//! no scale). Each K or V row is read once per group and, unless it is F32, converted
+//! into an `hd`-float buffer in L1 that the group's `group` dots (or axpys) then read:
+//! the bytes from memory shrink 2x (F16, BF16), 3.8x (Q8_0) or 4x (F8E4M3, decoded
+//! exactly through a 256-entry table) while the arithmetic stays f32. Measured
+//! alternatives (examples/attention_kv_dtype, docs/kv-cache.md): converting each
+//! 16-lane chunk in registers right before the FMAs was slower for F16 (1.2x) and no
+//! faster for Q8_0, because each K chunk is then converted once per query head. Quantizing q to int8
 //! for integer dots with Q8_0 keys (ggml's way) was not adopted: it adds q's rounding
 //! error, and the kernel is bound by per-key work, not by conversion.
 //!
@@ -36,6 +37,7 @@ use crate::device::{AttentionParams, PagedAttentionMeta};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::quant::blocks::{as_blocks, f16_le, BlockQ8_0, QK};
+use crate::quant::fp8::E4M3_TO_F32;
 use crate::tensor::Tensor;
 
 /// Keys scored per tile.
@@ -71,8 +73,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// The KV cache dtypes attention reads (and `kv_write` writes).
-pub const KV_CACHE_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0];
+/// The KV cache dtypes attention reads (and `kv_write` writes). F8E4M3 here is the
+/// unscaled FP8 cache (a code is its value, `quant::fp8`), not the scaled FP8 weights.
+pub const KV_CACHE_DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::F8E4M3,
+];
 
 /// A K or V cache `[num_blocks, n_kv_heads, block_size, head_dim]` viewed in place.
 #[derive(Clone, Copy)]
@@ -84,6 +93,8 @@ enum KvView<'a> {
     BF16(&'a [u16]),
     /// `head_dim / 32` blocks per row.
     Q8_0(&'a [BlockQ8_0]),
+    /// E4M3 codes, one byte per element, no scale.
+    F8E4M3(&'a [u8]),
 }
 
 /// `dst = f16 src`, 8 at a time with F16C `vcvtph2ps`.
@@ -151,6 +162,7 @@ impl<'a> KvView<'a> {
             DType::F16 => KvView::F16(u16s(t.cpu_bytes()?)?),
             DType::BF16 => KvView::BF16(u16s(t.cpu_bytes()?)?),
             DType::Q8_0 => KvView::Q8_0(as_blocks(t.cpu_bytes()?)?),
+            DType::F8E4M3 => KvView::F8E4M3(t.cpu_bytes()?),
             other => {
                 return Err(BackendError::Unsupported {
                     op: "paged_attention (KV cache dtype)",
@@ -207,6 +219,12 @@ impl<'a> KvView<'a> {
                     for (x, &q) in dst.iter_mut().zip(&b.qs) {
                         *x = d * q as f32;
                     }
+                }
+            }
+            KvView::F8E4M3(c) => {
+                // A table lookup per element (1 KiB, stays in L1).
+                for (d, &s) in buf.iter_mut().zip(&c[r * hd..(r + 1) * hd]) {
+                    *d = E4M3_TO_F32[s as usize];
                 }
             }
         }

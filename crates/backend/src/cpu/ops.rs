@@ -5,8 +5,9 @@
 
 use super::CpuBackend;
 use crate::device::RopeStyle;
+use crate::dtype::DType;
 use crate::error::{BackendError, Result};
-use crate::quant;
+use crate::quant::{self, fp8};
 use crate::tensor::Tensor;
 
 /// Gated activations for the FFN.
@@ -378,7 +379,8 @@ impl CpuBackend {
 
     /// Writes this step's K/V rows into the paged caches, converting to the cache dtype
     /// (F32 copy; F16/BF16 round to nearest even; Q8_0 per-32-element blocks with an
-    /// f16 scale, ggml's `quantize_row_q8_0_ref`).
+    /// f16 scale, ggml's `quantize_row_q8_0_ref`; F8E4M3 round to nearest even,
+    /// saturating to ±448, no scale).
     pub fn kv_write(
         &self,
         k: &Tensor,
@@ -427,6 +429,13 @@ impl CpuBackend {
             for h in 0..n_kv {
                 let dst = ((b * n_kv + h) * block_size + off) * rb;
                 let src = t * row + h * hd;
+                if dtype == DType::F8E4M3 {
+                    // Unscaled codes; `quantize_row` refuses F8E4M3, whose weights carry a
+                    // per-tensor scale (cuda/fp8.rs).
+                    fp8::e4m3_row_from_f32(&ks[src..src + hd], &mut kc[dst..dst + rb]);
+                    fp8::e4m3_row_from_f32(&vs[src..src + hd], &mut vc[dst..dst + rb]);
+                    continue;
+                }
                 quant::quantize_row(dtype, &ks[src..src + hd], &mut kc[dst..dst + rb])?;
                 quant::quantize_row(dtype, &vs[src..src + hd], &mut vc[dst..dst + rb])?;
             }

@@ -54,45 +54,8 @@ pub const E4M3_MAX: f32 = 448.0;
 /// Bytes behind an FP8 weight's codes: its f32 scale, padded to 16.
 pub const SCALE_BYTES: usize = 16;
 
-/// f32 to E4M3: round to nearest even, saturate to ±448 (infinities included), NaN to
-/// `0x7F` with the input's sign. The device's `fp8_from_f32` (kernels/fp8.cu) is the same
-/// arithmetic, so host and device quantize bit for bit alike.
-pub fn e4m3_from_f32(f: f32) -> u8 {
-    let u = f.to_bits();
-    let sign = ((u >> 24) & 0x80) as u8;
-    let a = u & 0x7fff_ffff;
-    let code = if a > 0x7f80_0000 {
-        0x7f
-    } else if a >= 0x43e0_0000 {
-        // |f| >= 448: the next code up (480) is NaN, so everything above saturates.
-        0x7e
-    } else if a >= 0x3c80_0000 {
-        // Normal (|f| >= 2^-6): round the mantissa to 3 bits (a carry bumps the exponent),
-        // then rebias the exponent from 127 to 7.
-        ((a + 0x7ffff + ((a >> 20) & 1)) >> 20) - (120 << 3)
-    } else {
-        // Subnormal: a multiple of 2^-9 (0..=8; 8 is the smallest normal, code 0x08).
-        // Adding 2^14 (ulp 2^-9) lets the float addition round to nearest even.
-        (f32::from_bits(a) + 16384.0).to_bits() - 0x4680_0000
-    };
-    code as u8 | sign
-}
-
-/// E4M3 to f32 (exact). NaN codes (`0x7F`, `0xFF`) give NaN.
-pub fn e4m3_to_f32(code: u8) -> f32 {
-    let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
-    let e = i32::from((code >> 3) & 0xf);
-    let m = f32::from(code & 7);
-    if e == 15 && code & 7 == 7 {
-        return f32::NAN;
-    }
-    let v = if e == 0 {
-        m * (-9f32).exp2()
-    } else {
-        (1.0 + m / 8.0) * ((e - 7) as f32).exp2()
-    };
-    sign * v
-}
+/// The scalar E4M3 codec lives in `quant::fp8` (the CPU's FP8 KV cache uses it too).
+pub use crate::quant::fp8::{e4m3_from_f32, e4m3_to_f32};
 
 /// The per-tensor scale for a largest magnitude `amax`: `amax / 448`, or 1 when that is
 /// not a normal finite number (an all-zero tensor, or a non-finite value in it). The
@@ -621,21 +584,9 @@ impl CudaBackend {
 mod tests {
     use super::*;
 
+    // The codec's own tests (every code, saturation, ties) are in quant/fp8.rs.
     #[test]
-    fn codes_round_trip_and_boundaries() {
-        for c in 0..=255u8 {
-            let v = e4m3_to_f32(c);
-            if v.is_nan() {
-                assert_eq!(c & 0x7f, 0x7f);
-                assert_eq!(e4m3_from_f32(v) & 0x7f, 0x7f);
-            } else {
-                assert_eq!(e4m3_from_f32(v), c, "code {c:#04x} = {v}");
-            }
-        }
-        assert_eq!(e4m3_to_f32(0x7e), 448.0);
-        assert_eq!(e4m3_to_f32(0x01), (-9f32).exp2());
-        assert_eq!(e4m3_from_f32(1e9), 0x7e);
-        assert_eq!(e4m3_from_f32(f32::NEG_INFINITY), 0xfe);
+    fn tensor_scale_boundaries() {
         assert_eq!(tensor_scale(0.0), 1.0);
         assert_eq!(tensor_scale(448.0), 1.0);
         assert_eq!(tensor_scale(f32::INFINITY), 1.0);

@@ -1,9 +1,11 @@
 //! Block-quantized formats (ggml-compatible): layouts, scalar reference dequantization
 //! and quantization. The matmul kernels (`cpu::matmul`, `cpu::simd`) consume these
-//! layouts in place; they never dequantize a whole tensor.
+//! layouts in place; they never dequantize a whole tensor. `fp8` holds the scalar E4M3
+//! codec (GPU FP8 weights, FP8 KV cache).
 
 pub mod blocks;
 mod dequant;
+pub mod fp8;
 mod quantize;
 mod quantize_k;
 
@@ -50,7 +52,8 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
                 *d = bf16::from_le_bytes([s[0], s[1]]).to_f32();
             }
         }
-        // F8E4M3 rows mean nothing without their tensor's scale (a GPU-only type).
+        // F8E4M3 weight rows mean nothing without their tensor's scale (cuda/fp8.rs); the
+        // unscaled FP8 KV cache converts its rows with `fp8` directly.
         DType::I32 | DType::F8E4M3 => {
             return Err(BackendError::Unsupported {
                 op: "dequantize",
