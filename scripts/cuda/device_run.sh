@@ -32,7 +32,7 @@ run_tests() {
     echo "=== test $t"
     # Full logs stay on the machine (the device tool returns at most 8 files); what is
     # printed also goes to $OUT/tests.txt.
-    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$LOGS/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation" | tee -a "$OUT/tests.txt"; then
+    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$LOGS/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation|identical" | tee -a "$OUT/tests.txt"; then
       status=1
     fi
     grep -q "test result: ok" "$LOGS/test-$t.log" || { echo "FAILED: $t" | tee -a "$OUT/tests.txt"; grep -A3 panicked "$LOGS/test-$t.log" | tee -a "$OUT/tests.txt"; status=1; }

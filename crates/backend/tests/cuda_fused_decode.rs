@@ -662,7 +662,7 @@ fn glu_gemv_matches_norm_gemv_then_glu() {
 
 /// RoPE and the cache write in the stacked Q/K/V GEMV's epilogue, against
 /// `rms_norm_matmul` then `split_qkv_rope`: both RoPE styles, GQA and MHA, head dims 64
-/// and 128, bf16 and f32 caches, a slot in a high block and a skipped (negative) slot.
+/// and 128, bf16, f32 and FP8 caches, a slot in a high block and a skipped (negative) slot.
 #[test]
 fn qkv_rope_gemv_matches_norm_gemv_then_split() {
     use sluice_backend::{KvWrite, QkvDims, RopeStyle, Tensor};
@@ -676,6 +676,8 @@ fn qkv_rope_gemv_matches_norm_gemv_then_split() {
         (14, 2, 64, 896, RopeStyle::Neox, DType::BF16, 17),
         (6, 1, 128, 200, RopeStyle::Interleaved, DType::BF16, -1),
         (9, 3, 64, 576, RopeStyle::Neox, DType::F32, 1000),
+        (32, 8, 128, 4096, RopeStyle::Neox, DType::F8E4M3, 2222),
+        (9, 3, 64, 576, RopeStyle::Interleaved, DType::F8E4M3, 5),
     ];
     for (nh, nkv, hd, k, style, kv_dtype, slot) in cases {
         let m = (nh + 2 * nkv) * hd;
@@ -740,6 +742,14 @@ fn qkv_rope_gemv_matches_norm_gemv_then_split() {
             }
             let cache = |t: &Tensor| match kv_dtype {
                 DType::BF16 => bf16_bits_to_f32(&down16(&g, t)),
+                DType::F8E4M3 => g
+                    .download(t)
+                    .unwrap()
+                    .cpu_bytes()
+                    .unwrap()
+                    .iter()
+                    .map(|&b| sluice_backend::quant::fp8::e4m3_to_f32(b))
+                    .collect(),
                 _ => down(&g, t),
             };
             results.push([
@@ -753,11 +763,12 @@ fn qkv_rope_gemv_matches_norm_gemv_then_split() {
         let what =
             format!("qkv rope nh={nh} nkv={nkv} hd={hd} k={k} {style:?} {kv_dtype} slot {slot}");
         for (i, name) in ["q", "k", "v", "k cache", "v cache"].iter().enumerate() {
-            // bf16 caches: one rounding of values that agree to 1e-5 may differ by an ulp.
-            let tol = if i >= 3 && kv_dtype == DType::BF16 {
-                8e-3
-            } else {
-                1e-5
+            // 16- and 8-bit caches: one rounding of values that agree to 1e-5 may differ by
+            // an ulp (bf16: 2^-8 of the value, FP8 E4M3: 2^-3).
+            let tol = match kv_dtype {
+                DType::BF16 if i >= 3 => 8e-3,
+                DType::F8E4M3 if i >= 3 => 0.13,
+                _ => 1e-5,
             };
             check(
                 &format!("{what}: {name}"),

@@ -11,7 +11,8 @@
 //! - 16-bit weights through our GEMV (f32 activations): 1e-5 relative to the f64 sum of
 //!   the same 16-bit weights;
 //! - 16-bit weights through cuBLASLt (activations rounded to bf16/f16): 1e-2;
-//! - attention over a bf16 KV cache (K/V rounded to bf16): 2e-2; over f32: 1e-5.
+//! - attention over a bf16 KV cache (K/V rounded to bf16): 2e-2; over f32: 1e-5; over
+//!   FP8 (E4M3) on both devices (the same codes; f16 products on the GPU): 2e-2.
 
 mod cuda_common;
 
@@ -341,7 +342,9 @@ struct AttnCase {
     seqs: Vec<(usize, usize)>,
 }
 
-/// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`.
+/// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`
+/// (an FP8 cache is FP8 on both, and both must write the same codes: the CPU then
+/// attends over exactly the GPU's K/V values).
 fn attention_case(g: &Device, kv: DType, case: &AttnCase, rng: &mut ChaCha8Rng) -> f64 {
     attention_case_q(g, kv, case, 1.0, rng)
 }
@@ -391,8 +394,9 @@ fn attention_case_q(
     let kv_k = rnd(rng, total * kvd, 1.0);
     let kv_v = rnd(rng, total * kvd, 1.0);
     let shape = [num_blocks, nkv, bs, hd];
-    let mut ck = c.zeros(DType::F32, &shape).unwrap();
-    let mut cv = c.zeros(DType::F32, &shape).unwrap();
+    let cpu_kv = if kv == DType::F8E4M3 { kv } else { DType::F32 };
+    let mut ck = c.zeros(cpu_kv, &shape).unwrap();
+    let mut cv = c.zeros(cpu_kv, &shape).unwrap();
     let mut gk = g.zeros(kv, &shape).unwrap();
     let mut gv = g.zeros(kv, &shape).unwrap();
     c.kv_write(
@@ -411,6 +415,15 @@ fn attention_case_q(
         &up_i32(g, &slots),
     )
     .unwrap();
+    if kv == DType::F8E4M3 {
+        for (name, got, want) in [("k", &gk, &ck), ("v", &gv, &cv)] {
+            let got = g.download(got).unwrap();
+            assert!(
+                got.cpu_bytes().unwrap() == want.cpu_bytes().unwrap(),
+                "FP8 {name} cache codes differ between the GPU and the CPU"
+            );
+        }
+    }
     let t = *qs.last().unwrap() as usize;
     let qv = rnd(rng, t * nh * hd, q_amp);
     let params = AttentionParams {
@@ -520,7 +533,8 @@ fn check_staged_attention_output(g: &Device, kv: DType, case: &AttnCase, out: &T
         return;
     };
     let (t, width) = (out.rows(), out.cols());
-    let staged = kv == DType::BF16 && matches!(case.hd, 64 | 128) && t > 4;
+    let tensor_core_kv = matches!(kv, DType::BF16 | DType::F8E4M3);
+    let staged = tensor_core_kv && matches!(case.hd, 64 | 128) && t > 4;
     let uses = backend.staged_gemm_inputs();
     let mut got = poisoned(g, &[t, 24]);
     g.matmul(out, w, &mut got).unwrap();
@@ -536,6 +550,17 @@ fn check_staged_attention_output(g: &Device, kv: DType, case: &AttnCase, out: &T
         "staged copy taken (t {t}, hd {})",
         case.hd
     );
+}
+
+/// Attention's tolerance for a KV cache type: f32 1e-5; bf16 2e-2 (the K/V values
+/// rounded to bf16); FP8 2e-2 too, because the CPU reads the same FP8 values and only the
+/// GPU's f16 tensor-core products (q and p rounded to f16) differ.
+fn kv_tolerance(kv: DType) -> f64 {
+    if kv == DType::F32 {
+        1e-5
+    } else {
+        2e-2
+    }
 }
 
 #[test]
@@ -618,9 +643,9 @@ fn paged_attention_matches_the_cpu() {
         },
     ];
     for (i, case) in cases.iter().enumerate() {
-        for kv in [DType::F32, DType::BF16] {
+        for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
             let e = attention_case(&g, kv, case, &mut rng);
-            let tol = if kv == DType::F32 { 1e-5 } else { 2e-2 };
+            let tol = kv_tolerance(kv);
             eprintln!("attention case {i} kv {kv}: rel err {e:.2e} (tol {tol:.0e})");
             assert!(e <= tol, "attention case {i} kv {kv}: {e:.3e} > {tol:.0e}");
         }
@@ -722,9 +747,9 @@ fn prefill_attention_matches_the_cpu() {
     ];
     for (i, case) in cases.iter().enumerate() {
         for q_amp in [1.0, 4.0] {
-            for kv in [DType::F32, DType::BF16] {
+            for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
                 let e = attention_case_q(&g, kv, case, q_amp, &mut rng);
-                let tol = if kv == DType::F32 { 1e-5 } else { 2e-2 };
+                let tol = kv_tolerance(kv);
                 eprintln!(
                     "prefill case {i} q_amp {q_amp} kv {kv}: rel err {e:.2e} (tol {tol:.0e})"
                 );
@@ -803,14 +828,16 @@ fn decode_attention_matches_the_cpu() {
         let merges_before = backend.cluster_merges();
         for (i, case) in cases.iter().enumerate() {
             for q_amp in [1.0, 4.0] {
-                let e = attention_case_q(&g, DType::BF16, case, q_amp, &mut rng);
-                eprintln!(
-                    "decode case {i} q_amp {q_amp} clusters up to {in_force}: rel err {e:.2e} (tol 2e-2)"
-                );
-                assert!(
-                    e <= 2e-2,
-                    "decode case {i} q_amp {q_amp} cluster {in_force}: {e:.3e} > 2e-2"
-                );
+                for kv in [DType::BF16, DType::F8E4M3] {
+                    let e = attention_case_q(&g, kv, case, q_amp, &mut rng);
+                    eprintln!(
+                        "decode case {i} q_amp {q_amp} kv {kv} clusters up to {in_force}: rel err {e:.2e} (tol 2e-2)"
+                    );
+                    assert!(
+                        e <= 2e-2,
+                        "decode case {i} q_amp {q_amp} kv {kv} cluster {in_force}: {e:.3e} > 2e-2"
+                    );
+                }
             }
         }
         // Each setting took the path it names: clusters where allowed (sm_90), none
@@ -945,7 +972,12 @@ fn fused_projection_ops_match_the_cpu() {
             let mut cv = c.zeros(DType::F32, &shape).unwrap();
             c.kv_write(&wk[0], &wv[0], &mut ck, &mut cv, &host_i32(&slots))
                 .unwrap();
-            for (kv_dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+            // FP8: 3 mantissa bits, so half an ulp is up to 2^-4 of the value.
+            for (kv_dtype, tol) in [
+                (DType::F32, 1e-5),
+                (DType::BF16, 1e-2),
+                (DType::F8E4M3, 6.5e-2),
+            ] {
                 let mut gkc = g.zeros(kv_dtype, &shape).unwrap();
                 let mut gvc = g.zeros(kv_dtype, &shape).unwrap();
                 let gslots = up_i32(&g, &slots);
@@ -968,12 +1000,18 @@ fn fused_projection_ops_match_the_cpu() {
                 for (name, got, want) in [("k cache", &gkc, &ck), ("v cache", &gvc, &cv)] {
                     let got = g.download(got).unwrap();
                     let mut gf = vec![0f32; got.numel()];
-                    sluice_backend::quant::dequantize_row(
-                        kv_dtype,
-                        got.cpu_bytes().unwrap(),
-                        &mut gf,
-                    )
-                    .unwrap();
+                    if kv_dtype == DType::F8E4M3 {
+                        for (o, &b) in gf.iter_mut().zip(got.cpu_bytes().unwrap()) {
+                            *o = sluice_backend::quant::fp8::e4m3_to_f32(b);
+                        }
+                    } else {
+                        sluice_backend::quant::dequantize_row(
+                            kv_dtype,
+                            got.cpu_bytes().unwrap(),
+                            &mut gf,
+                        )
+                        .unwrap();
+                    }
                     check(
                         &format!("split_qkv_rope {style:?} {name} {kv_dtype}"),
                         &gf,

@@ -19,23 +19,26 @@ use sluice_model::tokenizer::Tokenizer;
 use spec_common::*;
 
 /// The devices, each with whether it computes exactly (f32 weights, f32 KV cache and
-/// row-independent kernels: bitwise batch invariant) or in bf16.
-fn devices() -> Vec<(Device, bool)> {
-    let mut v = vec![(device(), true)];
+/// row-independent kernels: bitwise batch invariant) or in bf16, and the KV cache type
+/// (None: the device's default). The GPU runs bf16 weights twice: with its bf16 cache
+/// and with an FP8 one (`--kv-cache-dtype fp8`).
+fn devices() -> Vec<(Device, bool, Option<DType>)> {
+    let mut v = vec![(device(), true, None)];
     match Device::cuda(0, CudaWeightType::F32) {
-        Ok(d) => v.push((d, true)),
+        Ok(d) => v.push((d, true, None)),
         Err(e) => assert!(
             std::env::var("SLUICE_REQUIRE_CUDA").as_deref() != Ok("1"),
             "SLUICE_REQUIRE_CUDA=1 but: {e}"
         ),
     }
     if let Ok(d) = Device::cuda(0, CudaWeightType::Bf16) {
-        v.push((d, false));
+        v.push((d.clone(), false, None));
+        v.push((d, false, Some(DType::F8E4M3)));
     }
     v
 }
 
-fn engine_on(dev: &Device, dtype: DType) -> LlmEngine {
+fn engine_on(dev: &Device, dtype: DType, kv: Option<DType>) -> LlmEngine {
     // Heads of 64 so that the GPU's flash prefill kernel takes the prompt chunks.
     let mut cfg = tiny_config(TARGET_LAYERS, VOCAB);
     cfg.hidden_size = 256;
@@ -50,6 +53,7 @@ fn engine_on(dev: &Device, dtype: DType) -> LlmEngine {
     // Prompt chunks of up to 48 rows: long enough for the flash kernel (16+ rows), short
     // enough that the batched run mixes chunks with decodes.
     ecfg.max_num_batched_tokens = 48;
+    ecfg.kv_cache_dtype = kv;
     LlmEngine::new(model, tok, &ecfg).expect("engine")
 }
 
@@ -79,8 +83,9 @@ fn requests_alone_and_batched_give_the_same_tokens() {
         })
         .collect();
     let mut failures = Vec::new();
-    for (dev, exact) in devices() {
-        let mut e = engine_on(&dev, DType::F16);
+    for (dev, exact, kv) in devices() {
+        let mut e = engine_on(&dev, DType::F16, kv);
+        assert_eq!(e.kv_cache_dtype(), kv.unwrap_or(e.kv_cache_dtype()));
         let (mut same, mut total) = (0, 0);
         for (what, reqs) in [("greedy", &greedy_reqs), ("seeded sampling", &sampled_reqs)] {
             let alone = run_each(&mut e, reqs);
@@ -105,8 +110,9 @@ fn requests_alone_and_batched_give_the_same_tokens() {
             }
         }
         eprintln!(
-            "{}: {same} of {total} requests identical alone and batched",
-            dev.name()
+            "{} (KV cache {}): {same} of {total} requests identical alone and batched",
+            dev.name(),
+            e.kv_cache_dtype()
         );
         // bf16 on a GPU is not bitwise batch invariant: cuBLASLt picks its algorithm per
         // shape, and the tensor-core attention kernels round Q and the softmax weights to

@@ -7,6 +7,7 @@
 use std::ffi::c_void;
 
 use super::gemm::GemmOut;
+use super::module::KvKind;
 use super::{cuda_buf, CudaBackend};
 use crate::device::{KvWrite, QkvDims, RopeStyle};
 use crate::dtype::DType;
@@ -30,14 +31,14 @@ fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     }
 }
 
-/// The device pointers of a KV write (caches `[blocks, n_kv, block_size, hd]` of f32 or
-/// bf16, an i32 slot per token row), checked against the model's dims.
+/// The device pointers of a KV write (caches `[blocks, n_kv, block_size, hd]` of f32,
+/// bf16 or FP8, an i32 slot per token row), checked against the model's dims.
 struct KvPtrs {
     k: u64,
     v: u64,
     slots: u64,
     block_size: i32,
-    bf16: bool,
+    kind: KvKind,
 }
 
 impl KvPtrs {
@@ -56,22 +57,13 @@ impl KvPtrs {
             )));
         }
         w.slots.expect_dtype(DType::I32)?;
-        let bf16 = match w.k_cache.dtype() {
-            DType::F32 => false,
-            DType::BF16 => true,
-            other => {
-                return Err(BackendError::Unsupported {
-                    op: "CUDA KV cache",
-                    dtype: other,
-                })
-            }
-        };
+        let kind = KvKind::of("CUDA KV cache", w.k_cache.dtype())?;
         Ok(KvPtrs {
             k: cuda_buf(w.k_cache)?.ptr(),
             v: cuda_buf(w.v_cache)?.ptr(),
             slots: cuda_buf(w.slots)?.ptr(),
             block_size: s[2] as i32,
-            bf16,
+            kind,
         })
     }
 }
@@ -168,16 +160,19 @@ impl CudaBackend {
             }
         };
         let kern = &self.kernels;
-        let (f32_kernel, bf16_kernel) = if bf16_in {
-            (
+        // Kernels by cache type: f32, bf16, FP8.
+        let kernels = if bf16_in {
+            [
                 kern.split_qkv_rope_bf16in_f32_kernel,
                 kern.split_qkv_rope_bf16in_bf16_kernel,
-            )
+                kern.split_qkv_rope_bf16in_fp8_kernel,
+            ]
         } else {
-            (
+            [
                 kern.split_qkv_rope_f32_kernel,
                 kern.split_qkv_rope_bf16_kernel,
-            )
+                kern.split_qkv_rope_fp8_kernel,
+            ]
         };
         positions.expect_dtype(DType::I32)?;
         dims.check(qkv, positions, cos, q, k, v)?;
@@ -185,11 +180,10 @@ impl CudaBackend {
         let t = qkv.rows();
         // Without caches: the f32 kernel with null cache pointers.
         let (f, kc, vc, slots, bs) = match &kv {
-            None => (f32_kernel, 0, 0, 0, 0i32),
+            None => (kernels[0], 0, 0, 0, 0i32),
             Some(w) => {
                 let c = KvPtrs::of("split_qkv_rope", w, nkv, hd, t)?;
-                let f = if c.bf16 { bf16_kernel } else { f32_kernel };
-                (f, c.k, c.v, c.slots, c.block_size)
+                (kernels[c.kind as usize], c.k, c.v, c.slots, c.block_size)
             }
         };
         self.bind()?;
@@ -407,10 +401,10 @@ impl CudaBackend {
         let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
         let c = KvPtrs::of(op, &kv, nkv, hd, 1)?;
         self.bind()?;
-        let f = if c.bf16 {
-            self.kernels.gemv1_qkv_rope_bf16_kvbf16
-        } else {
-            self.kernels.gemv1_qkv_rope_bf16_kvf32
+        let f = match c.kind {
+            KvKind::F32 => self.kernels.gemv1_qkv_rope_bf16_kvf32,
+            KvKind::Bf16 => self.kernels.gemv1_qkv_rope_bf16_kvbf16,
+            KvKind::Fp8 => self.kernels.gemv1_qkv_rope_bf16_kvfp8,
         };
         let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
         let (px, pw, pg) = (

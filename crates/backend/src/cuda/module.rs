@@ -13,6 +13,7 @@ use cudarc::nvrtc::{result as nvrtc_res, sys as nvrtc_sys};
 use sha2::{Digest, Sha256};
 
 use super::derr;
+use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
 /// All kernel sources, concatenated in dependency order.
@@ -146,19 +147,41 @@ fn cubin_for(arch: &str) -> Result<Vec<u8>> {
 
 /// The attention kernel instantiations (see kernels/attention.cu): KV cache type, query
 /// heads per KV head rounded up (G), head_dim / 32 rounded up (DPL).
-const ATTENTION_KV: [&str; 2] = ["f32", "bf16"];
+const ATTENTION_KV: [&str; 3] = ["f32", "bf16", "fp8"];
 const ATTENTION_G: [usize; 4] = [1, 2, 4, 8];
 const ATTENTION_DPL: [usize; 3] = [2, 4, 8];
 
-/// Index into `Kernels::attention` for a KV type (`bf16` or not), `g` query heads per KV
-/// head (1..=8) and head dim `hd` (1..=256).
-pub fn attention_index(bf16: bool, g: usize, hd: usize) -> usize {
+/// The element type of a KV cache on the GPU (`--kv-cache-dtype`): the kernels that write
+/// and read the cache are instantiated for these three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvKind {
+    F32,
+    Bf16,
+    /// OCP FP8 E4M3, per-tensor scale 1 (kernels/common.cuh, `fp8_t`).
+    Fp8,
+}
+
+impl KvKind {
+    /// The kind of a cache tensor's dtype; `op` names the operation in the error.
+    pub fn of(op: &'static str, dtype: DType) -> Result<KvKind> {
+        match dtype {
+            DType::F32 => Ok(KvKind::F32),
+            DType::BF16 => Ok(KvKind::Bf16),
+            DType::F8E4M3 => Ok(KvKind::Fp8),
+            other => Err(BackendError::Unsupported { op, dtype: other }),
+        }
+    }
+}
+
+/// Index into `Kernels::attention` for a KV type, `g` query heads per KV head (1..=8) and
+/// head dim `hd` (1..=256).
+pub fn attention_index(kv: KvKind, g: usize, hd: usize) -> usize {
     let gi = ATTENTION_G.iter().position(|&x| x >= g).unwrap_or(3);
     let di = ATTENTION_DPL
         .iter()
         .position(|&x| x * 32 >= hd)
         .unwrap_or(2);
-    (usize::from(bf16) * 4 + gi) * 3 + di
+    (kv as usize * 4 + gi) * 3 + di
 }
 
 macro_rules! kernels {
@@ -243,6 +266,10 @@ fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
         k.flash_decode_bf16_d128,
         k.flash_decode_multi_bf16_d64,
         k.flash_decode_multi_bf16_d128,
+        k.flash_decode_fp8_d64,
+        k.flash_decode_fp8_d128,
+        k.flash_decode_multi_fp8_d64,
+        k.flash_decode_multi_fp8_d128,
     ];
     let non_portable = decode.iter().all(|&f| {
         // SAFETY: `f` is a kernel of the loaded module; the attribute takes 0 or 1.
@@ -284,6 +311,7 @@ kernels!(
     resolve_tokens_kernel,
     kv_write_f32_kernel,
     kv_write_bf16_kernel,
+    kv_write_fp8_kernel,
     argmax_kernel,
     gemv_bf16_2,
     gemv_bf16_3,
@@ -314,10 +342,13 @@ kernels!(
     gemv1_glu_bf16,
     gemv1_qkv_rope_bf16_kvf32,
     gemv1_qkv_rope_bf16_kvbf16,
+    gemv1_qkv_rope_bf16_kvfp8,
     split_qkv_rope_f32_kernel,
     split_qkv_rope_bf16in_f32_kernel,
     split_qkv_rope_bf16in_bf16_kernel,
     split_qkv_rope_bf16_kernel,
+    split_qkv_rope_fp8_kernel,
+    split_qkv_rope_bf16in_fp8_kernel,
     sample_kernel,
     flash_prefill_bf16_d64,
     flash_prefill_bf16_d128,
@@ -325,6 +356,12 @@ kernels!(
     flash_decode_bf16_d128,
     flash_decode_multi_bf16_d64,
     flash_decode_multi_bf16_d128,
+    flash_prefill_fp8_d64,
+    flash_prefill_fp8_d128,
+    flash_decode_fp8_d64,
+    flash_decode_fp8_d128,
+    flash_decode_multi_fp8_d64,
+    flash_decode_multi_fp8_d128,
     gemv1_rows_fp8,
     gemv_fp8_2,
     gemv_fp8_3,

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::sys;
 
 use super::gemm::GemmOut;
+use super::module::KvKind;
 use super::{cuda_buf, CudaBackend};
 use crate::device::{AttentionParams, PagedAttentionMeta, RopeStyle};
 use crate::dtype::DType;
@@ -928,6 +929,7 @@ impl CudaBackend {
         let f = match k_cache.dtype() {
             DType::F32 => self.kernels.kv_write_f32_kernel,
             DType::BF16 => self.kernels.kv_write_bf16_kernel,
+            DType::F8E4M3 => self.kernels.kv_write_fp8_kernel,
             other => {
                 return Err(BackendError::Unsupported {
                     op: "CUDA KV cache",
@@ -979,15 +981,12 @@ impl CudaBackend {
         if t == 0 || meta.num_seqs == 0 {
             return Ok(());
         }
-        let bf16 = match k_cache.dtype() {
-            DType::F32 => false,
-            DType::BF16 => true,
-            other => {
-                return Err(BackendError::Unsupported {
-                    op: "CUDA attention KV cache",
-                    dtype: other,
-                })
-            }
+        let kind = KvKind::of("CUDA attention KV cache", k_cache.dtype())?;
+        // The tensor-core kernels' instances: bf16 or FP8 caches.
+        let tc = match kind {
+            KvKind::F32 => None,
+            KvKind::Bf16 => Some(0),
+            KvKind::Fp8 => Some(1),
         };
         self.bind()?;
         let (pq, pk, pv, po) = (ptr(q)?, ptr(k_cache)?, ptr(v_cache)?, ptr(out)?);
@@ -1005,9 +1004,12 @@ impl CudaBackend {
         let scale = p.scale;
         // Sequences of PREFILL_MIN_ROWS rows or more go to the tensor-core prefill kernel
         // (custom masks were refused above); the kernels launched first skip their rows.
-        let flash = match hd {
-            64 if bf16 => Some(self.kernels.flash_prefill_bf16_d64),
-            128 if bf16 => Some(self.kernels.flash_prefill_bf16_d128),
+        let kern = &self.kernels;
+        let flash = match (hd, tc) {
+            (64, Some(0)) => Some(kern.flash_prefill_bf16_d64),
+            (128, Some(0)) => Some(kern.flash_prefill_bf16_d128),
+            (64, Some(_)) => Some(kern.flash_prefill_fp8_d64),
+            (128, Some(_)) => Some(kern.flash_prefill_fp8_d128),
             _ => None,
         }
         .filter(|_| t >= PREFILL_MIN_ROWS && t > meta.num_seqs);
@@ -1025,14 +1027,18 @@ impl CudaBackend {
         // kernel with only that path, which fits more blocks per SM.
         let rows_bound = decode_rows_bound(t, meta.num_seqs);
         let one_tile = g * rows_bound <= 16;
-        let decode = match (hd, one_tile) {
-            (64, true) => Some(self.kernels.flash_decode_bf16_d64),
-            (128, true) => Some(self.kernels.flash_decode_bf16_d128),
-            (64, false) => Some(self.kernels.flash_decode_multi_bf16_d64),
-            (128, false) => Some(self.kernels.flash_decode_multi_bf16_d128),
+        let decode = match (hd, one_tile, tc) {
+            (_, _, None) => None,
+            (64, true, Some(0)) => Some(kern.flash_decode_bf16_d64),
+            (128, true, Some(0)) => Some(kern.flash_decode_bf16_d128),
+            (64, false, Some(0)) => Some(kern.flash_decode_multi_bf16_d64),
+            (128, false, Some(0)) => Some(kern.flash_decode_multi_bf16_d128),
+            (64, true, Some(_)) => Some(kern.flash_decode_fp8_d64),
+            (128, true, Some(_)) => Some(kern.flash_decode_fp8_d128),
+            (64, false, Some(_)) => Some(kern.flash_decode_multi_fp8_d64),
+            (128, false, Some(_)) => Some(kern.flash_decode_multi_fp8_d128),
             _ => None,
-        }
-        .filter(|_| bf16);
+        };
         // (splits, partials, the bf16 copy of the output to write or 0)
         let (splits, partial, staged) = if let Some(f) = decode {
             // One block per (sequence, KV head, row group, key split).
@@ -1092,7 +1098,7 @@ impl CudaBackend {
             // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
             let (splits, split_len) =
                 attention_splits(t * p.n_kv_heads, max_ctx, self.sm_count as usize);
-            let f = self.kernels.attention[super::module::attention_index(bf16, g, hd)];
+            let f = self.kernels.attention[super::module::attention_index(kind, g, hd)];
             let partial = if splits > 1 {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {

@@ -187,6 +187,7 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention_##K
 #define ATTENTION_LANES_KV(KVN, KV) ATTENTION_LANES_G(KVN, KV, 1) ATTENTION_LANES_G(KVN, KV, 2) ATTENTION_LANES_G(KVN, KV, 4) ATTENTION_LANES_G(KVN, KV, 8)
 ATTENTION_LANES_KV(f32, float)
 ATTENTION_LANES_KV(bf16, bf16_t)
+ATTENTION_LANES_KV(fp8, fp8_t)
 
 // Combines the splits of each (row, head): out = sum_z acc_z e^(m_z - M) / sum_z l_z e^(m_z - M).
 // The splits' weights are computed once, in parallel, into shared memory; each thread then

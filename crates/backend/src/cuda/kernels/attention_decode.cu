@@ -70,8 +70,8 @@ union __attribute__((aligned(16))) FdShared {
 // Everything a pass needs about its block (read once in flash_decode).
 struct FdBlock {
     const float* q;
-    const bf16_t* kc;
-    const bf16_t* vc;
+    const void* kc;       // bf16_t or fp8_t: the kernel's cache type
+    const void* vc;
     const int* table;     // this sequence's block-table row
     int bs, n_heads, n_kv, kvh, gh;
     int q0, q_rows, m_rows, pos0;
@@ -134,6 +134,108 @@ __device__ __forceinline__ float fd_dsmem_load(const float* p, unsigned int rank
     return v;
 }
 
+// The end of a pass, after each warp has written its O (unnormalised, 16 rows) to `so`:
+// each warp's m and l (summed over the row's 4 lanes) to shared memory, then the KW warps
+// of each m-tile merged, and the output (one split), the partial state (the merge
+// kernel's) or the cluster merge written.
+template <int HD, int KW>
+__device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], float (*s_m)[16], float (*s_l)[16],
+                                               float* c_m, float* c_l, const FdBlock& b, int mt0,
+                                               float m_a, float m_b, float l_a, float l_b) {
+    constexpr int MW = FD_WARPS / KW;
+    const unsigned int full = 0xffffffffu;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int ld = b.n_heads * HD;
+    l_a += __shfl_xor_sync(full, l_a, 1);
+    l_a += __shfl_xor_sync(full, l_a, 2);
+    l_b += __shfl_xor_sync(full, l_b, 1);
+    l_b += __shfl_xor_sync(full, l_b, 2);
+    if (c == 0) {
+        s_m[warp][g] = m_a;
+        s_m[warp][g + 8] = m_b;
+        s_l[warp][g] = l_a;
+        s_l[warp][g + 8] = l_b;
+    }
+    __syncthreads();
+
+    // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
+    const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
+    for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
+        const int lr = idx / HD, d = idx % HD;
+        const int mt = lr >> 4, rr = lr & 15;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int kg = 0; kg < KW; kg++) mx = fmaxf(mx, s_m[mt + MW * kg][rr]);
+        float num = 0.0f, den = 0.0f;
+#pragma unroll
+        for (int kg = 0; kg < KW; kg++) {
+            const int w = mt + MW * kg;
+            const float mw = s_m[w][rr];
+            if (mw == NEG_INF) continue;
+            const float f = fp_exp2(mw - mx);
+            num += so[w][rr][d] * f;
+            den += s_l[w][rr] * f;
+        }
+        const int pr = mt0 * 16 + lr;
+        const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+        const long t = b.q0 + r;
+        if (b.cluster) {
+            // This block's state stays in shared memory for the cluster merge: num in
+            // place of the first warp's O of the m-tile (only this thread reads or writes
+            // that element), m (log2 units) and l per row beside it.
+            so[mt][rr][d] = num;
+            if (d == 0) {
+                c_m[lr] = den > 0.0f ? mx : NEG_INF;
+                c_l[lr] = den;
+            }
+        } else if (b.splits > 1) {
+            float* pp = b.partial + ((t * b.n_heads + h) * b.splits + b.z) * (HD + 2);
+            if (d == 0) {
+                // m back to natural-log units (the merge kernel's): scores were in log2 units.
+                pp[0] = den > 0.0f ? mx * (1.0f / FP_LOG2E) : NEG_INF;
+                pp[1] = den;
+            }
+            pp[2 + d] = num;
+        } else {
+            const float y = den > 0.0f ? num / den : 0.0f;
+            b.out[t * ld + h * HD + d] = y;
+            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
+        }
+    }
+    if (b.cluster) {
+        // Every block's state is in its shared memory: each block merges its share of the
+        // (row, d) outputs over the cluster's blocks, then waits until all are done
+        // reading before shared memory is reused or the block exits.
+        fd_cluster_sync();
+        const unsigned int rank = fd_cluster_rank();
+        for (int idx = rank * FD_WARPS * 32 + threadIdx.x; idx < rows_here * HD; idx += b.splits * FD_WARPS * 32) {
+            const int lr = idx / HD, d = idx % HD;
+            const int mt = lr >> 4, rr = lr & 15;
+            float mx = NEG_INF;
+            for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, fd_dsmem_load(&c_m[lr], q));
+            float num = 0.0f, den = 0.0f;
+            if (mx != NEG_INF) {
+                for (int q = 0; q < b.splits; q++) {
+                    const float mq = fd_dsmem_load(&c_m[lr], q);
+                    if (mq == NEG_INF) continue;
+                    const float f = fp_exp2(mq - mx);
+                    num += fd_dsmem_load(&so[mt][rr][d], q) * f;
+                    den += fd_dsmem_load(&c_l[lr], q) * f;
+                }
+            }
+            const int pr = mt0 * 16 + lr;
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            const long t = b.q0 + r;
+            const float y = den > 0.0f ? num / den : 0.0f;
+            b.out[t * ld + h * HD + d] = y;
+            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
+        }
+        fd_cluster_sync();
+    }
+    __syncthreads();  // shared memory is reused by the next pass
+}
+
 // One pass over the block's keys for m-tiles mt0 .. mt0 + 4 / KW - 1 (those that exist):
 // KW warps share each m-tile, each taking 64 / KW keys of every tile.
 template <int HD, int KW>
@@ -181,9 +283,9 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
         }
         __syncthreads();
-        fd_load_tile<HD>(sh.kv.k, b.kc, srow[0]);
+        fd_load_tile<HD>(sh.kv.k, static_cast<const bf16_t*>(b.kc), srow[0]);
         fp_cp_async_commit();
-        fd_load_tile<HD>(sh.kv.v, b.vc, srow[0]);
+        fd_load_tile<HD>(sh.kv.v, static_cast<const bf16_t*>(b.vc), srow[0]);
         fp_cp_async_commit();
     }
     // Q rows of this pass into shared memory (while the first tile streams in), scaled
@@ -286,7 +388,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             }
         }
         __syncthreads();  // every warp is done with K(jt)
-        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.k, b.kc, srow[(jt + 1) & 1]);
+        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.k, static_cast<const bf16_t*>(b.kc), srow[(jt + 1) & 1]);
         fp_cp_async_commit();
         fp_cp_async_wait1();  // V(jt) has landed (K(jt + 1) may still be in flight)
         __syncthreads();
@@ -309,7 +411,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             }
         }
         __syncthreads();  // every warp is done with V(jt)
-        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.v, b.vc, srow[(jt + 1) & 1]);
+        if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.v, static_cast<const bf16_t*>(b.vc), srow[(jt + 1) & 1]);
         fp_cp_async_commit();
         // Tile jt's rows are no longer read (its loads were issued last iteration).
         if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) srow[jt & 1][threadIdx.x] = r_next;
@@ -317,109 +419,315 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();  // the tiles' shared memory becomes the warps' O
 
-    // Each warp's state into shared memory: m per row, l summed over the row's 4 lanes, O.
-    l_a += __shfl_xor_sync(full, l_a, 1);
-    l_a += __shfl_xor_sync(full, l_a, 2);
-    l_b += __shfl_xor_sync(full, l_b, 1);
-    l_b += __shfl_xor_sync(full, l_b, 2);
-    if (c == 0) {
-        s_m[warp][g] = m_a;
-        s_m[warp][g + 8] = m_b;
-        s_l[warp][g] = l_a;
-        s_l[warp][g + 8] = l_b;
-    }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         *reinterpret_cast<float2*>(&sh.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
         *reinterpret_cast<float2*>(&sh.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
     }
-    __syncthreads();
-
-    // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
-    const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
-    for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
-        const int lr = idx / HD, d = idx % HD;
-        const int mt = lr >> 4, rr = lr & 15;
-        float mx = NEG_INF;
-#pragma unroll
-        for (int kg = 0; kg < KW; kg++) mx = fmaxf(mx, s_m[mt + MW * kg][rr]);
-        float num = 0.0f, den = 0.0f;
-#pragma unroll
-        for (int kg = 0; kg < KW; kg++) {
-            const int w = mt + MW * kg;
-            const float mw = s_m[w][rr];
-            if (mw == NEG_INF) continue;
-            const float f = fp_exp2(mw - mx);
-            num += sh.o[w][rr][d] * f;
-            den += s_l[w][rr] * f;
-        }
-        const int pr = mt0 * 16 + lr;
-        const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
-        const long t = b.q0 + r;
-        if (b.cluster) {
-            // This block's state stays in shared memory for the cluster merge: num in
-            // place of the first warp's O of the m-tile (only this thread reads or writes
-            // that element), m (log2 units) and l per row beside it.
-            sh.o[mt][rr][d] = num;
-            if (d == 0) {
-                c_m[lr] = den > 0.0f ? mx : NEG_INF;
-                c_l[lr] = den;
-            }
-        } else if (b.splits > 1) {
-            float* pp = b.partial + ((t * b.n_heads + h) * b.splits + b.z) * (HD + 2);
-            if (d == 0) {
-                // m back to natural-log units (the merge kernel's): scores were in log2 units.
-                pp[0] = den > 0.0f ? mx * (1.0f / FP_LOG2E) : NEG_INF;
-                pp[1] = den;
-            }
-            pp[2 + d] = num;
-        } else {
-            const float y = den > 0.0f ? num / den : 0.0f;
-            b.out[t * ld + h * HD + d] = y;
-            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
-        }
-    }
-    if (b.cluster) {
-        // Every block's state is in its shared memory: each block merges its share of the
-        // (row, d) outputs over the cluster's blocks, then waits until all are done
-        // reading before shared memory is reused or the block exits.
-        fd_cluster_sync();
-        const unsigned int rank = fd_cluster_rank();
-        for (int idx = rank * FD_WARPS * 32 + threadIdx.x; idx < rows_here * HD; idx += b.splits * FD_WARPS * 32) {
-            const int lr = idx / HD, d = idx % HD;
-            const int mt = lr >> 4, rr = lr & 15;
-            float mx = NEG_INF;
-            for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, fd_dsmem_load(&c_m[lr], q));
-            float num = 0.0f, den = 0.0f;
-            if (mx != NEG_INF) {
-                for (int q = 0; q < b.splits; q++) {
-                    const float mq = fd_dsmem_load(&c_m[lr], q);
-                    if (mq == NEG_INF) continue;
-                    const float f = fp_exp2(mq - mx);
-                    num += fd_dsmem_load(&sh.o[mt][rr][d], q) * f;
-                    den += fd_dsmem_load(&c_l[lr], q) * f;
-                }
-            }
-            const int pr = mt0 * 16 + lr;
-            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
-            const long t = b.q0 + r;
-            const float y = den > 0.0f ? num / den : 0.0f;
-            b.out[t * ld + h * HD + d] = y;
-            if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
-        }
-        fd_cluster_sync();
-    }
-    __syncthreads();  // shared memory is reused by the next pass
+    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, m_a, m_b, l_a, l_b);
 }
 
-template <int HD, bool MULTI>
-__device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restrict__ kc,
-                             const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+// ---- FP8 (E4M3) cache: the same pass over raw FP8 tiles -------------------------------
+// (`--kv-cache-dtype fp8`, per-tensor scale 1.) Widening each tile to f16 in shared
+// memory before the bf16 pass's ldmatrix kept that pass's one-tile-ahead pipeline, and
+// so its bytes in flight per block halved with the tile: on an H100 (8B shape) the step
+// gained only 3-6% over bf16 at 512-4,000 keys, K/V read at ~1.4 TB/s. Here the tiles
+// stay FP8 in shared memory, two stages each for K and V (tile j + 1 streams in while
+// tile j is used, as many bytes in flight as the bf16 pass), and the tensor cores read
+// them through ldmatrix with the E4M3 -> f16 widening in registers (fp8x4_to_f16x2: the
+// f16 is the value times 2^-8; scores and O are scaled back by 2^8 in f32):
+// - Q.K^T: ldmatrix (.b16, no .trans) over rows of 16 FP8 keys' dimensions gives lane
+//   (g, c) four consecutive dimensions 4c..4c+3 of key g: one f16x2 for k indices 2c,
+//   2c+1 and one for 2c+8, 2c+9 of the mma, which then sums the dimensions in a permuted
+//   order. Q is stored in shared memory in that same order (fd8_q_slot), so the sum is
+//   the dot product.
+// - P.V: ldmatrix .trans over the same rows gives lane (g, c) the byte pairs of
+//   dimensions 2g, 2g + 1 for keys 2c and 2c + 1; regrouped by byte_perm they are the B
+//   fragments of two n8 tiles of O, one of the even dimensions and one of the odd (so
+//   one x4 feeds four n8 tiles). O's columns are permuted accordingly (fd8_o_dim).
+// - Rows padded to HD + 16 bytes: the 8 rows of each ldmatrix matrix fall in distinct
+//   banks.
+#define FD8_PAD 16
+
+template <int HD>
+union __attribute__((aligned(16))) FdSharedF8 {
+    struct {
+        fp8_t k[2][FD_KEYS][HD + FD8_PAD];
+        fp8_t v[2][FD_KEYS][HD + FD8_PAD];
+    } kv;
+    float o[FD_WARPS][16][HD + FD_OPAD];
+};
+
+// Q's dimension d (even) of a 16-dimension k-step goes to this slot: the mma's k index
+// that meets key dimension d in fd8_pass's K fragments (2c, 2c+1 <- 4c, 4c+1; 2c+8, 2c+9
+// <- 4c+2, 4c+3).
+__device__ __forceinline__ int fd8_q_slot(int d) {
+    const int p = d & 15;
+    return (d & ~15) + (p >> 1) + ((p & 2) ? 7 : 0);
+}
+
+// The head dimension of O accumulator tile t, column 2c + e (e = 0, 1), in fd8_pass:
+// tile t = 4 db + 2 s + parity covers dimensions 32 db + 16 s + 2 col + parity.
+__device__ __forceinline__ int fd8_o_dim(int t, int c, int e) {
+    return 32 * (t >> 2) + 16 * ((t >> 1) & 1) + 4 * c + 2 * e + (t & 1);
+}
+
+// Two codes of w (bytes `sel` picks into positions 1 and 3) as an f16x2 of their values
+// times 2^-8 (see fp8x4_to_f16x2).
+__device__ __forceinline__ unsigned int fd8_pair(unsigned int w, unsigned int sel) {
+    const unsigned int a = __byte_perm(w, 0u, sel);
+    return (a & 0x80008000u) | ((a >> 1) & 0x3F803F80u);
+}
+
+// Issues the cp.async copies of one 64-key FP8 tile: 16-byte chunks, a warp's instruction
+// covering four rows of head_dim 128.
+template <int HD>
+__device__ __forceinline__ void fd8_load_tile(fp8_t (*dst)[HD + FD8_PAD], const fp8_t* __restrict__ cache,
+                                              const int* srow) {
+    constexpr int CHUNKS = HD / 16;
+    constexpr int PER_THREAD = FD_KEYS * CHUNKS / (FD_WARPS * 32);
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; i++) {
+        const int c = threadIdx.x + i * FD_WARPS * 32;
+        const int key = c / CHUNKS, ch = c % CHUNKS;
+        const int row = srow[key];
+        const fp8_t* src = row >= 0 ? cache + (long)row * HD + ch * 16 : cache;
+        fp_cp_async16(fp_smem_addr(&dst[key][ch * 16]), src, row >= 0 ? 16 : 0);
+    }
+}
+
+template <int HD, int KW>
+__device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
+                                         float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
+                                         const FdBlock& b, int mt0) {
+    constexpr int MW = FD_WARPS / KW;    // m-tiles in flight
+    constexpr int NK = FD_KEYS / KW;     // keys per warp per tile
+    constexpr int NJ = NK / 8;           // n8 tiles of S per warp
+    constexpr int KC = HD / 16;          // k-steps of Q.K
+    constexpr int NT = HD / 8;           // n8 tiles of O
+    constexpr unsigned int ROW = HD + FD8_PAD;
+    const unsigned int full = 0xffffffffu;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int mtl = warp % MW, koff = (warp / MW) * NK;
+    const int mtile = mt0 + mtl;
+    const bool w_active = mtile * 16 < b.m_rows;
+    const int ld = b.n_heads * HD;
+    const fp8_t* kc = static_cast<const fp8_t*>(b.kc);
+    const fp8_t* vc = static_cast<const fp8_t*>(b.vc);
+
+    const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
+    const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
+    const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
+    const int u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
+    const int u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
+    const int f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
+    const int f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
+
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+
+    auto row_of = [&](int k) {
+        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
+    };
+    // Tiles 0 and 1 in flight (one cp.async group each, K and V together); tile j lives
+    // in stage j & 1, its rows in srow[j & 1].
+    const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
+    if (n_tiles > 0) {
+        if (threadIdx.x < FD_KEYS) {
+            srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
+            srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+        }
+        __syncthreads();
+        fd8_load_tile<HD>(sh.kv.k[0], kc, srow[0]);
+        fd8_load_tile<HD>(sh.kv.v[0], vc, srow[0]);
+        fp_cp_async_commit();
+        if (n_tiles > 1) {
+            fd8_load_tile<HD>(sh.kv.k[1], kc, srow[1]);
+            fd8_load_tile<HD>(sh.kv.v[1], vc, srow[1]);
+        }
+        fp_cp_async_commit();
+    }
+    // Q rows of this pass, scaled, as f16 in fd8_q_slot order.
+    for (int idx = threadIdx.x; idx < MW * 16 * (HD / 2); idx += FD_WARPS * 32) {
+        const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+        const int pr = mt0 * 16 + lr;
+        float2 x = make_float2(0.0f, 0.0f);
+        if (pr < b.m_rows) {
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            x = *reinterpret_cast<const float2*>(b.q + (long)(b.q0 + r) * ld + h * HD + d);
+        }
+        *reinterpret_cast<unsigned int*>(&sq[lr][fd8_q_slot(d)]) = fp_pack_f16(x.x * b.qscale, x.y * b.qscale);
+    }
+
+    const unsigned int q_addr = fp_smem_addr(&sq[mtl * 16 + (lane & 15)][(lane >> 4) * 8]);
+    // Matrix i of an x4 (lanes 8i..8i+7 give its rows): keys 8 (i & 1).., bytes 16 (i >> 1)..
+    const int tile_row = koff + ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int tile_col = (lane >> 4) * 16;
+
+    for (int jt = 0; jt < n_tiles; jt++) {
+        const int kt = b.lo + jt * FD_KEYS;
+        const int st = jt & 1;
+        fp_cp_async_wait1();  // tile jt has landed (tile jt + 1 may still be in flight)
+        __syncthreads();
+        const int r_next =
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+
+        if (w_active) {
+            const unsigned int k_addr = fp_smem_addr(&sh.kv.k[st][tile_row][tile_col]);
+            const unsigned int v_addr = fp_smem_addr(&sh.kv.v[st][tile_row][tile_col]);
+            float sc[NJ][4];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll 1
+            for (int k2 = 0; k2 < KC / 2; k2++) {
+                unsigned int q0[4], q1[4];
+                fp_ldmatrix_x4(q_addr + (2 * k2) * 32, q0[0], q0[1], q0[2], q0[3]);
+                fp_ldmatrix_x4(q_addr + (2 * k2 + 1) * 32, q1[0], q1[1], q1[2], q1[3]);
+#pragma unroll
+                for (int np = 0; np < NJ / 2; np++) {
+                    unsigned int r0, r1, r2, r3;
+                    fp_ldmatrix_x4(k_addr + np * 16 * ROW + k2 * 32, r0, r1, r2, r3);
+                    unsigned int lo, hi;
+                    fp8x4_to_f16x2(r0, lo, hi);
+                    fp_mma_f16(sc[2 * np], q0, lo, hi);
+                    fp8x4_to_f16x2(r1, lo, hi);
+                    fp_mma_f16(sc[2 * np + 1], q0, lo, hi);
+                    fp8x4_to_f16x2(r2, lo, hi);
+                    fp_mma_f16(sc[2 * np], q1, lo, hi);
+                    fp8x4_to_f16x2(r3, lo, hi);
+                    fp_mma_f16(sc[2 * np + 1], q1, lo, hi);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
+            if (b.use_cap) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
+            }
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int k = kt + koff + j * 8 + 2 * c + e;
+                    if (k > u_a || k < f_a) sc[j][e] = NEG_INF;
+                    if (k > u_b || k < f_b) sc[j][2 + e] = NEG_INF;
+                }
+            }
+            float mx_a = NEG_INF, mx_b = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
+                mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 2));
+            const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+            const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
+            const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
+            const float alpha_a = fp_exp2(m_a - base_a), alpha_b = fp_exp2(m_b - base_b);
+            m_a = mn_a;
+            m_b = mn_b;
+            float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                sc[j][0] = fp_exp2(sc[j][0] - base_a);
+                sc[j][1] = fp_exp2(sc[j][1] - base_a);
+                sc[j][2] = fp_exp2(sc[j][2] - base_b);
+                sc[j][3] = fp_exp2(sc[j][3] - base_b);
+                sum_a += sc[j][0] + sc[j][1];
+                sum_b += sc[j][2] + sc[j][3];
+            }
+            l_a = l_a * alpha_a + sum_a;
+            l_b = l_b * alpha_b + sum_b;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                o[j][0] *= alpha_a;
+                o[j][1] *= alpha_a;
+                o[j][2] *= alpha_b;
+                o[j][3] *= alpha_b;
+            }
+#pragma unroll
+            for (int kk = 0; kk < NJ / 2; kk++) {
+                unsigned int pa[4];
+                pa[0] = fp_pack_f16(sc[2 * kk][0], sc[2 * kk][1]);
+                pa[1] = fp_pack_f16(sc[2 * kk][2], sc[2 * kk][3]);
+                pa[2] = fp_pack_f16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                pa[3] = fp_pack_f16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+                for (int db = 0; db < HD / 32; db++) {
+                    unsigned int r0, r1, r2, r3;
+                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW + db * 32, r0, r1, r2, r3);
+                    // r0 / r1: keys 0-7 / 8-15, dimensions 32 db + 0..15; r2 / r3: + 16..31.
+                    // Bytes 0, 2 of each are dimension 2g of keys 2c, 2c + 1; bytes 1, 3 are 2g + 1.
+                    fp_mma_f16(o[4 * db], pa, fd8_pair(r0, 0x2404), fd8_pair(r1, 0x2404));
+                    fp_mma_f16(o[4 * db + 1], pa, fd8_pair(r0, 0x3414), fd8_pair(r1, 0x3414));
+                    fp_mma_f16(o[4 * db + 2], pa, fd8_pair(r2, 0x2404), fd8_pair(r3, 0x2404));
+                    fp_mma_f16(o[4 * db + 3], pa, fd8_pair(r2, 0x3414), fd8_pair(r3, 0x3414));
+                }
+            }
+        }
+        // Tile jt's rows are no longer read (its loads were issued two tiles ago).
+        if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) srow[st][threadIdx.x] = r_next;
+        __syncthreads();  // every warp is done with stage st; srow[st] holds tile jt + 2's rows
+        if (jt + 2 < n_tiles) {
+            fd8_load_tile<HD>(sh.kv.k[st], kc, srow[st]);
+            fd8_load_tile<HD>(sh.kv.v[st], vc, srow[st]);
+        }
+        fp_cp_async_commit();
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();  // the tiles' shared memory becomes the warps' O
+
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int d = fd8_o_dim(t, c, e);
+            sh.o[warp][g][d] = o[t][e] * 256.0f;
+            sh.o[warp][g + 8][d] = o[t][2 + e] * 256.0f;
+        }
+    }
+    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, m_a, m_b, l_a, l_b);
+}
+
+// The shared memory of a block and the pass that uses it, by cache type.
+template <int HD, typename KV> struct FdKind {
+    typedef FdShared<HD> Smem;
+    template <int KW>
+    __device__ __forceinline__ static void pass(Smem& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
+                                                float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
+                                                const FdBlock& b, int mt0) {
+        fd_pass<HD, KW>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+    }
+};
+template <int HD> struct FdKind<HD, fp8_t> {
+    typedef FdSharedF8<HD> Smem;
+    template <int KW>
+    __device__ __forceinline__ static void pass(Smem& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
+                                                float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
+                                                const FdBlock& b, int mt0) {
+        fd8_pass<HD, KW>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+    }
+};
+
+template <int HD, bool MULTI, typename KV>
+__device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__ kc,
+                             const KV* __restrict__ vc, const int* __restrict__ query_start,
                              const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                              int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
                              float softcap, int max_q_rows, float* __restrict__ partial,
                              float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster) {
-    __shared__ FdShared<HD> sh;
+    typedef FdKind<HD, KV> Kind;
+    __shared__ typename Kind::Smem sh;
     __shared__ float c_m[32], c_l[32];
     __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
     __shared__ int srow[2][FD_KEYS];
@@ -471,12 +779,12 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
     if (MULTI) {
         // Passes of at most two m-tiles; row group rg takes passes rg, rg + row_groups, ...
         for (int mt0 = 2 * rg; mt0 < mt; mt0 += 2 * row_groups) {
-            if (mt - mt0 == 1) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
-            else fd_pass<HD, 2>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+            if (mt - mt0 == 1) Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+            else Kind::template pass<2>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
         }
     } else {
         // The host expects one m-tile (g * q_rows <= 16); more would take a pass each.
-        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) fd_pass<HD, 4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
     }
 }
 
@@ -487,17 +795,21 @@ __device__ void flash_decode(const float* __restrict__ q, const bf16_t* __restri
 // memory — the one-m-tile kernel made decode steps slower on an H100, also at head_dim 64
 // where nothing spilled: 8B shape b32 7.48 -> 7.93 ms, b64 8.48 -> 9.23 ms; 1B shape b64
 // 1.94 -> 2.09 ms, 512 + 128 tokens.)
-#define FLASH_DECODE(HD, NAME, MULTI, MINB) \
-extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##NAME##_bf16_d##HD( \
-    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
+#define FLASH_DECODE(HD, NAME, MULTI, MINB, KVN, KV) \
+extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##NAME##_##KVN##_d##HD( \
+    const float* q, const KV* kc, const KV* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
     bf16_t* out_bf16, int cluster) { pdl_entry(); \
-    flash_decode<HD, MULTI>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
+    flash_decode<HD, MULTI, KV>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
                             n_heads, n_kv, scale, window, softcap, max_q_rows, partial, out, \
                             out_bf16, cluster); \
 }
-FLASH_DECODE(64, , false, 4)
-FLASH_DECODE(128, , false, 4)
-FLASH_DECODE(64, _multi, true, 3)
-FLASH_DECODE(128, _multi, true, 3)
+FLASH_DECODE(64, , false, 4, bf16, bf16_t)
+FLASH_DECODE(128, , false, 4, bf16, bf16_t)
+FLASH_DECODE(64, _multi, true, 3, bf16, bf16_t)
+FLASH_DECODE(128, _multi, true, 3, bf16, bf16_t)
+FLASH_DECODE(64, , false, 4, fp8, fp8_t)
+FLASH_DECODE(128, , false, 4, fp8, fp8_t)
+FLASH_DECODE(64, _multi, true, 3, fp8, fp8_t)
+FLASH_DECODE(128, _multi, true, 3, fp8, fp8_t)

@@ -92,35 +92,110 @@ __device__ __forceinline__ void fp_mma(float* d, const unsigned int* a, unsigned
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same with f16 inputs (the FP8 cache's tiles are f16 in shared memory, see below).
+__device__ __forceinline__ void fp_mma_f16(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 as one f16x2 register, `lo` in the low half.
+__device__ __forceinline__ unsigned int fp_pack_f16(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Operand type of the tensor-core products for a cache of KV: bf16 for a bf16 cache; f16
+// for an FP8 (E4M3) one, whose codes convert exactly (and cheaply) to f16 values times
+// 2^-8 (fp8x4_to_f16x2), so scores and outputs are scaled back by 2^8 in f32.
+template <typename KV> struct FaOps {
+    static constexpr bool F8 = false;
+    static constexpr int ELEMS = 8;    // cache elements per 16-byte chunk
+    __device__ __forceinline__ static unsigned int pack(float lo, float hi) { return fp_pack_bf16(lo, hi); }
+    __device__ __forceinline__ static void mma(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+        fp_mma(d, a, b0, b1);
+    }
+};
+template <> struct FaOps<fp8_t> {
+    static constexpr bool F8 = true;
+    static constexpr int ELEMS = 16;
+    __device__ __forceinline__ static unsigned int pack(float lo, float hi) { return fp_pack_f16(lo, hi); }
+    __device__ __forceinline__ static void mma(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+        fp_mma_f16(d, a, b0, b1);
+    }
+};
+
+// Shared-memory address of cache chunk `ch` of tile row `key` for the cp.async: a bf16
+// chunk (8 elements) lands where it is used; an FP8 chunk (16 elements, 16 bytes) lands
+// in the second half of the 32 bytes its f16 values will take, so that the thread that
+// copied it can widen it in place (fa_widen_chunk) without a barrier: no other thread
+// reads or writes those 32 bytes.
+template <typename KV, int HD>
+__device__ __forceinline__ unsigned int fa_chunk_dst(bf16_t (*dst)[HD + FP_PAD], int key, int ch) {
+    return FaOps<KV>::F8 ? fp_smem_addr(&dst[key][ch * 16 + 8]) : fp_smem_addr(&dst[key][ch * 8]);
+}
+
+// FP8 chunk (key, ch), landed by this thread's cp.async, to 16 f16 (values times 2^-8)
+// in place.
+template <int HD>
+__device__ __forceinline__ void fa_widen_chunk(bf16_t (*dst)[HD + FP_PAD], int key, int ch) {
+    uint4* p = reinterpret_cast<uint4*>(&dst[key][ch * 16]);
+    const uint4 r = p[1];
+    uint4 a, b;
+    fp8x4_to_f16x2(r.x, a.x, a.y);
+    fp8x4_to_f16x2(r.y, a.z, a.w);
+    fp8x4_to_f16x2(r.z, b.x, b.y);
+    fp8x4_to_f16x2(r.w, b.z, b.w);
+    p[0] = a;
+    p[1] = b;
+}
+
 // Issues the cp.async copies of one tile (keys kt..kt+63) of `cache` into `dst`; `rows`
 // holds each of this thread's keys' row index in the cache ([num_blocks * n_kv * bs] rows
 // of HD elements), or -1 for a key outside the loaded range (zero-filled).
-template <int HD>
-__device__ __forceinline__ void fp_load_tile(bf16_t (*dst)[HD + FP_PAD], const bf16_t* __restrict__ cache,
+template <int HD, typename KV>
+__device__ __forceinline__ void fp_load_tile(bf16_t (*dst)[HD + FP_PAD], const KV* __restrict__ cache,
                                              const int* rows) {
-    constexpr int CHUNKS = HD / 8;                          // 16-byte chunks per key row
+    constexpr int CHUNKS = HD / FaOps<KV>::ELEMS;           // 16-byte chunks per key row
     constexpr int PER_THREAD = FP_KEYS * CHUNKS / (FP_WARPS * 32);
 #pragma unroll
     for (int i = 0; i < PER_THREAD; i++) {
         const int c = threadIdx.x + i * FP_WARPS * 32;
         const int key = c / CHUNKS, ch = c % CHUNKS;
         const int row = rows[i];
-        const bf16_t* src = row >= 0 ? cache + (long)row * HD + ch * 8 : cache;
-        fp_cp_async16(fp_smem_addr(&dst[key][ch * 8]), src, row >= 0 ? 16 : 0);
+        const KV* src = row >= 0 ? cache + (long)row * HD + ch * FaOps<KV>::ELEMS : cache;
+        fp_cp_async16(fa_chunk_dst<KV, HD>(dst, key, ch), src, row >= 0 ? 16 : 0);
     }
 }
 
-template <int HD>
-__device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restrict__ kc,
-                              const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+// After the wait for a tile: an FP8 tile's chunks copied by this thread widened to f16
+// (nothing for bf16). The barrier that follows the wait publishes them.
+template <int HD, typename KV>
+__device__ __forceinline__ void fp_widen_tile(bf16_t (*dst)[HD + FP_PAD]) {
+    if (!FaOps<KV>::F8) return;
+    constexpr int CHUNKS = HD / 16;
+    constexpr int PER_THREAD = FP_KEYS * CHUNKS / (FP_WARPS * 32);
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; i++) {
+        const int c = threadIdx.x + i * FP_WARPS * 32;
+        fa_widen_chunk<HD>(dst, c / CHUNKS, c % CHUNKS);
+    }
+}
+
+template <int HD, typename KV>
+__device__ void flash_prefill(const float* __restrict__ q, const KV* __restrict__ kc,
+                              const KV* __restrict__ vc, const int* __restrict__ query_start,
                               int num_seqs, const int* __restrict__ context_lens,
                               const int* __restrict__ block_tables, int bt_cols, int bs, int n_heads,
                               int n_kv, float scale, int window, float softcap, int min_q_rows,
                               float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
     constexpr int KC = HD / 16;     // k-steps of Q.K
     constexpr int NT = HD / 8;      // n-tiles of O
-    constexpr int CHUNKS = HD / 8;
+    constexpr int CHUNKS = HD / FaOps<KV>::ELEMS;
     constexpr int PER_THREAD = FP_KEYS * CHUNKS / (FP_WARPS * 32);
+    typedef FaOps<KV> Ops;
     __shared__ __attribute__((aligned(16))) bf16_t sk[FP_KEYS][HD + FP_PAD];
     __shared__ __attribute__((aligned(16))) bf16_t sv[FP_KEYS][HD + FP_PAD];
 
@@ -203,10 +278,10 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
             float2 xb0 = vb ? *reinterpret_cast<const float2*>(qb + d) : make_float2(0.0f, 0.0f);
             float2 xa1 = va ? *reinterpret_cast<const float2*>(qa + d + 8) : make_float2(0.0f, 0.0f);
             float2 xb1 = vb ? *reinterpret_cast<const float2*>(qb + d + 8) : make_float2(0.0f, 0.0f);
-            qf[ks][0] = fp_pack_bf16(xa0.x * qscale, xa0.y * qscale);
-            qf[ks][1] = fp_pack_bf16(xb0.x * qscale, xb0.y * qscale);
-            qf[ks][2] = fp_pack_bf16(xa1.x * qscale, xa1.y * qscale);
-            qf[ks][3] = fp_pack_bf16(xb1.x * qscale, xb1.y * qscale);
+            qf[ks][0] = Ops::pack(xa0.x * qscale, xa0.y * qscale);
+            qf[ks][1] = Ops::pack(xb0.x * qscale, xb0.y * qscale);
+            qf[ks][2] = Ops::pack(xa1.x * qscale, xa1.y * qscale);
+            qf[ks][3] = Ops::pack(xb1.x * qscale, xb1.y * qscale);
         }
     }
 
@@ -227,9 +302,9 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
 
     if (tile_lo <= tile_hi) {
         tile_rows(tile_lo * FP_KEYS);
-        fp_load_tile<HD>(sk, kc, rows);
+        fp_load_tile<HD, KV>(sk, kc, rows);
         fp_cp_async_commit();
-        fp_load_tile<HD>(sv, vc, rows);
+        fp_load_tile<HD, KV>(sv, vc, rows);
         fp_cp_async_commit();
     }
     // Shared-memory addresses of this lane's ldmatrix rows (see the layouts above).
@@ -241,6 +316,7 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
         const int kt = jt * FP_KEYS;
         const bool compute = w_active && kt <= w_pos_hi && kt + FP_KEYS - 1 >= w_key_lo;
         fp_cp_async_wait1();  // K(jt) has landed (V(jt) may still be in flight)
+        fp_widen_tile<HD, KV>(sk);
         __syncthreads();
 
         float sc[8][4];
@@ -253,9 +329,15 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
                 for (int np = 0; np < 4; np++) {
                     unsigned int b0, b1, b2, b3;
                     fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
-                    fp_mma(sc[2 * np], qf[ks], b0, b1);
-                    fp_mma(sc[2 * np + 1], qf[ks], b2, b3);
+                    Ops::mma(sc[2 * np], qf[ks], b0, b1);
+                    Ops::mma(sc[2 * np + 1], qf[ks], b2, b3);
                 }
+            }
+            if (Ops::F8) {
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
             }
             if (use_cap) {
 #pragma unroll
@@ -316,31 +398,32 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
         __syncthreads();  // every warp is done with K(jt)
         if (jt < tile_hi) {
             tile_rows(kt + FP_KEYS);
-            fp_load_tile<HD>(sk, kc, rows);
+            fp_load_tile<HD, KV>(sk, kc, rows);
         }
         fp_cp_async_commit();
         fp_cp_async_wait1();  // V(jt) has landed (K(jt + 1) may still be in flight)
+        fp_widen_tile<HD, KV>(sv);
         __syncthreads();
 
         if (compute) {
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
                 unsigned int pa[4];
-                pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-                pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-                pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                pa[0] = Ops::pack(sc[2 * kk][0], sc[2 * kk][1]);
+                pa[1] = Ops::pack(sc[2 * kk][2], sc[2 * kk][3]);
+                pa[2] = Ops::pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                pa[3] = Ops::pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
                 for (int dp = 0; dp < HD / 16; dp++) {
                     unsigned int b0, b1, b2, b3;
                     fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
-                    fp_mma(o[2 * dp], pa, b0, b1);
-                    fp_mma(o[2 * dp + 1], pa, b2, b3);
+                    Ops::mma(o[2 * dp], pa, b0, b1);
+                    Ops::mma(o[2 * dp + 1], pa, b2, b3);
                 }
             }
         }
         __syncthreads();  // every warp is done with V(jt)
-        if (jt < tile_hi) fp_load_tile<HD>(sv, vc, rows);
+        if (jt < tile_hi) fp_load_tile<HD, KV>(sv, vc, rows);
         fp_cp_async_commit();
     }
 
@@ -349,8 +432,10 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
     l_a += __shfl_xor_sync(full, l_a, 2);
     l_b += __shfl_xor_sync(full, l_b, 1);
     l_b += __shfl_xor_sync(full, l_b, 2);
-    const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f;
-    const float inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+    // (An FP8 cache's V values were f16 times 2^-8.)
+    const float vs = Ops::F8 ? 256.0f : 1.0f;
+    const float inv_a = l_a > 0.0f ? vs / l_a : 0.0f;
+    const float inv_b = l_b > 0.0f ? vs / l_b : 0.0f;
     float* oa = out + (long)(q0 + r_a) * ld + h * HD + 2 * c;
     float* ob = out + (long)(q0 + r_b) * ld + h * HD + 2 * c;
 #pragma unroll
@@ -374,13 +459,15 @@ __device__ void flash_prefill(const float* __restrict__ q, const bf16_t* __restr
     }
 }
 
-#define FLASH_PREFILL(HD) \
-extern "C" __global__ void __launch_bounds__(FP_WARPS * 32) flash_prefill_bf16_d##HD( \
-    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, int num_seqs, \
+#define FLASH_PREFILL(HD, KVN, KV) \
+extern "C" __global__ void __launch_bounds__(FP_WARPS * 32) flash_prefill_##KVN##_d##HD( \
+    const float* q, const KV* kc, const KV* vc, const int* query_start, int num_seqs, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int min_q_rows, float* out, bf16_t* out_bf16) { pdl_entry(); \
-    flash_prefill<HD>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, bs, \
-                      n_heads, n_kv, scale, window, softcap, min_q_rows, out, out_bf16); \
+    flash_prefill<HD, KV>(q, kc, vc, query_start, num_seqs, context_lens, block_tables, bt_cols, bs, \
+                          n_heads, n_kv, scale, window, softcap, min_q_rows, out, out_bf16); \
 }
-FLASH_PREFILL(64)
-FLASH_PREFILL(128)
+FLASH_PREFILL(64, bf16, bf16_t)
+FLASH_PREFILL(128, bf16, bf16_t)
+FLASH_PREFILL(64, fp8, fp8_t)
+FLASH_PREFILL(128, fp8, fp8_t)

@@ -54,9 +54,59 @@ __device__ __forceinline__ f16_t f32_to_f16(float f) {
     return h;
 }
 
+// f32 -> E4M3, round to nearest even, saturating to +-448 (infinities too), NaN to 0x7F
+// with the sign: bit for bit the host's `e4m3_from_f32` (quant/fp8.rs), which the CPU test
+// checks exhaustively. Normal results (|f| >= 2^-6) round the f32 mantissa to 3 bits and
+// rebias the exponent (127 -> 7: minus 120 << 3 on the (exponent, mantissa) bits);
+// subnormal ones (multiples of 2^-9) come from adding 2^14, whose ulp is 2^-9, so the
+// hardware's round-to-nearest-even does the rounding. No sm_89 cvt: the same code on
+// every architecture.
+__device__ __forceinline__ unsigned int fp8_from_f32(float f) {
+    const unsigned int u = __float_as_uint(f);
+    const unsigned int sign = (u >> 24) & 0x80u;
+    const unsigned int a = u & 0x7fffffffu;
+    unsigned int code;
+    if (a > 0x7f800000u) {
+        code = 0x7fu;
+    } else if (a >= 0x43e00000u) {  // 448
+        code = 0x7eu;
+    } else if (a >= 0x3c800000u) {  // 2^-6
+        code = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - 0x3c0u;
+    } else {
+        code = __float_as_uint(__fadd_rn(__uint_as_float(a), 16384.0f)) - 0x46800000u;
+    }
+    return code | sign;
+}
+
+// An FP8 (OCP E4M3) KV cache element (`--kv-cache-dtype fp8`): one byte, no scale (the
+// per-tensor scale is 1, as vLLM's fp8 cache without calibrated scales); written with
+// fp8_from_f32, read exactly.
+typedef unsigned char fp8_t;
+
+// Four E4M3 codes (byte i of w is element i) as two f16x2 words holding each value times
+// 2^-8: codes 0, 1 in `lo`, 2, 3 in `hi` (lower element in the low half). Each code's 7
+// magnitude bits (eeee mmm) move to bits 7..13 of an f16 and its sign to bit 15: the f16
+// exponent field is 0eeee (bias 15 against E4M3's 7) and its mantissa mmm0000000, so the
+// f16 is exactly the E4M3 value times 2^-8, subnormals included (the same trick as
+// fp8.cu's fp8_pair). Code 0x7F (NaN) decodes to 480 * 2^-8: fp8_from_f32 writes it only
+// for a NaN input.
+__device__ __forceinline__ void fp8x4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+    const unsigned int a = __byte_perm(w, 0u, 0x1404), b = __byte_perm(w, 0u, 0x3424);
+    lo = (a & 0x80008000u) | ((a >> 1) & 0x3F803F80u);
+    hi = (b & 0x80008000u) | ((b >> 1) & 0x3F803F80u);
+}
+
+__device__ __forceinline__ float fp8_to_f32(fp8_t c) {
+    const unsigned short h = (unsigned short)(((c & 0x80u) << 8) | ((c & 0x7Fu) << 7));
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f * 256.0f;
+}
+
 // Loads of one element of each storage type as f32.
 __device__ __forceinline__ float load_f32(const float* p, long i) { return p[i]; }
 __device__ __forceinline__ float load_f32(const bf16_t* p, long i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ float load_f32(const fp8_t* p, long i) { return fp8_to_f32(p[i]); }
 
 // Eight consecutive elements from an 16-byte aligned position (i a multiple of 8).
 __device__ __forceinline__ void load8(const float* p, long i, float* f) {
@@ -73,9 +123,29 @@ __device__ __forceinline__ void load8(const bf16_t* p, long i, float* f) {
         f[2 * e + 1] = __uint_as_float(u[e] & 0xffff0000u);
     }
 }
+// Eight E4M3 codes from an 8-byte aligned position (i a multiple of 8).
+__device__ __forceinline__ void load8(const fp8_t* p, long i, float* f) {
+    const uint2 r = __ldg(reinterpret_cast<const uint2*>(p + i));
+    const unsigned int u[2] = {r.x, r.y};
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        unsigned int lo, hi;
+        fp8x4_to_f16x2(u[e], lo, hi);
+        const unsigned int h[2] = {lo, hi};
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            float x, y;
+            asm("{.reg .b16 l, u;\n\tmov.b32 {l, u}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, u;}"
+                : "=f"(x), "=f"(y) : "r"(h[j]));
+            f[4 * e + 2 * j] = x * 256.0f;
+            f[4 * e + 2 * j + 1] = y * 256.0f;
+        }
+    }
+}
 
 __device__ __forceinline__ void store_kv(float* p, long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_kv(bf16_t* p, long i, float v) { p[i] = f32_to_bf16(v); }
+__device__ __forceinline__ void store_kv(fp8_t* p, long i, float v) { p[i] = (fp8_t)fp8_from_f32(v); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

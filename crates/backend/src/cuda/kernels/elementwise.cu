@@ -262,6 +262,7 @@ extern "C" __global__ void NAME(const float* k, const float* v, KV* kc, KV* vc, 
 }
 KV_WRITE(kv_write_f32_kernel, float)
 KV_WRITE(kv_write_bf16_kernel, bf16_t)
+KV_WRITE(kv_write_fp8_kernel, fp8_t)
 
 // Greedy sampling on the device: the first index of each row's maximum (the host's
 // `argmax` rule), one block of 1024 threads per row. NaN never wins.
@@ -409,3 +410,5 @@ SPLIT_QKV_ROPE(split_qkv_rope_f32_kernel, float, float)
 SPLIT_QKV_ROPE(split_qkv_rope_bf16_kernel, bf16_t, float)
 SPLIT_QKV_ROPE(split_qkv_rope_bf16in_f32_kernel, float, bf16_t)
 SPLIT_QKV_ROPE(split_qkv_rope_bf16in_bf16_kernel, bf16_t, bf16_t)
+SPLIT_QKV_ROPE(split_qkv_rope_fp8_kernel, fp8_t, float)
+SPLIT_QKV_ROPE(split_qkv_rope_bf16in_fp8_kernel, fp8_t, bf16_t)

@@ -141,30 +141,6 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const uns
 }
 GEMV_FP8(gemv_fp8_2, 2) GEMV_FP8(gemv_fp8_3, 3) GEMV_FP8(gemv_fp8_4, 4)
 
-// f32 -> E4M3, round to nearest even, saturating to +-448 (infinities too), NaN to 0x7F
-// with the sign: bit for bit the host's `e4m3_from_f32` (cuda/fp8.rs), which the CPU test
-// checks exhaustively. Normal results (|f| >= 2^-6) round the f32 mantissa to 3 bits and
-// rebias the exponent (127 -> 7: minus 120 << 3 on the (exponent, mantissa) bits);
-// subnormal ones (multiples of 2^-9) come from adding 2^14, whose ulp is 2^-9, so the
-// hardware's round-to-nearest-even does the rounding. No sm_89 cvt: the same code on
-// every architecture.
-__device__ __forceinline__ unsigned int fp8_from_f32(float f) {
-    const unsigned int u = __float_as_uint(f);
-    const unsigned int sign = (u >> 24) & 0x80u;
-    const unsigned int a = u & 0x7fffffffu;
-    unsigned int code;
-    if (a > 0x7f800000u) {
-        code = 0x7fu;
-    } else if (a >= 0x43e00000u) {  // 448
-        code = 0x7eu;
-    } else if (a >= 0x3c800000u) {  // 2^-6
-        code = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - 0x3c0u;
-    } else {
-        code = __float_as_uint(__fadd_rn(__uint_as_float(a), 16384.0f)) - 0x46800000u;
-    }
-    return code | sign;
-}
-
 // The per-tensor scale for a largest magnitude `amax`: amax / 448, or 1 when that is not
 // a normal finite number (all zeros, or a non-finite input). Host twin: `tensor_scale`.
 __device__ __forceinline__ float fp8_tensor_scale(float amax) {

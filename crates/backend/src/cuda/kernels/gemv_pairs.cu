@@ -164,3 +164,4 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const uns
 }
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float)
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8, fp8_t)
