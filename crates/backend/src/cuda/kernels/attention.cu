@@ -1,6 +1,6 @@
 // Paged attention for a mixed batch of prefill chunks and decodes (the CPU kernel's
 // contract, crates/backend/src/cpu/attention.rs): q [T, n_heads * hd] f32, caches
-// [num_blocks, n_kv, bs, hd] (f32 or bf16), out [T, n_heads * hd] f32.
+// [num_blocks, n_kv, bs, hd] (f32, bf16 or FP8 E4M3), out [T, n_heads * hd] f32.
 //
 // One block per (query row, KV head, key split). The g query heads that share a KV head
 // are handled together (GQA: a K/V row is read once for all of them), with an online

@@ -1,4 +1,4 @@
-// Decode attention on tensor cores over a paged bf16 KV cache: sequences with few query
+// Decode attention on tensor cores over a paged bf16 KV cache (an FP8 one: fd8_pass below): sequences with few query
 // rows (plain decode: 1; speculative verification or short chunks: up to 15). The data
 // contract is attention.cu's (the CPU kernel's, crates/backend/src/cpu/attention.rs):
 // q [T, n_heads * hd] f32, caches [num_blocks, n_kv, bs, hd] bf16, out [T, n_heads * hd]

@@ -1,4 +1,4 @@
-// Causal prefill attention on tensor cores over a paged bf16 KV cache, after
+// Causal prefill attention on tensor cores over a paged bf16 (or FP8, see FaOps) KV cache, after
 // FlashAttention-2 (Dao 2023, "FlashAttention-2: Faster Attention with Better Parallelism
 // and Work Partitioning"). The data contract is attention.cu's (the CPU kernel's, in
 // crates/backend/src/cpu/attention.rs): q [T, n_heads * hd] f32, caches
