@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -269,4 +269,25 @@ if [[ " $what " == *" offline_kvfp8 "* ]]; then # session 12: offline 1000 x 102
       --num-prompts 1000 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -8 | tee -a "$OUT/offline.txt"
   done
   echo "at ${SECONDS} s" | tee -a "$OUT/offline.txt"
+fi
+if [[ " $what " == *" serve_kv "* ]]; then # session 12: serving with a bf16 and an FP8 KV cache (max 256 sequences): 400 requests of 1,024 in / 512 out all at once, then rate 64/s of 512 in / 128 out
+  python3 -c 'from tokenizers import Tokenizer, models, pre_tokenizers
+tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(49152)}, unk_token="t0"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.save("/tmp/synthetic-tokenizer.json")'
+  for kv in bf16 fp8; do
+    $B serve --device cuda --random-weights llama-3.1-8b-bench --port 8089 --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype $kv > "$OUT/serve-$kv.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 180); do curl -sf http://127.0.0.1:8089/health >/dev/null && break; sleep 1; done
+    grep -m1 "KV cache" "$OUT/serve-$kv.log" | tee -a "$OUT/serve_kv.txt"
+    for spec in "warm 50 128 128 inf" "burst 400 1024 512 inf" "rate64 200 512 128 64"; do
+      set -- $spec
+      echo "=== kv $kv $1: $2 requests of $3 in / $4 out, rate $5/s" | tee -a "$OUT/serve_kv.txt"
+      timeout 150 $B bench serve --base-url http://127.0.0.1:8089 --model random-llama-3.1-8b-bench \
+        --tokenizer /tmp/synthetic-tokenizer.json --num-prompts $2 --random-input-len $3 \
+        --random-output-len $4 --ignore-eos --request-rate $5 --temperature 0.8 --extra-body '{"top_p": 0.95}' 2>&1 \
+        | grep -E "Request throughput|Output token|P50 TTFT|P99 TTFT|P50 TPOT|P99 TPOT|Benchmark duration" | tee -a "$OUT/serve_kv.txt"
+    done
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  done
 fi
