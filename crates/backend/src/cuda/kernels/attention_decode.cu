@@ -134,6 +134,75 @@ __device__ __forceinline__ float fd_dsmem_load(const float* p, unsigned int rank
     return v;
 }
 
+// A thread's two packed rows (g and g + 8 of its m-tile) in a pass: the highest key each
+// may see (-1 for padding rows: everything masked), the lowest (sliding window), and the
+// online softmax's running max (log2 units) and sum.
+struct FdSoftmax {
+    int u_a, u_b, f_a, f_b;
+    float m_a, m_b, l_a, l_b;
+};
+
+// One tile's scores sc (n8 tiles of this warp's keys from k0 = tile start + the warp's key
+// offset, in log2 units) through the softcap and the causal / window / split-end mask (a
+// few compares per score; the tile loads dominate), then the online softmax: sc becomes
+// P, O and l are rescaled to the new running max.
+template <int NJ, int NT>
+__device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[NT][4], FdSoftmax& st,
+                                                const FdBlock& b, int k0, int c) {
+    const unsigned int full = 0xffffffffu;
+    if (b.use_cap) {
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int k = k0 + j * 8 + 2 * c + e;
+            if (k > st.u_a || k < st.f_a) sc[j][e] = NEG_INF;
+            if (k > st.u_b || k < st.f_b) sc[j][2 + e] = NEG_INF;
+        }
+    }
+    float mx_a = NEG_INF, mx_b = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
+        mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 2));
+    const float mn_a = fmaxf(st.m_a, mx_a), mn_b = fmaxf(st.m_b, mx_b);
+    // A row that has seen no key yet keeps max -inf: subtract 0 instead (p = 0).
+    const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
+    const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
+    const float alpha_a = fp_exp2(st.m_a - base_a), alpha_b = fp_exp2(st.m_b - base_b);
+    st.m_a = mn_a;
+    st.m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        sc[j][0] = fp_exp2(sc[j][0] - base_a);
+        sc[j][1] = fp_exp2(sc[j][1] - base_a);
+        sc[j][2] = fp_exp2(sc[j][2] - base_b);
+        sc[j][3] = fp_exp2(sc[j][3] - base_b);
+        sum_a += sc[j][0] + sc[j][1];
+        sum_b += sc[j][2] + sc[j][3];
+    }
+    st.l_a = st.l_a * alpha_a + sum_a;
+    st.l_b = st.l_b * alpha_b + sum_b;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        o[j][0] *= alpha_a;
+        o[j][1] *= alpha_a;
+        o[j][2] *= alpha_b;
+        o[j][3] *= alpha_b;
+    }
+}
+
 // The end of a pass, after each warp has written its O (unnormalised, 16 rows) to `so`:
 // each warp's m and l (summed over the row's 4 lanes) to shared memory, then the KW warps
 // of each m-tile merged, and the output (one split), the partial state (the merge
@@ -248,7 +317,6 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     constexpr int KC = HD / 16;          // k-steps of Q.K
     constexpr int NT = HD / 8;           // n8 tiles of O
     constexpr unsigned int ROW_BYTES = (HD + FP_PAD) * 2;
-    const unsigned int full = 0xffffffffu;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, c = lane & 3;
     const int mtl = warp % MW, koff = (warp / MW) * NK;
@@ -261,15 +329,17 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
     const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
     const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
-    const int u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
-    const int u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
-    const int f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
-    const int f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
+    FdSoftmax st;
+    st.u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
+    st.u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
+    st.f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
+    st.f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
 
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+    st.m_a = st.m_b = NEG_INF;
+    st.l_a = st.l_b = 0.0f;
 
     // Cache row of key k (-1: past the block's last key, zero-filled).
     auto row_of = [&](int k) {
@@ -333,59 +403,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
                     fp_mma(sc[2 * np + 1], qf, b2, b3);
                 }
             }
-            if (b.use_cap) {
-#pragma unroll
-                for (int j = 0; j < NJ; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
-            }
-            // Causal / window / split-end mask per packed row (a few compares per score;
-            // the tile loads dominate).
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int k = kt + koff + j * 8 + 2 * c + e;
-                    if (k > u_a || k < f_a) sc[j][e] = NEG_INF;
-                    if (k > u_b || k < f_b) sc[j][2 + e] = NEG_INF;
-                }
-            }
-            float mx_a = NEG_INF, mx_b = NEG_INF;
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
-                mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
-            }
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 1));
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 2));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 1));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 2));
-            const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-            // A row that has seen no key yet keeps max -inf: subtract 0 instead (p = 0).
-            const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
-            const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
-            const float alpha_a = fp_exp2(m_a - base_a), alpha_b = fp_exp2(m_b - base_b);
-            m_a = mn_a;
-            m_b = mn_b;
-            float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                sc[j][0] = fp_exp2(sc[j][0] - base_a);
-                sc[j][1] = fp_exp2(sc[j][1] - base_a);
-                sc[j][2] = fp_exp2(sc[j][2] - base_b);
-                sc[j][3] = fp_exp2(sc[j][3] - base_b);
-                sum_a += sc[j][0] + sc[j][1];
-                sum_b += sc[j][2] + sc[j][3];
-            }
-            l_a = l_a * alpha_a + sum_a;
-            l_b = l_b * alpha_b + sum_b;
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                o[j][0] *= alpha_a;
-                o[j][1] *= alpha_a;
-                o[j][2] *= alpha_b;
-                o[j][3] *= alpha_b;
-            }
+            fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
         }
         __syncthreads();  // every warp is done with K(jt)
         if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.k, static_cast<const bf16_t*>(b.kc), srow[(jt + 1) & 1]);
@@ -424,7 +442,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         *reinterpret_cast<float2*>(&sh.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
         *reinterpret_cast<float2*>(&sh.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
     }
-    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, m_a, m_b, l_a, l_b);
+    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
 }
 
 // ---- FP8 (E4M3) cache: the same pass over raw FP8 tiles -------------------------------
@@ -506,7 +524,6 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
     constexpr int KC = HD / 16;          // k-steps of Q.K
     constexpr int NT = HD / 8;           // n8 tiles of O
     constexpr unsigned int ROW = HD + FD8_PAD;
-    const unsigned int full = 0xffffffffu;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, c = lane & 3;
     const int mtl = warp % MW, koff = (warp / MW) * NK;
@@ -519,15 +536,17 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
     const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
     const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
     const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
-    const int u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
-    const int u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
-    const int f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
-    const int f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
+    FdSoftmax st;
+    st.u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
+    st.u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
+    st.f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
+    st.f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
 
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+    st.m_a = st.m_b = NEG_INF;
+    st.l_a = st.l_b = 0.0f;
 
     auto row_of = [&](int k) {
         return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
@@ -569,15 +588,15 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
 
     for (int jt = 0; jt < n_tiles; jt++) {
         const int kt = b.lo + jt * FD_KEYS;
-        const int st = jt & 1;
+        const int stage = jt & 1;
         fp_cp_async_wait1();  // tile jt has landed (tile jt + 1 may still be in flight)
         __syncthreads();
         const int r_next =
             threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
 
         if (w_active) {
-            const unsigned int k_addr = fp_smem_addr(&sh.kv.k[st][tile_row][tile_col]);
-            const unsigned int v_addr = fp_smem_addr(&sh.kv.v[st][tile_row][tile_col]);
+            const unsigned int k_addr = fp_smem_addr(&sh.kv.k[stage][tile_row][tile_col]);
+            const unsigned int v_addr = fp_smem_addr(&sh.kv.v[stage][tile_row][tile_col]);
             float sc[NJ][4];
 #pragma unroll
             for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
@@ -605,56 +624,7 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
             for (int j = 0; j < NJ; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
-            if (b.use_cap) {
-#pragma unroll
-                for (int j = 0; j < NJ; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
-            }
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int k = kt + koff + j * 8 + 2 * c + e;
-                    if (k > u_a || k < f_a) sc[j][e] = NEG_INF;
-                    if (k > u_b || k < f_b) sc[j][2 + e] = NEG_INF;
-                }
-            }
-            float mx_a = NEG_INF, mx_b = NEG_INF;
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
-                mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
-            }
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 1));
-            mx_a = fmaxf(mx_a, __shfl_xor_sync(full, mx_a, 2));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 1));
-            mx_b = fmaxf(mx_b, __shfl_xor_sync(full, mx_b, 2));
-            const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-            const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
-            const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
-            const float alpha_a = fp_exp2(m_a - base_a), alpha_b = fp_exp2(m_b - base_b);
-            m_a = mn_a;
-            m_b = mn_b;
-            float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                sc[j][0] = fp_exp2(sc[j][0] - base_a);
-                sc[j][1] = fp_exp2(sc[j][1] - base_a);
-                sc[j][2] = fp_exp2(sc[j][2] - base_b);
-                sc[j][3] = fp_exp2(sc[j][3] - base_b);
-                sum_a += sc[j][0] + sc[j][1];
-                sum_b += sc[j][2] + sc[j][3];
-            }
-            l_a = l_a * alpha_a + sum_a;
-            l_b = l_b * alpha_b + sum_b;
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                o[j][0] *= alpha_a;
-                o[j][1] *= alpha_a;
-                o[j][2] *= alpha_b;
-                o[j][3] *= alpha_b;
-            }
+            fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
 #pragma unroll
             for (int kk = 0; kk < NJ / 2; kk++) {
                 unsigned int pa[4];
@@ -676,11 +646,11 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
             }
         }
         // Tile jt's rows are no longer read (its loads were issued two tiles ago).
-        if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) srow[st][threadIdx.x] = r_next;
-        __syncthreads();  // every warp is done with stage st; srow[st] holds tile jt + 2's rows
+        if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) srow[stage][threadIdx.x] = r_next;
+        __syncthreads();  // every warp is done with this stage; srow[stage] holds tile jt + 2's rows
         if (jt + 2 < n_tiles) {
-            fd8_load_tile<HD>(sh.kv.k[st], kc, srow[st]);
-            fd8_load_tile<HD>(sh.kv.v[st], vc, srow[st]);
+            fd8_load_tile<HD>(sh.kv.k[stage], kc, srow[stage]);
+            fd8_load_tile<HD>(sh.kv.v[stage], vc, srow[stage]);
         }
         fp_cp_async_commit();
     }
@@ -696,7 +666,7 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
             sh.o[warp][g + 8][d] = o[t][2 + e] * 256.0f;
         }
     }
-    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, m_a, m_b, l_a, l_b);
+    fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
 }
 
 // The shared memory of a block and the pass that uses it, by cache type.
