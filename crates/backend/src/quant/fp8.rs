@@ -85,6 +85,30 @@ const fn decode_table() -> [f32; 256] {
 /// `0x7F` and `0xFF`).
 pub static E4M3_TO_F32: [f32; 256] = decode_table();
 
+/// The f16 bits of E4M3 `code`'s value times 2^-8, exactly (subnormals included): f16
+/// has E4M3's sign, an exponent one bit wider with bias 15 = 7 + 8 and a mantissa seven
+/// bits longer, so the sign moves to bit 15 and the 7 magnitude bits up by 7. The NaN
+/// codes would land on 1.875 (480 once scaled); they give f16's quiet NaN `0x7e00`
+/// (with the sign) instead, which widens to the same f32 NaN as [`E4M3_TO_F32`]'s. The
+/// CPU's vectorised row decode (`cpu/attention.rs`, F16C) makes the same bits (working
+/// on the bytes), widens them and multiplies by [`E4M3_F16_SCALE`].
+pub const fn e4m3_to_f16_bits(code: u8) -> u16 {
+    let c = code as u16;
+    let mag = (c & 0x7f) << 7;
+    let mag = if mag == 0x3f80 {
+        mag ^ F16_NAN_FIX
+    } else {
+        mag
+    };
+    ((c & 0x80) << 8) | mag
+}
+
+/// What turns the NaN codes' f16 bits (`0x3f80`, magnitude) into f16's quiet NaN `0x7e00`.
+pub const F16_NAN_FIX: u16 = 0x3f80 ^ 0x7e00;
+
+/// [`e4m3_to_f16_bits`]'s f16 times this (exact) is the code's value.
+pub const E4M3_F16_SCALE: f32 = 256.0;
+
 /// Decodes `src.len().min(dst.len())` codes into `dst` through the table.
 #[inline]
 pub fn e4m3_row_to_f32(src: &[u8], dst: &mut [f32]) {
@@ -190,6 +214,16 @@ mod tests {
             assert_eq!(e4m3_from_f32(-mid), even | 0x80, "tie -{v0}..-{v1}");
             assert_eq!(e4m3_from_f32(f32::from_bits(mid.to_bits() - 1)), c0);
             assert_eq!(e4m3_from_f32(f32::from_bits(mid.to_bits() + 1)), c1);
+        }
+    }
+
+    #[test]
+    fn f16_bits_times_256_are_the_table() {
+        for c in 0..=255u8 {
+            let h = half::f16::from_bits(e4m3_to_f16_bits(c));
+            let v = h.to_f32() * E4M3_F16_SCALE;
+            assert_eq!(v.to_bits(), E4M3_TO_F32[c as usize].to_bits(), "{c:#04x}");
+            assert_eq!(h.is_nan(), c & 0x7f == 0x7f, "{c:#04x}");
         }
     }
 
