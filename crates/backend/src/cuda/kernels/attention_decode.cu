@@ -142,6 +142,23 @@ struct FdSoftmax {
     float m_a, m_b, l_a, l_b;
 };
 
+// This thread's two packed rows (g and g + 8 of m-tile `mtile`: query row r = packed row
+// / g heads): the highest key each may see (-1 for padding rows: everything masked) and
+// the lowest, with the softmax state empty.
+__device__ __forceinline__ FdSoftmax fd_rows(const FdBlock& b, int mtile, int g) {
+    const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
+    const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
+    const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
+    FdSoftmax st;
+    st.u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
+    st.u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
+    st.f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
+    st.f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
+    st.m_a = st.m_b = NEG_INF;
+    st.l_a = st.l_b = 0.0f;
+    return st;
+}
+
 // One tile's scores sc (n8 tiles of this warp's keys from k0 = tile start + the warp's key
 // offset, in log2 units) through the softcap and the causal / window / split-end mask (a
 // few compares per score; the tile loads dominate), then the online softmax: sc becomes
@@ -324,22 +341,10 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     const bool w_active = mtile * 16 < b.m_rows;
     const int ld = b.n_heads * HD;
 
-    // This thread's two packed rows (g and g + 8 of the m-tile): query row, head, the
-    // highest key each may see (-1 for padding rows: everything masked) and the lowest.
-    const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
-    const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
-    const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
-    FdSoftmax st;
-    st.u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
-    st.u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
-    st.f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
-    st.f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
-
+    FdSoftmax st = fd_rows(b, mtile, g);
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    st.m_a = st.m_b = NEG_INF;
-    st.l_a = st.l_b = 0.0f;
 
     // Cache row of key k (-1: past the block's last key, zero-filled).
     auto row_of = [&](int k) {
@@ -533,20 +538,10 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
     const fp8_t* kc = static_cast<const fp8_t*>(b.kc);
     const fp8_t* vc = static_cast<const fp8_t*>(b.vc);
 
-    const int pr_a = mtile * 16 + g, pr_b = pr_a + 8;
-    const bool va = pr_a < b.m_rows, vb = pr_b < b.m_rows;
-    const int r_a = va ? pr_a / b.gh : 0, r_b = vb ? pr_b / b.gh : 0;
-    FdSoftmax st;
-    st.u_a = va ? min(b.pos0 + r_a, b.hi) : -1;
-    st.u_b = vb ? min(b.pos0 + r_b, b.hi) : -1;
-    st.f_a = b.window > 0 ? b.pos0 + r_a - b.window + 1 : 0;
-    st.f_b = b.window > 0 ? b.pos0 + r_b - b.window + 1 : 0;
-
+    FdSoftmax st = fd_rows(b, mtile, g);
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    st.m_a = st.m_b = NEG_INF;
-    st.l_a = st.l_b = 0.0f;
 
     auto row_of = [&](int k) {
         return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
