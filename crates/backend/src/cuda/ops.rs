@@ -981,13 +981,9 @@ impl CudaBackend {
         if t == 0 || meta.num_seqs == 0 {
             return Ok(());
         }
+        // The tensor-core kernels below have bf16 and FP8 instances; f32 caches take the
+        // lane kernel.
         let kind = KvKind::of("CUDA attention KV cache", k_cache.dtype())?;
-        // The tensor-core kernels' instances: bf16 or FP8 caches.
-        let tc = match kind {
-            KvKind::F32 => None,
-            KvKind::Bf16 => Some(0),
-            KvKind::Fp8 => Some(1),
-        };
         self.bind()?;
         let (pq, pk, pv, po) = (ptr(q)?, ptr(k_cache)?, ptr(v_cache)?, ptr(out)?);
         let (pqs, pcl, pbt) = (
@@ -1005,11 +1001,11 @@ impl CudaBackend {
         // Sequences of PREFILL_MIN_ROWS rows or more go to the tensor-core prefill kernel
         // (custom masks were refused above); the kernels launched first skip their rows.
         let kern = &self.kernels;
-        let flash = match (hd, tc) {
-            (64, Some(0)) => Some(kern.flash_prefill_bf16_d64),
-            (128, Some(0)) => Some(kern.flash_prefill_bf16_d128),
-            (64, Some(_)) => Some(kern.flash_prefill_fp8_d64),
-            (128, Some(_)) => Some(kern.flash_prefill_fp8_d128),
+        let flash = match (hd, kind) {
+            (64, KvKind::Bf16) => Some(kern.flash_prefill_bf16_d64),
+            (128, KvKind::Bf16) => Some(kern.flash_prefill_bf16_d128),
+            (64, KvKind::Fp8) => Some(kern.flash_prefill_fp8_d64),
+            (128, KvKind::Fp8) => Some(kern.flash_prefill_fp8_d128),
             _ => None,
         }
         .filter(|_| t >= PREFILL_MIN_ROWS && t > meta.num_seqs);
@@ -1027,16 +1023,15 @@ impl CudaBackend {
         // kernel with only that path, which fits more blocks per SM.
         let rows_bound = decode_rows_bound(t, meta.num_seqs);
         let one_tile = g * rows_bound <= 16;
-        let decode = match (hd, one_tile, tc) {
-            (_, _, None) => None,
-            (64, true, Some(0)) => Some(kern.flash_decode_bf16_d64),
-            (128, true, Some(0)) => Some(kern.flash_decode_bf16_d128),
-            (64, false, Some(0)) => Some(kern.flash_decode_multi_bf16_d64),
-            (128, false, Some(0)) => Some(kern.flash_decode_multi_bf16_d128),
-            (64, true, Some(_)) => Some(kern.flash_decode_fp8_d64),
-            (128, true, Some(_)) => Some(kern.flash_decode_fp8_d128),
-            (64, false, Some(_)) => Some(kern.flash_decode_multi_fp8_d64),
-            (128, false, Some(_)) => Some(kern.flash_decode_multi_fp8_d128),
+        let decode = match (hd, one_tile, kind) {
+            (64, true, KvKind::Bf16) => Some(kern.flash_decode_bf16_d64),
+            (128, true, KvKind::Bf16) => Some(kern.flash_decode_bf16_d128),
+            (64, false, KvKind::Bf16) => Some(kern.flash_decode_multi_bf16_d64),
+            (128, false, KvKind::Bf16) => Some(kern.flash_decode_multi_bf16_d128),
+            (64, true, KvKind::Fp8) => Some(kern.flash_decode_fp8_d64),
+            (128, true, KvKind::Fp8) => Some(kern.flash_decode_fp8_d128),
+            (64, false, KvKind::Fp8) => Some(kern.flash_decode_multi_fp8_d64),
+            (128, false, KvKind::Fp8) => Some(kern.flash_decode_multi_fp8_d128),
             _ => None,
         };
         // (splits, partials, the bf16 copy of the output to write or 0)
