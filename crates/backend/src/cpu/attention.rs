@@ -38,7 +38,7 @@ use crate::device::{AttentionParams, PagedAttentionMeta};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::quant::blocks::{as_blocks, f16_le, BlockQ8_0, QK};
-use crate::quant::fp8::E4M3_TO_F32;
+use crate::quant::fp8::e4m3_row_to_f32;
 #[cfg(target_arch = "x86_64")]
 use crate::quant::fp8::{E4M3_F16_SCALE, F16_NAN_FIX};
 use crate::tensor::Tensor;
@@ -185,9 +185,7 @@ unsafe fn fp8_row_f16c(src: &[u8], dst: &mut [f32]) {
             i += 16;
         }
     }
-    for j in i..n {
-        dst[j] = E4M3_TO_F32[src[j] as usize];
-    }
+    e4m3_row_to_f32(&src[i..n], &mut dst[i..n]);
 }
 
 /// `dst = d * q` for each Q8_0 block of `src` (`dst` holds 32 per block).
@@ -290,9 +288,7 @@ impl<'a> KvView<'a> {
                     return buf;
                 }
                 // A table lookup per element (1 KiB, stays in L1).
-                for (d, &s) in buf.iter_mut().zip(src) {
-                    *d = E4M3_TO_F32[s as usize];
-                }
+                e4m3_row_to_f32(src, buf);
             }
         }
         buf
@@ -618,6 +614,8 @@ mod tests {
     /// The FP8 row decode of every path equals the table bit for bit, NaN codes included
     /// (they decode to the table's NaN, `0x7fc00000` with the code's sign), for every
     /// code at every position of rows of many lengths (whole 16-code chunks or not).
+    use crate::quant::fp8::E4M3_TO_F32;
+
     #[test]
     fn fp8_row_decode_equals_the_table() {
         for hd in [

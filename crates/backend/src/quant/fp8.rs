@@ -6,13 +6,12 @@
 //! infinities: codes `0x7F`/`0xFF` are NaN and the largest finite magnitude is 448; the
 //! smallest subnormal is 2^-9, the smallest normal 2^-6. Encoding rounds to nearest even
 //! and saturates to ±448 (infinities too), like `cvt.rn.satfinite.e4m3x2.f32`;
-//! decoding is exact. [`E4M3_TO_F32`] is a 256-entry decode table for the CPU's hot
-//! loops, built at compile time from the bit fields (independently of
-//! [`e4m3_to_f32`]'s arithmetic; a test checks that they agree).
+//! decoding is exact, through [`E4M3_TO_F32`], a 256-entry table built at compile time
+//! from the bit fields (the tests check every entry against the format's definition).
 
 /// f32 to E4M3: round to nearest even, saturate to ±448 (infinities included), NaN to
-/// `0x7F` with the input's sign. The device's `fp8_from_f32` (cuda/kernels/fp8.cu) is the
-/// same arithmetic, so host and device quantize bit for bit alike.
+/// `0x7F` with the input's sign. The device's `fp8_from_f32` (cuda/kernels/common.cuh) is
+/// the same arithmetic, so host and device quantize bit for bit alike.
 pub fn e4m3_from_f32(f: f32) -> u8 {
     let u = f.to_bits();
     let sign = ((u >> 24) & 0x80) as u8;
@@ -34,20 +33,10 @@ pub fn e4m3_from_f32(f: f32) -> u8 {
     code as u8 | sign
 }
 
-/// E4M3 to f32 (exact). NaN codes (`0x7F`, `0xFF`) give NaN.
+/// E4M3 to f32 (exact, through [`E4M3_TO_F32`]). NaN codes (`0x7F`, `0xFF`) give NaN.
+#[inline]
 pub fn e4m3_to_f32(code: u8) -> f32 {
-    let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
-    let e = i32::from((code >> 3) & 0xf);
-    let m = f32::from(code & 7);
-    if e == 15 && code & 7 == 7 {
-        return f32::NAN;
-    }
-    let v = if e == 0 {
-        m * (-9f32).exp2()
-    } else {
-        (1.0 + m / 8.0) * ((e - 7) as f32).exp2()
-    };
-    sign * v
+    E4M3_TO_F32[code as usize]
 }
 
 /// The f32 bits of E4M3 `code`, from its fields (a const fn for [`E4M3_TO_F32`]).
@@ -81,8 +70,7 @@ const fn decode_table() -> [f32; 256] {
     t
 }
 
-/// `E4M3_TO_F32[code]` is `e4m3_to_f32(code)`: the exact value of every code (NaN for
-/// `0x7F` and `0xFF`).
+/// The exact value of every code (NaN for `0x7F` and `0xFF`).
 pub static E4M3_TO_F32: [f32; 256] = decode_table();
 
 /// The f16 bits of E4M3 `code`'s value times 2^-8, exactly (subnormals included): f16
