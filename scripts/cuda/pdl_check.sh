@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -289,5 +289,14 @@ tok.save("/tmp/synthetic-tokenizer.json")'
         | grep -E "Request throughput|Output token|P50 TTFT|P99 TTFT|P50 TPOT|P99 TPOT|Benchmark duration" | tee -a "$OUT/serve_kv.txt"
     done
     kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  done
+fi
+if [[ " $what " == *" qmma "* ]]; then # session 13: Q8_0 batched decode, the tensor-core kernel (SLUICE_QMMA_MAX_ROWS=128) against dequantize + cuBLASLt (0), and bf16 as the anchor
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_QMMA_MAX_ROWS=0 --dtype q8_0" "SLUICE_QMMA_MAX_ROWS=128 --dtype q8_0" "X=bf16 --dtype bf16"; do
+      set -- $cfg
+      echo "=== $preset $cfg" | tee -a "$OUT/qmma.txt"
+      timeout 240 env $1 $B bench latency --device cuda --random-weights $preset $2 $3 --batch-size ${QMMA_BATCHES:-8,16,32,64,128} --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|error|Error" | tee -a "$OUT/qmma.txt"
+    done
   done
 fi

@@ -18,6 +18,7 @@ pub mod kquant;
 pub mod module;
 mod ops;
 mod pinned;
+mod qmma;
 mod readback;
 mod sample;
 
@@ -242,6 +243,13 @@ pub struct CudaBackend {
     readback: Mutex<Option<readback::Readback>>,
     /// Bumped whenever a scratch buffer is reallocated (captured graphs hold its address).
     epoch: AtomicU64,
+    /// Quantized matmuls of 5 up to this many token rows run on the tensor cores with the
+    /// weight dequantized in registers (qmma.rs); more rows dequantize the whole weight for
+    /// cuBLASLt. `SLUICE_QMMA_MAX_ROWS` (0: never), or `set_quantized_mma_rows`.
+    qmma_max_rows: AtomicUsize,
+    /// Blocks per SM the quantized mma's K splits aim for (`SLUICE_QMMA_BLOCKS_PER_SM`;
+    /// 0: as many as are resident, see qmma.rs).
+    qmma_blocks_per_sm: usize,
 }
 
 // SAFETY: the stream and function handles are driver objects valid in the context, which
@@ -341,6 +349,13 @@ impl CudaBackend {
             pinned_uploads: std::env::var("SLUICE_PINNED_UPLOADS").map_or(true, |v| v != "0"),
             readback: Mutex::new(None),
             epoch: AtomicU64::new(0),
+            qmma_max_rows: AtomicUsize::new(
+                std::env::var("SLUICE_QMMA_MAX_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(qmma::DEFAULT_MAX_ROWS),
+            ),
+            qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
         })
     }
 

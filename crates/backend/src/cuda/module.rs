@@ -29,6 +29,7 @@ pub fn kernel_source() -> String {
         include_str!("kernels/sampling.cu"),
         include_str!("kernels/fp8.cu"),
         include_str!("kernels/kquant.cu"),
+        include_str!("kernels/qmma.cu"),
     ]
     .join("\n")
 }
@@ -379,4 +380,8 @@ kernels!(
     gemv_q6_k_3,
     gemv_q6_k_4,
     dequant_q6_k_bf16_kernel,
+    qmma_q8_0_n1,
+    qmma_q8_0_n2,
+    qmma_q8_0_n4,
+    qmma_q8_0_n8,
 );

@@ -248,6 +248,9 @@ impl CudaBackend {
         if let Some(f) = self.gemv_rows_kernel(w.dtype(), k, t) {
             return self.launch_gemv(f, px, pw, po, m, k, 1);
         }
+        if self.qmma_applies(w.dtype(), k, t) {
+            return self.matmul_qmma(w.dtype(), px, pw, po, t, m, k);
+        }
         match w.dtype() {
             DType::Q8_0 => return self.matmul_q8_0(px, pw, po, t, m, k),
             DType::Q4_K | DType::Q6_K => return self.matmul_kquant(w.dtype(), px, pw, po, t, m, k),

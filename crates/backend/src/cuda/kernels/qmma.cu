@@ -1,0 +1,206 @@
+// Quantized weights times a few token rows on the tensor cores (cuda/qmma.rs): out[t, m] =
+// sum_k x[t, k] * w[m, k] for 5..~128 token rows (batched decode), x bf16 [T, K], out f32
+// [T, M], w in a quantized GPU layout that is dequantized in registers, never in memory.
+//
+// Why: above 4 rows the quantized matmuls used to dequantize their whole weight to bf16
+// and run cuBLASLt: 1.06 bytes read + 2 written + 2 read again per Q8_0 weight, against 2
+// for a bf16 weight, so every quantized type lost to bf16 from batch 8 on. Here a weight
+// byte is read once, as in the GEMVs, and the tokens ride along as the mma's N dimension.
+//
+// Shape of the work ("swap AB": the weight is the mma's A operand, rows as M):
+// - a block of QM_WARPS warps owns 32 * QM_WARPS weight rows; each warp 32 rows (two
+//   m16 tiles) and all NT * 8 tokens of its token group (n8 tiles), f32 accumulators;
+// - K goes by chunks of F::CH; lane (g, c) (g = lane / 4, c = lane % 4) loads its rows'
+//   quants straight into registers (16-byte loads, one chunk ahead of use) and turns them
+//   into bf16 mma fragments itself: each weight is read and converted exactly once;
+// - the chunk of x (NT * 8 tokens x CH, bf16) is copied to shared memory with cp.async,
+//   QM_STAGES chunks in flight, and read back with 16-byte loads (rows padded by 16 bytes:
+//   no bank conflicts);
+// - K order inside a chunk is permuted, the same way for A and B (a dot product does not
+//   care): mma step s (16 logical k) of lane c takes physical k 16c + 4s .. 16c + 4s + 4
+//   (CH = 64) so that a lane's fragments for the whole chunk are its one 16-byte load;
+// - the K splits of a row block (blockIdx.z, one thread-block cluster) add their partial
+//   tiles through distributed shared memory in a fixed order (deterministic), and the
+//   block of cluster rank r stores a 1/splits share of the tile, coalesced.
+// Helpers are qm_-prefixed.
+
+#define QM_WARPS 4
+#define QM_ROWS (QM_WARPS * 32)
+#define QM_STAGES 4
+
+// Two floats to a bf16 pair (round to nearest even): lo in the low half.
+__device__ __forceinline__ unsigned int qm_pack_bf16(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void qm_mma(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void qm_lds128(unsigned int addr, unsigned int (&v)[4]) {
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(addr));
+}
+
+// ---------------------------------------------------------------------------------------
+// Q8_0 (split layout, cuda/mod.rs `upload_weight`): int8 quants [M, K], then f16 scales
+// [M, K / 32]. A lane's 16 quants of a row per 64-k chunk are half a block: one scale.
+// int8 -> bf16 with the value the dequantization kernel writes (bf16(q * d)), in two
+// operations: one byte permute puts q + 128 into mantissa bits 8..15 of 1.0f, giving
+// f = 1 + (q + 128) / 2^15 exactly, and one FMA, (2^15 d) f - (2^15 d)(1 + 2^-8), gives
+// q d rounded once; the product and the constant are exact in f32 (11 + 9 significant
+// bits), so the result is q d itself, as the conversion and multiply would give.
+struct QmQ8_0 {
+    static const int CH = 64;
+    struct Chunk {
+        uint4 q[4];      // rows g, g + 8, g + 16, g + 24 of the warp
+        float sc[4];     // 2^15 d of each
+    };
+    __device__ __forceinline__ static void load(Chunk& r, const unsigned char* __restrict__ w, const int (&row)[4],
+                                                int M, int K, int chunk, int c) {
+        const int k0 = chunk * CH + 16 * c;
+        const bool live = k0 < K;
+        const f16_t* sc = reinterpret_cast<const f16_t*>(w + (long)M * K);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            r.q[i] = live ? __ldg(reinterpret_cast<const uint4*>(w + (long)row[i] * K + k0)) : make_uint4(0, 0, 0, 0);
+            r.sc[i] = live ? 32768.0f * f16_to_f32(__ldg(sc + (long)row[i] * (K / 32) + (k0 >> 5))) : 0.0f;
+        }
+    }
+    // The A fragments of mma steps 2h and 2h + 1 for the warp's two m16 tiles:
+    // a[step][tile][4] (a0: row g, a1: row g + 8, a2 / a3: the next two k of each).
+    __device__ __forceinline__ static void frags(const Chunk& r, int h, unsigned int (&a)[2][2][4]) {
+#pragma unroll
+        for (int ss = 0; ss < 2; ss++) {
+            const int s = 2 * h + ss;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const unsigned int v = kq_word(r.q[i], s) ^ 0x80808080u;
+                const float d = r.sc[i], off = -d * 1.00390625f;
+                float f[4];
+#pragma unroll
+                for (int b = 0; b < 4; b++) f[b] = fmaf(d, __uint_as_float(__byte_perm(v, 0x3F800000u, 0x7604 | (b << 4))), off);
+                // row i: tile i / 2, a0/a2 for the first eight rows, a1/a3 for the next
+                a[ss][i >> 1][(i & 1)] = qm_pack_bf16(f[0], f[1]);
+                a[ss][i >> 1][(i & 1) + 2] = qm_pack_bf16(f[2], f[3]);
+            }
+        }
+    }
+};
+
+// Issues the cp.async copies of chunk `chunk` of the token group's x rows into `dst`
+// (NT * 8 rows of CH + 8 bf16), zero-filling rows past T and columns past K.
+template <int NT, int CH>
+__device__ __forceinline__ void qm_load_x(bf16_t* dst, const bf16_t* __restrict__ x, int T, int K, int t0, int chunk) {
+    const int pieces = NT * 8 * (CH / 8);
+    for (int p = threadIdx.x; p < pieces; p += QM_WARPS * 32) {
+        const int tok = p / (CH / 8), col = (p % (CH / 8)) * 8;
+        const int k = chunk * CH + col;
+        const bool live = t0 + tok < T && k < K;
+        const bf16_t* src = live ? x + (long)(t0 + tok) * K + k : x;
+        fp_cp_async16(fp_smem_addr(dst + tok * (CH + 8) + col), src, live ? 16 : 0);
+    }
+}
+
+template <class F, int NT>
+__device__ __forceinline__ void qmma_body(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
+                                          float* __restrict__ out, int M, int K, int T, int chunks_per_split) {
+    const int STAGE = NT * 8 * (F::CH + 8);  // bf16 per stage
+    const int XBYTES = QM_STAGES * STAGE * 2, RBYTES = (QM_ROWS + 4) * NT * 8 * 4;
+    __shared__ __align__(16) unsigned char smem[XBYTES > RBYTES ? XBYTES : RBYTES];
+    bf16_t* xs = reinterpret_cast<bf16_t*>(smem);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int m0 = blockIdx.x * QM_ROWS + warp * 32;
+    const int t0 = blockIdx.y * NT * 8;
+    const int nchunks = (K + F::CH - 1) / F::CH;
+    const int first = blockIdx.z * chunks_per_split;
+    const int n = max(0, min(first + chunks_per_split, nchunks) - first);
+    int row[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) row[i] = min(m0 + g + 8 * i, M - 1);
+
+    float acc[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.0f;
+
+#pragma unroll
+    for (int st = 0; st < QM_STAGES - 1; st++) {
+        if (st < n) qm_load_x<NT, F::CH>(xs + st * STAGE, x, T, K, t0, first + st);
+        fp_cp_async_commit();
+    }
+    typename F::Chunk cur, nxt;
+    if (n > 0) F::load(cur, w, row, M, K, first, c);
+    for (int it = 0; it < n; it++) {
+        if (it + 1 < n) F::load(nxt, w, row, M, K, first + it + 1, c);
+        asm volatile("cp.async.wait_group %0;" ::"n"(QM_STAGES - 2) : "memory");
+        __syncthreads();  // chunk it is in; every warp is done with chunk it - 1's stage
+        if (it + QM_STAGES - 1 < n)
+            qm_load_x<NT, F::CH>(xs + ((it + QM_STAGES - 1) % QM_STAGES) * STAGE, x, T, K, t0, first + it + QM_STAGES - 1);
+        fp_cp_async_commit();
+        const bf16_t* xc = xs + (it % QM_STAGES) * STAGE;
+#pragma unroll
+        for (int h = 0; h < F::CH / 32; h++) {
+            unsigned int a[2][2][4];
+            F::frags(cur, h, a);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                unsigned int b[4];
+                qm_lds128(fp_smem_addr(xc + (nt * 8 + g) * (F::CH + 8) + (F::CH / 4) * c + 8 * h), b);
+#pragma unroll
+                for (int ss = 0; ss < 2; ss++)
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) qm_mma(acc[mt][nt], a[ss][mt], b[2 * ss], b[2 * ss + 1]);
+            }
+        }
+        cur = nxt;
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();  // the x stages are free: the tile goes where they were
+
+    // The block's partial tile, [token][row] (rows padded by 4: no bank conflicts), then
+    // the fixed-order sum over the cluster's splits: rank r stores tokens r, r + splits, ...
+    // (thread i row i of the block: QM_ROWS threads).
+    const int RS = QM_ROWS + 4;
+    float* red = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = warp * 32 + mt * 16 + g + 8 * (e >> 1), tok = nt * 8 + 2 * c + (e & 1);
+                red[tok * RS + r] = acc[mt][nt][e];
+            }
+    const int splits = gridDim.z;
+    int rank = 0;
+    if (splits > 1) {
+        fd_cluster_sync();
+        rank = (int)fd_cluster_rank();
+    } else {
+        __syncthreads();
+    }
+    const int m = blockIdx.x * QM_ROWS + threadIdx.x;
+    for (int tok = rank; tok < NT * 8; tok += splits) {
+        float s = 0.0f;
+        for (int q = 0; q < splits; q++) s += splits > 1 ? fd_dsmem_load(red + tok * RS + threadIdx.x, q) : red[tok * RS + threadIdx.x];
+        if (m < M && t0 + tok < T) out[(long)(t0 + tok) * M + m] = s;
+    }
+    if (splits > 1) fd_cluster_sync();  // no block leaves while another reads its tile
+}
+
+#define QMMA(NAME, F, NT) \
+extern "C" __global__ void __launch_bounds__(QM_WARPS * 32, NT == 8 ? 2 : 3) NAME(const bf16_t* x, const unsigned char* w, float* out, \
+                                                                 int M, int K, int T, int chunks_per_split) { pdl_entry(); \
+    qmma_body<F, NT>(x, w, out, M, K, T, chunks_per_split); \
+}
+QMMA(qmma_q8_0_n1, QmQ8_0, 1) QMMA(qmma_q8_0_n2, QmQ8_0, 2)
+QMMA(qmma_q8_0_n4, QmQ8_0, 4) QMMA(qmma_q8_0_n8, QmQ8_0, 8)
