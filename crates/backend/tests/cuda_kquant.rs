@@ -561,16 +561,17 @@ fn dtype_q4_k_and_q6_k_quantize_at_load() {
     }
 }
 
-/// The quantized tensor-core matmul (kernels/qmma.cu) for 5-130 token rows: Q8_0 weights
-/// dequantized in registers, x the bf16 copy, against the f64 product of the same bf16
-/// values (x rounded to bf16, each weight `bf16(q d)`, as the dequantize + cuBLASLt path
-/// rounds them), so only the f32 sums differ: 1e-5 of the largest output (2e-5 for
-/// cuBLASLt). Shapes cover
-/// rows that are not whole m16 tiles or blocks (77, 1000), K with half a 64-weight chunk
-/// at the end (96, 4128), K split over clusters of 2 to 8 blocks (130 x 4096: 8; 1000 x
-/// 576: 2), one to eight token tiles and two token groups (65, 100, 130). The result is
-/// deterministic (bit-identical on a second run) and equals the cuBLASLt path's within
-/// its tolerance.
+/// The quantized tensor-core matmul (kernels/qmma.cu) for 5-130 token rows: Q8_0, Q4_K
+/// and Q6_K weights dequantized in registers, x the bf16 copy, against the f64 product of
+/// bf16 values (x rounded to bf16, each weight the host's dequantized value rounded to
+/// bf16, as the dequantize + cuBLASLt path rounds them). Q8_0 and Q6_K make exactly those
+/// weights, so only the f32 sums differ: 1e-5 of the largest output. Q4_K's one-FMA
+/// dequantization rounds its offset first, so now and then a weight lands one bf16 step
+/// away: 5e-4. Shapes cover rows that are not whole m16 tiles or blocks (77, 1000, 300),
+/// K with half a 64-weight chunk at the end (Q8_0: 96, 4128), K split over clusters of 2
+/// to 8 blocks, one to eight token tiles and two token groups (65, 100, 130). The result
+/// is deterministic (bit-identical on a second run), and the cuBLASLt path (qmma off)
+/// meets the same reference within 2e-5 (Q4_K: 5e-4).
 #[test]
 fn quantized_mma_matches_bf16_products() {
     let Some(g) = gpu(CudaWeightType::Auto) else {
@@ -581,42 +582,64 @@ fn quantized_mma_matches_bf16_products() {
     };
     let bf = |v: f32| bf16::from_f32(v).to_f32();
     let mut rng = ChaCha8Rng::seed_from_u64(21);
-    let shapes: [(usize, usize, &[usize]); 5] = [
+    type Shapes = &'static [(usize, usize, &'static [usize])];
+    let q8: Shapes = &[
         (77, 96, &[5, 8, 9, 17]),
         (1000, 576, &[5, 16, 31, 64]),
         (130, 4096, &[5, 12, 33, 65]),
         (4096, 4128, &[8, 40]),
         (96, 2048, &[100, 130]),
     ];
+    let kq: Shapes = &[
+        (77, 256, &[5, 9, 17]),
+        (1000, 512, &[5, 16, 64]),
+        (130, 4096, &[6, 33, 65]),
+        (300, 2304, &[8, 40, 130]),
+    ];
+    let cases: [(DType, Shapes, f64); 3] = [
+        (DType::Q8_0, q8, 1e-5),
+        (DType::Q4_K, kq, 5e-4),
+        (DType::Q6_K, kq, 1e-5),
+    ];
     let before = backend.set_quantized_mma_rows(130);
-    for &(m, k, ts) in &shapes {
-        let (bytes, deq) = quantize(DType::Q8_0, &weights(&mut rng, m, k), m, k);
-        let w = g
-            .load_weight(Tensor::from_bytes_cpu(DType::Q8_0, &[m, k], &bytes).unwrap())
-            .unwrap();
-        assert_eq!(w.dtype(), DType::Q8_0);
-        let deq_bf: Vec<f32> = deq.iter().map(|&v| bf(v)).collect();
-        for &t in ts {
-            let x = rnd(&mut rng, t * k, 1.0);
-            let x_bf: Vec<f32> = x.iter().map(|&v| bf(v)).collect();
-            let want = matmul_f64(&x_bf, &deq_bf, t, m, k);
-            let xd = up(&g, &[t, k], &x);
-            let name = format!("qmma Q8_0 t={t} m={m} k={k}");
-            let mut out = poisoned(&g, &[t, m]);
-            g.matmul(&xd, &w, &mut out).unwrap();
-            let got = down(&g, &out);
-            check(&name, &got, &want, 1e-5);
-            let mut again = poisoned(&g, &[t, m]);
-            g.matmul(&xd, &w, &mut again).unwrap();
-            assert!(
-                got.iter().zip(down(&g, &again)).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{name}: a second run differs"
-            );
-            backend.set_quantized_mma_rows(0);
-            let mut gemm = poisoned(&g, &[t, m]);
-            g.matmul(&xd, &w, &mut gemm).unwrap();
-            backend.set_quantized_mma_rows(130);
-            check(&format!("{name} (cuBLASLt path)"), &down(&g, &gemm), &want, 2e-5);
+    for (dtype, shapes, tol) in cases {
+        for &(m, k, ts) in shapes {
+            let (bytes, deq) = quantize(dtype, &weights(&mut rng, m, k), m, k);
+            let w = g
+                .load_weight(Tensor::from_bytes_cpu(dtype, &[m, k], &bytes).unwrap())
+                .unwrap();
+            assert_eq!(w.dtype(), dtype);
+            let deq_bf: Vec<f32> = deq.iter().map(|&v| bf(v)).collect();
+            for &t in ts {
+                let x = rnd(&mut rng, t * k, 1.0);
+                let x_bf: Vec<f32> = x.iter().map(|&v| bf(v)).collect();
+                let want = matmul_f64(&x_bf, &deq_bf, t, m, k);
+                let xd = up(&g, &[t, k], &x);
+                let name = format!("qmma {dtype} t={t} m={m} k={k}");
+                let mut out = poisoned(&g, &[t, m]);
+                g.matmul(&xd, &w, &mut out).unwrap();
+                let got = down(&g, &out);
+                check(&name, &got, &want, tol);
+                let mut again = poisoned(&g, &[t, m]);
+                g.matmul(&xd, &w, &mut again).unwrap();
+                assert!(
+                    got.iter()
+                        .zip(down(&g, &again))
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name}: a second run differs"
+                );
+                backend.set_quantized_mma_rows(0);
+                let mut gemm = poisoned(&g, &[t, m]);
+                g.matmul(&xd, &w, &mut gemm).unwrap();
+                backend.set_quantized_mma_rows(130);
+                let gemm_tol = tol.max(2e-5);
+                check(
+                    &format!("{name} (cuBLASLt path)"),
+                    &down(&g, &gemm),
+                    &want,
+                    gemm_tol,
+                );
+            }
         }
     }
     backend.set_quantized_mma_rows(before);

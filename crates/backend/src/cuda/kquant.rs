@@ -25,9 +25,10 @@
 //! **Matmul** ([`CudaBackend::matmul_kquant`]). Up to 4 activation rows: dequantizing
 //! GEMVs, f32 activations and accumulation, four output rows per warp so each chunk of x
 //! is loaded once for all four, quants turned into floats by a byte permute (no
-//! integer-to-float conversions). More rows: the weight is dequantized to bf16 (ggml's
-//! arithmetic, bit for bit before the bf16 rounding) into the backend's weight scratch
-//! buffer and cuBLASLt's bf16 GEMM runs, as for Q8_0.
+//! integer-to-float conversions). 5 to 64 rows (batched decode): the tensor-core kernel
+//! of qmma.rs, which dequantizes in registers. More rows: the weight is dequantized to
+//! bf16 (ggml's arithmetic, bit for bit before the bf16 rounding) into the backend's
+//! weight scratch buffer and cuBLASLt's bf16 GEMM runs, as for Q8_0.
 
 use std::ffi::c_void;
 
@@ -275,6 +276,9 @@ impl CudaBackend {
                 ][t - 1],
             };
             return self.launch_gemv(f, px, pw, po, m, k, ROWS_PER_WARP);
+        }
+        if self.qmma_applies(dtype, k, t) {
+            return self.matmul_qmma(dtype, px, pw, po, t, m, k);
         }
         let wb = self.weight_scratch(m * k * 2)?;
         self.dequantize_bf16_ptrs(dtype, pw, wb, m, k)?;

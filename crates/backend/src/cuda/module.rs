@@ -384,4 +384,12 @@ kernels!(
     qmma_q8_0_n2,
     qmma_q8_0_n4,
     qmma_q8_0_n8,
+    qmma_q4_k_n1,
+    qmma_q4_k_n2,
+    qmma_q4_k_n4,
+    qmma_q4_k_n8,
+    qmma_q6_k_n1,
+    qmma_q6_k_n2,
+    qmma_q6_k_n4,
+    qmma_q6_k_n8,
 );

@@ -1,6 +1,6 @@
 //! Quantized weights times a few token rows on the tensor cores (kernels/qmma.cu).
 //!
-//! Batched decode with Q8_0 weights: 5 up to [`DEFAULT_MAX_ROWS`] token rows (fewer go to
+//! Batched decode with Q8_0, Q4_K or Q6_K weights: 5 up to [`DEFAULT_MAX_ROWS`] token rows (fewer go to
 //! the GEMVs, more to dequantize + cuBLASLt, where the extra pass over the weight is paid
 //! back by the many rows). The weight is read once, in its quantized layout, and turned
 //! into bf16 mma fragments in registers; the activations are the staged bf16 copy the
@@ -54,7 +54,14 @@ pub struct QmmaPlan {
 
 /// The plan for `t` token rows of a `[m, k]` weight read in chunks of `chunk` elements,
 /// with `slots` blocks resident at once and clusters of up to `max_cluster` blocks.
-pub fn plan(t: usize, m: usize, k: usize, chunk: usize, slots: usize, max_cluster: usize) -> QmmaPlan {
+pub fn plan(
+    t: usize,
+    m: usize,
+    k: usize,
+    chunk: usize,
+    slots: usize,
+    max_cluster: usize,
+) -> QmmaPlan {
     let token_tiles = t.div_ceil(8).next_power_of_two().min(TOKENS_PER_BLOCK / 8);
     let rows = m.div_ceil(ROWS_PER_BLOCK);
     let groups = t.div_ceil(token_tiles * 8);
@@ -74,13 +81,15 @@ pub fn plan(t: usize, m: usize, k: usize, chunk: usize, slots: usize, max_cluste
 }
 
 impl CudaBackend {
-    /// The quantized mma kernel for `t` rows of x against a `dtype` weight with rows of
-    /// `k`, if the kernel takes it (Q8_0, 5 up to `qmma_max_rows` rows).
+    /// Whether the quantized mma takes `t` rows of x against a `dtype` weight with rows of
+    /// `k` (Q8_0, Q4_K, Q6_K in whole blocks; 5 up to `qmma_max_rows` rows).
     pub(super) fn qmma_applies(&self, dtype: DType, k: usize, t: usize) -> bool {
-        dtype == DType::Q8_0
-            && k.is_multiple_of(32)
-            && t > 4
-            && t <= self.qmma_max_rows.load(Ordering::Relaxed)
+        let whole_blocks = match dtype {
+            DType::Q8_0 => k.is_multiple_of(32),
+            DType::Q4_K | DType::Q6_K => k.is_multiple_of(256),
+            _ => false,
+        };
+        whole_blocks && t > 4 && t <= self.qmma_max_rows.load(Ordering::Relaxed)
     }
 
     /// Sets the most token rows the quantized mma takes (0: never; for tests and
@@ -90,7 +99,7 @@ impl CudaBackend {
     }
 
     /// `out[t, m] = x[t, k] · w[m, k]ᵀ` with x f32 at `px` (its staged bf16 copy, or one
-    /// made now) and a Q8_0 weight at `pw` (see `qmma_applies`).
+    /// made now) and a quantized weight at `pw` in its GPU layout (see `qmma_applies`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn matmul_qmma(
         &self,
@@ -113,14 +122,39 @@ impl CudaBackend {
         };
         let slots = self.sm_count as usize * per_sm;
         let cluster = self.decode_cluster_limit.clamp(1, MAX_SPLITS);
-        let p = plan(t, m, k, 64, slots, cluster);
         let kern = &self.kernels;
-        let f = match p.token_tiles {
-            1 => kern.qmma_q8_0_n1,
-            2 => kern.qmma_q8_0_n2,
-            4 => kern.qmma_q8_0_n4,
-            _ => kern.qmma_q8_0_n8,
+        // Each format's kernels by token tiles (1, 2, 4, 8), and its chunk of K.
+        let (fs, chunk) = match dtype {
+            DType::Q4_K => (
+                [
+                    kern.qmma_q4_k_n1,
+                    kern.qmma_q4_k_n2,
+                    kern.qmma_q4_k_n4,
+                    kern.qmma_q4_k_n8,
+                ],
+                128,
+            ),
+            DType::Q6_K => (
+                [
+                    kern.qmma_q6_k_n1,
+                    kern.qmma_q6_k_n2,
+                    kern.qmma_q6_k_n4,
+                    kern.qmma_q6_k_n8,
+                ],
+                64,
+            ),
+            _ => (
+                [
+                    kern.qmma_q8_0_n1,
+                    kern.qmma_q8_0_n2,
+                    kern.qmma_q8_0_n4,
+                    kern.qmma_q8_0_n8,
+                ],
+                64,
+            ),
         };
+        let p = plan(t, m, k, chunk, slots, cluster);
+        let f = fs[p.token_tiles.trailing_zeros() as usize];
         let (mi, ki, ti, cps) = (m as i32, k as i32, t as i32, p.chunks_per_split as i32);
         let mut a = args![xin, pw, po, mi, ki, ti, cps];
         let grid = (p.grid.0 as u32, p.grid.1 as u32, p.grid.2 as u32);

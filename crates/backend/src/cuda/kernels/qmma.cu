@@ -14,7 +14,8 @@
 //   quants straight into registers (16-byte loads, one chunk ahead of use) and turns them
 //   into bf16 mma fragments itself: each weight is read and converted exactly once;
 // - the chunk of x (NT * 8 tokens x CH, bf16) is copied to shared memory with cp.async,
-//   QM_STAGES chunks in flight, and read back with 16-byte loads (rows padded by 16 bytes:
+//   up to 4 chunks in flight (36 KB of shared memory: fewer for long chunks), and read back
+//   with 16-byte loads (rows padded by 16 bytes:
 //   no bank conflicts);
 // - K order inside a chunk is permuted, the same way for A and B (a dot product does not
 //   care): mma step s (16 logical k) of lane c takes physical k 16c + 4s .. 16c + 4s + 4
@@ -26,7 +27,8 @@
 
 #define QM_WARPS 4
 #define QM_ROWS (QM_WARPS * 32)
-#define QM_STAGES 4
+// Shared memory for the x stages (a budget under the 48 KB of static shared memory).
+#define QM_XBUDGET 36864
 
 // Two floats to a bf16 pair (round to nearest even): lo in the low half.
 __device__ __forceinline__ unsigned int qm_pack_bf16(float lo, float hi) {
@@ -93,6 +95,106 @@ struct QmQ8_0 {
     }
 };
 
+// ---------------------------------------------------------------------------------------
+// Q4_K (kquant.rs layout: quants [M, K / 32] x 16 bytes, one 32-weight sub-block each,
+// element i < 16 in the low nibble of byte i and 16 + i in the high; block heads [M, K /
+// 256] x 16 bytes after them). A chunk is 128 weights: lane c takes sub-block 4 chunk +
+// c, 32 weights, eight mma steps: step s < 4 the low nibbles of word s, s >= 4 the high
+// nibbles of word s - 4. As in the K-quant GEMVs, one byte permute puts q << 3 into a
+// float 0.5 + q / 32 (kq_float), and one FMA gives (32 d1) f - (16 d1 + m1) = d1 q - m1
+// (d1 = d sc, m1 = dmin m): the dequantized weight up to the f32 rounding of the constant
+// (ggml rounds d1 q, then the difference).
+struct QmQ4_K {
+    static const int CH = 128;
+    struct Chunk {
+        uint4 q[4];
+        float a[4], b[4];  // 32 d1, -(16 d1 + m1) of each row's sub-block
+    };
+    __device__ __forceinline__ static void load(Chunk& r, const unsigned char* __restrict__ w, const int (&row)[4],
+                                                int M, int K, int chunk, int c) {
+        const int sub = chunk * 4 + c;
+        const uint4* heads = reinterpret_cast<const uint4*>(w + (long)M * (K / 2));
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            r.q[i] = __ldg(reinterpret_cast<const uint4*>(w + (long)row[i] * (K / 2)) + sub);
+            const uint4 h = __ldg(heads + (long)row[i] * (K / 256) + (sub >> 3));
+            float sc, mn;
+            kq4_scale_min(h, sub & 7, sc, mn);
+            const float d1 = f16_to_f32((f16_t)(h.x & 0xffffu)) * sc;
+            const float m1 = f16_to_f32((f16_t)(h.x >> 16)) * mn;
+            r.a[i] = 32.0f * d1;
+            r.b[i] = -(16.0f * d1 + m1);
+        }
+    }
+    __device__ __forceinline__ static void frags(const Chunk& r, int h, unsigned int (&a)[2][2][4]) {
+        const unsigned int e = kq_exp();
+#pragma unroll
+        for (int ss = 0; ss < 2; ss++) {
+            const int s = 2 * h + ss;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const unsigned int v = kq_word(r.q[i], s & 3);
+                const unsigned int nib = s < 4 ? (v << 3) & 0x78787878u : (v >> 1) & 0x78787878u;
+                float f[4];
+#pragma unroll
+                for (int b = 0; b < 4; b++) f[b] = fmaf(r.a[i], kq_float(nib, b, e), r.b[i]);
+                a[ss][i >> 1][(i & 1)] = qm_pack_bf16(f[0], f[1]);
+                a[ss][i >> 1][(i & 1) + 2] = qm_pack_bf16(f[2], f[3]);
+            }
+        }
+    }
+};
+
+// Q6_K (kquant.rs layout: per row three planes of 16-byte pieces A, B, H per 64 weights,
+// then int8 scales [M, K / 16], then f16 d [M, K / 256]). A chunk is one 64-weight unit:
+// lane c takes elements 16c .. 16c + 16, whose low 4 bits are the low (c even) or high
+// (c odd) nibbles of A (c < 2) or B, and whose top 2 bits are bits 2c, 2c + 1 of H's
+// bytes; four mma steps, word s of each. The 6-bit q goes by one byte permute into
+// 0.5 + q / 128 (q << 1 in the byte), and (128 d1) f - 96 d1 = d1 (q - 32) exactly
+// (d1 = d sc: 19 significant bits).
+struct QmQ6_K {
+    static const int CH = 64;
+    struct Chunk {
+        uint4 lo[4], hi[4];
+        float a[4];  // 128 d1 of each row's 16 weights (the offset is -0.75 a)
+    };
+    __device__ __forceinline__ static void load(Chunk& r, const unsigned char* __restrict__ w, const int (&row)[4],
+                                                int M, int K, int chunk, int c) {
+        const long nb = K / 256;
+        const signed char* scales = reinterpret_cast<const signed char*>(w + (long)M * nb * 192);
+        const f16_t* ds = reinterpret_cast<const f16_t*>(w + (long)M * nb * 208);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned char* base = w + (long)row[i] * (3 * (K / 4));
+            r.lo[i] = __ldg(reinterpret_cast<const uint4*>(base + (c < 2 ? 0 : K / 4) + 16 * chunk));
+            r.hi[i] = __ldg(reinterpret_cast<const uint4*>(base + K / 2 + 16 * chunk));
+            const float sc = (float)__ldg(scales + (long)row[i] * (K / 16) + 4 * chunk + c);
+            r.a[i] = 128.0f * f16_to_f32(__ldg(ds + (long)row[i] * nb + (chunk >> 2))) * sc;
+        }
+    }
+    __device__ __forceinline__ static void frags(const Chunk& r, int h, unsigned int (&a)[2][2][4]) {
+        const unsigned int e = kq_exp();
+        const int c = threadIdx.x & 3;
+        const int lo_shift = 4 * (c & 1), hi_shift = 2 * c;
+#pragma unroll
+        for (int ss = 0; ss < 2; ss++) {
+            const int s = 2 * h + ss;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const unsigned int q = ((kq_word(r.lo[i], s) >> lo_shift) & 0x0F0F0F0Fu) |
+                                       (((kq_word(r.hi[i], s) >> hi_shift) & 0x03030303u) << 4);
+                const unsigned int v = q << 1;
+                const float off = -0.75f * r.a[i];
+                float f[4];
+#pragma unroll
+                for (int b = 0; b < 4; b++) f[b] = fmaf(r.a[i], kq_float(v, b, e), off);
+                a[ss][i >> 1][(i & 1)] = qm_pack_bf16(f[0], f[1]);
+                a[ss][i >> 1][(i & 1) + 2] = qm_pack_bf16(f[2], f[3]);
+            }
+        }
+    }
+};
+
 // Issues the cp.async copies of chunk `chunk` of the token group's x rows into `dst`
 // (NT * 8 rows of CH + 8 bf16), zero-filling rows past T and columns past K.
 template <int NT, int CH>
@@ -110,7 +212,9 @@ __device__ __forceinline__ void qm_load_x(bf16_t* dst, const bf16_t* __restrict_
 template <class F, int NT>
 __device__ __forceinline__ void qmma_body(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
                                           float* __restrict__ out, int M, int K, int T, int chunks_per_split) {
-    const int STAGE = NT * 8 * (F::CH + 8);  // bf16 per stage
+    constexpr int STAGE = NT * 8 * (F::CH + 8);  // bf16 per stage
+    constexpr int QM_STAGES = QM_XBUDGET / (STAGE * 2) < 4 ? QM_XBUDGET / (STAGE * 2) : 4;
+    static_assert(QM_STAGES >= 2, "x stages");
     const int XBYTES = QM_STAGES * STAGE * 2, RBYTES = (QM_ROWS + 4) * NT * 8 * 4;
     __shared__ __align__(16) unsigned char smem[XBYTES > RBYTES ? XBYTES : RBYTES];
     bf16_t* xs = reinterpret_cast<bf16_t*>(smem);
@@ -204,3 +308,7 @@ extern "C" __global__ void __launch_bounds__(QM_WARPS * 32, NT == 8 ? 2 : 3) NAM
 }
 QMMA(qmma_q8_0_n1, QmQ8_0, 1) QMMA(qmma_q8_0_n2, QmQ8_0, 2)
 QMMA(qmma_q8_0_n4, QmQ8_0, 4) QMMA(qmma_q8_0_n8, QmQ8_0, 8)
+QMMA(qmma_q4_k_n1, QmQ4_K, 1) QMMA(qmma_q4_k_n2, QmQ4_K, 2)
+QMMA(qmma_q4_k_n4, QmQ4_K, 4) QMMA(qmma_q4_k_n8, QmQ4_K, 8)
+QMMA(qmma_q6_k_n1, QmQ6_K, 1) QMMA(qmma_q6_k_n2, QmQ6_K, 2)
+QMMA(qmma_q6_k_n4, QmQ6_K, 4) QMMA(qmma_q6_k_n8, QmQ6_K, 8)
