@@ -250,6 +250,9 @@ pub struct CudaBackend {
     /// Blocks per SM the quantized mma's K splits aim for (`SLUICE_QMMA_BLOCKS_PER_SM`;
     /// 0: as many as are resident, see qmma.rs).
     qmma_blocks_per_sm: usize,
+    /// Resident blocks per SM of each quantized mma kernel (by function handle), asked of
+    /// the driver on first use, after allowing the kernel its dynamic shared memory.
+    qmma_occupancy: Mutex<std::collections::HashMap<usize, usize>>,
 }
 
 // SAFETY: the stream and function handles are driver objects valid in the context, which
@@ -356,6 +359,7 @@ impl CudaBackend {
                     .unwrap_or(qmma::DEFAULT_MAX_ROWS),
             ),
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
+            qmma_occupancy: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -831,6 +835,19 @@ impl CudaBackend {
         args: &mut [*mut c_void],
         cluster_z: u32,
     ) -> Result<()> {
+        self.launch_with(f, grid, block, args, cluster_z, 0)
+    }
+
+    /// `launch_clustered` with `smem` bytes of dynamic shared memory.
+    fn launch_with(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut c_void],
+        cluster_z: u32,
+        smem: u32,
+    ) -> Result<()> {
         // Whatever this kernel writes, a staged bf16 copy no longer describes the latest
         // output; a producer sets it again after its launch.
         self.clear_staged();
@@ -841,7 +858,7 @@ impl CudaBackend {
             // SAFETY: `f` comes from our loaded module, the argument list matches the
             // kernel signature (each launcher passes pointers to locals that outlive the
             // call), and cuLaunchKernel copies the values before returning.
-            return unsafe { drv::launch_kernel(f, grid, (block, 1, 1), 0, self.stream, args) }
+            return unsafe { drv::launch_kernel(f, grid, (block, 1, 1), smem, self.stream, args) }
                 .map_err(derr);
         }
         // Programmatic dependent launch: the kernel may start while the previous one in
@@ -869,7 +886,7 @@ impl CudaBackend {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: smem,
             hStream: self.stream,
             attrs: attrs.as_mut_ptr(),
             numAttrs: n as u32,

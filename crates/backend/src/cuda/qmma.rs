@@ -11,16 +11,17 @@
 //! row per 64), and K in `splits` equal runs of chunks whose blocks form one thread-block
 //! cluster and add their partial tiles through distributed shared memory (sm_90; one
 //! split before). `splits` is the largest power of two up to 8 that keeps the grid within
-//! one wave of resident blocks, with at least four chunks per split.
+//! one wave of resident blocks (the driver's occupancy for the kernel's registers and
+//! dynamic shared memory, 39-110 KB), with at least four chunks per split.
 
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 
 use cudarc::driver::sys;
 
-use super::CudaBackend;
+use super::{derr, CudaBackend};
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{BackendError, Result};
 
 /// A pointer-to-value for the kernel argument list.
 macro_rules! args {
@@ -42,6 +43,51 @@ const MAX_SPLITS: usize = 8;
 /// Fewest chunks of K a split should have.
 const MIN_CHUNKS_PER_SPLIT: usize = 4;
 
+/// What the launcher needs of a format's kernels (the `QmQ*` structs of kernels/qmma.cu):
+/// K per chunk, and quant and scale bytes per row and chunk in shared memory.
+#[derive(Debug, Clone, Copy)]
+struct Format {
+    chunk: usize,
+    quant_bytes: usize,
+    scale_bytes: usize,
+}
+
+const Q8_0: Format = Format {
+    chunk: 64,
+    quant_bytes: 64,
+    scale_bytes: 8,
+};
+const Q4_K: Format = Format {
+    chunk: 128,
+    quant_bytes: 64,
+    scale_bytes: 16,
+};
+const Q6_K: Format = Format {
+    chunk: 64,
+    quant_bytes: 48,
+    scale_bytes: 8,
+};
+
+/// Chunks in flight (`QM_STAGES`).
+const STAGES: usize = 4;
+
+impl Format {
+    /// Dynamic shared memory of the kernel with `token_tiles` n8 tiles (`QmSmem::BYTES`):
+    /// the stages (x rows padded by 8 bf16, quants, scales) or the partial tile, whichever
+    /// is larger. The kernel traps if it gets less.
+    fn smem_bytes(self, token_tiles: usize) -> usize {
+        let x = token_tiles * 8 * (self.chunk + 8) * 2;
+        let stage = x + ROWS_PER_BLOCK * (self.quant_bytes + self.scale_bytes);
+        let tile = (ROWS_PER_BLOCK + 4) * token_tiles * 8 * 4;
+        (STAGES * stage).max(tile)
+    }
+}
+
+/// n8 tiles of tokens per block for `t` token rows: 1, 2, 4 or 8.
+fn token_tiles(t: usize) -> usize {
+    t.div_ceil(8).next_power_of_two().min(TOKENS_PER_BLOCK / 8)
+}
+
 /// How one quantized mma launch divides its work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QmmaPlan {
@@ -62,7 +108,7 @@ pub fn plan(
     slots: usize,
     max_cluster: usize,
 ) -> QmmaPlan {
-    let token_tiles = t.div_ceil(8).next_power_of_two().min(TOKENS_PER_BLOCK / 8);
+    let token_tiles = token_tiles(t);
     let rows = m.div_ceil(ROWS_PER_BLOCK);
     let groups = t.div_ceil(token_tiles * 8);
     let chunks = k.div_ceil(chunk);
@@ -113,18 +159,9 @@ impl CudaBackend {
     ) -> Result<()> {
         debug_assert!(self.qmma_applies(dtype, k, t));
         let xin = self.bf16_input(px, t * k)?;
-        // Resident blocks per SM: registers allow 3 (2 with eight token tiles, 208
-        // registers a thread; kernels/qmma.cu's launch bounds).
-        let per_sm = match self.qmma_blocks_per_sm {
-            0 if t > 32 => 2,
-            0 => 3,
-            n => n,
-        };
-        let slots = self.sm_count as usize * per_sm;
-        let cluster = self.decode_cluster_limit.clamp(1, MAX_SPLITS);
         let kern = &self.kernels;
-        // Each format's kernels by token tiles (1, 2, 4, 8), and its chunk of K.
-        let (fs, chunk) = match dtype {
+        // Each format's kernels by token tiles (1, 2, 4, 8), and its layout.
+        let (fs, fmt) = match dtype {
             DType::Q4_K => (
                 [
                     kern.qmma_q4_k_n1,
@@ -132,7 +169,7 @@ impl CudaBackend {
                     kern.qmma_q4_k_n4,
                     kern.qmma_q4_k_n8,
                 ],
-                128,
+                Q4_K,
             ),
             DType::Q6_K => (
                 [
@@ -141,7 +178,7 @@ impl CudaBackend {
                     kern.qmma_q6_k_n4,
                     kern.qmma_q6_k_n8,
                 ],
-                64,
+                Q6_K,
             ),
             _ => (
                 [
@@ -150,15 +187,58 @@ impl CudaBackend {
                     kern.qmma_q8_0_n4,
                     kern.qmma_q8_0_n8,
                 ],
-                64,
+                Q8_0,
             ),
         };
-        let p = plan(t, m, k, chunk, slots, cluster);
-        let f = fs[p.token_tiles.trailing_zeros() as usize];
+        let token_tiles = token_tiles(t);
+        let f = fs[token_tiles.trailing_zeros() as usize];
+        let smem = fmt.smem_bytes(token_tiles);
+        let per_sm = match self.qmma_blocks_per_sm {
+            0 => self.qmma_resident(f, smem)?,
+            n => n,
+        };
+        let slots = self.sm_count as usize * per_sm;
+        let cluster = self.decode_cluster_limit.clamp(1, MAX_SPLITS);
+        let p = plan(t, m, k, fmt.chunk, slots, cluster);
         let (mi, ki, ti, cps) = (m as i32, k as i32, t as i32, p.chunks_per_split as i32);
         let mut a = args![xin, pw, po, mi, ki, ti, cps];
         let grid = (p.grid.0 as u32, p.grid.1 as u32, p.grid.2 as u32);
-        self.launch_clustered(f, grid, THREADS, &mut a, grid.2)
+        self.launch_with(f, grid, THREADS, &mut a, grid.2, smem as u32)
+    }
+
+    /// Blocks of `f` resident per SM with `smem` bytes of dynamic shared memory, asked of
+    /// the driver once per kernel (after allowing it that much shared memory).
+    fn qmma_resident(&self, f: sys::CUfunction, smem: usize) -> Result<usize> {
+        let mut known = self
+            .qmma_occupancy
+            .lock()
+            .map_err(|_| BackendError::Device("qmma occupancy cache poisoned".into()))?;
+        if let Some(&n) = known.get(&(f as usize)) {
+            return Ok(n);
+        }
+        // SAFETY: `f` is a kernel of our module; the attribute takes a byte count.
+        unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        }
+        .result()
+        .map_err(derr)?;
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: plain out-parameter; `f` is a kernel of our module.
+        unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, THREADS as i32, smem)
+        }
+        .result()
+        .map_err(derr)?;
+        let n = (n.max(1)) as usize;
+        tracing::debug!(
+            "quantized mma kernel {f:?}: {n} blocks per SM with {smem} bytes of shared memory"
+        );
+        known.insert(f as usize, n);
+        Ok(n)
     }
 }
 
@@ -186,5 +266,17 @@ mod tests {
         assert_eq!(plan(5, 4096, 4096, 64, 396, 8).token_tiles, 1);
         assert_eq!(plan(9, 4096, 4096, 64, 396, 8).token_tiles, 2);
         assert_eq!(plan(33, 4096, 4096, 64, 396, 8).token_tiles, 8);
+    }
+
+    #[test]
+    fn shared_memory_is_the_stages_or_the_partial_tile() {
+        // Q8_0, one token tile: 4 x (8 x 72 x 2 + 128 x 72) = 41,472 bytes of stages.
+        assert_eq!(Q8_0.smem_bytes(1), 41_472);
+        // Eight tiles: 4 x (64 x 144 + 9,216) = 73,728; the tile (132 x 64 x 4) is smaller.
+        assert_eq!(Q8_0.smem_bytes(8), 73_728);
+        // Q4_K's 128-weight chunks: 4 x (64 x 272 + 128 x 80) = 110,592, under the 227 KB
+        // a block may have on sm_90.
+        assert_eq!(Q4_K.smem_bytes(8), 110_592);
+        assert_eq!(Q6_K.smem_bytes(2), 4 * (16 * 144 + 128 * 56));
     }
 }
