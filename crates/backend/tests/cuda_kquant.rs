@@ -7,8 +7,8 @@
 //! of kernels/kquant.cu) replayed on the host matches an f64 product within the GEMV
 //! tolerance.
 //!
-//! GPU part (skipped without a GPU unless SLUICE_REQUIRE_CUDA=1): the GEMVs (1-4 rows)
-//! and the dequantize + cuBLASLt path (5+ rows) for T = 1, 2, 3, 4, 5, 33, 130 on shapes
+//! GPU part (skipped without a GPU unless SLUICE_REQUIRE_CUDA=1): the GEMVs (1-4 rows),
+//! the quantized tensor-core matmul (5-128 rows) and the dequantize + cuBLASLt path (more) for T = 1, 2, 3, 4, 5, 33, 130 on shapes
 //! with odd M that is not a multiple of the rows per block and K of 1, 2, 16 and 43
 //! super-blocks, M large enough for every warps-per-row split; the bf16 dequantization
 //! against the host bit for bit; stacked weights (one type, and Q4_K + Q6_K parts stored
@@ -17,7 +17,8 @@
 //! Tolerances (max |gpu - ref| / max(1, max |ref|), ref the f64 product of x and the
 //! host-dequantized weights):
 //! - GEMV (1-4 rows): 1e-5;
-//! - dequantize to bf16 + cuBLASLt (5+ rows, weights and x rounded to bf16): 1e-2.
+//! - 5+ rows (weights and x rounded to bf16): 1e-2; the quantized mma against the f64
+//!   product of those bf16 values: 1e-5 (Q4_K: 5e-4), see `quantized_mma_matches_bf16_products`.
 
 mod cuda_common;
 

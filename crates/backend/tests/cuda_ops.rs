@@ -1108,9 +1108,9 @@ fn sampling_matches_the_cpu_reference() {
     );
 }
 
-/// Q8_0 weights on the GPU (repacked at load): the GEMV (1-4 rows) and the dequantize +
-/// cuBLASLt path (more rows) against an f64 product with the dequantized weights; a
-/// stacked Q8_0 weight; an odd row length falls back to bf16.
+/// Q8_0 weights on the GPU (repacked at load): the GEMV (1-4 rows) and the quantized
+/// tensor-core matmul (more rows; kernels/qmma.cu) against an f64 product with the
+/// dequantized weights; a stacked Q8_0 weight; an odd row length falls back to bf16.
 #[test]
 fn q8_0_matmul_matches_the_dequantized_reference() {
     let Some(g) = gpu(CudaWeightType::Auto) else {

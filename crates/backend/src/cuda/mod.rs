@@ -245,7 +245,8 @@ pub struct CudaBackend {
     epoch: AtomicU64,
     /// Quantized matmuls of 5 up to this many token rows run on the tensor cores with the
     /// weight dequantized in registers (qmma.rs); more rows dequantize the whole weight for
-    /// cuBLASLt. `SLUICE_QMMA_MAX_ROWS` (0: never), or `set_quantized_mma_rows`.
+    /// cuBLASLt. `qmma::AUTO` (each format's default) unless `SLUICE_QMMA_MAX_ROWS` (0:
+    /// never) or `set_quantized_mma_rows` sets one limit for all.
     qmma_max_rows: AtomicUsize,
     /// Blocks per SM the quantized mma's K splits aim for (`SLUICE_QMMA_BLOCKS_PER_SM`;
     /// 0: as many as are resident, see qmma.rs).
@@ -356,7 +357,7 @@ impl CudaBackend {
                 std::env::var("SLUICE_QMMA_MAX_ROWS")
                     .ok()
                     .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(qmma::DEFAULT_MAX_ROWS),
+                    .unwrap_or(qmma::AUTO),
             ),
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
             qmma_occupancy: Mutex::new(std::collections::HashMap::new()),

@@ -535,9 +535,9 @@ impl CudaBackend {
         self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
     }
 
-    /// Q8_0 weights (split layout, see `upload_weight`) above 4 rows (fewer went to the
-    /// GEMVs in `matmul`): the weight is dequantized to bf16 into a scratch buffer and
-    /// cuBLASLt runs (prefill is compute-bound, so the extra pass over the weight costs
+    /// Q8_0 weights (split layout, see `upload_weight`) above the quantized mma's rows
+    /// (fewer went to the GEMVs or `matmul_qmma` in `matmul`): the weight is dequantized
+    /// to bf16 into a scratch buffer and cuBLASLt runs (prefill is compute-bound, so the extra pass over the weight costs
     /// little there).
     fn matmul_q8_0(
         &self,

@@ -1,8 +1,8 @@
 //! Quantized weights times a few token rows on the tensor cores (kernels/qmma.cu).
 //!
-//! Batched decode with Q8_0, Q4_K or Q6_K weights: 5 up to [`DEFAULT_MAX_ROWS`] token rows (fewer go to
-//! the GEMVs, more to dequantize + cuBLASLt, where the extra pass over the weight is paid
-//! back by the many rows). The weight is read once, in its quantized layout, and turned
+//! Batched decode with Q8_0, Q4_K or Q6_K weights: from 5 token rows up to
+//! [`default_max_rows`] (fewer go to the GEMVs, more to dequantize + cuBLASLt, where the
+//! extra pass over the weight is paid back by the many rows). The weight is read once, in its quantized layout, and turned
 //! into bf16 mma fragments in registers; the activations are the staged bf16 copy the
 //! cuBLASLt path would take, so both paths multiply the same bf16 values and differ only
 //! in the order of the f32 sums.
@@ -30,8 +30,21 @@ macro_rules! args {
     };
 }
 
-/// Token rows up to which quantized matmuls take the tensor-core kernel by default.
-pub const DEFAULT_MAX_ROWS: usize = 64;
+/// `qmma_max_rows` when neither `SLUICE_QMMA_MAX_ROWS` nor `set_quantized_mma_rows` set
+/// it: each format's own limit, [`default_max_rows`].
+pub const AUTO: usize = usize::MAX;
+
+/// Token rows up to which a `dtype` weight takes the tensor-core kernel by default. Measured
+/// on an H100 (8B shape, decode step ms, this kernel against dequantize + cuBLASLt; see
+/// docs/BENCHMARKS.md, session 13): Q8_0 at 64 rows 12.4 against 16.0, at 128 rows 21.0
+/// against 18.2 (two token groups read the weight twice); Q4_K at 128 rows 16.9 against
+/// 22.0 (a third of Q8_0's bytes less to re-read). Q6_K follows Q4_K (untimed).
+pub fn default_max_rows(dtype: DType) -> usize {
+    match dtype {
+        DType::Q8_0 => 64,
+        _ => 128,
+    }
+}
 
 /// Weight rows per block (`QM_ROWS`) and threads per block (`QM_WARPS * 32`).
 const ROWS_PER_BLOCK: usize = 128;
@@ -128,18 +141,23 @@ pub fn plan(
 
 impl CudaBackend {
     /// Whether the quantized mma takes `t` rows of x against a `dtype` weight with rows of
-    /// `k` (Q8_0, Q4_K, Q6_K in whole blocks; 5 up to `qmma_max_rows` rows).
+    /// `k` (Q8_0, Q4_K, Q6_K in whole blocks; from 5 rows up to the format's limit).
     pub(super) fn qmma_applies(&self, dtype: DType, k: usize, t: usize) -> bool {
         let whole_blocks = match dtype {
             DType::Q8_0 => k.is_multiple_of(32),
             DType::Q4_K | DType::Q6_K => k.is_multiple_of(256),
             _ => false,
         };
-        whole_blocks && t > 4 && t <= self.qmma_max_rows.load(Ordering::Relaxed)
+        let max_rows = match self.qmma_max_rows.load(Ordering::Relaxed) {
+            AUTO => default_max_rows(dtype),
+            n => n,
+        };
+        whole_blocks && t > 4 && t <= max_rows
     }
 
-    /// Sets the most token rows the quantized mma takes (0: never; for tests and
-    /// comparisons, like `SLUICE_QMMA_MAX_ROWS`). Returns the previous value.
+    /// Sets the most token rows the quantized mma takes for every format (0: never;
+    /// [`AUTO`]: each format's default; for tests and comparisons, like
+    /// `SLUICE_QMMA_MAX_ROWS`). Returns the previous value.
     pub fn set_quantized_mma_rows(&self, n: usize) -> usize {
         self.qmma_max_rows.swap(n, Ordering::SeqCst)
     }
