@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -300,5 +300,21 @@ if [[ " $what " == *" qmma "* ]]; then # session 13: quantized batched decode, t
         timeout 240 env SLUICE_QMMA_MAX_ROWS=$rows $B bench latency --device cuda --random-weights $preset --dtype $dt --batch-size ${QMMA_BATCHES:-8,16,32,64,128} --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|error|Error" | tee -a "$OUT/qmma.txt"
       done
     done
+  done
+fi
+if [[ " $what " == *" qmma_profile "* ]]; then # session 13: Nsight Compute on the quantized mma (8B Q8_0, decode steps at 8 and 32 sequences): where its time goes
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for b in 32 8; do
+    timeout 200 env SLUICE_QMMA_MAX_ROWS=128 $NCU --kernel-name regex:qmma --launch-skip 260 --launch-count 4 \
+      --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 --batch-size $b --input-len 512 --output-len 8 -r 1 > "$OUT/ncu-qmma-b$b.txt" 2> "$OUT/ncu-qmma-b$b.err"
+    grep -E "qmma_|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Stall|Issued Warp|No Eligible|Active Warps|Eligible Warps|L2 Hit|Registers|Block Limit|Dynamic Shared|stalled" "$OUT/ncu-qmma-b$b.txt" | grep -vE " 0(\.0+)?$| 0\.0[0-4]" | head -150 | tee -a "$OUT/qmma_profile.txt"
+  done
+fi
+if [[ " $what " == *" qmma_splits "* ]]; then # session 13: the quantized mma's K splits (SLUICE_QMMA_BLOCKS_PER_SM: the blocks per SM the split aims for; default the driver's occupancy)
+  for bps in auto 6 12 auto; do
+    echo "=== 8B q8_0 SLUICE_QMMA_BLOCKS_PER_SM=$bps (at ${SECONDS} s)" | tee -a "$OUT/qmma_splits.txt"
+    env $( [ "$bps" = auto ] || echo SLUICE_QMMA_BLOCKS_PER_SM=$bps ) timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 --batch-size 8,16,32,64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/qmma_splits.txt"
   done
 fi

@@ -249,11 +249,11 @@ pub struct CudaBackend {
     /// never) or `set_quantized_mma_rows` sets one limit for all.
     qmma_max_rows: AtomicUsize,
     /// Blocks per SM the quantized mma's K splits aim for (`SLUICE_QMMA_BLOCKS_PER_SM`;
-    /// 0: as many as are resident, see qmma.rs).
+    /// 0: qmma.rs's default).
     qmma_blocks_per_sm: usize,
-    /// Resident blocks per SM of each quantized mma kernel (by function handle), asked of
-    /// the driver on first use, after allowing the kernel its dynamic shared memory.
-    qmma_occupancy: Mutex<std::collections::HashMap<usize, usize>>,
+    /// The quantized mma kernels (by function handle) already allowed their dynamic shared
+    /// memory.
+    qmma_prepared: Mutex<std::collections::HashSet<usize>>,
 }
 
 // SAFETY: the stream and function handles are driver objects valid in the context, which
@@ -360,7 +360,7 @@ impl CudaBackend {
                     .unwrap_or(qmma::AUTO),
             ),
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
-            qmma_occupancy: Mutex::new(std::collections::HashMap::new()),
+            qmma_prepared: Mutex::new(std::collections::HashSet::new()),
         })
     }
 

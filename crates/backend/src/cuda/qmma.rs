@@ -11,8 +11,8 @@
 //! row per 64), and K in `splits` equal runs of chunks whose blocks form one thread-block
 //! cluster and add their partial tiles through distributed shared memory (sm_90; one
 //! split before). `splits` is the largest power of two up to 8 that keeps the grid within
-//! one wave of resident blocks (the driver's occupancy for the kernel's registers and
-//! dynamic shared memory, 39-110 KB), with at least four chunks per split.
+//! [`DEFAULT_BLOCKS_PER_SM`] blocks per SM (`SLUICE_QMMA_BLOCKS_PER_SM`), with at least
+//! four chunks per split. Dynamic shared memory: 39-110 KB a block.
 
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
@@ -51,6 +51,11 @@ const ROWS_PER_BLOCK: usize = 128;
 const THREADS: u32 = 128;
 /// Tokens per block at most (eight n8 tiles).
 const TOKENS_PER_BLOCK: usize = 64;
+/// Blocks per SM the K split aims for: about three to four waves of resident blocks
+/// (3-4 per SM). More blocks than one wave hide the kernel's latency better: on an H100,
+/// 12 against one wave took 8B Q8_0 decode steps from 6.10 to 5.81 ms at 8 sequences and
+/// from 6.69 to 6.42 at 16 (docs/BENCHMARKS.md, session 13).
+const DEFAULT_BLOCKS_PER_SM: usize = 12;
 /// Largest K split (a portable cluster size).
 const MAX_SPLITS: usize = 8;
 /// Fewest chunks of K a split should have.
@@ -112,7 +117,7 @@ pub struct QmmaPlan {
 }
 
 /// The plan for `t` token rows of a `[m, k]` weight read in chunks of `chunk` elements,
-/// with `slots` blocks resident at once and clusters of up to `max_cluster` blocks.
+/// with room for `slots` blocks and clusters of up to `max_cluster` blocks.
 pub fn plan(
     t: usize,
     m: usize,
@@ -211,8 +216,9 @@ impl CudaBackend {
         let token_tiles = token_tiles(t);
         let f = fs[token_tiles.trailing_zeros() as usize];
         let smem = fmt.smem_bytes(token_tiles);
+        self.qmma_allow_smem(f, smem)?;
         let per_sm = match self.qmma_blocks_per_sm {
-            0 => self.qmma_resident(f, smem)?,
+            0 => DEFAULT_BLOCKS_PER_SM,
             n => n,
         };
         let slots = self.sm_count as usize * per_sm;
@@ -224,17 +230,18 @@ impl CudaBackend {
         self.launch_with(f, grid, THREADS, &mut a, grid.2, smem as u32)
     }
 
-    /// Blocks of `f` resident per SM with `smem` bytes of dynamic shared memory, asked of
-    /// the driver once per kernel (after allowing it that much shared memory).
-    fn qmma_resident(&self, f: sys::CUfunction, smem: usize) -> Result<usize> {
-        let mut known = self
-            .qmma_occupancy
+    /// Allows `f` `smem` bytes of dynamic shared memory (needed above 48 KB), once per
+    /// kernel.
+    fn qmma_allow_smem(&self, f: sys::CUfunction, smem: usize) -> Result<()> {
+        let mut done = self
+            .qmma_prepared
             .lock()
-            .map_err(|_| BackendError::Device("qmma occupancy cache poisoned".into()))?;
-        if let Some(&n) = known.get(&(f as usize)) {
-            return Ok(n);
+            .map_err(|_| BackendError::Device("qmma kernel set poisoned".into()))?;
+        if done.contains(&(f as usize)) {
+            return Ok(());
         }
-        // SAFETY: `f` is a kernel of our module; the attribute takes a byte count.
+        // SAFETY: `f` is a kernel of our module; the attribute takes a byte count (at most
+        // 110,592 here, under sm_90's 227 KB per block).
         unsafe {
             sys::cuFuncSetAttribute(
                 f,
@@ -244,19 +251,8 @@ impl CudaBackend {
         }
         .result()
         .map_err(derr)?;
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: plain out-parameter; `f` is a kernel of our module.
-        unsafe {
-            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, THREADS as i32, smem)
-        }
-        .result()
-        .map_err(derr)?;
-        let n = (n.max(1)) as usize;
-        tracing::debug!(
-            "quantized mma kernel {f:?}: {n} blocks per SM with {smem} bytes of shared memory"
-        );
-        known.insert(f as usize, n);
-        Ok(n)
+        done.insert(f as usize);
+        Ok(())
     }
 }
 
