@@ -294,10 +294,10 @@ fi
 if [[ " $what " == *" qmma "* ]]; then # session 13: quantized batched decode, the tensor-core kernel (SLUICE_QMMA_MAX_ROWS=128) against dequantize + cuBLASLt (0), and bf16 as the anchor
   for preset in ${QMMA_PRESETS:-llama-3.1-8b-bench llama-3.2-1b-bench}; do
     for dt in ${QMMA_DTYPES:-q8_0 bf16}; do
-      for rows in 0 128; do
+      for rows in ${QMMA_ROWS:-0 128}; do # "auto": each format's default limit
         [ "$dt" = bf16 ] && [ "$rows" = 0 ] && continue
         echo "=== $preset --dtype $dt SLUICE_QMMA_MAX_ROWS=$rows (at ${SECONDS} s)" | tee -a "$OUT/qmma.txt"
-        timeout 240 env SLUICE_QMMA_MAX_ROWS=$rows $B bench latency --device cuda --random-weights $preset --dtype $dt --batch-size ${QMMA_BATCHES:-8,16,32,64,128} --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|error|Error" | tee -a "$OUT/qmma.txt"
+        timeout 240 env $( [ "$rows" = auto ] || echo SLUICE_QMMA_MAX_ROWS=$rows ) $B bench latency --device cuda --random-weights $preset --dtype $dt --batch-size ${QMMA_BATCHES:-8,16,32,64,128} --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "^batch|\| decode|error|Error" | tee -a "$OUT/qmma.txt"
       done
     done
   done
