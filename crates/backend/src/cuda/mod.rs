@@ -440,8 +440,12 @@ impl CudaBackend {
 
     pub(crate) fn alloc(&self, len: usize) -> Result<CudaBuffer> {
         self.bind()?;
+        // Rounded up to 256 bytes, so that a kernel may read a whole aligned word that
+        // ends past the last byte (the quantized mma copies a Q8_0 weight's f16 scales as
+        // aligned 4-byte words; with an odd number of scales the last word ends 2 bytes
+        // past the data).
         // SAFETY: plain device allocation in the bound context.
-        let ptr = unsafe { drv::malloc_sync(len.max(1)) }.map_err(|e| {
+        let ptr = unsafe { drv::malloc_sync(len.max(1).next_multiple_of(256)) }.map_err(|e| {
             let free = drv::mem_get_info().map(|m| m.0).unwrap_or(0);
             BackendError::Device(format!(
                 "CUDA out of memory allocating {len} bytes ({free} bytes free): {e:?}"

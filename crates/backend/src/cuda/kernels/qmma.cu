@@ -69,7 +69,9 @@ __device__ __forceinline__ void qm_cp_async4(unsigned int dst, const void* src) 
 // q d rounded once; the product and the constant are exact in f32 (11 + 9 significant
 // bits), so the result is q d itself, as the conversion and multiply would give.
 // The two scales of a row's chunk need not be 4-byte aligned (K / 32 may be odd), so the
-// stage holds the two aligned words around them.
+// stage holds the two aligned words around them (with an odd number of scales in all, the
+// last word ends 2 bytes past the weight's data: `CudaBackend::alloc` rounds every
+// allocation up to 256 bytes for this).
 struct QmQ8_0 {
     static const int CH = 64, WB = 64, SB = 8, MIN_BLOCKS = 3;
     struct Chunk {
