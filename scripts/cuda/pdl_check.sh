@@ -328,11 +328,11 @@ if [[ " $what " == *" attn_prefetch "* ]]; then # session 14: the batch-1 GEMV a
       done
     done
   done
-  for pf in 8388608 16777216 default; do
+  for pf in 8388608 default; do
     echo "=== 8B tg128 SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf (at ${SECONDS} s)" | tee -a "$OUT/attn_prefetch.txt"
     timeout 120 env $( [ "$pf" = default ] || echo SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf ) $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 3 2>&1 | grep -E "tg|error|Error" | tee -a "$OUT/attn_prefetch.txt"
   done
-  for dt in fp8 q8_0; do
+  for dt in ${ATTN_PREFETCH_DTYPES:-fp8}; do
     for pf in 8388608 default; do
       echo "=== 8B $dt b1 512+128 SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf (at ${SECONDS} s)" | tee -a "$OUT/attn_prefetch.txt"
       timeout 120 env $( [ "$pf" = default ] || echo SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf ) $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size 1 --input-len 512 --output-len 128 -r 2 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/attn_prefetch.txt"
