@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [attn_prefetch]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -316,26 +316,5 @@ if [[ " $what " == *" qmma_splits "* ]]; then # session 13: the quantized mma's 
   for bps in auto 6 12 auto; do
     echo "=== 8B q8_0 SLUICE_QMMA_BLOCKS_PER_SM=$bps (at ${SECONDS} s)" | tee -a "$OUT/qmma_splits.txt"
     env $( [ "$bps" = auto ] || echo SLUICE_QMMA_BLOCKS_PER_SM=$bps ) timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 --batch-size 8,16,32,64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/qmma_splits.txt"
-  done
-fi
-if [[ " $what " == *" attn_prefetch "* ]]; then # session 14: the batch-1 GEMV after the decode attention prefetches its whole weight (default) or 8 MiB like the others (before)
-  for round in 1 2; do
-    for pf in 8388608 default; do
-      for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
-        [ "$preset" = llama-3.2-1b-bench ] && [ $round = 2 ] && continue
-        echo "=== $preset b1 512+128 SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf round $round (at ${SECONDS} s)" | tee -a "$OUT/attn_prefetch.txt"
-        timeout 120 env $( [ "$pf" = default ] || echo SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf ) $B bench latency --device cuda --random-weights $preset --batch-size 1 --input-len 512 --output-len 128 -r 2 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/attn_prefetch.txt"
-      done
-    done
-  done
-  for pf in 8388608 default; do
-    echo "=== 8B tg128 SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf (at ${SECONDS} s)" | tee -a "$OUT/attn_prefetch.txt"
-    timeout 120 env $( [ "$pf" = default ] || echo SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf ) $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 3 2>&1 | grep -E "tg|error|Error" | tee -a "$OUT/attn_prefetch.txt"
-  done
-  for dt in ${ATTN_PREFETCH_DTYPES:-fp8}; do
-    for pf in 8388608 default; do
-      echo "=== 8B $dt b1 512+128 SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf (at ${SECONDS} s)" | tee -a "$OUT/attn_prefetch.txt"
-      timeout 120 env $( [ "$pf" = default ] || echo SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=$pf ) $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $dt --batch-size 1 --input-len 512 --output-len 128 -r 2 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/attn_prefetch.txt"
-    done
   done
 fi

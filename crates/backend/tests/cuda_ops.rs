@@ -536,20 +536,9 @@ fn check_staged_attention_output(g: &Device, kv: DType, case: &AttnCase, out: &T
     let tensor_core_kv = matches!(kv, DType::BF16 | DType::F8E4M3);
     let staged = tensor_core_kv && matches!(case.hd, 64 | 128) && t > 4;
     let uses = backend.staged_gemm_inputs();
-    // Right after the attention a batch-1 GEMV may prefetch more of its weight into L2
-    // (cuda/mod.rs `gemv_prefetch_bytes`); after any other launch, the usual amount.
-    let after_attention = backend.gemv_prefetch_bytes();
     let mut got = poisoned(g, &[t, 24]);
     g.matmul(out, w, &mut got).unwrap();
     let took = backend.staged_gemm_inputs() - uses;
-    let usual = backend.gemv_prefetch_bytes();
-    assert!(after_attention >= usual, "{after_attention} < {usual}");
-    if usual > 0 && std::env::var_os("SLUICE_GEMV_PREFETCH_AFTER_ATTENTION").is_none() {
-        assert!(
-            after_attention > usual,
-            "PDL on, yet no larger prefetch after attention"
-        );
-    }
     let fresh = up(g, &[t, width], &down(g, out));
     let mut want = poisoned(g, &[t, 24]);
     g.matmul(&fresh, w, &mut want).unwrap();

@@ -46,14 +46,6 @@ const DECODE_CLUSTER_MAX: usize = 16;
 /// with the loads that follow it.
 const GEMV_PREFETCH_BYTES: i64 = 8 << 20;
 
-/// The share of the L2 cache (numerator over 4) that a batch-1 GEMV right after the
-/// decode attention may prefetch: the attention reads a few MB of KV cache and leaves
-/// the memory system idle for most of its run, and the output projection that follows
-/// it (32 MiB in the 8B shape) can stream into L2 meanwhile instead of after it. The
-/// 8 MiB of `GEMV_PREFETCH_BYTES` is what pays where the previous kernel streams a
-/// weight itself.
-const GEMV_PREFETCH_AFTER_ATTENTION_L2_QUARTERS: i64 = 3;
-
 pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("CUDA: {e:?}"))
 }
@@ -198,13 +190,6 @@ pub struct CudaBackend {
     /// L2 before waiting for the previous kernel: `GEMV_PREFETCH_BYTES` under PDL, none
     /// without (`SLUICE_GEMV_PREFETCH=<bytes>` overrides, for tuning).
     gemv_prefetch: i64,
-    /// The same for a GEMV launched right after the decode attention (`after_attention`):
-    /// three quarters of the L2 under PDL (`SLUICE_GEMV_PREFETCH_AFTER_ATTENTION=<bytes>`
-    /// overrides; never less than `gemv_prefetch`).
-    gemv_prefetch_after_attention: i64,
-    /// Set by `paged_attention` after its last launch, cleared by every launch: whether
-    /// the next kernel follows the attention directly.
-    after_attention: AtomicBool,
     /// Fused batch-1 norm + GEMV and GEMV + residual (unless `SLUICE_FUSED_DECODE=0`).
     fused_decode: bool,
     /// The batch-1 GEMVs with the GLU or RoPE in their epilogue (fused.rs
@@ -314,18 +299,6 @@ impl CudaBackend {
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(if pdl { GEMV_PREFETCH_BYTES } else { 0 });
-        let l2_bytes = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map_err(derr)? as i64;
-        let gemv_prefetch_after_attention = std::env::var("SLUICE_GEMV_PREFETCH_AFTER_ATTENTION")
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(if pdl {
-                l2_bytes / 4 * GEMV_PREFETCH_AFTER_ATTENTION_L2_QUARTERS
-            } else {
-                0
-            })
-            .max(gemv_prefetch);
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;
         let cluster_limit = kernels.decode_cluster_limit;
@@ -345,8 +318,6 @@ impl CudaBackend {
             sm_count,
             pdl,
             gemv_prefetch,
-            gemv_prefetch_after_attention,
-            after_attention: AtomicBool::new(false),
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
@@ -436,17 +407,6 @@ impl CudaBackend {
     /// cluster so far (see `set_decode_cluster_max`).
     pub fn cluster_merges(&self) -> u64 {
         self.cluster_merges.load(Ordering::SeqCst)
-    }
-
-    /// Weight bytes the next batch-1 GEMV prefetches into L2 before its PDL wait: more
-    /// right after the decode attention, which leaves the memory system mostly idle (see
-    /// `GEMV_PREFETCH_AFTER_ATTENTION_L2_QUARTERS`).
-    pub fn gemv_prefetch_bytes(&self) -> i64 {
-        if self.after_attention.load(Ordering::SeqCst) {
-            self.gemv_prefetch_after_attention
-        } else {
-            self.gemv_prefetch
-        }
     }
 
     /// How many GEMM inputs came from a staged bf16 copy instead of a conversion (see
@@ -896,7 +856,6 @@ impl CudaBackend {
         // Whatever this kernel writes, a staged bf16 copy no longer describes the latest
         // output; a producer sets it again after its launch.
         self.clear_staged();
-        self.after_attention.store(false, Ordering::SeqCst);
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }

@@ -440,7 +440,7 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
-        let prefetch = self.gemv_prefetch_bytes();
+        let prefetch = self.gemv_prefetch;
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
     }
@@ -1160,7 +1160,6 @@ impl CudaBackend {
         }
         // Set after the last launch (each launch clears the record).
         self.set_staged(po, out.numel(), staged);
-        self.after_attention.store(true, Ordering::SeqCst);
         Ok(())
     }
 

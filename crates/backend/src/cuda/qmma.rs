@@ -227,7 +227,15 @@ impl CudaBackend {
         let (mi, ki, ti, cps) = (m as i32, k as i32, t as i32, p.chunks_per_split as i32);
         let mut a = args![xin, pw, po, mi, ki, ti, cps];
         let grid = (p.grid.0 as u32, p.grid.1 as u32, p.grid.2 as u32);
-        self.launch_with(f, grid, THREADS, &mut a, grid.2, smem as u32)
+        // The kernel writes `out` alone, so a staged bf16 copy of another tensor (x's,
+        // shared by separate Q/K/V projections of one norm) stays valid across it, as
+        // across a cuBLASLt GEMM; the launch drops the record, so it is put back.
+        let staged = self.staged.lock().ok().and_then(|g| *g);
+        self.launch_with(f, grid, THREADS, &mut a, grid.2, smem as u32)?;
+        if let Some(s) = staged.filter(|s| s.src != po && s.dst != po) {
+            self.set_staged(s.src, s.n, s.dst);
+        }
+        Ok(())
     }
 
     /// Allows `f` `smem` bytes of dynamic shared memory (needed above 48 KB), once per
