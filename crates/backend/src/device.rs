@@ -457,6 +457,38 @@ impl Device {
         }
     }
 
+    /// Copies rows `rows` of an F32 matrix (in that order) to the host, one after
+    /// another in `dst`: the logits of the few sequences that want log-probabilities,
+    /// not the whole batch's.
+    pub fn copy_f32_rows_to_host(
+        &self,
+        src: &Tensor,
+        rows: &[usize],
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
+        src.expect_dtype(DType::F32)?;
+        let (n, cols) = (src.rows(), src.cols());
+        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(BackendError::Shape(format!(
+                "copy_f32_rows_to_host: row {bad} of a [{n}, {cols}] matrix"
+            )));
+        }
+        match src.storage() {
+            Storage::Cpu(_) => {
+                let v = src.as_f32()?;
+                dst.clear();
+                for &r in rows {
+                    dst.extend_from_slice(&v[r * cols..(r + 1) * cols]);
+                }
+                Ok(())
+            }
+            Storage::Cuda(_) => match self {
+                Device::Cuda(g) => g.copy_f32_rows_to_host(src, rows, dst),
+                Device::Cpu(_) => Err(BackendError::Device("CUDA tensor on a CPU device".into())),
+            },
+        }
+    }
+
     /// `out[t, m] = sum_k x[t, k] * w[m, k]`: x F32 `[T, K]`, w any dtype `[M, K]`,
     /// out F32 `[T, M]`.
     pub fn matmul(&self, x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {

@@ -1222,3 +1222,33 @@ fn uploads_arrive_as_they_were_when_called_past_the_pinned_region() {
         }
     }
 }
+
+/// `copy_f32_rows_to_host` brings exactly the asked rows, in the asked order (repeats
+/// allowed), from a matrix the last kernel wrote, on the CPU and the GPU; a row past the
+/// end is an error, not a read past the buffer.
+#[test]
+fn rows_to_host_are_the_asked_rows_in_order() {
+    let (rows, cols) = (37usize, 1_003usize);
+    let v: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let asked = [36usize, 0, 17, 17, 5];
+    let want: Vec<f32> = asked
+        .iter()
+        .flat_map(|&r| v[r * cols..(r + 1) * cols].to_vec())
+        .collect();
+    let mut devices = vec![(cpu(), host(&[rows, cols], &v))];
+    if let Some(g) = gpu(CudaWeightType::Bf16) {
+        // Written by a kernel just before the copy (the copy must wait for it).
+        let mut t = g.zeros(DType::F32, &[rows, cols]).unwrap();
+        let src = up(&g, &[rows, cols], &v);
+        g.add_inplace(&mut t, &src).unwrap();
+        devices.push((g, t));
+    }
+    for (d, t) in &devices {
+        let mut got = vec![f32::NAN; 3];
+        d.copy_f32_rows_to_host(t, &asked, &mut got).unwrap();
+        assert_eq!(got, want, "{}", d.name());
+        d.copy_f32_rows_to_host(t, &[], &mut got).unwrap();
+        assert!(got.is_empty());
+        assert!(d.copy_f32_rows_to_host(t, &[2, rows], &mut got).is_err());
+    }
+}

@@ -101,6 +101,13 @@ pub struct ThroughputArgs {
     pub max_num_seqs: usize,
     #[arg(long, default_value_t = 512)]
     pub max_num_batched_tokens: usize,
+    /// Ask for the log-probabilities of each generated token and its top N alternatives
+    /// (OpenAI's `top_logprobs`, at most 20), in every `--logprobs-every`-th request.
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<usize>,
+    /// With `--logprobs`: which requests ask (1: all; K: the first and every K-th).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub logprobs_every: usize,
 }
 
 pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
@@ -111,7 +118,18 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
         ..a.model.engine_config()?
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
-    let r = bench::throughput(&mut engine, a.num_prompts, a.input_len, a.output_len, 7)?;
+    if a.logprobs.is_some_and(|n| n > 20) {
+        anyhow::bail!("--logprobs: at most 20 alternatives");
+    }
+    let logprobs = a.logprobs.map(|n| (n, a.logprobs_every.max(1)));
+    let r = bench::throughput_with_logprobs(
+        &mut engine,
+        a.num_prompts,
+        a.input_len,
+        a.output_len,
+        7,
+        logprobs,
+    )?;
     println!("model: {name}, device: {}", engine.model().device().name());
     println!(
         "{} requests of {} in / {} out in {:.2} s: {:.2} requests/s, {:.1} output tokens/s, {:.1} total tokens/s",

@@ -69,6 +69,11 @@ pub struct ModelArgs {
     /// the CPU, where nothing overlaps (for testing).
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     pub async_scheduling: String,
+    /// Sample every token on the host from the whole batch's logits, as a GPU engine
+    /// did before device sampling (for comparisons and debugging; turns overlapped
+    /// steps off, which need the device sampler).
+    #[arg(long)]
+    pub host_sampling: bool,
     /// Benchmark real shapes without a checkpoint: random weights for a config preset
     /// (see `sluice roofline --list-presets`), with a stand-in vocabulary `t0 t1 ...`.
     /// `--model` is then ignored.
@@ -153,11 +158,13 @@ impl ModelArgs {
             kv_cache_dtype: self.kv_cache_dtype()?,
             step_graphs: !self.enforce_eager,
             async_scheduling: match self.async_scheduling.as_str() {
+                "auto" if self.host_sampling => Some(false),
                 "auto" => None,
                 "on" => Some(true),
                 "off" => Some(false),
                 other => anyhow::bail!("--async-scheduling {other}: expected auto, on or off"),
             },
+            sample_on_device: self.host_sampling.then_some(false),
             ..EngineConfig::default()
         })
     }

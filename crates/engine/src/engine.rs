@@ -15,7 +15,7 @@ use sluice_model::{BatchInput, KvCache};
 
 use crate::kv::KvCacheManager;
 use crate::metrics::{EngineMetrics, StepPhases};
-use crate::sampling::{SampledToken, Sampler, SamplingParams};
+use crate::sampling::{raw_logprobs, SampledToken, Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
 use crate::sequence::{FinishReason, SeqId, Sequence, PENDING_TOKEN};
 use crate::spec::lookahead::{Lookahead, LookaheadConfig};
@@ -183,6 +183,7 @@ struct InFlight {
     readback: IdsReadback,
     /// Row of each token-sampling sequence in the step's ids.
     rows: HashMap<SeqId, u32>,
+    raw_rows: RawLogitRows,
     host_before: f64,
     forward: f64,
 }
@@ -194,9 +195,28 @@ struct Done {
     /// The ids sampled on the device (kept apart from `device_ids`, which a step
     /// resolved before this one is finished reads into).
     ids: Vec<i32>,
+    raw_rows: RawLogitRows,
     t0: Instant,
     t_forward: Instant,
     t_wait: Instant,
+}
+
+/// The unprocessed logits of the sequences that asked for log-probabilities in a step
+/// sampled on the device, copied to the host before the sampler adjusts the logits in
+/// place: only these rows cross to the host (vocabulary × 4 bytes each), and the tokens
+/// of the whole batch are still sampled on the device.
+#[derive(Default)]
+struct RawLogitRows {
+    seqs: Vec<SeqId>,
+    values: Vec<f32>,
+    vocab: usize,
+}
+
+impl RawLogitRows {
+    fn row(&self, id: SeqId) -> Option<&[f32]> {
+        let i = self.seqs.iter().position(|&s| s == id)?;
+        self.values.get(i * self.vocab..(i + 1) * self.vocab)
+    }
 }
 
 enum Launched {
@@ -659,18 +679,15 @@ impl LlmEngine {
         }
         let device = self.model.device().clone();
         // On a GPU, sample on the device unless a token needs the host: speculative
-        // verification and log-probabilities work on the full logits there.
+        // verification works on the full logits there. Log-probabilities take their own
+        // sequences' logits rows to the host (`RawLogitRows`).
         let on_device = self.sample_on_device
             && self.spec.is_none()
             && self.lookahead.is_none()
-            && out.scheduled.iter().all(|s| {
-                !s.produces_token
-                    || (s.num_spec_tokens == 0
-                        && self
-                            .states
-                            .get(&s.seq_id)
-                            .is_some_and(|st| st.params.logprobs.is_none()))
-            });
+            && out
+                .scheduled
+                .iter()
+                .all(|s| !s.produces_token || s.num_spec_tokens == 0);
         let plain_greedy = on_device
             && out.scheduled.iter().all(|s| {
                 !s.produces_token
@@ -689,6 +706,11 @@ impl LlmEngine {
             .forward_overlapped(&self.batch, &mut self.kv, prev_ids)?;
         let t_wait = Instant::now();
         let queue = self.may_overlap();
+        let raw_rows = if on_device {
+            self.raw_logit_rows(&out)?
+        } else {
+            RawLogitRows::default()
+        };
         let logits = self.model.logits_mut();
         if !on_device {
             device
@@ -698,6 +720,7 @@ impl LlmEngine {
                 out,
                 on_device,
                 ids: Vec::new(),
+                raw_rows,
                 t0,
                 t_forward,
                 t_wait,
@@ -749,6 +772,7 @@ impl LlmEngine {
                 out,
                 readback,
                 rows,
+                raw_rows,
                 host_before: (t_forward - t0).as_secs_f64(),
                 forward: (t_wait - t_forward).as_secs_f64(),
             }));
@@ -761,6 +785,7 @@ impl LlmEngine {
             out,
             on_device,
             ids: host_ids,
+            raw_rows,
             t0,
             t_forward,
             t_wait,
@@ -799,7 +824,7 @@ impl LlmEngine {
         if d.on_device {
             self.device_ids = d.ids;
         }
-        let outputs = self.sample_and_update(&d.out, d.on_device, false)?;
+        let outputs = self.sample_and_update(&d.out, d.on_device, false, &d.raw_rows)?;
         let phases = StepPhases {
             host_before: (d.t_forward - d.t0).as_secs_f64(),
             forward: (d.t_wait - d.t_forward).as_secs_f64(),
@@ -818,7 +843,7 @@ impl LlmEngine {
             .finish_ids_readback(f.readback, &mut self.device_ids)
             .map_err(sluice_model::ModelError::from)?;
         let t_after = Instant::now();
-        let outputs = self.sample_and_update(&f.out, true, true)?;
+        let outputs = self.sample_and_update(&f.out, true, true, &f.raw_rows)?;
         let phases = StepPhases {
             host_before: f.host_before,
             forward: f.forward,
@@ -884,6 +909,37 @@ impl LlmEngine {
         Ok(())
     }
 
+    /// Copies the logits rows of this step's sequences that want log-probabilities to
+    /// the host (device sampling: one row per token-producing sequence).
+    fn raw_logit_rows(&mut self, out: &SchedulerOutput) -> Result<RawLogitRows, EngineError> {
+        let mut raw = RawLogitRows {
+            vocab: self.model.logits_mut().cols(),
+            ..RawLogitRows::default()
+        };
+        let mut rows = Vec::new();
+        let mut row = 0usize;
+        for s in &out.scheduled {
+            let wants = s.produces_token
+                && self
+                    .states
+                    .get(&s.seq_id)
+                    .is_some_and(|st| st.params.logprobs.is_some());
+            if wants {
+                raw.seqs.push(s.seq_id);
+                rows.push(row);
+            }
+            row += s.num_logits();
+        }
+        if rows.is_empty() {
+            return Ok(raw);
+        }
+        let device = self.model.device().clone();
+        device
+            .copy_f32_rows_to_host(self.model.logits_mut(), &rows, &mut raw.values)
+            .map_err(sluice_model::ModelError::from)?;
+        Ok(raw)
+    }
+
     /// Fills `sample_rows` / `sample_adjust` for this step's logits rows (one per
     /// sequence that produces a token; no speculative rows on this path).
     fn prepare_device_sampling(&mut self, out: &SchedulerOutput) -> Result<(), EngineError> {
@@ -924,6 +980,8 @@ impl LlmEngine {
         on_device: bool,
         // The step was applied with `Scheduler::apply_provisional` (overlapped).
         provisional: bool,
+        // Device sampling: the unprocessed logits of the sequences with log-probabilities.
+        raw_rows: &RawLogitRows,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
         self.sampled.resize(out.scheduled.len(), Vec::new());
@@ -1028,6 +1086,15 @@ impl LlmEngine {
                 })? as u32;
                 state.sampler.observe(id);
                 self.sampled[i].push(id);
+                if let Some(n) = state.params.logprobs {
+                    let raw = raw_rows.row(s.seq_id).ok_or_else(|| {
+                        sluice_model::ModelError::from(BackendError::Shape(format!(
+                            "device sampling: no logits kept for {}'s log-probabilities",
+                            s.seq_id
+                        )))
+                    })?;
+                    lp.push(raw_logprobs(raw, id, Some(n)));
+                }
             } else if s.produces_token {
                 let state = self
                     .states

@@ -75,11 +75,11 @@ impl SamplingParams {
         self.temperature <= 0.0 || self.top_k == 1
     }
 
-    /// Greedy with no logit processor and no log-probabilities: the token is the argmax
-    /// of the raw logits, so a GPU engine can pick it on the device and copy only the id.
+    /// Greedy with no logit processor: the token is the argmax of the raw logits, so a
+    /// GPU engine can pick it on the device and copy only the id (and, for
+    /// log-probabilities, the row's logits).
     pub fn is_plain_greedy(&self) -> bool {
         self.is_greedy()
-            && self.logprobs.is_none()
             && self.logit_bias.is_empty()
             && self.repetition_penalty == 1.0
             && self.presence_penalty == 0.0

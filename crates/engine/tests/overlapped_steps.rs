@@ -7,7 +7,8 @@
 //! pool small enough to preempt, stop tokens and stop strings (a sequence that stops
 //! has its next token in flight, which must be dropped), seeded sampling, a request with
 //! penalties (steps must wait for the host while it lives), one with log-probabilities
-//! (sampled on the host) and requests that arrive while a step is in flight.
+//! (its logits row goes to the host, its token is sampled on the device) and requests
+//! that arrive while a step is in flight.
 //!
 //! On a CUDA GPU (when present; SLUICE_REQUIRE_CUDA=1 makes its absence an error) the
 //! same comparison runs with f32 weights and KV cache, whose kernels are row-independent
@@ -42,6 +43,15 @@ fn devices() -> Vec<Device> {
 }
 
 fn engine(dev: &Device, async_scheduling: bool, num_blocks: usize) -> LlmEngine {
+    engine_sampling_on(dev, async_scheduling, num_blocks, true)
+}
+
+fn engine_sampling_on(
+    dev: &Device,
+    async_scheduling: bool,
+    num_blocks: usize,
+    sample_on_device: bool,
+) -> LlmEngine {
     // Heads of 64 so that the GPU's flash prefill kernel takes the prompt chunks.
     let mut mc = tiny_config(TARGET_LAYERS, VOCAB);
     mc.hidden_size = 256;
@@ -57,7 +67,7 @@ fn engine(dev: &Device, async_scheduling: bool, num_blocks: usize) -> LlmEngine 
     cfg.max_num_batched_tokens = 24;
     cfg.async_scheduling = Some(async_scheduling);
     // Both with the device sampler, whose seeded draws differ from the host sampler's.
-    cfg.sample_on_device = Some(true);
+    cfg.sample_on_device = Some(sample_on_device);
     LlmEngine::new(model, tok, &cfg).expect("engine")
 }
 
@@ -179,5 +189,84 @@ fn greedy_batches_overlap_every_step() {
         assert_eq!(want, got, "{}", dev.name());
         let m = e.metrics();
         assert_eq!(m.overlapped_steps + 1, m.steps, "{}: {m:?}", dev.name());
+    }
+}
+
+/// Log-probabilities with the device sampler: the tokens are sampled on the device (and
+/// every step after the first overlaps), only the asking sequences' logits rows go to
+/// the host, and the log-probabilities are bit for bit what the host sampler reports
+/// from the whole batch's logits (greedy, so both pick the same tokens).
+#[test]
+fn log_probabilities_ride_the_device_sampler() {
+    let reqs: Vec<SamplingParams> = (0..9)
+        .map(|i| {
+            let mut p = greedy(8 + i % 5);
+            p.logprobs = match i % 3 {
+                0 => Some(3),
+                1 => Some(0),
+                _ => None,
+            };
+            p
+        })
+        .collect();
+    let prompts = prompts(reqs.len(), 31);
+    type Run = Vec<(Vec<u32>, Vec<sluice_engine::sampling::SampledToken>)>;
+    let run_lp = |e: &mut LlmEngine| -> Run {
+        let ids: Vec<SeqId> = reqs
+            .iter()
+            .zip(&prompts)
+            .map(|(p, prompt)| {
+                e.add_request(EngineRequest {
+                    prompt_token_ids: prompt.clone(),
+                    params: p.clone(),
+                    cache_salt: None,
+                })
+                .expect("add_request")
+            })
+            .collect();
+        let mut out: HashMap<SeqId, (Vec<u32>, Vec<sluice_engine::sampling::SampledToken>)> =
+            HashMap::new();
+        e.run_to_completion(|o| {
+            let r = out.entry(o.id).or_default();
+            r.0.extend_from_slice(&o.new_token_ids);
+            r.1.extend_from_slice(&o.logprobs);
+        })
+        .expect("run");
+        ids.iter()
+            .map(|id| out.remove(id).unwrap_or_default())
+            .collect()
+    };
+    for dev in devices() {
+        let name = dev.name();
+        let want = run_lp(&mut engine_sampling_on(&dev, false, 400, false));
+        let mut e = engine_sampling_on(&dev, true, 400, true);
+        let got = run_lp(&mut e);
+        for (i, ((wt, wl), (gt, gl))) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                wt, gt,
+                "{name}: request {i}: tokens, host vs device sampling"
+            );
+            let n = reqs[i].logprobs;
+            assert_eq!(
+                gl.len(),
+                if n.is_some() { gt.len() } else { 0 },
+                "{name}: {i}"
+            );
+            for (w, g) in wl.iter().zip(gl) {
+                let bits = |t: &sluice_engine::sampling::SampledToken| {
+                    let top: Vec<(u32, u32)> = t
+                        .top_logprobs
+                        .iter()
+                        .map(|&(id, l)| (id, l.to_bits()))
+                        .collect();
+                    (t.id, t.logprob.map(f32::to_bits), top)
+                };
+                assert_eq!(bits(w), bits(g), "{name}: request {i}: log-probabilities");
+                assert_eq!(g.top_logprobs.len(), n.unwrap_or(0), "{name}: {i}");
+                assert!(g.logprob.is_some_and(|l| l <= 0.0), "{name}: {i}: {g:?}");
+            }
+        }
+        let m = e.metrics();
+        assert_eq!(m.overlapped_steps + 1, m.steps, "{name}: {m:?}");
     }
 }

@@ -594,6 +594,38 @@ impl CudaBackend {
         self.copy_to_host(src, src.numel(), dst)
     }
 
+    /// Waits for the stream and copies rows `rows` of an F32 matrix to the host, one
+    /// after another in `dst` (rows checked by `Device::copy_f32_rows_to_host`).
+    pub fn copy_f32_rows_to_host(
+        &self,
+        src: &Tensor,
+        rows: &[usize],
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
+        src.expect_dtype(DType::F32)?;
+        let (n, cols) = (src.rows(), src.cols());
+        if rows.iter().any(|&r| r >= n) {
+            return Err(BackendError::Shape(format!(
+                "copy_f32_rows_to_host: a row past {n}"
+            )));
+        }
+        let buf = cuda_buf(src)?;
+        dst.clear();
+        dst.resize(rows.len() * cols, 0.0);
+        self.bind()?;
+        self.synchronize()?;
+        if cols == 0 {
+            return Ok(());
+        }
+        for (chunk, &r) in dst.chunks_exact_mut(cols).zip(rows) {
+            let at = buf.ptr + (r * cols * std::mem::size_of::<f32>()) as u64;
+            // SAFETY: `chunk` holds `cols` floats; row r < rows of the tensor, whose device
+            // range holds rows × cols floats from `buf.ptr`.
+            unsafe { drv::memcpy_dtoh_sync(chunk, at) }.map_err(derr)?;
+        }
+        Ok(())
+    }
+
     /// Waits for the stream and copies an I32 tensor's logical elements to the host.
     pub fn copy_i32_to_host(&self, src: &Tensor, dst: &mut Vec<i32>) -> Result<()> {
         src.expect_dtype(DType::I32)?;
