@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -316,5 +316,11 @@ if [[ " $what " == *" qmma_splits "* ]]; then # session 13: the quantized mma's 
   for bps in auto 6 12 auto; do
     echo "=== 8B q8_0 SLUICE_QMMA_BLOCKS_PER_SM=$bps (at ${SECONDS} s)" | tee -a "$OUT/qmma_splits.txt"
     env $( [ "$bps" = auto ] || echo SLUICE_QMMA_BLOCKS_PER_SM=$bps ) timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype q8_0 --batch-size 8,16,32,64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -E "\| decode|error|Error" | tee -a "$OUT/qmma_splits.txt"
+  done
+fi
+if [[ " $what " == *" logprobs "* ]]; then # session 14: requests with top_logprobs, device sampler (only their logits rows to the host) against --host-sampling (the whole batch's logits, every row sampled on the host: what one such request used to cost)
+  for cfg in "" "--logprobs 5 --logprobs-every 64" "--logprobs 5 --logprobs-every 64 --host-sampling" "--logprobs 5" "--logprobs 5 --host-sampling" ""; do
+    echo "=== 8B 256 x (128 + 128) $cfg (at ${SECONDS} s)" | tee -a "$OUT/logprobs.txt"
+    timeout 120 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 128 --output-len 128 --num-prompts 256 --max-num-seqs 256 --max-num-batched-tokens 8192 $cfg 2>&1 | grep -E "requests of|per step|rror" | tee -a "$OUT/logprobs.txt"
   done
 fi
