@@ -319,7 +319,8 @@ if [[ " $what " == *" qmma_splits "* ]]; then # session 13: the quantized mma's 
   done
 fi
 if [[ " $what " == *" logprobs "* ]]; then # session 14: requests with top_logprobs, device sampler (only their logits rows to the host) against --host-sampling (the whole batch's logits, every row sampled on the host: what one such request used to cost)
-  for cfg in "" "--logprobs 5 --logprobs-every 64" "--logprobs 5 --logprobs-every 64 --host-sampling" "--logprobs 5" "--logprobs 5 --host-sampling" ""; do
+  IFS=';' read -ra cfgs <<< "${LOGPROBS_CFGS:- ;--logprobs 5 --logprobs-every 64;--logprobs 5 --logprobs-every 64 --host-sampling;--logprobs 5;--logprobs 5 --host-sampling; }"
+  for cfg in "${cfgs[@]}"; do
     echo "=== 8B 256 x (128 + 128) $cfg (at ${SECONDS} s)" | tee -a "$OUT/logprobs.txt"
     timeout 120 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 128 --output-len 128 --num-prompts 256 --max-num-seqs 256 --max-num-batched-tokens 8192 $cfg 2>&1 | grep -E "requests of|per step|rror" | tee -a "$OUT/logprobs.txt"
   done

@@ -976,3 +976,34 @@ impl Device {
         }
     }
 }
+
+/// `rows` as runs of consecutive rows `(first row, count)`, in order: a copy of rows
+/// `[0, 1, 2, 7, 8, 3]` is three copies, not six (a whole batch asking for
+/// log-probabilities is one).
+pub(crate) fn row_runs(rows: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &r in rows {
+        match runs.last_mut() {
+            Some((first, n)) if *first + *n == r => *n += 1,
+            _ => runs.push((r, 1)),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod row_run_tests {
+    use super::row_runs;
+
+    #[test]
+    fn consecutive_rows_merge_in_order() {
+        assert_eq!(row_runs(&[]), vec![]);
+        assert_eq!(row_runs(&[4]), vec![(4, 1)]);
+        assert_eq!(
+            row_runs(&[0, 1, 2, 7, 8, 3, 3, 2]),
+            vec![(0, 3), (7, 2), (3, 1), (3, 1), (2, 1)]
+        );
+        let all: Vec<usize> = (0..256).collect();
+        assert_eq!(row_runs(&all), vec![(0, 256)]);
+    }
+}

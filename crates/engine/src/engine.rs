@@ -207,15 +207,68 @@ struct Done {
 /// of the whole batch are still sampled on the device.
 #[derive(Default)]
 struct RawLogitRows {
-    seqs: Vec<SeqId>,
+    /// (sequence, its row in the step's logits and ids, alternatives asked for)
+    seqs: Vec<(SeqId, usize, usize)>,
     values: Vec<f32>,
     vocab: usize,
 }
 
+/// Rows below this many are done on the calling thread (a thread costs ~20 µs; a row of
+/// 49k logits ~0.1 ms).
+const PARALLEL_LOGPROB_ROWS: usize = 8;
+
 impl RawLogitRows {
-    fn row(&self, id: SeqId) -> Option<&[f32]> {
-        let i = self.seqs.iter().position(|&s| s == id)?;
-        self.values.get(i * self.vocab..(i + 1) * self.vocab)
+    /// Each kept sequence's token (from the step's `ids`) with its log-probabilities,
+    /// on several threads when many sequences ask (an evaluation batch: all of them).
+    fn logprobs(&self, ids: &[i32]) -> Result<HashMap<SeqId, SampledToken>, EngineError> {
+        let one = |&(seq, row, n): &(SeqId, usize, usize), k: usize| {
+            let id = ids.get(row).copied().unwrap_or(-1);
+            let raw = self.values.get(k * self.vocab..(k + 1) * self.vocab);
+            match (u32::try_from(id), raw) {
+                (Ok(id), Some(raw)) => Ok((seq, raw_logprobs(raw, id, Some(n)))),
+                _ => Err(EngineError::Model(sluice_model::ModelError::from(
+                    BackendError::Shape(format!(
+                        "device sampling: no id or logits kept for {seq}'s log-probabilities"
+                    )),
+                ))),
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.seqs.len() < PARALLEL_LOGPROB_ROWS || threads < 2 {
+            return self
+                .seqs
+                .iter()
+                .enumerate()
+                .map(|(k, s)| one(s, k))
+                .collect();
+        }
+        let per = self.seqs.len().div_ceil(threads.min(16));
+        std::thread::scope(|sc| {
+            let parts: Vec<_> = self
+                .seqs
+                .chunks(per)
+                .enumerate()
+                .map(|(c, chunk)| {
+                    sc.spawn(move || {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(j, s)| one(s, c * per + j))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut all = HashMap::with_capacity(self.seqs.len());
+            for p in parts {
+                let v = p.join().map_err(|_| {
+                    EngineError::Model(sluice_model::ModelError::from(BackendError::Device(
+                        "a log-probability thread panicked".into(),
+                    )))
+                })??;
+                all.extend(v);
+            }
+            Ok(all)
+        })
     }
 }
 
@@ -919,13 +972,13 @@ impl LlmEngine {
         let mut rows = Vec::new();
         let mut row = 0usize;
         for s in &out.scheduled {
-            let wants = s.produces_token
-                && self
-                    .states
-                    .get(&s.seq_id)
-                    .is_some_and(|st| st.params.logprobs.is_some());
-            if wants {
-                raw.seqs.push(s.seq_id);
+            let wants = self
+                .states
+                .get(&s.seq_id)
+                .and_then(|st| st.params.logprobs)
+                .filter(|_| s.produces_token);
+            if let Some(n) = wants {
+                raw.seqs.push((s.seq_id, row, n));
                 rows.push(row);
             }
             row += s.num_logits();
@@ -984,6 +1037,11 @@ impl LlmEngine {
         raw_rows: &RawLogitRows,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
+        let mut device_logprobs = if on_device && !raw_rows.seqs.is_empty() {
+            raw_rows.logprobs(&self.device_ids)?
+        } else {
+            HashMap::new()
+        };
         self.sampled.resize(out.scheduled.len(), Vec::new());
         let mut row = 0usize;
         let mut logprobs: Vec<Vec<SampledToken>> = Vec::with_capacity(out.scheduled.len());
@@ -1086,14 +1144,14 @@ impl LlmEngine {
                 })? as u32;
                 state.sampler.observe(id);
                 self.sampled[i].push(id);
-                if let Some(n) = state.params.logprobs {
-                    let raw = raw_rows.row(s.seq_id).ok_or_else(|| {
+                if state.params.logprobs.is_some() {
+                    let t = device_logprobs.remove(&s.seq_id).ok_or_else(|| {
                         sluice_model::ModelError::from(BackendError::Shape(format!(
-                            "device sampling: no logits kept for {}'s log-probabilities",
+                            "device sampling: no log-probabilities kept for {}",
                             s.seq_id
                         )))
                     })?;
-                    lp.push(raw_logprobs(raw, id, Some(n)));
+                    lp.push(t);
                 }
             } else if s.produces_token {
                 let state = self

@@ -498,21 +498,25 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
     m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
 }
 
-/// The `n` most likely tokens with their log-probabilities, most likely first.
+/// The `n` most likely tokens with their log-probabilities, most likely first (equal
+/// logits: the smaller id first). One pass with a buffer of the `n` best so far: nearly
+/// every logit is turned away by one comparison, where sorting a copy of a 49k-256k
+/// vocabulary cost ~0.3 ms a row (it matters when a whole batch asks).
 pub fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(logits.len());
     if n == 0 {
         return Vec::new();
     }
-    let mut idx: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
-    let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
-    idx.truncate(n);
-    idx.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-    idx.into_iter().map(|(i, l)| (i, l - lse)).collect()
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, v)| v >= l);
+        top.insert(at, (i as u32, l));
+        top.truncate(n);
+    }
+    top.into_iter().map(|(i, l)| (i, l - lse)).collect()
 }
 
 #[cfg(test)]
@@ -634,6 +638,32 @@ mod tests {
         assert!((t.logprob.unwrap_or(0.0) - (0.0 - lse)).abs() < 1e-5);
         assert_eq!(t.top_logprobs[0].0, 1);
         assert_eq!(t.top_logprobs.len(), 2);
+    }
+
+    #[test]
+    fn top_logprobs_equal_a_full_sort() {
+        // Many ties (values on a coarse grid), NaN and infinities, n past the length.
+        let mut x: Vec<f32> = (0..5_000u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 20) % 97) as f32 * 0.25 - 12.0)
+            .collect();
+        x[17] = f32::NAN;
+        x[4_000] = f32::INFINITY;
+        x[9] = f32::NEG_INFINITY;
+        let lse = 3.5;
+        for n in [1usize, 2, 5, 20, 4_999, 6_000] {
+            let mut want: Vec<(u32, f32)> = x
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_nan())
+                .map(|(i, &v)| (i as u32, v))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(n);
+            let want: Vec<(u32, f32)> = want.into_iter().map(|(i, v)| (i, v - lse)).collect();
+            assert_eq!(top_logprobs(&x, lse, n), want, "n = {n}");
+        }
+        assert!(top_logprobs(&x, lse, 0).is_empty());
+        assert!(top_logprobs(&[], lse, 3).is_empty());
     }
 
     #[test]

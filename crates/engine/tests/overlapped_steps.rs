@@ -198,11 +198,13 @@ fn greedy_batches_overlap_every_step() {
 /// from the whole batch's logits (greedy, so both pick the same tokens).
 #[test]
 fn log_probabilities_ride_the_device_sampler() {
-    let reqs: Vec<SamplingParams> = (0..9)
+    // 12 requests, 9 asking: more than PARALLEL_LOGPROB_ROWS rows a step at first, so
+    // the log-probabilities are also computed on several threads.
+    let reqs: Vec<SamplingParams> = (0..12)
         .map(|i| {
-            let mut p = greedy(8 + i % 5);
-            p.logprobs = match i % 3 {
-                0 => Some(3),
+            let mut p = greedy(30 + i % 5);
+            p.logprobs = match i % 4 {
+                0 | 2 => Some(3),
                 1 => Some(0),
                 _ => None,
             };
