@@ -466,13 +466,7 @@ impl Device {
         rows: &[usize],
         dst: &mut Vec<f32>,
     ) -> Result<()> {
-        src.expect_dtype(DType::F32)?;
-        let (n, cols) = (src.rows(), src.cols());
-        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-            return Err(BackendError::Shape(format!(
-                "copy_f32_rows_to_host: row {bad} of a [{n}, {cols}] matrix"
-            )));
-        }
+        let cols = check_f32_rows(src, rows)?;
         match src.storage() {
             Storage::Cpu(_) => {
                 let v = src.as_f32()?;
@@ -975,6 +969,18 @@ impl Device {
             Device::Cuda(g) => g.paged_attention(q, k_cache, v_cache, meta, params, out),
         }
     }
+}
+
+/// The columns of `src`, an F32 matrix of which every entry of `rows` is a row.
+pub(crate) fn check_f32_rows(src: &Tensor, rows: &[usize]) -> Result<usize> {
+    src.expect_dtype(DType::F32)?;
+    let (n, cols) = (src.rows(), src.cols());
+    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+        return Err(BackendError::Shape(format!(
+            "copy_f32_rows_to_host: row {bad} of a [{n}, {cols}] matrix"
+        )));
+    }
+    Ok(cols)
 }
 
 /// `rows` as runs of consecutive rows `(first row, count)`, in order: a copy of rows

@@ -595,20 +595,14 @@ impl CudaBackend {
     }
 
     /// Waits for the stream and copies rows `rows` of an F32 matrix to the host, one
-    /// after another in `dst` (rows checked by `Device::copy_f32_rows_to_host`).
+    /// after another in `dst`.
     pub fn copy_f32_rows_to_host(
         &self,
         src: &Tensor,
         rows: &[usize],
         dst: &mut Vec<f32>,
     ) -> Result<()> {
-        src.expect_dtype(DType::F32)?;
-        let (n, cols) = (src.rows(), src.cols());
-        if rows.iter().any(|&r| r >= n) {
-            return Err(BackendError::Shape(format!(
-                "copy_f32_rows_to_host: a row past {n}"
-            )));
-        }
+        let cols = crate::device::check_f32_rows(src, rows)?;
         let buf = cuda_buf(src)?;
         dst.clear();
         dst.resize(rows.len() * cols, 0.0);
