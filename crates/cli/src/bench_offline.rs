@@ -111,6 +111,9 @@ pub struct ThroughputArgs {
 }
 
 pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
+    if a.logprobs.is_some_and(|n| n > 20) {
+        anyhow::bail!("--logprobs: at most 20 alternatives");
+    }
     let cfg = EngineConfig {
         max_num_batched_tokens: a.max_num_batched_tokens,
         max_num_seqs: a.max_num_seqs,
@@ -118,10 +121,7 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
         ..a.model.engine_config()?
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
-    if a.logprobs.is_some_and(|n| n > 20) {
-        anyhow::bail!("--logprobs: at most 20 alternatives");
-    }
-    let logprobs = a.logprobs.map(|n| (n, a.logprobs_every.max(1)));
+    let logprobs = a.logprobs.map(|n| (n, a.logprobs_every));
     let r = bench::throughput_with_logprobs(
         &mut engine,
         a.num_prompts,

@@ -149,9 +149,9 @@ pub fn throughput(
     throughput_with_logprobs(engine, n_requests, n_in, n_out, seed, None)
 }
 
-/// `throughput` with every `every`-th request (the first, then `every` on) asking for
-/// the log-probabilities of its tokens and their top `n` alternatives: `logprobs` is
-/// `(n, every)`.
+/// `throughput` with every `every`-th request (the first, then `every` on; an `every`
+/// of 0 counts as one) asking for the log-probabilities of its tokens and their top `n`
+/// alternatives: `logprobs` is `(n, every)`.
 pub fn throughput_with_logprobs(
     engine: &mut LlmEngine,
     n_requests: usize,

@@ -969,7 +969,6 @@ impl LlmEngine {
             vocab: self.model.logits_mut().cols(),
             ..RawLogitRows::default()
         };
-        let mut rows = Vec::new();
         let mut row = 0usize;
         for s in &out.scheduled {
             let wants = self
@@ -979,13 +978,13 @@ impl LlmEngine {
                 .filter(|_| s.produces_token);
             if let Some(n) = wants {
                 raw.seqs.push((s.seq_id, row, n));
-                rows.push(row);
             }
             row += s.num_logits();
         }
-        if rows.is_empty() {
+        if raw.seqs.is_empty() {
             return Ok(raw);
         }
+        let rows: Vec<usize> = raw.seqs.iter().map(|&(_, r, _)| r).collect();
         let device = self.model.device().clone();
         device
             .copy_f32_rows_to_host(self.model.logits_mut(), &rows, &mut raw.values)
