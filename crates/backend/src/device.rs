@@ -155,8 +155,8 @@ pub struct IdsReadback(ReadbackState);
 
 #[derive(Debug)]
 enum ReadbackState {
-    /// Copied already (the CPU).
-    Ready(Vec<i32>),
+    /// Copied already (the CPU): ids and log-probability records.
+    Ready(Vec<i32>, Vec<f32>),
     /// The CUDA backend's ticket.
     Cuda(u64),
 }
@@ -366,24 +366,49 @@ impl Device {
         }
     }
 
-    /// Queues a copy of the I32 tensor `ids` (sampled ids) to the host without waiting
-    /// for the device; `finish_ids_readback` collects it. On a GPU the wait covers only
-    /// the work queued before this call, so a step queued after it keeps running.
-    pub fn start_ids_readback(&self, ids: &Tensor) -> Result<IdsReadback> {
+    /// Queues a copy of the I32 tensor `ids` (sampled ids), and of the step's
+    /// log-probability records if any (`logprobs`), to the host without waiting for the
+    /// device; `finish_ids_readback` collects it. On a GPU the wait covers only the work
+    /// queued before this call, so a step queued after it keeps running.
+    pub fn start_ids_readback(
+        &self,
+        ids: &Tensor,
+        records: Option<&Tensor>,
+    ) -> Result<IdsReadback> {
         match self {
-            Device::Cpu(_) => Ok(IdsReadback(ReadbackState::Ready(ids.as_i32()?.to_vec()))),
-            Device::Cuda(g) => Ok(IdsReadback(ReadbackState::Cuda(g.start_i32_readback(ids)?))),
+            Device::Cpu(_) => {
+                let rec = match records {
+                    Some(r) => r.as_f32()?.to_vec(),
+                    None => Vec::new(),
+                };
+                Ok(IdsReadback(ReadbackState::Ready(
+                    ids.as_i32()?.to_vec(),
+                    rec,
+                )))
+            }
+            Device::Cuda(g) => Ok(IdsReadback(ReadbackState::Cuda(
+                g.start_i32_readback(ids, records)?,
+            ))),
         }
     }
 
-    /// Waits for a readback from `start_ids_readback` and puts its ids into `dst`.
-    pub fn finish_ids_readback(&self, r: IdsReadback, dst: &mut Vec<i32>) -> Result<()> {
+    /// Waits for a readback from `start_ids_readback` and puts its ids into `dst` and
+    /// its records into `records` (empty when none were asked for).
+    pub fn finish_ids_readback(
+        &self,
+        r: IdsReadback,
+        dst: &mut Vec<i32>,
+        records: &mut Vec<f32>,
+    ) -> Result<()> {
         match (self, r.0) {
-            (_, ReadbackState::Ready(v)) => {
+            (_, ReadbackState::Ready(v, rec)) => {
                 *dst = v;
+                *records = rec;
                 Ok(())
             }
-            (Device::Cuda(g), ReadbackState::Cuda(ticket)) => g.finish_i32_readback(ticket, dst),
+            (Device::Cuda(g), ReadbackState::Cuda(ticket)) => {
+                g.finish_i32_readback(ticket, dst, records)
+            }
             (Device::Cpu(_), ReadbackState::Cuda(_)) => Err(BackendError::Device(
                 "a GPU readback was handed to the CPU device".into(),
             )),
@@ -452,32 +477,6 @@ impl Device {
             }
             Storage::Cuda(_) => match self {
                 Device::Cuda(g) => g.copy_f32_to_host(src, dst),
-                Device::Cpu(_) => Err(BackendError::Device("CUDA tensor on a CPU device".into())),
-            },
-        }
-    }
-
-    /// Copies rows `rows` of an F32 matrix (in that order) to the host, one after
-    /// another in `dst`: the logits of the few sequences that want log-probabilities,
-    /// not the whole batch's.
-    pub fn copy_f32_rows_to_host(
-        &self,
-        src: &Tensor,
-        rows: &[usize],
-        dst: &mut Vec<f32>,
-    ) -> Result<()> {
-        let cols = check_f32_rows(src, rows)?;
-        match src.storage() {
-            Storage::Cpu(_) => {
-                let v = src.as_f32()?;
-                dst.clear();
-                for &r in rows {
-                    dst.extend_from_slice(&v[r * cols..(r + 1) * cols]);
-                }
-                Ok(())
-            }
-            Storage::Cuda(_) => match self {
-                Device::Cuda(g) => g.copy_f32_rows_to_host(src, rows, dst),
                 Device::Cpu(_) => Err(BackendError::Device("CUDA tensor on a CPU device".into())),
             },
         }
@@ -828,9 +827,10 @@ impl Device {
     }
 
     /// Samples one token per row of `logits` `[rows, vocab]` into `out` (I32 `[rows]`):
-    /// each row's adjustments are applied to its logits in place, then greedy or
-    /// temperature / top-k / top-p / min-p and one draw with the row's uniform (see
-    /// `sample::sample_row`, the reference). On a GPU only the ids need to cross.
+    /// each row's adjustments are applied to its logits, then greedy or temperature /
+    /// top-k / top-p / min-p and one draw with the row's uniform (see
+    /// `sample::sample_row`, the reference); the logits are left raw (the adjusted
+    /// values restored) for `logprobs`. On a GPU only the ids need to cross.
     pub fn sample(
         &self,
         logits: &mut Tensor,
@@ -863,6 +863,60 @@ impl Device {
                 Ok(())
             }
             Device::Cuda(g) => g.sample(logits, rows, adjust, out),
+        }
+    }
+
+    /// Log-probabilities of the raw logits of the asked rows (`sample::logprob_record`,
+    /// the reference): for each ask, `LOGPROB_RECORD` f32 values in `out` (F32, at
+    /// least asks × `LOGPROB_RECORD`): the log-probability of the row's sampled id in
+    /// `ids`, the log-sum-exp and the `n` most likely tokens. Run after `sample` (which
+    /// leaves the logits raw) or `argmax`; on a GPU only these records cross to the
+    /// host, not the rows.
+    pub fn logprobs(
+        &self,
+        logits: &Tensor,
+        ids: &Tensor,
+        asks: &[crate::LogprobAsk],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        logits.expect_dtype(DType::F32)?;
+        ids.expect_dtype(DType::I32)?;
+        out.expect_dtype(DType::F32)?;
+        let (rows, vocab) = (logits.rows(), logits.cols());
+        if let Some(a) = asks
+            .iter()
+            .find(|a| a.row as usize >= rows.min(ids.numel()))
+        {
+            return Err(BackendError::Shape(format!(
+                "logprobs: row {} of {rows} logits rows and {} ids",
+                a.row,
+                ids.numel()
+            )));
+        }
+        let need = asks.len() * crate::LOGPROB_RECORD;
+        if out.numel() < need {
+            return Err(BackendError::Shape(format!(
+                "logprobs: {} asks into {} values",
+                asks.len(),
+                out.numel()
+            )));
+        }
+        match self {
+            Device::Cpu(_) => {
+                let (l, id) = (logits.as_f32()?, ids.as_i32()?);
+                let o = out.as_f32_mut()?;
+                for (a, rec) in asks.iter().zip(o.chunks_exact_mut(crate::LOGPROB_RECORD)) {
+                    let r = a.row as usize;
+                    crate::sample::logprob_record(
+                        &l[r * vocab..(r + 1) * vocab],
+                        id[r],
+                        a.n as usize,
+                        rec,
+                    );
+                }
+                Ok(())
+            }
+            Device::Cuda(g) => g.logprobs(logits, ids, asks, out),
         }
     }
 
@@ -968,48 +1022,5 @@ impl Device {
             Device::Cpu(c) => c.paged_attention(q, k_cache, v_cache, meta, params, out),
             Device::Cuda(g) => g.paged_attention(q, k_cache, v_cache, meta, params, out),
         }
-    }
-}
-
-/// The columns of `src`, an F32 matrix of which every entry of `rows` is a row.
-pub(crate) fn check_f32_rows(src: &Tensor, rows: &[usize]) -> Result<usize> {
-    src.expect_dtype(DType::F32)?;
-    let (n, cols) = (src.rows(), src.cols());
-    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-        return Err(BackendError::Shape(format!(
-            "copy_f32_rows_to_host: row {bad} of a [{n}, {cols}] matrix"
-        )));
-    }
-    Ok(cols)
-}
-
-/// `rows` as runs of consecutive rows `(first row, count)`, in order: a copy of rows
-/// `[0, 1, 2, 7, 8, 3]` is three copies, not six (a whole batch asking for
-/// log-probabilities is one).
-pub(crate) fn row_runs(rows: &[usize]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for &r in rows {
-        match runs.last_mut() {
-            Some((first, n)) if *first + *n == r => *n += 1,
-            _ => runs.push((r, 1)),
-        }
-    }
-    runs
-}
-
-#[cfg(test)]
-mod row_run_tests {
-    use super::row_runs;
-
-    #[test]
-    fn consecutive_rows_merge_in_order() {
-        assert_eq!(row_runs(&[]), vec![]);
-        assert_eq!(row_runs(&[4]), vec![(4, 1)]);
-        assert_eq!(
-            row_runs(&[0, 1, 2, 7, 8, 3, 3, 2]),
-            vec![(0, 3), (7, 2), (3, 1), (3, 1), (2, 1)]
-        );
-        let all: Vec<usize> = (0..256).collect();
-        assert_eq!(row_runs(&all), vec![(0, 256)]);
     }
 }

@@ -18,5 +18,5 @@ pub use device::{
 };
 pub use dtype::DType;
 pub use error::{BackendError, Result};
-pub use sample::{LogitAdjust, SampleParams};
+pub use sample::{LogitAdjust, LogprobAsk, SampleParams, LOGPROB_RECORD, MAX_TOP_LOGPROBS};
 pub use tensor::Tensor;

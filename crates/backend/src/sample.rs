@@ -7,6 +7,11 @@
 //! caller takes from the sequence's seeded generator, so a seed reproduces a run on the
 //! same device; the engine's CPU sampler walks its candidates in another order, so the
 //! same seed picks from the same distribution there, not always the same token.
+//!
+//! Log-probabilities (`Device::logprobs`, kernels/sampling.cu `logprobs_kernel`) are of
+//! the raw distribution (vLLM's and OpenAI's: before penalties, bias and temperature), so
+//! the sampler leaves the logits as it found them: its adjustments are undone after the
+//! draw, and the log-probabilities are taken after it, from the sampled ids, on the device.
 
 use crate::error::{BackendError, Result};
 
@@ -100,9 +105,25 @@ fn largest_key(want: f64, f: impl Fn(u32) -> f64) -> u32 {
     prefix
 }
 
-/// The reference: applies the row's adjustments to `logits` in place and returns the
-/// sampled id. Sums in f64 (the kernel's f32 sums differ only in rounding).
+/// The reference: applies the row's adjustments to `logits`, returns the sampled id and
+/// leaves `logits` as they were (the adjusted values are restored, bit for bit). Sums in
+/// f64, as the kernel does (their orders differ, so the last bits may too).
 pub fn sample_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) -> u32 {
+    let raw: Vec<(usize, f32)> = adjust
+        .iter()
+        .filter_map(|a| {
+            let i = a.token as usize;
+            logits.get(i).map(|&l| (i, l))
+        })
+        .collect();
+    let id = sample_adjusted_row(p, adjust, logits);
+    for (i, l) in raw {
+        logits[i] = l;
+    }
+    id
+}
+
+fn sample_adjusted_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) -> u32 {
     for a in adjust {
         if let Some(l) = logits.get_mut(a.token as usize) {
             let mut v = *l + a.bias;
@@ -176,6 +197,83 @@ pub fn sample_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) 
         }
     }
     last as u32
+}
+
+/// The most alternatives a log-probability record holds (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// f32 values per record of `Device::logprobs`: the sampled token's log-probability, the
+/// row's log-sum-exp, then `MAX_TOP_LOGPROBS` pairs (id as i32 bits, log-probability),
+/// most likely first; unused pairs have id -1.
+pub const LOGPROB_RECORD: usize = 2 + 2 * MAX_TOP_LOGPROBS;
+
+/// One row that wants log-probabilities: its row in the logits (and ids), and how many
+/// alternatives (at most `MAX_TOP_LOGPROBS`; more are cut there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogprobAsk {
+    pub row: u32,
+    pub n: u32,
+}
+
+/// `log(sum(exp(x)))`, stable; NaN when a value is NaN, the maximum when it is infinite.
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !m.is_finite() {
+        return m;
+    }
+    m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+}
+
+/// The `n` most likely tokens with their log-probabilities, most likely first (equal
+/// logits: the smaller id first; NaN never listed). One pass with a buffer of the `n`
+/// best so far: nearly every logit is turned away by one comparison.
+pub fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, v)| v >= l);
+        top.insert(at, (i as u32, l));
+        top.truncate(n);
+    }
+    top.into_iter().map(|(i, l)| (i, l - lse)).collect()
+}
+
+/// The reference of one record (`LOGPROB_RECORD` values) for a row of raw logits whose
+/// sampled token is `id`.
+pub fn logprob_record(logits: &[f32], id: i32, n: usize, rec: &mut [f32]) {
+    let lse = log_sum_exp(logits);
+    rec[0] = usize::try_from(id)
+        .ok()
+        .and_then(|i| logits.get(i))
+        .map_or(f32::NAN, |l| l - lse);
+    rec[1] = lse;
+    let top = top_logprobs(logits, lse, n.min(MAX_TOP_LOGPROBS));
+    for (j, pair) in rec[2..LOGPROB_RECORD].chunks_exact_mut(2).enumerate() {
+        let (id, lp) = top.get(j).map_or((-1, 0.0), |&(i, l)| (i as i32, l));
+        pair[0] = f32::from_bits(id as u32);
+        pair[1] = lp;
+    }
+}
+
+/// A record read back: the sampled token's log-probability and the first `n`
+/// alternatives (fewer when the row had fewer finite-or-infinite logits).
+pub fn read_logprob_record(rec: &[f32], n: usize) -> (f32, Vec<(u32, f32)>) {
+    let top = rec[2..LOGPROB_RECORD.min(rec.len())]
+        .chunks_exact(2)
+        .take(n)
+        .map_while(|p| {
+            u32::try_from(p[0].to_bits() as i32)
+                .ok()
+                .map(|id| (id, p[1]))
+        })
+        .collect();
+    (rec[0], top)
 }
 
 #[cfg(test)]
@@ -282,8 +380,45 @@ mod tests {
                 penalty: 0.0,
             },
         ];
-        let id = sample_row(&SampleParams::greedy(), &adj, &mut l);
+        let before = l.clone();
+        assert_eq!(
+            sample_adjusted_row(&SampleParams::greedy(), &adj, &mut l),
+            0
+        );
         assert_eq!(l, vec![1.25, -4.0, 1.0]);
-        assert_eq!(id, 0);
+        // The sampler proper restores the raw logits (log-probabilities read them).
+        let mut l = before.clone();
+        assert_eq!(sample_row(&SampleParams::greedy(), &adj, &mut l), 0);
+        assert_eq!(l, before);
+        let mut l = before.clone();
+        let hot = SampleParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            uniform: 0.3,
+            ..SampleParams::greedy()
+        };
+        sample_row(&hot, &adj, &mut l);
+        assert_eq!(l, before);
+    }
+
+    #[test]
+    fn logprob_records_round_trip() {
+        let logits = [1.0f32, 3.0, f32::NAN, 3.0, -0.5, f32::NEG_INFINITY];
+        let mut rec = [0f32; LOGPROB_RECORD];
+        logprob_record(&logits, 3, 4, &mut rec);
+        // A NaN logit makes the log-sum-exp NaN, as on the host.
+        assert!(rec[1].is_nan());
+        let finite = [1.0f32, 3.0, 0.25, 3.0, -0.5, f32::NEG_INFINITY];
+        logprob_record(&finite, 3, 30, &mut rec);
+        let lse = log_sum_exp(&finite);
+        assert_eq!(rec[0], 3.0 - lse);
+        let (lp, top) = read_logprob_record(&rec, 30);
+        assert_eq!(lp, 3.0 - lse);
+        // All six, ties by id, -inf last; a request for 30 is cut at the row's length.
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 0, 2, 4, 5]);
+        assert_eq!(top[5].1, f32::NEG_INFINITY);
+        let (_, two) = read_logprob_record(&rec, 2);
+        assert_eq!(two, top[..2].to_vec());
     }
 }

@@ -1042,8 +1042,8 @@ fn fused_projection_ops_match_the_cpu() {
 }
 
 /// `Device::sample` on the GPU picks what the CPU reference picks (same adjustments,
-/// same uniforms) for greedy rows and every truncation, on a 49k vocabulary; the
-/// adjusted logits match too.
+/// same uniforms) for greedy rows and every truncation, on a 49k vocabulary; both leave
+/// the logits as they were.
 #[test]
 fn sampling_matches_the_cpu_reference() {
     use sluice_backend::{LogitAdjust, SampleParams};
@@ -1090,11 +1090,14 @@ fn sampling_matches_the_cpu_reference() {
     g.sample(&mut got_l, &rows, &adjust, &mut ids).unwrap();
     let mut got = Vec::new();
     g.copy_i32_to_host(&ids, &mut got).unwrap();
-    check(
-        "sample adjusted logits",
-        &down(&g, &got_l),
-        want_l.as_f32().unwrap(),
-        1e-6,
+    // Both samplers put the raw logits back (log-probabilities read them after the draw).
+    assert!(
+        want_l.as_f32().unwrap() == logits.as_slice(),
+        "CPU sampler left adjusted logits"
+    );
+    assert!(
+        down(&g, &got_l) == logits,
+        "GPU sampler left adjusted logits"
     );
     let want = want.as_i32().unwrap();
     let differ: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
@@ -1223,32 +1226,114 @@ fn uploads_arrive_as_they_were_when_called_past_the_pinned_region() {
     }
 }
 
-/// `copy_f32_rows_to_host` brings exactly the asked rows, in the asked order (repeats
-/// allowed), from a matrix the last kernel wrote, on the CPU and the GPU; a row past the
-/// end is an error, not a read past the buffer.
-#[test]
-fn rows_to_host_are_the_asked_rows_in_order() {
-    let (rows, cols) = (37usize, 1_003usize);
-    let v: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 7.0).collect();
-    let asked = [36usize, 0, 17, 17, 5, 6, 7, 2, 3];
-    let want: Vec<f32> = asked
-        .iter()
-        .flat_map(|&r| v[r * cols..(r + 1) * cols].to_vec())
-        .collect();
-    let mut devices = vec![(cpu(), host(&[rows, cols], &v))];
-    if let Some(g) = gpu(CudaWeightType::Bf16) {
-        // Written by a kernel just before the copy (the copy must wait for it).
-        let mut t = g.zeros(DType::F32, &[rows, cols]).unwrap();
-        let src = up(&g, &[rows, cols], &v);
-        g.add_inplace(&mut t, &src).unwrap();
-        devices.push((g, t));
+/// Rows of logits for `logprobs`: random (odd vocabularies, one shorter than 20), with
+/// many ties at the cut, with NaN, infinities and signed zeros, all -inf, all NaN.
+fn logprob_rows(rng: &mut ChaCha8Rng, vocab: usize, n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n * vocab);
+    for r in 0..n {
+        let row: Vec<f32> = (0..vocab)
+            .map(|i| {
+                let x: f32 = rng.random_range(-6.0..6.0);
+                match r % 8 {
+                    // Few distinct values: ties cross the top-20 cut.
+                    1 => (x * 0.5).round(),
+                    2 if i % 97 == 0 => f32::NAN,
+                    2 if i % 89 == 0 => f32::NEG_INFINITY,
+                    3 => {
+                        if x > 0.0 {
+                            -0.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    4 => f32::NEG_INFINITY,
+                    5 if r % 16 == 5 => f32::NAN,
+                    6 if i == 7 => f32::INFINITY,
+                    _ => x * 3.0,
+                }
+            })
+            .collect();
+        v.extend(row);
     }
-    for (d, t) in &devices {
-        let mut got = vec![f32::NAN; 3];
-        d.copy_f32_rows_to_host(t, &asked, &mut got).unwrap();
-        assert_eq!(got, want, "{}", d.name());
-        d.copy_f32_rows_to_host(t, &[], &mut got).unwrap();
-        assert!(got.is_empty());
-        assert!(d.copy_f32_rows_to_host(t, &[2, rows], &mut got).is_err());
+    v
+}
+
+/// `Device::logprobs` on the GPU against the CPU reference (`sample::logprob_record`):
+/// the same alternatives in the same order (ids exact, ties by id, NaN never listed,
+/// signed zeros equal), log-probabilities within 2e-6 of the reference's magnitude
+/// (the GPU's log-sum-exp sums in another order), NaN where the reference has NaN.
+#[test]
+fn logprobs_match_the_cpu_reference() {
+    use sluice_backend::{LogprobAsk, LOGPROB_RECORD};
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let c = cpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    for &(vocab, rows) in &[(49_157usize, 40usize), (7, 9), (1_001, 17), (151_936, 5)] {
+        let logits = logprob_rows(&mut rng, vocab, rows);
+        let ids: Vec<i32> = (0..rows)
+            .map(|r| {
+                if r % 11 == 10 {
+                    -1
+                } else {
+                    rng.random_range(0..vocab as i32)
+                }
+            })
+            .collect();
+        // Rows asked in a scrambled order, some twice, with n from 0 to past the limit.
+        let mut asks: Vec<LogprobAsk> = (0..rows)
+            .map(|r| LogprobAsk {
+                row: ((r * 7 + 3) % rows) as u32,
+                n: [1u32, 5, 20, 0, 25, 2][r % 6],
+            })
+            .collect();
+        asks.push(LogprobAsk { row: 0, n: 20 });
+        let n_out = asks.len() * LOGPROB_RECORD;
+        let mut want = c.zeros(DType::F32, &[n_out]).unwrap();
+        c.logprobs(
+            &host(&[rows, vocab], &logits),
+            &host_i32(&ids),
+            &asks,
+            &mut want,
+        )
+        .unwrap();
+        let mut got_t = up(&g, &[n_out], &vec![f32::NAN; n_out]);
+        let ids_dev = g.upload(&host_i32(&ids)).unwrap();
+        g.logprobs(
+            &up(&g, &[rows, vocab], &logits),
+            &ids_dev,
+            &asks,
+            &mut got_t,
+        )
+        .unwrap();
+        let got = down(&g, &got_t);
+        let want = want.as_f32().unwrap();
+        for (k, a) in asks.iter().enumerate() {
+            let (gr, wr) = (
+                &got[k * LOGPROB_RECORD..(k + 1) * LOGPROB_RECORD],
+                &want[k * LOGPROB_RECORD..(k + 1) * LOGPROB_RECORD],
+            );
+            let ctx = format!("vocab {vocab}, ask {k} (row {}, n {})", a.row, a.n);
+            let scale = wr[1].abs().max(1.0) as f64;
+            let close = |x: f32, y: f32| {
+                (x.is_nan() && y.is_nan())
+                    || x == y
+                    || ((x - y).abs() as f64) <= 2e-6 * scale.max(y.abs() as f64)
+            };
+            assert!(close(gr[0], wr[0]), "{ctx}: token {} vs {}", gr[0], wr[0]);
+            assert!(close(gr[1], wr[1]), "{ctx}: lse {} vs {}", gr[1], wr[1]);
+            for j in 0..sluice_backend::MAX_TOP_LOGPROBS {
+                let (gi, wi) = (
+                    gr[2 + 2 * j].to_bits() as i32,
+                    wr[2 + 2 * j].to_bits() as i32,
+                );
+                assert_eq!(gi, wi, "{ctx}: alternative {j} id");
+                if wi >= 0 {
+                    let (gl, wl) = (gr[3 + 2 * j], wr[3 + 2 * j]);
+                    assert!(close(gl, wl), "{ctx}: alternative {j}: {gl} vs {wl}");
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The device pieces of overlapped steps: tokens taken from the previous step's ids on
 //! the device (`resolve_token_ids`, against the CPU), and ids read back behind an event
-//! while later work is queued (`start_ids_readback` / `finish_ids_readback`), with the
-//! pinned upload ring handed back by those readbacks alone (no stream synchronization).
+//! while later work is queued (`start_ids_readback` / `finish_ids_readback`, with the
+//! log-probability records alongside on some steps), with the pinned upload ring handed back by those readbacks alone (no stream synchronization).
 //! GPU only (see cuda_ops.rs); the CPU's versions run everywhere.
 
 mod cuda_common;
@@ -82,6 +82,16 @@ fn readbacks_return_each_steps_ids_while_the_next_step_is_queued() {
         let mut prev_host: Vec<i32> = Vec::new();
         let mut pending = None;
         let mut expected = Vec::new();
+        let records: Vec<(Vec<f32>, Tensor)> = (0..7)
+            .map(|k| {
+                let v: Vec<f32> = (0..(k * 13 + 1) * 42)
+                    .map(|i| (k * 10_000 + i) as f32 + 0.5)
+                    .collect();
+                let mut h = Tensor::zeros_cpu(DType::F32, &[v.len()]).unwrap();
+                h.as_f32_mut().unwrap().copy_from_slice(&v);
+                (v, dev.upload(&h).unwrap())
+            })
+            .collect();
         for step in 0..300 {
             let p = prev_host.len();
             let toks = marked(&mut rng, n, p);
@@ -99,20 +109,37 @@ fn readbacks_return_each_steps_ids_while_the_next_step_is_queued() {
             if let Some(pv) = &prev_dev {
                 dev.resolve_token_ids(&mut t, pv).unwrap();
             }
-            let r = dev.start_ids_readback(&t).unwrap();
-            if let Some((r_prev, want_prev)) = pending.take() {
-                let mut got = Vec::new();
-                dev.finish_ids_readback(r_prev, &mut got).unwrap();
+            // Records on every third step (uploaded before the loop: an upload waits for
+            // the stream).
+            let (rec, rec_t) = match step % 3 {
+                0 => {
+                    let (v, t) = &records[step / 3 % records.len()];
+                    (v.clone(), Some(t))
+                }
+                _ => (Vec::new(), None),
+            };
+            let r = dev.start_ids_readback(&t, rec_t).unwrap();
+            if let Some((r_prev, want_prev, rec_prev)) = pending.take() {
+                let (mut got, mut got_rec) = (Vec::new(), vec![f32::NAN]);
+                dev.finish_ids_readback(r_prev, &mut got, &mut got_rec)
+                    .unwrap();
                 assert_eq!(got, want_prev, "{}: step {} ids", dev.name(), step - 1);
+                assert!(
+                    got_rec == rec_prev,
+                    "{}: step {} records",
+                    dev.name(),
+                    step - 1
+                );
             }
-            pending = Some((r, want.clone()));
+            pending = Some((r, want.clone(), rec));
             expected = want.clone();
             prev_host = want;
             prev_dev = Some(t);
         }
-        let (r, want) = pending.take().unwrap();
-        let mut got = Vec::new();
-        dev.finish_ids_readback(r, &mut got).unwrap();
+        let (r, want, rec) = pending.take().unwrap();
+        let (mut got, mut got_rec) = (Vec::new(), Vec::new());
+        dev.finish_ids_readback(r, &mut got, &mut got_rec).unwrap();
+        assert!(got_rec == rec);
         assert_eq!(got, want);
         assert_eq!(got, expected);
     }

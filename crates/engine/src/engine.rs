@@ -8,14 +8,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_backend::{BackendError, DType, IdsReadback, LogitAdjust, SampleParams, Tensor};
+use sluice_backend::sample::read_logprob_record;
+use sluice_backend::{
+    BackendError, DType, IdsReadback, LogitAdjust, LogprobAsk, SampleParams, Tensor, LOGPROB_RECORD,
+};
 use sluice_model::arch::Model;
 use sluice_model::tokenizer::{IncrementalDecoder, Tokenizer};
 use sluice_model::{BatchInput, KvCache};
 
 use crate::kv::KvCacheManager;
 use crate::metrics::{EngineMetrics, StepPhases};
-use crate::sampling::{raw_logprobs, SampledToken, Sampler, SamplingParams};
+use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
 use crate::sequence::{FinishReason, SeqId, Sequence, PENDING_TOKEN};
 use crate::spec::lookahead::{Lookahead, LookaheadConfig};
@@ -158,6 +161,8 @@ pub struct LlmEngine {
     /// `rows x vocab` logits), for steps whose every token can be sampled there.
     device_ids_dev: Option<Tensor>,
     device_ids: Vec<i32>,
+    /// The log-probability records of the step's asking sequences (`DeviceLogprobs`).
+    logprob_records_dev: Option<Tensor>,
     /// This step's per-row sampling parameters and logit adjustments for the device.
     sample_rows: Vec<SampleParams>,
     sample_adjust: Vec<LogitAdjust>,
@@ -183,7 +188,7 @@ struct InFlight {
     readback: IdsReadback,
     /// Row of each token-sampling sequence in the step's ids.
     rows: HashMap<SeqId, u32>,
-    raw_rows: RawLogitRows,
+    logprobs: DeviceLogprobs,
     host_before: f64,
     forward: f64,
 }
@@ -195,80 +200,82 @@ struct Done {
     /// The ids sampled on the device (kept apart from `device_ids`, which a step
     /// resolved before this one is finished reads into).
     ids: Vec<i32>,
-    raw_rows: RawLogitRows,
+    logprobs: DeviceLogprobs,
     t0: Instant,
     t_forward: Instant,
     t_wait: Instant,
 }
 
-/// The unprocessed logits of the sequences that asked for log-probabilities in a step
-/// sampled on the device, copied to the host before the sampler adjusts the logits in
-/// place: only these rows cross to the host (vocabulary × 4 bytes each), and the tokens
-/// of the whole batch are still sampled on the device.
+/// The sequences of a step sampled on the device that asked for log-probabilities, and
+/// their records (`Device::logprobs`: the log-sum-exp, the sampled token's and the top
+/// alternatives' log-probabilities of the raw logits, computed on the device after the
+/// draw). The records come back with the ids: 168 bytes a sequence cross to the host,
+/// not its logits row (vocabulary × 4 bytes), and overlapped steps keep overlapping.
 #[derive(Default)]
-struct RawLogitRows {
-    /// (sequence, its row in the step's logits and ids, alternatives asked for)
+struct DeviceLogprobs {
+    /// (sequence, its row in the step's logits and ids, alternatives asked for), in the
+    /// order of the records.
     seqs: Vec<(SeqId, usize, usize)>,
-    values: Vec<f32>,
-    vocab: usize,
+    records: Vec<f32>,
 }
 
-/// Rows below this many are done on the calling thread (a thread costs ~20 µs; a row of
-/// 49k logits ~0.1 ms).
-const PARALLEL_LOGPROB_ROWS: usize = 8;
+impl DeviceLogprobs {
+    /// Each asking sequence's token (from the step's `ids`) with its log-probabilities.
+    fn tokens(&self, ids: &[i32]) -> Result<HashMap<SeqId, SampledToken>, EngineError> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(k, &(seq, row, n))| {
+                let id = ids.get(row).and_then(|&i| u32::try_from(i).ok());
+                let rec = self
+                    .records
+                    .get(k * LOGPROB_RECORD..(k + 1) * LOGPROB_RECORD);
+                match (id, rec) {
+                    (Some(id), Some(rec)) => {
+                        let (logprob, top) = read_logprob_record(rec, n);
+                        let token = SampledToken {
+                            id,
+                            logprob: Some(logprob),
+                            top_logprobs: top,
+                        };
+                        Ok((seq, token))
+                    }
+                    _ => Err(EngineError::Model(sluice_model::ModelError::from(
+                        BackendError::Shape(format!(
+                            "device sampling: no id or log-probabilities kept for {seq}"
+                        )),
+                    ))),
+                }
+            })
+            .collect()
+    }
+}
 
-impl RawLogitRows {
-    /// Each kept sequence's token (from the step's `ids`) with its log-probabilities,
-    /// on several threads when many sequences ask (an evaluation batch: all of them).
-    fn logprobs(&self, ids: &[i32]) -> Result<HashMap<SeqId, SampledToken>, EngineError> {
-        let one = |&(seq, row, n): &(SeqId, usize, usize), k: usize| {
-            let id = ids.get(row).copied().unwrap_or(-1);
-            let raw = self.values.get(k * self.vocab..(k + 1) * self.vocab);
-            match (u32::try_from(id), raw) {
-                (Ok(id), Some(raw)) => Ok((seq, raw_logprobs(raw, id, Some(n)))),
-                _ => Err(EngineError::Model(sluice_model::ModelError::from(
-                    BackendError::Shape(format!(
-                        "device sampling: no id or logits kept for {seq}'s log-probabilities"
-                    )),
-                ))),
-            }
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if self.seqs.len() < PARALLEL_LOGPROB_ROWS || threads < 2 {
-            return self
-                .seqs
-                .iter()
-                .enumerate()
-                .map(|(k, s)| one(s, k))
-                .collect();
-        }
-        let per = self.seqs.len().div_ceil(threads.min(16));
-        std::thread::scope(|sc| {
-            let parts: Vec<_> = self
-                .seqs
-                .chunks(per)
-                .enumerate()
-                .map(|(c, chunk)| {
-                    sc.spawn(move || {
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(j, s)| one(s, c * per + j))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut all = HashMap::with_capacity(self.seqs.len());
-            for p in parts {
-                let v = p.join().map_err(|_| {
-                    EngineError::Model(sluice_model::ModelError::from(BackendError::Device(
-                        "a log-probability thread panicked".into(),
-                    )))
-                })??;
-                all.extend(v);
-            }
-            Ok(all)
-        })
+/// `slot`'s device buffer, grown to hold at least `len` values of `dtype` (a power of
+/// two, at least 64). A buffer too small is dropped after a synchronization: queued work
+/// (the previous step's ids or records) may still read it.
+fn device_buffer<'a>(
+    device: &sluice_backend::Device,
+    slot: &'a mut Option<Tensor>,
+    dtype: DType,
+    len: usize,
+) -> Result<&'a mut Tensor, EngineError> {
+    if slot
+        .as_ref()
+        .is_some_and(|t| t.size_in_bytes() < dtype.row_bytes(len))
+    {
+        device
+            .synchronize()
+            .map_err(sluice_model::ModelError::from)?;
+        *slot = None;
+    }
+    match slot {
+        Some(t) => Ok(t),
+        empty => Ok(empty.insert(
+            device
+                .zeros(dtype, &[len.max(64).next_power_of_two()])
+                .map_err(sluice_model::ModelError::from)?,
+        )),
     }
 }
 
@@ -430,6 +437,7 @@ impl LlmEngine {
             logits: Vec::new(),
             device_ids_dev: None,
             device_ids: Vec::new(),
+            logprob_records_dev: None,
             sample_rows: Vec::new(),
             sample_adjust: Vec::new(),
             sampled: Vec::new(),
@@ -732,8 +740,8 @@ impl LlmEngine {
         }
         let device = self.model.device().clone();
         // On a GPU, sample on the device unless a token needs the host: speculative
-        // verification works on the full logits there. Log-probabilities take their own
-        // sequences' logits rows to the host (`RawLogitRows`).
+        // verification works on the full logits there. Log-probabilities are taken there too,
+        // after the draw (`DeviceLogprobs`).
         let on_device = self.sample_on_device
             && self.spec.is_none()
             && self.lookahead.is_none()
@@ -759,13 +767,13 @@ impl LlmEngine {
             .forward_overlapped(&self.batch, &mut self.kv, prev_ids)?;
         let t_wait = Instant::now();
         let queue = self.may_overlap();
-        let raw_rows = if on_device {
-            self.raw_logit_rows(&out)?
+        let logprobs = if on_device {
+            self.logprob_asks(&out)
         } else {
-            RawLogitRows::default()
+            DeviceLogprobs::default()
         };
-        let logits = self.model.logits_mut();
         if !on_device {
+            let logits = self.model.logits_mut();
             device
                 .copy_f32_to_host(logits, &mut self.logits)
                 .map_err(sluice_model::ModelError::from)?;
@@ -773,33 +781,32 @@ impl LlmEngine {
                 out,
                 on_device,
                 ids: Vec::new(),
-                raw_rows,
+                logprobs,
                 t0,
                 t_forward,
                 t_wait,
             }));
         }
-        let rows = logits.rows();
-        if self
-            .device_ids_dev
-            .as_ref()
-            .is_some_and(|t| t.size_in_bytes() < rows * 4)
-        {
-            // The old buffer may still be read by queued work (the previous step's ids).
-            device
-                .synchronize()
-                .map_err(sluice_model::ModelError::from)?;
-            self.device_ids_dev = None;
-        }
-        let ids = match &mut self.device_ids_dev {
-            Some(t) => t,
-            slot => slot.insert(
-                device
-                    .zeros(DType::I32, &[rows.max(64).next_power_of_two()])
-                    .map_err(sluice_model::ModelError::from)?,
-            ),
-        };
+        let rows = self.model.logits_mut().rows();
+        let n_records = logprobs.seqs.len() * LOGPROB_RECORD;
+        let ids = device_buffer(&device, &mut self.device_ids_dev, DType::I32, rows)?;
+        let records = device_buffer(
+            &device,
+            &mut self.logprob_records_dev,
+            DType::F32,
+            n_records,
+        )?;
+        let logits = self.model.logits_mut();
+        let asks: Vec<LogprobAsk> = logprobs
+            .seqs
+            .iter()
+            .map(|&(_, row, n)| LogprobAsk {
+                row: row as u32,
+                n: n as u32,
+            })
+            .collect();
         ids.set_len(rows)
+            .and_then(|_| records.set_len(n_records))
             .and_then(|_| {
                 if plain_greedy {
                     device.argmax(logits, ids)
@@ -807,10 +814,12 @@ impl LlmEngine {
                     device.sample(logits, &self.sample_rows, &self.sample_adjust, ids)
                 }
             })
+            .and_then(|_| device.logprobs(logits, ids, &asks, records))
             .map_err(sluice_model::ModelError::from)?;
+        let records = (!asks.is_empty()).then_some(&*records);
         if queue {
             let readback = device
-                .start_ids_readback(ids)
+                .start_ids_readback(ids, records)
                 .map_err(sluice_model::ModelError::from)?;
             self.scheduler.apply_provisional(&out)?;
             let mut rows = HashMap::new();
@@ -825,20 +834,25 @@ impl LlmEngine {
                 out,
                 readback,
                 rows,
-                raw_rows,
+                logprobs,
                 host_before: (t_forward - t0).as_secs_f64(),
                 forward: (t_wait - t_forward).as_secs_f64(),
             }));
         }
         let mut host_ids = std::mem::take(&mut self.device_ids);
+        let mut logprobs = logprobs;
         device
             .copy_i32_to_host(ids, &mut host_ids)
+            .and_then(|_| match records {
+                Some(r) => device.copy_f32_to_host(r, &mut logprobs.records),
+                None => Ok(()),
+            })
             .map_err(sluice_model::ModelError::from)?;
         Ok(Launched::Done(Done {
             out,
             on_device,
             ids: host_ids,
-            raw_rows,
+            logprobs,
             t0,
             t_forward,
             t_wait,
@@ -877,7 +891,7 @@ impl LlmEngine {
         if d.on_device {
             self.device_ids = d.ids;
         }
-        let outputs = self.sample_and_update(&d.out, d.on_device, false, &d.raw_rows)?;
+        let outputs = self.sample_and_update(&d.out, d.on_device, false, &d.logprobs)?;
         let phases = StepPhases {
             host_before: (d.t_forward - d.t0).as_secs_f64(),
             forward: (d.t_wait - d.t_forward).as_secs_f64(),
@@ -889,14 +903,14 @@ impl LlmEngine {
     }
 
     /// Waits for an overlapped step's ids and finishes it.
-    fn resolve(&mut self, f: InFlight) -> Result<Vec<RequestOutput>, EngineError> {
+    fn resolve(&mut self, mut f: InFlight) -> Result<Vec<RequestOutput>, EngineError> {
         let t_wait = Instant::now();
         self.model
             .device()
-            .finish_ids_readback(f.readback, &mut self.device_ids)
+            .finish_ids_readback(f.readback, &mut self.device_ids, &mut f.logprobs.records)
             .map_err(sluice_model::ModelError::from)?;
         let t_after = Instant::now();
-        let outputs = self.sample_and_update(&f.out, true, true, &f.raw_rows)?;
+        let outputs = self.sample_and_update(&f.out, true, true, &f.logprobs)?;
         let phases = StepPhases {
             host_before: f.host_before,
             forward: f.forward,
@@ -962,13 +976,10 @@ impl LlmEngine {
         Ok(())
     }
 
-    /// Copies the logits rows of this step's sequences that want log-probabilities to
-    /// the host (device sampling: one row per token-producing sequence).
-    fn raw_logit_rows(&mut self, out: &SchedulerOutput) -> Result<RawLogitRows, EngineError> {
-        let mut raw = RawLogitRows {
-            vocab: self.model.logits_mut().cols(),
-            ..RawLogitRows::default()
-        };
+    /// This step's sequences that want log-probabilities (device sampling: one logits
+    /// row per token-producing sequence).
+    fn logprob_asks(&self, out: &SchedulerOutput) -> DeviceLogprobs {
+        let mut asks = DeviceLogprobs::default();
         let mut row = 0usize;
         for s in &out.scheduled {
             let wants = self
@@ -977,19 +988,11 @@ impl LlmEngine {
                 .and_then(|st| st.params.logprobs)
                 .filter(|_| s.produces_token);
             if let Some(n) = wants {
-                raw.seqs.push((s.seq_id, row, n));
+                asks.seqs.push((s.seq_id, row, n));
             }
             row += s.num_logits();
         }
-        if raw.seqs.is_empty() {
-            return Ok(raw);
-        }
-        let rows: Vec<usize> = raw.seqs.iter().map(|&(_, r, _)| r).collect();
-        let device = self.model.device().clone();
-        device
-            .copy_f32_rows_to_host(self.model.logits_mut(), &rows, &mut raw.values)
-            .map_err(sluice_model::ModelError::from)?;
-        Ok(raw)
+        asks
     }
 
     /// Fills `sample_rows` / `sample_adjust` for this step's logits rows (one per
@@ -1033,11 +1036,11 @@ impl LlmEngine {
         // The step was applied with `Scheduler::apply_provisional` (overlapped).
         provisional: bool,
         // Device sampling: the unprocessed logits of the sequences with log-probabilities.
-        raw_rows: &RawLogitRows,
+        logprobs: &DeviceLogprobs,
     ) -> Result<Vec<RequestOutput>, EngineError> {
         let vocab = self.model.config.vocab_size;
-        let mut device_logprobs = if on_device && !raw_rows.seqs.is_empty() {
-            raw_rows.logprobs(&self.device_ids)?
+        let mut device_logprobs = if on_device && !logprobs.seqs.is_empty() {
+            logprobs.tokens(&self.device_ids)?
         } else {
             HashMap::new()
         };

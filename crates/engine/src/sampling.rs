@@ -489,35 +489,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// `log(sum(exp(x)))`, stable.
-pub fn log_sum_exp(x: &[f32]) -> f32 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !m.is_finite() {
-        return m;
-    }
-    m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
-}
-
-/// The `n` most likely tokens with their log-probabilities, most likely first (equal
-/// logits: the smaller id first). One pass with a buffer of the `n` best so far: nearly
-/// every logit is turned away by one comparison, where sorting a copy of a 49k-256k
-/// vocabulary cost ~0.3 ms a row (it matters when a whole batch asks).
-pub fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
-    let n = n.min(logits.len());
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
-            continue;
-        }
-        let at = top.partition_point(|&(_, v)| v >= l);
-        top.insert(at, (i as u32, l));
-        top.truncate(n);
-    }
-    top.into_iter().map(|(i, l)| (i, l - lse)).collect()
-}
+/// The log-sum-exp and the top alternatives are the backend's, which the CPU device's
+/// `logprobs` shares: the host sampler and the device sampler agree bit for bit there.
+pub use sluice_backend::sample::{log_sum_exp, top_logprobs};
 
 #[cfg(test)]
 mod tests {

@@ -176,6 +176,9 @@ pub struct CudaBackend {
     attention_scratch: Mutex<Option<CudaBuffer>>,
     /// Sampling parameters of a step, uploaded before the sampling kernel.
     sample_staging: Mutex<Option<CudaBuffer>>,
+    /// Staging for `logprobs`' asked rows (apart from `sample_staging`, which the
+    /// sampler queued just before rewrites in place).
+    logprob_staging: Mutex<Option<CudaBuffer>>,
     /// A Q8_0 weight dequantized to bf16 for a cuBLASLt matmul (the largest so far).
     weight_scratch: Mutex<Option<CudaBuffer>>,
     /// FP8 GEMM plans and whether FP8 tensor cores are used (see fp8.rs).
@@ -311,6 +314,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             attention_scratch: Mutex::new(None),
             sample_staging: Mutex::new(None),
+            logprob_staging: Mutex::new(None),
             weight_scratch: Mutex::new(None),
             fp8: fp8::Fp8Gemm::new(major, minor),
             weight_type,
@@ -594,37 +598,6 @@ impl CudaBackend {
         self.copy_to_host(src, src.numel(), dst)
     }
 
-    /// Waits for the stream and copies rows `rows` of an F32 matrix to the host, one
-    /// after another in `dst`.
-    pub fn copy_f32_rows_to_host(
-        &self,
-        src: &Tensor,
-        rows: &[usize],
-        dst: &mut Vec<f32>,
-    ) -> Result<()> {
-        let cols = crate::device::check_f32_rows(src, rows)?;
-        let buf = cuda_buf(src)?;
-        dst.clear();
-        dst.resize(rows.len() * cols, 0.0);
-        self.bind()?;
-        self.synchronize()?;
-        if cols == 0 {
-            return Ok(());
-        }
-        // One copy per run of consecutive rows (each copy from pageable memory costs
-        // ~0.1 ms of its own).
-        let mut done = 0usize;
-        for (first, n) in crate::device::row_runs(rows) {
-            let at = buf.ptr + (first * cols * std::mem::size_of::<f32>()) as u64;
-            let chunk = &mut dst[done * cols..(done + n) * cols];
-            // SAFETY: `chunk` holds n × cols floats; rows first..first + n are rows of the
-            // tensor (checked above), whose device range holds rows × cols floats.
-            unsafe { drv::memcpy_dtoh_sync(chunk, at) }.map_err(derr)?;
-            done += n;
-        }
-        Ok(())
-    }
-
     /// Waits for the stream and copies an I32 tensor's logical elements to the host.
     pub fn copy_i32_to_host(&self, src: &Tensor, dst: &mut Vec<i32>) -> Result<()> {
         src.expect_dtype(DType::I32)?;
@@ -687,12 +660,20 @@ impl CudaBackend {
         unsafe { drv::memcpy_dtod_async(d, s, src.size_in_bytes(), self.stream) }.map_err(derr)
     }
 
-    /// Queues a copy of an I32 tensor's logical elements to the host behind the work
-    /// queued so far, without waiting; `finish_i32_readback` collects it. Two readbacks
-    /// may be outstanding (a third waits for the oldest's copy before reusing its memory).
-    pub fn start_i32_readback(&self, src: &Tensor) -> Result<u64> {
+    /// Queues a copy of an I32 tensor's logical elements (and of an F32 tensor's, the
+    /// step's log-probability records) to the host behind the work queued so far,
+    /// without waiting; `finish_i32_readback` collects it. Two readbacks may be
+    /// outstanding (a third waits for the oldest's copy before reusing its memory).
+    pub fn start_i32_readback(&self, src: &Tensor, records: Option<&Tensor>) -> Result<u64> {
         src.expect_dtype(DType::I32)?;
         let buf = cuda_buf(src)?;
+        let extra = match records {
+            Some(r) => {
+                r.expect_dtype(DType::F32)?;
+                (cuda_buf(r)?.ptr, r.numel())
+            }
+            None => (0, 0),
+        };
         if self.capturing.load(Ordering::SeqCst) {
             return Err(BackendError::Device(
                 "a readback cannot be queued while a graph is being captured".into(),
@@ -715,13 +696,19 @@ impl CudaBackend {
         let rb = guard
             .as_mut()
             .ok_or_else(|| BackendError::Device("readback not created".into()))?;
-        // SAFETY: the tensor's allocation holds its logical elements; bound above.
-        unsafe { rb.start(buf.ptr, src.numel(), self.stream, mark) }.map_err(derr)
+        // SAFETY: the tensors' allocations hold their logical elements; bound above.
+        unsafe { rb.start(buf.ptr, src.numel(), extra, self.stream, mark) }.map_err(derr)
     }
 
     /// Waits for readback `ticket` (only for it and the work queued before it, not for
-    /// later work) and copies its values into `dst`; reports any asynchronous kernel error.
-    pub fn finish_i32_readback(&self, ticket: u64, dst: &mut Vec<i32>) -> Result<()> {
+    /// later work) and copies its values into `dst` (and `records`); reports any
+    /// asynchronous kernel error.
+    pub fn finish_i32_readback(
+        &self,
+        ticket: u64,
+        dst: &mut Vec<i32>,
+        records: &mut Vec<f32>,
+    ) -> Result<()> {
         self.bind()?;
         let mark = {
             let mut guard = self
@@ -731,7 +718,7 @@ impl CudaBackend {
             let rb = guard.as_mut().ok_or_else(|| {
                 BackendError::Device(format!("readback {ticket} was never started"))
             })?;
-            rb.finish(ticket, dst).map_err(|e| match e {
+            rb.finish(ticket, dst, records).map_err(|e| match e {
                 Some(e) => derr(e),
                 None => BackendError::Device(format!(
                     "readback {ticket} is not pending (collected already or overtaken)"
@@ -789,6 +776,11 @@ impl CudaBackend {
     /// Staging for `sample`'s parameters, at least `len` bytes.
     fn sample_staging(&self, len: usize) -> Result<sys::CUdeviceptr> {
         self.grow(&self.sample_staging, len)
+    }
+
+    /// Staging for `logprobs`' asked rows, at least `len` bytes.
+    fn logprob_staging(&self, len: usize) -> Result<sys::CUdeviceptr> {
+        self.grow(&self.logprob_staging, len)
     }
 
     fn grow(&self, slot: &Mutex<Option<CudaBuffer>>, len: usize) -> Result<sys::CUdeviceptr> {

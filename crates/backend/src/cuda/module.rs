@@ -351,6 +351,7 @@ kernels!(
     split_qkv_rope_fp8_kernel,
     split_qkv_rope_bf16in_fp8_kernel,
     sample_kernel,
+    logprobs_kernel,
     flash_prefill_bf16_d64,
     flash_prefill_bf16_d128,
     flash_decode_bf16_d64,

@@ -5,6 +5,8 @@
 //! N+1 too; instead each readback copies the ids into pinned memory and records an
 //! event right after the copy, and the host waits for that event alone. Two slots, so
 //! the readback of step N+1 can be queued while step N's is still to be collected.
+//! The log-probability records of the step (`Device::logprobs`) ride along in the same
+//! slot, behind the ids.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -14,13 +16,13 @@ use cudarc::driver::{result as drv, sys, CudaContext};
 const SLOTS: usize = 2;
 
 struct Slot {
-    /// Pinned host memory for `cap` ids.
+    /// Pinned host memory for `cap` 4-byte values (ids, then records).
     host: *mut i32,
     cap: usize,
     event: sys::CUevent,
-    /// The readback queued into this slot and not collected yet: (ticket, ids, the pinned
-    /// staging's mark when it was queued).
-    pending: Option<(u64, usize, u64)>,
+    /// The readback queued into this slot and not collected yet: (ticket, ids, record
+    /// values, the pinned staging's mark when it was queued).
+    pending: Option<(u64, usize, usize, u64)>,
 }
 
 pub(super) struct Readback {
@@ -49,17 +51,19 @@ impl Readback {
         })
     }
 
-    /// Queues a copy of `n` i32 values at `src` to the host, then the slot's event;
-    /// returns the ticket that `finish` takes. `mark` is the pinned staging's mark now
-    /// (handed back by `finish`: every upload queued before this readback has completed
-    /// once its event has).
+    /// Queues a copy of `n` i32 values at `src` and `m` f32 values at `extra` to the
+    /// host, then the slot's event; returns the ticket that `finish` takes. `mark` is the
+    /// pinned staging's mark now (handed back by `finish`: every upload queued before
+    /// this readback has completed once its event has).
     ///
     /// # Safety
-    /// `src` must hold `n` i32 values; the context must be bound to this thread.
+    /// `src` must hold `n` i32 values and `extra` `m` f32 values; the context must be
+    /// bound to this thread.
     pub(super) unsafe fn start(
         &mut self,
         src: sys::CUdeviceptr,
         n: usize,
+        (extra, m): (sys::CUdeviceptr, usize),
         stream: sys::CUstream,
         mark: u64,
     ) -> Result<u64, drv::DriverError> {
@@ -71,35 +75,40 @@ impl Readback {
             drv::event::synchronize(slot.event)?;
             slot.pending = None;
         }
-        if slot.cap < n {
+        if slot.cap < n + m {
             if !slot.host.is_null() {
                 drv::free_host(slot.host as *mut c_void)?;
                 slot.host = std::ptr::null_mut();
                 slot.cap = 0;
             }
-            let cap = n.next_power_of_two().max(256);
+            let cap = (n + m).next_power_of_two().max(256);
             slot.host = drv::malloc_host(cap * 4, 0)? as *mut i32;
             slot.cap = cap;
         }
         if n > 0 {
             sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream).result()?;
         }
+        if m > 0 {
+            sys::cuMemcpyDtoHAsync_v2(slot.host.add(n) as *mut c_void, extra, m * 4, stream)
+                .result()?;
+        }
         drv::event::record(slot.event, stream)?;
-        slot.pending = Some((ticket, n, mark));
+        slot.pending = Some((ticket, n, m, mark));
         self.next += 1;
         Ok(ticket)
     }
 
-    /// Waits for readback `ticket` and copies its ids into `dst`; returns the pinned
-    /// staging mark recorded with it. Err(None) when the ticket is not pending (collected
-    /// already, or overwritten by a later readback).
+    /// Waits for readback `ticket` and copies its ids into `dst` and its records into
+    /// `records`; returns the pinned staging mark recorded with it. Err(None) when the
+    /// ticket is not pending (collected already, or overwritten by a later readback).
     pub(super) fn finish(
         &mut self,
         ticket: u64,
         dst: &mut Vec<i32>,
+        records: &mut Vec<f32>,
     ) -> Result<u64, Option<drv::DriverError>> {
         let slot = &mut self.slots[(ticket % SLOTS as u64) as usize];
-        let Some((t, n, mark)) = slot.pending else {
+        let Some((t, n, m, mark)) = slot.pending else {
             return Err(None);
         };
         if t != ticket {
@@ -108,9 +117,13 @@ impl Readback {
         // SAFETY: the event belongs to this context (bound by the caller).
         unsafe { drv::event::synchronize(slot.event) }.map_err(Some)?;
         slot.pending = None;
+        // SAFETY: the copies into the first n + m values have completed (the event follows
+        // them).
+        let all = unsafe { std::slice::from_raw_parts(slot.host, n + m) };
         dst.clear();
-        // SAFETY: the copy into the first n values has completed (the event follows it).
-        dst.extend_from_slice(unsafe { std::slice::from_raw_parts(slot.host, n) });
+        dst.extend_from_slice(&all[..n]);
+        records.clear();
+        records.extend(all[n..].iter().map(|&v| f32::from_bits(v as u32)));
         Ok(mark)
     }
 }

@@ -1,12 +1,12 @@
-//! `Device::sample` on the GPU: the rows' parameters and adjustments packed into one
-//! upload, one block per row (kernels/sampling.cu).
+//! `Device::sample` and `Device::logprobs` on the GPU: the rows' parameters (and
+//! adjustments) packed into one upload, one block per row (kernels/sampling.cu).
 
 use std::ffi::c_void;
 
 use super::{cuda_buf, CudaBackend};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
-use crate::sample::{LogitAdjust, SampleParams};
+use crate::sample::{LogitAdjust, LogprobAsk, SampleParams, LOGPROB_RECORD};
 use crate::tensor::Tensor;
 
 impl CudaBackend {
@@ -60,6 +60,50 @@ impl CudaBackend {
         self.launch(
             self.kernels.sample_kernel,
             (rows.len() as u32, 1, 1),
+            1024,
+            &mut args,
+        )
+    }
+
+    /// Log-probability records (`sample::logprob_record`) of the asked rows of `logits`,
+    /// whose sampled ids are in `ids`, into `out` (F32, `LOGPROB_RECORD` per ask).
+    pub fn logprobs(
+        &self,
+        logits: &Tensor,
+        ids: &Tensor,
+        asks: &[LogprobAsk],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        if asks.is_empty() {
+            return Ok(());
+        }
+        let packed: Vec<i32> = asks
+            .iter()
+            .flat_map(|a| [a.row as i32, a.n.min(i32::MAX as u32) as i32])
+            .collect();
+        let staging = self.logprob_staging(packed.len() * 4)?;
+        self.bind()?;
+        // SAFETY: as in `sample`.
+        unsafe { cudarc::driver::result::memcpy_htod_async(staging, &packed, self.stream) }
+            .map_err(super::derr)?;
+        let (pl, pi, po) = (
+            cuda_buf(logits)?.ptr(),
+            cuda_buf(ids)?.ptr(),
+            cuda_buf(out)?.ptr(),
+        );
+        let vocab = i32::try_from(logits.cols())
+            .map_err(|_| BackendError::Shape("logprobs: vocabulary too large".into()))?;
+        debug_assert!(out.numel() >= asks.len() * LOGPROB_RECORD);
+        let mut args = [
+            &pl as *const _ as *mut c_void,
+            &vocab as *const _ as *mut c_void,
+            &pi as *const _ as *mut c_void,
+            &staging as *const _ as *mut c_void,
+            &po as *const _ as *mut c_void,
+        ];
+        self.launch(
+            self.kernels.logprobs_kernel,
+            (asks.len() as u32, 1, 1),
             1024,
             &mut args,
         )
