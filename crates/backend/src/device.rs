@@ -827,18 +827,27 @@ impl Device {
     }
 
     /// Samples one token per row of `logits` `[rows, vocab]` into `out` (I32 `[rows]`):
-    /// each row's adjustments are applied to its logits, then greedy or temperature /
-    /// top-k / top-p / min-p and one draw with the row's uniform (see
-    /// `sample::sample_row`, the reference); the logits are left raw (the adjusted
+    /// each row's adjustments are applied to its logits (with the token at its
+    /// `pending_token_row` of `tokens`, the step's input tokens, counted once more), then
+    /// greedy or temperature / top-k / top-p / min-p and one draw with the row's uniform
+    /// (see `sample::sample_row`, the reference); the logits are left raw (the adjusted
     /// values restored) for `logprobs`. On a GPU only the ids need to cross.
     pub fn sample(
         &self,
         logits: &mut Tensor,
         rows: &[crate::SampleParams],
         adjust: &[crate::LogitAdjust],
+        tokens: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
-        crate::sample::check(rows, adjust, logits.rows())?;
+        let n_tokens = match tokens {
+            Some(t) => {
+                t.expect_dtype(DType::I32)?;
+                t.numel()
+            }
+            None => 0,
+        };
+        crate::sample::check(rows, adjust, logits.rows(), n_tokens)?;
         out.expect_dtype(DType::I32)?;
         if out.numel() < rows.len() {
             return Err(BackendError::Shape(format!(
@@ -850,19 +859,26 @@ impl Device {
         match self {
             Device::Cpu(_) => {
                 let vocab = logits.cols();
+                let toks = match tokens {
+                    Some(t) => t.as_i32()?,
+                    None => &[],
+                };
                 let l = logits.as_f32_mut()?;
                 let ids: Vec<i32> = rows
                     .iter()
                     .zip(l.chunks_exact_mut(vocab.max(1)))
                     .map(|(p, row)| {
                         let a = &adjust[p.adjust_start as usize..][..p.adjust_len as usize];
-                        crate::sample::sample_row(p, a, row) as i32
+                        let pending = usize::try_from(p.pending_token_row)
+                            .ok()
+                            .and_then(|r| u32::try_from(toks[r]).ok());
+                        crate::sample::sample_row(p, a, pending, row) as i32
                     })
                     .collect();
                 out.as_i32_mut()?[..ids.len()].copy_from_slice(&ids);
                 Ok(())
             }
-            Device::Cuda(g) => g.sample(logits, rows, adjust, out),
+            Device::Cuda(g) => g.sample(logits, rows, adjust, tokens, out),
         }
     }
 

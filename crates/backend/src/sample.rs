@@ -8,6 +8,13 @@
 //! same device; the engine's CPU sampler walks its candidates in another order, so the
 //! same seed picks from the same distribution there, not always the same token.
 //!
+//! Penalties are given as what they are computed from (each token's bias, whether it was
+//! seen, how often it was generated) with the row's penalty factors, not as net
+//! adjustments, so that the sampler can count one more token the host has not seen:
+//! with overlapped steps, step N+1 is sampled before the host reads step N's token, and
+//! `SampleParams::pending_token_row` names where that token is on the device (the step's
+//! input tokens). The result is the one the host would have computed after seeing it.
+//!
 //! Log-probabilities (`Device::logprobs`, kernels/sampling.cu `logprobs_kernel`) are of
 //! the raw distribution (vLLM's and OpenAI's: before penalties, bias and temperature), so
 //! the sampler leaves the logits as it found them: its adjustments are undone after the
@@ -27,6 +34,17 @@ pub struct SampleParams {
     pub min_p: f32,
     /// The draw, in `[0, 1)`.
     pub uniform: f32,
+    /// The repetition penalty of seen tokens (1 = off; OpenAI/vLLM semantics: positive
+    /// logits divided by it, negative ones multiplied).
+    pub repetition: f32,
+    /// Subtracted from the logit of every generated token: `presence + frequency ×
+    /// count` (0 and 0 = off).
+    pub presence: f32,
+    pub frequency: f32,
+    /// The row of the step's input tokens (`Device::sample`'s `tokens`) holding this
+    /// sequence's previous token when the host has not counted it yet (overlapped
+    /// steps): it counts as seen and generated once more. -1: none.
+    pub pending_token_row: i32,
     /// This row's entries in the adjustment list: `adjust[start..start + len]`, at most
     /// one per token.
     pub adjust_start: u32,
@@ -41,9 +59,31 @@ impl SampleParams {
             top_p: 1.0,
             min_p: 0.0,
             uniform: 0.0,
+            repetition: 1.0,
+            presence: 0.0,
+            frequency: 0.0,
+            pending_token_row: -1,
             adjust_start: 0,
             adjust_len: 0,
         }
+    }
+
+    /// One token's logit after the processors, in the host sampler's order and f32
+    /// arithmetic (`sluice_engine::sampling::Sampler::process_logits`): bias, then the
+    /// repetition penalty if seen, then the presence/frequency penalty if generated.
+    pub fn adjusted(&self, a: &LogitAdjust, logit: f32) -> f32 {
+        let mut v = logit + a.bias;
+        if self.repetition != 1.0 && a.seen {
+            v = if v > 0.0 {
+                v / self.repetition
+            } else {
+                v * self.repetition
+            };
+        }
+        if a.count > 0 && (self.presence != 0.0 || self.frequency != 0.0) {
+            v -= self.presence + self.frequency * a.count as f32;
+        }
+        v
     }
 
     fn is_greedy(&self) -> bool {
@@ -51,18 +91,34 @@ impl SampleParams {
     }
 }
 
-/// The processors' effect on one token's logit: `l += bias`; then, unless `repetition`
-/// is 1, `l = l > 0 ? l / repetition : l * repetition`; then `l -= penalty`.
+/// What the processors need to know of one token of a row (`SampleParams::adjusted`):
+/// its logit bias, whether it was seen (prompt or output; for the repetition penalty)
+/// and how many times it was generated (for the presence and frequency penalties).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LogitAdjust {
     pub token: u32,
     pub bias: f32,
-    pub repetition: f32,
-    pub penalty: f32,
+    pub seen: bool,
+    pub count: u32,
 }
 
-/// Checks the rows against the logits and adjustment list.
-pub(crate) fn check(rows: &[SampleParams], adjust: &[LogitAdjust], n_rows: usize) -> Result<()> {
+/// Checks the rows against the logits, the adjustment list and the step's tokens (how
+/// many there are; none given: 0).
+pub(crate) fn check(
+    rows: &[SampleParams],
+    adjust: &[LogitAdjust],
+    n_rows: usize,
+    n_tokens: usize,
+) -> Result<()> {
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.pending_token_row >= 0 && r.pending_token_row as usize >= n_tokens)
+    {
+        return Err(BackendError::Shape(format!(
+            "sample: pending token row {} of {n_tokens} step tokens",
+            r.pending_token_row
+        )));
+    }
     if rows.len() != n_rows {
         return Err(BackendError::Shape(format!(
             "sample: {} parameter rows for {n_rows} logits rows",
@@ -105,36 +161,56 @@ fn largest_key(want: f64, f: impl Fn(u32) -> f64) -> u32 {
     prefix
 }
 
-/// The reference: applies the row's adjustments to `logits`, returns the sampled id and
+/// The reference: applies the row's adjustments to `logits` (with `pending`, the token
+/// at the row's `pending_token_row`, counted once more), returns the sampled id and
 /// leaves `logits` as they were (the adjusted values are restored, bit for bit). Sums in
 /// f64, as the kernel does (their orders differ, so the last bits may too).
-pub fn sample_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) -> u32 {
-    let raw: Vec<(usize, f32)> = adjust
+pub fn sample_row(
+    p: &SampleParams,
+    adjust: &[LogitAdjust],
+    pending: Option<u32>,
+    logits: &mut [f32],
+) -> u32 {
+    let entries = with_pending(adjust, pending);
+    let raw: Vec<(usize, f32)> = entries
         .iter()
         .filter_map(|a| {
             let i = a.token as usize;
             logits.get(i).map(|&l| (i, l))
         })
         .collect();
-    let id = sample_adjusted_row(p, adjust, logits);
+    let id = sample_adjusted_row(p, &entries, logits);
     for (i, l) in raw {
         logits[i] = l;
     }
     id
 }
 
+/// The row's entries with the pending token counted: its entry seen and generated once
+/// more, or a new entry when it had none.
+fn with_pending(adjust: &[LogitAdjust], pending: Option<u32>) -> Vec<LogitAdjust> {
+    let mut entries = adjust.to_vec();
+    if let Some(t) = pending {
+        match entries.iter_mut().find(|a| a.token == t) {
+            Some(a) => {
+                a.seen = true;
+                a.count += 1;
+            }
+            None => entries.push(LogitAdjust {
+                token: t,
+                bias: 0.0,
+                seen: true,
+                count: 1,
+            }),
+        }
+    }
+    entries
+}
+
 fn sample_adjusted_row(p: &SampleParams, adjust: &[LogitAdjust], logits: &mut [f32]) -> u32 {
     for a in adjust {
         if let Some(l) = logits.get_mut(a.token as usize) {
-            let mut v = *l + a.bias;
-            if a.repetition != 1.0 {
-                v = if v > 0.0 {
-                    v / a.repetition
-                } else {
-                    v * a.repetition
-                };
-            }
-            *l = v - a.penalty;
+            *l = p.adjusted(a, *l);
         }
     }
     let mut best = 0usize;
@@ -326,7 +402,7 @@ mod tests {
                         uniform: i as f32 / 400.0,
                         ..p
                     };
-                    sample_row(&q, &[], &mut logits.clone())
+                    sample_row(&q, &[], None, &mut logits.clone())
                 })
                 .collect();
             ids.sort();
@@ -358,47 +434,108 @@ mod tests {
             (0.61, 3),
             (0.999, 3),
         ] {
-            let got = sample_row(&params(1.0, 0, 1.0, 0.0, u), &[], &mut logits.clone());
+            let got = sample_row(&params(1.0, 0, 1.0, 0.0, u), &[], None, &mut logits.clone());
             assert_eq!(got, want, "u = {u}");
         }
     }
 
     #[test]
     fn adjustments_apply_bias_then_repetition_then_penalty() {
-        let mut l = vec![2.0f32, -2.0, 1.0];
+        let mut l = vec![2.0f32, -2.0, 1.0, 0.5];
+        let p = SampleParams {
+            repetition: 2.0,
+            presence: 0.25,
+            frequency: 0.5,
+            ..SampleParams::greedy()
+        };
         let adj = [
+            // (2 + 1) / 2 - (0.25 + 0.5 × 1)
             LogitAdjust {
                 token: 0,
                 bias: 1.0,
-                repetition: 2.0,
-                penalty: 0.25,
+                seen: true,
+                count: 1,
             },
+            // seen in the prompt only: -2 × 2
             LogitAdjust {
                 token: 1,
                 bias: 0.0,
-                repetition: 2.0,
-                penalty: 0.0,
+                seen: true,
+                count: 0,
             },
         ];
         let before = l.clone();
-        assert_eq!(
-            sample_adjusted_row(&SampleParams::greedy(), &adj, &mut l),
-            0
-        );
-        assert_eq!(l, vec![1.25, -4.0, 1.0]);
+        assert_eq!(sample_adjusted_row(&p, &adj, &mut l), 2);
+        assert_eq!(l, vec![0.75, -4.0, 1.0, 0.5]);
         // The sampler proper restores the raw logits (log-probabilities read them).
         let mut l = before.clone();
-        assert_eq!(sample_row(&SampleParams::greedy(), &adj, &mut l), 0);
+        assert_eq!(sample_row(&p, &adj, None, &mut l), 2);
         assert_eq!(l, before);
         let mut l = before.clone();
         let hot = SampleParams {
             temperature: 0.8,
             top_p: 0.9,
             uniform: 0.3,
+            ..p
+        };
+        sample_row(&hot, &adj, None, &mut l);
+        assert_eq!(l, before);
+    }
+
+    /// A pending token (overlapped steps) counts as seen and generated once more: the
+    /// same choice as entries that already include it, and a token without an entry
+    /// gets one.
+    #[test]
+    fn a_pending_token_counts_once_more() {
+        let p = SampleParams {
+            repetition: 1.5,
+            presence: 0.5,
+            frequency: 1.0,
             ..SampleParams::greedy()
         };
-        sample_row(&hot, &adj, &mut l);
-        assert_eq!(l, before);
+        let logits = vec![3.0f32, 2.9, 2.8, -1.0];
+        let seen_once = LogitAdjust {
+            token: 0,
+            bias: 0.0,
+            seen: true,
+            count: 1,
+        };
+        // Token 0 generated once and pending once more = generated twice.
+        let twice = LogitAdjust {
+            count: 2,
+            ..seen_once
+        };
+        let biased = LogitAdjust {
+            token: 2,
+            bias: -5.0,
+            seen: false,
+            count: 0,
+        };
+        assert_eq!(with_pending(&[seen_once], Some(0)), vec![twice]);
+        let new_entry = |t| LogitAdjust {
+            token: t,
+            bias: 0.0,
+            seen: true,
+            count: 1,
+        };
+        assert_eq!(
+            with_pending(&[seen_once, biased], Some(3)),
+            vec![seen_once, biased, new_entry(3)]
+        );
+        let biased_seen = LogitAdjust {
+            seen: true,
+            count: 1,
+            ..biased
+        };
+        assert_eq!(
+            with_pending(&[seen_once, biased], Some(2)),
+            vec![seen_once, biased_seen]
+        );
+        assert_eq!(with_pending(&[biased], None), vec![biased]);
+        // Without it token 0 (3 / 1.5 - 1.5 = 0.5) loses to 2.9; pending, to 2.8 too.
+        let mut l = logits.clone();
+        assert_eq!(sample_row(&p, &[seen_once], None, &mut l), 1);
+        assert_eq!(sample_row(&p, &[seen_once], Some(1), &mut l), 2);
     }
 
     #[test]

@@ -1042,8 +1042,11 @@ fn fused_projection_ops_match_the_cpu() {
 }
 
 /// `Device::sample` on the GPU picks what the CPU reference picks (same adjustments,
-/// same uniforms) for greedy rows and every truncation, on a 49k vocabulary; both leave
-/// the logits as they were.
+/// same uniforms) for greedy rows and every truncation, on a 49k vocabulary, with biases,
+/// repetition / presence / frequency penalties on tokens among each row's largest
+/// logits (so that they change the choice), and pending tokens (overlapped steps) read
+/// from a token tensor, with and without an entry of their own; both leave the logits as
+/// they were.
 #[test]
 fn sampling_matches_the_cpu_reference() {
     use sluice_backend::{LogitAdjust, SampleParams};
@@ -1054,16 +1057,31 @@ fn sampling_matches_the_cpu_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(21);
     let vocab = 49_157;
     let n = 96;
+    let logits = rnd(&mut rng, n * vocab, 4.0);
+    // The step's input tokens: row i's pending token at row 2 i + 1.
+    let mut tokens = vec![0i32; 2 * n];
     let mut rows = Vec::new();
     let mut adjust = Vec::new();
     for i in 0..n {
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        let mut order: Vec<u32> = (0..vocab as u32).collect();
+        order.select_nth_unstable_by(8, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
         let start = adjust.len() as u32;
-        for _ in 0..(i % 5) * 7 {
+        for k in 0..(i % 5) * 7 {
+            let token = if k % 2 == 0 {
+                order[k / 2 % 8]
+            } else {
+                rng.random_range(0..vocab as u32)
+            };
             adjust.push(LogitAdjust {
-                token: rng.random_range(0..vocab as u32),
-                bias: rng.random_range(-2.0..2.0),
-                repetition: if i % 2 == 0 { 1.3 } else { 1.0 },
-                penalty: rng.random_range(0.0..0.5),
+                token,
+                bias: if k % 3 == 0 {
+                    rng.random_range(-2.0..2.0)
+                } else {
+                    0.0
+                },
+                seen: k % 4 != 1,
+                count: [0, 1, 3][k % 3],
             });
         }
         // one entry per token within a row
@@ -1071,23 +1089,49 @@ fn sampling_matches_the_cpu_reference() {
         let mut kept: Vec<LogitAdjust> = adjust.split_off(start as usize);
         kept.retain(|a| seen.insert(a.token));
         adjust.extend(kept);
+        // Pending: the row's largest logit (an entry of its own when the row has none
+        // for it), or a token with an entry, or none.
+        let pending_token_row = match i % 3 {
+            0 => -1,
+            _ => (2 * i + 1) as i32,
+        };
+        tokens[2 * i + 1] = match (i % 3, adjust.get(start as usize)) {
+            (2, Some(a)) => a.token as i32,
+            _ => order[0] as i32,
+        };
         rows.push(SampleParams {
             temperature: [0.0, 0.7, 1.0, 1.3][i % 4],
             top_k: [0, 1, 5, 50, 1000][i % 5],
             top_p: [1.0, 0.9, 0.5, 0.99][(i / 4) % 4],
             min_p: [0.0, 0.05, 0.0][i % 3],
             uniform: rng.random_range(0.0..1.0),
+            repetition: [1.0, 1.3, 1.1][i % 3],
+            presence: [0.0, 0.6][i % 2],
+            frequency: [0.0, 0.4, 1.1][(i / 2) % 3],
+            pending_token_row,
             adjust_start: start,
             adjust_len: adjust.len() as u32 - start,
         });
     }
-    let logits = rnd(&mut rng, n * vocab, 4.0);
     let mut want_l = host(&[n, vocab], &logits);
     let mut want = c.zeros(DType::I32, &[n]).unwrap();
-    c.sample(&mut want_l, &rows, &adjust, &mut want).unwrap();
+    let toks = host_i32(&tokens);
+    c.sample(&mut want_l, &rows, &adjust, Some(&toks), &mut want)
+        .unwrap();
     let mut got_l = up(&g, &[n, vocab], &logits);
     let mut ids = g.upload(&host_i32(&vec![-1; n])).unwrap();
-    g.sample(&mut got_l, &rows, &adjust, &mut ids).unwrap();
+    let toks_dev = g.upload(&toks).unwrap();
+    g.sample(&mut got_l, &rows, &adjust, Some(&toks_dev), &mut ids)
+        .unwrap();
+    // A pending row past the tokens is an error, not a read past the buffer.
+    let mut bad = rows.clone();
+    bad[3].pending_token_row = 2 * n as i32;
+    assert!(g
+        .sample(&mut got_l, &bad, &adjust, Some(&toks_dev), &mut ids)
+        .is_err());
+    assert!(g
+        .sample(&mut got_l, &rows, &adjust, None, &mut ids)
+        .is_err());
     let mut got = Vec::new();
     g.copy_i32_to_host(&ids, &mut got).unwrap();
     // Both samplers put the raw logits back (log-probabilities read them after the draw).
@@ -1100,6 +1144,19 @@ fn sampling_matches_the_cpu_reference() {
         "GPU sampler left adjusted logits"
     );
     let want = want.as_i32().unwrap();
+    // The penalties and pending tokens matter: greedy rows that leave their raw argmax.
+    let moved = (0..n)
+        .filter(|&i| rows[i].temperature == 0.0 || rows[i].top_k == 1)
+        .filter(|&i| {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let top = (0..vocab).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+            want[i] != top as i32
+        })
+        .count();
+    assert!(
+        moved >= 5,
+        "only {moved} greedy rows changed by the adjustments"
+    );
     let differ: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
     eprintln!("sampling: {} of {n} rows differ: {differ:?}", differ.len());
     // A draw landing within f32 rounding of a cumulative boundary may pick the neighbour.

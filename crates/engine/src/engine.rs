@@ -703,17 +703,11 @@ impl LlmEngine {
     }
 
     /// Whether the next step may be scheduled before the host has the previous step's
-    /// tokens: only when no live request samples from its own history (penalties, which
-    /// the device sampler gets as adjustments built on the host), and without
-    /// speculation (its drafts are built from the tokens).
+    /// tokens: without speculation (its drafts are built from the tokens). Penalties
+    /// overlap too: the device sampler counts the token in flight itself
+    /// (`SampleParams::pending_token_row`).
     fn may_overlap(&self) -> bool {
-        self.async_scheduling
-            && self.spec.is_none()
-            && self.lookahead.is_none()
-            && self
-                .states
-                .values()
-                .all(|st| !st.params.depends_on_history())
+        self.async_scheduling && self.spec.is_none() && self.lookahead.is_none()
     }
 
     /// Schedules and queues one step. `prev`: the step still in flight (its tokens are
@@ -796,7 +790,7 @@ impl LlmEngine {
             DType::F32,
             n_records,
         )?;
-        let logits = self.model.logits_mut();
+        let (logits, tokens) = self.model.logits_and_tokens();
         let asks: Vec<LogprobAsk> = logprobs
             .seqs
             .iter()
@@ -811,7 +805,8 @@ impl LlmEngine {
                 if plain_greedy {
                     device.argmax(logits, ids)
                 } else {
-                    device.sample(logits, &self.sample_rows, &self.sample_adjust, ids)
+                    let (rows, adjust) = (&self.sample_rows, &self.sample_adjust);
+                    device.sample(logits, rows, adjust, Some(tokens), ids)
                 }
             })
             .and_then(|_| device.logprobs(logits, ids, &asks, records))
@@ -1000,7 +995,17 @@ impl LlmEngine {
     fn prepare_device_sampling(&mut self, out: &SchedulerOutput) -> Result<(), EngineError> {
         self.sample_rows.clear();
         self.sample_adjust.clear();
-        for s in out.scheduled.iter().filter(|s| s.produces_token) {
+        // Rows whose token the step in flight samples (overlapped steps): the host has
+        // not counted it for the penalties yet, so the device sampler does.
+        let deferred: std::collections::HashSet<u32> =
+            self.batch.deferred_tokens.iter().map(|&(r, _)| r).collect();
+        let mut row = 0usize;
+        for s in &out.scheduled {
+            let rows = row..row + s.num_new_tokens;
+            row += s.num_new_tokens;
+            if !s.produces_token {
+                continue;
+            }
             let state = self
                 .states
                 .get_mut(&s.seq_id)
@@ -1015,12 +1020,23 @@ impl LlmEngine {
             } else {
                 state.sampler.uniform()
             };
+            let pending_token_row = match p.depends_on_history() {
+                true => rows
+                    .rev()
+                    .find(|&r| deferred.contains(&(r as u32)))
+                    .map_or(-1, |r| r as i32),
+                false => -1,
+            };
             self.sample_rows.push(SampleParams {
                 temperature: if p.is_greedy() { 0.0 } else { p.temperature },
                 top_k: p.top_k as u32,
                 top_p: p.top_p,
                 min_p: p.min_p,
                 uniform,
+                repetition: p.repetition_penalty,
+                presence: p.presence_penalty,
+                frequency: p.frequency_penalty,
+                pending_token_row,
                 adjust_start: start as u32,
                 adjust_len: (self.sample_adjust.len() - start) as u32,
             });

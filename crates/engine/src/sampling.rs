@@ -87,8 +87,8 @@ impl SamplingParams {
     }
 
     /// Whether sampling reads the sequence's own tokens (repetition, presence or
-    /// frequency penalties): its next token cannot be drawn before the previous one is
-    /// known on the host (overlapped steps).
+    /// frequency penalties): with overlapped steps the device sampler must count the
+    /// token still in flight (`SampleParams::pending_token_row`).
     pub fn depends_on_history(&self) -> bool {
         self.repetition_penalty != 1.0
             || self.presence_penalty != 0.0
@@ -285,9 +285,12 @@ impl Sampler {
         }
     }
 
-    /// The processors of `process_logits` as one entry per affected token (for
-    /// `Device::sample`), appended to `out`: the same bias, repetition and
-    /// presence/frequency effects, in the same order.
+    /// What the processors of `process_logits` read, as one entry per affected token
+    /// (for `Device::sample`, which applies them with the row's penalty factors),
+    /// appended to `out`: each token's summed bias, whether it was seen (prompt or
+    /// output, when there is a repetition penalty) and how often it was generated (when
+    /// there is a presence or frequency penalty). Counts rather than net values let the
+    /// device count a token the host has not seen yet (overlapped steps).
     pub fn logit_adjustments(
         &self,
         p: &SamplingParams,
@@ -301,8 +304,8 @@ impl Sampler {
             m.entry(id).or_insert(LogitAdjust {
                 token: id,
                 bias: 0.0,
-                repetition: 1.0,
-                penalty: 0.0,
+                seen: false,
+                count: 0,
             })
         }
         let mut by_token = std::collections::BTreeMap::new();
@@ -311,13 +314,12 @@ impl Sampler {
         }
         if p.repetition_penalty != 1.0 {
             for &id in self.prompt_tokens.iter().chain(self.output_counts.keys()) {
-                entry(&mut by_token, id).repetition = p.repetition_penalty;
+                entry(&mut by_token, id).seen = true;
             }
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             for (&id, &c) in &self.output_counts {
-                entry(&mut by_token, id).penalty =
-                    p.presence_penalty + p.frequency_penalty * c as f32;
+                entry(&mut by_token, id).count = c;
             }
         }
         out.extend(by_token.into_values());
@@ -658,18 +660,16 @@ mod tests {
         s.process_logits(&p, &mut want);
         let mut adj = Vec::new();
         s.logit_adjustments(&p, &mut adj);
+        let row = sluice_backend::SampleParams {
+            repetition: p.repetition_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            ..sluice_backend::SampleParams::greedy()
+        };
         let mut got = logits.clone();
         for a in &adj {
             let l = &mut got[a.token as usize];
-            let mut v = *l + a.bias;
-            if a.repetition != 1.0 {
-                v = if v > 0.0 {
-                    v / a.repetition
-                } else {
-                    v * a.repetition
-                };
-            }
-            *l = v - a.penalty;
+            *l = row.adjusted(a, *l);
         }
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");

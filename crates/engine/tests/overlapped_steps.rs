@@ -6,7 +6,7 @@
 //! The workload mixes what changes the path: prompts in chunks next to decodes, a KV
 //! pool small enough to preempt, stop tokens and stop strings (a sequence that stops
 //! has its next token in flight, which must be dropped), seeded sampling, a request with
-//! penalties (steps must wait for the host while it lives), one with log-probabilities
+//! penalties (the device sampler counts the token in flight), one with log-probabilities
 //! (computed on the device after the draw, read back with the ids) and requests that
 //! arrive while a step is in flight.
 //!
@@ -168,8 +168,8 @@ fn overlapped_steps_give_the_tokens_of_plain_steps() {
     }
 }
 
-/// Without the penalty request, every step after the first is overlapped, and a request
-/// that stops early still returns exactly its tokens.
+/// Every step after the first is overlapped, and a request that stops early still
+/// returns exactly its tokens.
 #[test]
 fn greedy_batches_overlap_every_step() {
     let reqs: Vec<SamplingParams> = (0..8)
@@ -189,6 +189,76 @@ fn greedy_batches_overlap_every_step() {
         assert_eq!(want, got, "{}", dev.name());
         let m = e.metrics();
         assert_eq!(m.overlapped_steps + 1, m.steps, "{}: {m:?}", dev.name());
+    }
+}
+
+/// Penalties ride overlapped steps: the device sampler counts the token still in flight
+/// (`SampleParams::pending_token_row`) as the host would have after reading it. The
+/// tokens equal those of plain steps with the device sampler (greedy and seeded
+/// sampling: the same kernel and uniforms) and, for the greedy requests, those of the
+/// host sampler; the penalties do change tokens; every step after the first overlaps.
+#[test]
+fn penalties_ride_overlapped_steps() {
+    let reqs: Vec<SamplingParams> = (0..10)
+        .map(|i| {
+            let mut p = greedy(24 + i % 7);
+            match i % 5 {
+                0 => p.repetition_penalty = 1.6,
+                1 => p.frequency_penalty = 1.5,
+                2 => {
+                    p.presence_penalty = 2.0;
+                    p.logit_bias = vec![(5, 3.0)];
+                }
+                3 => {
+                    p.repetition_penalty = 1.3;
+                    p.frequency_penalty = 0.7;
+                    p.presence_penalty = 0.4;
+                    p.temperature = 0.8;
+                    p.seed = Some(3 + i as u64);
+                }
+                _ => {}
+            }
+            p
+        })
+        .collect();
+    let unpenalized: Vec<SamplingParams> = reqs
+        .iter()
+        .map(|p| SamplingParams {
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            ..p.clone()
+        })
+        .collect();
+    let prompts = prompts(reqs.len(), 17);
+    for dev in devices() {
+        let name = dev.name();
+        let plain = run(&mut engine(&dev, false, 400), &reqs, &prompts);
+        let host = run(
+            &mut engine_sampling_on(&dev, false, 400, false),
+            &reqs,
+            &prompts,
+        );
+        let free = run(&mut engine(&dev, false, 400), &unpenalized, &prompts);
+        let mut e = engine(&dev, true, 400);
+        let got = run(&mut e, &reqs, &prompts);
+        let mut changed = 0;
+        for (i, p) in reqs.iter().enumerate() {
+            assert_eq!(plain[i], got[i], "{name}: request {i}: plain vs overlapped");
+            if p.temperature == 0.0 {
+                assert_eq!(
+                    host[i], got[i],
+                    "{name}: request {i}: host vs device sampler"
+                );
+            }
+            changed += (p.depends_on_history() && free[i].0 != got[i].0) as usize;
+        }
+        assert!(
+            changed >= 4,
+            "{name}: penalties changed only {changed} requests"
+        );
+        let m = e.metrics();
+        assert_eq!(m.overlapped_steps + 1, m.steps, "{name}: {m:?}");
     }
 }
 

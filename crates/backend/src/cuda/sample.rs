@@ -15,13 +15,14 @@ impl CudaBackend {
         logits: &mut Tensor,
         rows: &[SampleParams],
         adjust: &[LogitAdjust],
+        tokens: Option<&Tensor>,
         out: &mut Tensor,
     ) -> Result<()> {
         logits.expect_dtype(DType::F32)?;
         if rows.is_empty() {
             return Ok(());
         }
-        let mut packed: Vec<i32> = Vec::with_capacity(rows.len() * 8 + adjust.len() * 4);
+        let mut packed: Vec<i32> = Vec::with_capacity(rows.len() * 12 + adjust.len() * 4);
         let bits = |f: f32| f.to_bits() as i32;
         for r in rows {
             packed.extend_from_slice(&[
@@ -32,12 +33,17 @@ impl CudaBackend {
                 bits(r.uniform),
                 r.adjust_start as i32,
                 r.adjust_len as i32,
+                bits(r.repetition),
+                bits(r.presence),
+                bits(r.frequency),
+                r.pending_token_row,
                 0,
             ]);
         }
         for a in adjust {
             let token = i32::try_from(a.token).unwrap_or(-1);
-            packed.extend_from_slice(&[token, bits(a.bias), bits(a.repetition), bits(a.penalty)]);
+            let count = i32::try_from(a.count).unwrap_or(i32::MAX);
+            packed.extend_from_slice(&[token, bits(a.bias), a.seen as i32, count]);
         }
         let staging = self.sample_staging(packed.len() * 4)?;
         self.bind()?;
@@ -46,17 +52,22 @@ impl CudaBackend {
         unsafe { cudarc::driver::result::memcpy_htod_async(staging, &packed, self.stream) }
             .map_err(super::derr)?;
         let (pl, po) = (cuda_buf(logits)?.ptr(), cuda_buf(out)?.ptr());
-        let adj = staging + (rows.len() * 8 * 4) as u64;
+        // No tokens: no row names one (checked by `Device::sample`); any valid pointer.
+        let pt = match tokens {
+            Some(t) => cuda_buf(t)?.ptr(),
+            None => po,
+        };
+        let adj = staging + (rows.len() * 12 * 4) as u64;
         let vocab = i32::try_from(logits.cols())
             .map_err(|_| BackendError::Shape("sample: vocabulary too large".into()))?;
-        let args = [
+        let mut args = [
             &pl as *const _ as *mut c_void,
             &vocab as *const _ as *mut c_void,
             &staging as *const _ as *mut c_void,
             &adj as *const _ as *mut c_void,
+            &pt as *const _ as *mut c_void,
             &po as *const _ as *mut c_void,
         ];
-        let mut args = args;
         self.launch(
             self.kernels.sample_kernel,
             (rows.len() as u32, 1, 1),

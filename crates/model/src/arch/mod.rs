@@ -489,6 +489,13 @@ impl Model {
     pub fn logits_mut(&mut self) -> &mut Tensor {
         &mut self.state.logits
     }
+
+    /// The logits of the last `forward` with its input tokens on the device (I32, one
+    /// per batch row, deferred tokens resolved): `Device::sample` reads a sequence's
+    /// previous token there when the host has not seen it yet (overlapped steps).
+    pub fn logits_and_tokens(&mut self) -> (&mut Tensor, &Tensor) {
+        (&mut self.state.logits, &self.state.meta.tokens)
+    }
 }
 
 /// q/k/v projections (+ biases) into `st.q`, `st.k`, `st.v`, with RoPE applied to q and

@@ -1,5 +1,5 @@
 // Token sampling on the device, so that only ids cross to the host (the semantics of
-// crates/engine/src/sampling.rs and of the CPU reference crates/backend/src/cpu/sample.rs):
+// crates/engine/src/sampling.rs and of the CPU reference crates/backend/src/sample.rs):
 // logit processors (bias, repetition, presence/frequency penalties), then greedy, or
 // temperature, top-k, top-p, min-p and one draw by inverse CDF over the kept tokens in
 // id order with the host's uniform u (from the sequence's seeded generator).
@@ -9,11 +9,18 @@
 // passes over the row, each a block reduction; a row of 49k-256k floats sits in L1/L2),
 // in the spirit of radix select. min-p needs no search: e^(l - max) >= min_p.
 //
-// rows: 8 ints per row: temperature, top_k, top_p, min_p, u (f32 bits where real),
-// first adjustment, adjustment count, unused. adjust: 4 ints per entry: token, bias,
-// repetition penalty, subtracted penalty (f32 bits), applied in that order. The kernel
-// keeps each entry's raw logit in its bias slot (the upload is the sampler's own) and
-// puts the raw logits back before it returns: log-probabilities are of the raw
+// rows: 12 ints per row: temperature, top_k, top_p, min_p, u, first adjustment,
+// adjustment count, repetition, presence, frequency (f32 bits where real), the row of
+// `tokens` holding the sequence's pending token (or -1), unused. adjust: 4 ints per
+// entry: token, bias (f32 bits), seen (0/1), generated count. A token's logit becomes
+// (l + bias), divided (positive) or multiplied (negative) by the repetition penalty if
+// seen, minus presence + frequency × count if generated: the host sampler's f32
+// operations in its order, rounded the same (the _rn intrinsics keep the compiler from
+// fusing them). The pending token (overlapped steps: sampled by the step before, not yet
+// counted by the host) counts as seen and generated once more: its entry's count goes
+// up, or it gets an entry of its own (thread 0, kept in shared memory).
+// The kernel keeps each entry's raw logit in its bias slot (the upload is the sampler's
+// own) and puts the raw logits back before it returns: log-probabilities are of the raw
 // distribution and are taken after the draw (logprobs_kernel below).
 
 #define SAMPLE_THREADS 1024
@@ -41,50 +48,83 @@ __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     return t;
 }
 
-// Puts back the raw logits of the row's adjusted tokens (after every read of the row).
-__device__ __forceinline__ void restore_raw_logits(float* row, int vocab, const int* adjust, int a0, int an) {
+// Puts back the raw logits of the row's adjusted tokens (after every read of the row),
+// the pending token's own entry (`extra`, -1 if none) included.
+__device__ __forceinline__ void restore_raw_logits(float* row, int vocab, const int* adjust, int a0, int an,
+                                                   int extra, float extra_raw) {
     __syncthreads();
     for (int i = threadIdx.x; i < an; i += blockDim.x) {
         const int* e = adjust + (long)(a0 + i) * 4;
         if (e[0] >= 0 && e[0] < vocab) row[e[0]] = __int_as_float(e[1]);
     }
+    if (threadIdx.x == 0 && extra >= 0) row[extra] = extra_raw;
+}
+
+// One token's logit after the processors (see the header).
+__device__ __forceinline__ float adjusted_logit(float l, float bias, bool seen, int count, float rep, float pres,
+                                                float freq) {
+    float v = __fadd_rn(l, bias);
+    if (rep != 1.0f && seen) v = v > 0.0f ? __fdiv_rn(v, rep) : __fmul_rn(v, rep);
+    if (count > 0 && (pres != 0.0f || freq != 0.0f)) v = __fsub_rn(v, __fadd_rn(pres, __fmul_rn(freq, (float)count)));
+    return v;
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float* logits, int vocab,
                                                                          const int* rows, int* adjust,
-                                                                         int* out) { pdl_entry();
+                                                                         const int* tokens, int* out) { pdl_entry();
     __shared__ float scratch[32];
     __shared__ double dscratch[32];
     __shared__ int iscratch[32];
     __shared__ double incl[SAMPLE_THREADS];
     __shared__ int picked;
+    __shared__ int pend_token, pend_entry;
+    __shared__ float pend_raw;
     const int r = blockIdx.x, tid = threadIdx.x;
     float* row = logits + (long)r * vocab;
-    const int* rp = rows + r * 8;
+    const int* rp = rows + r * 12;
     const float temp = __int_as_float(rp[0]);
     const int top_k = rp[1];
     const float top_p = __int_as_float(rp[2]);
     const float min_p = __int_as_float(rp[3]);
     const float u = __int_as_float(rp[4]);
     const int a0 = rp[5], an = rp[6];
+    const float rep = __int_as_float(rp[7]), pres = __int_as_float(rp[8]), freq = __int_as_float(rp[9]);
+    const int pending_row = rp[10];
 
+    // The pending token and its entry, if it has one (at most one: one entry per token).
+    if (tid == 0) {
+        const int t = pending_row >= 0 ? tokens[pending_row] : -1;
+        pend_token = t >= 0 && t < vocab ? t : -1;
+        pend_entry = -1;
+    }
+    __syncthreads();
+    if (pend_token >= 0) {
+        for (int i = tid; i < an; i += blockDim.x)
+            if (adjust[(long)(a0 + i) * 4] == pend_token) pend_entry = i;
+        __syncthreads();
+    }
     // Processors (one entry per token, so no two threads touch the same logit).
     for (int i = tid; i < an; i += blockDim.x) {
         int* e = adjust + (long)(a0 + i) * 4;
         const int id = e[0];
         if (id < 0 || id >= vocab) continue;
+        const bool pend = i == pend_entry;
         const float raw = row[id];
-        float l = raw + __int_as_float(e[1]);
-        const float rep = __int_as_float(e[2]);
-        if (rep != 1.0f) l = l > 0.0f ? l / rep : l * rep;
-        row[id] = l - __int_as_float(e[3]);
+        row[id] = adjusted_logit(raw, __int_as_float(e[1]), e[2] != 0 || pend, e[3] + (pend ? 1 : 0), rep, pres,
+                                 freq);
         e[1] = __float_as_int(raw);
+    }
+    // A pending token with no entry: seen, generated once, no bias.
+    const int extra = pend_token >= 0 && pend_entry < 0 ? pend_token : -1;
+    if (tid == 0 && extra >= 0) {
+        pend_raw = row[extra];
+        row[extra] = adjusted_logit(pend_raw, 0.0f, true, 1, rep, pres, freq);
     }
     __syncthreads();
     const int best = block_argmax(row, vocab, scratch, iscratch);
     if (temp <= 0.0f || top_k == 1) {
         if (tid == 0) out[r] = best;
-        restore_raw_logits(row, vocab, adjust, a0, an);
+        restore_raw_logits(row, vocab, adjust, a0, an, extra, pend_raw);
         return;
     }
     const float inv_t = 1.0f / temp;
@@ -165,7 +205,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(float
 #undef SAMPLE_WEIGHT
     __syncthreads();
     if (tid == 0) out[r] = picked;
-    restore_raw_logits(row, vocab, adjust, a0, an);
+    restore_raw_logits(row, vocab, adjust, a0, an, extra, pend_raw);
 }
 
 // Log-probabilities of the raw logits for the rows that ask (the semantics of
