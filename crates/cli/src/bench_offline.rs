@@ -108,11 +108,30 @@ pub struct ThroughputArgs {
     /// With `--logprobs`: which requests ask (1: all; K: the first and every K-th).
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub logprobs_every: usize,
+    /// A repetition penalty (OpenAI/vLLM semantics) for every `--penalties-every`-th
+    /// request.
+    #[arg(long, value_name = "F")]
+    pub repetition_penalty: Option<f32>,
+    /// A frequency penalty for every `--penalties-every`-th request.
+    #[arg(long, value_name = "F")]
+    pub frequency_penalty: Option<f32>,
+    /// A presence penalty for every `--penalties-every`-th request.
+    #[arg(long, value_name = "F")]
+    pub presence_penalty: Option<f32>,
+    /// With penalties: which requests use them (1: all; K: the first and every K-th).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub penalties_every: usize,
 }
 
 pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
     if a.logprobs.is_some_and(|n| n > 20) {
         anyhow::bail!("--logprobs: at most 20 alternatives");
+    }
+    let penalties = [a.repetition_penalty, a.frequency_penalty, a.presence_penalty];
+    if penalties.iter().flatten().any(|f| !f.is_finite())
+        || a.repetition_penalty.is_some_and(|r| r <= 0.0)
+    {
+        anyhow::bail!("penalties must be finite, and --repetition-penalty positive");
     }
     let cfg = EngineConfig {
         max_num_batched_tokens: a.max_num_batched_tokens,
@@ -121,14 +140,23 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
         ..a.model.engine_config()?
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
-    let logprobs = a.logprobs.map(|n| (n, a.logprobs_every));
-    let r = bench::throughput_with_logprobs(
+    let tune = |i: usize, p: &mut sluice_engine::SamplingParams| {
+        if i % a.logprobs_every.max(1) == 0 {
+            p.logprobs = a.logprobs;
+        }
+        if i % a.penalties_every.max(1) == 0 {
+            p.repetition_penalty = a.repetition_penalty.unwrap_or(1.0);
+            p.frequency_penalty = a.frequency_penalty.unwrap_or(0.0);
+            p.presence_penalty = a.presence_penalty.unwrap_or(0.0);
+        }
+    };
+    let r = bench::throughput_with(
         &mut engine,
         a.num_prompts,
         a.input_len,
         a.output_len,
         7,
-        logprobs,
+        tune,
     )?;
     println!("model: {name}, device: {}", engine.model().device().name());
     println!(

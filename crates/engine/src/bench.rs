@@ -146,30 +146,25 @@ pub fn throughput(
     n_out: usize,
     seed: u64,
 ) -> Result<ThroughputResult, EngineError> {
-    throughput_with_logprobs(engine, n_requests, n_in, n_out, seed, None)
+    throughput_with(engine, n_requests, n_in, n_out, seed, |_, _| {})
 }
 
-/// `throughput` with every `every`-th request (the first, then `every` on; an `every`
-/// of 0 counts as one) asking for the log-probabilities of its tokens and their top `n`
-/// alternatives: `logprobs` is `(n, every)`.
-pub fn throughput_with_logprobs(
+/// `throughput` with each request's sampling parameters set by `tune(index, params)`
+/// (log-probabilities, penalties, ... for some of the requests).
+pub fn throughput_with(
     engine: &mut LlmEngine,
     n_requests: usize,
     n_in: usize,
     n_out: usize,
     seed: u64,
-    logprobs: Option<(usize, usize)>,
+    tune: impl Fn(usize, &mut crate::sampling::SamplingParams),
 ) -> Result<ThroughputResult, EngineError> {
     let vocab = engine.model().config.vocab_size;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let t0 = Instant::now();
     for i in 0..n_requests {
         let mut r = request(random_prompt(&mut rng, n_in.max(1), vocab), n_out);
-        if let Some((n, every)) = logprobs {
-            if i % every.max(1) == 0 {
-                r.params.logprobs = Some(n);
-            }
-        }
+        tune(i, &mut r.params);
         engine.add_request(r)?;
     }
     let mut out_tokens = 0usize;
