@@ -127,7 +127,11 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
     if a.logprobs.is_some_and(|n| n > 20) {
         anyhow::bail!("--logprobs: at most 20 alternatives");
     }
-    let penalties = [a.repetition_penalty, a.frequency_penalty, a.presence_penalty];
+    let penalties = [
+        a.repetition_penalty,
+        a.frequency_penalty,
+        a.presence_penalty,
+    ];
     if penalties.iter().flatten().any(|f| !f.is_finite())
         || a.repetition_penalty.is_some_and(|r| r <= 0.0)
     {
