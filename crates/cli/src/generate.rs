@@ -47,10 +47,11 @@ pub struct ModelArgs {
     /// Where to run: `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Weight type on a GPU: auto (bf16; f16 files, and Q8_0, Q4_K and Q6_K matrices,
-    /// stay as they are), bf16, f16, q8_0 (quantized at load: 1.06 bytes per weight,
-    /// about half of bf16's decode time), q4_k or q6_k (GGUF K-quants quantized at load:
-    /// 0.56 or 0.82 bytes per weight), fp8 (E4M3 with a per-tensor scale, quantized at load: 1 byte per weight,
+    /// Weight type on a GPU: auto (bf16; f16 files, and Q8_0, Q4_0, Q4_1, Q4_K and Q6_K
+    /// matrices, stay as they are), bf16, f16, q8_0 (quantized at load: 1.06 bytes per
+    /// weight, about half of bf16's decode time), q4_k or q6_k (GGUF K-quants quantized at
+    /// load: 0.56 or 0.82 bytes per weight), q4_0 or q4_1 (quantized at load: 0.56 or
+    /// 0.63 bytes per weight), fp8 (E4M3 with a per-tensor scale, quantized at load: 1 byte per weight,
     /// FP8 tensor-core GEMMs on sm_89+), or f32 (exact weights and f32 matmuls, the
     /// reference for golden tests).
     #[arg(long, default_value = "auto")]
@@ -182,7 +183,7 @@ impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
         let wt = CudaWeightType::parse(&self.dtype).with_context(|| {
             format!(
-                "unknown --dtype `{}` (auto, bf16, f16, q8_0, q4_k, q6_k, fp8, f32)",
+                "unknown --dtype `{}` (auto, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k, fp8, f32)",
                 self.dtype
             )
         })?;

@@ -285,8 +285,8 @@ impl CudaBackend {
         self.gemm_bf16_weight(px, wb, po, t, m, k)
     }
 
-    /// Queues the dequantization of a Q8_0, Q4_K, Q6_K or FP8 weight at `pw` (GPU layout)
-    /// into bf16 `[m, k]` at `out`.
+    /// Queues the dequantization of a Q8_0, Q4_0, Q4_1, Q4_K, Q6_K or FP8 weight at `pw`
+    /// (GPU layout) into bf16 `[m, k]` at `out`.
     pub(super) fn dequantize_bf16_ptrs(
         &self,
         dtype: DType,
@@ -300,6 +300,8 @@ impl CudaBackend {
             DType::F8E4M3 => (self.kernels.fp8_dequant_bf16_kernel, 16),
             DType::Q4_K => (self.kernels.dequant_q4_k_bf16_kernel, 32),
             DType::Q6_K => (self.kernels.dequant_q6_k_bf16_kernel, 64),
+            DType::Q4_0 => (self.kernels.dequant_q4_0_bf16_kernel, 32), // legacy_quant.rs
+            DType::Q4_1 => (self.kernels.dequant_q4_1_bf16_kernel, 32),
             other => {
                 return Err(BackendError::Unsupported {
                     op: "CUDA dequantize to bf16",
@@ -318,7 +320,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// A new bf16 device copy of a quantized device weight (Q8_0, Q4_K or Q6_K), through
+    /// A new bf16 device copy of a quantized device weight (Q8_0, Q4_0, Q4_1, Q4_K or
+    /// Q6_K), through
     /// the kernels the prefill matmul uses: for tests, which compare it bit for bit with
     /// the host's dequantization rounded to bf16.
     pub fn dequantize_weight_bf16(&self, w: &Tensor) -> Result<Tensor> {

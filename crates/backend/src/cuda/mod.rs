@@ -15,6 +15,7 @@ mod fused;
 mod gemm;
 mod graph;
 pub mod kquant;
+pub mod legacy_quant;
 pub mod module;
 mod ops;
 mod pinned;
@@ -103,8 +104,8 @@ pub(crate) struct StagedActivations {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
 pub enum CudaWeightType {
-    /// bf16 for f32 and most quantized files; f16/bf16 files, and GGUF Q8_0, Q4_K and
-    /// Q6_K matrices, as they are.
+    /// bf16 for f32 and most quantized files; f16/bf16 files, and GGUF Q8_0, Q4_0, Q4_1,
+    /// Q4_K and Q6_K matrices, as they are.
     Auto,
     Bf16,
     F16,
@@ -122,6 +123,12 @@ pub enum CudaWeightType {
     /// `kquant.rs`). Rows that are not whole super-blocks of 256 stay bf16.
     Q4_K,
     Q6_K,
+    /// GGUF Q4_0 (blocks of 32 4-bit weights and an f16 scale, 4.5 bits per weight) or
+    /// Q4_1 (and an f16 minimum, 5 bits), quantized at load; Q4_0/Q4_1 matrices of a file
+    /// stay so under `Auto` (see `legacy_quant.rs`). Rows that are not whole blocks of 32
+    /// stay bf16.
+    Q4_0,
+    Q4_1,
 }
 
 impl CudaWeightType {
@@ -135,12 +142,15 @@ impl CudaWeightType {
             "fp8" | "f8" | "fp8_e4m3" | "e4m3" => Some(CudaWeightType::Fp8),
             "q4_k" | "q4k" => Some(CudaWeightType::Q4_K),
             "q6_k" | "q6k" => Some(CudaWeightType::Q6_K),
+            "q4_0" => Some(CudaWeightType::Q4_0),
+            "q4_1" => Some(CudaWeightType::Q4_1),
             _ => None,
         }
     }
 
-    /// The GPU type of a matrix stored as `file` with rows of `cols`: Q8_0, Q4_K and Q6_K
-    /// need whole blocks per row (otherwise bf16, as llama.cpp falls back for odd rows).
+    /// The GPU type of a matrix stored as `file` with rows of `cols`: Q8_0, Q4_0, Q4_1,
+    /// Q4_K and Q6_K need whole blocks per row (otherwise bf16, as llama.cpp falls back
+    /// for odd rows).
     pub(crate) fn resolve(self, file: DType, cols: usize) -> DType {
         let q8 = cols.is_multiple_of(32);
         let kq = cols.is_multiple_of(256);
@@ -148,6 +158,7 @@ impl CudaWeightType {
             CudaWeightType::Auto => match file {
                 DType::F16 => DType::F16,
                 DType::Q8_0 if q8 => DType::Q8_0,
+                DType::Q4_0 | DType::Q4_1 if q8 => file,
                 DType::Q4_K | DType::Q6_K if kq => file,
                 _ => DType::BF16,
             },
@@ -161,6 +172,9 @@ impl CudaWeightType {
             CudaWeightType::Q4_K if kq => DType::Q4_K,
             CudaWeightType::Q6_K if kq => DType::Q6_K,
             CudaWeightType::Q4_K | CudaWeightType::Q6_K => DType::BF16,
+            CudaWeightType::Q4_0 if q8 => DType::Q4_0,
+            CudaWeightType::Q4_1 if q8 => DType::Q4_1,
+            CudaWeightType::Q4_0 | CudaWeightType::Q4_1 => DType::BF16,
         }
     }
 }
@@ -350,6 +364,8 @@ impl CudaBackend {
                     | CudaWeightType::Q8_0
                     | CudaWeightType::Q4_K
                     | CudaWeightType::Q6_K
+                    | CudaWeightType::Q4_0
+                    | CudaWeightType::Q4_1
             ) && std::env::var("SLUICE_STAGED_ACTIVATIONS")
                 .map_or(true, |v| v != "0"),
             capturing: AtomicBool::new(false),
@@ -508,14 +524,15 @@ impl CudaBackend {
         self.upload_weight(self.to_weight_type(host, target)?)
     }
 
-    /// A table read by rows (token embeddings): never Q8_0, FP8 or K-quants, which only
-    /// the matmuls read.
+    /// A table read by rows (token embeddings): never Q8_0, FP8, K-quants, Q4_0 or Q4_1,
+    /// which only the matmuls read.
     pub fn prepare_weight_rows(&self, host: Tensor) -> Result<Tensor> {
         if host.shape().len() <= 1 {
             return self.upload(&host);
         }
         let target = match self.weight_type.resolve(host.dtype(), host.cols()) {
             DType::Q8_0 | DType::F8E4M3 | DType::Q4_K | DType::Q6_K => DType::BF16,
+            DType::Q4_0 | DType::Q4_1 => DType::BF16,
             t => t,
         };
         self.upload_weight(self.to_weight_type(host, target)?)
@@ -537,6 +554,9 @@ impl CudaBackend {
     pub(crate) fn upload_weight(&self, host: Tensor) -> Result<Tensor> {
         if kquant::is_kquant(host.dtype()) {
             return self.upload_kquant(&host); // repacked too: see kquant.rs
+        }
+        if legacy_quant::is_legacy_quant(host.dtype()) {
+            return self.upload_legacy_quant(&host); // and so: see legacy_quant.rs
         }
         if host.dtype() != DType::Q8_0 {
             return self.upload(&host);
@@ -960,8 +980,8 @@ pub(crate) fn cuda_buf(t: &Tensor) -> Result<&CudaBuffer> {
     }
 }
 
-/// Converts a host tensor of any dtype to F32, F16, BF16, Q8_0, Q4_K or Q6_K on the host,
-/// row by row on all cores (an 8B model's weights are 7 G elements).
+/// Converts a host tensor of any dtype to F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K or Q6_K
+/// on the host, row by row on all cores (an 8B model's weights are 7 G elements).
 fn convert_host(host: &Tensor, target: DType) -> Result<Tensor> {
     let (rows, cols) = (host.rows(), host.cols());
     let mut out = Tensor::zeros_cpu(target, host.shape())?;

@@ -254,6 +254,9 @@ impl CudaBackend {
         match w.dtype() {
             DType::Q8_0 => return self.matmul_q8_0(px, pw, po, t, m, k),
             DType::Q4_K | DType::Q6_K => return self.matmul_kquant(w.dtype(), px, pw, po, t, m, k),
+            DType::Q4_0 | DType::Q4_1 => {
+                return self.matmul_legacy_quant(w.dtype(), px, pw, po, t, m, k)
+            }
             DType::F8E4M3 => return self.matmul_fp8(px, pw, po, t, m, k),
             DType::F32 | DType::BF16 | DType::F16 => {}
             other => {
