@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -323,5 +323,12 @@ if [[ " $what " == *" logprobs "* ]]; then # session 14: requests with top_logpr
   for cfg in "${cfgs[@]}"; do
     echo "=== 8B 256 x (128 + 128) $cfg (at ${SECONDS} s)" | tee -a "$OUT/logprobs.txt"
     timeout 120 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 128 --output-len 128 --num-prompts 256 --max-num-seqs 256 --max-num-batched-tokens 8192 $cfg 2>&1 | grep -E "requests of|per step|rror" | tee -a "$OUT/logprobs.txt"
+  done
+fi
+if [[ " $what " == *" penalties "* ]]; then # session 15: requests with penalties, overlapped steps (the device sampler counts the token in flight) against --async-scheduling off (what any penalty request used to force on the whole batch)
+  IFS=';' read -ra cfgs <<< "${PENALTY_CFGS:---repetition-penalty 1.1 --penalties-every 64;--repetition-penalty 1.1 --penalties-every 64 --async-scheduling off;--repetition-penalty 1.1 --frequency-penalty 0.3 --presence-penalty 0.2;--repetition-penalty 1.1 --frequency-penalty 0.3 --presence-penalty 0.2 --async-scheduling off}"
+  for cfg in "${cfgs[@]}"; do
+    echo "=== 8B 256 x (128 + 128) $cfg (at ${SECONDS} s)" | tee -a "$OUT/penalties.txt"
+    timeout 120 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 128 --output-len 128 --num-prompts 256 --max-num-seqs 256 --max-num-batched-tokens 8192 $cfg 2>&1 | grep -E "requests of|per step|rror" | tee -a "$OUT/penalties.txt"
   done
 fi
