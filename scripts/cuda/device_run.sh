@@ -37,6 +37,14 @@ run_tests() {
     fi
     grep -q "test result: ok" "$LOGS/test-$t.log" || { echo "FAILED: $t" | tee -a "$OUT/tests.txt"; grep -A3 panicked "$LOGS/test-$t.log" | tee -a "$OUT/tests.txt"; status=1; }
   done
+  # The bf16 batch-1 GEMVs of before session 16 (two loads in flight), kept for
+  # comparisons (SLUICE_GEMV_UNROLL=2): the fusion tests run on them too.
+  if [[ " ${SLUICE_CUDA_TESTS:-cuda_fused_decode} " == *" cuda_fused_decode "* ]]; then
+    echo "=== test cuda_fused_decode, SLUICE_GEMV_UNROLL=2"
+    SLUICE_GEMV_UNROLL=2 $BIN/test-cuda_fused_decode --test-threads=1 > "$LOGS/test-fused-u2.log" 2>&1
+    grep -E "test result" "$LOGS/test-fused-u2.log" | tee -a "$OUT/tests.txt"
+    grep -q "test result: ok" "$LOGS/test-fused-u2.log" || { echo "FAILED: cuda_fused_decode (SLUICE_GEMV_UNROLL=2)" | tee -a "$OUT/tests.txt"; status=1; }
+  fi
 }
 
 bench_model() { # preset, extra args...

@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -330,5 +330,19 @@ if [[ " $what " == *" penalties "* ]]; then # session 15: requests with penaltie
   for cfg in "${cfgs[@]}"; do
     echo "=== 8B 256 x (128 + 128) $cfg (at ${SECONDS} s)" | tee -a "$OUT/penalties.txt"
     timeout 120 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --input-len 128 --output-len 128 --num-prompts 256 --max-num-seqs 256 --max-num-batched-tokens 8192 $cfg 2>&1 | grep -E "requests of|per step|rror" | tee -a "$OUT/penalties.txt"
+  done
+fi
+if [[ " $what " == *" gemv "* ]]; then # session 16: the batch-1 GEMV probe (benches/cuda_gemv.rs) per kernel variant and grid
+  for cfg in "X=default" "SLUICE_GEMV_UNROLL=2" "SLUICE_GEMV_PREFETCH=8388608" "SLUICE_GEMV_BLOCKS_PER_SM=4"; do
+    echo "=== probe $cfg (at ${SECONDS} s)" | tee -a "$OUT/gemv.txt"
+    timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv ${GEMV_PROBE:-8b 1b chain} 2>&1 | tee -a "$OUT/gemv.txt"
+  done
+fi
+if [[ " $what " == *" gemv_step "* ]]; then # session 16: the decode step (tg128) with the bf16 GEMVs of before (two loads in flight, 8 MiB prefetch), a prefetch, another grid
+  IFS=';' read -ra cfgs <<< "${STEP_CFGS:-X=default;SLUICE_GEMV_UNROLL=2;SLUICE_GEMV_PREFETCH=8388608;SLUICE_GEMV_BLOCKS_PER_SM=4;X=default}"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "${cfgs[@]}"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
   done
 fi

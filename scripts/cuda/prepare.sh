@@ -17,6 +17,13 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$2" | tail -1)
   cp "$exe" ".devbin/test-$2"
 done
+# The batch-1 GEMV probe (crates/backend/benches/cuda_gemv.rs).
+exe=$(cargo bench -p sluice-backend --bench cuda_gemv --no-run --message-format=json 2>/dev/null \
+      | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="cuda_gemv": print(m["executable"])' | tail -1)
+cp "$exe" .devbin/bench-cuda_gemv
 strip .devbin/* 2>/dev/null || true
 # Compressed: the binaries are 3-4x smaller in xz, and the upload limit is 64 MiB.
 for f in .devbin/*; do case $f in *.xz) ;; *) xz -T2 -6 -f "$f" ;; esac; done

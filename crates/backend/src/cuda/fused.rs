@@ -365,9 +365,14 @@ impl CudaBackend {
             cuda_buf(gamma)?.ptr(),
         );
         let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
-        let prefetch = self.gemv_prefetch;
+        let prefetch = self.pair_gemv_prefetch();
+        let kern = if self.gemv_bf16_u2 {
+            self.kernels.gemv1_glu_bf16_u2
+        } else {
+            self.kernels.gemv1_glu_bf16
+        };
         self.launch(
-            self.kernels.gemv1_glu_bf16,
+            kern,
             (blocks, 1, 1),
             super::ops::THREADS,
             &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch],
@@ -401,10 +406,14 @@ impl CudaBackend {
         let (nh, nkv, hd) = (dims.n_heads, dims.n_kv_heads, dims.head_dim);
         let c = KvPtrs::of(op, &kv, nkv, hd, 1)?;
         self.bind()?;
-        let f = match c.kind {
-            KvKind::F32 => self.kernels.gemv1_qkv_rope_bf16_kvf32,
-            KvKind::Bf16 => self.kernels.gemv1_qkv_rope_bf16_kvbf16,
-            KvKind::Fp8 => self.kernels.gemv1_qkv_rope_bf16_kvfp8,
+        let kern = &self.kernels;
+        let f = match (c.kind, self.gemv_bf16_u2) {
+            (KvKind::F32, false) => kern.gemv1_qkv_rope_bf16_kvf32,
+            (KvKind::Bf16, false) => kern.gemv1_qkv_rope_bf16_kvbf16,
+            (KvKind::Fp8, false) => kern.gemv1_qkv_rope_bf16_kvfp8,
+            (KvKind::F32, true) => kern.gemv1_qkv_rope_bf16_kvf32_u2,
+            (KvKind::Bf16, true) => kern.gemv1_qkv_rope_bf16_kvbf16_u2,
+            (KvKind::Fp8, true) => kern.gemv1_qkv_rope_bf16_kvfp8_u2,
         };
         let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
         let (px, pw, pg) = (
@@ -421,7 +430,7 @@ impl CudaBackend {
         // kernels/gemv_pairs.cu PAIR_ROPE_NEOX / PAIR_ROPE_INTERLEAVED
         let mode: i32 = if dims.style == RopeStyle::Neox { 1 } else { 2 };
         let ki = kdim as i32;
-        let prefetch = self.gemv_prefetch;
+        let prefetch = self.pair_gemv_prefetch();
         let (kc, vc, slots, bs) = (c.k, c.v, c.slots, c.block_size);
         let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
         self.launch(

@@ -44,7 +44,9 @@ const DECODE_CLUSTER_MAX: usize = 16;
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
 /// blocks resident before the previous kernel ends can use, the prefetch only competes
-/// with the loads that follow it.
+/// with the loads that follow it. The bf16 GEMVs with four loads in flight per row
+/// (session 16) prefetch nothing: on an H200 the prefetch cost them 1.7% (8B) and 1.8%
+/// (1B) of tg128 (`gemv_bf16_prefetch`).
 const GEMV_PREFETCH_BYTES: i64 = 8 << 20;
 
 pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
@@ -215,6 +217,14 @@ pub struct CudaBackend {
     /// Blocks per SM the batch-1 GEMV grids aim for (`gemv_warps_per_row`; 2, or
     /// `SLUICE_GEMV_BLOCKS_PER_SM`, for tuning).
     gemv_blocks_per_sm: usize,
+    /// The bf16 batch-1 GEMVs (plain, fused norm, GLU and RoPE pairs) of before session
+    /// 16: two loads per row in flight instead of four, with the `gemv_prefetch` L2
+    /// prefetch (`SLUICE_GEMV_UNROLL=2`, for comparisons; kernels/gemv.cu).
+    gemv_bf16_u2: bool,
+    /// `gemv_prefetch` for the four-load bf16 GEMVs: none (they keep enough loads in
+    /// flight that a prefetch only competes with them; H200, docs/BENCHMARKS.md session
+    /// 16), or `SLUICE_GEMV_PREFETCH`.
+    gemv_bf16_prefetch: i64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
@@ -339,6 +349,12 @@ impl CudaBackend {
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
+            gemv_bf16_u2: env_usize("SLUICE_GEMV_UNROLL", 4) == 2,
+            gemv_bf16_prefetch: if std::env::var("SLUICE_GEMV_PREFETCH").is_ok() {
+                gemv_prefetch
+            } else {
+                0
+            },
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             decode_cluster_max: AtomicUsize::new(

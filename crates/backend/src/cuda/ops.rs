@@ -383,7 +383,11 @@ impl CudaBackend {
         let pick = |plain, normed| Some(if norm { normed } else { plain });
         match dtype {
             DType::BF16 if k.is_multiple_of(8) => {
-                pick(kern.gemv1_rows_bf16, kern.gemv1_rows_bf16_norm)
+                if self.gemv_bf16_u2 {
+                    pick(kern.gemv1_rows_bf16_u2, kern.gemv1_rows_bf16_u2_norm)
+                } else {
+                    pick(kern.gemv1_rows_bf16, kern.gemv1_rows_bf16_norm)
+                }
             }
             DType::F16 if k.is_multiple_of(8) => {
                 pick(kern.gemv1_rows_f16, kern.gemv1_rows_f16_norm)
@@ -443,9 +447,25 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
-        let prefetch = self.gemv_prefetch;
+        let kern = &self.kernels;
+        let bf16 = [kern.gemv1_rows_bf16, kern.gemv1_rows_bf16_norm];
+        let prefetch = if bf16.contains(&f) {
+            self.gemv_bf16_prefetch
+        } else {
+            self.gemv_prefetch
+        };
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
+    }
+
+    /// The L2 prefetch of the GLU and RoPE pair GEMVs (bf16 only): that of the bf16
+    /// GEMVs they are built like.
+    pub(super) fn pair_gemv_prefetch(&self) -> i64 {
+        if self.gemv_bf16_u2 {
+            self.gemv_prefetch
+        } else {
+            self.gemv_bf16_prefetch
+        }
     }
 
     /// Whether a batch-1 decode step should use `rms_norm_matmul` and `matmul_accumulate`

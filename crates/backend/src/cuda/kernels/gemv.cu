@@ -369,13 +369,12 @@ struct RowQ8_0 {
 // the squares of x summed into `ss`): this lane's partial sums over chunks c0, c0 + step,
 // ... of `chunks` (the warps of a row group interleave their chunks), UNROLL x RPW
 // 16-byte weight loads in flight per lane. Shared with gemv_pairs.cu.
-template <class P, int RPW, bool NORM>
+template <class P, int RPW, bool NORM, int UNROLL = 2>
 __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict__ x, const float* __restrict__ gamma,
                                           int chunks, int c0, int step, float* acc, float& ss) {
     const int N = P::N;
 #pragma unroll
     for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
-    const int UNROLL = 2;
     int c = c0;
     for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 q[UNROLL][RPW];
@@ -413,7 +412,7 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
     }
 }
 
-template <class P, int RPW, bool NORM>
+template <class P, int RPW, bool NORM, int UNROLL = 2>
 __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                 float* __restrict__ out, int M, int K, int wpr,
                                                 const float* __restrict__ gamma, float eps, int accumulate,
@@ -434,7 +433,7 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, NORM>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc, ss);
+    gemv1_dot<P, RPW, NORM, UNROLL>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc, ss);
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
@@ -447,19 +446,27 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 // GEMV on an H100 (275.6 -> 264.7 tokens/s, 8B), and neither the prefetch nor the fusion
 // explained it; split, FP8 batch 1 is level again (277.4 against 276.7 tokens/s, 8B, and
 // 1,205 against 1,144 for 1B: docs/BENCHMARKS.md, session 7).
+//
+// bf16 keeps four loads per row in flight (U = 4: 16 per lane), the other formats two.
+// On an H200 (session 16, `bench model` tg128, bf16, together with four in the GLU and
+// RoPE pair GEMVs and no L2 prefetch) that took the 8B shape from 234 to 240.5 tokens/s
+// and the 1B shape from 1,174 to 1,212; with four, the prefetch only competed with the
+// loads (cuda/mod.rs GEMV_PREFETCH_BYTES). `gemv1_rows_bf16_u2` is the earlier kernel
+// (`SLUICE_GEMV_UNROLL=2`, for comparisons on other cards).
 #define GEMV_RPW 4
-#define GEMV1_ROWS(NAME, P) \
+#define GEMV1_ROWS(NAME, P, U) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
                                                        int K, int wpr, const float* gamma, float eps, \
                                                        int accumulate, long prefetch) { \
-    gemv1_rows_body<P, GEMV_RPW, false>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+    gemv1_rows_body<P, GEMV_RPW, false, U>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
 } \
 extern "C" __global__ void __launch_bounds__(256) NAME##_norm(const float* x, const unsigned char* w, float* out, \
                                                               int M, int K, int wpr, const float* gamma, \
                                                               float eps, int accumulate, long prefetch) { \
-    gemv1_rows_body<P, GEMV_RPW, true>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+    gemv1_rows_body<P, GEMV_RPW, true, U>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
 }
-GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>)
-GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>)
-GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>)
-GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0)
+GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>, 4)
+GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2)
+GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>, 2)
+GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>, 2)
+GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2)

@@ -81,7 +81,7 @@ __device__ __forceinline__ void pair_rope_store(const PairRope<KV>& a, int mode,
 }
 
 // out (GLU) or the RoPE destinations for `pairs` pairs of W's rows; M = W's rows.
-template <class P, int RPW, bool ROPE, typename KV>
+template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
                                                  float eps, long prefetch, int mode, int F, int hd, int silu,
@@ -106,7 +106,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
     }
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, true>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss);
+    gemv1_dot<P, RPW, true, UNROLL>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss);
 
     // Rows (and the sum of squares) reduced over the warps of each row group, scaled by
     // the norm, into `res` by local row; then one thread per pair.
@@ -139,19 +139,23 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
 }
 
 // gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch): out[F] =
-// act(g) * u of [g | u] = rms_norm(x) W^T, W [2F, K] bf16.
-extern "C" __global__ void __launch_bounds__(256) gemv1_glu_bf16(const float* x, const unsigned char* w, float* out,
-                                                                 int F, int K, int wpr, const float* gamma, float eps,
-                                                                 int silu, long prefetch) {
-    PairRope<float> none = {};
-    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch,
-                                                               PAIR_GLU, F, 0, silu, out, none);
+// act(g) * u of [g | u] = rms_norm(x) W^T, W [2F, K] bf16. Four loads per row in flight,
+// as gemv1_rows_bf16; the _u2 kernels keep two (`SLUICE_GEMV_UNROLL=2`).
+#define GEMV1_GLU(NAME, U) \
+extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int F, \
+                                                       int K, int wpr, const float* gamma, float eps, int silu, \
+                                                       long prefetch) { \
+    PairRope<float> none = {}; \
+    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, U>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, \
+                                                                  PAIR_GLU, F, 0, silu, out, none); \
 }
+GEMV1_GLU(gemv1_glu_bf16, 4)
+GEMV1_GLU(gemv1_glu_bf16_u2, 2)
 
 // gemv1_qkv_rope_bf16_kv{f32,bf16}: q (and k, v, the caches) of one token from its
 // stacked projections rms_norm(x) W^T, W [(nh + 2 nkv) hd, K] bf16, mode
 // PAIR_ROPE_NEOX or PAIR_ROPE_INTERLEAVED.
-#define GEMV1_QKV_ROPE(NAME, KV) \
+#define GEMV1_QKV_ROPE(NAME, KV, U) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, int K, int wpr, \
                                                        const float* gamma, float eps, long prefetch, int mode, \
                                                        const int* pos, const float* cos_t, const float* sin_t, \
@@ -159,9 +163,12 @@ extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const uns
                                                        const int* slots, int bs, int nh, int nkv, int hd) { \
     PairRope<KV> a = {pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, nh, nkv}; \
     const int M = (nh + 2 * nkv) * hd; \
-    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, 0, \
-                                                           hd, 0, 0, a); \
+    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV, U>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, \
+                                                              0, hd, 0, 0, a); \
 }
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8, fp8_t)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float, 4)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t, 4)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8, fp8_t, 4)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32_u2, float, 2)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16_u2, bf16_t, 2)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8_u2, fp8_t, 2)
