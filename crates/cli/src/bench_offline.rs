@@ -145,10 +145,10 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
     };
     let (mut engine, _, name) = a.model.build_engine(cfg)?;
     let tune = |i: usize, p: &mut sluice_engine::SamplingParams| {
-        if i % a.logprobs_every.max(1) == 0 {
+        if i.is_multiple_of(a.logprobs_every.max(1)) {
             p.logprobs = a.logprobs;
         }
-        if i % a.penalties_every.max(1) == 0 {
+        if i.is_multiple_of(a.penalties_every.max(1)) {
             p.repetition_penalty = a.repetition_penalty.unwrap_or(1.0);
             p.frequency_penalty = a.frequency_penalty.unwrap_or(0.0);
             p.presence_penalty = a.presence_penalty.unwrap_or(0.0);
