@@ -218,12 +218,13 @@ pub struct CudaBackend {
     /// `SLUICE_GEMV_BLOCKS_PER_SM`, for tuning).
     gemv_blocks_per_sm: usize,
     /// The bf16 batch-1 GEMVs (plain, fused norm, GLU and RoPE pairs) of before session
-    /// 16: two loads per row in flight instead of four, with the `gemv_prefetch` L2
-    /// prefetch (`SLUICE_GEMV_UNROLL=2`, for comparisons; kernels/gemv.cu).
+    /// 16: two loads per row in flight instead of four (`SLUICE_GEMV_UNROLL=2`, for
+    /// comparisons; kernels/gemv.cu).
     gemv_bf16_u2: bool,
-    /// `gemv_prefetch` for the four-load bf16 GEMVs: none (they keep enough loads in
-    /// flight that a prefetch only competes with them; H200, docs/BENCHMARKS.md session
-    /// 16), or `SLUICE_GEMV_PREFETCH`.
+    /// `gemv_prefetch` for the bf16 GEMVs: none for the four-load kernels (they keep
+    /// enough loads in flight that a prefetch only competes with them; H200,
+    /// docs/BENCHMARKS.md session 16), `gemv_prefetch` for the two-load ones or when
+    /// `SLUICE_GEMV_PREFETCH` is set.
     gemv_bf16_prefetch: i64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
@@ -326,6 +327,7 @@ impl CudaBackend {
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(if pdl { GEMV_PREFETCH_BYTES } else { 0 });
+        let gemv_bf16_u2 = env_usize("SLUICE_GEMV_UNROLL", 4) == 2;
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;
         let cluster_limit = kernels.decode_cluster_limit;
@@ -349,8 +351,8 @@ impl CudaBackend {
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
-            gemv_bf16_u2: env_usize("SLUICE_GEMV_UNROLL", 4) == 2,
-            gemv_bf16_prefetch: if std::env::var("SLUICE_GEMV_PREFETCH").is_ok() {
+            gemv_bf16_u2,
+            gemv_bf16_prefetch: if gemv_bf16_u2 || std::env::var("SLUICE_GEMV_PREFETCH").is_ok() {
                 gemv_prefetch
             } else {
                 0

@@ -242,7 +242,7 @@ impl CudaBackend {
         // own; rows that are not whole 16-byte loads go on to the GEMM paths below.
         if t == 1 {
             if let Some(f) = self.gemv1_kernel(w.dtype(), k, false) {
-                return self.launch_gemv1(f, px, pw, po, m, k, Gemv1Fusion::NONE);
+                return self.launch_gemv1(f, w.dtype(), px, pw, po, m, k, Gemv1Fusion::NONE);
             }
         }
         if let Some(f) = self.gemv_rows_kernel(w.dtype(), k, t) {
@@ -432,11 +432,13 @@ impl CudaBackend {
     }
 
     /// Launches a batch-1 GEMV `gemv1_rows_*` (arguments `x, w, out, M, K, wpr, gamma,
-    /// eps, accumulate`) with `GEMV_ROWS_PER_WARP` rows per warp.
+    /// eps, accumulate, prefetch`) for a weight of `dtype` with `GEMV_ROWS_PER_WARP` rows
+    /// per warp.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_gemv1(
         &self,
         f: sys::CUfunction,
+        dtype: DType,
         px: sys::CUdeviceptr,
         pw: sys::CUdeviceptr,
         po: sys::CUdeviceptr,
@@ -447,24 +449,18 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
-        let kern = &self.kernels;
-        let bf16 = [kern.gemv1_rows_bf16, kern.gemv1_rows_bf16_norm];
-        let prefetch = if bf16.contains(&f) {
-            self.gemv_bf16_prefetch
-        } else {
-            self.gemv_prefetch
-        };
+        let prefetch = self.gemv1_prefetch(dtype);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
     }
 
-    /// The L2 prefetch of the GLU and RoPE pair GEMVs (bf16 only): that of the bf16
-    /// GEMVs they are built like.
-    pub(super) fn pair_gemv_prefetch(&self) -> i64 {
-        if self.gemv_bf16_u2 {
-            self.gemv_prefetch
-        } else {
+    /// Weight bytes a batch-1 GEMV over a weight of `dtype` prefetches into L2 before
+    /// its PDL wait (the GLU and RoPE pair GEMVs are bf16).
+    pub(super) fn gemv1_prefetch(&self, dtype: DType) -> i64 {
+        if dtype == DType::BF16 {
             self.gemv_bf16_prefetch
+        } else {
+            self.gemv_prefetch
         }
     }
 
@@ -535,7 +531,7 @@ impl CudaBackend {
             eps,
             accumulate: false,
         };
-        self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
+        self.launch_gemv1(f, w.dtype(), ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
     }
 
     /// `out += x · wᵀ`: the residual add in the epilogue of the batch-1 GEMV (one row,
@@ -555,7 +551,7 @@ impl CudaBackend {
             accumulate: true,
             ..Gemv1Fusion::NONE
         };
-        self.launch_gemv1(f, ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
+        self.launch_gemv1(f, w.dtype(), ptr(x)?, ptr(w)?, ptr(out)?, m, k, fusion)
     }
 
     /// Q8_0 weights (split layout, see `upload_weight`) above the quantized mma's rows

@@ -449,8 +449,8 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 //
 // bf16 keeps four loads per row in flight (U = 4: 16 per lane), the other formats two.
 // On an H200 (session 16, `bench model` tg128, bf16, together with four in the GLU and
-// RoPE pair GEMVs and no L2 prefetch) that took the 8B shape from 234 to 240.5 tokens/s
-// and the 1B shape from 1,174 to 1,212; with four, the prefetch only competed with the
+// RoPE pair GEMVs and no L2 prefetch) that took the 8B shape from 236.4 to 243.1
+// tokens/s and the 1B shape from 1,174 to 1,216; with four, the prefetch only competed with the
 // loads (cuda/mod.rs GEMV_PREFETCH_BYTES). `gemv1_rows_bf16_u2` is the earlier kernel
 // (`SLUICE_GEMV_UNROLL=2`, for comparisons on other cards).
 #define GEMV_RPW 4
