@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -344,5 +344,25 @@ if [[ " $what " == *" gemv_step "* ]]; then # session 16: the decode step (tg128
     for cfg in "${cfgs[@]}"; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
     done
+  done
+fi
+if [[ " $what " == *" prewait "* ]]; then # session 17: the decode attention's loads before the PDL wait and the unrolled argmax, against the previous build (.devbin/sluice-base)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "X=base" "X=default"; do
+      bin=$B; [ "$cfg" = "X=base" ] && bin=/tmp/sluice-bin/sluice-base
+      q $cfg $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+  for bin in /tmp/sluice-bin/sluice-base $B; do # the attention at batch 64 (more tiles per block)
+    echo "=== 8B b64 $bin" | tee -a "$OUT/pdl.txt"
+    timeout 120 $bin bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 64 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "decode |" | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" profile1 "* ]]; then # session 17: every kernel of one batch-1 decode step (8B and 1B bf16, ~600 context), timed alone by ncu
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    timeout 200 $NCU $M --launch-skip ${PROFILE1_SKIP:-4000} --launch-count 500 $B bench latency --device cuda --random-weights $preset --batch-size 1 --input-len 512 --output-len 200 -r 1 > "$OUT/ncu-$preset.csv" 2> "$OUT/ncu-$preset.err"
+    python3 scripts/cuda/ncu_summary.py "$OUT/ncu-$preset.csv" --step-marker embedding --title "batch-1 decode $preset ctx ~600" | tee -a "$OUT/profile.md"
   done
 fi

@@ -38,8 +38,9 @@ fn every_kernel_compiles_with_nvrtc() {
 
 /// Under programmatic dependent launch (sm_90+) a kernel's blocks may start before the
 /// previous kernel ends, so every kernel must call `pdl_entry()` (directly, or through
-/// the batch-1 GEMV skeletons, which prefetch weights first) before it touches shared
-/// buffers. A kernel without it would race; this check needs no GPU.
+/// the batch-1 GEMV skeletons, which prefetch weights first, or the decode
+/// attention, which reads the step's metadata and earlier steps' keys first) before it
+/// touches shared buffers. A kernel without it would race; this check needs no GPU.
 #[test]
 fn every_kernel_waits_for_its_predecessor_first() {
     let src = sluice_backend::cuda::kernel_source();
@@ -54,7 +55,8 @@ fn every_kernel_waits_for_its_predecessor_first() {
             .trim_start()
             .starts_with("pdl_entry();")
             || head.contains("gemv1_rows_body<")
-            || head.contains("gemv1_pairs_body<");
+            || head.contains("gemv1_pairs_body<")
+            || head.contains("flash_decode<");
         assert!(waits, "kernel without pdl_entry() first: {name}");
         kernels += 1;
     }

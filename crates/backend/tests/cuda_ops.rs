@@ -320,6 +320,13 @@ fn rope_embedding_gather_argmax_match_the_cpu() {
     lv[2 * v + 777] = 50.0; // a clear winner
     lv[3 * v + 10] = 50.0; // a tie: the first index wins
     lv[3 * v + 20] = 50.0;
+    // Ties that one thread of the GPU's unrolled scan sees within a batch (1,024 apart)
+    // and against the tail past the last whole batch; a NaN never wins.
+    lv[4 * v] = f32::NAN;
+    lv[4 * v + 5 + 1024] = 60.0;
+    lv[4 * v + 5 + 2048] = 60.0;
+    lv[v + 3] = 60.0;
+    lv[v + 49_152] = 60.0;
     let mut ids = g.upload(&host_i32(&[-1; 5])).unwrap();
     g.argmax(&up(&g, &[r, v], &lv), &mut ids).unwrap();
     let mut got = Vec::new();
@@ -329,6 +336,7 @@ fn rope_embedding_gather_argmax_match_the_cpu() {
     assert_eq!(got, want.as_i32().unwrap());
     assert_eq!(got[2], 777);
     assert_eq!(got[3], 10);
+    assert_eq!((got[1], got[4]), (3, 5 + 1024));
 }
 
 struct AttnCase {

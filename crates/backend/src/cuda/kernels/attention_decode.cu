@@ -91,9 +91,16 @@ struct FdBlock {
 // head_dim 128: four full 128-byte lines) and no thread keeps a row per key in registers.
 // (A layout of two threads per key, one row register each, gave every 128-byte line to
 // four instructions and ran at 2.14 TB/s against 2.75 here: b64 c4096, H100.)
+//
+// `part` splits a tile around the PDL wait (fd_pass): FD_PART_OLD copies the keys before
+// `nold` (written by earlier steps) and zero-fills, FD_PART_NEW copies the rest (this
+// step's keys, which the kernel before this one writes); FD_PART_ALL both.
+#define FD_PART_ALL 0
+#define FD_PART_OLD 1
+#define FD_PART_NEW 2
 template <int HD>
 __device__ __forceinline__ void fd_load_tile(bf16_t (*dst)[HD + FP_PAD], const bf16_t* __restrict__ cache,
-                                               const int* srow) {
+                                               const int* srow, int part = FD_PART_ALL, int nold = 0) {
     constexpr int CHUNKS = HD / 8;
     constexpr int PER_THREAD = FD_KEYS * CHUNKS / (FD_WARPS * 32);
 #pragma unroll
@@ -101,6 +108,8 @@ __device__ __forceinline__ void fd_load_tile(bf16_t (*dst)[HD + FP_PAD], const b
         const int c = threadIdx.x + i * FD_WARPS * 32;
         const int key = c / CHUNKS, ch = c % CHUNKS;
         const int row = srow[key];
+        const bool fresh = row >= 0 && key >= nold;
+        if ((part == FD_PART_OLD && fresh) || (part == FD_PART_NEW && !fresh)) continue;
         const bf16_t* src = row >= 0 ? cache + (long)row * HD + ch * 8 : cache;
         fp_cp_async16(fp_smem_addr(&dst[key][ch * 8]), src, row >= 0 ? 16 : 0);
     }
@@ -324,10 +333,17 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
 
 // One pass over the block's keys for m-tiles mt0 .. mt0 + 4 / KW - 1 (those that exist):
 // KW warps share each m-tile, each taking 64 / KW keys of every tile.
+//
+// PDL: the block's first pass (`waited` false) reads the block table and starts copying
+// its first tile's keys from earlier steps before pdl_entry(): the metadata and those
+// keys are not written during a step (only positions pos0 and later are: this step's
+// K/V, by the kernel before this one), so the table lookups and the first K/V bytes
+// overlap the previous kernel instead of following it. Q and this step's keys are read
+// after the wait.
 template <int HD, int KW>
 __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
                                         float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
-                                        const FdBlock& b, int mt0) {
+                                        const FdBlock& b, int mt0, bool& waited) {
     constexpr int MW = FD_WARPS / KW;    // m-tiles in flight
     constexpr int NK = FD_KEYS / KW;     // keys per warp per tile
     constexpr int NJ = NK / 8;           // n8 tiles of S per warp
@@ -358,9 +374,23 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
             srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
         }
         __syncthreads();
-        fd_load_tile<HD>(sh.kv.k, static_cast<const bf16_t*>(b.kc), srow[0]);
+    }
+    // Before the wait (first pass only) the keys of earlier steps; after it the rest.
+    // Group 1 = K(0) and V(0) but this step's, and this step's K(0); group 2 = this
+    // step's V(0): the key loop's first wait (K) then also covers most of V(0).
+    const bf16_t* kc = static_cast<const bf16_t*>(b.kc);
+    const bf16_t* vc = static_cast<const bf16_t*>(b.vc);
+    const int nold = waited ? FD_KEYS : b.pos0 - b.lo;
+    if (n_tiles > 0) {
+        fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_OLD, nold);
+        fd_load_tile<HD>(sh.kv.v, vc, srow[0], FD_PART_OLD, nold);
+    }
+    if (!waited) pdl_entry();
+    waited = true;
+    if (n_tiles > 0) {
+        fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_NEW, nold);
         fp_cp_async_commit();
-        fd_load_tile<HD>(sh.kv.v, static_cast<const bf16_t*>(b.vc), srow[0]);
+        fd_load_tile<HD>(sh.kv.v, vc, srow[0], FD_PART_NEW, nold);
         fp_cp_async_commit();
     }
     // Q rows of this pass into shared memory (while the first tile streams in), scaled
@@ -667,19 +697,22 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
 // The shared memory of a block and the pass that uses it, by cache type.
 template <int HD, typename KV> struct FdKind {
     typedef FdShared<HD> Smem;
+    static const bool PREWAIT = true;  // fd_pass calls pdl_entry() (see there)
     template <int KW>
     __device__ __forceinline__ static void pass(Smem& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
                                                 float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
-                                                const FdBlock& b, int mt0) {
-        fd_pass<HD, KW>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+                                                const FdBlock& b, int mt0, bool& waited) {
+        fd_pass<HD, KW>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0, waited);
     }
 };
 template <int HD> struct FdKind<HD, fp8_t> {
     typedef FdSharedF8<HD> Smem;
+    static const bool PREWAIT = false;
+    // (The FP8 pass waits before it reads anything: flash_decode calls pdl_entry() first.)
     template <int KW>
     __device__ __forceinline__ static void pass(Smem& sh, bf16_t (*sq)[HD + FP_PAD], int (*srow)[FD_KEYS],
                                                 float (*s_m)[16], float (*s_l)[16], float* c_m, float* c_l,
-                                                const FdBlock& b, int mt0) {
+                                                const FdBlock& b, int mt0, bool&) {
         fd8_pass<HD, KW>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
     }
 };
@@ -698,6 +731,9 @@ __device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__
     __shared__ int srow[2][FD_KEYS];
     __shared__ float s_m[FD_WARPS][16];
     __shared__ float s_l[FD_WARPS][16];
+    // Until pdl_entry(), only step metadata and earlier steps' keys may be read (fd_pass).
+    bool waited = !Kind::PREWAIT;
+    if (waited) pdl_entry();
     const int s = blockIdx.x;
     const int row_groups = gridDim.y / n_kv;
     FdBlock b;
@@ -744,13 +780,15 @@ __device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__
     if (MULTI) {
         // Passes of at most two m-tiles; row group rg takes passes rg, rg + row_groups, ...
         for (int mt0 = 2 * rg; mt0 < mt; mt0 += 2 * row_groups) {
-            if (mt - mt0 == 1) Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
-            else Kind::template pass<2>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+            if (mt - mt0 == 1) Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0, waited);
+            else Kind::template pass<2>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0, waited);
         }
     } else {
         // The host expects one m-tile (g * q_rows <= 16); more would take a pass each.
-        for (int mt0 = rg; mt0 < mt; mt0 += row_groups) Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0);
+        for (int mt0 = rg; mt0 < mt; mt0 += row_groups)
+            Kind::template pass<4>(sh, sq, srow, s_m, s_l, c_m, c_l, b, mt0, waited);
     }
+    if (!waited) pdl_entry();
 }
 
 // Two kernels per head dim: for steps whose sequences all have g * q_rows <= 16 (plain
@@ -765,7 +803,7 @@ extern "C" __global__ void __launch_bounds__(FD_WARPS * 32, MINB) flash_decode##
     const float* q, const KV* kc, const KV* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
-    bf16_t* out_bf16, int cluster) { pdl_entry(); \
+    bf16_t* out_bf16, int cluster) { \
     flash_decode<HD, MULTI, KV>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, \
                             n_heads, n_kv, scale, window, softcap, max_q_rows, partial, out, \
                             out_bf16, cluster); \

@@ -11,8 +11,9 @@ typedef unsigned short bf16_t;
 // `griddepcontrol.wait` returns once the previous grid has completed and its writes are
 // visible; `launch_dependents` then lets the next kernel's blocks start, only after the
 // wait, so at most one kernel runs ahead. What a kernel does before pdl_entry() may only
-// read memory nothing writes during a step (the weights): the GEMVs prefetch theirs into
-// L2 there, overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
+// read memory nothing writes during a step: the GEMVs prefetch their weights into L2
+// there, and the decode attention reads the step's metadata and the keys of earlier
+// steps, overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -188,9 +189,23 @@ __device__ __forceinline__ void warp_argmax(float& best, int& bi) {
 // Index of the largest of row[0..n) over the block (the first on ties, like the host's
 // `argmax`; NaN never wins; 0 for an all-NaN or empty row); every thread gets it.
 // `sv` / `si` hold 32 floats / ints of shared memory.
+// Sixteen loads per thread in flight: the one-load-at-a-time loop took 21.9 µs for a
+// 49,152-entry row at 1,024 threads on an H200 (48 dependent round trips to L2), more than
+// a 1B-shape decode step's Q/K/V projection (ncu, docs/BENCHMARKS.md session 17). Each
+// thread still visits its indices in increasing order, so `>` keeps the first on ties.
 __device__ __forceinline__ int block_argmax(const float* row, int n, float* sv, int* si) {
     float best = NEG_INF; int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int U = 16, stride = blockDim.x;
+    int i = threadIdx.x;
+    for (; i + (U - 1) * stride < n; i += U * stride) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) v[u] = row[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (v[u] > best) { best = v[u]; bi = i + u * stride; }
+    }
+    for (; i < n; i += stride) {
         float v = row[i];
         if (v > best) { best = v; bi = i; }
     }
