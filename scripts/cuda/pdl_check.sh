@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -365,4 +365,7 @@ if [[ " $what " == *" profile1 "* ]]; then # session 17: every kernel of one bat
     timeout 200 $NCU $M --launch-skip ${PROFILE1_SKIP:-4000} --launch-count 500 $B bench latency --device cuda --random-weights $preset --batch-size 1 --input-len 512 --output-len 200 -r 1 > "$OUT/ncu-$preset.csv" 2> "$OUT/ncu-$preset.err"
     python3 scripts/cuda/ncu_summary.py "$OUT/ncu-$preset.csv" --step-marker embedding --title "batch-1 decode $preset ctx ~600" | tee -a "$OUT/profile.md"
   done
+fi
+if [[ " $what " == *" layers "* ]]; then # session 17 (written, not yet run on a GPU): the step's layers replayed whole, without the attention, and the attention alone (benches/cuda_layers): the attention's cost inside the overlapped step
+  timeout 240 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/gemv.txt"
 fi

@@ -3,11 +3,14 @@
 //! clock. Prints GB/s of weight read; no assertions (a probe for kernel tuning, run on
 //! the device machine: scripts/cuda/prepare.sh stages it as `bench-cuda_gemv`).
 //!
-//! `cargo bench -p sluice-backend --bench cuda_gemv [-- 8b|1b|chain]...`; the backend's
+//! `cargo bench -p sluice-backend --bench cuda_gemv [-- 8b|1b|chain|layers]...`; the backend's
 //! tuning variables (`SLUICE_GEMV_BLOCKS_PER_SM`, `SLUICE_GEMV_PREFETCH`, `SLUICE_PDL`)
 //! apply, so the same binary compares them. Each matmul rotates over enough copies of
 //! its weight (at least 400 MB) that every call streams it from memory, not from L2.
-//! Without a GPU it prints a note and exits.
+//! `layers` replays the step's layers whole, without the attention, and the attention
+//! alone (cuda_layers/mod.rs). Without a GPU it prints a note and exits.
+
+mod cuda_layers;
 
 use std::time::Instant;
 
@@ -162,5 +165,13 @@ fn main() {
     if want("chain") {
         chain(&g, &mut rng, &SHAPES_8B, 32);
         chain(&g, &mut rng, &SHAPES_1B, 16);
+    }
+    if want("layers") {
+        // The context of `bench model -p 512 -n 128` halfway through its generation.
+        for shape in [&cuda_layers::LAYERS_8B, &cuda_layers::LAYERS_1B] {
+            cuda_layers::layers(&g, &mut rng, shape, 576, &weight, &|g, reps, f| {
+                time(g, reps, f)
+            });
+        }
     }
 }
