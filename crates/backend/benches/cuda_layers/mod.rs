@@ -110,20 +110,17 @@ pub fn layers(
     let qkv_rows = (nh + 2 * nkv) * hd;
     let blocks_per_seq = ctx.div_ceil(BLOCK_SIZE);
     let num_blocks = blocks_per_seq + 8;
-    let mut weight_bytes = 0usize;
-    let layers: Vec<Layer> = (0..s.layers)
-        .map(|_| {
-            weight_bytes += 2 * (qkv_rows * h + h * nh * hd + 2 * s.ffn * h + h * s.ffn);
-            Layer {
-                wqkv: weight(g, rng, qkv_rows, h),
-                wo: weight(g, rng, h, nh * hd),
-                wgu: weight(g, rng, 2 * s.ffn, h),
-                wdown: weight(g, rng, h, s.ffn),
-                attn_norm: f32_tensor(g, rng, &[h], 1.0),
-                ffn_norm: f32_tensor(g, rng, &[h], 1.0),
-                k_cache: bf16_cache(g, rng, &[num_blocks, nkv, BLOCK_SIZE, hd]),
-                v_cache: bf16_cache(g, rng, &[num_blocks, nkv, BLOCK_SIZE, hd]),
-            }
+    let weight_bytes = s.layers * 2 * (qkv_rows * h + h * nh * hd + 3 * s.ffn * h);
+    let mut layers: Vec<Layer> = (0..s.layers)
+        .map(|_| Layer {
+            wqkv: weight(g, rng, qkv_rows, h),
+            wo: weight(g, rng, h, nh * hd),
+            wgu: weight(g, rng, 2 * s.ffn, h),
+            wdown: weight(g, rng, h, s.ffn),
+            attn_norm: f32_tensor(g, rng, &[h], 1.0),
+            ffn_norm: f32_tensor(g, rng, &[h], 1.0),
+            k_cache: bf16_cache(g, rng, &[num_blocks, nkv, BLOCK_SIZE, hd]),
+            v_cache: bf16_cache(g, rng, &[num_blocks, nkv, BLOCK_SIZE, hd]),
         })
         .collect();
     // One sequence whose blocks are scattered over the pool; the new token at ctx - 1.
@@ -170,7 +167,6 @@ pub fn layers(
         block_size: BLOCK_SIZE,
         custom_mask: None,
     };
-    let mut layers = layers;
     let mut step = |variant: Variant| {
         for l in layers.iter_mut() {
             if variant != Variant::Attention {
@@ -219,10 +215,10 @@ pub fn layers(
         step(variant);
         let graph = g.end_capture().expect("end capture");
         let secs = time(g, 20, &mut |_| g.launch_graph(&graph).expect("replay"));
-        results.push((label, secs));
+        results.push((variant, label, secs));
     }
-    for &(label, secs) in &results {
-        let bytes = if label == "attention" {
+    for &(variant, label, secs) in &results {
+        let bytes = if variant == Variant::Attention {
             0
         } else {
             weight_bytes
@@ -236,7 +232,7 @@ pub fn layers(
             bytes as f64 / secs / 1e9
         );
     }
-    let (full, without) = (results[0].1, results[1].1);
+    let (full, without) = (results[0].2, results[1].2);
     println!(
         "{} attention inside the step: {:.1} us per step, {:.2} us per layer ({:.1}% of the layers)",
         s.name,
