@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -368,4 +368,42 @@ if [[ " $what " == *" profile1 "* ]]; then # session 17: every kernel of one bat
 fi
 if [[ " $what " == *" layers "* ]]; then # session 17 (written, not yet run on a GPU): the step's layers replayed whole, without the attention, and the attention alone (benches/cuda_layers): the attention's cost inside the overlapped step
   timeout 240 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/gemv.txt"
+fi
+if [[ " $what " == *" idle "* ]]; then # session 18: the batch-1 GEMV after the decode attention (or the embedding) prefetches its whole weight into L2; per-row heads for the other bf16 GEMVs (SLUICE_GEMV_ROW_PREFETCH, in that call's build only: it cost 1-7%)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_IDLE_PREFETCH=0" "X=default" "SLUICE_GEMV_ROW_PREFETCH=2048" "SLUICE_GEMV_ROW_PREFETCH=4096" "SLUICE_IDLE_PREFETCH=0" "X=default"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+fi
+if [[ " $what " == *" splits18 "* ]]; then # session 18: the batch-1 decode attention's key splits (cluster merge) and the merge kernel instead of the cluster
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DECODE_MAX_SPLITS=8" "SLUICE_DECODE_MAX_SPLITS=4" "SLUICE_DECODE_CLUSTER=0" "X=default"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+fi
+if [[ " $what " == *" tiles "* ]]; then # session 18: fewest 64-key tiles per decode-attention key split (SLUICE_DECODE_SPLIT_TILES; 1 was the rule before)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_DECODE_SPLIT_TILES=1" "X=default" "SLUICE_DECODE_SPLIT_TILES=2" "SLUICE_DECODE_SPLIT_TILES=5" "SLUICE_DECODE_SPLIT_TILES=1" "X=default"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
+  for cfg in "SLUICE_DECODE_SPLIT_TILES=1" "X=default" "SLUICE_DECODE_MAX_SPLITS=16"; do # a 4k context: 64 / 22 / 16 splits
+    q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
+  done
+  for cfg in "SLUICE_DECODE_SPLIT_TILES=1" "X=default"; do # batch 8: 8 / 4 splits
+    echo "=== 8B b8 $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 120 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 8 --input-len 512 --output-len 128 -r 1 2>&1 | grep -a "decode |" | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" final18 "* ]]; then # session 18's defaults (idle-memory prefetch, two tiles per split; SLUICE_DECODE_CLUSTER_TILES, splits cut back to a cluster's, was in that call's build only: no difference at 4k) against the settings before
+  OLD="SLUICE_IDLE_PREFETCH=0 SLUICE_DECODE_SPLIT_TILES=1 SLUICE_DECODE_CLUSTER_TILES=0"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    q X=new $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    q $OLD $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    q X=new $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+  done
+  q X=new $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
+  q $OLD $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
 fi

@@ -365,7 +365,7 @@ impl CudaBackend {
             cuda_buf(gamma)?.ptr(),
         );
         let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
-        let prefetch = self.gemv1_prefetch(DType::BF16);
+        let prefetch = self.gemv1_prefetch(DType::BF16, m, k);
         let kern = if self.gemv_bf16_u2 {
             self.kernels.gemv1_glu_bf16_u2
         } else {
@@ -430,7 +430,7 @@ impl CudaBackend {
         // kernels/gemv_pairs.cu PAIR_ROPE_NEOX / PAIR_ROPE_INTERLEAVED
         let mode: i32 = if dims.style == RopeStyle::Neox { 1 } else { 2 };
         let ki = kdim as i32;
-        let prefetch = self.gemv1_prefetch(DType::BF16);
+        let prefetch = self.gemv1_prefetch(DType::BF16, m, kdim);
         let (kc, vc, slots, bs) = (c.k, c.v, c.slots, c.block_size);
         let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
         self.launch(

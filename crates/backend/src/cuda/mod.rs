@@ -41,6 +41,14 @@ pub use module::{compile_kernels, kernel_source};
 /// in the cluster too.
 const DECODE_CLUSTER_MAX: usize = 16;
 
+/// Default of `CudaBackend::decode_split_tiles`: each key split of the decode attention
+/// runs at least two 64-key tiles. Measured on an H200 (session 18, `bench model` tg128
+/// at a context of 512-640, against one tile per split, 10 splits): 8B +0.35%, 1B +0.8%;
+/// three or five tiles were level for 8B and +0.3% / +1.1% for 1B; at batch 8, three
+/// tiles (4 splits instead of 8) +1.9%; at a 4k context no difference
+/// (docs/BENCHMARKS.md, session 18).
+const DECODE_SPLIT_TILES: usize = 2;
+
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
 /// blocks resident before the previous kernel ends can use, the prefetch only competes
@@ -238,11 +246,22 @@ pub struct CudaBackend {
     decode_cluster_limit: usize,
     /// Decode-attention launches whose splits merged in a cluster so far (for tests).
     cluster_merges: AtomicU64,
+    /// Set after a kernel that leaves the memory system nearly idle while it runs (the
+    /// decode attention, the embedding lookup), cleared by every other launch: the
+    /// batch-1 GEMV launched next prefetches its whole weight into L2 before its PDL
+    /// wait (up to `idle_prefetch_cap` bytes), streaming it while that kernel runs.
+    memory_idle: AtomicBool,
+    /// Bytes a GEMV launched after a `memory_idle` kernel prefetches at most: three
+    /// quarters of L2 (0 without PDL, or with `SLUICE_IDLE_PREFETCH=0`).
+    idle_prefetch_cap: i64,
     /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size), asked once each.
     active_clusters: Mutex<std::collections::HashMap<(usize, u32), usize>>,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
+    /// Fewest 64-key tiles per key split of the decode attention (`decode_splits`;
+    /// `DECODE_SPLIT_TILES`, or `SLUICE_DECODE_SPLIT_TILES`, for tuning).
+    decode_split_tiles: usize,
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
@@ -328,6 +347,10 @@ impl CudaBackend {
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(if pdl { GEMV_PREFETCH_BYTES } else { 0 });
         let gemv_bf16_u2 = env_usize("SLUICE_GEMV_UNROLL", 4) == 2;
+        let l2_bytes = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map_err(derr)? as i64;
+        let idle_prefetch = pdl && std::env::var("SLUICE_IDLE_PREFETCH").map_or(true, |v| v != "0");
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;
         let cluster_limit = kernels.decode_cluster_limit;
@@ -359,6 +382,7 @@ impl CudaBackend {
             },
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
+            decode_split_tiles: env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
             decode_cluster_max: AtomicUsize::new(
                 if std::env::var("SLUICE_DECODE_CLUSTER").map_or(true, |v| v != "0") {
                     env_usize("SLUICE_DECODE_CLUSTER_MAX", DECODE_CLUSTER_MAX).min(cluster_limit)
@@ -369,6 +393,8 @@ impl CudaBackend {
             decode_cluster_limit: cluster_limit,
             active_clusters: Mutex::new(std::collections::HashMap::new()),
             cluster_merges: AtomicU64::new(0),
+            memory_idle: AtomicBool::new(false),
+            idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
             epilogues: std::env::var("SLUICE_GEMM_EPILOGUES").map_or(true, |v| v != "0"),
@@ -915,8 +941,9 @@ impl CudaBackend {
         smem: u32,
     ) -> Result<()> {
         // Whatever this kernel writes, a staged bf16 copy no longer describes the latest
-        // output; a producer sets it again after its launch.
+        // output; a producer sets it again after its launch. Likewise `memory_idle`.
         self.clear_staged();
+        self.memory_idle.store(false, Ordering::SeqCst);
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }

@@ -109,17 +109,18 @@ const DECODE_PARTIAL_BUDGET: usize = 32 << 20;
 /// equal runs of whole 64-key tiles on the device (from its own context length, so the
 /// grid stays a function of the bound: graph replays). As many splits as fit the blocks
 /// in one wave (rounding up gave batch 64 two splits and a second wave), but none
-/// shorter than a tile.
+/// shorter than `min_tiles` tiles (splits <= tiles / min_tiles, rounded up).
 pub(crate) fn decode_splits(
     blocks: usize,
     max_ctx: usize,
     slots: usize,
     split_bytes: usize,
+    min_tiles: usize,
 ) -> usize {
     let tiles = max_ctx.max(1).div_ceil(64);
     let budget = (DECODE_PARTIAL_BUDGET / split_bytes.max(1)).max(1);
     (slots.max(1) / blocks.max(1))
-        .min(tiles)
+        .min(tiles.div_ceil(min_tiles.max(1)))
         .min(budget)
         .clamp(1, 1024)
 }
@@ -449,19 +450,35 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
-        let prefetch = self.gemv1_prefetch(dtype);
+        let prefetch = self.gemv1_prefetch(dtype, m, k);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
     }
 
-    /// Weight bytes a batch-1 GEMV over a weight of `dtype` prefetches into L2 before
-    /// its PDL wait (the GLU and RoPE pair GEMVs are bf16).
-    pub(super) fn gemv1_prefetch(&self, dtype: DType) -> i64 {
-        if dtype == DType::BF16 {
+    /// The `prefetch` argument of a batch-1 GEMV over an `m` x `k` weight of `dtype` (the
+    /// GLU and RoPE pair GEMVs are bf16; kernels/gemv.cu `gemv1_rows_body`): the rows
+    /// below that byte offset are prefetched whole into L2 before the PDL wait. Right
+    /// after a kernel that leaves the memory idle (`memory_idle`) the whole weight, up to
+    /// `idle_prefetch_cap`; else the format's default.
+    pub(super) fn gemv1_prefetch(&self, dtype: DType, m: usize, k: usize) -> i64 {
+        let row_bytes = match dtype {
+            DType::F32 => 4 * k,
+            DType::Q8_0 | DType::F8E4M3 => k,
+            _ => 2 * k,
+        } as i64;
+        if self.memory_idle.swap(false, Ordering::SeqCst) && self.idle_prefetch_cap > 0 {
+            (m as i64 * row_bytes).min(self.idle_prefetch_cap)
+        } else if dtype == DType::BF16 {
             self.gemv_bf16_prefetch
         } else {
             self.gemv_prefetch
         }
+    }
+
+    /// Marks the kernel just launched as one that leaves the memory system nearly idle
+    /// (see `memory_idle`).
+    pub(super) fn mark_memory_idle(&self) {
+        self.memory_idle.store(true, Ordering::SeqCst);
     }
 
     /// Whether a batch-1 decode step should use `rms_norm_matmul` and `matmul_accumulate`
@@ -882,7 +899,9 @@ impl CudaBackend {
         self.bind()?;
         let (pi, pt, po) = (ptr(ids)?, ptr(table)?, ptr(out)?);
         let (ti, ci) = (t as i32, cols as i32);
-        self.launch_1d(f, t * cols, &mut args![pi, pt, scale, po, ti, ci])
+        self.launch_1d(f, t * cols, &mut args![pi, pt, scale, po, ti, ci])?;
+        self.mark_memory_idle();
+        Ok(())
     }
 
     pub fn gather_rows(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
@@ -1073,6 +1092,7 @@ impl CudaBackend {
                 max_ctx,
                 per_sm * self.sm_count as usize,
                 t * p.n_heads * (hd + 2) * 4,
+                self.decode_split_tiles,
             )
             .min(self.decode_max_splits);
             // The splits of one (sequence, KV head) as one thread-block cluster that merges
@@ -1179,6 +1199,11 @@ impl CudaBackend {
         }
         // Set after the last launch (each launch clears the record).
         self.set_staged(po, out.numel(), staged);
+        // The decode attention of a few tokens reads little; the output projection that
+        // follows streams its weight meanwhile.
+        if decode.is_some() && flash.is_none() && t <= 4 {
+            self.mark_memory_idle();
+        }
         Ok(())
     }
 
@@ -1242,19 +1267,25 @@ mod tests {
         let per_split = 64 * 32 * 130 * 4;
         // 528 slots: 132 SMs, 4 blocks each. Batch 1, 8 KV heads: 66 splits make 528
         // blocks; a 4k context has only 64 tiles.
-        assert_eq!(decode_splits(8, 1 << 16, 528, 32 * 130 * 4), 66);
-        assert_eq!(decode_splits(8, 4096, 528, 32 * 130 * 4), 64);
+        assert_eq!(decode_splits(8, 1 << 16, 528, 32 * 130 * 4, 1), 66);
+        assert_eq!(decode_splits(8, 4096, 528, 32 * 130 * 4, 1), 64);
         // ... but no more splits than tiles.
-        assert_eq!(decode_splits(8, 576, 528, 32 * 130 * 4), 9);
+        assert_eq!(decode_splits(8, 576, 528, 32 * 130 * 4, 1), 9);
         // Batch 32: 256 groups, 2 splits fill the wave; batch 64: 512 groups, one split.
-        assert_eq!(decode_splits(256, 1024, 528, per_split / 2), 2);
-        assert_eq!(decode_splits(512, 4096, 528, per_split), 1);
+        assert_eq!(decode_splits(256, 1024, 528, per_split / 2, 1), 2);
+        assert_eq!(decode_splits(512, 4096, 528, per_split, 1), 1);
         // More groups than the wave holds: one split.
-        assert_eq!(decode_splits(2048, 1024, 528, 4 * per_split), 1);
+        assert_eq!(decode_splits(2048, 1024, 528, 4 * per_split, 1), 1);
         // A long prefill chunk in the step: partials for all its rows would not pay.
-        assert_eq!(decode_splits(16, 4096, 528, 4096 * 32 * 130 * 4), 1);
+        assert_eq!(decode_splits(16, 4096, 528, 4096 * 32 * 130 * 4, 1), 1);
+        // At least two tiles per split: 576 keys (9 tiles) in 5, 640 (10) in 5, 4k in 32.
+        let s = 32 * 130 * 4;
+        assert_eq!(decode_splits(8, 576, 528, s, 2), 5);
+        assert_eq!(decode_splits(8, 640, 528, s, 2), 5);
+        assert_eq!(decode_splits(8, 4096, 528, s, 2), 32);
+        assert_eq!(decode_splits(8, 64, 528, s, 2), 1);
         for (b, ctx) in [(1, 1), (3, 7000), (17, 2048), (100, 65), (527, 1 << 17)] {
-            let n = decode_splits(b, ctx, 528, 1 << 10);
+            let n = decode_splits(b, ctx, 528, 1 << 10, 1);
             assert!(
                 (1..=ctx.div_ceil(64)).contains(&n) && b * n <= 528.max(b),
                 "{b} {ctx}"

@@ -257,7 +257,9 @@ extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16
 // - `accumulate` non-zero: out += W x (the residual add in the epilogue of the output
 //   and down projections).
 // Before pdl_entry() each block prefetches its own rows of the weight into L2, so that
-// under PDL the weight streams while the previous kernel finishes.
+// under PDL the weight streams while the previous kernel finishes: the rows below byte
+// offset `prefetch`, whole (the host passes the whole weight's size right after a kernel
+// that leaves the memory idle, such as the decode attention: cuda/ops.rs gemv1_prefetch).
 __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
     const float4* xv = reinterpret_cast<const float4*>(x);
 #pragma unroll
