@@ -21,6 +21,9 @@ export SLUICE_TEST_MODELS=$PWD/.devmodels
 export SLUICE_CUDA_SMOLLM=$PWD/.devmodels/smollm2-small.gguf
 export SLUICE_REQUIRE_CUDA=1
 export SLUICE_CUDA_CACHE=/tmp/sluice-cuda-cache
+# The cubin prepare.sh compiled, if any (used where the NVRTC versions match).
+mkdir -p $SLUICE_CUDA_CACHE
+for f in .devcache/*.cubin.xz; do [ -e "$f" ] && xz -dc "$f" > "$SLUICE_CUDA_CACHE/$(basename "$f" .xz)"; done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 what=${*:-all}
 status=0

@@ -120,8 +120,9 @@ fn cache_dir() -> PathBuf {
     base.join("sluice").join("cuda")
 }
 
-/// The cubin for `arch`, from the disk cache or freshly compiled (and then cached).
-fn cubin_for(arch: &str) -> Result<Vec<u8>> {
+/// The file name of `arch`'s cubin in the disk cache: a hash of the kernel source, the
+/// architecture and the NVRTC version, so that another source or compiler misses.
+pub fn cubin_cache_name(arch: &str) -> Result<String> {
     let (maj, min) = nvrtc_version()?;
     let mut h = Sha256::new();
     h.update(kernel_source().as_bytes());
@@ -130,7 +131,12 @@ fn cubin_for(arch: &str) -> Result<Vec<u8>> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let path = cache_dir().join(format!("kernels-{arch}-{key}.cubin"));
+    Ok(format!("kernels-{arch}-{key}.cubin"))
+}
+
+/// The cubin for `arch`, from the disk cache or freshly compiled (and then cached).
+fn cubin_for(arch: &str) -> Result<Vec<u8>> {
+    let path = cache_dir().join(cubin_cache_name(arch)?);
     if let Ok(bytes) = std::fs::read(&path) {
         if !bytes.is_empty() {
             return Ok(bytes);
