@@ -347,9 +347,10 @@ impl CudaBackend {
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(if pdl { GEMV_PREFETCH_BYTES } else { 0 });
         let gemv_bf16_u2 = env_usize("SLUICE_GEMV_UNROLL", 4) == 2;
+        // (A failed query only turns the idle-memory prefetch off.)
         let l2_bytes = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map_err(derr)? as i64;
+            .map_or(0, i64::from);
         let idle_prefetch = pdl && std::env::var("SLUICE_IDLE_PREFETCH").map_or(true, |v| v != "0");
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;

@@ -461,13 +461,10 @@ impl CudaBackend {
     /// after a kernel that leaves the memory idle (`memory_idle`) the whole weight, up to
     /// `idle_prefetch_cap`; else the format's default.
     pub(super) fn gemv1_prefetch(&self, dtype: DType, m: usize, k: usize) -> i64 {
-        let row_bytes = match dtype {
-            DType::F32 => 4 * k,
-            DType::Q8_0 | DType::F8E4M3 => k,
-            _ => 2 * k,
-        } as i64;
-        if self.memory_idle.swap(false, Ordering::SeqCst) && self.idle_prefetch_cap > 0 {
-            (m as i64 * row_bytes).min(self.idle_prefetch_cap)
+        // (`launch_with` clears the flag at this GEMV's launch.)
+        if self.memory_idle.load(Ordering::SeqCst) && self.idle_prefetch_cap > 0 {
+            let weight = crate::tensor::byte_len(dtype, &[m, k]).unwrap_or(0) as i64;
+            weight.min(self.idle_prefetch_cap)
         } else if dtype == DType::BF16 {
             self.gemv_bf16_prefetch
         } else {
