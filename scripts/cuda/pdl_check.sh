@@ -407,3 +407,6 @@ if [[ " $what " == *" final18 "* ]]; then # session 18's defaults (idle-memory p
   q X=new $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
   q $OLD $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
 fi
+# The kernel cache after the call: one file (the cubin prepare.sh staged) means the staged
+# cubin was used; a second name means this machine's NVRTC version differs and compiled.
+echo "cubin cache: $(ls $SLUICE_CUDA_CACHE 2>/dev/null | tr '\n' ' ')"
