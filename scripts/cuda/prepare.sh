@@ -30,7 +30,7 @@ cp "$exe" .devbin/bench-cuda_gemv
 NVRTC_LIB=$HOME/.cache/sluice/nvrtc/site/nvidia/cu13/lib
 rm -rf .devcache
 if [ -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
-  LD_LIBRARY_PATH=$NVRTC_LIB SLUICE_STAGE_CUBIN_DIR=$PWD/.devcache cargo test --release -p sluice-backend --test cuda_nvrtc every_kernel_compiles >/dev/null 2>&1 \
+  LD_LIBRARY_PATH=$NVRTC_LIB SLUICE_STAGE_CUBIN_DIR=$PWD/.devcache cargo test --release -p sluice-backend --test cuda_nvrtc stage_sm90_cubin -- --ignored >/dev/null 2>&1 \
     || echo "note: no precompiled cubin staged"
   xz -T2 -6 -f .devcache/*.cubin 2>/dev/null || true
 fi
