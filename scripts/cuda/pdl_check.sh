@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -406,6 +406,13 @@ if [[ " $what " == *" final18 "* ]]; then # session 18's defaults (idle-memory p
   done
   q X=new $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
   q $OLD $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 4096 -n 128 -b 1 -r 1
+fi
+if [[ " $what " == *" gemvpre "* ]]; then # session 20: the batch-1 GEMVs' first weight loads before the PDL wait (SLUICE_GEMV_PREWAIT), with and without the idle-memory L2 prefetch
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in ${GEMVPRE_CFGS:-"SLUICE_GEMV_PREWAIT=0" "X=default" "SLUICE_GEMV_PREWAIT=0" "X=default" "SLUICE_IDLE_PREFETCH=0"}; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 3
+    done
+  done
 fi
 # The kernel cache after the call: one file (the cubin prepare.sh staged) means the staged
 # cubin was used; a second name means this machine's NVRTC version differs and compiled.

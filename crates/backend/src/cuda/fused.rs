@@ -366,6 +366,7 @@ impl CudaBackend {
         );
         let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
         let prefetch = self.gemv1_prefetch(DType::BF16, m, k);
+        let prewait = i32::from(self.gemv_prewait);
         let kern = if self.gemv_bf16_u2 {
             self.kernels.gemv1_glu_bf16_u2
         } else {
@@ -375,7 +376,7 @@ impl CudaBackend {
             kern,
             (blocks, 1, 1),
             super::ops::THREADS,
-            &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch],
+            &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch, prewait],
         )
     }
 
@@ -431,6 +432,7 @@ impl CudaBackend {
         let mode: i32 = if dims.style == RopeStyle::Neox { 1 } else { 2 };
         let ki = kdim as i32;
         let prefetch = self.gemv1_prefetch(DType::BF16, m, kdim);
+        let prewait = i32::from(self.gemv_prewait);
         let (kc, vc, slots, bs) = (c.k, c.v, c.slots, c.block_size);
         let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
         self.launch(
@@ -439,7 +441,7 @@ impl CudaBackend {
             super::ops::THREADS,
             &mut args![
                 px, pw, ki, wpr, pg, eps, prefetch, mode, pp, pc, ps, pq, pk, pv, kc, vc, slots,
-                bs, nhi, nkvi, hdi
+                bs, nhi, nkvi, hdi, prewait
             ],
         )
     }

@@ -234,6 +234,10 @@ pub struct CudaBackend {
     /// docs/BENCHMARKS.md session 16), `gemv_prefetch` for the two-load ones or when
     /// `SLUICE_GEMV_PREFETCH` is set.
     gemv_bf16_prefetch: i64,
+    /// The batch-1 GEMVs of kernels/gemv.cu's skeleton (plain, fused norm, GLU and RoPE
+    /// pairs) issue their first weight loads before the PDL wait (`gemv1_dot`'s
+    /// `prewait`; `SLUICE_GEMV_PREWAIT=0` turns it off, for comparisons).
+    gemv_prewait: bool,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
@@ -381,6 +385,7 @@ impl CudaBackend {
             } else {
                 0
             },
+            gemv_prewait: std::env::var("SLUICE_GEMV_PREWAIT").map_or(true, |v| v != "0"),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             decode_split_tiles: env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),

@@ -451,7 +451,8 @@ impl CudaBackend {
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
         let prefetch = self.gemv1_prefetch(dtype, m, k);
-        let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch];
+        let prewait = i32::from(self.gemv_prewait);
+        let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
     }
 

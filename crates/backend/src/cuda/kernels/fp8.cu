@@ -74,7 +74,7 @@ struct RowFp8 {
         return fp8_out_scale(w, M, K);
     }
 };
-GEMV1_ROWS(gemv1_rows_fp8, RowFp8, 2)
+GEMV1_ROWS(gemv1_rows_fp8, RowFp8, 2, 0)
 
 // T = 2..4 rows: one output row per warp (`wpr` warps per row), each weight load used for
 // all T rows of x, four loads in flight per lane (gemv.cu's gemv_q8_0_* structure).

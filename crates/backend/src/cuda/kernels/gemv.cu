@@ -371,35 +371,81 @@ struct RowQ8_0 {
 // the squares of x summed into `ss`): this lane's partial sums over chunks c0, c0 + step,
 // ... of `chunks` (the warps of a row group interleave their chunks), UNROLL x RPW
 // 16-byte weight loads in flight per lane. Shared with gemv_pairs.cu.
-template <class P, int RPW, bool NORM, int UNROLL = 2>
+//
+// PRE > 0 and `prewait` (the caller has not waited for the previous kernel yet): the first
+// PRE of the first iteration's UNROLL loads per row (weights, which no kernel writes) are
+// issued, then pdl_entry(), then x is read. Under PDL the next kernel's blocks start
+// while this one's still run, where they fit beside them, so their first weight bytes
+// stream into registers during the previous kernel's tail (or the idle memory of the
+// decode attention) and the memory stays busy across the kernel boundary instead of
+// draining and refilling. Unlike an L2 prefetch (measured slower, docs/BENCHMARKS.md
+// session 18) no byte is read twice. On an H200 (session 20, tg128): 8B 242.8 -> 249.6
+// tokens/s, 1B 1,273 -> 1,296.
+//
+// Registers decide it: the loads held across the wait count for the whole kernel, and
+// the next kernel's blocks start early only where they fit beside this one's (the grids
+// aim at two blocks per SM; at 64 registers four fit). With PRE = 1 the bf16 kernels
+// stay at 64 registers. Half the first iteration (PRE = 2) took them to 72-82 (three
+// blocks per SM: 8B 234.7, 1B 1,142), or to 64 with spills under __launch_bounds__(256,
+// 4) (244.7, 1,262); PRE = 1 with the GLU kernel at 70 registers (three blocks per SM)
+// ran at 235.4 and 1,185, below the kernels without it. The formats whose kernels would
+// spill or grow with it (FP8: 305 against 309 tokens/s; Q8_0) keep PRE = 0: the loop of
+// before, waiting first.
+template <class P, int RPW, int U0, int U1>
+__device__ __forceinline__ void gemv1_load(const P* rows, int c, int step, uint4 (*q)[RPW], float (*s)[RPW]) {
+#pragma unroll
+    for (int u = U0; u < U1; u++)
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            q[u][r] = rows[r].load(c + step * u);
+            s[u][r] = rows[r].scale(c + step * u);
+        }
+}
+
+template <class P, int RPW, bool NORM, int UNROLL>
+__device__ __forceinline__ void gemv1_consume(const P*, const float* __restrict__ x, const float* __restrict__ gamma,
+                                              int c, int step, uint4 (*q)[RPW], float (*s)[RPW], float* acc,
+                                              float& ss) {
+    const int N = P::N;
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+        const int k0 = (c + step * u) * N;
+        float xs[N];
+        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            float f[N];
+            P::unpack_to(q[u][r], f);
+            acc[r] += s[u][r] * dot_r<N>(f, xs);
+        }
+    }
+}
+
+template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict__ x, const float* __restrict__ gamma,
-                                          int chunks, int c0, int step, float* acc, float& ss) {
+                                          int chunks, int c0, int step, float* acc, float& ss, bool prewait) {
     const int N = P::N;
 #pragma unroll
     for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
     int c = c0;
+    if constexpr (PRE > 0) {
+        // The first iteration, peeled: PRE loads per row before the wait.
+        uint4 q[UNROLL][RPW];
+        float s[UNROLL][RPW];
+        const bool full = c + step * (UNROLL - 1) < chunks;
+        if (full) gemv1_load<P, RPW, 0, PRE>(rows, c, step, q, s);
+        if (prewait) pdl_entry();
+        if (full) {
+            gemv1_load<P, RPW, PRE, UNROLL>(rows, c, step, q, s);
+            gemv1_consume<P, RPW, NORM, UNROLL>(rows, x, gamma, c, step, q, s, acc, ss);
+            c += step * UNROLL;
+        }
+    }
     for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 q[UNROLL][RPW];
         float s[UNROLL][RPW];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-                q[u][r] = rows[r].load(c + step * u);
-                s[u][r] = rows[r].scale(c + step * u);
-            }
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const int k0 = (c + step * u) * N;
-            float xs[N];
-            load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-                float f[N];
-                P::unpack_to(q[u][r], f);
-                acc[r] += s[u][r] * dot_r<N>(f, xs);
-            }
-        }
+        gemv1_load<P, RPW, 0, UNROLL>(rows, c, step, q, s);
+        gemv1_consume<P, RPW, NORM, UNROLL>(rows, x, gamma, c, step, q, s, acc, ss);
     }
     for (; c < chunks; c += step) {
         const int k0 = c * N;
@@ -414,11 +460,11 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
     }
 }
 
-template <class P, int RPW, bool NORM, int UNROLL = 2>
+template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                 float* __restrict__ out, int M, int K, int wpr,
                                                 const float* __restrict__ gamma, float eps, int accumulate,
-                                                long prefetch) {
+                                                long prefetch, int prewait) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rows_per_block = (8 / wpr) * RPW;
     if (threadIdx.x == 0) {
@@ -427,7 +473,9 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
         const long end = min((long)min(blockIdx.x * rows_per_block + rows_per_block, M) * rb, prefetch);
         if (first < end && rb % 16 == 0) prefetch_l2(w + first, (unsigned int)(end - first));
     }
-    pdl_entry();
+    // With PRE > 0 and `prewait` gemv1_dot waits after its first loads; else here, first
+    // (SLUICE_GEMV_PREWAIT=0, for comparisons).
+    if (PRE == 0 || !prewait) pdl_entry();
     const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
     const int slice = warp % wpr;
     P rows[RPW];
@@ -435,11 +483,12 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, NORM, UNROLL>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc, ss);
+    gemv1_dot<P, RPW, NORM, UNROLL, PRE>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc,
+                                         ss, PRE > 0 && prewait);
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
 }
 
-// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch) and, with the norm
+// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait) and, with the norm
 // folded in, gemv1_rows_*_norm (same arguments, gamma non-null); weight bytes below offset
 // `prefetch` are prefetched into L2 before pdl_entry() (0 without PDL, where the prefetch
 // would only duplicate the loads that follow it; cuda/ops.rs `launch_gemv1`). Two kernels,
@@ -456,19 +505,20 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 // loads (cuda/mod.rs GEMV_PREFETCH_BYTES). `gemv1_rows_bf16_u2` is the earlier kernel
 // (`SLUICE_GEMV_UNROLL=2`, for comparisons on other cards).
 #define GEMV_RPW 4
-#define GEMV1_ROWS(NAME, P, U) \
+#define GEMV1_ROWS(NAME, P, U, PRE) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
                                                        int K, int wpr, const float* gamma, float eps, \
-                                                       int accumulate, long prefetch) { \
-    gemv1_rows_body<P, GEMV_RPW, false, U>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+                                                       int accumulate, long prefetch, int prewait) { \
+    gemv1_rows_body<P, GEMV_RPW, false, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait); \
 } \
 extern "C" __global__ void __launch_bounds__(256) NAME##_norm(const float* x, const unsigned char* w, float* out, \
                                                               int M, int K, int wpr, const float* gamma, \
-                                                              float eps, int accumulate, long prefetch) { \
-    gemv1_rows_body<P, GEMV_RPW, true, U>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch); \
+                                                              float eps, int accumulate, long prefetch, \
+                                                              int prewait) { \
+    gemv1_rows_body<P, GEMV_RPW, true, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait); \
 }
-GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>, 4)
-GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2)
-GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>, 2)
-GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>, 2)
-GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2)
+GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>, 4, 1)
+GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2, 1)
+GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>, 2, 1)
+GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>, 2, 1)
+GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)

@@ -85,7 +85,7 @@ template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
                                                  float eps, long prefetch, int mode, int F, int hd, int silu,
-                                                 float* __restrict__ out, const PairRope<KV>& rope) {
+                                                 float* __restrict__ out, const PairRope<KV>& rope, int prewait) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = 8 / wpr, wg = warp / wpr, slice = warp % wpr;
     const int R = groups * RPW, PB = R / 2;
@@ -97,7 +97,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         const long rb = P::row_bytes(K);
         if ((long)(row + 1) * rb <= prefetch && rb % 16 == 0) prefetch_l2(w + (long)row * rb, (unsigned int)rb);
     }
-    pdl_entry();
+    if (!prewait) pdl_entry();
     P rows[RPW];
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
@@ -106,7 +106,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
     }
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, true, UNROLL>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss);
+    gemv1_dot<P, RPW, true, UNROLL, 1>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss, prewait);
 
     // Rows (and the sum of squares) reduced over the warps of each row group, scaled by
     // the norm, into `res` by local row; then one thread per pair.
@@ -138,16 +138,22 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
     }
 }
 
-// gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch): out[F] =
+// Both pair kernels issue their first weight loads before the PDL wait (gemv1_dot's
+// PRE = 1, `prewait`). __launch_bounds__(256, 4) holds them at 64 registers (a few bytes
+// of spill in the epilogue), so four blocks fit per SM and the next kernel's start beside
+// them: without it the GLU kernel took 70 registers, three blocks per SM, and the 8B
+// shape ran at 235.4 tokens/s against 249.5 with it (H200, session 20).
+//
+// gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch, prewait): out[F] =
 // act(g) * u of [g | u] = rms_norm(x) W^T, W [2F, K] bf16. Four loads per row in flight,
 // as gemv1_rows_bf16; the _u2 kernels keep two (`SLUICE_GEMV_UNROLL=2`).
 #define GEMV1_GLU(NAME, U) \
-extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int F, \
+extern "C" __global__ void __launch_bounds__(256, 4) NAME(const float* x, const unsigned char* w, float* out, int F, \
                                                        int K, int wpr, const float* gamma, float eps, int silu, \
-                                                       long prefetch) { \
+                                                       long prefetch, int prewait) { \
     PairRope<float> none = {}; \
     gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, U>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, \
-                                                                  PAIR_GLU, F, 0, silu, out, none); \
+                                                                  PAIR_GLU, F, 0, silu, out, none, prewait); \
 }
 GEMV1_GLU(gemv1_glu_bf16, 4)
 GEMV1_GLU(gemv1_glu_bf16_u2, 2)
@@ -156,15 +162,16 @@ GEMV1_GLU(gemv1_glu_bf16_u2, 2)
 // stacked projections rms_norm(x) W^T, W [(nh + 2 nkv) hd, K] bf16, mode
 // PAIR_ROPE_NEOX or PAIR_ROPE_INTERLEAVED.
 #define GEMV1_QKV_ROPE(NAME, KV, U) \
-extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, int K, int wpr, \
+extern "C" __global__ void __launch_bounds__(256, 4) NAME(const float* x, const unsigned char* w, int K, int wpr, \
                                                        const float* gamma, float eps, long prefetch, int mode, \
                                                        const int* pos, const float* cos_t, const float* sin_t, \
                                                        float* q, float* k, float* v, KV* kc, KV* vc, \
-                                                       const int* slots, int bs, int nh, int nkv, int hd) { \
+                                                       const int* slots, int bs, int nh, int nkv, int hd, \
+                                                       int prewait) { \
     PairRope<KV> a = {pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, nh, nkv}; \
     const int M = (nh + 2 * nkv) * hd; \
     gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV, U>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, \
-                                                              0, hd, 0, 0, a); \
+                                                              0, hd, 0, 0, a, prewait); \
 }
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float, 4)
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t, 4)
