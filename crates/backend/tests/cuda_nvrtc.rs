@@ -57,7 +57,7 @@ fn compiled_cubin(arch: &str) -> Vec<u8> {
 
 /// Under programmatic dependent launch (sm_90+) a kernel's blocks may start before the
 /// previous kernel ends, so every kernel must call `pdl_entry()` (directly, or through
-/// the batch-1 GEMV skeletons, which prefetch weights first, or the decode
+/// the batch-1 GEMV skeletons, which load or prefetch weights first, or the decode
 /// attention, which reads the step's metadata and earlier steps' keys first) before it
 /// touches shared buffers. A kernel without it would race; this check needs no GPU.
 #[test]

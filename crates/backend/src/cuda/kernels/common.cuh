@@ -11,9 +11,10 @@ typedef unsigned short bf16_t;
 // `griddepcontrol.wait` returns once the previous grid has completed and its writes are
 // visible; `launch_dependents` then lets the next kernel's blocks start, only after the
 // wait, so at most one kernel runs ahead. What a kernel does before pdl_entry() may only
-// read memory nothing writes during a step: the GEMVs prefetch their weights into L2
-// there, and the decode attention reads the step's metadata and the keys of earlier
-// steps, overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
+// read memory nothing writes during a step: the batch-1 GEMVs load their first weight
+// chunks into registers there (gemv.cu gemv1_dot, `prewait`) or prefetch weights into
+// L2, and the decode attention reads the step's metadata and the keys of earlier steps,
+// overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
