@@ -518,7 +518,7 @@ extern "C" __global__ void __launch_bounds__(256) NAME##_norm(const float* x, co
     gemv1_rows_body<P, GEMV_RPW, true, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait); \
 }
 GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>, 4, 1)
-GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2, 1)
+GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2, 0)
 GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>, 2, 1)
 GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>, 2, 1)
 GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)

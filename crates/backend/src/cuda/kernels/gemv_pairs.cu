@@ -81,7 +81,7 @@ __device__ __forceinline__ void pair_rope_store(const PairRope<KV>& a, int mode,
 }
 
 // out (GLU) or the RoPE destinations for `pairs` pairs of W's rows; M = W's rows.
-template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2>
+template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
                                                  float eps, long prefetch, int mode, int F, int hd, int silu,
@@ -97,7 +97,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         const long rb = P::row_bytes(K);
         if ((long)(row + 1) * rb <= prefetch && rb % 16 == 0) prefetch_l2(w + (long)row * rb, (unsigned int)rb);
     }
-    if (!prewait) pdl_entry();
+    if (PRE == 0 || !prewait) pdl_entry();  // (else gemv1_dot waits, after its first loads)
     P rows[RPW];
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
@@ -106,7 +106,8 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
     }
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, true, UNROLL, 1>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss, prewait);
+    gemv1_dot<P, RPW, true, UNROLL, PRE>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss,
+                                       PRE > 0 && prewait);
 
     // Rows (and the sum of squares) reduced over the warps of each row group, scaled by
     // the norm, into `res` by local row; then one thread per pair.
@@ -142,27 +143,30 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
 // PRE = 1, `prewait`). __launch_bounds__(256, 4) holds them at 64 registers (a few bytes
 // of spill in the epilogue), so four blocks fit per SM and the next kernel's start beside
 // them: without it the GLU kernel took 70 registers, three blocks per SM, and the 8B
-// shape ran at 235.4 tokens/s against 249.5 with it (H200, session 20).
+// shape ran at 235.4 tokens/s against 249.5 with it (H200, session 20). The _u2 kernels
+// are session 16's as they were (PRE = 0, no bound), for comparisons.
+#define GEMV_PAIRS_LB_1 __launch_bounds__(256, 4)
+#define GEMV_PAIRS_LB_0 __launch_bounds__(256)
 //
 // gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch, prewait): out[F] =
 // act(g) * u of [g | u] = rms_norm(x) W^T, W [2F, K] bf16. Four loads per row in flight,
 // as gemv1_rows_bf16; the _u2 kernels keep two (`SLUICE_GEMV_UNROLL=2`).
-#define GEMV1_GLU(NAME, U) \
-extern "C" __global__ void __launch_bounds__(256, 4) NAME(const float* x, const unsigned char* w, float* out, int F, \
+#define GEMV1_GLU(NAME, U, PRE) \
+extern "C" __global__ void GEMV_PAIRS_LB_##PRE NAME(const float* x, const unsigned char* w, float* out, int F, \
                                                        int K, int wpr, const float* gamma, float eps, int silu, \
                                                        long prefetch, int prewait) { \
     PairRope<float> none = {}; \
-    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, U>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, \
+    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, U, PRE>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, \
                                                                   PAIR_GLU, F, 0, silu, out, none, prewait); \
 }
-GEMV1_GLU(gemv1_glu_bf16, 4)
-GEMV1_GLU(gemv1_glu_bf16_u2, 2)
+GEMV1_GLU(gemv1_glu_bf16, 4, 1)
+GEMV1_GLU(gemv1_glu_bf16_u2, 2, 0)
 
 // gemv1_qkv_rope_bf16_kv{f32,bf16}: q (and k, v, the caches) of one token from its
 // stacked projections rms_norm(x) W^T, W [(nh + 2 nkv) hd, K] bf16, mode
 // PAIR_ROPE_NEOX or PAIR_ROPE_INTERLEAVED.
-#define GEMV1_QKV_ROPE(NAME, KV, U) \
-extern "C" __global__ void __launch_bounds__(256, 4) NAME(const float* x, const unsigned char* w, int K, int wpr, \
+#define GEMV1_QKV_ROPE(NAME, KV, U, PRE) \
+extern "C" __global__ void GEMV_PAIRS_LB_##PRE NAME(const float* x, const unsigned char* w, int K, int wpr, \
                                                        const float* gamma, float eps, long prefetch, int mode, \
                                                        const int* pos, const float* cos_t, const float* sin_t, \
                                                        float* q, float* k, float* v, KV* kc, KV* vc, \
@@ -170,12 +174,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) NAME(const float* x, const 
                                                        int prewait) { \
     PairRope<KV> a = {pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, nh, nkv}; \
     const int M = (nh + 2 * nkv) * hd; \
-    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV, U>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, \
+    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV, U, PRE>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, \
                                                               0, hd, 0, 0, a, prewait); \
 }
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float, 4)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t, 4)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8, fp8_t, 4)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32_u2, float, 2)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16_u2, bf16_t, 2)
-GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8_u2, fp8_t, 2)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float, 4, 1)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t, 4, 1)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8, fp8_t, 4, 1)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32_u2, float, 2, 0)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16_u2, bf16_t, 2, 0)
+GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvfp8_u2, fp8_t, 2, 0)
