@@ -234,9 +234,10 @@ pub struct CudaBackend {
     /// docs/BENCHMARKS.md session 16), `gemv_prefetch` for the two-load ones or when
     /// `SLUICE_GEMV_PREFETCH` is set.
     gemv_bf16_prefetch: i64,
-    /// The batch-1 GEMVs of kernels/gemv.cu's skeleton (plain, fused norm, GLU and RoPE
-    /// pairs) issue their first weight loads before the PDL wait (`gemv1_dot`'s
-    /// `prewait`; `SLUICE_GEMV_PREWAIT=0` turns it off, for comparisons).
+    /// The batch-1 bf16, f16 and f32 GEMVs of kernels/gemv.cu's skeleton (plain, fused
+    /// norm, GLU and RoPE pairs; not FP8 or Q8_0) issue their first weight loads before
+    /// the PDL wait (`gemv1_dot`'s `prewait`; `SLUICE_GEMV_PREWAIT=0` waits first, for
+    /// comparisons).
     gemv_prewait: bool,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
