@@ -403,9 +403,8 @@ __device__ __forceinline__ void gemv1_load(const P* rows, int c, int step, uint4
 }
 
 template <class P, int RPW, bool NORM, int UNROLL>
-__device__ __forceinline__ void gemv1_consume(const P*, const float* __restrict__ x, const float* __restrict__ gamma,
-                                              int c, int step, uint4 (*q)[RPW], float (*s)[RPW], float* acc,
-                                              float& ss) {
+__device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const float* __restrict__ gamma, int c,
+                                              int step, uint4 (*q)[RPW], float (*s)[RPW], float* acc, float& ss) {
     const int N = P::N;
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
@@ -437,7 +436,7 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
         if (prewait) pdl_entry();
         if (full) {
             gemv1_load<P, RPW, PRE, UNROLL>(rows, c, step, q, s);
-            gemv1_consume<P, RPW, NORM, UNROLL>(rows, x, gamma, c, step, q, s, acc, ss);
+            gemv1_consume<P, RPW, NORM, UNROLL>(x, gamma, c, step, q, s, acc, ss);
             c += step * UNROLL;
         }
     }
@@ -445,7 +444,7 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
         uint4 q[UNROLL][RPW];
         float s[UNROLL][RPW];
         gemv1_load<P, RPW, 0, UNROLL>(rows, c, step, q, s);
-        gemv1_consume<P, RPW, NORM, UNROLL>(rows, x, gamma, c, step, q, s, acc, ss);
+        gemv1_consume<P, RPW, NORM, UNROLL>(x, gamma, c, step, q, s, acc, ss);
     }
     for (; c < chunks; c += step) {
         const int k0 = c * N;
