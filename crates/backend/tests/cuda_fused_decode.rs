@@ -92,6 +92,72 @@ fn fused_norm_and_residual_gemvs_match_the_unfused_ops() {
     }
 }
 
+/// The bf16 GEMV launched right after a kernel that leaves the memory idle (here the
+/// embedding lookup; in a step the decode attention) stages its first weight chunks in
+/// shared memory before its PDL wait (kernels/gemv.cu `gemv1_staged_body`): same result
+/// as the plain GEMV, over shapes where the staged chunks are all of a row, part of it,
+/// or more than it holds, and every warps-per-row split.
+#[test]
+fn staged_gemv_after_an_idle_kernel_matches_the_plain_gemv() {
+    let mut rng = ChaCha8Rng::seed_from_u64(72);
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let Device::Cuda(cuda) = &g else {
+        unreachable!("gpu() gives a CUDA device")
+    };
+    let table = up(&g, &[4, 64], &rnd(&mut rng, 256, 1.0));
+    let ids = {
+        let mut t = sluice_backend::Tensor::zeros_cpu(DType::I32, &[1]).unwrap();
+        t.as_i32_mut().unwrap()[0] = 3;
+        g.upload(&t).unwrap()
+    };
+    let mut emb = poisoned(&g, &[1, 64]);
+    let shapes = [
+        (77, 64),
+        (2200, 128),
+        (33, 4096),
+        (4096, 4096),
+        (2048, 2048),
+        (1000, 4104),
+        (9000, 24),
+    ];
+    for (m, k) in shapes {
+        let w = g
+            .load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
+            .unwrap();
+        assert_eq!(w.dtype(), DType::BF16);
+        let x = up(&g, &[1, k], &rnd(&mut rng, k, 2.0));
+        let resid = rnd(&mut rng, m, 2.0);
+        // Reference: the plain GEMV (no idle kernel before it), plus the residual.
+        let mut plain = poisoned(&g, &[1, m]);
+        g.matmul(&x, &w, &mut plain).unwrap();
+        let want: Vec<f32> = down(&g, &plain)
+            .iter()
+            .zip(&resid)
+            .map(|(p, r)| p + r)
+            .collect();
+        let before = cuda.staged_gemvs();
+        let mut acc = up(&g, &[1, m], &resid);
+        g.embedding(&ids, &table, 1.0, &mut emb).unwrap();
+        g.matmul_accumulate(&x, &w, &mut acc).unwrap();
+        check(
+            &format!("staged matmul_accumulate m={m} k={k}"),
+            &down(&g, &acc),
+            &want,
+            1e-5,
+        );
+        // Staged only under PDL (sm_90+, unless SLUICE_PDL=0 or SLUICE_GEMV_STAGE=0).
+        let staging =
+            cuda.pdl_enabled() && std::env::var("SLUICE_GEMV_STAGE").map_or(true, |v| v != "0");
+        assert_eq!(
+            cuda.staged_gemvs() - before,
+            u64::from(staging),
+            "m={m} k={k}"
+        );
+    }
+}
+
 #[test]
 fn fused_norm_gemv_matches_the_cpu_for_f32_weights() {
     let Some(g) = gpu(CudaWeightType::F32) else {

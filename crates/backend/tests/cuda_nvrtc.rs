@@ -57,7 +57,7 @@ fn compiled_cubin(arch: &str) -> Vec<u8> {
 
 /// Under programmatic dependent launch (sm_90+) a kernel's blocks may start before the
 /// previous kernel ends, so every kernel must call `pdl_entry()` (directly, or through
-/// the batch-1 GEMV skeletons, which load or prefetch weights first, or the decode
+/// the batch-1 GEMV skeletons, which load, stage or prefetch weights first, or the decode
 /// attention, which reads the step's metadata and earlier steps' keys first) before it
 /// touches shared buffers. A kernel without it would race; this check needs no GPU.
 #[test]
@@ -75,6 +75,7 @@ fn every_kernel_waits_for_its_predecessor_first() {
             .starts_with("pdl_entry();")
             || head.contains("gemv1_rows_body<")
             || head.contains("gemv1_pairs_body<")
+            || head.contains("gemv1_staged_body<")
             || head.contains("flash_decode<");
         assert!(waits, "kernel without pdl_entry() first: {name}");
         kernels += 1;

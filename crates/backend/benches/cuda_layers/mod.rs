@@ -14,6 +14,7 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use sluice_backend::cuda::trace::KernelSpan;
 use sluice_backend::{
     AttentionParams, DType, Device, KvWrite, PagedAttentionMeta, QkvDims, RopeStyle, Tensor,
 };
@@ -216,6 +217,9 @@ pub fn layers(
         let graph = g.end_capture().expect("end capture");
         let secs = time(g, 20, &mut |_| g.launch_graph(&graph).expect("replay"));
         results.push((variant, label, secs));
+        if variant != Variant::Attention {
+            timeline(g, s, label, &|| g.launch_graph(&graph).expect("replay"));
+        }
     }
     for &(variant, label, secs) in &results {
         let bytes = if variant == Variant::Attention {
@@ -239,5 +243,86 @@ pub fn layers(
         (full - without) * 1e6,
         (full - without) * 1e6 / s.layers as f64,
         100.0 * (full - without) / full
+    );
+}
+
+/// Replays of a traced step (the timeline build, `SLUICE_CUDA_TRACE=1`; nothing
+/// otherwise): per kernel of a layer, averaged over the inner layers and 20 replays,
+/// in µs:
+/// - `launch`: its first block's entry after the previous kernel's first wait return
+///   (the PDL launch: a kernel starts once every block of the one before has waited);
+/// - `entries`: first to last block's entry;
+/// - `to wait`: its first wait return after its first entry (how long it ran ahead);
+/// - `waits`: first to last block's wait return;
+/// - `critical`: the next kernel's first wait return after its own, i.e. from the end
+///   of the kernel before it to its own end: what it costs on the step's critical path.
+fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
+    let Device::Cuda(cuda) = g else { return };
+    if !cuda.trace_enabled() {
+        return;
+    }
+    const REPLAYS: usize = 20;
+    let mut per_layer = 0;
+    // [kernel of the layer] -> sums of launch, entries, to wait, waits, critical; count.
+    let mut sums: Vec<[f64; 6]> = Vec::new();
+    let mut blocks: Vec<u64> = Vec::new();
+    let mut odd_counts = 0;
+    for _ in 0..REPLAYS {
+        cuda.trace_reset().expect("trace reset");
+        replay();
+        let spans: Vec<KernelSpan> = cuda.trace_read().expect("trace read");
+        if spans.is_empty() || !spans.len().is_multiple_of(s.layers) {
+            odd_counts += 1;
+            continue;
+        }
+        per_layer = spans.len() / s.layers;
+        sums.resize(per_layer, [0.0; 6]);
+        blocks.resize(per_layer, 0);
+        // Inner layers only: the first one follows the previous replay, the last one's
+        // down projection has no next kernel.
+        for layer in 1..s.layers - 1 {
+            for k in 0..per_layer {
+                let i = layer * per_layer + k;
+                let (prev, cur, next) = (&spans[i - 1], &spans[i], &spans[i + 1]);
+                let us = |a: u64, b: u64| (a as f64 - b as f64) / 1e3;
+                let acc = &mut sums[k];
+                acc[0] += us(cur.first_entry, prev.first_wait);
+                acc[1] += us(cur.last_entry, cur.first_entry);
+                acc[2] += us(cur.first_wait, cur.first_entry);
+                acc[3] += us(cur.last_wait, cur.first_wait);
+                acc[4] += us(next.first_wait, cur.first_wait);
+                acc[5] += 1.0;
+                blocks[k] = cur.blocks;
+            }
+        }
+    }
+    if odd_counts > 0 {
+        println!("{} {label} timeline: {odd_counts} of {REPLAYS} replays recorded a kernel count that is not a multiple of the layers", s.name);
+    }
+    if per_layer == 0 {
+        return;
+    }
+    println!(
+        "{} {label} timeline (us, mean of {} layer-replays): kernel  blocks  launch  entries  to-wait  waits  critical",
+        s.name, sums[0][5]
+    );
+    let mut total = 0.0;
+    for (k, acc) in sums.iter().enumerate() {
+        let n = acc[5].max(1.0);
+        total += acc[4] / n;
+        println!(
+            "{} {label} timeline: k{k}  {:>5}  {:>6.2}  {:>7.2}  {:>7.2}  {:>5.2}  {:>8.2}",
+            s.name,
+            blocks[k],
+            acc[0] / n,
+            acc[1] / n,
+            acc[2] / n,
+            acc[3] / n,
+            acc[4] / n
+        );
+    }
+    println!(
+        "{} {label} timeline: {total:.2} us per layer on the critical path",
+        s.name
     );
 }

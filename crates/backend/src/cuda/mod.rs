@@ -22,6 +22,7 @@ mod pinned;
 mod qmma;
 mod readback;
 mod sample;
+pub mod trace;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -56,6 +57,8 @@ const DECODE_SPLIT_TILES: usize = 2;
 /// (session 16) prefetch nothing: on an H200 the prefetch cost them 1.7% (8B) and 1.8%
 /// (1B) of tg128 (`gemv_bf16_prefetch`).
 const GEMV_PREFETCH_BYTES: i64 = 8 << 20;
+/// `gemv_stage`'s default: the kernels are `gemv1_staged_bf16_s2` and `_s4`.
+const GEMV_STAGE_CHUNKS: usize = 4;
 
 pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("CUDA: {e:?}"))
@@ -239,6 +242,13 @@ pub struct CudaBackend {
     /// the PDL wait (`gemv1_dot`'s `prewait`; `SLUICE_GEMV_PREWAIT=0` waits first, for
     /// comparisons).
     gemv_prewait: bool,
+    /// Chunks per row and lane that the bf16 GEMV after a `memory_idle` kernel (the
+    /// output projection after the decode attention) copies into shared memory before
+    /// its PDL wait: 4 (64 KB per block), 2, or 0 for none (`SLUICE_GEMV_STAGE`;
+    /// kernels/gemv.cu `gemv1_staged_body`).
+    gemv_stage: usize,
+    /// Launches of the staged GEMV so far (for tests).
+    staged_gemvs: AtomicU64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
@@ -303,9 +313,9 @@ pub struct CudaBackend {
     /// Blocks per SM the quantized mma's K splits aim for (`SLUICE_QMMA_BLOCKS_PER_SM`;
     /// 0: qmma.rs's default).
     qmma_blocks_per_sm: usize,
-    /// The quantized mma kernels (by function handle) already allowed their dynamic shared
-    /// memory.
-    qmma_prepared: Mutex<std::collections::HashSet<usize>>,
+    /// The kernels (by function handle) already allowed their dynamic shared memory above
+    /// 48 KB (the quantized mma, the staged GEMV).
+    smem_prepared: Mutex<std::collections::HashSet<usize>>,
 }
 
 // SAFETY: the stream and function handles are driver objects valid in the context, which
@@ -387,6 +397,8 @@ impl CudaBackend {
                 0
             },
             gemv_prewait: std::env::var("SLUICE_GEMV_PREWAIT").map_or(true, |v| v != "0"),
+            gemv_stage: env_usize("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
+            staged_gemvs: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             decode_split_tiles: env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
@@ -431,7 +443,7 @@ impl CudaBackend {
                     .unwrap_or(qmma::AUTO),
             ),
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
-            qmma_prepared: Mutex::new(std::collections::HashSet::new()),
+            smem_prepared: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -478,6 +490,18 @@ impl CudaBackend {
     /// cluster so far (see `set_decode_cluster_max`).
     pub fn cluster_merges(&self) -> u64 {
         self.cluster_merges.load(Ordering::SeqCst)
+    }
+
+    /// How many batch-1 GEMVs staged their first weight chunks in shared memory so far
+    /// (after a `memory_idle` kernel; see `gemv_stage`).
+    pub fn staged_gemvs(&self) -> u64 {
+        self.staged_gemvs.load(Ordering::SeqCst)
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch (sm_90+, unless
+    /// `SLUICE_PDL=0`).
+    pub fn pdl_enabled(&self) -> bool {
+        self.pdl
     }
 
     /// How many GEMM inputs came from a staged bf16 copy instead of a conversion (see

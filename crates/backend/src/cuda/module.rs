@@ -16,23 +16,36 @@ use super::derr;
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
-/// All kernel sources, concatenated in dependency order.
+/// Whether this process compiles the kernels of the timeline build
+/// (`SLUICE_CUDA_TRACE=1`: kernels/common.cuh `SLUICE_TRACE`, cuda/trace.rs).
+pub fn trace_build() -> bool {
+    std::env::var("SLUICE_CUDA_TRACE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// All kernel sources, concatenated in dependency order (behind `#define SLUICE_TRACE`
+/// in the timeline build, so its cubin has a cache name of its own).
 pub fn kernel_source() -> String {
-    [
-        include_str!("kernels/common.cuh"),
-        include_str!("kernels/elementwise.cu"),
-        include_str!("kernels/gemv.cu"),
-        include_str!("kernels/gemv_pairs.cu"),
-        include_str!("kernels/attention.cu"),
-        include_str!("kernels/attention_prefill.cu"),
-        include_str!("kernels/attention_decode.cu"),
-        include_str!("kernels/sampling.cu"),
-        include_str!("kernels/fp8.cu"),
-        include_str!("kernels/kquant.cu"),
-        include_str!("kernels/legacy_quant.cu"),
-        include_str!("kernels/qmma.cu"),
-    ]
-    .join("\n")
+    let trace = if trace_build() {
+        "#define SLUICE_TRACE 1\n"
+    } else {
+        ""
+    };
+    trace.to_string()
+        + &[
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/elementwise.cu"),
+            include_str!("kernels/gemv.cu"),
+            include_str!("kernels/gemv_pairs.cu"),
+            include_str!("kernels/attention.cu"),
+            include_str!("kernels/attention_prefill.cu"),
+            include_str!("kernels/attention_decode.cu"),
+            include_str!("kernels/sampling.cu"),
+            include_str!("kernels/fp8.cu"),
+            include_str!("kernels/kquant.cu"),
+            include_str!("kernels/legacy_quant.cu"),
+            include_str!("kernels/qmma.cu"),
+        ]
+        .join("\n")
 }
 
 /// Whether the NVRTC library can be loaded (no GPU needed to compile).
@@ -221,6 +234,11 @@ macro_rules! kernels {
         }
 
         impl Kernels {
+            /// The loaded module (for its globals: cuda/trace.rs).
+            pub fn module(&self) -> sys::CUmodule {
+                self._module
+            }
+
             /// Compiles (or loads from the cache) and loads the module for the current
             /// context's device.
             pub fn load(major: i32, minor: i32) -> Result<Kernels> {
@@ -348,6 +366,8 @@ kernels!(
     gemv1_rows_q8_0_norm,
     gemv1_rows_bf16_u2,
     gemv1_rows_bf16_u2_norm,
+    gemv1_staged_bf16_s2,
+    gemv1_staged_bf16_s4,
     gemv1_rows_fp8_norm,
     gemv1_glu_bf16,
     gemv1_qkv_rope_bf16_kvf32,

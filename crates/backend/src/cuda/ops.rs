@@ -450,6 +450,26 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
+        if f == self.kernels.gemv1_rows_bf16
+            && self.pdl
+            && self.gemv_prewait
+            && self.gemv_stage > 0
+            && self.memory_idle.load(Ordering::SeqCst)
+        {
+            // After the decode attention: the weight's first chunks into shared memory
+            // before the wait (kernels/gemv.cu `gemv1_staged_body`).
+            let (staged, chunks) = if self.gemv_stage >= 4 {
+                (self.kernels.gemv1_staged_bf16_s4, 4)
+            } else {
+                (self.kernels.gemv1_staged_bf16_s2, 2)
+            };
+            let smem = chunks * GEMV_ROWS_PER_WARP * THREADS as usize * 16;
+            self.allow_dynamic_smem(staged, smem)?;
+            let mut a = args![px, pw, po, mi, ki, wpr, acc];
+            self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
+            self.staged_gemvs.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
         let prefetch = self.gemv1_prefetch(dtype, m, k);
         let prewait = i32::from(self.gemv_prewait);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];

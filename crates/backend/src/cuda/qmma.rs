@@ -216,7 +216,7 @@ impl CudaBackend {
         let token_tiles = token_tiles(t);
         let f = fs[token_tiles.trailing_zeros() as usize];
         let smem = fmt.smem_bytes(token_tiles);
-        self.qmma_allow_smem(f, smem)?;
+        self.allow_dynamic_smem(f, smem)?;
         let per_sm = match self.qmma_blocks_per_sm {
             0 => DEFAULT_BLOCKS_PER_SM,
             n => n,
@@ -240,16 +240,16 @@ impl CudaBackend {
 
     /// Allows `f` `smem` bytes of dynamic shared memory (needed above 48 KB), once per
     /// kernel.
-    fn qmma_allow_smem(&self, f: sys::CUfunction, smem: usize) -> Result<()> {
+    pub(super) fn allow_dynamic_smem(&self, f: sys::CUfunction, smem: usize) -> Result<()> {
         let mut done = self
-            .qmma_prepared
+            .smem_prepared
             .lock()
-            .map_err(|_| BackendError::Device("qmma kernel set poisoned".into()))?;
+            .map_err(|_| BackendError::Device("shared-memory kernel set poisoned".into()))?;
         if done.contains(&(f as usize)) {
             return Ok(());
         }
         // SAFETY: `f` is a kernel of our module; the attribute takes a byte count (at most
-        // 110,592 here, under sm_90's 227 KB per block).
+        // 110,592 here and 65,536 for the staged GEMV, under sm_90's 227 KB per block).
         unsafe {
             sys::cuFuncSetAttribute(
                 f,

@@ -15,10 +15,56 @@ typedef unsigned short bf16_t;
 // chunks into registers there (gemv.cu gemv1_dot, `prewait`) or prefetch weights into
 // L2, and the decode attention reads the step's metadata and the keys of earlier steps,
 // overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
+#ifdef SLUICE_TRACE
+// Kernel timeline (a diagnostic build: SLUICE_CUDA_TRACE=1 defines SLUICE_TRACE, see
+// cuda/trace.rs). Every block's thread 0 records, per grid (keyed by %gridid in an
+// open-addressed table), the %globaltimer at pdl_entry() (before the wait) and right
+// after the wait returns: the first and last block of each, and the block count. The
+// atomics come after launch_dependents, so the next kernel's launch is not delayed.
+// Record layout (u64): key (gridid + 1), first entry, last entry, first wait return,
+// last wait return, blocks, unused x2.
+#define SLUICE_TRACE_SLOTS 2048
+__device__ unsigned long long sluice_trace[SLUICE_TRACE_SLOTS * 8];
+__device__ __forceinline__ unsigned long long trace_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __noinline__ void trace_record(unsigned long long t0, unsigned long long t1) {
+    unsigned long long g;
+    asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
+    const unsigned long long key = g + 1;
+    unsigned int h = (unsigned int)((key * 0x9E3779B97F4A7C15ull) >> 40) % SLUICE_TRACE_SLOTS;
+    for (int i = 0; i < SLUICE_TRACE_SLOTS; ++i) {
+        unsigned long long* s = sluice_trace + (size_t)((h + i) % SLUICE_TRACE_SLOTS) * 8;
+        const unsigned long long prev = atomicCAS(s, 0ull, key);
+        if (prev == 0ull || prev == key) {
+            atomicMin(s + 1, t0);
+            atomicMax(s + 2, t0);
+            atomicMin(s + 3, t1);
+            atomicMax(s + 4, t1);
+            atomicAdd(s + 5, 1ull);
+            return;
+        }
+    }
+}
+#endif
+
 __device__ __forceinline__ void pdl_entry() {
+#ifdef SLUICE_TRACE
+    const unsigned long long t0 = trace_now();
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#ifdef SLUICE_TRACE
+    const unsigned long long t1 = trace_now();
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#ifdef SLUICE_TRACE
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) trace_record(t0, t1);
 #endif
 }
 

@@ -521,3 +521,77 @@ GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2, 0)
 GEMV1_ROWS(gemv1_rows_f16, RowPlain<f16_t>, 2, 1)
 GEMV1_ROWS(gemv1_rows_f32, RowPlain<float>, 2, 1)
 GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)
+
+// The batch-1 bf16 GEMV that follows a kernel leaving the memory idle (the decode
+// attention): before pdl_entry() each lane copies the first NS of its chunks of each of
+// its RPW rows with cp.async straight into dynamic shared memory (NS x 16 KB per block),
+// then waits, streams the rest of its rows as gemv1_rows_bf16 does, and adds the staged
+// chunks last. Why: the output projection is launched under PDL as soon as the
+// attention's blocks have waited for the Q/K/V GEMV, and the attention then computes for
+// several microseconds while HBM idles (docs/BENCHMARKS.md, sessions 18 and 20). The
+// register-held first loads of gemv1_dot (PRE = 1) fill only a sixteenth of that; shared
+// memory holds NS = 4 chunks per row and lane (64 KB per block, two blocks per SM: half
+// of the 8B shape's 32 MiB O weight, all of the 1B shape's) without a register more, and
+// an L2 prefetch of the whole weight had measured +0.1% (session 18): prefetched lines
+// still cost the GEMV an L2 round trip per load, staged chunks cost it none.
+// Each lane reads back only what it copied, so no barrier: cp.async.wait_all suffices.
+__device__ __forceinline__ void gemv_cp_async16(void* smem, const void* src) {
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src) : "memory");
+}
+
+template <int RPW, int NS>
+__device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
+                                                  float* __restrict__ out, int M, int K, int wpr, int accumulate) {
+    extern __shared__ uint4 gemv_stage[];
+    typedef RowPlain<bf16_t> P;
+    const int N = P::N;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
+    const int slice = warp % wpr;
+    P rows[RPW];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
+    const int chunks = m0 < M ? K / N : 0;
+    const int c0 = lane + 32 * slice, step = 32 * wpr;
+#pragma unroll
+    for (int i = 0; i < NS; i++) {
+        const int c = c0 + step * i;
+        if (c < chunks)
+#pragma unroll
+            for (int r = 0; r < RPW; r++)
+                gemv_cp_async16(&gemv_stage[(i * RPW + r) * 256 + threadIdx.x], rows[r].p + c);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    pdl_entry();
+    float acc[RPW];
+    float ss = 0.0f;
+    gemv1_dot<P, RPW, false, 4, 0>(rows, x, x, chunks, c0 + NS * step, step, acc, ss, false);
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < NS; i++) {
+        const int c = c0 + step * i;
+        if (c < chunks) {
+            float xs[N];
+            load_x(x + c * N, N, xs);
+#pragma unroll
+            for (int r = 0; r < RPW; r++) {
+                float f[N];
+                P::unpack_to(gemv_stage[(i * RPW + r) * 256 + threadIdx.x], f);
+                acc[r] += dot_r<N>(f, xs);
+            }
+        }
+    }
+    gemv_rows_store<RPW, false>(acc, ss, out, M, K, m0, wpr, 0.0f, 1.0f, accumulate);
+}
+
+// gemv1_staged_bf16_s{NS}(x, w, out, M, K, wpr, accumulate), NS x 16 KB of dynamic shared
+// memory (cuda/ops.rs `launch_gemv1`, `SLUICE_GEMV_STAGE`).
+#define GEMV1_STAGED(NS) \
+extern "C" __global__ void __launch_bounds__(256) gemv1_staged_bf16_s##NS(const float* x, const unsigned char* w, \
+                                                                          float* out, int M, int K, int wpr, \
+                                                                          int accumulate) { \
+    gemv1_staged_body<GEMV_RPW, NS>(x, w, out, M, K, wpr, accumulate); \
+}
+GEMV1_STAGED(2)
+GEMV1_STAGED(4)
