@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -427,6 +427,17 @@ if [[ " $what " == *" stage "* ]]; then # session 21: the staged GEMV after the 
     echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
     # The timeline build (SLUICE_CUDA_TRACE=1: its own cubin, staged by prepare.sh).
+    echo "=== layers traced $cfg" | tee -a "$OUT/layers.txt"
+    timeout 150 env $cfg SLUICE_CUDA_TRACE=1 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" stage2 "* ]]; then # session 21: staged chunks 1 / 2 / 4, one shared-memory carveout for all kernels, the timeline with marks
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_GEMV_STAGE=2" "SLUICE_GEMV_STAGE=1" "SLUICE_GEMV_STAGE=0" "SLUICE_GEMV_STAGE=4 SLUICE_SMEM_CARVEOUT=100" "SLUICE_GEMV_STAGE=2 SLUICE_SMEM_CARVEOUT=100" "SLUICE_GEMV_STAGE=0 SLUICE_SMEM_CARVEOUT=100"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "SLUICE_GEMV_STAGE=2" "SLUICE_GEMV_STAGE=0"; do
     echo "=== layers traced $cfg" | tee -a "$OUT/layers.txt"
     timeout 150 env $cfg SLUICE_CUDA_TRACE=1 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
   done

@@ -147,9 +147,13 @@ fn staged_gemv_after_an_idle_kernel_matches_the_plain_gemv() {
             &want,
             1e-5,
         );
-        // Staged only under PDL (sm_90+, unless SLUICE_PDL=0 or SLUICE_GEMV_STAGE=0).
-        let staging =
-            cuda.pdl_enabled() && std::env::var("SLUICE_GEMV_STAGE").map_or(true, |v| v != "0");
+        // Staged only under PDL (sm_90+, unless SLUICE_PDL=0), by the four-load kernels
+        // (not SLUICE_GEMV_UNROLL=2's), unless SLUICE_GEMV_STAGE=0 or SLUICE_GEMV_PREWAIT=0.
+        let set_to = |var: &str, value: &str| std::env::var(var).is_ok_and(|v| v == value);
+        let staging = cuda.pdl_enabled()
+            && !set_to("SLUICE_GEMV_STAGE", "0")
+            && !set_to("SLUICE_GEMV_UNROLL", "2")
+            && !set_to("SLUICE_GEMV_PREWAIT", "0");
         assert_eq!(
             cuda.staged_gemvs() - before,
             u64::from(staging),

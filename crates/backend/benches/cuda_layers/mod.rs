@@ -14,7 +14,7 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sluice_backend::cuda::trace::KernelSpan;
+use sluice_backend::cuda::trace::{KernelSpan, MARKS};
 use sluice_backend::{
     AttentionParams, DType, Device, KvWrite, PagedAttentionMeta, QkvDims, RopeStyle, Tensor,
 };
@@ -255,7 +255,9 @@ pub fn layers(
 /// - `to wait`: its first wait return after its first entry (how long it ran ahead);
 /// - `waits`: first to last block's wait return;
 /// - `critical`: the next kernel's first wait return after its own, i.e. from the end
-///   of the kernel before it to its own end: what it costs on the step's critical path.
+///   of the kernel before it to its own end: what it costs on the step's critical path;
+/// - then the kernel's marks (`trace_mark(i)`, the last block's), after its first wait
+///   return.
 fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
     let Device::Cuda(cuda) = g else { return };
     if !cuda.trace_enabled() {
@@ -266,6 +268,8 @@ fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
     // [kernel of the layer] -> sums of launch, entries, to wait, waits, critical; count.
     let mut sums: Vec<[f64; 6]> = Vec::new();
     let mut blocks: Vec<u64> = Vec::new();
+    // [kernel of the layer][mark] -> sum of µs after the first wait return; count.
+    let mut marks: Vec<[(f64, f64); MARKS]> = Vec::new();
     let mut odd_counts = 0;
     for _ in 0..REPLAYS {
         cuda.trace_reset().expect("trace reset");
@@ -278,6 +282,7 @@ fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
         per_layer = spans.len() / s.layers;
         sums.resize(per_layer, [0.0; 6]);
         blocks.resize(per_layer, 0);
+        marks.resize(per_layer, [(0.0, 0.0); MARKS]);
         // Inner layers only: the first one follows the previous replay, the last one's
         // down projection has no next kernel.
         for layer in 1..s.layers - 1 {
@@ -293,6 +298,12 @@ fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
                 acc[4] += us(next.first_wait, cur.first_wait);
                 acc[5] += 1.0;
                 blocks[k] = cur.blocks;
+                for (m, &t) in cur.marks.iter().enumerate() {
+                    if t != 0 {
+                        marks[k][m].0 += us(t, cur.first_wait);
+                        marks[k][m].1 += 1.0;
+                    }
+                }
             }
         }
     }
@@ -310,8 +321,14 @@ fn timeline(g: &Device, s: &LayerShape, label: &str, replay: &dyn Fn()) {
     for (k, acc) in sums.iter().enumerate() {
         let n = acc[5].max(1.0);
         total += acc[4] / n;
+        let mark_text: String = marks[k]
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.1 > 0.0)
+            .map(|(i, m)| format!("  m{i} {:.2}", m.0 / m.1))
+            .collect();
         println!(
-            "{} {label} timeline: k{k}  {:>5}  {:>6.2}  {:>7.2}  {:>7.2}  {:>5.2}  {:>8.2}",
+            "{} {label} timeline: k{k}  {:>5}  {:>6.2}  {:>7.2}  {:>7.2}  {:>5.2}  {:>8.2}{mark_text}",
             s.name,
             blocks[k],
             acc[0] / n,

@@ -276,6 +276,23 @@ macro_rules! kernels {
                     },)*
                 };
                 k.decode_cluster_limit = decode_cluster_limit(&k, major);
+                if let Some(pct) = std::env::var("SLUICE_SMEM_CARVEOUT").ok().and_then(|v| v.parse::<i32>().ok()) {
+                    // For experiments: one shared-memory carveout for every kernel, so that
+                    // an SM never has to drain to reconfigure between kernels under PDL.
+                    for f in [$(k.$name,)*].into_iter().chain(k.attention.iter().copied()) {
+                        // SAFETY: `f` is a kernel of the loaded module; the attribute takes
+                        // a percentage (0-100) or -1.
+                        unsafe {
+                            sys::cuFuncSetAttribute(
+                                f,
+                                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                pct,
+                            )
+                        }
+                        .result()
+                        .map_err(derr)?;
+                    }
+                }
                 Ok(k)
             }
         }
@@ -366,6 +383,7 @@ kernels!(
     gemv1_rows_q8_0_norm,
     gemv1_rows_bf16_u2,
     gemv1_rows_bf16_u2_norm,
+    gemv1_staged_bf16_s1,
     gemv1_staged_bf16_s2,
     gemv1_staged_bf16_s4,
     gemv1_rows_fp8_norm,

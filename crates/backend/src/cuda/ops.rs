@@ -458,10 +458,10 @@ impl CudaBackend {
         {
             // After the decode attention: the weight's first chunks into shared memory
             // before the wait (kernels/gemv.cu `gemv1_staged_body`).
-            let (staged, chunks) = if self.gemv_stage >= 4 {
-                (self.kernels.gemv1_staged_bf16_s4, 4)
-            } else {
-                (self.kernels.gemv1_staged_bf16_s2, 2)
+            let (staged, chunks) = match self.gemv_stage {
+                1 => (self.kernels.gemv1_staged_bf16_s1, 1),
+                2 | 3 => (self.kernels.gemv1_staged_bf16_s2, 2),
+                _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
             let smem = chunks * GEMV_ROWS_PER_WARP * THREADS as usize * 16;
             self.allow_dynamic_smem(staged, smem)?;

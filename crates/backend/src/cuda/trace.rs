@@ -4,7 +4,8 @@
 //! Compute times kernels one at a time, without the PDL overlap that decides a batch-1
 //! step. In the timeline build every kernel's `pdl_entry()` (kernels/common.cuh) records
 //! the GPU's `%globaltimer` when each block reaches it and when the wait for the
-//! previous kernel returns, per grid (keyed by `%gridid`): first and last block of each.
+//! previous kernel returns, per grid (keyed by `%gridid`): first and last block of each,
+//! and the last block's time at up to eight marks inside a kernel (`trace_mark`).
 //! A kernel's wait returns once the kernel before it has completed, so the first wait
 //! return of kernel n + 1 marks the end of kernel n, and the differences along a step
 //! say what each kernel costs on the critical path. The normal build has none of it
@@ -17,9 +18,11 @@ use cudarc::driver::result as drv;
 use super::{derr, CudaBackend};
 use crate::error::{BackendError, Result};
 
-/// kernels/common.cuh `SLUICE_TRACE_SLOTS` and the u64 words of a record.
-const SLOTS: usize = 2048;
-const WORDS: usize = 8;
+/// kernels/common.cuh `SLUICE_TRACE_SLOTS` and `SLUICE_TRACE_WORDS`.
+const SLOTS: usize = 65536;
+const WORDS: usize = 16;
+/// Marks per grid (`trace_mark(i)`, i < MARKS).
+pub const MARKS: usize = 8;
 
 /// One grid of a traced replay: `%globaltimer` nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +35,8 @@ pub struct KernelSpan {
     pub last_wait: u64,
     /// Blocks that recorded.
     pub blocks: u64,
+    /// `trace_mark(i)`: the last block's time at mark i (0: never reached).
+    pub marks: [u64; MARKS],
 }
 
 impl CudaBackend {
@@ -94,6 +99,7 @@ impl CudaBackend {
                 first_wait: r[3],
                 last_wait: r[4],
                 blocks: r[5],
+                marks: std::array::from_fn(|i| r[8 + i]),
             })
             .collect();
         spans.sort_by_key(|s| (s.first_entry, s.first_wait));

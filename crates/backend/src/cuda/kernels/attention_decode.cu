@@ -253,6 +253,7 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         s_l[warp][g + 8] = l_b;
     }
     __syncthreads();
+    trace_mark(2);
 
     // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
     const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
@@ -303,6 +304,7 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         // (row, d) outputs over the cluster's blocks, then waits until all are done
         // reading before shared memory is reused or the block exits.
         fd_cluster_sync();
+        trace_mark(3);
         const unsigned int rank = fd_cluster_rank();
         for (int idx = rank * FD_WARPS * 32 + threadIdx.x; idx < rows_here * HD; idx += b.splits * FD_WARPS * 32) {
             const int lr = idx / HD, d = idx % HD;
@@ -326,7 +328,9 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
             b.out[t * ld + h * HD + d] = y;
             if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
         }
+        trace_mark(4);
         fd_cluster_sync();
+        trace_mark(5);
     }
     __syncthreads();  // shared memory is reused by the next pass
 }
@@ -406,6 +410,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         }
         *reinterpret_cast<unsigned int*>(&sq[lr][d]) = fp_pack_bf16(x.x * b.qscale, x.y * b.qscale);
     }
+    trace_mark(0);
 
     const unsigned int q_addr = fp_smem_addr(&sq[mtl * 16 + (lane & 15)][(lane >> 4) * 8]);
     const unsigned int k_addr =
@@ -471,6 +476,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     }
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();  // the tiles' shared memory becomes the warps' O
+    trace_mark(1);
 
 #pragma unroll
     for (int j = 0; j < NT; j++) {

@@ -17,37 +17,47 @@ typedef unsigned short bf16_t;
 // overlapping the previous kernel's tail (why: docs/cuda.md, "PDL").
 #ifdef SLUICE_TRACE
 // Kernel timeline (a diagnostic build: SLUICE_CUDA_TRACE=1 defines SLUICE_TRACE, see
-// cuda/trace.rs). Every block's thread 0 records, per grid (keyed by %gridid in an
-// open-addressed table), the %globaltimer at pdl_entry() (before the wait) and right
-// after the wait returns: the first and last block of each, and the block count. The
-// atomics come after launch_dependents, so the next kernel's launch is not delayed.
-// Record layout (u64): key (gridid + 1), first entry, last entry, first wait return,
-// last wait return, blocks, unused x2.
-#define SLUICE_TRACE_SLOTS 2048
-__device__ unsigned long long sluice_trace[SLUICE_TRACE_SLOTS * 8];
+// cuda/trace.rs). Thread 0 of every block records, per grid, the %globaltimer at
+// pdl_entry() (before the wait) and right after the wait returns: first and last block
+// of each, the block count, and up to 8 marks inside the kernel (trace_mark: the last
+// block's). Only fire-and-forget reductions (no returned value), after
+// launch_dependents: a block is not held up by its recording. A grid's record is slot
+// %gridid mod SLUICE_TRACE_SLOTS (a collision merges two grids; the host drops a replay
+// whose grid count is off). Record (u64): key (gridid + 1), first entry, last entry,
+// first wait return, last wait return, blocks, 2 unused, marks 0-7.
+#define SLUICE_TRACE_SLOTS 65536
+#define SLUICE_TRACE_WORDS 16
+__device__ unsigned long long sluice_trace[SLUICE_TRACE_SLOTS * SLUICE_TRACE_WORDS];
 __device__ __forceinline__ unsigned long long trace_now() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-__device__ __noinline__ void trace_record(unsigned long long t0, unsigned long long t1) {
+__device__ __forceinline__ unsigned long long trace_gridid() {
     unsigned long long g;
     asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
-    const unsigned long long key = g + 1;
-    unsigned int h = (unsigned int)((key * 0x9E3779B97F4A7C15ull) >> 40) % SLUICE_TRACE_SLOTS;
-    for (int i = 0; i < SLUICE_TRACE_SLOTS; ++i) {
-        unsigned long long* s = sluice_trace + (size_t)((h + i) % SLUICE_TRACE_SLOTS) * 8;
-        const unsigned long long prev = atomicCAS(s, 0ull, key);
-        if (prev == 0ull || prev == key) {
-            atomicMin(s + 1, t0);
-            atomicMax(s + 2, t0);
-            atomicMin(s + 3, t1);
-            atomicMax(s + 4, t1);
-            atomicAdd(s + 5, 1ull);
-            return;
-        }
-    }
+    return g;
 }
+__device__ __forceinline__ unsigned long long* trace_slot() {
+    return sluice_trace + (size_t)(trace_gridid() % SLUICE_TRACE_SLOTS) * SLUICE_TRACE_WORDS;
+}
+__device__ __forceinline__ void trace_record(unsigned long long t0, unsigned long long t1) {
+    unsigned long long* s = trace_slot();
+    atomicMax(s, trace_gridid() + 1);
+    atomicMin(s + 1, t0);
+    atomicMax(s + 2, t0);
+    atomicMin(s + 3, t1);
+    atomicMax(s + 4, t1);
+    atomicAdd(s + 5, 1ull);
+}
+#define trace_mark(i) \
+    do { \
+        if (threadIdx.x == 0) atomicMax(trace_slot() + 8 + (i), trace_now()); \
+    } while (0)
+#else
+#define trace_mark(i) \
+    do { \
+    } while (0)
 #endif
 
 __device__ __forceinline__ void pdl_entry() {

@@ -484,7 +484,9 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     float ss = 0.0f;
     gemv1_dot<P, RPW, NORM, UNROLL, PRE>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc,
                                          ss, PRE > 0 && prewait);
+    trace_mark(0);
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
+    trace_mark(1);
 }
 
 // gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait) and, with the norm
@@ -567,6 +569,7 @@ __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, c
     float acc[RPW];
     float ss = 0.0f;
     gemv1_dot<P, RPW, false, 4, 0>(rows, x, x, chunks, c0 + NS * step, step, acc, ss, false);
+    trace_mark(0);
     asm volatile("cp.async.wait_all;" ::: "memory");
 #pragma unroll
     for (int i = 0; i < NS; i++) {
@@ -582,7 +585,9 @@ __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, c
             }
         }
     }
+    trace_mark(2);
     gemv_rows_store<RPW, false>(acc, ss, out, M, K, m0, wpr, 0.0f, 1.0f, accumulate);
+    trace_mark(1);
 }
 
 // gemv1_staged_bf16_s{NS}(x, w, out, M, K, wpr, accumulate), NS x 16 KB of dynamic shared
@@ -593,5 +598,6 @@ extern "C" __global__ void __launch_bounds__(256) gemv1_staged_bf16_s##NS(const 
                                                                           int accumulate) { \
     gemv1_staged_body<GEMV_RPW, NS>(x, w, out, M, K, wpr, accumulate); \
 }
+GEMV1_STAGED(1)
 GEMV1_STAGED(2)
 GEMV1_STAGED(4)

@@ -108,6 +108,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
     float ss = 0.0f;
     gemv1_dot<P, RPW, true, UNROLL, PRE>(rows, x, gamma, K / P::N, lane + 32 * slice, 32 * wpr, acc, ss,
                                        PRE > 0 && prewait);
+    trace_mark(0);
 
     // Rows (and the sum of squares) reduced over the warps of each row group, scaled by
     // the norm, into `res` by local row; then one thread per pair.
@@ -137,6 +138,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         if (ROPE) pair_rope_store<KV>(rope, mode, hd, p, lo, hi);
         else out[p] = glu_act(lo, hi, silu);
     }
+    trace_mark(1);
 }
 
 // Both pair kernels issue their first weight loads before the PDL wait (gemv1_dot's
