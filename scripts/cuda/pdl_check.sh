@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -441,4 +441,13 @@ if [[ " $what " == *" stage2 "* ]]; then # session 21: staged chunks 1 / 2 / 4, 
     echo "=== layers traced $cfg" | tee -a "$OUT/layers.txt"
     timeout 150 env $cfg SLUICE_CUDA_TRACE=1 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
   done
+fi
+if [[ " $what " == *" trigger "* ]]; then # session 21: the decode attention's late PDL trigger, with the staged GEMV after it
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DECODE_LATE_TRIGGER=0" "SLUICE_DECODE_SPLIT_TILES=1" "SLUICE_GEMV_STAGE=4" "SLUICE_DECODE_LATE_TRIGGER=0 SLUICE_GEMV_STAGE=0"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  echo "=== layers traced default" | tee -a "$OUT/layers.txt"
+  timeout 150 env SLUICE_CUDA_TRACE=1 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
 fi

@@ -78,6 +78,7 @@ struct FdBlock {
     int lo, hi;           // this block's keys [lo, hi]
     int z, splits, window;
     bool cluster;         // the splits are one thread-block cluster and merge through DSMEM
+    bool late_trigger;    // PDL: the next kernel launches after the key loop, not at the wait
     float qscale, cap_in, cap_out;
     bool use_cap;
     float* partial;
@@ -389,7 +390,11 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_OLD, nold);
         fd_load_tile<HD>(sh.kv.v, vc, srow[0], FD_PART_OLD, nold);
     }
-    if (!waited) pdl_entry();
+    const bool first_pass = !waited;
+    if (!waited) {
+        if (b.late_trigger) pdl_wait_only();
+        else pdl_entry();
+    }
     waited = true;
     if (n_tiles > 0) {
         fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_NEW, nold);
@@ -400,15 +405,32 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     // Q rows of this pass into shared memory (while the first tile streams in), scaled
     // and rounded to bf16, padding rows 0; the warps read their A fragments from there
     // with ldmatrix (registers are the occupancy limit, shared memory is not).
-    for (int idx = threadIdx.x; idx < MW * 16 * (HD / 2); idx += FD_WARPS * 32) {
-        const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
-        const int pr = mt0 * 16 + lr;
-        float2 x = make_float2(0.0f, 0.0f);
-        if (pr < b.m_rows) {
-            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
-            x = *reinterpret_cast<const float2*>(b.q + (long)(b.q0 + r) * ld + h * HD + d);
+    // Two rows' loads, then their stores: the compiler cannot move a global load of the
+    // generic q pointer above a shared-memory store, so one loop of both paid a full
+    // load latency per row, after the wait, on the step's critical path (a batch-1
+    // step with 4 query heads per KV head reads two rows per thread; all loads first
+    // would hold eight float2 per thread, and the head_dim 128 kernel then spilled more).
+    constexpr int Q_TOTAL = MW * 16 * (HD / 2);
+    for (int base = threadIdx.x; base < Q_TOTAL; base += 2 * FD_WARPS * 32) {
+        float2 xq[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int idx = base + i * FD_WARPS * 32;
+            const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+            const int pr = mt0 * 16 + lr;
+            xq[i] = make_float2(0.0f, 0.0f);
+            if (idx < Q_TOTAL && pr < b.m_rows) {
+                const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+                xq[i] = *reinterpret_cast<const float2*>(b.q + (long)(b.q0 + r) * ld + h * HD + d);
+            }
         }
-        *reinterpret_cast<unsigned int*>(&sq[lr][d]) = fp_pack_bf16(x.x * b.qscale, x.y * b.qscale);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int idx = base + i * FD_WARPS * 32;
+            const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+            if (idx < Q_TOTAL)
+                *reinterpret_cast<unsigned int*>(&sq[lr][d]) = fp_pack_bf16(xq[i].x * b.qscale, xq[i].y * b.qscale);
+        }
     }
     trace_mark(0);
 
@@ -477,6 +499,8 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();  // the tiles' shared memory becomes the warps' O
     trace_mark(1);
+    // Every global read of the pass is done: the next kernel may launch now.
+    if (first_pass && b.late_trigger) pdl_trigger();
 
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -760,7 +784,9 @@ __device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__
     b.pos0 = ctx - b.q_rows;
     b.z = blockIdx.z;
     b.splits = gridDim.z;
-    b.cluster = cluster != 0 && b.splits > 1;
+    // `cluster`: bit 0, merge the splits in a cluster; bit 1, the late PDL trigger.
+    b.cluster = (cluster & 1) != 0 && b.splits > 1;
+    b.late_trigger = (cluster & 2) != 0;
     b.window = window;
     // Keys any row of this block sees, within this split: the sequence's own keys cut
     // into `splits` runs of whole tiles. (Cutting the grid's bound on the context, the
