@@ -247,11 +247,6 @@ pub struct CudaBackend {
     /// its PDL wait: 2 (32 KB per block), 1, 4, or 0 for none (`SLUICE_GEMV_STAGE`;
     /// kernels/gemv.cu `gemv1_staged_body`).
     gemv_stage: usize,
-    /// At up to 4 query rows the decode attention lets the next kernel launch after its
-    /// key loop (its last global read) instead of at its PDL wait, so the output
-    /// projection's weight loads do not queue ahead of the attention's reads of Q and
-    /// this step's keys (`SLUICE_DECODE_LATE_TRIGGER=0`: at the wait).
-    decode_late_trigger: bool,
     /// Launches of the staged GEMV so far (for tests).
     staged_gemvs: AtomicU64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
@@ -404,8 +399,6 @@ impl CudaBackend {
             gemv_prewait: std::env::var("SLUICE_GEMV_PREWAIT").map_or(true, |v| v != "0"),
             gemv_stage: env_usize("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
             staged_gemvs: AtomicU64::new(0),
-            decode_late_trigger: std::env::var("SLUICE_DECODE_LATE_TRIGGER")
-                .map_or(true, |v| v != "0"),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             decode_split_tiles: env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),

@@ -1126,10 +1126,7 @@ impl CudaBackend {
             } else {
                 0
             };
-            // Bit 1: the next kernel launches after the key loop, not at the attention's
-            // PDL wait (batch-1 steps: `decode_late_trigger`).
-            let late = self.pdl && self.decode_late_trigger && t <= 4;
-            let ci = i32::from(cluster) | (i32::from(late) << 1);
+            let ci = i32::from(cluster);
             // The bf16 copy of the output for the output projection (the prefill kernel
             // below rewrites its rows in both).
             let staged = self.staging_for(out.numel(), t)?;

@@ -78,7 +78,6 @@ struct FdBlock {
     int lo, hi;           // this block's keys [lo, hi]
     int z, splits, window;
     bool cluster;         // the splits are one thread-block cluster and merge through DSMEM
-    bool late_trigger;    // PDL: the next kernel launches after the key loop, not at the wait
     float qscale, cap_in, cap_out;
     bool use_cap;
     float* partial;
@@ -390,11 +389,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_OLD, nold);
         fd_load_tile<HD>(sh.kv.v, vc, srow[0], FD_PART_OLD, nold);
     }
-    const bool first_pass = !waited;
-    if (!waited) {
-        if (b.late_trigger) pdl_wait_only();
-        else pdl_entry();
-    }
+    if (!waited) pdl_entry();
     waited = true;
     if (n_tiles > 0) {
         fd_load_tile<HD>(sh.kv.k, kc, srow[0], FD_PART_NEW, nold);
@@ -499,8 +494,6 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();  // the tiles' shared memory becomes the warps' O
     trace_mark(1);
-    // Every global read of the pass is done: the next kernel may launch now.
-    if (first_pass && b.late_trigger) pdl_trigger();
 
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -784,9 +777,7 @@ __device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__
     b.pos0 = ctx - b.q_rows;
     b.z = blockIdx.z;
     b.splits = gridDim.z;
-    // `cluster`: bit 0, merge the splits in a cluster; bit 1, the late PDL trigger.
-    b.cluster = (cluster & 1) != 0 && b.splits > 1;
-    b.late_trigger = (cluster & 2) != 0;
+    b.cluster = cluster != 0 && b.splits > 1;
     b.window = window;
     // Keys any row of this block sees, within this split: the sequence's own keys cut
     // into `splits` runs of whole tiles. (Cutting the grid's bound on the context, the

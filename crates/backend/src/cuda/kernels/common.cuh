@@ -60,26 +60,6 @@ __device__ __forceinline__ void trace_record(unsigned long long t0, unsigned lon
     } while (0)
 #endif
 
-// pdl_entry() in two halves, for a kernel that lets the next one launch later than at
-// its wait (the decode attention: after its last global read, so the next kernel's
-// weight loads do not queue ahead of them; attention_decode.cu fd_pass).
-__device__ __forceinline__ void pdl_wait_only() {
-#ifdef SLUICE_TRACE
-    const unsigned long long t0 = trace_now();
-#endif
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-#ifdef SLUICE_TRACE
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) trace_record(t0, trace_now());
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ void pdl_entry() {
 #ifdef SLUICE_TRACE
     const unsigned long long t0 = trace_now();
