@@ -57,7 +57,7 @@ const DECODE_SPLIT_TILES: usize = 2;
 /// (session 16) prefetch nothing: on an H200 the prefetch cost them 1.7% (8B) and 1.8%
 /// (1B) of tg128 (`gemv_bf16_prefetch`).
 const GEMV_PREFETCH_BYTES: i64 = 8 << 20;
-/// `gemv_stage`'s default: the kernels are `gemv1_staged_bf16_s2` and `_s4`.
+/// `gemv_stage`'s default (kernels `gemv1_staged_bf16_s1`, `_s2`, `_s4`; docs/cuda.md).
 const GEMV_STAGE_CHUNKS: usize = 2;
 
 pub(crate) fn derr(e: impl std::fmt::Debug) -> BackendError {
@@ -264,7 +264,8 @@ pub struct CudaBackend {
     /// Set after a kernel that leaves the memory system nearly idle while it runs (the
     /// decode attention, the embedding lookup), cleared by every other launch: the
     /// batch-1 GEMV launched next prefetches its whole weight into L2 before its PDL
-    /// wait (up to `idle_prefetch_cap` bytes), streaming it while that kernel runs.
+    /// wait (up to `idle_prefetch_cap` bytes), streaming it while that kernel runs; a bf16
+    /// one stages its first chunks in shared memory instead (`gemv_stage`).
     memory_idle: AtomicBool,
     /// Bytes a GEMV launched after a `memory_idle` kernel prefetches at most: three
     /// quarters of L2 (0 without PDL, or with `SLUICE_IDLE_PREFETCH=0`).

@@ -529,14 +529,14 @@ GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)
 // its RPW rows with cp.async straight into dynamic shared memory (NS x 16 KB per block),
 // then waits, streams the rest of its rows as gemv1_rows_bf16 does, and adds the staged
 // chunks last. Why: the output projection is launched under PDL as soon as the
-// attention's blocks have waited for the Q/K/V GEMV, and the attention then computes for
-// several microseconds while HBM idles (docs/BENCHMARKS.md, sessions 18 and 20). The
-// register-held first loads of gemv1_dot (PRE = 1) fill only a sixteenth of that; shared
-// memory holds NS = 4 chunks per row and lane (64 KB per block, two blocks per SM: half
-// of the 8B shape's 32 MiB O weight, all of the 1B shape's) without a register more, and
-// an L2 prefetch of the whole weight had measured +0.1% (session 18): prefetched lines
-// still cost the GEMV an L2 round trip per load, staged chunks cost it none.
-// Each lane reads back only what it copied, so no barrier: cp.async.wait_all suffices.
+// attention's blocks have waited for the Q/K/V GEMV, and the attention then runs for
+// several microseconds (docs/BENCHMARKS.md, sessions 18 and 21). The register-held first
+// loads of gemv1_dot (PRE = 1) fill a sixteenth of that; NS = 2 (the default,
+// cuda/ops.rs `launch_gemv1`) stages half of the 8B shape's O weight and all of the 1B
+// shape's (512 blocks of 32 KB, beside the attention's blocks) without a register more.
+// NS = 4 measured slower: 512 blocks of 64 KB do not all fit, and the next kernel's
+// launch waits for those that start late. Each lane reads back only what it copied, so
+// no barrier: cp.async.wait_all suffices.
 __device__ __forceinline__ void gemv_cp_async16(void* smem, const void* src) {
     const unsigned int a = (unsigned int)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src) : "memory");
