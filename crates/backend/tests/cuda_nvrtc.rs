@@ -18,7 +18,41 @@ fn every_kernel_compiles_with_nvrtc() {
         return;
     }
     for arch in ["sm_90", "sm_80", "sm_89"] {
-        compiled_cubin(arch);
+        let cubin = compiled_cubin(arch);
+        let traced = sluice_backend::cuda::module::trace_build();
+        assert_eq!(
+            String::from_utf8_lossy(&cubin).contains("sluice_trace\0"),
+            traced,
+            "{arch}: the timeline's table in the build (SLUICE_CUDA_TRACE set: {traced})"
+        );
+    }
+}
+
+/// The timeline build (`SLUICE_CUDA_TRACE=1`, cuda/trace.rs) compiles too, with every
+/// kernel and the table the host reads.
+#[test]
+fn the_timeline_build_compiles() {
+    let required = std::env::var("SLUICE_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    if !nvrtc_present() {
+        assert!(
+            !required,
+            "SLUICE_REQUIRE_NVRTC=1 but libnvrtc.so could not be loaded"
+        );
+        eprintln!("note: libnvrtc not found; skipping the timeline build's compile check");
+        return;
+    }
+    let cubin = sluice_backend::cuda::module::compile_kernels_for("sm_90", true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&cubin);
+    assert!(
+        text.contains("sluice_trace\0"),
+        "no sluice_trace table in the timeline build"
+    );
+    for name in kernel_names() {
+        assert!(
+            text.contains(&format!("{name}\0")),
+            "timeline build: {name} missing"
+        );
     }
 }
 

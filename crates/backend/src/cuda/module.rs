@@ -25,7 +25,12 @@ pub fn trace_build() -> bool {
 /// All kernel sources, concatenated in dependency order (behind `#define SLUICE_TRACE`
 /// in the timeline build, so its cubin has a cache name of its own).
 pub fn kernel_source() -> String {
-    let trace = if trace_build() {
+    kernel_source_for(trace_build())
+}
+
+/// `kernel_source`, of the timeline build or not.
+pub fn kernel_source_for(trace: bool) -> String {
+    let trace = if trace {
         "#define SLUICE_TRACE 1\n"
     } else {
         ""
@@ -66,6 +71,16 @@ fn nvrtc_version() -> Result<(i32, i32)> {
 /// Compiles every kernel for `arch` (e.g. `sm_90`) and returns the cubin. Needs only the
 /// NVRTC library, not a GPU: CI uses this to check that every kernel compiles.
 pub fn compile_kernels(arch: &str) -> Result<Vec<u8>> {
+    compile_source(arch, kernel_source())
+}
+
+/// `compile_kernels` for the timeline build (`trace`) or the normal one, whatever
+/// `SLUICE_CUDA_TRACE` says (for the CI check of both).
+pub fn compile_kernels_for(arch: &str, trace: bool) -> Result<Vec<u8>> {
+    compile_source(arch, kernel_source_for(trace))
+}
+
+fn compile_source(arch: &str, source: String) -> Result<Vec<u8>> {
     if !nvrtc_present() {
         return Err(BackendError::Device(
             "NVRTC (libnvrtc.so) not found: install the CUDA toolkit or the \
@@ -73,7 +88,7 @@ pub fn compile_kernels(arch: &str) -> Result<Vec<u8>> {
                 .into(),
         ));
     }
-    let src = CString::new(kernel_source())
+    let src = CString::new(source)
         .map_err(|_| BackendError::Device("kernel source contains a NUL byte".into()))?;
     let name = CString::new("sluice_kernels.cu").map_err(derr)?;
     let prog = nvrtc_res::create_program(&src, Some(&name)).map_err(derr)?;
