@@ -61,18 +61,6 @@ __device__ __forceinline__ float fp_exp2(float x) {
     return y;
 }
 
-__device__ __forceinline__ unsigned int fp_smem_addr(const void* p) {
-    return (unsigned int)__cvta_generic_to_shared(p);
-}
-
-// 16 bytes global -> shared; `bytes` 0 zero-fills the destination without reading.
-__device__ __forceinline__ void fp_cp_async16(unsigned int dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void fp_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most one committed group is still in flight.
-__device__ __forceinline__ void fp_cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-
 __device__ __forceinline__ void fp_ldmatrix_x4(unsigned int addr, unsigned int& r0, unsigned int& r1,
                                                unsigned int& r2, unsigned int& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"

@@ -78,6 +78,20 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
+// Shared-memory address of a generic pointer, and 16-byte cp.async copies global ->
+// shared (sm_80+; the GEMVs, the attention kernels and the quantized mma use them).
+__device__ __forceinline__ unsigned int fp_smem_addr(const void* p) {
+    return (unsigned int)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared; `bytes` 0 zero-fills the destination without reading.
+__device__ __forceinline__ void fp_cp_async16(unsigned int dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void fp_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most one committed group is still in flight.
+__device__ __forceinline__ void fp_cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
 // One bulk (TMA) prefetch of `bytes` (a multiple of 16, 16-byte aligned) into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned int bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -537,11 +537,6 @@ GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)
 // NS = 4 measured slower: 512 blocks of 64 KB do not all fit, and the next kernel's
 // launch waits for those that start late. Each lane reads back only what it copied, so
 // no barrier: cp.async.wait_all suffices.
-__device__ __forceinline__ void gemv_cp_async16(void* smem, const void* src) {
-    const unsigned int a = (unsigned int)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src) : "memory");
-}
-
 template <int RPW, int NS>
 __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                   float* __restrict__ out, int M, int K, int wpr, int accumulate) {
@@ -562,13 +557,13 @@ __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, c
         if (c < chunks)
 #pragma unroll
             for (int r = 0; r < RPW; r++)
-                gemv_cp_async16(&gemv_stage[(i * RPW + r) * 256 + threadIdx.x], rows[r].p + c);
+                fp_cp_async16(fp_smem_addr(&gemv_stage[(i * RPW + r) * 256 + threadIdx.x]), rows[r].p + c, 16);
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    fp_cp_async_commit();
     pdl_entry();
     float acc[RPW];
     float ss = 0.0f;
-    gemv1_dot<P, RPW, false, 4, 0>(rows, x, x, chunks, c0 + NS * step, step, acc, ss, false);
+    gemv1_dot<P, RPW, false, 4, 0>(rows, x, nullptr, chunks, c0 + NS * step, step, acc, ss, false);
     trace_mark(0);
     asm volatile("cp.async.wait_all;" ::: "memory");
 #pragma unroll
