@@ -73,13 +73,7 @@ fn fused_norm_and_residual_gemvs_match_the_unfused_ops() {
 
             // out += x · wᵀ over a random residual.
             let resid = rnd(&mut rng, m, 2.0);
-            let mut plain = poisoned(&g, &[1, m]);
-            g.matmul(&x, &w, &mut plain).unwrap();
-            let want: Vec<f32> = down(&g, &plain)
-                .iter()
-                .zip(&resid)
-                .map(|(p, r)| p + r)
-                .collect();
+            let want = plain_gemv_plus(&g, &x, &w, &resid);
             let mut acc = up(&g, &[1, m], &resid);
             g.matmul_accumulate(&x, &w, &mut acc).unwrap();
             check(
@@ -90,6 +84,22 @@ fn fused_norm_and_residual_gemvs_match_the_unfused_ops() {
             );
         }
     }
+}
+
+/// x · wᵀ by the plain GEMV (one row of x), plus `resid`, on the host.
+fn plain_gemv_plus(
+    g: &Device,
+    x: &sluice_backend::Tensor,
+    w: &sluice_backend::Tensor,
+    resid: &[f32],
+) -> Vec<f32> {
+    let mut plain = poisoned(g, &[1, resid.len()]);
+    g.matmul(x, w, &mut plain).unwrap();
+    down(g, &plain)
+        .iter()
+        .zip(resid)
+        .map(|(p, r)| p + r)
+        .collect()
 }
 
 /// The bf16 GEMV launched right after a kernel that leaves the memory idle (here the
@@ -130,13 +140,7 @@ fn staged_gemv_after_an_idle_kernel_matches_the_plain_gemv() {
         let x = up(&g, &[1, k], &rnd(&mut rng, k, 2.0));
         let resid = rnd(&mut rng, m, 2.0);
         // Reference: the plain GEMV (no idle kernel before it), plus the residual.
-        let mut plain = poisoned(&g, &[1, m]);
-        g.matmul(&x, &w, &mut plain).unwrap();
-        let want: Vec<f32> = down(&g, &plain)
-            .iter()
-            .zip(&resid)
-            .map(|(p, r)| p + r)
-            .collect();
+        let want = plain_gemv_plus(&g, &x, &w, &resid);
         let before = cuda.staged_gemvs();
         let mut acc = up(&g, &[1, m], &resid);
         g.embedding(&ids, &table, 1.0, &mut emb).unwrap();

@@ -464,7 +464,10 @@ impl CudaBackend {
                 _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
             let smem = chunks * GEMV_ROWS_PER_WARP * THREADS as usize * 16;
-            self.allow_dynamic_smem(staged, smem)?;
+            if smem > 48 << 10 {
+                // (Above 48 KB only, where the attribute is needed: no lock per launch.)
+                self.allow_dynamic_smem(staged, smem)?;
+            }
             let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);

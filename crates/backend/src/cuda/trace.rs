@@ -40,20 +40,27 @@ pub struct KernelSpan {
 }
 
 impl CudaBackend {
-    /// The trace table's device address and size, or `None` outside the timeline build.
-    fn trace_table(&self) -> Result<Option<(u64, usize)>> {
+    /// The trace table's device address, or `None` outside the timeline build.
+    fn trace_table(&self) -> Result<Option<u64>> {
         self.bind()?;
         let name = CString::new("sluice_trace").map_err(derr)?;
         // SAFETY: the module is loaded for this context; a missing global is an error
         // code, not undefined behaviour.
         match unsafe { drv::module::get_global(self.kernels.module(), name) } {
-            Ok((ptr, bytes)) if bytes == SLOTS * WORDS * 8 => Ok(Some((ptr, bytes))),
+            Ok((ptr, bytes)) if bytes == SLOTS * WORDS * 8 => Ok(Some(ptr)),
             Ok((_, bytes)) => Err(BackendError::Device(format!(
                 "sluice_trace holds {bytes} bytes, expected {}",
                 SLOTS * WORDS * 8
             ))),
             Err(_) => Ok(None),
         }
+    }
+
+    /// `trace_table`, or an error that says how to get one.
+    fn trace_table_or_err(&self) -> Result<u64> {
+        self.trace_table()?.ok_or_else(|| {
+            BackendError::Device("the kernels were not built with SLUICE_CUDA_TRACE=1".into())
+        })
     }
 
     /// Whether the kernels were built with the timeline (`SLUICE_CUDA_TRACE=1`).
@@ -63,11 +70,7 @@ impl CudaBackend {
 
     /// Empties the table (after a synchronisation): the kernels queued next record.
     pub fn trace_reset(&self) -> Result<()> {
-        let Some((ptr, _)) = self.trace_table()? else {
-            return Err(BackendError::Device(
-                "the kernels were not built with SLUICE_CUDA_TRACE=1".into(),
-            ));
-        };
+        let ptr = self.trace_table_or_err()?;
         let mut init = vec![0u64; SLOTS * WORDS];
         for rec in init.chunks_mut(WORDS) {
             rec[1] = u64::MAX; // first entry: atomicMin
@@ -81,11 +84,7 @@ impl CudaBackend {
 
     /// The grids recorded since `trace_reset`, in order of their first block's entry.
     pub fn trace_read(&self) -> Result<Vec<KernelSpan>> {
-        let Some((ptr, _)) = self.trace_table()? else {
-            return Err(BackendError::Device(
-                "the kernels were not built with SLUICE_CUDA_TRACE=1".into(),
-            ));
-        };
+        let ptr = self.trace_table_or_err()?;
         self.synchronize()?;
         let mut raw = vec![0u64; SLOTS * WORDS];
         // SAFETY: as in trace_reset.
