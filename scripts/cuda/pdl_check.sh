@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -455,4 +455,18 @@ if [[ " $what " == *" final21 "* ]]; then # session 21's build against session 2
   AB_SETUP="" AB_BUILDS="s20 main" AB_CFGS="SLUICE_GEMV_STAGE=2 SLUICE_GEMV_STAGE=0" AB_LAYERS="" AB_ROUNDS="1 2" bash scripts/cuda/ab_builds.sh
   echo "=== layers (this build)" | tee -a "$OUT/layers.txt"
   timeout 120 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
+fi
+if [[ " $what " == *" ahead "* ]]; then # session 22: the batch-1 decode attention with each split's tiles requested before the wait (SLUICE_DECODE_AHEAD), with its late PDL trigger and without
+  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --nocapture --test-threads=1 decode_attention 2>&1 | tee /tmp/ahead-test.log | grep -E "test result|panicked|FAILED|> 2e-2" | tee -a "$OUT/tests.txt"
+  grep -E "rel err" /tmp/ahead-test.log | sort -t' ' -k1,1 | awk '{print $NF, $0}' | sort -g -k4 | tail -3 | tee -a "$OUT/tests.txt"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in ${AHEAD_CFGS:-"SLUICE_DECODE_AHEAD=0" "X=late" "SLUICE_DECODE_LATE_TRIGGER=0" "SLUICE_DECODE_AHEAD=0 X=again" "X=late-again"}; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in ${AHEAD_TRACE:-"X=late" "SLUICE_DECODE_LATE_TRIGGER=0"}; do
+    echo "=== layers traced $cfg" | tee -a "$OUT/layers.txt"
+    timeout 150 env $cfg SLUICE_CUDA_TRACE=1 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
+  done
 fi

@@ -860,6 +860,74 @@ fn decode_attention_matches_the_cpu() {
     backend.set_decode_cluster_max(16);
 }
 
+/// The batch-1 decode kernel (attention_decode.cu `flash_decode_ahead`: each split's first
+/// two tiles requested before the PDL wait) against the CPU: one and two sequences of 1-4
+/// rows whose new keys straddle tile ends, GQA 1 / 4 / 7 / 8, head_dim 64 and 128, block
+/// sizes 7, 16 and 32, a sliding window and softcaps; splits of 1, 2, 3 and 5 tiles (3
+/// and 5 stream their later tiles), merged in a cluster, by the merge kernel (47 splits;
+/// clusters off), with the early and the late PDL trigger. Every call must take the kernel.
+#[test]
+fn batch_one_decode_attention_matches_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let Device::Cuda(backend) = &g else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
+        n_heads,
+        n_kv,
+        hd,
+        block_size,
+        window,
+        softcap,
+        seqs,
+    };
+    // (Contexts small enough that one block per SM holds every split even at one tile.)
+    let cases = [
+        case(32, 8, 128, 16, None, None, vec![(1, 577)]),
+        case(32, 8, 128, 16, None, None, vec![(1, 1024)]),
+        case(32, 8, 128, 16, None, None, vec![(1, 1)]),
+        case(32, 8, 128, 16, None, None, vec![(4, 130)]),
+        case(32, 8, 128, 16, None, None, vec![(1, 300), (1, 512)]),
+        case(32, 8, 64, 16, None, None, vec![(2, 641)]),
+        case(8, 1, 128, 32, None, Some(30.0), vec![(1, 3000)]),
+        case(28, 4, 128, 16, Some(300), None, vec![(1, 900)]),
+        case(16, 2, 64, 7, None, Some(0.7), vec![(1, 333)]),
+    ];
+    let before = backend.set_decode_ahead(true, true);
+    let tiles_before = backend.set_decode_split_tiles(2);
+    let ahead_before = backend.ahead_decodes();
+    let mut calls = 0;
+    for (cluster, late, split_tiles) in [
+        (16, true, 2),
+        (16, false, 1),
+        (16, true, 3),
+        (0, true, 5),
+        (0, false, 2),
+    ] {
+        backend.set_decode_cluster_max(cluster);
+        backend.set_decode_ahead(true, late);
+        backend.set_decode_split_tiles(split_tiles);
+        for (i, case) in cases.iter().enumerate() {
+            let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
+            calls += 1;
+            let what = format!("case {i} cluster {cluster} late {late} split tiles {split_tiles}");
+            eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
+            assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
+        }
+    }
+    assert_eq!(
+        backend.ahead_decodes() - ahead_before,
+        calls,
+        "calls that took flash_decode_ahead"
+    );
+    backend.set_decode_cluster_max(16);
+    backend.set_decode_ahead(before.0, before.1);
+    backend.set_decode_split_tiles(tiles_before);
+}
+
 #[test]
 fn missing_device_or_bad_spec_is_a_clear_error() {
     let e = Device::parse("tpu", None, CudaWeightType::Auto)

@@ -261,6 +261,8 @@ pub struct CudaBackend {
     decode_cluster_limit: usize,
     /// Decode-attention launches whose splits merged in a cluster so far (for tests).
     cluster_merges: AtomicU64,
+    /// Launches of `flash_decode_ahead` so far (for tests).
+    ahead_decodes: AtomicU64,
     /// Set after a kernel that leaves the memory system nearly idle while it runs (the
     /// decode attention, the embedding lookup), cleared by every other launch: the
     /// batch-1 GEMV launched next prefetches its whole weight into L2 before its PDL
@@ -275,9 +277,17 @@ pub struct CudaBackend {
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
+    /// Plain decode steps whose attention blocks fit on the GPU in one block per SM take
+    /// `flash_decode_ahead` (kernels/attention_decode.cu): each split's first two tiles
+    /// requested before the PDL wait. `SLUICE_DECODE_AHEAD=0` keeps them on the general
+    /// kernel (for comparisons).
+    decode_ahead: AtomicBool,
+    /// `flash_decode_ahead`'s `late_trigger`: the next kernel launches only after the
+    /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER`).
+    decode_late_trigger: AtomicBool,
     /// Fewest 64-key tiles per key split of the decode attention (`decode_splits`;
     /// `DECODE_SPLIT_TILES`, or `SLUICE_DECODE_SPLIT_TILES`, for tuning).
-    decode_split_tiles: usize,
+    decode_split_tiles: AtomicUsize,
     /// Time cuBLASLt's candidates for decode-sized GEMMs (gemm.rs; `SLUICE_GEMM_AUTOTUNE=0`
     /// takes the heuristic's first choice).
     gemm_autotune: bool,
@@ -402,7 +412,15 @@ impl CudaBackend {
             staged_gemvs: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
-            decode_split_tiles: env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
+            decode_ahead: AtomicBool::new(
+                std::env::var("SLUICE_DECODE_AHEAD").map_or(true, |v| v != "0"),
+            ),
+            decode_late_trigger: AtomicBool::new(
+                std::env::var("SLUICE_DECODE_LATE_TRIGGER").map_or(true, |v| v != "0"),
+            ),
+            decode_split_tiles: AtomicUsize::new(
+                env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
+            ),
             decode_cluster_max: AtomicUsize::new(
                 if std::env::var("SLUICE_DECODE_CLUSTER").map_or(true, |v| v != "0") {
                     env_usize("SLUICE_DECODE_CLUSTER_MAX", DECODE_CLUSTER_MAX).min(cluster_limit)
@@ -413,6 +431,7 @@ impl CudaBackend {
             decode_cluster_limit: cluster_limit,
             active_clusters: Mutex::new(std::collections::HashMap::new()),
             cluster_merges: AtomicU64::new(0),
+            ahead_decodes: AtomicU64::new(0),
             memory_idle: AtomicBool::new(false),
             idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
@@ -491,6 +510,28 @@ impl CudaBackend {
     /// cluster so far (see `set_decode_cluster_max`).
     pub fn cluster_merges(&self) -> u64 {
         self.cluster_merges.load(Ordering::SeqCst)
+    }
+
+    /// Whether small plain decode steps take `flash_decode_ahead`, with its late PDL
+    /// trigger or not (see `decode_ahead`); returns the previous setting. For tests.
+    pub fn set_decode_ahead(&self, ahead: bool, late_trigger: bool) -> (bool, bool) {
+        (
+            self.decode_ahead.swap(ahead, Ordering::SeqCst),
+            self.decode_late_trigger
+                .swap(late_trigger, Ordering::SeqCst),
+        )
+    }
+
+    /// Sets the fewest 64-key tiles per key split of the decode attention (at least 1);
+    /// returns the previous value. For tests.
+    pub fn set_decode_split_tiles(&self, tiles: usize) -> usize {
+        self.decode_split_tiles.swap(tiles.max(1), Ordering::SeqCst)
+    }
+
+    /// How many decode-attention launches took `flash_decode_ahead` so far (see
+    /// `decode_ahead`).
+    pub fn ahead_decodes(&self) -> u64 {
+        self.ahead_decodes.load(Ordering::SeqCst)
     }
 
     /// How many batch-1 GEMVs staged their first weight chunks in shared memory so far
@@ -899,9 +940,16 @@ impl CudaBackend {
         Ok(guard.as_ref().map(|b| b.ptr).unwrap_or(0))
     }
 
-    /// How many clusters of `cluster_z` blocks of `block` threads of `f` can be resident
-    /// on the device at once (0 if the driver cannot place one, or does not answer).
-    fn max_active_clusters(&self, f: sys::CUfunction, cluster_z: u32, block: u32) -> usize {
+    /// How many clusters of `cluster_z` blocks of `block` threads of `f` with `smem` bytes
+    /// of dynamic shared memory each can be resident on the device at once (0 if the
+    /// driver cannot place one, or does not answer).
+    fn max_active_clusters(
+        &self,
+        f: sys::CUfunction,
+        cluster_z: u32,
+        block: u32,
+        smem: u32,
+    ) -> usize {
         let key = (f as usize, cluster_z);
         let known = self
             .active_clusters
@@ -919,7 +967,7 @@ impl CudaBackend {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: smem,
             hStream: self.stream,
             attrs: &mut attr,
             numAttrs: 1,

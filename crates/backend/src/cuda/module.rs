@@ -232,6 +232,9 @@ macro_rules! kernels {
             /// in: 16 where the driver allows them non-portable sizes (sm_90+), else 8
             /// there, 0 before sm_90.
             pub decode_cluster_limit: usize,
+            /// Dynamic shared memory of `flash_decode_ahead_bf16_d64` and `_d128` in
+            /// bytes (the kernels' `fd_ahead_smem_bytes`).
+            pub decode_ahead_smem: [u32; 2],
         }
 
         /// The name of every kernel `Kernels::load` looks up (the attention instances
@@ -279,6 +282,7 @@ macro_rules! kernels {
                     _module: module,
                     attention,
                     decode_cluster_limit: 0,
+                    decode_ahead_smem: [0; 2],
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.
@@ -291,6 +295,7 @@ macro_rules! kernels {
                     },)*
                 };
                 k.decode_cluster_limit = decode_cluster_limit(&k, major);
+                k.decode_ahead_smem = decode_ahead_smem(&k)?;
                 if let Some(pct) = std::env::var("SLUICE_SMEM_CARVEOUT").ok().and_then(|v| v.parse::<i32>().ok()) {
                     // For experiments: one shared-memory carveout for every kernel, so that
                     // an SM never has to drain to reconfigure between kernels under PDL.
@@ -314,6 +319,42 @@ macro_rules! kernels {
     };
 }
 
+/// See `Kernels::decode_ahead_smem`: the sizes from the module, and each kernel allowed
+/// that much dynamic shared memory (above the 48 KB default at head_dim 128).
+fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 2]> {
+    let name = CString::new("fd_ahead_smem_bytes").map_err(derr)?;
+    // SAFETY: the module is loaded for this context; a missing global is an error code.
+    let (ptr, bytes) = unsafe { drv::module::get_global(k._module, name) }.map_err(derr)?;
+    let mut sizes = [0u32; 2];
+    if bytes != std::mem::size_of_val(&sizes) {
+        return Err(BackendError::Device(format!(
+            "fd_ahead_smem_bytes holds {bytes} bytes, expected 8"
+        )));
+    }
+    // SAFETY: `ptr` is the global's device address and holds exactly `sizes`' bytes.
+    unsafe { drv::memcpy_dtoh_sync(&mut sizes, ptr) }.map_err(derr)?;
+    for (f, &smem) in [
+        k.flash_decode_ahead_bf16_d64,
+        k.flash_decode_ahead_bf16_d128,
+    ]
+    .iter()
+    .zip(&sizes)
+    {
+        // SAFETY: `f` is a kernel of the loaded module; the attribute takes a byte count
+        // (about 40 KB and 75 KB, under sm_80+'s per-block limits).
+        unsafe {
+            sys::cuFuncSetAttribute(
+                *f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        }
+        .result()
+        .map_err(derr)?;
+    }
+    Ok(sizes)
+}
+
 /// See `Kernels::decode_cluster_limit`.
 fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
     if major < 9 {
@@ -328,6 +369,8 @@ fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
         k.flash_decode_fp8_d128,
         k.flash_decode_multi_fp8_d64,
         k.flash_decode_multi_fp8_d128,
+        k.flash_decode_ahead_bf16_d64,
+        k.flash_decode_ahead_bf16_d128,
     ];
     let non_portable = decode.iter().all(|&f| {
         // SAFETY: `f` is a kernel of the loaded module; the attribute takes 0 or 1.
@@ -430,6 +473,8 @@ kernels!(
     flash_decode_fp8_d128,
     flash_decode_multi_fp8_d64,
     flash_decode_multi_fp8_d128,
+    flash_decode_ahead_bf16_d64,
+    flash_decode_ahead_bf16_d128,
     gemv1_rows_fp8,
     gemv_fp8_2,
     gemv_fp8_3,

@@ -1113,9 +1113,25 @@ impl CudaBackend {
                 max_ctx,
                 per_sm * self.sm_count as usize,
                 t * p.n_heads * (hd + 2) * 4,
-                self.decode_split_tiles,
+                self.decode_split_tiles.load(Ordering::SeqCst),
             )
             .min(self.decode_max_splits);
+            // Few blocks (batch-1 decode): the kernel that requests each split's first two
+            // tiles before its PDL wait, with dynamic shared memory for both.
+            let ahead = match (hd, one_tile, kind) {
+                (64, true, KvKind::Bf16) => {
+                    Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
+                }
+                (128, true, KvKind::Bf16) => {
+                    Some((kern.flash_decode_ahead_bf16_d128, kern.decode_ahead_smem[1]))
+                }
+                _ => None,
+            }
+            .filter(|_| {
+                self.decode_ahead.load(Ordering::SeqCst)
+                    && groups * splits <= self.sm_count as usize
+            });
+            let (f, smem) = ahead.unwrap_or((f, 0));
             // The splits of one (sequence, KV head) as one thread-block cluster that merges
             // them through distributed shared memory: no partials, no merge kernel.
             // Only where every cluster fits on the GPU at once: at batch 8 (64 clusters of
@@ -1123,7 +1139,7 @@ impl CudaBackend {
             // 3.5% slower than with the merge kernel (H100, docs/BENCHMARKS.md).
             let cluster = splits > 1
                 && splits <= self.decode_cluster_max.load(Ordering::SeqCst)
-                && groups <= self.max_active_clusters(f, splits as u32, 128);
+                && groups <= self.max_active_clusters(f, splits as u32, 128, smem);
             let partial = if splits > 1 && !cluster {
                 self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
             } else {
@@ -1133,20 +1149,38 @@ impl CudaBackend {
             // The bf16 copy of the output for the output projection (the prefill kernel
             // below rewrites its rows in both).
             let staged = self.staging_for(out.numel(), t)?;
-            self.launch_clustered(
-                f,
-                (
-                    meta.num_seqs as u32,
-                    (p.n_kv_heads * row_groups) as u32,
-                    splits as u32,
-                ),
-                128,
-                &mut args![
-                    pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                    max_q_rows, partial, po, staged, ci
-                ],
-                if cluster { splits as u32 } else { 1 },
-            )?;
+            let grid = (
+                meta.num_seqs as u32,
+                (p.n_kv_heads * row_groups) as u32,
+                splits as u32,
+            );
+            let cluster_z = if cluster { splits as u32 } else { 1 };
+            if ahead.is_some() {
+                let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
+                self.launch_with(
+                    f,
+                    grid,
+                    128,
+                    &mut args![
+                        pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                        max_q_rows, partial, po, staged, ci, late
+                    ],
+                    cluster_z,
+                    smem,
+                )?;
+                self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.launch_clustered(
+                    f,
+                    grid,
+                    128,
+                    &mut args![
+                        pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                        max_q_rows, partial, po, staged, ci
+                    ],
+                    cluster_z,
+                )?;
+            }
             // Merged already: no merge kernel below.
             if cluster {
                 self.cluster_merges.fetch_add(1, Ordering::SeqCst);

@@ -756,29 +756,22 @@ template <int HD> struct FdKind<HD, fp8_t> {
     }
 };
 
-template <int HD, bool MULTI, typename KV>
-__device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__ kc,
-                             const KV* __restrict__ vc, const int* __restrict__ query_start,
-                             const int* __restrict__ context_lens, const int* __restrict__ block_tables,
-                             int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
-                             float softcap, int max_q_rows, float* __restrict__ partial,
-                             float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster) {
-    typedef FdKind<HD, KV> Kind;
-    __shared__ typename Kind::Smem sh;
-    __shared__ float c_m[32], c_l[32];
-    __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
-    __shared__ int srow[2][FD_KEYS];
-    __shared__ float s_m[FD_WARPS][16];
-    __shared__ float s_l[FD_WARPS][16];
-    // Until pdl_entry(), only step metadata and earlier steps' keys may be read (fd_pass).
-    bool waited = !Kind::PREWAIT;
-    if (waited) pdl_entry();
+// This block's FdBlock from the kernel's arguments (false: its sequence is not one this
+// kernel takes). Reads only step metadata (written before the step), so it may run
+// before the PDL wait.
+template <typename KV>
+__device__ __forceinline__ bool fd_block(FdBlock& b, const float* __restrict__ q, const KV* __restrict__ kc,
+                                         const KV* __restrict__ vc, const int* __restrict__ query_start,
+                                         const int* __restrict__ context_lens,
+                                         const int* __restrict__ block_tables, int bt_cols, int bs, int n_heads,
+                                         int n_kv, float scale, int window, float softcap, int max_q_rows,
+                                         float* __restrict__ partial, float* __restrict__ out,
+                                         bf16_t* __restrict__ out_bf16, int cluster) {
     const int s = blockIdx.x;
     const int row_groups = gridDim.y / n_kv;
-    FdBlock b;
     b.q0 = query_start[s];
     b.q_rows = query_start[s + 1] - b.q0;
-    if (b.q_rows <= 0 || b.q_rows > max_q_rows) return;
+    if (b.q_rows <= 0 || b.q_rows > max_q_rows) return false;
     b.q = q;
     b.kc = kc;
     b.vc = vc;
@@ -813,6 +806,32 @@ __device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__
     b.partial = partial;
     b.out = out;
     b.out_bf16 = out_bf16;
+
+    return true;
+}
+
+template <int HD, bool MULTI, typename KV>
+__device__ void flash_decode(const float* __restrict__ q, const KV* __restrict__ kc,
+                             const KV* __restrict__ vc, const int* __restrict__ query_start,
+                             const int* __restrict__ context_lens, const int* __restrict__ block_tables,
+                             int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
+                             float softcap, int max_q_rows, float* __restrict__ partial,
+                             float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster) {
+    typedef FdKind<HD, KV> Kind;
+    __shared__ typename Kind::Smem sh;
+    __shared__ float c_m[32], c_l[32];
+    __shared__ __attribute__((aligned(16))) bf16_t sq[32][HD + FP_PAD];
+    __shared__ int srow[2][FD_KEYS];
+    __shared__ float s_m[FD_WARPS][16];
+    __shared__ float s_l[FD_WARPS][16];
+    // Until pdl_entry(), only step metadata and earlier steps' keys may be read (fd_pass).
+    bool waited = !Kind::PREWAIT;
+    if (waited) pdl_entry();
+    FdBlock b;
+    if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
+                  window, softcap, max_q_rows, partial, out, out_bf16, cluster))
+        return;
+    const int row_groups = gridDim.y / n_kv;
 
     const int mt = (b.m_rows + 15) / 16;
     const int rg = blockIdx.y % row_groups;
@@ -855,3 +874,240 @@ FLASH_DECODE(64, , false, 4, fp8, fp8_t)
 FLASH_DECODE(128, , false, 4, fp8, fp8_t)
 FLASH_DECODE(64, _multi, true, 3, fp8, fp8_t)
 FLASH_DECODE(128, _multi, true, 3, fp8, fp8_t)
+
+// ---- Batch-1 decode: every key of a split requested before the PDL wait -----------------
+// At batch 1 the decode attention is latency, not bytes (8B shape, 512-640 keys: 8 KV
+// heads x 5 splits of two tiles, 2.4 MB of K/V). The kernel timeline (cuda/trace.rs,
+// H200, session 21) showed fd_pass's block spending 13.5 us on the step's critical path
+// for ~1 us of work: Q arrived 5.1 us after the wait and the split's second tile 10.3
+// us after it, both queued behind the output projection's weight loads (that kernel
+// launches as the attention's blocks pass their wait and stages its weight meanwhile).
+// Here each split's first two tiles have shared memory of their own (two stages, as
+// fd8_pass), and everything of them but this step's keys is requested before the wait;
+// after it only Q and this step's K/V row are read (both just written, in L2). The key
+// loop then runs from shared memory. With `late_trigger`, launch_dependents waits until
+// those reads have landed, so the next kernel's loads queue behind them, not ahead.
+// Splits of more than two tiles stream the rest as fd8_pass does (tile j + 2 into the
+// stage of tile j). One m-tile (KW = 4: each warp 16 keys of every tile), bf16 cache.
+template <int HD>
+struct __attribute__((aligned(16))) FdAheadShared {
+    union {
+        struct {
+            bf16_t k[2][FD_KEYS][HD + FP_PAD];
+            bf16_t v[2][FD_KEYS][HD + FP_PAD];
+        } kv;
+        float o[FD_WARPS][16][HD + FD_OPAD];
+    } u;
+    bf16_t sq[16][HD + FP_PAD];
+    int srow[2][FD_KEYS];
+    float s_m[FD_WARPS][16], s_l[FD_WARPS][16];
+    float c_m[32], c_l[32];
+};
+
+// Q's 16 packed rows of m-tile mt0 into shared memory, scaled and rounded to bf16
+// (padding rows 0): all of a thread's loads issued before any store, one load latency
+// in all.
+template <int HD>
+__device__ __forceinline__ void fd_load_q(bf16_t (*sq)[HD + FP_PAD], const FdBlock& b, int mt0) {
+    constexpr int PER_THREAD = 16 * (HD / 2) / (FD_WARPS * 32);
+    const int ld = b.n_heads * HD;
+    float2 xq[PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; i++) {
+        const int idx = threadIdx.x + i * FD_WARPS * 32;
+        const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+        const int pr = mt0 * 16 + lr;
+        xq[i] = make_float2(0.0f, 0.0f);
+        if (pr < b.m_rows) {
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            xq[i] = *reinterpret_cast<const float2*>(b.q + (long)(b.q0 + r) * ld + h * HD + d);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; i++) {
+        const int idx = threadIdx.x + i * FD_WARPS * 32;
+        const int lr = idx / (HD / 2), d = 2 * (idx % (HD / 2));
+        *reinterpret_cast<unsigned int*>(&sq[lr][d]) = fp_pack_bf16(xq[i].x * b.qscale, xq[i].y * b.qscale);
+    }
+}
+
+// One pass (m-tile mt0) over the block's keys. The first pass (`waited` false) requests
+// tiles 0 and 1 but this step's keys before pdl_wait(); `late_trigger` moves the
+// block's launch_dependents from right after the wait to after Q and tiles 0-1 landed.
+template <int HD>
+__device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlock& b, int mt0, bool& waited,
+                                              bool late_trigger) {
+    constexpr int NK = FD_KEYS / FD_WARPS;  // keys per warp per tile
+    constexpr int NJ = NK / 8;              // n8 tiles of S per warp
+    constexpr int KC = HD / 16;             // k-steps of Q.K
+    constexpr int NT = HD / 8;              // n8 tiles of O
+    constexpr unsigned int ROW_BYTES = (HD + FP_PAD) * 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int koff = warp * NK;
+    const bool w_active = mt0 * 16 < b.m_rows;
+    const bf16_t* kc = static_cast<const bf16_t*>(b.kc);
+    const bf16_t* vc = static_cast<const bf16_t*>(b.vc);
+
+    FdSoftmax st = fd_rows(b, mt0, g);
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    auto row_of = [&](int k) {
+        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
+    };
+    const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
+    if (n_tiles > 0) {
+        if (threadIdx.x < FD_KEYS) {
+            sh.srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
+            sh.srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+        }
+        __syncthreads();
+    }
+    // Keys before pos0 were written by earlier steps: requested before the wait. (Tile 1
+    // of a one-tile split has rows -1 only: zero-fills, never read.)
+    const int nold0 = waited ? FD_KEYS : b.pos0 - b.lo;
+    const int nold1 = waited ? FD_KEYS : b.pos0 - b.lo - FD_KEYS;
+    if (n_tiles > 0) {
+        fd_load_tile<HD>(sh.u.kv.k[0], kc, sh.srow[0], FD_PART_OLD, nold0);
+        fd_load_tile<HD>(sh.u.kv.v[0], vc, sh.srow[0], FD_PART_OLD, nold0);
+    }
+    if (n_tiles > 1) {
+        fd_load_tile<HD>(sh.u.kv.k[1], kc, sh.srow[1], FD_PART_OLD, nold1);
+        fd_load_tile<HD>(sh.u.kv.v[1], vc, sh.srow[1], FD_PART_OLD, nold1);
+    }
+    const bool first = !waited;
+    if (first) {
+        pdl_wait();
+        if (!late_trigger) pdl_trigger();
+    }
+    waited = true;
+    // Group 0: tiles 0 and 1 (their keys of this step now); group 1 empty, so that the
+    // loop's wait1 at tile jt >= 2 finds tile jt in group jt.
+    if (n_tiles > 0) {
+        fd_load_tile<HD>(sh.u.kv.k[0], kc, sh.srow[0], FD_PART_NEW, nold0);
+        fd_load_tile<HD>(sh.u.kv.v[0], vc, sh.srow[0], FD_PART_NEW, nold0);
+    }
+    if (n_tiles > 1) {
+        fd_load_tile<HD>(sh.u.kv.k[1], kc, sh.srow[1], FD_PART_NEW, nold1);
+        fd_load_tile<HD>(sh.u.kv.v[1], vc, sh.srow[1], FD_PART_NEW, nold1);
+    }
+    fp_cp_async_commit();
+    fp_cp_async_commit();
+    fd_load_q<HD>(sh.sq, b, mt0);
+    trace_mark(0);
+
+    const unsigned int q_addr = fp_smem_addr(&sh.sq[lane & 15][(lane >> 4) * 8]);
+    for (int jt = 0; jt < n_tiles; jt++) {
+        const int kt = b.lo + jt * FD_KEYS;
+        const int stage = jt & 1;
+        fp_cp_async_wait1();  // tile jt has landed
+        __syncthreads();
+        if (first && late_trigger && jt == 0) pdl_trigger();
+        const int r_next =
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+        if (w_active) {
+            const unsigned int k_addr =
+                fp_smem_addr(&sh.u.kv.k[stage][koff + (lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
+            const unsigned int v_addr =
+                fp_smem_addr(&sh.u.kv.v[stage][koff + ((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
+            float sc[NJ][4];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll 1
+            for (int ks = 0; ks < KC; ks++) {
+                unsigned int qf[4];
+                fp_ldmatrix_x4(q_addr + ks * 32, qf[0], qf[1], qf[2], qf[3]);
+#pragma unroll
+                for (int np = 0; np < NJ / 2; np++) {
+                    unsigned int b0, b1, b2, b3;
+                    fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
+                    fp_mma(sc[2 * np], qf, b0, b1);
+                    fp_mma(sc[2 * np + 1], qf, b2, b3);
+                }
+            }
+            fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
+#pragma unroll
+            for (int kk = 0; kk < NJ / 2; kk++) {
+                unsigned int pa[4];
+                pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+                pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+                pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    unsigned int b0, b1, b2, b3;
+                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
+                    fp_mma(o[2 * dp], pa, b0, b1);
+                    fp_mma(o[2 * dp + 1], pa, b2, b3);
+                }
+            }
+        }
+        // Tile jt's rows are no longer read (its copies were issued two tiles ago).
+        if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) sh.srow[stage][threadIdx.x] = r_next;
+        __syncthreads();  // every warp is done with this stage
+        if (jt + 2 < n_tiles) {
+            fd_load_tile<HD>(sh.u.kv.k[stage], kc, sh.srow[stage]);
+            fd_load_tile<HD>(sh.u.kv.v[stage], vc, sh.srow[stage]);
+        }
+        fp_cp_async_commit();
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();  // the tiles' shared memory becomes the warps' O
+    if (first && late_trigger && n_tiles == 0) pdl_trigger();
+    trace_mark(1);
+
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        *reinterpret_cast<float2*>(&sh.u.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
+        *reinterpret_cast<float2*>(&sh.u.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
+    }
+    fd_merge_warps<HD, FD_WARPS>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
+}
+
+// The kernel: flash_decode's arguments and grid (one m-tile per pass; the host takes it
+// for plain decode steps whose blocks all fit on the GPU at once), its shared memory
+// dynamic (sizeof(FdAheadShared<HD>): 75 KB at head_dim 128).
+template <int HD>
+__device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __restrict__ kc,
+                                   const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+                                   const int* __restrict__ context_lens, const int* __restrict__ block_tables,
+                                   int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
+                                   float softcap, int max_q_rows, float* __restrict__ partial,
+                                   float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster,
+                                   int late_trigger) {
+    extern __shared__ __align__(16) unsigned char fd_ahead_smem[];
+    FdAheadShared<HD>& sh = *reinterpret_cast<FdAheadShared<HD>*>(fd_ahead_smem);
+    FdBlock b;
+    if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
+                  window, softcap, max_q_rows, partial, out, out_bf16, cluster))
+        return;
+    const int row_groups = gridDim.y / n_kv;
+    const int mt = (b.m_rows + 15) / 16;
+    bool waited = false;
+    for (int mt0 = blockIdx.y % row_groups; mt0 < mt; mt0 += row_groups)
+        fd_pass_ahead<HD>(sh, b, mt0, waited, late_trigger != 0);
+    if (!waited) {
+        pdl_wait();
+        pdl_trigger();
+    }
+}
+
+#define FLASH_DECODE_AHEAD(HD) \
+extern "C" __global__ void __launch_bounds__(FD_WARPS * 32) flash_decode_ahead_bf16_d##HD( \
+    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
+    const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
+    float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
+    bf16_t* out_bf16, int cluster, int late_trigger) { \
+    flash_decode_ahead<HD>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
+                           n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
+                           late_trigger); \
+}
+FLASH_DECODE_AHEAD(64)
+FLASH_DECODE_AHEAD(128)
+
+// The kernels' dynamic shared memory in bytes (head_dim 64, 128), read by the loader
+// (cuda/module.rs) so that the host's launch size is the compiler's sizeof.
+extern "C" __device__ const unsigned int fd_ahead_smem_bytes[2] = {sizeof(FdAheadShared<64>),
+                                                                    sizeof(FdAheadShared<128>)};

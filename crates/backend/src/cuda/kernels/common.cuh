@@ -78,6 +78,28 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
+// pdl_entry() in two halves, for a kernel that lets the next one start later than its
+// wait (the batch-1 decode attention, attention_decode.cu `flash_decode_ahead`): the
+// wait (recorded like pdl_entry's), and the trigger.
+__device__ __forceinline__ void pdl_wait() {
+#ifdef SLUICE_TRACE
+    const unsigned long long t0 = trace_now();
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#ifdef SLUICE_TRACE
+    const unsigned long long t1 = trace_now();
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) trace_record(t0, t1);
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Shared-memory address of a generic pointer, and 16-byte cp.async copies global ->
 // shared (sm_80+; the GEMVs, the attention kernels and the quantized mma use them).
 __device__ __forceinline__ unsigned int fp_smem_addr(const void* p) {
