@@ -896,7 +896,7 @@ fn batch_one_decode_attention_matches_the_cpu() {
         case(28, 4, 128, 16, Some(300), None, vec![(1, 900)]),
         case(16, 2, 64, 7, None, Some(0.7), vec![(1, 333)]),
     ];
-    let before = backend.set_decode_ahead(true, true);
+    let before = backend.set_decode_ahead(2, true);
     let tiles_before = backend.set_decode_split_tiles(2);
     let ahead_before = backend.ahead_decodes();
     let mut calls = 0;
@@ -908,7 +908,7 @@ fn batch_one_decode_attention_matches_the_cpu() {
         (0, false, 2),
     ] {
         backend.set_decode_cluster_max(cluster);
-        backend.set_decode_ahead(true, late);
+        backend.set_decode_ahead(2, late);
         backend.set_decode_split_tiles(split_tiles);
         for (i, case) in cases.iter().enumerate() {
             let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);

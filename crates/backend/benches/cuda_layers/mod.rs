@@ -132,7 +132,12 @@ pub fn layers(
     table.truncate(blocks_per_seq);
     let pos = ctx - 1;
     let slot = table[pos / BLOCK_SIZE] * BLOCK_SIZE as i32 + (pos % BLOCK_SIZE) as i32;
-    let block_tables = i32_tensor(g, &[1, blocks_per_seq], &table);
+    // The engine's table width (model/src/arch/common.rs): the next power of two of the
+    // blocks, padded with block 0. The width bounds the context, which sets the decode
+    // attention's key splits (8 at 576 keys, not 5).
+    let width = blocks_per_seq.next_power_of_two();
+    table.resize(width, 0);
+    let block_tables = i32_tensor(g, &[1, width], &table);
     let query_start = i32_tensor(g, &[2], &[0, 1]);
     let context_lens = i32_tensor(g, &[1], &[ctx as i32]);
     let positions = i32_tensor(g, &[1], &[pos as i32]);

@@ -50,6 +50,15 @@ const DECODE_CLUSTER_MAX: usize = 16;
 /// (docs/BENCHMARKS.md, session 18).
 const DECODE_SPLIT_TILES: usize = 2;
 
+/// Default of `CudaBackend::decode_ahead`: `flash_decode_ahead` for head_dim 64 only,
+/// with the early PDL trigger. Measured on an H200 (session 22; tg128 of `bench model`,
+/// and the `layers` probe's 32 / 16 layers at 576 keys, µs per step, against the general
+/// kernel in the same call): 1B shape (head_dim 64) 1,330 against 1,317 tokens/s, probe
+/// 680.6 against 706.7 µs (late trigger: 1,313 tokens/s, 683.4 µs); 8B shape (head_dim
+/// 128, 75 KB of shared memory per block, 168 registers) 240.0 against 249.4 tokens/s,
+/// probe 4,069 against 3,987 µs (late trigger 238.6, 4,060).
+const DECODE_AHEAD: usize = 1;
+
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
 /// blocks resident before the previous kernel ends can use, the prefetch only competes
@@ -277,13 +286,14 @@ pub struct CudaBackend {
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
-    /// Plain decode steps whose attention blocks fit on the GPU in one block per SM take
-    /// `flash_decode_ahead` (kernels/attention_decode.cu): each split's first two tiles
-    /// requested before the PDL wait. `SLUICE_DECODE_AHEAD=0` keeps them on the general
-    /// kernel (for comparisons).
-    decode_ahead: AtomicBool,
+    /// Which plain decode steps whose attention blocks fit on the GPU in one block per
+    /// SM take `flash_decode_ahead` (kernels/attention_decode.cu: each split's first two
+    /// tiles requested before the PDL wait): `DECODE_AHEAD` (head_dim 64), 0 none, 2
+    /// head_dim 64 and 128 (`SLUICE_DECODE_AHEAD`).
+    decode_ahead: AtomicUsize,
     /// `flash_decode_ahead`'s `late_trigger`: the next kernel launches only after the
-    /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER`).
+    /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER=1`; off by
+    /// default, see `DECODE_AHEAD`).
     decode_late_trigger: AtomicBool,
     /// Fewest 64-key tiles per key split of the decode attention (`decode_splits`;
     /// `DECODE_SPLIT_TILES`, or `SLUICE_DECODE_SPLIT_TILES`, for tuning).
@@ -412,11 +422,9 @@ impl CudaBackend {
             staged_gemvs: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
-            decode_ahead: AtomicBool::new(
-                std::env::var("SLUICE_DECODE_AHEAD").map_or(true, |v| v != "0"),
-            ),
+            decode_ahead: AtomicUsize::new(env_usize("SLUICE_DECODE_AHEAD", DECODE_AHEAD)),
             decode_late_trigger: AtomicBool::new(
-                std::env::var("SLUICE_DECODE_LATE_TRIGGER").map_or(true, |v| v != "0"),
+                std::env::var("SLUICE_DECODE_LATE_TRIGGER").is_ok_and(|v| v == "1"),
             ),
             decode_split_tiles: AtomicUsize::new(
                 env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
@@ -512,9 +520,10 @@ impl CudaBackend {
         self.cluster_merges.load(Ordering::SeqCst)
     }
 
-    /// Whether small plain decode steps take `flash_decode_ahead`, with its late PDL
-    /// trigger or not (see `decode_ahead`); returns the previous setting. For tests.
-    pub fn set_decode_ahead(&self, ahead: bool, late_trigger: bool) -> (bool, bool) {
+    /// Which small plain decode steps take `flash_decode_ahead` (0 none, 1 head_dim 64,
+    /// 2 also 128), with its late PDL trigger or not (see `decode_ahead`); returns the
+    /// previous setting. For tests.
+    pub fn set_decode_ahead(&self, ahead: usize, late_trigger: bool) -> (usize, bool) {
         (
             self.decode_ahead.swap(ahead, Ordering::SeqCst),
             self.decode_late_trigger

@@ -1128,8 +1128,8 @@ impl CudaBackend {
                 _ => None,
             }
             .filter(|_| {
-                self.decode_ahead.load(Ordering::SeqCst)
-                    && groups * splits <= self.sm_count as usize
+                let mode = self.decode_ahead.load(Ordering::SeqCst);
+                (mode >= 2 || (mode == 1 && hd == 64)) && groups * splits <= self.sm_count as usize
             });
             let (f, smem) = ahead.unwrap_or((f, 0));
             // The splits of one (sequence, KV head) as one thread-block cluster that merges
