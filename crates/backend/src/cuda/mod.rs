@@ -354,6 +354,16 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `env_usize` for a setting where 0 means "none" (`SLUICE_GEMV_STAGE=0`,
+/// `SLUICE_DECODE_AHEAD=0`). (Through `env_usize`, whose 0 falls back to the default,
+/// `SLUICE_GEMV_STAGE=0` ran the default two chunks in session 21's comparisons.)
+fn env_usize_or_zero(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default)
+}
+
 impl CudaBackend {
     /// Opens GPU `ordinal`, compiles (or loads from the cache) the kernels and creates
     /// the cuBLASLt handle.
@@ -418,11 +428,11 @@ impl CudaBackend {
                 0
             },
             gemv_prewait: std::env::var("SLUICE_GEMV_PREWAIT").map_or(true, |v| v != "0"),
-            gemv_stage: env_usize("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
+            gemv_stage: env_usize_or_zero("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
             staged_gemvs: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
-            decode_ahead: AtomicUsize::new(env_usize("SLUICE_DECODE_AHEAD", DECODE_AHEAD)),
+            decode_ahead: AtomicUsize::new(env_usize_or_zero("SLUICE_DECODE_AHEAD", DECODE_AHEAD)),
             decode_late_trigger: AtomicBool::new(
                 std::env::var("SLUICE_DECODE_LATE_TRIGGER").is_ok_and(|v| v == "1"),
             ),
