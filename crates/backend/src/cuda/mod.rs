@@ -51,12 +51,11 @@ const DECODE_CLUSTER_MAX: usize = 16;
 const DECODE_SPLIT_TILES: usize = 2;
 
 /// Default of `CudaBackend::decode_ahead`: `flash_decode_ahead` for head_dim 64 only,
-/// with the early PDL trigger. Measured on an H200 (session 22; tg128 of `bench model`,
-/// and the `layers` probe's 32 / 16 layers at 576 keys, µs per step, against the general
-/// kernel in the same call): 1B shape (head_dim 64) 1,330 against 1,317 tokens/s, probe
-/// 680.6 against 706.7 µs (late trigger: 1,313 tokens/s, 683.4 µs); 8B shape (head_dim
-/// 128, 75 KB of shared memory per block, 168 registers) 240.0 against 249.4 tokens/s,
-/// probe 4,069 against 3,987 µs (late trigger 238.6, 4,060).
+/// with the early PDL trigger. Measured on H200s (session 22; tg128 of `bench model -p 512
+/// -n 128`, and the `layers` probe's 16 layers at 576 keys, against the general kernel in
+/// the same call): 1B shape (head_dim 64) 1,332.2 / 1,330.9 against 1,314.3 / 1,318.0
+/// tokens/s (+1.2%), probe 683.6 against 707.4 µs per step. At head_dim 128 (8B shape) it
+/// lost 4-6% (kernels/attention_decode.cu, "Batch-1 decode").
 const DECODE_AHEAD: usize = 1;
 
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch

@@ -877,7 +877,7 @@ FLASH_DECODE(128, _multi, true, 3, fp8, fp8_t)
 
 // ---- Batch-1 decode: every key of a split requested before the PDL wait -----------------
 // At batch 1 the decode attention is latency, not bytes (8B shape, 512-640 keys: 8 KV
-// heads x 5 splits of two tiles, 2.4 MB of K/V). The kernel timeline (cuda/trace.rs,
+// heads x 8 splits of up to two tiles, 2.4 MB of K/V). The kernel timeline (cuda/trace.rs,
 // H200, session 21) showed fd_pass's block spending 13.5 us on the step's critical path
 // for ~1 us of work: Q arrived 5.1 us after the wait and the split's second tile 10.3
 // us after it, both queued behind the output projection's weight loads (that kernel
@@ -889,6 +889,18 @@ FLASH_DECODE(128, _multi, true, 3, fp8, fp8_t)
 // those reads have landed, so the next kernel's loads queue behind them, not ahead.
 // Splits of more than two tiles stream the rest as fd8_pass does (tile j + 2 into the
 // stage of tile j). One m-tile (KW = 4: each warp 16 keys of every tile), bf16 cache.
+//
+// Measured on an H200 (session 22, tg128 at 512-640 keys, against fd_pass in the same
+// call): head_dim 64 (1B shape, 40 KB, 112 registers) 1,331 against 1,316 tokens/s, the
+// attention inside the step 4.7 against 6.2 us per layer; shipped there (cuda/mod.rs
+// DECODE_AHEAD). Head_dim 128 (8B shape, 75 KB) lost: 240.0 against 249.4 tokens/s at 168
+// registers with a 4-byte spill, 234.3 against 249.5 held to 128 (84 / 140 bytes of
+// spills), its time inside the step 14.0 and 17.5 us per layer against 11.4, though alone
+// it runs as fast (7.3 against 7.5 us). Every global access after the wait, a spill's
+// reload included, queues behind the output projection's weight loads. The late trigger
+// measured level to worse on both shapes (1B 1,313, 8B 238.6). The head_dim 128
+// instance below (2 blocks per SM: 176 registers, no spill) is not yet measured; it
+// runs only with SLUICE_DECODE_AHEAD=2.
 template <int HD>
 struct __attribute__((aligned(16))) FdAheadShared {
     union {
@@ -1094,8 +1106,8 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
     }
 }
 
-#define FLASH_DECODE_AHEAD(HD) \
-extern "C" __global__ void __launch_bounds__(FD_WARPS * 32) flash_decode_ahead_bf16_d##HD( \
+#define FLASH_DECODE_AHEAD(HD, BOUNDS) \
+extern "C" __global__ void BOUNDS flash_decode_ahead_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
@@ -1104,8 +1116,8 @@ extern "C" __global__ void __launch_bounds__(FD_WARPS * 32) flash_decode_ahead_b
                            n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
                            late_trigger); \
 }
-FLASH_DECODE_AHEAD(64)
-FLASH_DECODE_AHEAD(128)
+FLASH_DECODE_AHEAD(64, __launch_bounds__(FD_WARPS * 32))
+FLASH_DECODE_AHEAD(128, __launch_bounds__(FD_WARPS * 32, 2))
 
 // The kernels' dynamic shared memory in bytes (head_dim 64, 128), read by the loader
 // (cuda/module.rs) so that the host's launch size is the compiler's sizeof.
