@@ -229,6 +229,64 @@ __device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[N
     }
 }
 
+// Cache row of key k of the block's sequence (-1: past the block's last key, zero-filled
+// by fd_load_tile / fd8_load_tile).
+__device__ __forceinline__ int fd_row_of(const FdBlock& b, int k) {
+    return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
+}
+
+// S = Q.K^T of a warp's NJ n8 tiles of keys from bf16 shared memory (Q and K fragments
+// through ldmatrix at q_addr / k_addr, rows ROW_BYTES apart), in sc.
+template <int NJ, int KC, unsigned int ROW_BYTES>
+__device__ __forceinline__ void fd_qk_bf16(float (&sc)[NJ][4], unsigned int q_addr, unsigned int k_addr) {
+#pragma unroll
+    for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll 1
+    for (int ks = 0; ks < KC; ks++) {
+        unsigned int qf[4];
+        fp_ldmatrix_x4(q_addr + ks * 32, qf[0], qf[1], qf[2], qf[3]);
+#pragma unroll
+        for (int np = 0; np < NJ / 2; np++) {
+            unsigned int b0, b1, b2, b3;
+            fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
+            fp_mma(sc[2 * np], qf, b0, b1);
+            fp_mma(sc[2 * np + 1], qf, b2, b3);
+        }
+    }
+}
+
+// O += P.V over the same keys: P (sc after fd_softmax_tile) stays in registers as A
+// fragments, V's B fragments through ldmatrix.trans at v_addr.
+template <int NJ, int HD, unsigned int ROW_BYTES>
+__device__ __forceinline__ void fd_pv_bf16(float (&o)[HD / 8][4], const float (&sc)[NJ][4], unsigned int v_addr) {
+#pragma unroll
+    for (int kk = 0; kk < NJ / 2; kk++) {
+        unsigned int pa[4];
+        pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; dp++) {
+            unsigned int b0, b1, b2, b3;
+            fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
+            fp_mma(o[2 * dp], pa, b0, b1);
+            fp_mma(o[2 * dp + 1], pa, b2, b3);
+        }
+    }
+}
+
+// A warp's O accumulators (rows g and g + 8 of its m-tile) into its slot of shared memory.
+template <int HD>
+__device__ __forceinline__ void fd_store_o(float (*so)[16][HD + FD_OPAD], const float (&o)[HD / 8][4], int warp,
+                                           int g, int c) {
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        *reinterpret_cast<float2*>(&so[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
+        *reinterpret_cast<float2*>(&so[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
+    }
+}
+
 // The end of a pass, after each warp has written its O (unnormalised, 16 rows) to `so`:
 // each warp's m and l (summed over the row's 4 lanes) to shared memory, then the KW warps
 // of each m-tile merged, and the output (one split), the partial state (the merge
@@ -366,16 +424,12 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-    // Cache row of key k (-1: past the block's last key, zero-filled).
-    auto row_of = [&](int k) {
-        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
-    };
     // The rows of tile j sit in srow[j & 1], written one tile ahead by threads 0..63.
     const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
     if (n_tiles > 0) {
         if (threadIdx.x < FD_KEYS) {
-            srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
-            srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+            srow[0][threadIdx.x] = fd_row_of(b, b.lo + threadIdx.x);
+            srow[1][threadIdx.x] = fd_row_of(b, b.lo + FD_KEYS + threadIdx.x);
         }
         __syncthreads();
     }
@@ -458,24 +512,11 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         // Rows of tile jt + 2, stored at the end of this iteration (the load's latency hides
         // behind this tile's work).
         const int r_next =
-            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? fd_row_of(b, kt + 2 * FD_KEYS + threadIdx.x) : -1;
 
         float sc[NJ][4];
         if (w_active) {
-#pragma unroll
-            for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-#pragma unroll 1
-            for (int ks = 0; ks < KC; ks++) {
-                unsigned int qf[4];
-                fp_ldmatrix_x4(q_addr + ks * 32, qf[0], qf[1], qf[2], qf[3]);
-#pragma unroll
-                for (int np = 0; np < NJ / 2; np++) {
-                    unsigned int b0, b1, b2, b3;
-                    fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
-                    fp_mma(sc[2 * np], qf, b0, b1);
-                    fp_mma(sc[2 * np + 1], qf, b2, b3);
-                }
-            }
+            fd_qk_bf16<NJ, KC, ROW_BYTES>(sc, q_addr, k_addr);
             fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
         }
         __syncthreads();  // every warp is done with K(jt)
@@ -484,23 +525,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
         fp_cp_async_wait1();  // V(jt) has landed (K(jt + 1) may still be in flight)
         __syncthreads();
 
-        if (w_active) {
-#pragma unroll
-            for (int kk = 0; kk < NJ / 2; kk++) {
-                unsigned int pa[4];
-                pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-                pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-                pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    unsigned int b0, b1, b2, b3;
-                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
-                    fp_mma(o[2 * dp], pa, b0, b1);
-                    fp_mma(o[2 * dp + 1], pa, b2, b3);
-                }
-            }
-        }
+        if (w_active) fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr);
         __syncthreads();  // every warp is done with V(jt)
         if (jt + 1 < n_tiles) fd_load_tile<HD>(sh.kv.v, static_cast<const bf16_t*>(b.vc), srow[(jt + 1) & 1]);
         fp_cp_async_commit();
@@ -511,11 +536,7 @@ __device__ __forceinline__ void fd_pass(FdShared<HD>& sh, bf16_t (*sq)[HD + FP_P
     __syncthreads();  // the tiles' shared memory becomes the warps' O
     trace_mark(1);
 
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        *reinterpret_cast<float2*>(&sh.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
-        *reinterpret_cast<float2*>(&sh.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
-    }
+    fd_store_o<HD>(sh.o, o, warp, g, c);
     fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
 }
 
@@ -612,16 +633,13 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-    auto row_of = [&](int k) {
-        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
-    };
     // Tiles 0 and 1 in flight (one cp.async group each, K and V together); tile j lives
     // in stage j & 1, its rows in srow[j & 1].
     const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
     if (n_tiles > 0) {
         if (threadIdx.x < FD_KEYS) {
-            srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
-            srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+            srow[0][threadIdx.x] = fd_row_of(b, b.lo + threadIdx.x);
+            srow[1][threadIdx.x] = fd_row_of(b, b.lo + FD_KEYS + threadIdx.x);
         }
         __syncthreads();
         fd8_load_tile<HD>(sh.kv.k[0], kc, srow[0]);
@@ -656,7 +674,7 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
         fp_cp_async_wait1();  // tile jt has landed (tile jt + 1 may still be in flight)
         __syncthreads();
         const int r_next =
-            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? fd_row_of(b, kt + 2 * FD_KEYS + threadIdx.x) : -1;
 
         if (w_active) {
             const unsigned int k_addr = fp_smem_addr(&sh.kv.k[stage][tile_row][tile_col]);
@@ -966,14 +984,11 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-    auto row_of = [&](int k) {
-        return k <= b.hi ? (b.table[k / b.bs] * b.n_kv + b.kvh) * b.bs + k % b.bs : -1;
-    };
     const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FD_KEYS + 1 : 0;
     if (n_tiles > 0) {
         if (threadIdx.x < FD_KEYS) {
-            sh.srow[0][threadIdx.x] = row_of(b.lo + threadIdx.x);
-            sh.srow[1][threadIdx.x] = row_of(b.lo + FD_KEYS + threadIdx.x);
+            sh.srow[0][threadIdx.x] = fd_row_of(b, b.lo + threadIdx.x);
+            sh.srow[1][threadIdx.x] = fd_row_of(b, b.lo + FD_KEYS + threadIdx.x);
         }
         __syncthreads();
     }
@@ -1018,43 +1033,16 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
         __syncthreads();
         if (first && late_trigger && jt == 0) pdl_trigger();
         const int r_next =
-            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? row_of(kt + 2 * FD_KEYS + threadIdx.x) : -1;
+            threadIdx.x < FD_KEYS && jt + 2 < n_tiles ? fd_row_of(b, kt + 2 * FD_KEYS + threadIdx.x) : -1;
         if (w_active) {
             const unsigned int k_addr =
                 fp_smem_addr(&sh.u.kv.k[stage][koff + (lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
             const unsigned int v_addr =
                 fp_smem_addr(&sh.u.kv.v[stage][koff + ((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
             float sc[NJ][4];
-#pragma unroll
-            for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-#pragma unroll 1
-            for (int ks = 0; ks < KC; ks++) {
-                unsigned int qf[4];
-                fp_ldmatrix_x4(q_addr + ks * 32, qf[0], qf[1], qf[2], qf[3]);
-#pragma unroll
-                for (int np = 0; np < NJ / 2; np++) {
-                    unsigned int b0, b1, b2, b3;
-                    fp_ldmatrix_x4(k_addr + np * 16 * ROW_BYTES + ks * 32, b0, b1, b2, b3);
-                    fp_mma(sc[2 * np], qf, b0, b1);
-                    fp_mma(sc[2 * np + 1], qf, b2, b3);
-                }
-            }
+            fd_qk_bf16<NJ, KC, ROW_BYTES>(sc, q_addr, k_addr);
             fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
-#pragma unroll
-            for (int kk = 0; kk < NJ / 2; kk++) {
-                unsigned int pa[4];
-                pa[0] = fp_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-                pa[1] = fp_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-                pa[2] = fp_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                pa[3] = fp_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    unsigned int b0, b1, b2, b3;
-                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW_BYTES + dp * 32, b0, b1, b2, b3);
-                    fp_mma(o[2 * dp], pa, b0, b1);
-                    fp_mma(o[2 * dp + 1], pa, b2, b3);
-                }
-            }
+            fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr);
         }
         // Tile jt's rows are no longer read (its copies were issued two tiles ago).
         if (threadIdx.x < FD_KEYS && jt + 2 < n_tiles) sh.srow[stage][threadIdx.x] = r_next;
@@ -1070,11 +1058,7 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
     if (first && late_trigger && n_tiles == 0) pdl_trigger();
     trace_mark(1);
 
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        *reinterpret_cast<float2*>(&sh.u.o[warp][g][j * 8 + 2 * c]) = make_float2(o[j][0], o[j][1]);
-        *reinterpret_cast<float2*>(&sh.u.o[warp][g + 8][j * 8 + 2 * c]) = make_float2(o[j][2], o[j][3]);
-    }
+    fd_store_o<HD>(sh.u.o, o, warp, g, c);
     fd_merge_warps<HD, FD_WARPS>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
 }
 
