@@ -350,6 +350,27 @@ struct AttnCase {
     seqs: Vec<(usize, usize)>,
 }
 
+/// An `AttnCase` from its fields in order (the attention tests' tables).
+fn case(
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    block_size: usize,
+    window: Option<usize>,
+    softcap: Option<f32>,
+    seqs: Vec<(usize, usize)>,
+) -> AttnCase {
+    AttnCase {
+        n_heads,
+        n_kv,
+        hd,
+        block_size,
+        window,
+        softcap,
+        seqs,
+    }
+}
+
 /// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`
 /// (an FP8 cache is FP8 on both, and both must write the same codes: the CPU then
 /// attends over exactly the GPU's K/V values).
@@ -671,15 +692,6 @@ fn prefill_attention_matches_the_cpu() {
         return;
     };
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
-        n_heads,
-        n_kv,
-        hd,
-        block_size,
-        window,
-        softcap,
-        seqs,
-    };
     let many: Vec<(usize, usize)> = (0..24)
         .map(|i| match i % 4 {
             0 => (1, 40 + 37 * i),
@@ -782,15 +794,6 @@ fn decode_attention_matches_the_cpu() {
         return;
     };
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
-        n_heads,
-        n_kv,
-        hd,
-        block_size,
-        window,
-        softcap,
-        seqs,
-    };
     // Llama-3.1-8B shape: 64 decodes over 253..4096 keys.
     let decodes: Vec<(usize, usize)> = (0..64).map(|i| (1, 4096 - 61 * i)).collect();
     // Speculative verification: 16 chunks of 5 rows after long prefixes.
@@ -875,15 +878,6 @@ fn batch_one_decode_attention_matches_the_cpu() {
         return;
     };
     let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let case = |n_heads, n_kv, hd, block_size, window, softcap, seqs| AttnCase {
-        n_heads,
-        n_kv,
-        hd,
-        block_size,
-        window,
-        softcap,
-        seqs,
-    };
     // (Contexts small enough that one block per SM holds every split even at one tile.)
     let cases = [
         case(32, 8, 128, 16, None, None, vec![(1, 577)]),

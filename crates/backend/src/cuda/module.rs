@@ -333,26 +333,27 @@ fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 2]> {
     }
     // SAFETY: `ptr` is the global's device address and holds exactly `sizes`' bytes.
     unsafe { drv::memcpy_dtoh_sync(&mut sizes, ptr) }.map_err(derr)?;
-    for (f, &smem) in [
-        k.flash_decode_ahead_bf16_d64,
-        k.flash_decode_ahead_bf16_d128,
-    ]
-    .iter()
-    .zip(&sizes)
-    {
-        // SAFETY: `f` is a kernel of the loaded module; the attribute takes a byte count
-        // (about 40 KB and 75 KB, under sm_80+'s per-block limits).
-        unsafe {
-            sys::cuFuncSetAttribute(
-                *f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-        }
-        .result()
-        .map_err(derr)?;
-    }
+    // (About 40 KB and 75 KB, under sm_80+'s per-block limits.)
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d64, sizes[0] as usize)?;
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d128, sizes[1] as usize)?;
     Ok(sizes)
+}
+
+/// Allows kernel `f` `bytes` of dynamic shared memory (the attribute is needed above 48
+/// KB; sm_90 allows up to 227 KB per block).
+pub(super) fn set_max_dynamic_smem(f: sys::CUfunction, bytes: usize) -> Result<()> {
+    let bytes = i32::try_from(bytes).map_err(derr)?;
+    // SAFETY: `f` is a kernel of a loaded module; the attribute takes a byte count, and a
+    // count above the device's limit is an error code.
+    unsafe {
+        sys::cuFuncSetAttribute(
+            f,
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes,
+        )
+    }
+    .result()
+    .map_err(derr)
 }
 
 /// See `Kernels::decode_cluster_limit`.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use cudarc::driver::sys;
 
-use super::{derr, CudaBackend};
+use super::CudaBackend;
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 
@@ -248,17 +248,8 @@ impl CudaBackend {
         if done.contains(&(f as usize)) {
             return Ok(());
         }
-        // SAFETY: `f` is a kernel of our module; the attribute takes a byte count (at most
-        // 110,592 here and 65,536 for the staged GEMV, under sm_90's 227 KB per block).
-        unsafe {
-            sys::cuFuncSetAttribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-        }
-        .result()
-        .map_err(derr)?;
+        // (At most 110,592 here and 65,536 for the staged GEMV.)
+        super::module::set_max_dynamic_smem(f, smem)?;
         done.insert(f as usize);
         Ok(())
     }
