@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -515,5 +515,20 @@ if [[ " $what " == *" ahead128 "* ]]; then # session 22: flash_decode_ahead at h
   for cfg in "X=default" "SLUICE_DECODE_AHEAD=2"; do
     echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep "8B" | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" next23 "* ]]; then # prepared in session 22, not yet run: the spill-free head_dim 128 flash_decode_ahead (SLUICE_DECODE_AHEAD=2) and staging every plain bf16 GEMV (SLUICE_GEMV_STAGE_ALL=1), against the defaults
+  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
+  echo "=== test cuda_fused_decode, SLUICE_GEMV_STAGE_ALL=1" | tee -a "$OUT/tests.txt"
+  SLUICE_GEMV_STAGE_ALL=1 SLUICE_REQUIRE_CUDA=1 timeout 100 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked" | tee -a "$OUT/tests.txt"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DECODE_AHEAD=2" "SLUICE_GEMV_STAGE_ALL=1" "X=default-again" "SLUICE_DECODE_AHEAD=2 X=again" "SLUICE_GEMV_STAGE_ALL=1 X=again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_DECODE_AHEAD=2" "SLUICE_GEMV_STAGE_ALL=1"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done
 fi

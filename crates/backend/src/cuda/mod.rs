@@ -255,6 +255,11 @@ pub struct CudaBackend {
     /// its PDL wait: 2 (32 KB per block), 1, 4, or 0 for none (`SLUICE_GEMV_STAGE`;
     /// kernels/gemv.cu `gemv1_staged_body`).
     gemv_stage: usize,
+    /// Every plain bf16 batch-1 GEMV stages (the down projection after the GLU, the output
+    /// head), not only the one after a `memory_idle` kernel: `SLUICE_GEMV_STAGE_ALL=1`,
+    /// an experiment not yet measured (the staged blocks start only where the previous
+    /// kernel leaves registers free, i.e. in its tail).
+    gemv_stage_all: bool,
     /// Launches of the staged GEMV so far (for tests).
     staged_gemvs: AtomicU64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
@@ -428,6 +433,7 @@ impl CudaBackend {
             },
             gemv_prewait: std::env::var("SLUICE_GEMV_PREWAIT").map_or(true, |v| v != "0"),
             gemv_stage: env_usize_or_zero("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
+            gemv_stage_all: std::env::var("SLUICE_GEMV_STAGE_ALL").is_ok_and(|v| v == "1"),
             staged_gemvs: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),

@@ -454,10 +454,11 @@ impl CudaBackend {
             && self.pdl
             && self.gemv_prewait
             && self.gemv_stage > 0
-            && self.memory_idle.load(Ordering::SeqCst)
+            && (self.memory_idle.load(Ordering::SeqCst) || self.gemv_stage_all)
         {
-            // After the decode attention: the weight's first chunks into shared memory
-            // before the wait (kernels/gemv.cu `gemv1_staged_body`).
+            // After the decode attention (or any kernel, `gemv_stage_all`): the weight's
+            // first chunks into shared memory before the wait (kernels/gemv.cu
+            // `gemv1_staged_body`).
             let (staged, chunks) = match self.gemv_stage {
                 1 => (self.kernels.gemv1_staged_bf16_s1, 1),
                 2 | 3 => (self.kernels.gemv1_staged_bf16_s2, 2),
