@@ -139,7 +139,8 @@ fn staged_gemv_after_an_idle_kernel_matches_the_plain_gemv() {
         assert_eq!(w.dtype(), DType::BF16);
         let x = up(&g, &[1, k], &rnd(&mut rng, k, 2.0));
         let resid = rnd(&mut rng, m, 2.0);
-        // Reference: the plain GEMV (no idle kernel before it), plus the residual.
+        // Reference: the plain GEMV (no idle kernel before it), plus the residual. (Under
+        // SLUICE_GEMV_STAGE_ALL=1 it stages too; the default run is the comparison.)
         let want = plain_gemv_plus(&g, &x, &w, &resid);
         let before = cuda.staged_gemvs();
         let mut acc = up(&g, &[1, m], &resid);

@@ -285,8 +285,9 @@ pub struct CudaBackend {
     /// Bytes a GEMV launched after a `memory_idle` kernel prefetches at most: three
     /// quarters of L2 (0 without PDL, or with `SLUICE_IDLE_PREFETCH=0`).
     idle_prefetch_cap: i64,
-    /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size), asked once each.
-    active_clusters: Mutex<std::collections::HashMap<(usize, u32), usize>>,
+    /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size, dynamic shared memory),
+    /// asked once each.
+    active_clusters: Mutex<std::collections::HashMap<(usize, u32, u32), usize>>,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
     decode_max_splits: usize,
@@ -339,7 +340,7 @@ pub struct CudaBackend {
     /// 0: qmma.rs's default).
     qmma_blocks_per_sm: usize,
     /// The kernels (by function handle) already allowed their dynamic shared memory above
-    /// 48 KB (the quantized mma, the staged GEMV).
+    /// 48 KB (the quantized mma, whose size depends on the token tiles).
     smem_prepared: Mutex<std::collections::HashSet<usize>>,
 }
 
@@ -404,6 +405,9 @@ impl CudaBackend {
         let idle_prefetch = pdl && std::env::var("SLUICE_IDLE_PREFETCH").map_or(true, |v| v != "0");
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(derr)?;
         let kernels = module::Kernels::load(major, minor)?;
+        // The four-chunk staged GEMV needs 64 KB, above the 48 KB default: allowed once
+        // here, not checked per launch.
+        module::set_max_dynamic_smem(kernels.gemv1_staged_bf16_s4, ops::staged_gemv_smem(4))?;
         let cluster_limit = kernels.decode_cluster_limit;
         let gemm = gemm::Gemm::new(&ctx)?;
         Ok(CudaBackend {
@@ -974,7 +978,7 @@ impl CudaBackend {
         block: u32,
         smem: u32,
     ) -> usize {
-        let key = (f as usize, cluster_z);
+        let key = (f as usize, cluster_z, smem);
         let known = self
             .active_clusters
             .lock()

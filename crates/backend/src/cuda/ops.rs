@@ -199,6 +199,12 @@ pub(crate) fn decode_row_groups(g: usize, rows: usize) -> usize {
 /// Output rows per warp of the batch-1 GEMV (`GEMV_RPW` in kernels/gemv.cu).
 pub(super) const GEMV_ROWS_PER_WARP: usize = 4;
 
+/// Dynamic shared memory of the staged bf16 GEMV with `chunks` chunks per row and lane
+/// (kernels/gemv.cu `gemv1_staged_body`: 16 bytes per chunk, row and thread).
+pub(super) fn staged_gemv_smem(chunks: usize) -> usize {
+    chunks * GEMV_ROWS_PER_WARP * THREADS as usize * 16
+}
+
 /// Sequences with at least this many query rows in a step take the tensor-core prefill
 /// kernel (kernels/attention_prefill.cu) when it applies (bf16 KV cache, head_dim 64 or
 /// 128, causal); the others take the tensor-core decode kernel (kernels/attention_decode.cu)
@@ -464,11 +470,7 @@ impl CudaBackend {
                 2 | 3 => (self.kernels.gemv1_staged_bf16_s2, 2),
                 _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
-            let smem = chunks * GEMV_ROWS_PER_WARP * THREADS as usize * 16;
-            if smem > 48 << 10 {
-                // (Above 48 KB only, where the attribute is needed: no lock per launch.)
-                self.allow_dynamic_smem(staged, smem)?;
-            }
+            let smem = staged_gemv_smem(chunks);
             let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);

@@ -240,7 +240,7 @@ impl CudaBackend {
 
     /// Allows `f` `smem` bytes of dynamic shared memory (needed above 48 KB), once per
     /// kernel.
-    pub(super) fn allow_dynamic_smem(&self, f: sys::CUfunction, smem: usize) -> Result<()> {
+    fn allow_dynamic_smem(&self, f: sys::CUfunction, smem: usize) -> Result<()> {
         let mut done = self
             .smem_prepared
             .lock()
@@ -248,7 +248,7 @@ impl CudaBackend {
         if done.contains(&(f as usize)) {
             return Ok(());
         }
-        // (At most 110,592 here and 65,536 for the staged GEMV.)
+        // (At most 110,592 bytes.)
         super::module::set_max_dynamic_smem(f, smem)?;
         done.insert(f as usize);
         Ok(())
