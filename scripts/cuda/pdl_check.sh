@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -528,6 +528,34 @@ if [[ " $what " == *" next23 "* ]]; then # prepared in session 22, not yet run: 
     done
   done
   for cfg in "X=default" "SLUICE_DECODE_AHEAD=2" "SLUICE_GEMV_STAGE_ALL=1"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" pad23 "* ]]; then # session 23: the batch-1 decode attention's blocks padded with dynamic shared memory (SLUICE_DECODE_SMEM_PAD) so that no (or one) output-projection block runs beside them
+  for cfg in "SLUICE_DECODE_SMEM_PAD=163840" "SLUICE_DECODE_SMEM_PAD=133120" "SLUICE_DECODE_AHEAD=2 SLUICE_DECODE_SMEM_PAD=143360" "X=default-3"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
+  done
+  for cfg in "SLUICE_DECODE_SMEM_PAD=163840" "SLUICE_DECODE_SMEM_PAD=133120" "X=default-3"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
+  done
+  for cfg in "SLUICE_DECODE_SMEM_PAD=163840"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cluster merge of flash_decode_ahead against the two-barrier one, and padding its blocks
+  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
+  echo "=== test cuda_golden" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_golden --test-threads=1 2>&1 | grep -E "test result|panicked" | tee -a "$OUT/tests.txt"
+  for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=0" "X=default-again" "SLUICE_DECODE_PUSH_MERGE=0 X=again" "SLUICE_DECODE_SMEM_PAD=30720" "SLUICE_DECODE_SMEM_PAD=66560"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
+  done
+  for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=0" "X=default-again" "SLUICE_DECODE_PUSH_MERGE=0 X=again"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
+  done
+  for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=0"; do
     echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done

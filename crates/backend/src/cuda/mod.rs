@@ -50,13 +50,14 @@ const DECODE_CLUSTER_MAX: usize = 16;
 /// (docs/BENCHMARKS.md, session 18).
 const DECODE_SPLIT_TILES: usize = 2;
 
-/// Default of `CudaBackend::decode_ahead`: `flash_decode_ahead` for head_dim 64 only,
-/// with the early PDL trigger. Measured on H200s (session 22; tg128 of `bench model -p 512
-/// -n 128`, and the `layers` probe's 16 layers at 576 keys, against the general kernel in
-/// the same call): 1B shape (head_dim 64) 1,332.2 / 1,330.9 against 1,314.3 / 1,318.0
-/// tokens/s (+1.2%), probe 683.6 against 707.4 µs per step. At head_dim 128 (8B shape) it
-/// lost 4-6% (kernels/attention_decode.cu, "Batch-1 decode").
-const DECODE_AHEAD: usize = 1;
+/// Default of `CudaBackend::decode_ahead`: `flash_decode_ahead` at head_dim 64 and 128,
+/// with the early PDL trigger. Measured on H200s (tg128 of `bench model -p 512 -n 128`,
+/// and the `layers` probe at 576 keys, against the general kernel in the same call):
+/// session 22, 1B shape (head_dim 64) 1,332.2 / 1,330.9 against 1,314.3 / 1,318.0
+/// tokens/s (+1.2%); session 23, 8B shape (head_dim 128, the spill-free build) 256.37 /
+/// 256.33 against 252.35 / 252.52 / 252.49 (+1.6%), the attention inside the step 9.1
+/// against 11.6 µs per layer (docs/BENCHMARKS.md).
+const DECODE_AHEAD: usize = 2;
 
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
@@ -300,6 +301,15 @@ pub struct CudaBackend {
     /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER=1`; off by
     /// default, see `DECODE_AHEAD`).
     decode_late_trigger: AtomicBool,
+    /// `flash_decode_ahead` merges a cluster's key splits with one barrier, each block
+    /// pushing its state into the leader's shared memory (kernels/attention_decode.cu
+    /// `fd_merge_warps`); `SLUICE_DECODE_PUSH_MERGE=0` keeps the two-barrier merge.
+    decode_push_merge: AtomicBool,
+    /// Extra dynamic shared memory (bytes) for the batch-1 decode attention's blocks
+    /// (`SLUICE_DECODE_SMEM_PAD`, an experiment; 0 by default): a block that holds most
+    /// of an SM's shared memory keeps the output projection's blocks, and their staged
+    /// weight loads, off the SMs that run the attention.
+    decode_smem_pad: u32,
     /// Fewest 64-key tiles per key split of the decode attention (`decode_splits`;
     /// `DECODE_SPLIT_TILES`, or `SLUICE_DECODE_SPLIT_TILES`, for tuning).
     decode_split_tiles: AtomicUsize,
@@ -408,6 +418,10 @@ impl CudaBackend {
         // The four-chunk staged GEMV needs 64 KB, above the 48 KB default: allowed once
         // here, not checked per launch.
         module::set_max_dynamic_smem(kernels.gemv1_staged_bf16_s4, ops::staged_gemv_smem(4))?;
+        let decode_smem_pad = env_usize_or_zero("SLUICE_DECODE_SMEM_PAD", 0) as u32;
+        if decode_smem_pad > 0 {
+            module::allow_decode_smem_pad(&kernels, decode_smem_pad)?;
+        }
         let cluster_limit = kernels.decode_cluster_limit;
         let gemm = gemm::Gemm::new(&ctx)?;
         Ok(CudaBackend {
@@ -445,6 +459,10 @@ impl CudaBackend {
             decode_late_trigger: AtomicBool::new(
                 std::env::var("SLUICE_DECODE_LATE_TRIGGER").is_ok_and(|v| v == "1"),
             ),
+            decode_push_merge: AtomicBool::new(
+                std::env::var("SLUICE_DECODE_PUSH_MERGE").map_or(true, |v| v != "0"),
+            ),
+            decode_smem_pad,
             decode_split_tiles: AtomicUsize::new(
                 env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
             ),
@@ -548,6 +566,12 @@ impl CudaBackend {
             self.decode_late_trigger
                 .swap(late_trigger, Ordering::SeqCst),
         )
+    }
+
+    /// Whether `flash_decode_ahead` merges its cluster with one barrier (see
+    /// `decode_push_merge`); returns the previous setting. For tests.
+    pub fn set_decode_push_merge(&self, push: bool) -> bool {
+        self.decode_push_merge.swap(push, Ordering::SeqCst)
     }
 
     /// Sets the fewest 64-key tiles per key split of the decode attention (at least 1);

@@ -339,6 +339,17 @@ fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 2]> {
     Ok(sizes)
 }
 
+/// Allows the one-m-tile bf16 decode attention kernels `pad` bytes of dynamic shared
+/// memory more than they take (`SLUICE_DECODE_SMEM_PAD`); an error where that passes
+/// the device's per-block limit.
+pub(super) fn allow_decode_smem_pad(k: &Kernels, pad: u32) -> Result<()> {
+    let pad = pad as usize;
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d64, k.decode_ahead_smem[0] as usize + pad)?;
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d128, k.decode_ahead_smem[1] as usize + pad)?;
+    set_max_dynamic_smem(k.flash_decode_bf16_d64, pad)?;
+    set_max_dynamic_smem(k.flash_decode_bf16_d128, pad)
+}
+
 /// Allows kernel `f` `bytes` of dynamic shared memory (the attribute is needed above 48
 /// KB; sm_90 allows up to 227 KB per block).
 pub(super) fn set_max_dynamic_smem(f: sys::CUfunction, bytes: usize) -> Result<()> {

@@ -1135,6 +1135,16 @@ impl CudaBackend {
                 (mode >= 2 || (mode == 1 && hd == 64)) && groups * splits <= self.sm_count as usize
             });
             let (f, smem) = ahead.unwrap_or((f, 0));
+            // (SLUICE_DECODE_SMEM_PAD, an experiment: see `decode_smem_pad`.)
+            let padded = one_tile
+                && kind == KvKind::Bf16
+                && self.decode_smem_pad > 0
+                && groups * splits <= self.sm_count as usize;
+            let smem = if padded {
+                smem + self.decode_smem_pad
+            } else {
+                smem
+            };
             // The splits of one (sequence, KV head) as one thread-block cluster that merges
             // them through distributed shared memory: no partials, no merge kernel.
             // Only where every cluster fits on the GPU at once: at batch 8 (64 clusters of
@@ -1160,20 +1170,21 @@ impl CudaBackend {
             let cluster_z = if cluster { splits as u32 } else { 1 };
             if ahead.is_some() {
                 let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
+                let push = i32::from(self.decode_push_merge.load(Ordering::SeqCst));
                 self.launch_with(
                     f,
                     grid,
                     128,
                     &mut args![
                         pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                        max_q_rows, partial, po, staged, ci, late
+                        max_q_rows, partial, po, staged, ci, late, push
                     ],
                     cluster_z,
                     smem,
                 )?;
                 self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
             } else {
-                self.launch_clustered(
+                self.launch_with(
                     f,
                     grid,
                     128,
@@ -1182,6 +1193,7 @@ impl CudaBackend {
                         max_q_rows, partial, po, staged, ci
                     ],
                     cluster_z,
+                    smem,
                 )?;
             }
             // Merged already: no merge kernel below.

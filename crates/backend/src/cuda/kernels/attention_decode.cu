@@ -143,6 +143,24 @@ __device__ __forceinline__ float fd_dsmem_load(const float* p, unsigned int rank
     return v;
 }
 
+// Stores a float into block `rank`'s shared memory at the address of `p` in ours.
+__device__ __forceinline__ void fd_dsmem_store(float* p, unsigned int rank, float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(fp_smem_addr(p)), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(a), "f"(v) : "memory");
+#endif
+}
+
+// The leader's receive buffers of the one-barrier cluster merge (fd_merge_warps PUSH):
+// each split's unnormalised O rows (r_o[(rank * rows + row) * HD + d]) and its m and l
+// per row. 32 KB: 8 splits of 8 rows at head_dim 128, 16 of 8 at 64.
+#define FD_RECV_FLOATS 8192
+struct FdRecv {
+    float o[FD_RECV_FLOATS];
+    float m[16][16], l[16][16];
+};
+
 // A thread's two packed rows (g and g + 8 of its m-tile) in a pass: the highest key each
 // may see (-1 for padding rows: everything masked), the lowest (sliding window), and the
 // online softmax's running max (log2 units) and sum.
@@ -291,10 +309,17 @@ __device__ __forceinline__ void fd_store_o(float (*so)[16][HD + FD_OPAD], const 
 // each warp's m and l (summed over the row's 4 lanes) to shared memory, then the KW warps
 // of each m-tile merged, and the output (one split), the partial state (the merge
 // kernel's) or the cluster merge written.
-template <int HD, int KW>
+//
+// The cluster merge reads the other blocks' states through DSMEM between two cluster
+// barriers (every block merges a share of the rows). With PUSH and `recv` (non-null
+// where the states fit it), each block instead stores its state into the leader's
+// receive buffers, one barrier follows, and the leader alone merges from its own shared
+// memory: one barrier and no remote load on the critical path (flash_decode_ahead).
+template <int HD, int KW, bool PUSH = false>
 __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], float (*s_m)[16], float (*s_l)[16],
                                                float* c_m, float* c_l, const FdBlock& b, int mt0,
-                                               float m_a, float m_b, float l_a, float l_b) {
+                                               float m_a, float m_b, float l_a, float l_b,
+                                               FdRecv* recv = nullptr) {
     constexpr int MW = FD_WARPS / KW;
     const unsigned int full = 0xffffffffu;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -315,6 +340,9 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
 
     // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
     const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
+    const bool push = PUSH && b.cluster && recv != nullptr && b.splits <= 16 &&
+                      b.splits * rows_here * HD <= FD_RECV_FLOATS;
+    const unsigned int my_rank = push ? fd_cluster_rank() : 0;
     for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
         const int lr = idx / HD, d = idx % HD;
         const int mt = lr >> 4, rr = lr & 15;
@@ -334,7 +362,13 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         const int pr = mt0 * 16 + lr;
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
         const long t = b.q0 + r;
-        if (b.cluster) {
+        if (push) {
+            fd_dsmem_store(&recv->o[(my_rank * rows_here + lr) * HD + d], 0, num);
+            if (d == 0) {
+                fd_dsmem_store(&recv->m[my_rank][lr], 0, den > 0.0f ? mx : NEG_INF);
+                fd_dsmem_store(&recv->l[my_rank][lr], 0, den);
+            }
+        } else if (b.cluster) {
             // This block's state stays in shared memory for the cluster merge: num in
             // place of the first warp's O of the m-tile (only this thread reads or writes
             // that element), m (log2 units) and l per row beside it.
@@ -357,7 +391,38 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
             if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
         }
     }
-    if (b.cluster) {
+    if (push) {
+        // Every block's state is in the leader's shared memory after this barrier; the
+        // others exit (nothing reads their shared memory).
+        fd_cluster_sync();
+        trace_mark(3);
+        if (my_rank == 0) {
+            for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
+                const int lr = idx / HD, d = idx % HD;
+                float mx = NEG_INF;
+#pragma unroll 1
+                for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, recv->m[q][lr]);
+                float num = 0.0f, den = 0.0f;
+                if (mx != NEG_INF) {
+#pragma unroll 1
+                    for (int q = 0; q < b.splits; q++) {
+                        const float mq = recv->m[q][lr];
+                        if (mq == NEG_INF) continue;
+                        const float f = fp_exp2(mq - mx);
+                        num += recv->o[(q * rows_here + lr) * HD + d] * f;
+                        den += recv->l[q][lr] * f;
+                    }
+                }
+                const int pr = mt0 * 16 + lr;
+                const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+                const long t = b.q0 + r;
+                const float y = den > 0.0f ? num / den : 0.0f;
+                b.out[t * ld + h * HD + d] = y;
+                if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
+            }
+        }
+        trace_mark(4);
+    } else if (b.cluster) {
         // Every block's state is in its shared memory: each block merges its share of the
         // (row, d) outputs over the cluster's blocks, then waits until all are done
         // reading before shared memory is reused or the block exits.
@@ -932,6 +997,7 @@ struct __attribute__((aligned(16))) FdAheadShared {
     int srow[2][FD_KEYS];
     float s_m[FD_WARPS][16], s_l[FD_WARPS][16];
     float c_m[32], c_l[32];
+    FdRecv recv;  // the one-barrier cluster merge's (fd_merge_warps PUSH)
 };
 
 // Q's 16 packed rows of m-tile mt0 into shared memory, scaled and rounded to bf16
@@ -966,7 +1032,7 @@ __device__ __forceinline__ void fd_load_q(bf16_t (*sq)[HD + FP_PAD], const FdBlo
 // block's launch_dependents from right after the wait to after Q and tiles 0-1 landed.
 template <int HD>
 __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlock& b, int mt0, bool& waited,
-                                              bool late_trigger) {
+                                              bool late_trigger, bool push_merge) {
     constexpr int NK = FD_KEYS / FD_WARPS;  // keys per warp per tile
     constexpr int NJ = NK / 8;              // n8 tiles of S per warp
     constexpr int KC = HD / 16;             // k-steps of Q.K
@@ -1059,7 +1125,8 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
     trace_mark(1);
 
     fd_store_o<HD>(sh.u.o, o, warp, g, c);
-    fd_merge_warps<HD, FD_WARPS>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
+    fd_merge_warps<HD, FD_WARPS, true>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a,
+                                       st.l_b, push_merge ? &sh.recv : nullptr);
 }
 
 // The kernel: flash_decode's arguments and grid (one m-tile per pass; the host takes it
@@ -1072,7 +1139,7 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
                                    int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
                                    float softcap, int max_q_rows, float* __restrict__ partial,
                                    float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster,
-                                   int late_trigger) {
+                                   int late_trigger, int push_merge) {
     extern __shared__ __align__(16) unsigned char fd_ahead_smem[];
     FdAheadShared<HD>& sh = *reinterpret_cast<FdAheadShared<HD>*>(fd_ahead_smem);
     FdBlock b;
@@ -1082,8 +1149,10 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
     const int row_groups = gridDim.y / n_kv;
     const int mt = (b.m_rows + 15) / 16;
     bool waited = false;
+    // (The receive buffers serve one pass: with more, a block could push the next pass's
+    // state while the leader still reads this one's.)
     for (int mt0 = blockIdx.y % row_groups; mt0 < mt; mt0 += row_groups)
-        fd_pass_ahead<HD>(sh, b, mt0, waited, late_trigger != 0);
+        fd_pass_ahead<HD>(sh, b, mt0, waited, late_trigger != 0, push_merge != 0 && mt == 1);
     if (!waited) {
         pdl_wait();
         pdl_trigger();
@@ -1095,10 +1164,10 @@ extern "C" __global__ void BOUNDS flash_decode_ahead_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
-    bf16_t* out_bf16, int cluster, int late_trigger) { \
+    bf16_t* out_bf16, int cluster, int late_trigger, int push_merge) { \
     flash_decode_ahead<HD>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
                            n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
-                           late_trigger); \
+                           late_trigger, push_merge); \
 }
 FLASH_DECODE_AHEAD(64, __launch_bounds__(FD_WARPS * 32))
 FLASH_DECODE_AHEAD(128, __launch_bounds__(FD_WARPS * 32, 2))
