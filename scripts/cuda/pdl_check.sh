@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -556,6 +556,17 @@ if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cl
     q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
   done
   for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=0"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" final23 "* ]]; then # session 23's shipped build (flash_decode_ahead at both head dims) against flash_decode_ahead_push (SLUICE_DECODE_PUSH_MERGE=1, 34 KB smaller receive buffer than push23's)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=1" "X=default-again" "SLUICE_DECODE_PUSH_MERGE=1 X=again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=1"; do
     echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done

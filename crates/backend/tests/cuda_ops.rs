@@ -895,9 +895,10 @@ fn batch_one_decode_attention_matches_the_cpu() {
     let push_before = backend.set_decode_push_merge(true);
     let ahead_before = backend.ahead_decodes();
     let mut calls = 0;
-    // (With clusters, the one-barrier merge where the splits' states fit its buffers,
-    // e.g. case 0; case 6 at 3 tiles per split, 16 splits of 8 rows, does not fit and
-    // takes the two-barrier merge.)
+    // (`push`: flash_decode_ahead_push, whose clusters merge with one barrier where the
+    // splits' states fit its buffers (32 split rows: e.g. case 0, 5 splits of 4 rows);
+    // case 6 at 3 tiles per split, 16 splits of 8 rows, does not fit and takes the
+    // two-barrier merge.)
     for (cluster, late, split_tiles, push) in [
         (16, true, 2, true),
         (16, false, 1, true),

@@ -301,9 +301,11 @@ pub struct CudaBackend {
     /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER=1`; off by
     /// default, see `DECODE_AHEAD`).
     decode_late_trigger: AtomicBool,
-    /// `flash_decode_ahead` merges a cluster's key splits with one barrier, each block
-    /// pushing its state into the leader's shared memory (kernels/attention_decode.cu
-    /// `fd_merge_warps`); `SLUICE_DECODE_PUSH_MERGE=0` keeps the two-barrier merge.
+    /// `flash_decode_ahead_push` in place of `flash_decode_ahead`: a cluster's key
+    /// splits merge with one barrier, each block pushing its state into the leader's
+    /// shared memory (kernels/attention_decode.cu `fd_merge_warps`). Off by default: a
+    /// first version with a 34 KB receive buffer lost (session 23); this one is
+    /// `SLUICE_DECODE_PUSH_MERGE=1`.
     decode_push_merge: AtomicBool,
     /// Extra dynamic shared memory (bytes) for the batch-1 decode attention's blocks
     /// (`SLUICE_DECODE_SMEM_PAD`, an experiment; 0 by default): a block that holds most
@@ -460,7 +462,7 @@ impl CudaBackend {
                 std::env::var("SLUICE_DECODE_LATE_TRIGGER").is_ok_and(|v| v == "1"),
             ),
             decode_push_merge: AtomicBool::new(
-                std::env::var("SLUICE_DECODE_PUSH_MERGE").map_or(true, |v| v != "0"),
+                std::env::var("SLUICE_DECODE_PUSH_MERGE").is_ok_and(|v| v == "1"),
             ),
             decode_smem_pad,
             decode_split_tiles: AtomicUsize::new(
@@ -568,8 +570,9 @@ impl CudaBackend {
         )
     }
 
-    /// Whether `flash_decode_ahead` merges its cluster with one barrier (see
-    /// `decode_push_merge`); returns the previous setting. For tests.
+    /// Whether the batch-1 decode attention merges its cluster with one barrier
+    /// (`flash_decode_ahead_push`, see `decode_push_merge`); returns the previous
+    /// setting. For tests.
     pub fn set_decode_push_merge(&self, push: bool) -> bool {
         self.decode_push_merge.swap(push, Ordering::SeqCst)
     }

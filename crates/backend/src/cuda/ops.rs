@@ -1121,12 +1121,20 @@ impl CudaBackend {
             .min(self.decode_max_splits);
             // Few blocks (batch-1 decode): the kernel that requests each split's first two
             // tiles before its PDL wait, with dynamic shared memory for both.
-            let ahead = match (hd, one_tile, kind) {
-                (64, true, KvKind::Bf16) => {
+            // (SLUICE_DECODE_PUSH_MERGE=1: the instances with the one-barrier cluster merge.)
+            let push = self.decode_push_merge.load(Ordering::SeqCst);
+            let ahead = match (hd, one_tile, kind, push) {
+                (64, true, KvKind::Bf16, false) => {
                     Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
                 }
-                (128, true, KvKind::Bf16) => {
+                (128, true, KvKind::Bf16, false) => {
                     Some((kern.flash_decode_ahead_bf16_d128, kern.decode_ahead_smem[1]))
+                }
+                (64, true, KvKind::Bf16, true) => {
+                    Some((kern.flash_decode_ahead_push_bf16_d64, kern.decode_ahead_smem[2]))
+                }
+                (128, true, KvKind::Bf16, true) => {
+                    Some((kern.flash_decode_ahead_push_bf16_d128, kern.decode_ahead_smem[3]))
                 }
                 _ => None,
             }
@@ -1170,14 +1178,13 @@ impl CudaBackend {
             let cluster_z = if cluster { splits as u32 } else { 1 };
             if ahead.is_some() {
                 let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
-                let push = i32::from(self.decode_push_merge.load(Ordering::SeqCst));
                 self.launch_with(
                     f,
                     grid,
                     128,
                     &mut args![
                         pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                        max_q_rows, partial, po, staged, ci, late, push
+                        max_q_rows, partial, po, staged, ci, late
                     ],
                     cluster_z,
                     smem,

@@ -153,12 +153,15 @@ __device__ __forceinline__ void fd_dsmem_store(float* p, unsigned int rank, floa
 }
 
 // The leader's receive buffers of the one-barrier cluster merge (fd_merge_warps PUSH):
-// each split's unnormalised O rows (r_o[(rank * rows + row) * HD + d]) and its m and l
-// per row. 32 KB: 8 splits of 8 rows at head_dim 128, 16 of 8 at 64.
-#define FD_RECV_FLOATS 8192
+// each split's unnormalised O rows (o[(split * rows + row) * HD + d]) and its m and l per
+// row (m[split * rows + row]), for up to FD_RECV_ROWS (split, row) pairs: 8 splits of
+// the 4 query heads per KV head of Llama's GQA. Kept small: the attention's shared memory
+// footprint moved the whole step (session 23, docs/BENCHMARKS.md).
+#define FD_RECV_ROWS 32
+template <int HD>
 struct FdRecv {
-    float o[FD_RECV_FLOATS];
-    float m[16][16], l[16][16];
+    float o[FD_RECV_ROWS * HD];
+    float m[FD_RECV_ROWS], l[FD_RECV_ROWS];
 };
 
 // A thread's two packed rows (g and g + 8 of its m-tile) in a pass: the highest key each
@@ -319,7 +322,7 @@ template <int HD, int KW, bool PUSH = false>
 __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], float (*s_m)[16], float (*s_l)[16],
                                                float* c_m, float* c_l, const FdBlock& b, int mt0,
                                                float m_a, float m_b, float l_a, float l_b,
-                                               FdRecv* recv = nullptr) {
+                                               FdRecv<HD>* recv = nullptr) {
     constexpr int MW = FD_WARPS / KW;
     const unsigned int full = 0xffffffffu;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -340,8 +343,7 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
 
     // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
     const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
-    const bool push = PUSH && b.cluster && recv != nullptr && b.splits <= 16 &&
-                      b.splits * rows_here * HD <= FD_RECV_FLOATS;
+    const bool push = PUSH && b.cluster && b.splits * rows_here <= FD_RECV_ROWS;
     const unsigned int my_rank = push ? fd_cluster_rank() : 0;
     for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
         const int lr = idx / HD, d = idx % HD;
@@ -363,10 +365,11 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
         const long t = b.q0 + r;
         if (push) {
-            fd_dsmem_store(&recv->o[(my_rank * rows_here + lr) * HD + d], 0, num);
+            const int slot = my_rank * rows_here + lr;
+            fd_dsmem_store(&recv->o[slot * HD + d], 0, num);
             if (d == 0) {
-                fd_dsmem_store(&recv->m[my_rank][lr], 0, den > 0.0f ? mx : NEG_INF);
-                fd_dsmem_store(&recv->l[my_rank][lr], 0, den);
+                fd_dsmem_store(&recv->m[slot], 0, den > 0.0f ? mx : NEG_INF);
+                fd_dsmem_store(&recv->l[slot], 0, den);
             }
         } else if (b.cluster) {
             // This block's state stays in shared memory for the cluster merge: num in
@@ -397,26 +400,33 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         fd_cluster_sync();
         trace_mark(3);
         if (my_rank == 0) {
+            // One thread per row turns each split's m and l into its weight in the
+            // output (exp2(m - max) / the row's denominator, in place of m); then every
+            // output is a weighted sum over the splits.
+            if (threadIdx.x < rows_here) {
+                const int lr = threadIdx.x;
+                float mx = NEG_INF;
+                for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, recv->m[q * rows_here + lr]);
+                float den = 0.0f;
+                for (int q = 0; q < b.splits; q++) {
+                    const float mq = recv->m[q * rows_here + lr];
+                    if (mq != NEG_INF) den += recv->l[q * rows_here + lr] * fp_exp2(mq - mx);
+                }
+                for (int q = 0; q < b.splits; q++) {
+                    const float mq = recv->m[q * rows_here + lr];
+                    recv->m[q * rows_here + lr] = mq != NEG_INF && den > 0.0f ? fp_exp2(mq - mx) / den : 0.0f;
+                }
+            }
+            __syncthreads();
             for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
                 const int lr = idx / HD, d = idx % HD;
-                float mx = NEG_INF;
-#pragma unroll 1
-                for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, recv->m[q][lr]);
-                float num = 0.0f, den = 0.0f;
-                if (mx != NEG_INF) {
-#pragma unroll 1
-                    for (int q = 0; q < b.splits; q++) {
-                        const float mq = recv->m[q][lr];
-                        if (mq == NEG_INF) continue;
-                        const float f = fp_exp2(mq - mx);
-                        num += recv->o[(q * rows_here + lr) * HD + d] * f;
-                        den += recv->l[q][lr] * f;
-                    }
-                }
+                float y = 0.0f;
+#pragma unroll 4
+                for (int q = 0; q < b.splits; q++)
+                    y += recv->o[(q * rows_here + lr) * HD + d] * recv->m[q * rows_here + lr];
                 const int pr = mt0 * 16 + lr;
                 const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
                 const long t = b.q0 + r;
-                const float y = den > 0.0f ? num / den : 0.0f;
                 b.out[t * ld + h * HD + d] = y;
                 if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
             }
@@ -997,7 +1007,13 @@ struct __attribute__((aligned(16))) FdAheadShared {
     int srow[2][FD_KEYS];
     float s_m[FD_WARPS][16], s_l[FD_WARPS][16];
     float c_m[32], c_l[32];
-    FdRecv recv;  // the one-barrier cluster merge's (fd_merge_warps PUSH)
+};
+
+// flash_decode_ahead_push's shared memory: the above and the leader's receive buffers.
+template <int HD>
+struct __attribute__((aligned(16))) FdAheadPushShared {
+    FdAheadShared<HD> base;
+    FdRecv<HD> recv;
 };
 
 // Q's 16 packed rows of m-tile mt0 into shared memory, scaled and rounded to bf16
@@ -1030,9 +1046,9 @@ __device__ __forceinline__ void fd_load_q(bf16_t (*sq)[HD + FP_PAD], const FdBlo
 // One pass (m-tile mt0) over the block's keys. The first pass (`waited` false) requests
 // tiles 0 and 1 but this step's keys before pdl_wait(); `late_trigger` moves the
 // block's launch_dependents from right after the wait to after Q and tiles 0-1 landed.
-template <int HD>
+template <int HD, bool PUSH>
 __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlock& b, int mt0, bool& waited,
-                                              bool late_trigger, bool push_merge) {
+                                              bool late_trigger, FdRecv<HD>* recv) {
     constexpr int NK = FD_KEYS / FD_WARPS;  // keys per warp per tile
     constexpr int NJ = NK / 8;              // n8 tiles of S per warp
     constexpr int KC = HD / 16;             // k-steps of Q.K
@@ -1125,23 +1141,24 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
     trace_mark(1);
 
     fd_store_o<HD>(sh.u.o, o, warp, g, c);
-    fd_merge_warps<HD, FD_WARPS, true>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a,
-                                       st.l_b, push_merge ? &sh.recv : nullptr);
+    fd_merge_warps<HD, FD_WARPS, PUSH>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a,
+                                       st.l_b, recv);
 }
 
 // The kernel: flash_decode's arguments and grid (one m-tile per pass; the host takes it
 // for plain decode steps whose blocks all fit on the GPU at once), its shared memory
 // dynamic (sizeof(FdAheadShared<HD>): 75 KB at head_dim 128).
-template <int HD>
+template <int HD, bool PUSH = false>
 __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __restrict__ kc,
                                    const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
                                    const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                                    int bt_cols, int bs, int n_heads, int n_kv, float scale, int window,
                                    float softcap, int max_q_rows, float* __restrict__ partial,
                                    float* __restrict__ out, bf16_t* __restrict__ out_bf16, int cluster,
-                                   int late_trigger, int push_merge) {
+                                   int late_trigger) {
     extern __shared__ __align__(16) unsigned char fd_ahead_smem[];
     FdAheadShared<HD>& sh = *reinterpret_cast<FdAheadShared<HD>*>(fd_ahead_smem);
+    FdRecv<HD>* recv = PUSH ? &reinterpret_cast<FdAheadPushShared<HD>*>(fd_ahead_smem)->recv : nullptr;
     FdBlock b;
     if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
                   window, softcap, max_q_rows, partial, out, out_bf16, cluster))
@@ -1152,27 +1169,32 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
     // (The receive buffers serve one pass: with more, a block could push the next pass's
     // state while the leader still reads this one's.)
     for (int mt0 = blockIdx.y % row_groups; mt0 < mt; mt0 += row_groups)
-        fd_pass_ahead<HD>(sh, b, mt0, waited, late_trigger != 0, push_merge != 0 && mt == 1);
+        fd_pass_ahead<HD, PUSH>(sh, b, mt0, waited, late_trigger != 0, mt == 1 ? recv : nullptr);
     if (!waited) {
         pdl_wait();
         pdl_trigger();
     }
 }
 
-#define FLASH_DECODE_AHEAD(HD, BOUNDS) \
-extern "C" __global__ void BOUNDS flash_decode_ahead_bf16_d##HD( \
+#define FLASH_DECODE_AHEAD(NAME, HD, PUSH, BOUNDS) \
+extern "C" __global__ void BOUNDS NAME##_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
-    bf16_t* out_bf16, int cluster, int late_trigger, int push_merge) { \
-    flash_decode_ahead<HD>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
-                           n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
-                           late_trigger, push_merge); \
+    bf16_t* out_bf16, int cluster, int late_trigger) { \
+    flash_decode_ahead<HD, PUSH>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
+                                 n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
+                                 late_trigger); \
 }
-FLASH_DECODE_AHEAD(64, __launch_bounds__(FD_WARPS * 32))
-FLASH_DECODE_AHEAD(128, __launch_bounds__(FD_WARPS * 32, 2))
+FLASH_DECODE_AHEAD(flash_decode_ahead, 64, false, __launch_bounds__(FD_WARPS * 32))
+FLASH_DECODE_AHEAD(flash_decode_ahead, 128, false, __launch_bounds__(FD_WARPS * 32, 2))
+// The one-barrier cluster merge (fd_merge_warps PUSH; SLUICE_DECODE_PUSH_MERGE=1).
+FLASH_DECODE_AHEAD(flash_decode_ahead_push, 64, true, __launch_bounds__(FD_WARPS * 32))
+FLASH_DECODE_AHEAD(flash_decode_ahead_push, 128, true, __launch_bounds__(FD_WARPS * 32, 2))
 
-// The kernels' dynamic shared memory in bytes (head_dim 64, 128), read by the loader
+// The kernels' dynamic shared memory in bytes (flash_decode_ahead at head_dim 64, 128,
+// then flash_decode_ahead_push), read by the loader
 // (cuda/module.rs) so that the host's launch size is the compiler's sizeof.
-extern "C" __device__ const unsigned int fd_ahead_smem_bytes[2] = {sizeof(FdAheadShared<64>),
-                                                                    sizeof(FdAheadShared<128>)};
+extern "C" __device__ const unsigned int fd_ahead_smem_bytes[4] = {
+    sizeof(FdAheadShared<64>), sizeof(FdAheadShared<128>), sizeof(FdAheadPushShared<64>),
+    sizeof(FdAheadPushShared<128>)};
