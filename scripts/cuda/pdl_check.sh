@@ -544,7 +544,7 @@ if [[ " $what " == *" pad23 "* ]]; then # session 23: the batch-1 decode attenti
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done
 fi
-if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cluster merge of flash_decode_ahead against the two-barrier one, and padding its blocks
+if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cluster merge of flash_decode_ahead against the two-barrier one, and padding its blocks (SLUICE_DECODE_PUSH_MERGE: branch wip/push-merge, first version)
   echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
   SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
   echo "=== test cuda_golden" | tee -a "$OUT/tests.txt"
@@ -560,7 +560,7 @@ if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cl
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done
 fi
-if [[ " $what " == *" final23 "* ]]; then # session 23's shipped build (flash_decode_ahead at both head dims) against flash_decode_ahead_push (SLUICE_DECODE_PUSH_MERGE=1, 34 KB smaller receive buffer than push23's)
+if [[ " $what " == *" final23 "* ]]; then # session 23's shipped build (flash_decode_ahead at both head dims) against flash_decode_ahead_push (SLUICE_DECODE_PUSH_MERGE=1, a 16 KB receive buffer; branch wip/push-merge)
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=1" "X=default-again" "SLUICE_DECODE_PUSH_MERGE=1 X=again"; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2

@@ -892,31 +892,22 @@ fn batch_one_decode_attention_matches_the_cpu() {
     ];
     let before = backend.set_decode_ahead(2, true);
     let tiles_before = backend.set_decode_split_tiles(2);
-    let push_before = backend.set_decode_push_merge(true);
     let ahead_before = backend.ahead_decodes();
     let mut calls = 0;
-    // (`push`: flash_decode_ahead_push, whose clusters merge with one barrier where the
-    // splits' states fit its buffers (32 split rows: e.g. case 0, 5 splits of 4 rows);
-    // case 6 at 3 tiles per split, 16 splits of 8 rows, does not fit and takes the
-    // two-barrier merge.)
-    for (cluster, late, split_tiles, push) in [
-        (16, true, 2, true),
-        (16, false, 1, true),
-        (16, true, 3, true),
-        (16, false, 2, false),
-        (0, true, 5, true),
-        (0, false, 2, true),
+    for (cluster, late, split_tiles) in [
+        (16, true, 2),
+        (16, false, 1),
+        (16, true, 3),
+        (0, true, 5),
+        (0, false, 2),
     ] {
         backend.set_decode_cluster_max(cluster);
         backend.set_decode_ahead(2, late);
         backend.set_decode_split_tiles(split_tiles);
-        backend.set_decode_push_merge(push);
         for (i, case) in cases.iter().enumerate() {
             let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
             calls += 1;
-            let what = format!(
-                "case {i} cluster {cluster} late {late} split tiles {split_tiles} push {push}"
-            );
+            let what = format!("case {i} cluster {cluster} late {late} split tiles {split_tiles}");
             eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
             assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
         }
@@ -929,7 +920,6 @@ fn batch_one_decode_attention_matches_the_cpu() {
     backend.set_decode_cluster_max(16);
     backend.set_decode_ahead(before.0, before.1);
     backend.set_decode_split_tiles(tiles_before);
-    backend.set_decode_push_merge(push_before);
 }
 
 #[test]

@@ -301,16 +301,13 @@ pub struct CudaBackend {
     /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER=1`; off by
     /// default, see `DECODE_AHEAD`).
     decode_late_trigger: AtomicBool,
-    /// `flash_decode_ahead_push` in place of `flash_decode_ahead`: a cluster's key
-    /// splits merge with one barrier, each block pushing its state into the leader's
-    /// shared memory (kernels/attention_decode.cu `fd_merge_warps`). Off by default: a
-    /// first version with a 34 KB receive buffer lost (session 23); this one is
-    /// `SLUICE_DECODE_PUSH_MERGE=1`.
-    decode_push_merge: AtomicBool,
     /// Extra dynamic shared memory (bytes) for the batch-1 decode attention's blocks
     /// (`SLUICE_DECODE_SMEM_PAD`, an experiment; 0 by default): a block that holds most
     /// of an SM's shared memory keeps the output projection's blocks, and their staged
-    /// weight loads, off the SMs that run the attention.
+    /// weight loads, off the SMs that run the attention. Session 23 (H200, 8B tg128):
+    /// the general kernel padded to 175 KB (one projection block beside it) 255.1
+    /// against 252.4 tokens/s, but `flash_decode_ahead` (256.4 unpadded) padded to 215 KB
+    /// 243.4; the footprint moves the step both ways (docs/BENCHMARKS.md).
     decode_smem_pad: u32,
     /// Fewest 64-key tiles per key split of the decode attention (`decode_splits`;
     /// `DECODE_SPLIT_TILES`, or `SLUICE_DECODE_SPLIT_TILES`, for tuning).
@@ -461,9 +458,6 @@ impl CudaBackend {
             decode_late_trigger: AtomicBool::new(
                 std::env::var("SLUICE_DECODE_LATE_TRIGGER").is_ok_and(|v| v == "1"),
             ),
-            decode_push_merge: AtomicBool::new(
-                std::env::var("SLUICE_DECODE_PUSH_MERGE").is_ok_and(|v| v == "1"),
-            ),
             decode_smem_pad,
             decode_split_tiles: AtomicUsize::new(
                 env_usize("SLUICE_DECODE_SPLIT_TILES", DECODE_SPLIT_TILES).max(1),
@@ -568,13 +562,6 @@ impl CudaBackend {
             self.decode_late_trigger
                 .swap(late_trigger, Ordering::SeqCst),
         )
-    }
-
-    /// Whether the batch-1 decode attention merges its cluster with one barrier
-    /// (`flash_decode_ahead_push`, see `decode_push_merge`); returns the previous
-    /// setting. For tests.
-    pub fn set_decode_push_merge(&self, push: bool) -> bool {
-        self.decode_push_merge.swap(push, Ordering::SeqCst)
     }
 
     /// Sets the fewest 64-key tiles per key split of the decode attention (at least 1);

@@ -232,10 +232,9 @@ macro_rules! kernels {
             /// in: 16 where the driver allows them non-portable sizes (sm_90+), else 8
             /// there, 0 before sm_90.
             pub decode_cluster_limit: usize,
-            /// Dynamic shared memory of `flash_decode_ahead_bf16_d64`, `_d128`,
-            /// `flash_decode_ahead_push_bf16_d64` and `_d128` in bytes (the kernels'
-            /// `fd_ahead_smem_bytes`).
-            pub decode_ahead_smem: [u32; 4],
+            /// Dynamic shared memory of `flash_decode_ahead_bf16_d64` and `_d128` in
+            /// bytes (the kernels' `fd_ahead_smem_bytes`).
+            pub decode_ahead_smem: [u32; 2],
         }
 
         /// The name of every kernel `Kernels::load` looks up (the attention instances
@@ -283,7 +282,7 @@ macro_rules! kernels {
                     _module: module,
                     attention,
                     decode_cluster_limit: 0,
-                    decode_ahead_smem: [0; 4],
+                    decode_ahead_smem: [0; 2],
                     $($name: {
                         let n = CString::new(stringify!($name)).map_err(derr)?;
                         // SAFETY: the module is loaded; the name is a kernel in it.
@@ -322,29 +321,21 @@ macro_rules! kernels {
 
 /// See `Kernels::decode_ahead_smem`: the sizes from the module, and each kernel allowed
 /// that much dynamic shared memory (above the 48 KB default at head_dim 128).
-fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 4]> {
+fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 2]> {
     let name = CString::new("fd_ahead_smem_bytes").map_err(derr)?;
     // SAFETY: the module is loaded for this context; a missing global is an error code.
     let (ptr, bytes) = unsafe { drv::module::get_global(k._module, name) }.map_err(derr)?;
-    let mut sizes = [0u32; 4];
+    let mut sizes = [0u32; 2];
     if bytes != std::mem::size_of_val(&sizes) {
         return Err(BackendError::Device(format!(
-            "fd_ahead_smem_bytes holds {bytes} bytes, expected 16"
+            "fd_ahead_smem_bytes holds {bytes} bytes, expected 8"
         )));
     }
     // SAFETY: `ptr` is the global's device address and holds exactly `sizes`' bytes.
     unsafe { drv::memcpy_dtoh_sync(&mut sizes, ptr) }.map_err(derr)?;
-    // (About 40 KB and 75 KB, 50 KB and 92 KB with the receive buffers, under sm_80+'s
-    // per-block limits.)
-    let kernels = [
-        k.flash_decode_ahead_bf16_d64,
-        k.flash_decode_ahead_bf16_d128,
-        k.flash_decode_ahead_push_bf16_d64,
-        k.flash_decode_ahead_push_bf16_d128,
-    ];
-    for (f, bytes) in kernels.into_iter().zip(sizes) {
-        set_max_dynamic_smem(f, bytes as usize)?;
-    }
+    // (About 40 KB and 75 KB, under sm_80+'s per-block limits.)
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d64, sizes[0] as usize)?;
+    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d128, sizes[1] as usize)?;
     Ok(sizes)
 }
 
@@ -353,10 +344,14 @@ fn decode_ahead_smem(k: &Kernels) -> Result<[u32; 4]> {
 /// the device's per-block limit.
 pub(super) fn allow_decode_smem_pad(k: &Kernels, pad: u32) -> Result<()> {
     let pad = pad as usize;
-    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d64, k.decode_ahead_smem[0] as usize + pad)?;
-    set_max_dynamic_smem(k.flash_decode_ahead_bf16_d128, k.decode_ahead_smem[1] as usize + pad)?;
-    set_max_dynamic_smem(k.flash_decode_ahead_push_bf16_d64, k.decode_ahead_smem[2] as usize + pad)?;
-    set_max_dynamic_smem(k.flash_decode_ahead_push_bf16_d128, k.decode_ahead_smem[3] as usize + pad)?;
+    set_max_dynamic_smem(
+        k.flash_decode_ahead_bf16_d64,
+        k.decode_ahead_smem[0] as usize + pad,
+    )?;
+    set_max_dynamic_smem(
+        k.flash_decode_ahead_bf16_d128,
+        k.decode_ahead_smem[1] as usize + pad,
+    )?;
     set_max_dynamic_smem(k.flash_decode_bf16_d64, pad)?;
     set_max_dynamic_smem(k.flash_decode_bf16_d128, pad)
 }
@@ -394,8 +389,6 @@ fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
         k.flash_decode_multi_fp8_d128,
         k.flash_decode_ahead_bf16_d64,
         k.flash_decode_ahead_bf16_d128,
-        k.flash_decode_ahead_push_bf16_d64,
-        k.flash_decode_ahead_push_bf16_d128,
     ];
     let non_portable = decode.iter().all(|&f| {
         // SAFETY: `f` is a kernel of the loaded module; the attribute takes 0 or 1.
@@ -500,8 +493,6 @@ kernels!(
     flash_decode_multi_fp8_d128,
     flash_decode_ahead_bf16_d64,
     flash_decode_ahead_bf16_d128,
-    flash_decode_ahead_push_bf16_d64,
-    flash_decode_ahead_push_bf16_d128,
     gemv1_rows_fp8,
     gemv_fp8_2,
     gemv_fp8_3,

@@ -1121,20 +1121,12 @@ impl CudaBackend {
             .min(self.decode_max_splits);
             // Few blocks (batch-1 decode): the kernel that requests each split's first two
             // tiles before its PDL wait, with dynamic shared memory for both.
-            // (SLUICE_DECODE_PUSH_MERGE=1: the instances with the one-barrier cluster merge.)
-            let push = self.decode_push_merge.load(Ordering::SeqCst);
-            let ahead = match (hd, one_tile, kind, push) {
-                (64, true, KvKind::Bf16, false) => {
+            let ahead = match (hd, one_tile, kind) {
+                (64, true, KvKind::Bf16) => {
                     Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
                 }
-                (128, true, KvKind::Bf16, false) => {
+                (128, true, KvKind::Bf16) => {
                     Some((kern.flash_decode_ahead_bf16_d128, kern.decode_ahead_smem[1]))
-                }
-                (64, true, KvKind::Bf16, true) => {
-                    Some((kern.flash_decode_ahead_push_bf16_d64, kern.decode_ahead_smem[2]))
-                }
-                (128, true, KvKind::Bf16, true) => {
-                    Some((kern.flash_decode_ahead_push_bf16_d128, kern.decode_ahead_smem[3]))
                 }
                 _ => None,
             }

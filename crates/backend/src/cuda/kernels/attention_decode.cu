@@ -143,27 +143,6 @@ __device__ __forceinline__ float fd_dsmem_load(const float* p, unsigned int rank
     return v;
 }
 
-// Stores a float into block `rank`'s shared memory at the address of `p` in ours.
-__device__ __forceinline__ void fd_dsmem_store(float* p, unsigned int rank, float v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned int a;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(fp_smem_addr(p)), "r"(rank));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(a), "f"(v) : "memory");
-#endif
-}
-
-// The leader's receive buffers of the one-barrier cluster merge (fd_merge_warps PUSH):
-// each split's unnormalised O rows (o[(split * rows + row) * HD + d]) and its m and l per
-// row (m[split * rows + row]), for up to FD_RECV_ROWS (split, row) pairs: 8 splits of
-// the 4 query heads per KV head of Llama's GQA. Kept small: the attention's shared memory
-// footprint moved the whole step (session 23, docs/BENCHMARKS.md).
-#define FD_RECV_ROWS 32
-template <int HD>
-struct FdRecv {
-    float o[FD_RECV_ROWS * HD];
-    float m[FD_RECV_ROWS], l[FD_RECV_ROWS];
-};
-
 // A thread's two packed rows (g and g + 8 of its m-tile) in a pass: the highest key each
 // may see (-1 for padding rows: everything masked), the lowest (sliding window), and the
 // online softmax's running max (log2 units) and sum.
@@ -312,17 +291,10 @@ __device__ __forceinline__ void fd_store_o(float (*so)[16][HD + FD_OPAD], const 
 // each warp's m and l (summed over the row's 4 lanes) to shared memory, then the KW warps
 // of each m-tile merged, and the output (one split), the partial state (the merge
 // kernel's) or the cluster merge written.
-//
-// The cluster merge reads the other blocks' states through DSMEM between two cluster
-// barriers (every block merges a share of the rows). With PUSH and `recv` (non-null
-// where the states fit it), each block instead stores its state into the leader's
-// receive buffers, one barrier follows, and the leader alone merges from its own shared
-// memory: one barrier and no remote load on the critical path (flash_decode_ahead).
-template <int HD, int KW, bool PUSH = false>
+template <int HD, int KW>
 __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], float (*s_m)[16], float (*s_l)[16],
                                                float* c_m, float* c_l, const FdBlock& b, int mt0,
-                                               float m_a, float m_b, float l_a, float l_b,
-                                               FdRecv<HD>* recv = nullptr) {
+                                               float m_a, float m_b, float l_a, float l_b) {
     constexpr int MW = FD_WARPS / KW;
     const unsigned int full = 0xffffffffu;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -343,8 +315,6 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
 
     // Merge the KW warps of each m-tile; write the output (one split) or the partial state.
     const int rows_here = min(b.m_rows - mt0 * 16, MW * 16);
-    const bool push = PUSH && b.cluster && b.splits * rows_here <= FD_RECV_ROWS;
-    const unsigned int my_rank = push ? fd_cluster_rank() : 0;
     for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
         const int lr = idx / HD, d = idx % HD;
         const int mt = lr >> 4, rr = lr & 15;
@@ -364,14 +334,7 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
         const int pr = mt0 * 16 + lr;
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
         const long t = b.q0 + r;
-        if (push) {
-            const int slot = my_rank * rows_here + lr;
-            fd_dsmem_store(&recv->o[slot * HD + d], 0, num);
-            if (d == 0) {
-                fd_dsmem_store(&recv->m[slot], 0, den > 0.0f ? mx : NEG_INF);
-                fd_dsmem_store(&recv->l[slot], 0, den);
-            }
-        } else if (b.cluster) {
+        if (b.cluster) {
             // This block's state stays in shared memory for the cluster merge: num in
             // place of the first warp's O of the m-tile (only this thread reads or writes
             // that element), m (log2 units) and l per row beside it.
@@ -394,45 +357,7 @@ __device__ __forceinline__ void fd_merge_warps(float (*so)[16][HD + FD_OPAD], fl
             if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
         }
     }
-    if (push) {
-        // Every block's state is in the leader's shared memory after this barrier; the
-        // others exit (nothing reads their shared memory).
-        fd_cluster_sync();
-        trace_mark(3);
-        if (my_rank == 0) {
-            // One thread per row turns each split's m and l into its weight in the
-            // output (exp2(m - max) / the row's denominator, in place of m); then every
-            // output is a weighted sum over the splits.
-            if (threadIdx.x < rows_here) {
-                const int lr = threadIdx.x;
-                float mx = NEG_INF;
-                for (int q = 0; q < b.splits; q++) mx = fmaxf(mx, recv->m[q * rows_here + lr]);
-                float den = 0.0f;
-                for (int q = 0; q < b.splits; q++) {
-                    const float mq = recv->m[q * rows_here + lr];
-                    if (mq != NEG_INF) den += recv->l[q * rows_here + lr] * fp_exp2(mq - mx);
-                }
-                for (int q = 0; q < b.splits; q++) {
-                    const float mq = recv->m[q * rows_here + lr];
-                    recv->m[q * rows_here + lr] = mq != NEG_INF && den > 0.0f ? fp_exp2(mq - mx) / den : 0.0f;
-                }
-            }
-            __syncthreads();
-            for (int idx = threadIdx.x; idx < rows_here * HD; idx += FD_WARPS * 32) {
-                const int lr = idx / HD, d = idx % HD;
-                float y = 0.0f;
-#pragma unroll 4
-                for (int q = 0; q < b.splits; q++)
-                    y += recv->o[(q * rows_here + lr) * HD + d] * recv->m[q * rows_here + lr];
-                const int pr = mt0 * 16 + lr;
-                const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
-                const long t = b.q0 + r;
-                b.out[t * ld + h * HD + d] = y;
-                if (b.out_bf16) b.out_bf16[t * ld + h * HD + d] = f32_to_bf16(y);
-            }
-        }
-        trace_mark(4);
-    } else if (b.cluster) {
+    if (b.cluster) {
         // Every block's state is in its shared memory: each block merges its share of the
         // (row, d) outputs over the cluster's blocks, then waits until all are done
         // reading before shared memory is reused or the block exits.
@@ -991,9 +916,13 @@ FLASH_DECODE(128, _multi, true, 3, fp8, fp8_t)
 // spills), its time inside the step 14.0 and 17.5 us per layer against 11.4, though alone
 // it runs as fast (7.3 against 7.5 us). Every global access after the wait, a spill's
 // reload included, queues behind the output projection's weight loads. The late trigger
-// measured level to worse on both shapes (1B 1,313, 8B 238.6). The head_dim 128
-// instance below (2 blocks per SM: 176 registers, no spill) is not yet measured; it
-// runs only with SLUICE_DECODE_AHEAD=2.
+// measured level to worse on both shapes (1B 1,313, 8B 238.6). Rebuilt spill-free (2
+// blocks per SM: 176 registers), the head_dim 128 instance below won (session 23: 256.4
+// against 252.4 tokens/s, the attention inside the step 9.1 against 11.6 us per layer)
+// and is the default at both head dims. A one-barrier cluster merge (each split storing
+// its state into the leader's shared memory, the leader merging alone) lost 2% (8B) and
+// 1.5% (1B) with a 16 KB receive buffer and 8-12% with a 34 KB one: the leader's merge
+// is serial, and a larger footprint slows the whole step (branch wip/push-merge).
 template <int HD>
 struct __attribute__((aligned(16))) FdAheadShared {
     union {
@@ -1007,13 +936,6 @@ struct __attribute__((aligned(16))) FdAheadShared {
     int srow[2][FD_KEYS];
     float s_m[FD_WARPS][16], s_l[FD_WARPS][16];
     float c_m[32], c_l[32];
-};
-
-// flash_decode_ahead_push's shared memory: the above and the leader's receive buffers.
-template <int HD>
-struct __attribute__((aligned(16))) FdAheadPushShared {
-    FdAheadShared<HD> base;
-    FdRecv<HD> recv;
 };
 
 // Q's 16 packed rows of m-tile mt0 into shared memory, scaled and rounded to bf16
@@ -1046,9 +968,9 @@ __device__ __forceinline__ void fd_load_q(bf16_t (*sq)[HD + FP_PAD], const FdBlo
 // One pass (m-tile mt0) over the block's keys. The first pass (`waited` false) requests
 // tiles 0 and 1 but this step's keys before pdl_wait(); `late_trigger` moves the
 // block's launch_dependents from right after the wait to after Q and tiles 0-1 landed.
-template <int HD, bool PUSH>
+template <int HD>
 __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlock& b, int mt0, bool& waited,
-                                              bool late_trigger, FdRecv<HD>* recv) {
+                                              bool late_trigger) {
     constexpr int NK = FD_KEYS / FD_WARPS;  // keys per warp per tile
     constexpr int NJ = NK / 8;              // n8 tiles of S per warp
     constexpr int KC = HD / 16;             // k-steps of Q.K
@@ -1141,14 +1063,13 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
     trace_mark(1);
 
     fd_store_o<HD>(sh.u.o, o, warp, g, c);
-    fd_merge_warps<HD, FD_WARPS, PUSH>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a,
-                                       st.l_b, recv);
+    fd_merge_warps<HD, FD_WARPS>(sh.u.o, sh.s_m, sh.s_l, sh.c_m, sh.c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
 }
 
 // The kernel: flash_decode's arguments and grid (one m-tile per pass; the host takes it
 // for plain decode steps whose blocks all fit on the GPU at once), its shared memory
 // dynamic (sizeof(FdAheadShared<HD>): 75 KB at head_dim 128).
-template <int HD, bool PUSH = false>
+template <int HD>
 __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __restrict__ kc,
                                    const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
                                    const int* __restrict__ context_lens, const int* __restrict__ block_tables,
@@ -1158,7 +1079,6 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
                                    int late_trigger) {
     extern __shared__ __align__(16) unsigned char fd_ahead_smem[];
     FdAheadShared<HD>& sh = *reinterpret_cast<FdAheadShared<HD>*>(fd_ahead_smem);
-    FdRecv<HD>* recv = PUSH ? &reinterpret_cast<FdAheadPushShared<HD>*>(fd_ahead_smem)->recv : nullptr;
     FdBlock b;
     if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
                   window, softcap, max_q_rows, partial, out, out_bf16, cluster))
@@ -1166,35 +1086,28 @@ __device__ void flash_decode_ahead(const float* __restrict__ q, const bf16_t* __
     const int row_groups = gridDim.y / n_kv;
     const int mt = (b.m_rows + 15) / 16;
     bool waited = false;
-    // (The receive buffers serve one pass: with more, a block could push the next pass's
-    // state while the leader still reads this one's.)
     for (int mt0 = blockIdx.y % row_groups; mt0 < mt; mt0 += row_groups)
-        fd_pass_ahead<HD, PUSH>(sh, b, mt0, waited, late_trigger != 0, mt == 1 ? recv : nullptr);
+        fd_pass_ahead<HD>(sh, b, mt0, waited, late_trigger != 0);
     if (!waited) {
         pdl_wait();
         pdl_trigger();
     }
 }
 
-#define FLASH_DECODE_AHEAD(NAME, HD, PUSH, BOUNDS) \
-extern "C" __global__ void BOUNDS NAME##_bf16_d##HD( \
+#define FLASH_DECODE_AHEAD(HD, BOUNDS) \
+extern "C" __global__ void BOUNDS flash_decode_ahead_bf16_d##HD( \
     const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* partial, float* out, \
     bf16_t* out_bf16, int cluster, int late_trigger) { \
-    flash_decode_ahead<HD, PUSH>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
-                                 n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
-                                 late_trigger); \
+    flash_decode_ahead<HD>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
+                           n_kv, scale, window, softcap, max_q_rows, partial, out, out_bf16, cluster, \
+                           late_trigger); \
 }
-FLASH_DECODE_AHEAD(flash_decode_ahead, 64, false, __launch_bounds__(FD_WARPS * 32))
-FLASH_DECODE_AHEAD(flash_decode_ahead, 128, false, __launch_bounds__(FD_WARPS * 32, 2))
-// The one-barrier cluster merge (fd_merge_warps PUSH; SLUICE_DECODE_PUSH_MERGE=1).
-FLASH_DECODE_AHEAD(flash_decode_ahead_push, 64, true, __launch_bounds__(FD_WARPS * 32))
-FLASH_DECODE_AHEAD(flash_decode_ahead_push, 128, true, __launch_bounds__(FD_WARPS * 32, 2))
+FLASH_DECODE_AHEAD(64, __launch_bounds__(FD_WARPS * 32))
+FLASH_DECODE_AHEAD(128, __launch_bounds__(FD_WARPS * 32, 2))
 
-// The kernels' dynamic shared memory in bytes (flash_decode_ahead at head_dim 64, 128,
-// then flash_decode_ahead_push), read by the loader
+// The kernels' dynamic shared memory in bytes (head_dim 64, 128), read by the loader
 // (cuda/module.rs) so that the host's launch size is the compiler's sizeof.
-extern "C" __device__ const unsigned int fd_ahead_smem_bytes[4] = {
-    sizeof(FdAheadShared<64>), sizeof(FdAheadShared<128>), sizeof(FdAheadPushShared<64>),
-    sizeof(FdAheadPushShared<128>)};
+extern "C" __device__ const unsigned int fd_ahead_smem_bytes[2] = {sizeof(FdAheadShared<64>),
+                                                                    sizeof(FdAheadShared<128>)};
