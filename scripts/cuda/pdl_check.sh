@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -569,5 +569,16 @@ if [[ " $what " == *" final23 "* ]]; then # session 23's shipped build (flash_de
   for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=1"; do
     echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" carve23 "* ]]; then # session 23: one preferred carveout for the Q/K/V GEMV, the batch-1 attention and the staged output projection only (SLUICE_DECODE_CARVEOUT)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DECODE_CARVEOUT=100" "SLUICE_DECODE_CARVEOUT=50"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "SLUICE_DECODE_CARVEOUT=100"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 60 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done
 fi

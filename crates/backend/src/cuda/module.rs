@@ -313,10 +313,44 @@ macro_rules! kernels {
                         .map_err(derr)?;
                     }
                 }
+                if let Some(pct) = std::env::var("SLUICE_DECODE_CARVEOUT").ok().and_then(|v| v.parse::<i32>().ok()) {
+                    decode_chain_carveout(&k, pct)?;
+                }
                 Ok(k)
             }
         }
     };
+}
+
+/// For experiments (`SLUICE_DECODE_CARVEOUT=<percent>`): one preferred shared-memory
+/// carveout for the batch-1 kernels around the decode attention only (the Q/K/V GEMV
+/// before it, the attention, the staged output projection after it), so that the
+/// attention's blocks and the projection's may land beside the blocks before them
+/// without the SM draining to reconfigure (every kernel at 100% lost 4-8%, session 21:
+/// the GEMVs lose their L1).
+fn decode_chain_carveout(k: &Kernels, pct: i32) -> Result<()> {
+    let chain = [
+        k.gemv1_qkv_rope_bf16_kvbf16,
+        k.flash_decode_ahead_bf16_d64,
+        k.flash_decode_ahead_bf16_d128,
+        k.gemv1_staged_bf16_s1,
+        k.gemv1_staged_bf16_s2,
+        k.gemv1_staged_bf16_s4,
+    ];
+    for f in chain {
+        // SAFETY: `f` is a kernel of the loaded module; the attribute takes a percentage
+        // (0-100) or -1.
+        unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                pct,
+            )
+        }
+        .result()
+        .map_err(derr)?;
+    }
+    Ok(())
 }
 
 /// See `Kernels::decode_ahead_smem`: the sizes from the module, and each kernel allowed
