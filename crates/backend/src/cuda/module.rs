@@ -334,16 +334,24 @@ fn decode_chain_carveout(k: &Kernels, pct: i32) -> Result<()> {
 /// Kernel `f`'s preferred shared-memory carveout: a percentage of the maximum (0-100), or
 /// -1 for no preference.
 fn set_carveout(f: sys::CUfunction, pct: i32) -> Result<()> {
-    // SAFETY: `f` is a kernel of a loaded module; a value out of range is an error code.
-    unsafe {
-        sys::cuFuncSetAttribute(
-            f,
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-            pct,
-        )
-    }
-    .result()
-    .map_err(derr)
+    set_func_attribute(
+        f,
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+        pct,
+    )
+}
+
+/// Sets attribute `attr` of kernel `f` to `value`; a value the device refuses is an error.
+fn set_func_attribute(
+    f: sys::CUfunction,
+    attr: sys::CUfunction_attribute,
+    value: i32,
+) -> Result<()> {
+    // SAFETY: `f` is a kernel of a loaded module and `attr` a settable attribute; a value
+    // out of its range comes back as an error code.
+    unsafe { sys::cuFuncSetAttribute(f, attr, value) }
+        .result()
+        .map_err(derr)
 }
 
 /// See `Kernels::decode_ahead_smem`: the sizes from the module, and each kernel allowed
@@ -387,17 +395,11 @@ pub(super) fn allow_decode_smem_pad(k: &Kernels, pad: u32) -> Result<()> {
 /// KB; sm_90 allows up to 227 KB per block).
 pub(super) fn set_max_dynamic_smem(f: sys::CUfunction, bytes: usize) -> Result<()> {
     let bytes = i32::try_from(bytes).map_err(derr)?;
-    // SAFETY: `f` is a kernel of a loaded module; the attribute takes a byte count, and a
-    // count above the device's limit is an error code.
-    unsafe {
-        sys::cuFuncSetAttribute(
-            f,
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes,
-        )
-    }
-    .result()
-    .map_err(derr)
+    set_func_attribute(
+        f,
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes,
+    )
 }
 
 /// See `Kernels::decode_cluster_limit`.
@@ -418,15 +420,11 @@ fn decode_cluster_limit(k: &Kernels, major: i32) -> usize {
         k.flash_decode_ahead_bf16_d128,
     ];
     let non_portable = decode.iter().all(|&f| {
-        // SAFETY: `f` is a kernel of the loaded module; the attribute takes 0 or 1.
-        unsafe {
-            sys::cuFuncSetAttribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-        }
-        .result()
+        set_func_attribute(
+            f,
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+            1,
+        )
         .is_ok()
     });
     if non_portable {
