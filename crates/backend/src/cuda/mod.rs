@@ -258,8 +258,9 @@ pub struct CudaBackend {
     gemv_stage: usize,
     /// Every plain bf16 batch-1 GEMV stages (the down projection after the GLU, the output
     /// head), not only the one after a `memory_idle` kernel: `SLUICE_GEMV_STAGE_ALL=1`,
-    /// an experiment not yet measured (the staged blocks start only where the previous
-    /// kernel leaves registers free, i.e. in its tail).
+    /// an experiment. It lost on an H200 (session 23: 8B 251.6 against 252.4 tokens/s,
+    /// 1B 1,329 against 1,340); the staged blocks start only where the previous kernel
+    /// leaves registers free, i.e. in its tail.
     gemv_stage_all: bool,
     /// Launches of the staged GEMV so far (for tests).
     staged_gemvs: AtomicU64,
@@ -294,8 +295,8 @@ pub struct CudaBackend {
     decode_max_splits: usize,
     /// Which plain decode steps whose attention blocks fit on the GPU in one block per
     /// SM take `flash_decode_ahead` (kernels/attention_decode.cu: each split's first two
-    /// tiles requested before the PDL wait): `DECODE_AHEAD` (head_dim 64), 0 none, 2
-    /// head_dim 64 and 128 (`SLUICE_DECODE_AHEAD`).
+    /// tiles requested before the PDL wait): 2 (`DECODE_AHEAD`) head_dim 64 and 128, 1
+    /// head_dim 64 only, 0 none (`SLUICE_DECODE_AHEAD`).
     decode_ahead: AtomicUsize,
     /// `flash_decode_ahead`'s `late_trigger`: the next kernel launches only after the
     /// attention's reads of this step landed (`SLUICE_DECODE_LATE_TRIGGER=1`; off by

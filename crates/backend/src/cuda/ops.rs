@@ -1121,6 +1121,7 @@ impl CudaBackend {
             .min(self.decode_max_splits);
             // Few blocks (batch-1 decode): the kernel that requests each split's first two
             // tiles before its PDL wait, with dynamic shared memory for both.
+            let one_per_sm = groups * splits <= self.sm_count as usize;
             let ahead = match (hd, one_tile, kind) {
                 (64, true, KvKind::Bf16) => {
                     Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
@@ -1132,15 +1133,11 @@ impl CudaBackend {
             }
             .filter(|_| {
                 let mode = self.decode_ahead.load(Ordering::SeqCst);
-                (mode >= 2 || (mode == 1 && hd == 64)) && groups * splits <= self.sm_count as usize
+                (mode >= 2 || (mode == 1 && hd == 64)) && one_per_sm
             });
             let (f, smem) = ahead.unwrap_or((f, 0));
             // (SLUICE_DECODE_SMEM_PAD, an experiment: see `decode_smem_pad`.)
-            let padded = one_tile
-                && kind == KvKind::Bf16
-                && self.decode_smem_pad > 0
-                && groups * splits <= self.sm_count as usize;
-            let smem = if padded {
+            let smem = if one_tile && kind == KvKind::Bf16 && one_per_sm {
                 smem + self.decode_smem_pad
             } else {
                 smem
@@ -1168,32 +1165,20 @@ impl CudaBackend {
                 splits as u32,
             );
             let cluster_z = if cluster { splits as u32 } else { 1 };
-            if ahead.is_some() {
-                let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
-                self.launch_with(
-                    f,
-                    grid,
-                    128,
-                    &mut args![
-                        pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                        max_q_rows, partial, po, staged, ci, late
-                    ],
-                    cluster_z,
-                    smem,
-                )?;
-                self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
+            let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
+            let mut a = args![
+                pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                max_q_rows, partial, po, staged, ci, late
+            ];
+            // `late_trigger` is flash_decode_ahead's alone, after the general kernel's.
+            let n = if ahead.is_some() {
+                a.len()
             } else {
-                self.launch_with(
-                    f,
-                    grid,
-                    128,
-                    &mut args![
-                        pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                        max_q_rows, partial, po, staged, ci
-                    ],
-                    cluster_z,
-                    smem,
-                )?;
+                a.len() - 1
+            };
+            self.launch_with(f, grid, 128, &mut a[..n], cluster_z, smem)?;
+            if ahead.is_some() {
+                self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
             }
             // Merged already: no merge kernel below.
             if cluster {
