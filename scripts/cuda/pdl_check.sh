@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -587,6 +587,32 @@ if [[ " $what " == *" pad24 "* ]]; then # prepared in session 23, not yet run: t
     q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
   done
   for cfg in "X=default" "SLUICE_DECODE_SMEM_PAD=99328" "SLUICE_DECODE_SMEM_PAD=134144" "X=default-again"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
+  done
+fi
+if [[ " $what " == *" wl24 "* ]]; then # session 24: the GEMVs' weight loads with other cache hints (SLUICE_WEIGHT_LOAD, kernels/common.cuh ld_weight; stage the cubins with SLUICE_PREP_VARIANTS), alone and with a full carveout around the attention
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_WEIGHT_LOAD=1" "SLUICE_WEIGHT_LOAD=2" "SLUICE_WEIGHT_LOAD=3" "SLUICE_WEIGHT_LOAD=1 SLUICE_DECODE_CARVEOUT=100" "X=default-again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_WEIGHT_LOAD=1" "SLUICE_WEIGHT_LOAD=1 SLUICE_DECODE_CARVEOUT=100"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 60 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" wlq24 "* ]]; then # session 24: the quantized batch-1 GEMVs with .L1::no_allocate weight loads (the default now) against __ldg (SLUICE_WEIGHT_LOAD=0), 8B shape
+  for dt in fp8 q8_0 q4_0 q4_k; do
+    for cfg in "X=default" "SLUICE_WEIGHT_LOAD=0"; do
+      q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench --dtype $dt -p 512 -n 128 -b 1 -r 2
+    done
+  done
+fi
+if [[ " $what " == *" wl24b "* ]]; then # session 24: with .L1::no_allocate weight loads the default, the knobs tuned under the old L1 pressure again, and the L2 evict-first policy (SLUICE_WEIGHT_LOAD=4)
+  for cfg in "X=default" "SLUICE_WEIGHT_LOAD=4" "SLUICE_DECODE_SMEM_PAD=65536" "SLUICE_GEMV_STAGE_ALL=1" "SLUICE_DECODE_CARVEOUT=50" "X=default-again"; do
+    q $cfg $B bench model --device cuda --random-weights llama-3.1-8b-bench -p 512 -n 128 -b 1 -r 2
+  done
+  for cfg in "X=default" "SLUICE_WEIGHT_LOAD=4" "SLUICE_DECODE_SMEM_PAD=99328" "SLUICE_GEMV_STAGE_ALL=1" "SLUICE_DECODE_CARVEOUT=50" "X=default-again"; do
     q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
   done
 fi

@@ -35,6 +35,12 @@ if [ -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
   # And the timeline build's (SLUICE_CUDA_TRACE=1, cuda/trace.rs), under its own name.
   LD_LIBRARY_PATH=$NVRTC_LIB SLUICE_CUDA_TRACE=1 SLUICE_STAGE_CUBIN_DIR=$PWD/.devcache cargo test --release -p sluice-backend --test cuda_nvrtc stage_sm90_cubin -- --ignored >/dev/null 2>&1 \
     || echo "note: no precompiled timeline cubin staged"
+  # And each build variant an experiment names (SLUICE_PREP_VARIANTS="SLUICE_WEIGHT_LOAD=1 ...":
+  # environment settings that change the kernel source, hence the cache name).
+  for v in ${SLUICE_PREP_VARIANTS:-}; do
+    env LD_LIBRARY_PATH=$NVRTC_LIB "$v" SLUICE_STAGE_CUBIN_DIR=$PWD/.devcache cargo test --release -p sluice-backend --test cuda_nvrtc stage_sm90_cubin -- --ignored >/dev/null 2>&1 \
+      || echo "note: no precompiled cubin staged for $v"
+  done
   xz -T2 -6 -f .devcache/*.cubin 2>/dev/null || true
 fi
 strip .devbin/* 2>/dev/null || true

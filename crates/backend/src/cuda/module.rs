@@ -36,6 +36,7 @@ pub fn kernel_source_for(trace: bool) -> String {
         ""
     };
     trace.to_string()
+        + &weight_load_define()
         + &[
             include_str!("kernels/common.cuh"),
             include_str!("kernels/elementwise.cu"),
@@ -51,6 +52,16 @@ pub fn kernel_source_for(trace: bool) -> String {
             include_str!("kernels/qmma.cu"),
         ]
         .join("\n")
+}
+
+/// The cache hint of the GEMVs' weight loads (`SLUICE_WEIGHT_LOAD=0|2|3|4`, an experiment:
+/// kernels/common.cuh `ld_weight`), as a define; empty for the default
+/// (`.L1::no_allocate`, 1).
+fn weight_load_define() -> String {
+    match std::env::var("SLUICE_WEIGHT_LOAD").ok().as_deref() {
+        Some(m @ ("0" | "2" | "3" | "4")) => format!("#define SLUICE_WEIGHT_LOAD {m}\n"),
+        _ => String::new(),
+    }
 }
 
 /// Whether the NVRTC library can be loaded (no GPU needed to compile).

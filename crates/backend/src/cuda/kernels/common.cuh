@@ -114,6 +114,43 @@ __device__ __forceinline__ void fp_cp_async_commit() { asm volatile("cp.async.co
 // Waits until at most one committed group is still in flight.
 __device__ __forceinline__ void fp_cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
+// A 16-byte load of weights, which stream from memory once per token and which no
+// kernel writes. By default (SLUICE_WEIGHT_LOAD 1) with `.L1::no_allocate`: the lines do
+// not displace what the GEMVs re-read from L1 (x, gamma), nor the attention's shared
+// memory beside them. Measured on an H200 at batch 1 (session 24): 8B 263.2 against
+// 253.3 tokens/s with __ldg, 1B 1,396 against 1,334; the attention inside the step 6.4
+// against 9.2 us per layer. The experiment SLUICE_WEIGHT_LOAD=<n> (module.rs prefixes the
+// define) picks another: 0 __ldg; 2 `.L1::no_allocate.L2::256B` (the L2 fetches 256
+// bytes per miss; lost 3%); 3 `.L2::256B` alone (lost 2%); 4 `.L1::no_allocate` with an
+// L2 evict-first policy (createpolicy), so that the weights leave L2 before the KV cache
+// and the activations. PTX ISA 8.x, "ld" and "createpolicy".
+#ifndef SLUICE_WEIGHT_LOAD
+#define SLUICE_WEIGHT_LOAD 1
+#endif
+__device__ __forceinline__ uint4 ld_weight(const uint4* p) {
+#if SLUICE_WEIGHT_LOAD == 0
+    return __ldg(p);
+#else
+    uint4 r;
+#if SLUICE_WEIGHT_LOAD == 1
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+#elif SLUICE_WEIGHT_LOAD == 2
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+#elif SLUICE_WEIGHT_LOAD == 3
+    asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+#else
+    unsigned long long policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(policy));
+#endif
+    return r;
+#endif
+}
+
 // One bulk (TMA) prefetch of `bytes` (a multiple of 16, 16-byte aligned) into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned int bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -66,7 +66,7 @@ struct RowFp8 {
     __device__ __forceinline__ void init(const unsigned char* w, long m, int, int K) {
         p = reinterpret_cast<const uint4*>(w + m * K);
     }
-    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ uint4 load(int c) const { return ld_weight(p + c); }
     __device__ __forceinline__ float scale(int) const { return 1.0f; }
     __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { fp8_unpack16(q, f); }
     __device__ __forceinline__ static long row_bytes(int K) { return K; }
@@ -97,7 +97,7 @@ __device__ __forceinline__ void gemv_fp8_body(const float* __restrict__ x, const
     for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 r[UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) r[u] = __ldg(wr + c + step * u);
+        for (int u = 0; u < UNROLL; u++) r[u] = ld_weight(wr + c + step * u);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             float f[16];
@@ -109,7 +109,7 @@ __device__ __forceinline__ void gemv_fp8_body(const float* __restrict__ x, const
     }
     for (; c < chunks; c += step) {
         float f[16];
-        fp8_unpack16(__ldg(wr + c), f);
+        fp8_unpack16(ld_weight(wr + c), f);
         const long k0 = (long)c * 16;
 #pragma unroll
         for (int t = 0; t < T; t++) acc[t] += fp8_dot16_x(f, x + (long)t * K + k0);
@@ -202,7 +202,7 @@ extern "C" __global__ void fp8_dequant_bf16_kernel(const unsigned char* w, bf16_
     const float s = fp8_out_scale(w, M, K);
     for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (long)gridDim.x * blockDim.x) {
         float f[16];
-        fp8_unpack16(__ldg(qs + c), f);
+        fp8_unpack16(ld_weight(qs + c), f);
         unsigned int o[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) {

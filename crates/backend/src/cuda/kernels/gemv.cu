@@ -74,7 +74,7 @@ __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const W* 
     for (; c + step * (UNROLL - 1) < chunks; c += step * UNROLL) {
         uint4 r[UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) r[u] = __ldg(wr + c + step * u);
+        for (int u = 0; u < UNROLL; u++) r[u] = ld_weight(wr + c + step * u);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             float f[NV];
@@ -85,7 +85,7 @@ __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const W* 
         }
     }
     for (; c < chunks; c += step) {
-        uint4 r = __ldg(wr + c);
+        uint4 r = ld_weight(wr + c);
         float f[NV];
         unpack(r, w, f);
         int k0 = c * NV;
@@ -166,7 +166,7 @@ __device__ __forceinline__ void gemv_q8_0_body(const float* __restrict__ x, cons
         float s[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            r[u] = __ldg(wr + c + step * u);
+            r[u] = ld_weight(wr + c + step * u);
             s[u] = f16_to_f32(sc[(c + step * u) >> 1]);
         }
 #pragma unroll
@@ -182,7 +182,7 @@ __device__ __forceinline__ void gemv_q8_0_body(const float* __restrict__ x, cons
         }
     }
     for (; c < chunks; c += step) {
-        uint4 r = __ldg(wr + c);
+        uint4 r = ld_weight(wr + c);
         float s = f16_to_f32(sc[c >> 1]);
         float f[16];
         unpack_i8(r, f);
@@ -343,7 +343,7 @@ template <typename W> struct RowPlain {
     __device__ __forceinline__ void init(const unsigned char* w, long m, int, int K) {
         p = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(w) + m * K);
     }
-    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ uint4 load(int c) const { return ld_weight(p + c); }
     __device__ __forceinline__ float scale(int) const { return 1.0f; }
     __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { unpack(q, (const W*)0, f); }
     __device__ __forceinline__ static long row_bytes(int K) { return (long)K * sizeof(W); }
@@ -359,7 +359,7 @@ struct RowQ8_0 {
         p = reinterpret_cast<const uint4*>(w + m * K);
         sc = reinterpret_cast<const f16_t*>(w + (long)M * K) + m * (K / 32);
     }
-    __device__ __forceinline__ uint4 load(int c) const { return __ldg(p + c); }
+    __device__ __forceinline__ uint4 load(int c) const { return ld_weight(p + c); }
     __device__ __forceinline__ float scale(int c) const { return f16_to_f32(sc[c >> 1]); }
     __device__ __forceinline__ static void unpack_to(const uint4& q, float* f) { unpack_i8(q, f); }
     __device__ __forceinline__ static long row_bytes(int K) { return K; }

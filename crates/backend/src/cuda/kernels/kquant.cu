@@ -200,8 +200,8 @@ __device__ __forceinline__ void gemv_q4_k_body(const float* __restrict__ x, cons
         for (int u = 0; u < UNROLL; u++)
 #pragma unroll
             for (int r = 0; r < RPW; r++) {
-                q[u][r] = __ldg(qs[r] + c + step * u);
-                h[u][r] = __ldg(hd[r] + ((c + step * u) >> 3));
+                q[u][r] = ld_weight(qs[r] + c + step * u);
+                h[u][r] = ld_weight(hd[r] + ((c + step * u) >> 3));
             }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) kq4_chunk<T, RPW>(x, K, c + step * u, j, q[u], h[u], acc, e);
@@ -210,8 +210,8 @@ __device__ __forceinline__ void gemv_q4_k_body(const float* __restrict__ x, cons
         uint4 q[RPW], h[RPW];
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            q[r] = __ldg(qs[r] + c);
-            h[r] = __ldg(hd[r] + (c >> 3));
+            q[r] = ld_weight(qs[r] + c);
+            h[r] = ld_weight(hd[r] + (c >> 3));
         }
         kq4_chunk<T, RPW>(x, K, c, j, q, h, acc, e);
     }
@@ -234,7 +234,7 @@ extern "C" __global__ void dequant_q4_k_bf16_kernel(const unsigned char* w, bf16
     const uint4* qs = reinterpret_cast<const uint4*>(w);
     const uint4* hd = reinterpret_cast<const uint4*>(w + (long)M * (K / 2));
     for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (long)gridDim.x * blockDim.x) {
-        const uint4 q = __ldg(qs + c), h = __ldg(hd + (c >> 3));
+        const uint4 q = ld_weight(qs + c), h = ld_weight(hd + (c >> 3));
         float sc, mn;
         kq4_scale_min(h, (int)(c & 7), sc, mn);
         const float d1 = __fmul_rn(f16_to_f32((f16_t)(h.x & 0xffffu)), sc);
@@ -357,9 +357,9 @@ __device__ __forceinline__ void gemv_q6_k_body(const float* __restrict__ x, cons
         float d[RPW];
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            a[r] = __ldg(qr[r] + u);
-            b[r] = __ldg(qr[r] + plane + u);
-            hq[r] = __ldg(qr[r] + 2 * plane + u);
+            a[r] = ld_weight(qr[r] + u);
+            b[r] = ld_weight(qr[r] + plane + u);
+            hq[r] = ld_weight(qr[r] + 2 * plane + u);
             s[r] = __ldg(sr[r] + u);
             d[r] = 128.0f * f16_to_f32(dr[r][u >> 2]);
         }
@@ -387,7 +387,7 @@ extern "C" __global__ void dequant_q6_k_bf16_kernel(const unsigned char* w, bf16
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < units; i += (long)gridDim.x * blockDim.x) {
         const long m = i / plane, u = i % plane;
         const uint4* row = reinterpret_cast<const uint4*>(w + m * (K / 4 * 3));
-        const uint4 a = __ldg(row + u), b = __ldg(row + plane + u), h = __ldg(row + 2 * plane + u);
+        const uint4 a = ld_weight(row + u), b = ld_weight(row + plane + u), h = ld_weight(row + 2 * plane + u);
         const float d = f16_to_f32(ds[i >> 2]);
         uint4* dst = reinterpret_cast<uint4*>(out) + 8 * i;
 #pragma unroll

@@ -142,7 +142,7 @@ __device__ __forceinline__ void gemv_q4_legacy_body(const float* __restrict__ x,
         for (int u = 0; u < UNROLL; u++)
 #pragma unroll
             for (int r = 0; r < RPW; r++) {
-                q[u][r] = __ldg(qs[r] + c + step * u);
+                q[u][r] = ld_weight(qs[r] + c + step * u);
                 h[u][r] = lq_head<Q41>(hd[r], c + step * u);
             }
 #pragma unroll
@@ -153,7 +153,7 @@ __device__ __forceinline__ void gemv_q4_legacy_body(const float* __restrict__ x,
         unsigned int h[RPW];
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            q[r] = __ldg(qs[r] + c);
+            q[r] = ld_weight(qs[r] + c);
             h[r] = lq_head<Q41>(hd[r], c);
         }
         lq_chunk<T, RPW, Q41>(x, K, c, q, h, acc, e);
@@ -192,7 +192,7 @@ __device__ __forceinline__ void dequant_q4_legacy_bf16(const unsigned char* w, b
     // q - 8 (Q4_0) or q (Q4_1) exactly: q in a float's mantissa, less 2^23 (+ 8)
     const float off = Q41 ? 8388608.0f : 8388616.0f;
     for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (long)gridDim.x * blockDim.x) {
-        const uint4 q = __ldg(qs + c);
+        const uint4 q = ld_weight(qs + c);
         const unsigned int h = lq_head<Q41>(hd, c);
         const float d = f16_to_f32((f16_t)(h & 0xffffu));
         const float m = Q41 ? f16_to_f32((f16_t)(h >> 16)) : 0.0f;
