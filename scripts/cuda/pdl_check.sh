@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [df25]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -614,5 +614,25 @@ if [[ " $what " == *" wl24b "* ]]; then # session 24: with .L1::no_allocate weig
   done
   for cfg in "X=default" "SLUICE_WEIGHT_LOAD=4" "SLUICE_DECODE_SMEM_PAD=99328" "SLUICE_GEMV_STAGE_ALL=1" "SLUICE_DECODE_CARVEOUT=50" "X=default-again"; do
     q $cfg $B bench model --device cuda --random-weights llama-3.2-1b-bench -p 512 -n 128 -b 1 -r 2
+  done
+fi
+if [[ " $what " == *" next25 "* ]]; then # prepared in session 24, not yet run: with the weights out of L1 (.L1::no_allocate), the batch-1 knobs tuned under the old L1 pressure once more (GEMV grid size, loads in flight, the L2 prefetches, the staged projection's chunks, the attention's tiles per split)
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_GEMV_BLOCKS_PER_SM=3" "SLUICE_GEMV_BLOCKS_PER_SM=4" "SLUICE_GEMV_BLOCKS_PER_SM=1" "SLUICE_GEMV_UNROLL=2" "SLUICE_GEMV_PREFETCH=8388608" "SLUICE_IDLE_PREFETCH=0" "SLUICE_GEMV_STAGE=4" "SLUICE_DECODE_SPLIT_TILES=3" "X=default-again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+fi
+if [[ " $what " == *" df25 "* ]]; then # prepared in session 24, not yet run: the down projection waiting for the GLU's per-block flags instead of its grid (SLUICE_DATAFLOW=1, cuda/dataflow.rs); its test first, under a timeout (a wrong flag protocol would hang, not fail)
+  timeout 120 /tmp/sluice-bin/test-cuda_dataflow --nocapture --test-threads=1 2>&1 | grep -E "rel err|test result|panicked" | tail -25 | tee -a "$OUT/pdl.txt"
+  echo "cuda_dataflow exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pdl.txt"
+  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_DATAFLOW=1" "X=default-again" "SLUICE_DATAFLOW=1 X=again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_DATAFLOW=1"; do
+    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 60 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
   done
 fi

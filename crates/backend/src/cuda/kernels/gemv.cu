@@ -596,3 +596,156 @@ extern "C" __global__ void __launch_bounds__(256) gemv1_staged_bf16_s##NS(const 
 GEMV1_STAGED(1)
 GEMV1_STAGED(2)
 GEMV1_STAGED(4)
+
+// Dataflow hand-off from the GLU GEMV to the down projection (SLUICE_DATAFLOW=1, an
+// experiment of session 24, not yet run on a GPU; cuda/fused.rs, cuda/ops.rs).
+// Each launch boundary of the batch-1 step costs about 2 us (the 8B and the 1B layers
+// without attention both lose ~8.5 us per layer against the copy rate, over four
+// boundaries: docs/BENCHMARKS.md, session 24): a GEMV's griddepcontrol.wait returns only
+// once the whole previous grid has completed and flushed, though each chunk of its x is
+// final as soon as the one block that wrote it is done. Here the GLU kernel
+// (gemv1_glu_bf16_df) raises one flag per block after its outputs (a release), and the
+// down projection never waits for the grid: before each phase of PHASE iterations of
+// its K loop, its threads wait for the flags of the x chunks that phase reads (an
+// acquire each), then a barrier. The weight loads of an iteration are issued before its
+// wait. The arithmetic is gemv1_rows_bf16's, in the same order.
+// - No deadlock: under PDL this grid launches only once every GLU block has executed
+//   its trigger (is resident or done), and GLU blocks wait for nothing of ours.
+// - x (the GLU's output) is read with plain loads (`__ldca`, not the read-only path):
+//   the acquire makes the flagged chunks visible.
+// - The residual h that this kernel adds into was the GLU's input: a row's store comes
+//   after all of its K, i.e. after every GLU block's flag, and a block raises its flag
+//   after its last read of h.
+// - The last block to finish its waits (a counter after the flags) clears the flags and
+//   the counter for the next layer's GLU, which runs only after this grid has completed
+//   (the kernels between wait for their predecessors).
+__device__ __forceinline__ void df_raise(unsigned int* flag) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(1u) : "memory");
+}
+
+__device__ __forceinline__ unsigned int df_acquire(const unsigned int* flag) {
+    unsigned int v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+    return v;
+}
+
+// x[0..8) with plain (coherent) loads: written by a kernel that may still run.
+__device__ __forceinline__ void load_x8_coherent(const float* x, float* xs) {
+    const float4 a = __ldca(reinterpret_cast<const float4*>(x)), b = __ldca(reinterpret_cast<const float4*>(x) + 1);
+    xs[0] = a.x; xs[1] = a.y; xs[2] = a.z; xs[3] = a.w; xs[4] = b.x; xs[5] = b.y; xs[6] = b.z; xs[7] = b.w;
+}
+
+// One iteration of gemv1_dataflow_body's K loop for one lane: U chunks per row at c,
+// c + step, ... (the first load per row already in q0 when HAVE0), or where the lane's
+// chunks end within it, gemv1_dot's remainder loop.
+template <int RPW, int U, bool HAVE0>
+__device__ __forceinline__ void df_iteration(const RowPlain<bf16_t>* rows, const float* x, int c, int step,
+                                             int chunks, const uint4* q0, float* acc) {
+    typedef RowPlain<bf16_t> P;
+    const int N = P::N;
+    if (c + step * (U - 1) < chunks) {
+        uint4 q[U][RPW];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < RPW; r++) q[u][r] = (HAVE0 && u == 0) ? q0[r] : rows[r].load(c + step * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float xs[N];
+            load_x8_coherent(x + (c + step * u) * N, xs);
+#pragma unroll
+            for (int r = 0; r < RPW; r++) {
+                float f[N];
+                P::unpack_to(q[u][r], f);
+                acc[r] += dot_r<N>(f, xs);
+            }
+        }
+    } else {
+        for (int cc = c; cc < chunks; cc += step) {
+            float xs[N];
+            load_x8_coherent(x + cc * N, xs);
+#pragma unroll
+            for (int r = 0; r < RPW; r++) {
+                float f[N];
+                P::unpack_to(rows[r].load(cc), f);
+                acc[r] += dot_r<N>(f, xs);
+            }
+        }
+    }
+}
+
+// Waits (all threads of the block) until the flags of x's chunks [base, hi) are raised.
+__device__ __forceinline__ void df_wait(const unsigned int* flags, int base, int hi, int N, int seg, int nseg) {
+    const int s_hi = min((int)(((long)hi * N + seg - 1) / seg), nseg);
+    for (int s = (int)((long)base * N / seg) + threadIdx.x; s < s_hi; s += blockDim.x)
+        while (df_acquire(flags + s) == 0) {
+        }
+    __syncthreads();
+}
+
+template <int RPW, int U, int PHASE>
+__device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsigned char* __restrict__ w,
+                                                    float* out, int M, int K, int wpr, int accumulate,
+                                                    unsigned int* flags, int seg, int nseg) {
+    typedef RowPlain<bf16_t> P;
+    const int N = P::N;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
+    const int slice = warp % wpr;
+    P rows[RPW];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
+    // Dead row groups (past M) run every iteration too (the phase barriers), on no chunks.
+    const int chunks = m0 < M ? K / N : 0, all = K / N;
+    const int c0 = lane + 32 * slice, step = 32 * wpr, per_iter = step * U;
+    float acc[RPW];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
+    // The first load of each row before anything waits (weights: no kernel writes them),
+    // as gemv1_dot's PRE = 1; then the next kernel may launch (it waits for this grid).
+    uint4 q0[RPW];
+    const bool full0 = c0 + step * (U - 1) < chunks;
+    if (full0)
+#pragma unroll
+        for (int r = 0; r < RPW; r++) q0[r] = rows[r].load(c0);
+    pdl_trigger();
+    int ready = min(PHASE * per_iter, all);  // chunks [0, ready) of x are final (block-uniform)
+    df_wait(flags, 0, ready, N, seg, nseg);
+    if (full0) df_iteration<RPW, U, true>(rows, x, c0, step, chunks, q0, acc);
+    else df_iteration<RPW, U, false>(rows, x, c0, step, chunks, q0, acc);
+    for (int base = per_iter; base < all; base += per_iter) {
+        if (base >= ready) {
+            const int hi = min(base + PHASE * per_iter, all);
+            df_wait(flags, base, hi, N, seg, nseg);
+            ready = hi;
+        }
+        df_iteration<RPW, U, false>(rows, x, base + c0, step, chunks, q0, acc);
+    }
+    trace_mark(0);
+    // Every wait of this block is done: count it; the last block clears the flags.
+    __shared__ int df_last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        df_last = atomicAdd(flags + nseg, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (df_last) {
+        for (int s = threadIdx.x; s < nseg; s += blockDim.x) flags[s] = 0u;
+        if (threadIdx.x == 0) flags[nseg] = 0u;
+    }
+    gemv_rows_store<RPW, false>(acc, 0.0f, out, M, K, m0, wpr, 0.0f, 1.0f, accumulate);
+    trace_mark(1);
+}
+
+// gemv1_rows_bf16_df(x, w, out, M, K, wpr, accumulate, flags, seg, nseg): out (+)= W x
+// with x from gemv1_glu_bf16_df, whose block b wrote x[b * seg, (b + 1) * seg) and
+// raised flags[b] (nseg flags, then the counter).
+extern "C" __global__ void __launch_bounds__(256, 4) gemv1_rows_bf16_df(const float* x, const unsigned char* w,
+                                                                     float* out, int M, int K, int wpr,
+                                                                     int accumulate, unsigned int* flags, int seg,
+                                                                     int nseg) {
+    gemv1_dataflow_body<GEMV_RPW, 4, 2>(x, w, out, M, K, wpr, accumulate, flags, seg, nseg);
+}

@@ -1,0 +1,104 @@
+//! The dataflow hand-off from the batch-1 GLU GEMV to the down projection
+//! (`SLUICE_DATAFLOW=1`, an experiment of session 24; kernels/gemv.cu "Dataflow
+//! hand-off" says why and how). The GLU kernel raises one flag per block in a small
+//! device buffer; the down projection launched right after it waits for those flags
+//! instead of the GLU grid's completion. It needs programmatic dependent launch (the
+//! down projection's grid must start only once every GLU block has started).
+
+use std::sync::atomic::Ordering;
+
+use cudarc::driver::{result as drv, sys};
+
+use super::{derr, CudaBackend};
+use crate::error::Result;
+
+/// Flags in the buffer: one per GLU block (the 8B shape's GLU has 896 blocks, F / 16).
+pub(super) const FLAGS: usize = 1 << 16;
+
+impl CudaBackend {
+    /// Turns the hand-off on or off (for tests and comparisons; `SLUICE_DATAFLOW=1` at
+    /// start). Without PDL, or with the two-load GEMVs (`SLUICE_GEMV_UNROLL=2`), it stays
+    /// off. Returns the value in force.
+    pub fn set_dataflow(&self, on: bool) -> Result<bool> {
+        let on = on && self.pdl && !self.gemv_bf16_u2;
+        if on {
+            self.dataflow_flags()?;
+        }
+        self.dataflow.store(on, Ordering::SeqCst);
+        Ok(on)
+    }
+
+    /// How many down projections took the hand-off so far.
+    pub fn dataflow_gemvs(&self) -> u64 {
+        self.dataflow_gemvs.load(Ordering::SeqCst)
+    }
+
+    /// The flags buffer (allocated and zeroed at the first call).
+    pub(super) fn dataflow_flags(&self) -> Result<sys::CUdeviceptr> {
+        let mut g = self.dataflow_flags.lock().map_err(|_| {
+            crate::error::BackendError::Device("dataflow flags lock poisoned".into())
+        })?;
+        if let Some(b) = g.as_ref() {
+            return Ok(b.ptr);
+        }
+        let bytes = (FLAGS + 1) * 4;
+        let buf = self.alloc(bytes)?;
+        // SAFETY: the range lies inside the fresh allocation; the stream is ours.
+        unsafe { drv::memset_d8_async(buf.ptr, 0, bytes, self.stream) }.map_err(derr)?;
+        // SAFETY: our stream, in the bound context.
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(derr)?;
+        let ptr = buf.ptr;
+        *g = Some(buf);
+        Ok(ptr)
+    }
+
+    /// The flags for a GLU launch of `blocks` blocks, if the hand-off is on and they fit.
+    pub(super) fn dataflow_for_glu(&self, blocks: u32) -> Option<sys::CUdeviceptr> {
+        if !self.dataflow.load(Ordering::SeqCst) || self.gemv_bf16_u2 || blocks as usize > FLAGS {
+            return None;
+        }
+        let g = self.dataflow_flags.lock().ok()?;
+        g.as_ref().map(|b| b.ptr)
+    }
+
+    /// Records the GLU just launched with flags: `f` outputs, `per_block` per block.
+    pub(super) fn set_dataflow_pending(&self, f: usize, per_block: usize) {
+        if let Ok(mut g) = self.dataflow_pending.lock() {
+            *g = Some((f, per_block));
+        }
+    }
+
+    /// Before any launch but the down projection's: a GLU's raised flags that no down
+    /// projection will clear are cleared here (in stream order), so that the next one
+    /// cannot read them as its own.
+    pub(super) fn clear_dataflow_pending(&self) -> Result<()> {
+        let pending = match self.dataflow_pending.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        if pending.is_some() {
+            let flags = self.dataflow_flags()?;
+            // SAFETY: the flags buffer holds FLAGS + 1 words; the stream is ours.
+            unsafe { drv::memset_d8_async(flags, 0, (FLAGS + 1) * 4, self.stream) }
+                .map_err(derr)?;
+        }
+        Ok(())
+    }
+
+    /// For a plain bf16 GEMV over rows of `k` launched right after a GLU with flags of
+    /// `k` outputs (its x is that GLU's output): takes the hand-off and returns (flags,
+    /// outputs per flag, flags).
+    pub(super) fn take_dataflow_for_down(
+        &self,
+        k: usize,
+    ) -> Option<(sys::CUdeviceptr, usize, usize)> {
+        let mut g = self.dataflow_pending.lock().ok()?;
+        let (f, per_block) = (*g)?;
+        if f != k || per_block == 0 {
+            return None;
+        }
+        let flags = self.dataflow_flags.lock().ok()?.as_ref()?.ptr;
+        *g = None;
+        Some((flags, per_block, f.div_ceil(per_block)))
+    }
+}
