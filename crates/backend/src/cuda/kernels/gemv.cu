@@ -605,10 +605,14 @@ GEMV1_STAGED(4)
 // once the whole previous grid has completed and flushed, though each chunk of its x is
 // final as soon as the one block that wrote it is done. Here the GLU kernel
 // (gemv1_glu_bf16_df) raises one flag per block after its outputs (a release), and the
-// down projection never waits for the grid: before each phase of PHASE iterations of
-// its K loop, its threads wait for the flags of the x chunks that phase reads (an
-// acquire each), then a barrier. The weight loads of an iteration are issued before its
-// wait. The arithmetic is gemv1_rows_bf16's, in the same order.
+// down projection never waits for the grid: before an iteration of its K loop reads x
+// past what is final, its block waits for the next 256 flags (DfPhases below: a vote on
+// flags read ahead, a spin only where one is still down). Its first weight load per row
+// is issued before any wait. The arithmetic is gemv1_rows_bf16's, in the same order.
+// How much can overlap depends on the grid: the 8B shape's down projection (4 warps
+// per row) reads K in 3.5 iterations, so it starts on the x of the GLU's first wave of
+// blocks while the second runs; the 1B shape's (8 warps per row) reads all of K in one
+// iteration and saves only the grid's completion and flush.
 // - No deadlock: under PDL this grid launches only once every GLU block has executed
 //   its trigger (is resident or done), and GLU blocks wait for nothing of ours.
 // - x (the GLU's output) is read with plain loads (`__ldca`, not the read-only path):
@@ -676,16 +680,47 @@ __device__ __forceinline__ void df_iteration(const RowPlain<bf16_t>* rows, const
     }
 }
 
-// Waits (all threads of the block) until the flags of x's chunks [base, hi) are raised.
-__device__ __forceinline__ void df_wait(const unsigned int* flags, int base, int hi, int N, int seg, int nseg) {
-    const int s_hi = min((int)(((long)hi * N + seg - 1) / seg), nseg);
-    for (int s = (int)((long)base * N / seg) + threadIdx.x; s < s_hi; s += blockDim.x)
-        while (df_acquire(flags + s) == 0) {
-        }
-    __syncthreads();
+__device__ __forceinline__ unsigned int df_peek(const unsigned int* flag) {
+    unsigned int v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+    return v;
 }
 
-template <int RPW, int U, int PHASE>
+// The block's waits come in phases of 256 flags, one per thread. Each thread reads its
+// flag of the next phase early (`ahead`, relaxed, while the block computes); at the phase
+// boundary a fence makes that read an acquire (PTX memory model: a relaxed read followed
+// by a fence), and a block vote says whether every flag was raised. Only if not do the
+// threads spin on their flags (acquire loads), then a barrier. So a phase whose
+// producers are done costs a barrier and a fence, not a round trip to L2.
+struct DfPhases {
+    int phase, nphase, ready;
+    unsigned int ahead;
+    __device__ __forceinline__ void start(const unsigned int* flags, int nseg) {
+        phase = 0;
+        nphase = (nseg + 255) / 256;
+        ready = 0;
+        ahead = (int)threadIdx.x < nseg ? df_peek(flags + threadIdx.x) : 1u;
+    }
+    // Until x's chunks [0, need) are final (block-uniform arguments).
+    __device__ __forceinline__ void until(const unsigned int* flags, int need, int all, int N, int seg, int nseg) {
+        while (ready < need && phase < nphase) {
+            const int s = phase * 256 + threadIdx.x;
+            asm volatile("fence.acq_rel.gpu;" ::: "memory");
+            if (!__syncthreads_and(ahead != 0u)) {
+                if (s < nseg)
+                    while (df_acquire(flags + s) == 0u) {
+                    }
+                __syncthreads();
+            }
+            phase++;
+            ready = phase == nphase ? all : (int)((long)phase * 256 * seg / N);
+            const int next = phase * 256 + threadIdx.x;
+            ahead = phase < nphase && next < nseg ? df_peek(flags + next) : 1u;
+        }
+    }
+};
+
+template <int RPW, int U>
 __device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsigned char* __restrict__ w,
                                                     float* out, int M, int K, int wpr, int accumulate,
                                                     unsigned int* flags, int seg, int nseg) {
@@ -711,16 +746,13 @@ __device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsign
 #pragma unroll
         for (int r = 0; r < RPW; r++) q0[r] = rows[r].load(c0);
     pdl_trigger();
-    int ready = min(PHASE * per_iter, all);  // chunks [0, ready) of x are final (block-uniform)
-    df_wait(flags, 0, ready, N, seg, nseg);
+    DfPhases ph;
+    ph.start(flags, nseg);
+    ph.until(flags, min(per_iter, all), all, N, seg, nseg);
     if (full0) df_iteration<RPW, U, true>(rows, x, c0, step, chunks, q0, acc);
     else df_iteration<RPW, U, false>(rows, x, c0, step, chunks, q0, acc);
     for (int base = per_iter; base < all; base += per_iter) {
-        if (base >= ready) {
-            const int hi = min(base + PHASE * per_iter, all);
-            df_wait(flags, base, hi, N, seg, nseg);
-            ready = hi;
-        }
+        ph.until(flags, min(base + per_iter, all), all, N, seg, nseg);
         df_iteration<RPW, U, false>(rows, x, base + c0, step, chunks, q0, acc);
     }
     trace_mark(0);
@@ -747,5 +779,5 @@ extern "C" __global__ void __launch_bounds__(256, 4) gemv1_rows_bf16_df(const fl
                                                                      float* out, int M, int K, int wpr,
                                                                      int accumulate, unsigned int* flags, int seg,
                                                                      int nseg) {
-    gemv1_dataflow_body<GEMV_RPW, 4, 2>(x, w, out, M, K, wpr, accumulate, flags, seg, nseg);
+    gemv1_dataflow_body<GEMV_RPW, 4>(x, w, out, M, K, wpr, accumulate, flags, seg, nseg);
 }
