@@ -61,10 +61,11 @@ impl CudaBackend {
         g.as_ref().map(|b| b.ptr)
     }
 
-    /// Records the GLU just launched with flags: `f` outputs, `per_block` per block.
-    pub(super) fn set_dataflow_pending(&self, f: usize, per_block: usize) {
+    /// Records the GLU just launched with flags: `f` outputs at `out`, `per_block` per
+    /// block.
+    pub(super) fn set_dataflow_pending(&self, out: sys::CUdeviceptr, f: usize, per_block: usize) {
         if let Ok(mut g) = self.dataflow_pending.lock() {
-            *g = Some((f, per_block));
+            *g = Some((out, f, per_block));
         }
     }
 
@@ -85,16 +86,17 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// For a plain bf16 GEMV over rows of `k` launched right after a GLU with flags of
-    /// `k` outputs (its x is that GLU's output): takes the hand-off and returns (flags,
+    /// For a plain bf16 GEMV over rows of `k` from `x`, launched right after a GLU with
+    /// flags that wrote its `k` outputs to `x`: takes the hand-off and returns (flags,
     /// outputs per flag, flags).
     pub(super) fn take_dataflow_for_down(
         &self,
+        x: sys::CUdeviceptr,
         k: usize,
     ) -> Option<(sys::CUdeviceptr, usize, usize)> {
         let mut g = self.dataflow_pending.lock().ok()?;
-        let (f, per_block) = (*g)?;
-        if f != k || per_block == 0 {
+        let (out, f, per_block) = (*g)?;
+        if out != x || f != k || per_block == 0 {
             return None;
         }
         let flags = self.dataflow_flags.lock().ok()?.as_ref()?.ptr;

@@ -291,9 +291,10 @@ pub struct CudaBackend {
     /// Its flags: `dataflow::FLAGS` words and a counter, zeroed once, cleared by the
     /// kernels after each use.
     dataflow_flags: Mutex<Option<CudaBuffer>>,
-    /// (F, outputs per GLU block) of the GLU just launched with flags; the next launch
-    /// takes it if it is the down projection, every other launch clears it.
-    dataflow_pending: Mutex<Option<(usize, usize)>>,
+    /// (output, F, outputs per block) of the GLU just launched with flags; the next
+    /// launch takes it if it is the down projection over that output, every other
+    /// launch clears it.
+    dataflow_pending: Mutex<Option<(sys::CUdeviceptr, usize, usize)>>,
     /// Down projections launched with the hand-off so far (for tests).
     dataflow_gemvs: AtomicU64,
     /// Bytes a GEMV launched after a `memory_idle` kernel prefetches at most: three

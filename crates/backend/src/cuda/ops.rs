@@ -457,7 +457,7 @@ impl CudaBackend {
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
         if f == self.kernels.gemv1_rows_bf16 {
-            if let Some((flags, seg, nseg)) = self.take_dataflow_for_down(k) {
+            if let Some((flags, seg, nseg)) = self.take_dataflow_for_down(px, k) {
                 // Right after a GLU with flags, over its output: the down projection
                 // waits for the GLU's blocks, not its grid (cuda/dataflow.rs).
                 let (seg, nseg) = (seg as i32, nseg as i32);
