@@ -34,8 +34,9 @@ run_tests() {
   for t in ${SLUICE_CUDA_TESTS:-cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant cuda_legacy_quant cuda_fused_decode cuda_dataflow cuda_overlap forward_reference cuda_golden cuda_batch_invariance overlapped_steps}; do
     echo "=== test $t"
     # Full logs stay on the machine (the device tool returns at most 8 files); what is
-    # printed also goes to $OUT/tests.txt.
-    if ! $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$LOGS/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation|identical" | tee -a "$OUT/tests.txt"; then
+    # printed also goes to $OUT/tests.txt. A test that hangs (a kernel waiting on a flag
+    # that never comes) is cut off after 5 minutes and counts as failed.
+    if ! timeout 300 $BIN/test-$t --nocapture --test-threads=1 2>&1 | tee "$LOGS/test-$t.log" | grep -E "rel err|test result|panicked|error|first .* greedy|generation|identical" | tee -a "$OUT/tests.txt"; then
       status=1
     fi
     grep -q "test result: ok" "$LOGS/test-$t.log" || { echo "FAILED: $t" | tee -a "$OUT/tests.txt"; grep -A3 panicked "$LOGS/test-$t.log" | tee -a "$OUT/tests.txt"; status=1; }
