@@ -627,7 +627,9 @@ if [[ " $what " == *" df25 "* ]]; then # prepared in session 24, not yet run: th
   timeout 120 /tmp/sluice-bin/test-cuda_dataflow --nocapture --test-threads=1 2>&1 | grep -E "rel err|test result|panicked" | tail -25 | tee -a "$OUT/pdl.txt"
   echo "cuda_dataflow exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pdl.txt"
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
-    for cfg in "X=default" "SLUICE_DATAFLOW=1" "X=default-again" "SLUICE_DATAFLOW=1 X=again"; do
+    # (SLUICE_GEMV_BLOCKS_PER_SM=1: fewer warps per row, so the 1B down projection reads
+    # K in more than one iteration and can start before the GLU's last blocks are done)
+    for cfg in "X=default" "SLUICE_DATAFLOW=1" "X=default-again" "SLUICE_DATAFLOW=1 X=again" "SLUICE_DATAFLOW=1 SLUICE_GEMV_BLOCKS_PER_SM=1"; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
   done
