@@ -260,20 +260,23 @@ extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16
 // under PDL the weight streams while the previous kernel finishes: the rows below byte
 // offset `prefetch`, whole (the host passes the whole weight's size right after a kernel
 // that leaves the memory idle, such as the decode attention: cuda/ops.rs gemv1_prefetch).
+// COHERENT: plain loads (`__ldca`) instead of the read-only path, for an x that a kernel
+// still running writes (the dataflow hand-off below).
+template <bool COHERENT = false>
 __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
     const float4* xv = reinterpret_cast<const float4*>(x);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (4 * i >= n) break;
-        float4 v = __ldg(xv + i);
+        float4 v = COHERENT ? __ldca(xv + i) : __ldg(xv + i);
         xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
     }
 }
 
 // x[0..n) into xs; with NORM, times gamma, and the squares of x added to `ss`.
-template <bool NORM>
+template <bool NORM, bool COHERENT = false>
 __device__ __forceinline__ void load_x_norm(const float* x, const float* gamma, int n, float* xs, float& ss) {
-    load_x(x, n, xs);
+    load_x<COHERENT>(x, n, xs);
     if (NORM) {
         float g[16];
         load_x(gamma, n, g);
@@ -402,7 +405,7 @@ __device__ __forceinline__ void gemv1_load(const P* rows, int c, int step, uint4
         }
 }
 
-template <class P, int RPW, bool NORM, int UNROLL>
+template <class P, int RPW, bool NORM, int UNROLL, bool COHERENT = false>
 __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const float* __restrict__ gamma, int c,
                                               int step, uint4 (*q)[RPW], float (*s)[RPW], float* acc, float& ss) {
     const int N = P::N;
@@ -410,12 +413,31 @@ __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const
     for (int u = 0; u < UNROLL; u++) {
         const int k0 = (c + step * u) * N;
         float xs[N];
-        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+        load_x_norm<NORM, COHERENT>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
             float f[N];
             P::unpack_to(q[u][r], f);
             acc[r] += s[u][r] * dot_r<N>(f, xs);
+        }
+    }
+}
+
+// A lane's last chunks c, c + step, ... below `chunks`, one at a time (after its
+// iterations of UNROLL).
+template <class P, int RPW, bool NORM, bool COHERENT = false>
+__device__ __forceinline__ void gemv1_tail(const P* rows, const float* x, const float* __restrict__ gamma, int c,
+                                           int chunks, int step, float* acc, float& ss) {
+    const int N = P::N;
+    for (; c < chunks; c += step) {
+        const int k0 = c * N;
+        float xs[N];
+        load_x_norm<NORM, COHERENT>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            float f[N];
+            P::unpack_to(rows[r].load(c), f);
+            acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
         }
     }
 }
@@ -446,17 +468,7 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
         gemv1_load<P, RPW, 0, UNROLL>(rows, c, step, q, s);
         gemv1_consume<P, RPW, NORM, UNROLL>(x, gamma, c, step, q, s, acc, ss);
     }
-    for (; c < chunks; c += step) {
-        const int k0 = c * N;
-        float xs[N];
-        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
-#pragma unroll
-        for (int r = 0; r < RPW; r++) {
-            float f[N];
-            P::unpack_to(rows[r].load(c), f);
-            acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
-        }
-    }
+    gemv1_tail<P, RPW, NORM>(rows, x, gamma, c, chunks, step, acc, ss);
 }
 
 template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
@@ -635,48 +647,30 @@ __device__ __forceinline__ unsigned int df_acquire(const unsigned int* flag) {
     return v;
 }
 
-// x[0..8) with plain (coherent) loads: written by a kernel that may still run.
-__device__ __forceinline__ void load_x8_coherent(const float* x, float* xs) {
-    const float4 a = __ldca(reinterpret_cast<const float4*>(x)), b = __ldca(reinterpret_cast<const float4*>(x) + 1);
-    xs[0] = a.x; xs[1] = a.y; xs[2] = a.z; xs[3] = a.w; xs[4] = b.x; xs[5] = b.y; xs[6] = b.z; xs[7] = b.w;
-}
-
-// One iteration of gemv1_dataflow_body's K loop for one lane: U chunks per row at c,
-// c + step, ... (the first load per row already in q0 when HAVE0), or where the lane's
-// chunks end within it, gemv1_dot's remainder loop.
+// One iteration of gemv1_dataflow_body's K loop for one lane, as gemv1_dot runs it: U
+// chunks per row at c, c + step, ... (the first load per row already in q0 when HAVE0),
+// or where the lane's chunks end within it, gemv1_tail. x is read with coherent loads.
 template <int RPW, int U, bool HAVE0>
 __device__ __forceinline__ void df_iteration(const RowPlain<bf16_t>* rows, const float* x, int c, int step,
                                              int chunks, const uint4* q0, float* acc) {
     typedef RowPlain<bf16_t> P;
-    const int N = P::N;
+    float ss = 0.0f;  // (no norm)
     if (c + step * (U - 1) < chunks) {
         uint4 q[U][RPW];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int r = 0; r < RPW; r++) q[u][r] = (HAVE0 && u == 0) ? q0[r] : rows[r].load(c + step * u);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            float xs[N];
-            load_x8_coherent(x + (c + step * u) * N, xs);
+        float s[U][RPW];
+        if (HAVE0) {
 #pragma unroll
             for (int r = 0; r < RPW; r++) {
-                float f[N];
-                P::unpack_to(q[u][r], f);
-                acc[r] += dot_r<N>(f, xs);
+                q[0][r] = q0[r];
+                s[0][r] = rows[r].scale(c);
             }
+            gemv1_load<P, RPW, 1, U>(rows, c, step, q, s);
+        } else {
+            gemv1_load<P, RPW, 0, U>(rows, c, step, q, s);
         }
+        gemv1_consume<P, RPW, false, U, true>(x, nullptr, c, step, q, s, acc, ss);
     } else {
-        for (int cc = c; cc < chunks; cc += step) {
-            float xs[N];
-            load_x8_coherent(x + cc * N, xs);
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-                float f[N];
-                P::unpack_to(rows[r].load(cc), f);
-                acc[r] += dot_r<N>(f, xs);
-            }
-        }
+        gemv1_tail<P, RPW, false, true>(rows, x, nullptr, c, chunks, step, acc, ss);
     }
 }
 
