@@ -12,7 +12,9 @@ use cudarc::driver::{result as drv, sys};
 use super::{derr, CudaBackend};
 use crate::error::Result;
 
-/// Flags in the buffer: one per GLU block (the 8B shape's GLU has 896 blocks, F / 16).
+/// Flags the buffer has room for: one per GLU block (the 8B shape's GLU has 896 blocks,
+/// F / 16), then one word more: the kernels keep their counter right after the last flag
+/// in use (kernels/gemv.cu `gemv1_dataflow_body`).
 pub(super) const FLAGS: usize = 1 << 16;
 
 impl CudaBackend {
@@ -23,6 +25,9 @@ impl CudaBackend {
         let on = on && self.pdl && !self.gemv_bf16_u2;
         if on {
             self.dataflow_flags()?;
+        } else {
+            // (the launches skip the check while it is off)
+            self.clear_dataflow_pending()?;
         }
         self.dataflow.store(on, Ordering::SeqCst);
         Ok(on)
@@ -54,7 +59,7 @@ impl CudaBackend {
 
     /// The flags for a GLU launch of `blocks` blocks, if the hand-off is on and they fit.
     pub(super) fn dataflow_for_glu(&self, blocks: u32) -> Option<sys::CUdeviceptr> {
-        if !self.dataflow.load(Ordering::SeqCst) || self.gemv_bf16_u2 || blocks as usize > FLAGS {
+        if !self.dataflow.load(Ordering::SeqCst) || blocks as usize > FLAGS {
             return None;
         }
         let g = self.dataflow_flags.lock().ok()?;
@@ -71,17 +76,21 @@ impl CudaBackend {
 
     /// Before any launch but the down projection's: a GLU's raised flags that no down
     /// projection will clear are cleared here (in stream order), so that the next one
-    /// cannot read them as its own.
+    /// cannot read them as its own. Nothing to do (and no lock) while the hand-off is off.
     pub(super) fn clear_dataflow_pending(&self) -> Result<()> {
+        if !self.dataflow.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let pending = match self.dataflow_pending.lock() {
             Ok(mut g) => g.take(),
             Err(_) => None,
         };
-        if pending.is_some() {
+        if let Some((_, f, per_block)) = pending {
+            // The flags in use and the counter after them.
+            let bytes = (f.div_ceil(per_block.max(1)) + 1) * 4;
             let flags = self.dataflow_flags()?;
-            // SAFETY: the flags buffer holds FLAGS + 1 words; the stream is ours.
-            unsafe { drv::memset_d8_async(flags, 0, (FLAGS + 1) * 4, self.stream) }
-                .map_err(derr)?;
+            // SAFETY: at most FLAGS + 1 words (`dataflow_for_glu`); the stream is ours.
+            unsafe { drv::memset_d8_async(flags, 0, bytes, self.stream) }.map_err(derr)?;
         }
         Ok(())
     }

@@ -378,7 +378,7 @@ impl CudaBackend {
             )?;
             // The GEMV's rows per block are pairs: half of them are outputs.
             let rows_per_block =
-                (super::ops::THREADS as usize / 32 / wpr as usize) * super::ops::GEMV_ROWS_PER_WARP;
+                super::ops::gemv_rows_per_block(wpr, super::ops::GEMV_ROWS_PER_WARP);
             self.set_dataflow_pending(po, f, rows_per_block / 2);
             return Ok(());
         }

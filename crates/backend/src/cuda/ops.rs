@@ -79,6 +79,12 @@ pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> 
     8
 }
 
+/// Weight rows one block of a batch-1 GEMV covers: its warps in groups of `wpr` per
+/// row group, `rows_per_warp` rows each.
+pub(super) fn gemv_rows_per_block(wpr: i32, rows_per_warp: usize) -> usize {
+    ((THREADS / 32) / wpr.max(1) as u32) as usize * rows_per_warp
+}
+
 /// Key splits for attention over `blocks` (row, KV head) pairs and contexts of at most
 /// `max_ctx` keys: `(splits, keys per split)`. One split when the pairs alone fill the
 /// GPU (4 blocks per SM); otherwise as many as make up the difference, but no more than
@@ -373,8 +379,10 @@ impl CudaBackend {
             self.sm_count as usize,
             self.gemv_blocks_per_sm,
         );
-        let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
-        (m.div_ceil(rows_per_block) as u32, wpr as i32)
+        (
+            m.div_ceil(gemv_rows_per_block(wpr as i32, rows_per_warp)) as u32,
+            wpr as i32,
+        )
     }
 
     /// The batch-1 GEMV of kernels/gemv.cu's skeleton for weights of `dtype` with rows of
