@@ -21,7 +21,6 @@ use sluice_backend::{Device, Tensor};
 
 /// One FFN half at batch 1: act = GLU(rms_norm(x) · w_gate_upᵀ), then
 /// resid += act · w_downᵀ; returns the new residual.
-#[allow(clippy::too_many_arguments)]
 fn ffn(
     g: &Device,
     x: &Tensor,
