@@ -1,8 +1,8 @@
 //! The dataflow hand-off from the batch-1 GLU GEMV to the down projection
-//! (`SLUICE_DATAFLOW=1`, an experiment of session 24; kernels/gemv.cu "Dataflow
-//! hand-off" says why and how). The GLU kernel raises one flag per block in a small
-//! device buffer; the down projection launched right after it waits for those flags
-//! instead of the GLU grid's completion. It needs programmatic dependent launch (the
+//! (`SLUICE_DATAFLOW=1`, an experiment of sessions 24-25; kernels/gemv.cu "Dataflow
+//! hand-off" says why and how). Each GLU block counts itself done in a counter per group
+//! of 256 blocks in a small device buffer; the down projection launched right after it
+//! waits for those counters instead of the GLU grid's completion. It needs programmatic dependent launch (the
 //! down projection's grid must start only once every GLU block has started).
 
 use std::sync::atomic::Ordering;
@@ -12,10 +12,11 @@ use cudarc::driver::{result as drv, sys};
 use super::{derr, CudaBackend};
 use crate::error::Result;
 
-/// Flags the buffer has room for: one per GLU block (the 8B shape's GLU has 896 blocks,
-/// F / 16), then one word more: the kernels keep their counter right after the last flag
-/// in use (kernels/gemv.cu `gemv1_dataflow_body`).
-pub(super) const FLAGS: usize = 1 << 16;
+/// GLU blocks the hand-off takes at most (the 8B shape's GLU has 896, F / 16): the kernels
+/// keep one counter per 256 of them from word 0, each read by one lane of a warp (so at
+/// most 32), and the down blocks' own counter at word `blocks` (kernels/gemv.cu
+/// `gemv1_dataflow_body`), so `blocks + 1` words cover both.
+pub(super) const FLAGS: usize = 32 * 256;
 
 impl CudaBackend {
     /// Turns the hand-off on or off (for tests and comparisons; `SLUICE_DATAFLOW=1` at
@@ -74,7 +75,7 @@ impl CudaBackend {
         }
     }
 
-    /// Before any launch but the down projection's: a GLU's raised flags that no down
+    /// Before any launch but the down projection's: a GLU's counts that no down
     /// projection will clear are cleared here (in stream order), so that the next one
     /// cannot read them as its own. Nothing to do (and no lock) while the hand-off is off.
     pub(super) fn clear_dataflow_pending(&self) -> Result<()> {
@@ -86,7 +87,7 @@ impl CudaBackend {
             Err(_) => None,
         };
         if let Some((_, f, per_block)) = pending {
-            // The flags in use and the counter after them.
+            // The words in use: the group counters, then (at word `blocks`) the down blocks'.
             let bytes = (f.div_ceil(per_block.max(1)) + 1) * 4;
             let flags = self.dataflow_flags()?;
             // SAFETY: at most FLAGS + 1 words (`dataflow_for_glu`); the stream is ours.
@@ -96,8 +97,8 @@ impl CudaBackend {
     }
 
     /// For a plain bf16 GEMV over rows of `k` from `x`, launched right after a GLU with
-    /// flags that wrote its `k` outputs to `x`: takes the hand-off and returns (flags,
-    /// outputs per flag, flags).
+    /// flags that wrote its `k` outputs to `x`: takes the hand-off and returns (flag buffer,
+    /// outputs per GLU block, GLU blocks).
     pub(super) fn take_dataflow_for_down(
         &self,
         x: sys::CUdeviceptr,

@@ -368,7 +368,7 @@ impl CudaBackend {
         let prefetch = self.gemv1_prefetch(DType::BF16, m, k);
         let prewait = i32::from(self.gemv_prewait);
         if let Some(flags) = self.dataflow_for_glu(blocks) {
-            // Each block raises its flag for the down projection (cuda/dataflow.rs).
+            // Each block counts itself done for the down projection (cuda/dataflow.rs).
             let mut a = args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch, prewait, flags];
             self.launch(
                 self.kernels.gemv1_glu_bf16_df,

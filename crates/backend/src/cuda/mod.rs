@@ -288,8 +288,8 @@ pub struct CudaBackend {
     /// The dataflow hand-off from the GLU GEMV to the down projection at batch 1
     /// (`SLUICE_DATAFLOW=1`, an experiment; cuda/dataflow.rs).
     dataflow: AtomicBool,
-    /// Its flags: room for `dataflow::FLAGS` flags and the counter after them, zeroed
-    /// once, cleared by the kernels after each use.
+    /// Its counters: room for `dataflow::FLAGS` GLU blocks' (one per 256) and the down
+    /// blocks' own, zeroed once, cleared by the kernels after each use.
     dataflow_flags: Mutex<Option<CudaBuffer>>,
     /// (output, F, outputs per block) of the GLU just launched with flags; the next
     /// launch takes it if it is the down projection over that output, every other

@@ -610,46 +610,43 @@ GEMV1_STAGED(2)
 GEMV1_STAGED(4)
 
 // Dataflow hand-off from the GLU GEMV to the down projection (SLUICE_DATAFLOW=1, an
-// experiment of session 24, not yet run on a GPU; cuda/fused.rs, cuda/ops.rs).
+// experiment; cuda/fused.rs, cuda/ops.rs, docs/BENCHMARKS.md sessions 24-25).
 // Each launch boundary of the batch-1 step costs about 2 us (the 8B and the 1B layers
 // without attention both lose ~8.5 us per layer against the copy rate, over four
 // boundaries: docs/BENCHMARKS.md, session 24): a GEMV's griddepcontrol.wait returns only
 // once the whole previous grid has completed and flushed, though each chunk of its x is
-// final as soon as the one block that wrote it is done. Here the GLU kernel
-// (gemv1_glu_bf16_df) raises one flag per block after its outputs (a release), and the
-// down projection never waits for the grid: before an iteration of its K loop reads x
-// past what is final, its block waits for the next 256 flags (DfPhases below: a vote on
-// flags read ahead, a spin only where one is still down). Its first weight load per row
-// is issued before any wait. The arithmetic is gemv1_rows_bf16's, in the same order.
+// final as soon as the one block that wrote it is done. Here each GLU block
+// (gemv1_glu_bf16_df) counts itself done in the counter of its group of 256 blocks (a
+// release), and the down projection never waits for the grid: before an iteration of
+// its K loop reads x past what is final, its block waits for the next group's counter
+// to be full (DfPhases below). Its first weight load per row is issued before any wait.
+// The arithmetic is gemv1_rows_bf16's, in the same order.
 // How much can overlap depends on the grid: the 8B shape's down projection (4 warps
 // per row) reads K in 3.5 iterations, so it starts on the x of the GLU's first wave of
 // blocks while the second runs; the 1B shape's (8 warps per row) reads all of K in one
 // iteration and saves only the grid's completion and flush.
+// - One thread per block signals and one observes. Session 25's first version had every
+//   thread fence before its flag and spin on acquire loads of its own: on sm_90 each
+//   fence and each acquire load also invalidates the SM's L1 (CCTL.IVALL in the SASS),
+//   which threw out the x and gamma that the co-resident GLU blocks re-read, and the
+//   hand-off lost 7% (8B) and 12% (1B).
 // - No deadlock: under PDL this grid launches only once every GLU block has executed
 //   its trigger (is resident or done), and GLU blocks wait for nothing of ours.
 // - x (the GLU's output) is read with plain loads (`__ldca`, not the read-only path):
-//   the acquire makes the flagged chunks visible.
+//   the acquire (a relaxed read, then a fence, whose L1 invalidation drops stale lines)
+//   makes the counted chunks visible to the block after its barrier.
 // - The residual h that this kernel adds into was the GLU's input: a row's store comes
-//   after all of its K, i.e. after every GLU block's flag, and a block raises its flag
+//   after all of its K, i.e. after every GLU block's count, and a block counts itself
 //   after its last read of h.
-// - The last block to finish its waits (a counter after the flags) clears the flags and
-//   the counter for the next layer's GLU, which runs only after this grid has completed
-//   (the kernels between wait for their predecessors).
-__device__ __forceinline__ void df_raise(unsigned int* flag) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(1u) : "memory");
+// - The last block to finish its waits (a counter at flags[nseg]) clears the group
+//   counters and its own for the next layer's GLU, which runs only after this grid has
+//   completed (the kernels between wait for their predecessors).
+__device__ __forceinline__ void df_raise(unsigned int* flags) {
+    __syncthreads();  // the block's outputs are written (a release by thread 0 covers them)
+    if (threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(flags + blockIdx.x / 256), "r"(1u) : "memory");
 }
 
-__device__ __forceinline__ unsigned int df_acquire(const unsigned int* flag) {
-    unsigned int v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-    return v;
-}
-
-// One iteration of gemv1_dataflow_body's K loop for one lane, as gemv1_dot runs it: U
-// chunks per row at c, c + step, ... (the first load per row already in q0 when HAVE0),
-// or where the lane's chunks end within it, gemv1_tail. x is read with coherent loads.
 template <int RPW, int U, bool HAVE0>
 __device__ __forceinline__ void df_iteration(const RowPlain<bf16_t>* rows, const float* x, int c, int step,
                                              int chunks, const uint4* q0, float* acc) {
@@ -680,37 +677,48 @@ __device__ __forceinline__ unsigned int df_peek(const unsigned int* flag) {
     return v;
 }
 
-// The block's waits come in phases of 256 flags, one per thread. Each thread reads its
-// flag of the next phase early (`ahead`, relaxed, while the block computes); at the phase
-// boundary a fence makes that read an acquire (PTX memory model: a relaxed read followed
-// by a fence), and a block vote says whether every flag was raised. Only if not do the
-// threads spin on their flags (acquire loads), then a barrier. So a phase whose
-// producers are done costs a barrier and a fence, not a round trip to L2.
+// The block's waits come in phases, one per group of 256 GLU blocks (at most 32 groups:
+// cuda/dataflow.rs `FLAGS`). Lane p of warp 0 reads group p's counter at the start
+// (relaxed, while the block computes). Before an iteration, the lanes of the groups it
+// needs re-read a short count with a growing back-off until every one is full (all at
+// once: the 1B shape's first iteration needs every group, and reading them one after
+// the other cost a round trip to L2 each), then a fence makes the last reads acquires
+// (PTX memory model: a relaxed read followed by a fence) and a barrier hands that on to
+// the block. One fence per block per wait.
 struct DfPhases {
-    int phase, nphase, ready;
-    unsigned int ahead;
-    __device__ __forceinline__ void start(const unsigned int* flags, int nseg) {
-        phase = 0;
+    int done, nphase, ready, nseg;
+    unsigned int mine;
+    __device__ __forceinline__ unsigned int full(int p) const { return (unsigned)min(256, nseg - p * 256); }
+    __device__ __forceinline__ void start(const unsigned int* flags, int nseg_) {
+        done = 0;
+        nseg = nseg_;
         nphase = (nseg + 255) / 256;
         ready = 0;
-        ahead = (int)threadIdx.x < nseg ? df_peek(flags + threadIdx.x) : 1u;
+        mine = (int)threadIdx.x < nphase ? df_peek(flags + threadIdx.x) : 0u;
+    }
+    // x's chunks final once groups [0, p) are done.
+    __device__ __forceinline__ int ready_after(int p, int all, int N, int seg) const {
+        return p == nphase ? all : (int)((long)p * 256 * seg / N);
     }
     // Until x's chunks [0, need) are final (block-uniform arguments).
-    __device__ __forceinline__ void until(const unsigned int* flags, int need, int all, int N, int seg, int nseg) {
-        while (ready < need && phase < nphase) {
-            const int s = phase * 256 + threadIdx.x;
-            asm volatile("fence.acq_rel.gpu;" ::: "memory");
-            if (!__syncthreads_and(ahead != 0u)) {
-                if (s < nseg)
-                    while (df_acquire(flags + s) == 0u) {
-                    }
-                __syncthreads();
+    __device__ __forceinline__ void until(const unsigned int* flags, int need, int all, int N, int seg) {
+        if (ready >= need || done >= nphase) return;
+        int upto = done + 1;
+        while (upto < nphase && ready_after(upto, all, N, seg) < need) upto++;
+        if (threadIdx.x < 32) {
+            const int p = threadIdx.x;
+            const bool wanted = p >= done && p < upto;
+            unsigned int ns = 32;
+            while (!__all_sync(0xffffffffu, !wanted || mine >= full(p))) {
+                __nanosleep(ns);
+                ns = min(ns * 2, 256u);
+                if (wanted && mine < full(p)) mine = df_peek(flags + p);
             }
-            phase++;
-            ready = phase == nphase ? all : (int)((long)phase * 256 * seg / N);
-            const int next = phase * 256 + threadIdx.x;
-            ahead = phase < nphase && next < nseg ? df_peek(flags + next) : 1u;
+            asm volatile("fence.acq_rel.gpu;" ::: "memory");
         }
+        __syncthreads();
+        done = upto;
+        ready = ready_after(upto, all, N, seg);
     }
 };
 
@@ -739,18 +747,25 @@ __device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsign
     if (full0)
 #pragma unroll
         for (int r = 0; r < RPW; r++) q0[r] = rows[r].load(c0);
+#ifdef SLUICE_TRACE
+    const unsigned long long t0 = trace_now();
+#endif
     pdl_trigger();
     DfPhases ph;
     ph.start(flags, nseg);
-    ph.until(flags, min(per_iter, all), all, N, seg, nseg);
+    ph.until(flags, min(per_iter, all), all, N, seg);
+#ifdef SLUICE_TRACE
+    // (the timeline's "wait return": the first wait for the GLU's counters done)
+    if (threadIdx.x == 0) trace_record(t0, trace_now());
+#endif
     if (full0) df_iteration<RPW, U, true>(rows, x, c0, step, chunks, q0, acc);
     else df_iteration<RPW, U, false>(rows, x, c0, step, chunks, q0, acc);
     for (int base = per_iter; base < all; base += per_iter) {
-        ph.until(flags, min(base + per_iter, all), all, N, seg, nseg);
+        ph.until(flags, min(base + per_iter, all), all, N, seg);
         df_iteration<RPW, U, false>(rows, x, base + c0, step, chunks, q0, acc);
     }
     trace_mark(0);
-    // Every wait of this block is done: count it; the last block clears the flags.
+    // Every wait of this block is done: count it; the last block clears the counters.
     __shared__ int df_last;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -759,7 +774,7 @@ __device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsign
     }
     __syncthreads();
     if (df_last) {
-        for (int s = threadIdx.x; s < nseg; s += blockDim.x) flags[s] = 0u;
+        if (threadIdx.x < ph.nphase) flags[threadIdx.x] = 0u;
         if (threadIdx.x == 0) flags[nseg] = 0u;
     }
     gemv_rows_store<RPW, false>(acc, 0.0f, out, M, K, m0, wpr, 0.0f, 1.0f, accumulate);
@@ -768,7 +783,8 @@ __device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsign
 
 // gemv1_rows_bf16_df(x, w, out, M, K, wpr, accumulate, flags, seg, nseg): out (+)= W x
 // with x from gemv1_glu_bf16_df, whose block b wrote x[b * seg, (b + 1) * seg) and
-// raised flags[b] (nseg flags, then the counter).
+// counted itself in flags[b / 256] (nseg blocks; the counter of finished down blocks at
+// flags[nseg]).
 extern "C" __global__ void __launch_bounds__(256, 4) gemv1_rows_bf16_df(const float* x, const unsigned char* w,
                                                                      float* out, int M, int K, int wpr,
                                                                      int accumulate, unsigned int* flags, int seg,

@@ -81,8 +81,8 @@ __device__ __forceinline__ void pair_rope_store(const PairRope<KV>& a, int mode,
 }
 
 // out (GLU) or the RoPE destinations for `pairs` pairs of W's rows; M = W's rows.
-// DF (gemv1_glu_bf16_df): after its outputs, each block raises its flag in `df_flags`
-// (kernels/gemv.cu, "Dataflow hand-off").
+// DF (gemv1_glu_bf16_df): after its outputs, each block counts itself done in its
+// group's counter in `df_flags` (kernels/gemv.cu, "Dataflow hand-off").
 template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2, int PRE = 0, bool DF = false>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
@@ -141,7 +141,7 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         if (ROPE) pair_rope_store<KV>(rope, mode, hd, p, lo, hi);
         else out[p] = glu_act(lo, hi, silu);
     }
-    if (DF) df_raise(df_flags + blockIdx.x);
+    if (DF) df_raise(df_flags);
     trace_mark(1);
 }
 
