@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [df25] [df25b] [next25b] [dftrace25]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -623,44 +623,10 @@ if [[ " $what " == *" next25 "* ]]; then # prepared in session 24, not yet run: 
     done
   done
 fi
-if [[ " $what " == *" df25 "* ]]; then # prepared in session 24, not yet run: the down projection waiting for the GLU's per-block flags instead of its grid (SLUICE_DATAFLOW=1, cuda/dataflow.rs); its test first, under a timeout (a wrong flag protocol would hang, not fail)
-  timeout 120 /tmp/sluice-bin/test-cuda_dataflow --nocapture --test-threads=1 2>&1 | grep -E "rel err|test result|panicked" | tail -25 | tee -a "$OUT/pdl.txt"
-  echo "cuda_dataflow exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pdl.txt"
-  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
-    # (SLUICE_GEMV_BLOCKS_PER_SM=1: fewer warps per row, so the 1B down projection reads
-    # K in more than one iteration and can start before the GLU's last blocks are done)
-    for cfg in "X=default" "SLUICE_DATAFLOW=1" "X=default-again" "SLUICE_DATAFLOW=1 X=again" "SLUICE_DATAFLOW=1 SLUICE_GEMV_BLOCKS_PER_SM=1"; do
-      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
-    done
-  done
-  for cfg in "X=default" "SLUICE_DATAFLOW=1"; do
-    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
-    timeout 60 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
-  done
-fi
-if [[ " $what " == *" df25b "* ]]; then # session 25: the hand-off with one signalling and one observing thread per block (no L1 invalidation per thread)
-  timeout 120 /tmp/sluice-bin/test-cuda_dataflow --nocapture --test-threads=1 2>&1 | grep -E "rel err|test result|panicked" | tail -25 | tee -a "$OUT/pdl.txt"
-  echo "cuda_dataflow exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pdl.txt"
-  for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
-    for cfg in "X=default" "SLUICE_DATAFLOW=1" "X=default-again" "SLUICE_DATAFLOW=1 X=again"; do
-      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
-    done
-  done
-  for cfg in "X=default" "SLUICE_DATAFLOW=1"; do
-    echo "=== layers $cfg" | tee -a "$OUT/layers.txt"
-    timeout 60 env $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -v timeline | tee -a "$OUT/layers.txt"
-  done
-fi
 if [[ " $what " == *" next25b "* ]]; then # session 25: next25's likeliest knobs only (the device budget)
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in "X=default" "SLUICE_GEMV_BLOCKS_PER_SM=3" "SLUICE_GEMV_UNROLL=2" "SLUICE_IDLE_PREFETCH=0" "SLUICE_DECODE_SPLIT_TILES=3"; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
-  done
-fi
-if [[ " $what " == *" dftrace25 "* ]]; then # session 25: the timeline build (SLUICE_CUDA_TRACE=1) of the layers, grid wait against the hand-off
-  for cfg in "X=default" "SLUICE_DATAFLOW=1"; do
-    echo "=== trace layers $cfg" | tee -a "$OUT/trace.txt"
-    timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/trace.txt"
   done
 fi

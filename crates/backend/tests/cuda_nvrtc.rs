@@ -108,9 +108,6 @@ fn every_kernel_waits_for_its_predecessor_first() {
             || head.contains("gemv1_rows_body<")
             || head.contains("gemv1_pairs_body<")
             || head.contains("gemv1_staged_body<")
-            // (waits for the flags of its input's producer blocks instead: gemv.cu,
-            // "Dataflow hand-off")
-            || head.contains("gemv1_dataflow_body<")
             || head.contains("flash_decode<")
             || head.contains("flash_decode_ahead<");
         assert!(waits, "kernel without pdl_entry() first: {name}");

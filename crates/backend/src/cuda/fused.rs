@@ -367,21 +367,6 @@ impl CudaBackend {
         let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
         let prefetch = self.gemv1_prefetch(DType::BF16, m, k);
         let prewait = i32::from(self.gemv_prewait);
-        if let Some(flags) = self.dataflow_for_glu(blocks) {
-            // Each block counts itself done for the down projection (cuda/dataflow.rs).
-            let mut a = args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch, prewait, flags];
-            self.launch(
-                self.kernels.gemv1_glu_bf16_df,
-                (blocks, 1, 1),
-                super::ops::THREADS,
-                &mut a,
-            )?;
-            // The GEMV's rows per block are pairs: half of them are outputs.
-            let rows_per_block =
-                super::ops::gemv_rows_per_block(wpr, super::ops::GEMV_ROWS_PER_WARP);
-            self.set_dataflow_pending(po, f, rows_per_block / 2);
-            return Ok(());
-        }
         let kern = if self.gemv_bf16_u2 {
             self.kernels.gemv1_glu_bf16_u2
         } else {

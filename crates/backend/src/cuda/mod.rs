@@ -10,7 +10,6 @@
 //! request) and the KV cache in bf16 or f32. Matmuls with few rows (decode) run our own
 //! bandwidth-bound GEMV; larger ones go to cuBLASLt.
 
-mod dataflow;
 pub mod fp8;
 mod fused;
 mod gemm;
@@ -285,18 +284,6 @@ pub struct CudaBackend {
     /// wait (up to `idle_prefetch_cap` bytes), streaming it while that kernel runs; a bf16
     /// one stages its first chunks in shared memory instead (`gemv_stage`).
     memory_idle: AtomicBool,
-    /// The dataflow hand-off from the GLU GEMV to the down projection at batch 1
-    /// (`SLUICE_DATAFLOW=1`, an experiment; cuda/dataflow.rs).
-    dataflow: AtomicBool,
-    /// Its counters: room for `dataflow::FLAGS` GLU blocks' (one per 256) and the down
-    /// blocks' own, zeroed once, cleared by the kernels after each use.
-    dataflow_flags: Mutex<Option<CudaBuffer>>,
-    /// (output, F, outputs per block) of the GLU just launched with flags; the next
-    /// launch takes it if it is the down projection over that output, every other
-    /// launch clears it.
-    dataflow_pending: Mutex<Option<(sys::CUdeviceptr, usize, usize)>>,
-    /// Down projections launched with the hand-off so far (for tests).
-    dataflow_gemvs: AtomicU64,
     /// Bytes a GEMV launched after a `memory_idle` kernel prefetches at most: three
     /// quarters of L2 (0 without PDL, or with `SLUICE_IDLE_PREFETCH=0`).
     idle_prefetch_cap: i64,
@@ -488,12 +475,6 @@ impl CudaBackend {
             cluster_merges: AtomicU64::new(0),
             ahead_decodes: AtomicU64::new(0),
             memory_idle: AtomicBool::new(false),
-            dataflow: AtomicBool::new(
-                pdl && !gemv_bf16_u2 && std::env::var("SLUICE_DATAFLOW").is_ok_and(|v| v == "1"),
-            ),
-            dataflow_flags: Mutex::new(None),
-            dataflow_pending: Mutex::new(None),
-            dataflow_gemvs: AtomicU64::new(0),
             idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
             gemm_tuning_window: AtomicBool::new(false),
@@ -526,10 +507,6 @@ impl CudaBackend {
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
             smem_prepared: Mutex::new(std::collections::HashSet::new()),
         };
-        if backend.dataflow.load(Ordering::SeqCst) {
-            // Here, not at the first use: that may be inside a graph capture.
-            backend.dataflow_flags()?;
-        }
         Ok(backend)
     }
 
@@ -1091,7 +1068,6 @@ impl CudaBackend {
         // output; a producer sets it again after its launch. Likewise `memory_idle`.
         self.clear_staged();
         self.memory_idle.store(false, Ordering::SeqCst);
-        self.clear_dataflow_pending()?;
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }

@@ -464,22 +464,6 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
-        if f == self.kernels.gemv1_rows_bf16 {
-            if let Some((flags, seg, nseg)) = self.take_dataflow_for_down(px, k) {
-                // Right after a GLU with flags, over its output: the down projection
-                // waits for the GLU's blocks, not its grid (cuda/dataflow.rs).
-                let (seg, nseg) = (seg as i32, nseg as i32);
-                let mut a = args![px, pw, po, mi, ki, wpr, acc, flags, seg, nseg];
-                self.launch(
-                    self.kernels.gemv1_rows_bf16_df,
-                    (blocks, 1, 1),
-                    THREADS,
-                    &mut a,
-                )?;
-                self.dataflow_gemvs.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-        }
         if f == self.kernels.gemv1_rows_bf16
             && self.pdl
             && self.gemv_prewait

@@ -260,23 +260,20 @@ extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16
 // under PDL the weight streams while the previous kernel finishes: the rows below byte
 // offset `prefetch`, whole (the host passes the whole weight's size right after a kernel
 // that leaves the memory idle, such as the decode attention: cuda/ops.rs gemv1_prefetch).
-// COHERENT: plain loads (`__ldca`) instead of the read-only path, for an x that a kernel
-// still running writes (the dataflow hand-off below).
-template <bool COHERENT = false>
 __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
     const float4* xv = reinterpret_cast<const float4*>(x);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (4 * i >= n) break;
-        float4 v = COHERENT ? __ldca(xv + i) : __ldg(xv + i);
+        float4 v = __ldg(xv + i);
         xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
     }
 }
 
 // x[0..n) into xs; with NORM, times gamma, and the squares of x added to `ss`.
-template <bool NORM, bool COHERENT = false>
+template <bool NORM>
 __device__ __forceinline__ void load_x_norm(const float* x, const float* gamma, int n, float* xs, float& ss) {
-    load_x<COHERENT>(x, n, xs);
+    load_x(x, n, xs);
     if (NORM) {
         float g[16];
         load_x(gamma, n, g);
@@ -405,7 +402,7 @@ __device__ __forceinline__ void gemv1_load(const P* rows, int c, int step, uint4
         }
 }
 
-template <class P, int RPW, bool NORM, int UNROLL, bool COHERENT = false>
+template <class P, int RPW, bool NORM, int UNROLL>
 __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const float* __restrict__ gamma, int c,
                                               int step, uint4 (*q)[RPW], float (*s)[RPW], float* acc, float& ss) {
     const int N = P::N;
@@ -413,7 +410,7 @@ __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const
     for (int u = 0; u < UNROLL; u++) {
         const int k0 = (c + step * u) * N;
         float xs[N];
-        load_x_norm<NORM, COHERENT>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
             float f[N];
@@ -425,14 +422,14 @@ __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const
 
 // A lane's last chunks c, c + step, ... below `chunks`, one at a time (after its
 // iterations of UNROLL).
-template <class P, int RPW, bool NORM, bool COHERENT = false>
+template <class P, int RPW, bool NORM>
 __device__ __forceinline__ void gemv1_tail(const P* rows, const float* x, const float* __restrict__ gamma, int c,
                                            int chunks, int step, float* acc, float& ss) {
     const int N = P::N;
     for (; c < chunks; c += step) {
         const int k0 = c * N;
         float xs[N];
-        load_x_norm<NORM, COHERENT>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
             float f[N];
@@ -608,186 +605,3 @@ extern "C" __global__ void __launch_bounds__(256) gemv1_staged_bf16_s##NS(const 
 GEMV1_STAGED(1)
 GEMV1_STAGED(2)
 GEMV1_STAGED(4)
-
-// Dataflow hand-off from the GLU GEMV to the down projection (SLUICE_DATAFLOW=1, an
-// experiment; cuda/fused.rs, cuda/ops.rs, docs/BENCHMARKS.md sessions 24-25).
-// Each launch boundary of the batch-1 step costs about 2 us (the 8B and the 1B layers
-// without attention both lose ~8.5 us per layer against the copy rate, over four
-// boundaries: docs/BENCHMARKS.md, session 24): a GEMV's griddepcontrol.wait returns only
-// once the whole previous grid has completed and flushed, though each chunk of its x is
-// final as soon as the one block that wrote it is done. Here each GLU block
-// (gemv1_glu_bf16_df) counts itself done in the counter of its group of 256 blocks (a
-// release), and the down projection never waits for the grid: before an iteration of
-// its K loop reads x past what is final, its block waits for the next group's counter
-// to be full (DfPhases below). Its first weight load per row is issued before any wait.
-// The arithmetic is gemv1_rows_bf16's, in the same order.
-// How much can overlap depends on the grid: the 8B shape's down projection (4 warps
-// per row) reads K in 3.5 iterations, so it starts on the x of the GLU's first wave of
-// blocks while the second runs; the 1B shape's (8 warps per row) reads all of K in one
-// iteration and saves only the grid's completion and flush.
-// - One thread per block signals and one observes. Session 25's first version had every
-//   thread fence before its flag and spin on acquire loads of its own: on sm_90 each
-//   fence and each acquire load also invalidates the SM's L1 (CCTL.IVALL in the SASS),
-//   which threw out the x and gamma that the co-resident GLU blocks re-read, and the
-//   hand-off lost 7% (8B) and 12% (1B).
-// - No deadlock: under PDL this grid launches only once every GLU block has executed
-//   its trigger (is resident or done), and GLU blocks wait for nothing of ours.
-// - x (the GLU's output) is read with plain loads (`__ldca`, not the read-only path):
-//   the acquire (a relaxed read, then a fence, whose L1 invalidation drops stale lines)
-//   makes the counted chunks visible to the block after its barrier.
-// - The residual h that this kernel adds into was the GLU's input: a row's store comes
-//   after all of its K, i.e. after every GLU block's count, and a block counts itself
-//   after its last read of h.
-// - The last block to finish its waits (a counter at flags[nseg]) clears the group
-//   counters and its own for the next layer's GLU, which runs only after this grid has
-//   completed (the kernels between wait for their predecessors).
-__device__ __forceinline__ void df_raise(unsigned int* flags) {
-    __syncthreads();  // the block's outputs are written (a release by thread 0 covers them)
-    if (threadIdx.x == 0)
-        asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(flags + blockIdx.x / 256), "r"(1u) : "memory");
-}
-
-template <int RPW, int U, bool HAVE0>
-__device__ __forceinline__ void df_iteration(const RowPlain<bf16_t>* rows, const float* x, int c, int step,
-                                             int chunks, const uint4* q0, float* acc) {
-    typedef RowPlain<bf16_t> P;
-    float ss = 0.0f;  // (no norm)
-    if (c + step * (U - 1) < chunks) {
-        uint4 q[U][RPW];
-        float s[U][RPW];
-        if (HAVE0) {
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-                q[0][r] = q0[r];
-                s[0][r] = rows[r].scale(c);
-            }
-            gemv1_load<P, RPW, 1, U>(rows, c, step, q, s);
-        } else {
-            gemv1_load<P, RPW, 0, U>(rows, c, step, q, s);
-        }
-        gemv1_consume<P, RPW, false, U, true>(x, nullptr, c, step, q, s, acc, ss);
-    } else {
-        gemv1_tail<P, RPW, false, true>(rows, x, nullptr, c, chunks, step, acc, ss);
-    }
-}
-
-__device__ __forceinline__ unsigned int df_peek(const unsigned int* flag) {
-    unsigned int v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-    return v;
-}
-
-// The block's waits come in phases, one per group of 256 GLU blocks (at most 32 groups:
-// cuda/dataflow.rs `FLAGS`). Lane p of warp 0 reads group p's counter at the start
-// (relaxed, while the block computes). Before an iteration, the lanes of the groups it
-// needs re-read a short count with a growing back-off until every one is full (all at
-// once: the 1B shape's first iteration needs every group, and reading them one after
-// the other cost a round trip to L2 each), then a fence makes the last reads acquires
-// (PTX memory model: a relaxed read followed by a fence) and a barrier hands that on to
-// the block. One fence per block per wait.
-struct DfPhases {
-    int done, nphase, ready, nseg;
-    unsigned int mine;
-    __device__ __forceinline__ unsigned int full(int p) const { return (unsigned)min(256, nseg - p * 256); }
-    __device__ __forceinline__ void start(const unsigned int* flags, int nseg_) {
-        done = 0;
-        nseg = nseg_;
-        nphase = (nseg + 255) / 256;
-        ready = 0;
-        mine = (int)threadIdx.x < nphase ? df_peek(flags + threadIdx.x) : 0u;
-    }
-    // x's chunks final once groups [0, p) are done.
-    __device__ __forceinline__ int ready_after(int p, int all, int N, int seg) const {
-        return p == nphase ? all : (int)((long)p * 256 * seg / N);
-    }
-    // Until x's chunks [0, need) are final (block-uniform arguments).
-    __device__ __forceinline__ void until(const unsigned int* flags, int need, int all, int N, int seg) {
-        if (ready >= need || done >= nphase) return;
-        int upto = done + 1;
-        while (upto < nphase && ready_after(upto, all, N, seg) < need) upto++;
-        if (threadIdx.x < 32) {
-            const int p = threadIdx.x;
-            const bool wanted = p >= done && p < upto;
-            unsigned int ns = 32;
-            while (!__all_sync(0xffffffffu, !wanted || mine >= full(p))) {
-                __nanosleep(ns);
-                ns = min(ns * 2, 256u);
-                if (wanted && mine < full(p)) mine = df_peek(flags + p);
-            }
-            asm volatile("fence.acq_rel.gpu;" ::: "memory");
-        }
-        __syncthreads();
-        done = upto;
-        ready = ready_after(upto, all, N, seg);
-    }
-};
-
-template <int RPW, int U>
-__device__ __forceinline__ void gemv1_dataflow_body(const float* x, const unsigned char* __restrict__ w,
-                                                    float* out, int M, int K, int wpr, int accumulate,
-                                                    unsigned int* flags, int seg, int nseg) {
-    typedef RowPlain<bf16_t> P;
-    const int N = P::N;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * (8 / wpr) + warp / wpr) * RPW;
-    const int slice = warp % wpr;
-    P rows[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; r++) rows[r].init(w, min(m0 + r, M - 1), M, K);
-    // Dead row groups (past M) run every iteration too (the phase barriers), on no chunks.
-    const int chunks = m0 < M ? K / N : 0, all = K / N;
-    const int c0 = lane + 32 * slice, step = 32 * wpr, per_iter = step * U;
-    float acc[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
-    // The first load of each row before anything waits (weights: no kernel writes them),
-    // as gemv1_dot's PRE = 1; then the next kernel may launch (it waits for this grid).
-    uint4 q0[RPW];
-    const bool full0 = c0 + step * (U - 1) < chunks;
-    if (full0)
-#pragma unroll
-        for (int r = 0; r < RPW; r++) q0[r] = rows[r].load(c0);
-#ifdef SLUICE_TRACE
-    const unsigned long long t0 = trace_now();
-#endif
-    pdl_trigger();
-    DfPhases ph;
-    ph.start(flags, nseg);
-    ph.until(flags, min(per_iter, all), all, N, seg);
-#ifdef SLUICE_TRACE
-    // (the timeline's "wait return": the first wait for the GLU's counters done)
-    if (threadIdx.x == 0) trace_record(t0, trace_now());
-#endif
-    if (full0) df_iteration<RPW, U, true>(rows, x, c0, step, chunks, q0, acc);
-    else df_iteration<RPW, U, false>(rows, x, c0, step, chunks, q0, acc);
-    for (int base = per_iter; base < all; base += per_iter) {
-        ph.until(flags, min(base + per_iter, all), all, N, seg);
-        df_iteration<RPW, U, false>(rows, x, base + c0, step, chunks, q0, acc);
-    }
-    trace_mark(0);
-    // Every wait of this block is done: count it; the last block clears the counters.
-    __shared__ int df_last;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        df_last = atomicAdd(flags + nseg, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (df_last) {
-        if (threadIdx.x < ph.nphase) flags[threadIdx.x] = 0u;
-        if (threadIdx.x == 0) flags[nseg] = 0u;
-    }
-    gemv_rows_store<RPW, false>(acc, 0.0f, out, M, K, m0, wpr, 0.0f, 1.0f, accumulate);
-    trace_mark(1);
-}
-
-// gemv1_rows_bf16_df(x, w, out, M, K, wpr, accumulate, flags, seg, nseg): out (+)= W x
-// with x from gemv1_glu_bf16_df, whose block b wrote x[b * seg, (b + 1) * seg) and
-// counted itself in flags[b / 256] (nseg blocks; the counter of finished down blocks at
-// flags[nseg]).
-extern "C" __global__ void __launch_bounds__(256, 4) gemv1_rows_bf16_df(const float* x, const unsigned char* w,
-                                                                     float* out, int M, int K, int wpr,
-                                                                     int accumulate, unsigned int* flags, int seg,
-                                                                     int nseg) {
-    gemv1_dataflow_body<GEMV_RPW, 4>(x, w, out, M, K, wpr, accumulate, flags, seg, nseg);
-}

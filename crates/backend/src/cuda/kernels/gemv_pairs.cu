@@ -81,14 +81,11 @@ __device__ __forceinline__ void pair_rope_store(const PairRope<KV>& a, int mode,
 }
 
 // out (GLU) or the RoPE destinations for `pairs` pairs of W's rows; M = W's rows.
-// DF (gemv1_glu_bf16_df): after its outputs, each block counts itself done in its
-// group's counter in `df_flags` (kernels/gemv.cu, "Dataflow hand-off").
-template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2, int PRE = 0, bool DF = false>
+template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
                                                  float eps, long prefetch, int mode, int F, int hd, int silu,
-                                                 float* __restrict__ out, const PairRope<KV>& rope, int prewait,
-                                                 unsigned int* df_flags = nullptr) {
+                                                 float* __restrict__ out, const PairRope<KV>& rope, int prewait) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = 8 / wpr, wg = warp / wpr, slice = warp % wpr;
     const int R = groups * RPW, PB = R / 2;
@@ -141,7 +138,6 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         if (ROPE) pair_rope_store<KV>(rope, mode, hd, p, lo, hi);
         else out[p] = glu_act(lo, hi, silu);
     }
-    if (DF) df_raise(df_flags);
     trace_mark(1);
 }
 
@@ -167,18 +163,6 @@ extern "C" __global__ void GEMV_PAIRS_LB_##PRE NAME(const float* x, const unsign
 }
 GEMV1_GLU(gemv1_glu_bf16, 4, 1)
 GEMV1_GLU(gemv1_glu_bf16_u2, 2, 0)
-
-// gemv1_glu_bf16_df(x, w, out, F, K, wpr, gamma, eps, silu, prefetch, prewait, flags):
-// gemv1_glu_bf16 that raises flags[block] once the block's outputs are stored, for the
-// down projection's gemv1_rows_bf16_df (SLUICE_DATAFLOW=1; kernels/gemv.cu).
-extern "C" __global__ void GEMV_PAIRS_LB_1 gemv1_glu_bf16_df(const float* x, const unsigned char* w, float* out,
-                                                            int F, int K, int wpr, const float* gamma, float eps,
-                                                            int silu, long prefetch, int prewait,
-                                                            unsigned int* flags) {
-    PairRope<float> none = {};
-    gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, 4, 1, true>(
-        x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, PAIR_GLU, F, 0, silu, out, none, prewait, flags);
-}
 
 // gemv1_qkv_rope_bf16_kv{f32,bf16}: q (and k, v, the caches) of one token from its
 // stacked projections rms_norm(x) W^T, W [(nh + 2 nkv) hd, K] bf16, mode
