@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -628,5 +628,17 @@ if [[ " $what " == *" next25b "* ]]; then # session 25: next25's likeliest knobs
     for cfg in "X=default" "SLUICE_GEMV_BLOCKS_PER_SM=3" "SLUICE_GEMV_UNROLL=2" "SLUICE_IDLE_PREFETCH=0" "SLUICE_DECODE_SPLIT_TILES=3"; do
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
+  done
+fi
+if [[ " $what " == *" chunks26 "* ]]; then # prepared in session 25, not yet run: SLUICE_GEMV_MIN_CHUNKS=4, fewer warps per row where a lane would get less than a full iteration of chunks (the 1B Q/K/V GEMV: 4 -> 2 warps per row); the fused-decode test with it first
+  SLUICE_GEMV_MIN_CHUNKS=4 timeout 300 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
+  for preset in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    for cfg in "X=default" "SLUICE_GEMV_MIN_CHUNKS=4" "X=default-again" "SLUICE_GEMV_MIN_CHUNKS=4 X=again"; do
+      q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_GEMV_MIN_CHUNKS=4"; do
+    echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
   done
 fi
