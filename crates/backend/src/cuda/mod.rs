@@ -428,7 +428,7 @@ impl CudaBackend {
         }
         let cluster_limit = kernels.decode_cluster_limit;
         let gemm = gemm::Gemm::new(&ctx)?;
-        let backend = CudaBackend {
+        Ok(CudaBackend {
             ctx,
             stream,
             kernels,
@@ -511,8 +511,7 @@ impl CudaBackend {
             ),
             qmma_blocks_per_sm: env_usize("SLUICE_QMMA_BLOCKS_PER_SM", 0),
             smem_prepared: Mutex::new(std::collections::HashSet::new()),
-        };
-        Ok(backend)
+        })
     }
 
     pub fn describe(&self) -> String {
