@@ -485,8 +485,6 @@ impl CudaBackend {
         k: usize,
         fusion: Gemv1Fusion,
     ) -> Result<()> {
-        let bf16_k = if dtype == DType::BF16 { k } else { 0 };
-        let (blocks, wpr) = self.gemv_grid_k(m, bf16_k, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
         if f == self.kernels.gemv1_rows_bf16
@@ -504,14 +502,16 @@ impl CudaBackend {
                 _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
             let smem = staged_gemv_smem(chunks);
-            // (its own grid: the staging covers a lane's first chunks before the wait,
-            // however few it has)
+            // (no `gemv_grid_k`: the staging covers a lane's first chunks before the
+            // wait, however few it has)
             let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
             let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
+        let bf16_k = if dtype == DType::BF16 { k } else { 0 };
+        let (blocks, wpr) = self.gemv_grid_k(m, bf16_k, GEMV_ROWS_PER_WARP);
         let prefetch = self.gemv1_prefetch(dtype, m, k);
         let prewait = i32::from(self.gemv_prewait);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];
