@@ -420,25 +420,6 @@ __device__ __forceinline__ void gemv1_consume(const float* __restrict__ x, const
     }
 }
 
-// A lane's last chunks c, c + step, ... below `chunks`, one at a time (after its
-// iterations of UNROLL).
-template <class P, int RPW, bool NORM>
-__device__ __forceinline__ void gemv1_tail(const P* rows, const float* x, const float* __restrict__ gamma, int c,
-                                           int chunks, int step, float* acc, float& ss) {
-    const int N = P::N;
-    for (; c < chunks; c += step) {
-        const int k0 = c * N;
-        float xs[N];
-        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
-#pragma unroll
-        for (int r = 0; r < RPW; r++) {
-            float f[N];
-            P::unpack_to(rows[r].load(c), f);
-            acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
-        }
-    }
-}
-
 template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict__ x, const float* __restrict__ gamma,
                                           int chunks, int c0, int step, float* acc, float& ss, bool prewait) {
@@ -465,7 +446,17 @@ __device__ __forceinline__ void gemv1_dot(const P* rows, const float* __restrict
         gemv1_load<P, RPW, 0, UNROLL>(rows, c, step, q, s);
         gemv1_consume<P, RPW, NORM, UNROLL>(x, gamma, c, step, q, s, acc, ss);
     }
-    gemv1_tail<P, RPW, NORM>(rows, x, gamma, c, chunks, step, acc, ss);
+    for (; c < chunks; c += step) {
+        const int k0 = c * N;
+        float xs[N];
+        load_x_norm<NORM>(x + k0, gamma + (NORM ? k0 : 0), N, xs, ss);
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            float f[N];
+            P::unpack_to(rows[r].load(c), f);
+            acc[r] += rows[r].scale(c) * dot_r<N>(f, xs);
+        }
+    }
 }
 
 template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
