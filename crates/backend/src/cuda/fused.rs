@@ -357,7 +357,7 @@ impl CudaBackend {
             )));
         }
         self.bind()?;
-        let (blocks, wpr) = self.gemv_grid_k(m, k, super::ops::GEMV_ROWS_PER_WARP);
+        let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
         let (px, pw, po, pg) = (
             cuda_buf(x)?.ptr(),
             cuda_buf(w_gate_up)?.ptr(),
@@ -416,7 +416,7 @@ impl CudaBackend {
             (KvKind::Bf16, true) => kern.gemv1_qkv_rope_bf16_kvbf16_u2,
             (KvKind::Fp8, true) => kern.gemv1_qkv_rope_bf16_kvfp8_u2,
         };
-        let (blocks, wpr) = self.gemv_grid_k(m, kdim, super::ops::GEMV_ROWS_PER_WARP);
+        let (blocks, wpr) = self.gemv_grid(m, super::ops::GEMV_ROWS_PER_WARP);
         let (px, pw, pg) = (
             cuda_buf(x)?.ptr(),
             cuda_buf(wqkv)?.ptr(),

@@ -237,10 +237,6 @@ pub struct CudaBackend {
     /// Blocks per SM the batch-1 GEMV grids aim for (`gemv_warps_per_row`; 2, or
     /// `SLUICE_GEMV_BLOCKS_PER_SM`, for tuning).
     gemv_blocks_per_sm: usize,
-    /// Fewer warps per row for the bf16 batch-1 GEMVs where a lane would get fewer than
-    /// this many 16-byte chunks of a row (`gemv_fewer_warps_per_row`; 0: off, the default;
-    /// `SLUICE_GEMV_MIN_CHUNKS`, an experiment of session 25).
-    gemv_min_chunks: usize,
     /// The bf16 batch-1 GEMVs (plain, fused norm, GLU and RoPE pairs) of before session
     /// 16: two loads per row in flight instead of four (`SLUICE_GEMV_UNROLL=2`, for
     /// comparisons; kernels/gemv.cu).
@@ -447,7 +443,6 @@ impl CudaBackend {
             fused_decode: std::env::var("SLUICE_FUSED_DECODE").map_or(true, |v| v != "0"),
             fused_pairs: std::env::var("SLUICE_FUSED_PAIRS").map_or(true, |v| v != "0"),
             gemv_blocks_per_sm: env_usize("SLUICE_GEMV_BLOCKS_PER_SM", 2),
-            gemv_min_chunks: env_usize("SLUICE_GEMV_MIN_CHUNKS", 0),
             gemv_bf16_u2,
             gemv_bf16_prefetch: if gemv_bf16_u2 || std::env::var("SLUICE_GEMV_PREFETCH").is_ok() {
                 gemv_prefetch

@@ -79,20 +79,6 @@ pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> 
     8
 }
 
-/// `wpr` halved until each lane of a row's `wpr` warps gets at least `min_chunks` of the
-/// row's `k_chunks` 16-byte chunks (or one warp per row). Why: `gemv1_dot` issues its
-/// loads before the PDL wait, and UNROLL at a time, only for lanes with a full iteration
-/// of chunks; a lane with fewer runs the one-chunk-at-a-time tail after the wait. The
-/// 1B shape's Q/K/V GEMV (K = 2,048: 256 chunks over 4 warps, 2 per lane) and output
-/// projection (8 warps, 1 per lane) are such GEMVs; every 8B-shape GEMV gets 4 or more.
-pub(crate) fn gemv_fewer_warps_per_row(wpr: u32, k_chunks: usize, min_chunks: usize) -> u32 {
-    let mut w = wpr.max(1);
-    while w > 1 && k_chunks / (32 * w as usize) < min_chunks {
-        w /= 2;
-    }
-    w
-}
-
 /// Weight rows one block of a batch-1 GEMV covers: its warps in groups of `wpr` per
 /// row group, `rows_per_warp` rows each.
 pub(super) fn gemv_rows_per_block(wpr: i32, rows_per_warp: usize) -> usize {
@@ -388,21 +374,11 @@ impl CudaBackend {
 
     /// A GEMV's blocks and warps per row group for `m` rows, `rows_per_warp` per warp.
     pub(super) fn gemv_grid(&self, m: usize, rows_per_warp: usize) -> (u32, i32) {
-        self.gemv_grid_k(m, 0, rows_per_warp)
-    }
-
-    /// `gemv_grid` for a bf16 batch-1 GEMV over rows of `k` (8 per 16-byte chunk; 0 for
-    /// any other): with `SLUICE_GEMV_MIN_CHUNKS`, fewer warps per row where a lane would
-    /// get fewer chunks (`gemv_fewer_warps_per_row`).
-    pub(super) fn gemv_grid_k(&self, m: usize, k: usize, rows_per_warp: usize) -> (u32, i32) {
-        let mut wpr = gemv_warps_per_row(
+        let wpr = gemv_warps_per_row(
             m.div_ceil(rows_per_warp),
             self.sm_count as usize,
             self.gemv_blocks_per_sm,
         );
-        if k > 0 && self.gemv_min_chunks > 0 {
-            wpr = gemv_fewer_warps_per_row(wpr, k / 8, self.gemv_min_chunks);
-        }
         (
             m.div_ceil(gemv_rows_per_block(wpr as i32, rows_per_warp)) as u32,
             wpr as i32,
@@ -502,16 +478,13 @@ impl CudaBackend {
                 _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
             let smem = staged_gemv_smem(chunks);
-            // (no `gemv_grid_k`: the staging covers a lane's first chunks before the
-            // wait, however few it has)
             let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
             let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
-        let bf16_k = if dtype == DType::BF16 { k } else { 0 };
-        let (blocks, wpr) = self.gemv_grid_k(m, bf16_k, GEMV_ROWS_PER_WARP);
+        let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let prefetch = self.gemv1_prefetch(dtype, m, k);
         let prewait = i32::from(self.gemv_prewait);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];
@@ -1332,20 +1305,6 @@ mod tests {
         assert_eq!(gemv_warps_per_row(1024, 132, 2), 4);
         assert_eq!(gemv_warps_per_row(512, 132, 2), 8);
         assert_eq!(gemv_warps_per_row(33, 132, 2), 8);
-    }
-
-    #[test]
-    fn gemv_gives_each_lane_a_full_iteration_of_chunks_when_asked() {
-        use super::gemv_fewer_warps_per_row;
-        // 1B output projection: K = 2,048 (256 chunks), 8 warps per row -> 2 (4 a lane).
-        assert_eq!(gemv_fewer_warps_per_row(8, 256, 4), 2);
-        // 1B Q/K/V: 4 -> 2.
-        assert_eq!(gemv_fewer_warps_per_row(4, 256, 4), 2);
-        // 8B down projection: K = 14,336 (1,792 chunks) over 4 warps: 14 a lane, kept.
-        assert_eq!(gemv_fewer_warps_per_row(4, 1792, 4), 4);
-        // Off, and rows too short for any: one warp per row at the least.
-        assert_eq!(gemv_fewer_warps_per_row(8, 256, 0), 8);
-        assert_eq!(gemv_fewer_warps_per_row(8, 8, 4), 1);
     }
 
     #[test]
