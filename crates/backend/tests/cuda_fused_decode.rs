@@ -866,3 +866,70 @@ fn qkv_rope_gemv_matches_norm_gemv_then_split() {
         }
     }
 }
+
+/// The tail prefetch (cuda/tail_prefetch.rs: each batch-1 GEMV asks L2 for the front of
+/// the next weight's rows as its warps finish) changes no result. A decode-shaped chain
+/// whose weights are named in order (the output projection staged after an idle kernel,
+/// the GLU pair GEMV, the down projection, the head with its norm) gives the same bits
+/// with it as without, over shapes whose next GEMV loads before its wait or does not.
+#[test]
+fn tail_prefetch_changes_no_result() {
+    let mut rng = ChaCha8Rng::seed_from_u64(74);
+    let Some(g) = gpu(CudaWeightType::Bf16) else {
+        return;
+    };
+    let Device::Cuda(cuda) = &g else {
+        unreachable!("gpu() gives a CUDA device")
+    };
+    let prev = cuda.set_tail_prefetch(0);
+    let ids = {
+        let mut t = sluice_backend::Tensor::zeros_cpu(DType::I32, &[1]).unwrap();
+        t.as_i32_mut().unwrap()[0] = 1;
+        g.upload(&t).unwrap()
+    };
+    for (h, f, vocab) in [(64, 200, 77), (512, 1408, 1000), (2048, 8192, 4000)] {
+        let mut weight = |m: usize, k: usize| {
+            g.load_weight(host(&[m, k], &rnd(&mut rng, m * k, 0.5)))
+                .unwrap()
+        };
+        let (wo, wgu, wdown, head) = (
+            weight(h, h),
+            weight(2 * f, h),
+            weight(h, f),
+            weight(vocab, h),
+        );
+        g.set_weight_order(&[&wo, &wgu, &wdown, &head]);
+        let x0 = rnd(&mut rng, h, 3.0);
+        let attn = up(&g, &[1, h], &rnd(&mut rng, h, 1.0));
+        let gamma = up(&g, &[h], &rnd(&mut rng, h, 1.5));
+        let table = up(&g, &[2, h], &rnd(&mut rng, 2 * h, 1.0));
+        let run = |bytes: usize| {
+            cuda.set_tail_prefetch(bytes);
+            let mut x = up(&g, &[1, h], &x0);
+            // An idle kernel first, so the output projection is the staged GEMV.
+            let mut emb = poisoned(&g, &[1, h]);
+            g.embedding(&ids, &table, 1.0, &mut emb).unwrap();
+            g.matmul_accumulate(&attn, &wo, &mut x).unwrap();
+            let mut act = poisoned(&g, &[1, f]);
+            g.rms_norm_matmul_glu(&x, &gamma, 1e-5, &wgu, &mut act, true)
+                .unwrap();
+            g.matmul_accumulate(&act, &wdown, &mut x).unwrap();
+            let mut logits = poisoned(&g, &[1, vocab]);
+            g.rms_norm_matmul(&x, &gamma, 1e-5, &head, &mut logits)
+                .unwrap();
+            (down(&g, &x), down(&g, &logits))
+        };
+        let before = cuda.tail_prefetches();
+        let with = run(1 << 20);
+        // The output projection, the GLU and the down projection each name a successor.
+        assert_eq!(cuda.tail_prefetches() - before, 3, "h={h} f={f}");
+        let without = run(0);
+        assert_eq!(
+            cuda.tail_prefetches() - before,
+            3,
+            "h={h} f={f}: none when off"
+        );
+        assert_eq!(with, without, "h={h} f={f} vocab={vocab}");
+    }
+    cuda.set_tail_prefetch(prev);
+}
