@@ -949,15 +949,6 @@ impl Device {
         }
     }
 
-    /// Names the weight matrices a decode step reads, in the order it reads them, so that
-    /// each batch-1 GEMV can prefetch the next one's first bytes into L2 as it finishes
-    /// (CUDA, `SLUICE_TAIL_PREFETCH`; nothing on the CPU).
-    pub fn set_weight_order(&self, weights: &[&Tensor]) {
-        if let Device::Cuda(g) = self {
-            g.set_weight_order(weights);
-        }
-    }
-
     /// Starts recording the device's queue into a graph instead of running it.
     pub fn begin_capture(&self) -> Result<()> {
         match self {

@@ -124,12 +124,6 @@ pub fn layers(
             v_cache: bf16_cache(g, rng, &[num_blocks, nkv, BLOCK_SIZE, hd]),
         })
         .collect();
-    // The order a decode step reads them in, as the model names it (tail_prefetch.rs).
-    let order: Vec<&Tensor> = layers
-        .iter()
-        .flat_map(|l| [&l.wqkv, &l.wo, &l.wgu, &l.wdown])
-        .collect();
-    g.set_weight_order(&order);
     // One sequence whose blocks are scattered over the pool; the new token at ctx - 1.
     let mut table: Vec<i32> = (0..num_blocks as i32).collect();
     for i in (1..table.len()).rev() {

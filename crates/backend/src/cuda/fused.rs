@@ -367,7 +367,6 @@ impl CudaBackend {
         let (fi, ki, si) = (f as i32, k as i32, i32::from(silu));
         let prefetch = self.gemv1_prefetch(DType::BF16, m, k);
         let prewait = i32::from(self.gemv_prewait);
-        let next = self.tail_prefetch_of(pw);
         let kern = if self.gemv_bf16_u2 {
             self.kernels.gemv1_glu_bf16_u2
         } else {
@@ -377,7 +376,7 @@ impl CudaBackend {
             kern,
             (blocks, 1, 1),
             super::ops::THREADS,
-            &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch, prewait, next],
+            &mut args![px, pw, po, fi, ki, wpr, pg, eps, si, prefetch, prewait],
         )
     }
 

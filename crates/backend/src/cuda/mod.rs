@@ -22,7 +22,6 @@ mod pinned;
 mod qmma;
 mod readback;
 mod sample;
-mod tail_prefetch;
 pub mod trace;
 
 use std::ffi::c_void;
@@ -108,7 +107,6 @@ impl CudaBuffer {
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
-        tail_prefetch::forget(self.ptr);
         if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
             // SAFETY: allocated by cuMemAlloc in this context and freed once.
             let _ = unsafe { drv::free_sync(self.ptr) };
@@ -266,11 +264,6 @@ pub struct CudaBackend {
     gemv_stage_all: bool,
     /// Launches of the staged GEMV so far (for tests).
     staged_gemvs: AtomicU64,
-    /// Bytes of the next GEMV's weight that a batch-1 GEMV's warps ask into L2 as they
-    /// finish (tail_prefetch.rs; `SLUICE_TAIL_PREFETCH`, 0: none).
-    tail_prefetch: AtomicUsize,
-    /// Batch-1 GEMV launches that carried a tail prefetch so far (for tests).
-    tail_prefetches: AtomicU64,
     /// Blocks per SM the decode attention's key splits aim for (`decode_splits`; 4, or
     /// `SLUICE_DECODE_BLOCKS_PER_SM`, for tuning).
     decode_blocks_per_sm: usize,
@@ -460,8 +453,6 @@ impl CudaBackend {
             gemv_stage: env_usize_or_zero("SLUICE_GEMV_STAGE", GEMV_STAGE_CHUNKS),
             gemv_stage_all: std::env::var("SLUICE_GEMV_STAGE_ALL").is_ok_and(|v| v == "1"),
             staged_gemvs: AtomicU64::new(0),
-            tail_prefetch: AtomicUsize::new(env_usize_or_zero("SLUICE_TAIL_PREFETCH", 0)),
-            tail_prefetches: AtomicU64::new(0),
             decode_blocks_per_sm: env_usize("SLUICE_DECODE_BLOCKS_PER_SM", 4),
             decode_max_splits: env_usize("SLUICE_DECODE_MAX_SPLITS", usize::MAX),
             decode_ahead: AtomicUsize::new(env_usize_or_zero("SLUICE_DECODE_AHEAD", DECODE_AHEAD)),
@@ -590,17 +581,6 @@ impl CudaBackend {
     /// (after a `memory_idle` kernel; see `gemv_stage`).
     pub fn staged_gemvs(&self) -> u64 {
         self.staged_gemvs.load(Ordering::SeqCst)
-    }
-
-    /// Sets the tail prefetch's bytes (0: none; see `tail_prefetch`); returns the
-    /// previous value. For tests.
-    pub fn set_tail_prefetch(&self, bytes: usize) -> usize {
-        self.tail_prefetch.swap(bytes, Ordering::SeqCst)
-    }
-
-    /// How many batch-1 GEMV launches carried a tail prefetch so far.
-    pub fn tail_prefetches(&self) -> u64 {
-        self.tail_prefetches.load(Ordering::SeqCst)
     }
 
     /// Whether kernels are launched with programmatic dependent launch (sm_90+, unless

@@ -8,12 +8,11 @@ use cudarc::driver::sys;
 
 use super::gemm::GemmOut;
 use super::module::KvKind;
-use super::tail_prefetch::{self, NextRows};
 use super::{cuda_buf, CudaBackend};
 use crate::device::{AttentionParams, PagedAttentionMeta, RopeStyle};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 
 pub(super) const THREADS: u32 = 256;
 
@@ -51,6 +50,8 @@ fn same_numel(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Warps per output row for the GEMV (1, 2, 4 or 8 of a block's 8): the fewest that give
+/// at least two blocks per SM, so small projections still keep enough loads in flight.
 /// What a batch-1 GEMV fuses (kernels/gemv.cu `gemv1_rows_body`): an RMSNorm of x with
 /// weight `gamma` (0: none) in front, and `out +=` instead of `out =` behind.
 #[derive(Clone, Copy)]
@@ -68,8 +69,6 @@ impl Gemv1Fusion {
     };
 }
 
-/// Warps per output row for the GEMV (1, 2, 4 or 8 of a block's 8): the fewest that give
-/// at least two blocks per SM, so small projections still keep enough loads in flight.
 pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> u32 {
     let want = blocks_per_sm * sms.max(1);
     for wpr in [1u32, 2, 4] {
@@ -480,8 +479,7 @@ impl CudaBackend {
             };
             let smem = staged_gemv_smem(chunks);
             let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
-            let next = self.tail_prefetch_of(pw);
-            let mut a = args![px, pw, po, mi, ki, wpr, acc, next];
+            let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);
             return Ok(());
@@ -489,53 +487,8 @@ impl CudaBackend {
         let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let prefetch = self.gemv1_prefetch(dtype, m, k);
         let prewait = i32::from(self.gemv_prewait);
-        let next = self.tail_prefetch_of(pw);
-        let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait, next];
+        let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];
         self.launch(f, (blocks, 1, 1), THREADS, &mut a)
-    }
-
-    /// The `next` argument of a batch-1 GEMV over the weight at `w`: the slice of its
-    /// successor's rows that the tail prefetch asks into L2 (tail_prefetch.rs), if
-    /// `SLUICE_TAIL_PREFETCH` is set and the successor is a bf16 matrix.
-    pub(super) fn tail_prefetch_of(&self, w: sys::CUdeviceptr) -> NextRows {
-        let budget = self.tail_prefetch.load(Ordering::SeqCst);
-        if budget == 0 {
-            return NextRows::default();
-        }
-        match tail_prefetch::successor(w) {
-            Some(s) if s.dtype == DType::BF16 => {
-                let (_, wpr) = self.gemv_grid(s.rows, GEMV_ROWS_PER_WARP);
-                let row_bytes = DType::BF16.row_bytes(s.cols);
-                let next = tail_prefetch::next_rows(s.ptr, s.rows, row_bytes, wpr as usize, budget);
-                if next.w != 0 {
-                    self.tail_prefetches.fetch_add(1, Ordering::SeqCst);
-                }
-                next
-            }
-            _ => NextRows::default(),
-        }
-    }
-
-    /// Names the matrices a decode step reads, in the order it reads them (the layers'
-    /// projections, then the output head), so that each batch-1 GEMV can prefetch the
-    /// front of the next one's rows as it finishes (tail_prefetch.rs). Host tensors and
-    /// 1-D ones are skipped.
-    pub fn set_weight_order(&self, weights: &[&Tensor]) {
-        let on_gpu = |t: &Tensor| match t.storage() {
-            Storage::Cuda(b) if t.shape().len() == 2 => Some(b.ptr()),
-            _ => None,
-        };
-        for pair in weights.windows(2) {
-            if let (Some(w), Some(next)) = (on_gpu(pair[0]), on_gpu(pair[1])) {
-                let successor = tail_prefetch::Successor {
-                    ptr: next,
-                    rows: pair[1].rows(),
-                    cols: pair[1].cols(),
-                    dtype: pair[1].dtype(),
-                };
-                tail_prefetch::register(w, successor);
-            }
-        }
     }
 
     /// The `prefetch` argument of a batch-1 GEMV over an `m` x `k` weight of `dtype` (the

@@ -295,24 +295,14 @@ impl ModelWeights {
                 },
             });
         }
-        let weights = ModelWeights {
+        Ok(ModelWeights {
             tok_embd,
             output,
             output_norm,
             layers,
             ropes,
             fused,
-        };
-        device.set_weight_order(&weights.decode_order());
-        Ok(weights)
-    }
-
-    /// The matrices in the order a decode step reads them: each layer's projections,
-    /// then the output head.
-    pub fn decode_order(&self) -> Vec<&Tensor> {
-        let mut order: Vec<&Tensor> = self.layers.iter().flat_map(|l| l.matrices()).collect();
-        order.push(&self.output);
-        order
+        })
     }
 
     /// One step's work on the device, after `RunState::prepare`: embedding, every

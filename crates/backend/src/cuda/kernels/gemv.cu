@@ -260,24 +260,6 @@ extern "C" __global__ void dequant_q8_0_bf16_kernel(const unsigned char* w, bf16
 // under PDL the weight streams while the previous kernel finishes: the rows below byte
 // offset `prefetch`, whole (the host passes the whole weight's size right after a kernel
 // that leaves the memory idle, such as the decode attention: cuda/ops.rs gemv1_prefetch).
-// The tail prefetch (cuda/ops.rs `NextRows`, `SLUICE_TAIL_PREFETCH`): bytes [lo, hi) of
-// each of the `rows` rows of the weight the next batch-1 GEMV streams. Each warp asks
-// for its share into L2 (one bulk prefetch per row) as soon as its own dot products are
-// done, so the memory stays busy while this GEMV's last blocks finish and the next
-// kernel waits: it then finds those bytes in L2. The rows are dealt round-robin over the
-// blocks (row = thread * blocks + block), so every block prefetches a few, wherever it
-// finishes. `w` null: none.
-struct NextRows {
-    const unsigned char* w;
-    long row_bytes;
-    int rows, lo, hi, pad;
-};
-__device__ __forceinline__ void prefetch_next_rows(const NextRows& n) {
-    if (n.w == nullptr) return;
-    for (int r = threadIdx.x * gridDim.x + blockIdx.x; r < n.rows; r += blockDim.x * gridDim.x)
-        prefetch_l2(n.w + (long)r * n.row_bytes + n.lo, (unsigned int)(n.hi - n.lo));
-}
-
 __device__ __forceinline__ void load_x(const float* x, int n, float* xs) {
     const float4* xv = reinterpret_cast<const float4*>(x);
 #pragma unroll
@@ -481,7 +463,7 @@ template <class P, int RPW, bool NORM, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                 float* __restrict__ out, int M, int K, int wpr,
                                                 const float* __restrict__ gamma, float eps, int accumulate,
-                                                long prefetch, int prewait, const NextRows& next) {
+                                                long prefetch, int prewait) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rows_per_block = (8 / wpr) * RPW;
     if (threadIdx.x == 0) {
@@ -502,13 +484,12 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
     float ss = 0.0f;
     gemv1_dot<P, RPW, NORM, UNROLL, PRE>(rows, x, gamma, m0 < M ? K / P::N : 0, lane + 32 * slice, 32 * wpr, acc,
                                          ss, PRE > 0 && prewait);
-    prefetch_next_rows(next);
     trace_mark(0);
     gemv_rows_store<RPW, NORM>(acc, ss, out, M, K, m0, wpr, eps, P::out_scale(w, M, K), accumulate);
     trace_mark(1);
 }
 
-// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait, next) and, with the norm
+// gemv1_rows_*(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait) and, with the norm
 // folded in, gemv1_rows_*_norm (same arguments, gamma non-null); weight bytes below offset
 // `prefetch` are prefetched into L2 before pdl_entry() (0 without PDL, where the prefetch
 // would only duplicate the loads that follow it; cuda/ops.rs `launch_gemv1`). Two kernels,
@@ -528,16 +509,14 @@ __device__ __forceinline__ void gemv1_rows_body(const float* __restrict__ x, con
 #define GEMV1_ROWS(NAME, P, U, PRE) \
 extern "C" __global__ void __launch_bounds__(256) NAME(const float* x, const unsigned char* w, float* out, int M, \
                                                        int K, int wpr, const float* gamma, float eps, \
-                                                       int accumulate, long prefetch, int prewait, NextRows next) { \
-    gemv1_rows_body<P, GEMV_RPW, false, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait, \
-                                                next); \
+                                                       int accumulate, long prefetch, int prewait) { \
+    gemv1_rows_body<P, GEMV_RPW, false, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait); \
 } \
 extern "C" __global__ void __launch_bounds__(256) NAME##_norm(const float* x, const unsigned char* w, float* out, \
                                                               int M, int K, int wpr, const float* gamma, \
                                                               float eps, int accumulate, long prefetch, \
-                                                              int prewait, NextRows next) { \
-    gemv1_rows_body<P, GEMV_RPW, true, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait, \
-                                               next); \
+                                                              int prewait) { \
+    gemv1_rows_body<P, GEMV_RPW, true, U, PRE>(x, w, out, M, K, wpr, gamma, eps, accumulate, prefetch, prewait); \
 }
 GEMV1_ROWS(gemv1_rows_bf16, RowPlain<bf16_t>, 4, 1)
 GEMV1_ROWS(gemv1_rows_bf16_u2, RowPlain<bf16_t>, 2, 0)
@@ -560,8 +539,7 @@ GEMV1_ROWS(gemv1_rows_q8_0, RowQ8_0, 2, 0)
 // no barrier: cp.async.wait_all suffices.
 template <int RPW, int NS>
 __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
-                                                  float* __restrict__ out, int M, int K, int wpr, int accumulate,
-                                                  const NextRows& next) {
+                                                  float* __restrict__ out, int M, int K, int wpr, int accumulate) {
     extern __shared__ uint4 gemv_stage[];
     typedef RowPlain<bf16_t> P;
     const int N = P::N;
@@ -586,7 +564,6 @@ __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, c
     float acc[RPW];
     float ss = 0.0f;
     gemv1_dot<P, RPW, false, 4, 0>(rows, x, nullptr, chunks, c0 + NS * step, step, acc, ss, false);
-    prefetch_next_rows(next);
     trace_mark(0);
     asm volatile("cp.async.wait_all;" ::: "memory");
 #pragma unroll
@@ -608,13 +585,13 @@ __device__ __forceinline__ void gemv1_staged_body(const float* __restrict__ x, c
     trace_mark(1);
 }
 
-// gemv1_staged_bf16_s{NS}(x, w, out, M, K, wpr, accumulate, next), NS x 16 KB of dynamic shared
+// gemv1_staged_bf16_s{NS}(x, w, out, M, K, wpr, accumulate), NS x 16 KB of dynamic shared
 // memory (cuda/ops.rs `launch_gemv1`, `SLUICE_GEMV_STAGE`).
 #define GEMV1_STAGED(NS) \
 extern "C" __global__ void __launch_bounds__(256) gemv1_staged_bf16_s##NS(const float* x, const unsigned char* w, \
                                                                           float* out, int M, int K, int wpr, \
-                                                                          int accumulate, NextRows next) { \
-    gemv1_staged_body<GEMV_RPW, NS>(x, w, out, M, K, wpr, accumulate, next); \
+                                                                          int accumulate) { \
+    gemv1_staged_body<GEMV_RPW, NS>(x, w, out, M, K, wpr, accumulate); \
 }
 GEMV1_STAGED(1)
 GEMV1_STAGED(2)

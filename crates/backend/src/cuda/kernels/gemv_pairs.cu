@@ -85,8 +85,7 @@ template <class P, int RPW, bool ROPE, typename KV, int UNROLL = 2, int PRE = 0>
 __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, const unsigned char* __restrict__ w,
                                                  int pairs, int M, int K, int wpr, const float* __restrict__ gamma,
                                                  float eps, long prefetch, int mode, int F, int hd, int silu,
-                                                 float* __restrict__ out, const PairRope<KV>& rope, int prewait,
-                                                 const NextRows& next) {
+                                                 float* __restrict__ out, const PairRope<KV>& rope, int prewait) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = 8 / wpr, wg = warp / wpr, slice = warp % wpr;
     const int R = groups * RPW, PB = R / 2;
@@ -139,9 +138,6 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
         if (ROPE) pair_rope_store<KV>(rope, mode, hd, p, lo, hi);
         else out[p] = glu_act(lo, hi, silu);
     }
-    // After the epilogue, not right after the dot products as in gemv.cu: there the
-    // pair kernels' 64 registers would spill 8 bytes more.
-    prefetch_next_rows(next);
     trace_mark(1);
 }
 
@@ -154,16 +150,16 @@ __device__ __forceinline__ void gemv1_pairs_body(const float* __restrict__ x, co
 #define GEMV_PAIRS_LB_1 __launch_bounds__(256, 4)
 #define GEMV_PAIRS_LB_0 __launch_bounds__(256)
 //
-// gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch, prewait, next): out[F] =
+// gemv1_glu_bf16(x, w, out, F, K, wpr, gamma, eps, silu, prefetch, prewait): out[F] =
 // act(g) * u of [g | u] = rms_norm(x) W^T, W [2F, K] bf16. Four loads per row in flight,
 // as gemv1_rows_bf16; the _u2 kernels keep two (`SLUICE_GEMV_UNROLL=2`).
 #define GEMV1_GLU(NAME, U, PRE) \
 extern "C" __global__ void GEMV_PAIRS_LB_##PRE NAME(const float* x, const unsigned char* w, float* out, int F, \
                                                        int K, int wpr, const float* gamma, float eps, int silu, \
-                                                       long prefetch, int prewait, NextRows next) { \
+                                                       long prefetch, int prewait) { \
     PairRope<float> none = {}; \
     gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, false, float, U, PRE>(x, w, F, 2 * F, K, wpr, gamma, eps, prefetch, \
-                                                                  PAIR_GLU, F, 0, silu, out, none, prewait, next); \
+                                                                  PAIR_GLU, F, 0, silu, out, none, prewait); \
 }
 GEMV1_GLU(gemv1_glu_bf16, 4, 1)
 GEMV1_GLU(gemv1_glu_bf16_u2, 2, 0)
@@ -180,9 +176,8 @@ extern "C" __global__ void GEMV_PAIRS_LB_##PRE NAME(const float* x, const unsign
                                                        int prewait) { \
     PairRope<KV> a = {pos, cos_t, sin_t, q, k, v, kc, vc, slots, bs, nh, nkv}; \
     const int M = (nh + 2 * nkv) * hd; \
-    const NextRows none = {}; \
     gemv1_pairs_body<RowPlain<bf16_t>, GEMV_RPW, true, KV, U, PRE>(x, w, M / 2, M, K, wpr, gamma, eps, prefetch, mode, \
-                                                              0, hd, 0, 0, a, prewait, none); \
+                                                              0, hd, 0, 0, a, prewait); \
 }
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvf32, float, 4, 1)
 GEMV1_QKV_ROPE(gemv1_qkv_rope_bf16_kvbf16, bf16_t, 4, 1)
