@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -630,7 +630,7 @@ if [[ " $what " == *" next25b "* ]]; then # session 25: next25's likeliest knobs
     done
   done
 fi
-if [[ " $what " == *" chunks26 "* ]]; then # prepared in session 25, not yet run: SLUICE_GEMV_MIN_CHUNKS=4, fewer warps per row where a lane would get less than a full iteration of chunks (the 1B Q/K/V GEMV: 4 -> 2 warps per row); the fused-decode test with it first
+if [[ " $what " == *" chunks26 "* ]]; then # session 26 (measured, then removed: 1B -0.5%, 8B level): SLUICE_GEMV_MIN_CHUNKS=4, fewer warps per row where a lane would get less than a full iteration of chunks (the 1B Q/K/V GEMV: 4 -> 2 warps per row); the fused-decode test with it first
   SLUICE_GEMV_MIN_CHUNKS=4 timeout 300 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
   for preset in llama-3.2-1b-bench llama-3.1-8b-bench; do
     for cfg in "X=default" "SLUICE_GEMV_MIN_CHUNKS=4" "X=default-again" "SLUICE_GEMV_MIN_CHUNKS=4 X=again"; do
@@ -640,5 +640,20 @@ if [[ " $what " == *" chunks26 "* ]]; then # prepared in session 25, not yet run
   for cfg in "X=default" "SLUICE_GEMV_MIN_CHUNKS=4"; do
     echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" tail26 "* ]]; then # session 26 (measured, then removed: 1B -1.5..-7.7%, 8B -0.4..-3.9%, and the build with it off -0.3%; code in git, 6f6cd2c): SLUICE_TAIL_PREFETCH=<bytes>, each batch-1 GEMV prefetches the front of the next weight's rows into L2 as its warps finish (cuda/tail_prefetch.rs); against the build before it (.devbin/sluice-old, staged by hand)
+  export SLUICE_BIN=$B SLUICE_TEST_MODELS=$PWD/.devmodels SLUICE_CUDA_SMOLLM=$PWD/.devmodels/smollm2-small.gguf SLUICE_REQUIRE_CUDA=1
+  timeout 300 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
+  SLUICE_TAIL_PREFETCH=4194304 timeout 300 /tmp/sluice-bin/test-cuda_golden --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
+  for preset in llama-3.2-1b-bench llama-3.1-8b-bench; do
+    for cfg in "X=old" "X=default" "SLUICE_TAIL_PREFETCH=2097152" "SLUICE_TAIL_PREFETCH=4194304" "SLUICE_TAIL_PREFETCH=8388608" "SLUICE_TAIL_PREFETCH=16777216" "X=default-again" "SLUICE_TAIL_PREFETCH=4194304 X=again"; do
+      bin=$B; [ "$cfg" = "X=old" ] && bin=/tmp/sluice-bin/sluice-old
+      q $cfg $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_TAIL_PREFETCH=4194304"; do
+    echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
+    timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -E "timeline:|per step" | tee -a "$OUT/layers.txt"
   done
 fi

@@ -50,8 +50,6 @@ fn same_numel(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Warps per output row for the GEMV (1, 2, 4 or 8 of a block's 8): the fewest that give
-/// at least two blocks per SM, so small projections still keep enough loads in flight.
 /// What a batch-1 GEMV fuses (kernels/gemv.cu `gemv1_rows_body`): an RMSNorm of x with
 /// weight `gamma` (0: none) in front, and `out +=` instead of `out =` behind.
 #[derive(Clone, Copy)]
@@ -69,6 +67,8 @@ impl Gemv1Fusion {
     };
 }
 
+/// Warps per output row for the GEMV (1, 2, 4 or 8 of a block's 8): the fewest that give
+/// at least two blocks per SM, so small projections still keep enough loads in flight.
 pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> u32 {
     let want = blocks_per_sm * sms.max(1);
     for wpr in [1u32, 2, 4] {
