@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -655,5 +655,19 @@ if [[ " $what " == *" tail26 "* ]]; then # session 26 (measured, then removed: 1
   for cfg in "X=default" "SLUICE_TAIL_PREFETCH=4194304"; do
     echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
     timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -E "timeline:|per step" | tee -a "$OUT/layers.txt"
+  done
+fi
+if [[ " $what " == *" profile128 "* ]]; then # session 26: every kernel of one decode step at 128 sequences (8B bf16, the sweep's 128 + 64 workload), timed alone: what keeps batch 128 below 10x the issue's PyTorch figure
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  M="--clock-control none --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
+  timeout 150 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "decode|step|tok" | tail -6 | tee -a "$OUT/profile.md"
+  timeout 300 $NCU $M --launch-skip 12000 --launch-count 700 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 > "$OUT/ncu-b128.csv" 2> "$OUT/ncu-b128.err"
+  python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b128.csv" --step-marker embedding --title "decode 8B bf16 b128 ctx ~130-190" | tee -a "$OUT/profile.md"
+  tail -3 "$OUT/ncu-b128.err"
+fi
+if [[ " $what " == *" attn128 "* ]]; then # session 26: the decode attention at 128 and 256 sequences (2.3 TB/s in profile128: one split per (sequence, KV head), ~2.6 waves of latency-bound blocks) with more key splits
+  for cfg in "X=default" "SLUICE_DECODE_BLOCKS_PER_SM=16" "SLUICE_DECODE_BLOCKS_PER_SM=16 SLUICE_DECODE_SPLIT_TILES=1" "SLUICE_DECODE_BLOCKS_PER_SM=32 SLUICE_DECODE_SPLIT_TILES=1" "X=default-again"; do
+    echo "=== $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128,256 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^\| *(128|256)|decode" | tee -a "$OUT/pdl.txt"
   done
 fi
