@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -670,4 +670,12 @@ if [[ " $what " == *" attn128 "* ]]; then # session 26: the decode attention at 
     echo "=== $cfg" | tee -a "$OUT/pdl.txt"
     timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128,256 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^\| *(128|256)|decode" | tee -a "$OUT/pdl.txt"
   done
+fi
+if [[ " $what " == *" attn_stalls128 "* ]]; then # session 26: the decode attention at 128 sequences (~130-190 keys, 2.3 TB/s in profile128): occupancy, memory and stall sections, for the next step
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 200 $NCU --clock-control none --kernel-name flash_decode_bf16_d128 --launch-skip 600 --launch-count 1 \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section SpeedOfLight --section LaunchStats \
+    $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 \
+    > "$OUT/ncu-attn128.txt" 2>&1
+  grep -aE "Stall|Warp Cycles|Throughput|Occupancy|Block Limit|Registers|Shared Memory|Grid Size|Waves|DRAM|L2 Hit|Duration" "$OUT/ncu-attn128.txt" | head -80 | tee -a "$OUT/pdl.txt"
 fi
