@@ -79,12 +79,6 @@ pub(crate) fn gemv_warps_per_row(m: usize, sms: usize, blocks_per_sm: usize) -> 
     8
 }
 
-/// Weight rows one block of a batch-1 GEMV covers: its warps in groups of `wpr` per
-/// row group, `rows_per_warp` rows each.
-pub(super) fn gemv_rows_per_block(wpr: i32, rows_per_warp: usize) -> usize {
-    ((THREADS / 32) / wpr.max(1) as u32) as usize * rows_per_warp
-}
-
 /// Key splits for attention over `blocks` (row, KV head) pairs and contexts of at most
 /// `max_ctx` keys: `(splits, keys per split)`. One split when the pairs alone fill the
 /// GPU (4 blocks per SM); otherwise as many as make up the difference, but no more than
@@ -379,10 +373,8 @@ impl CudaBackend {
             self.sm_count as usize,
             self.gemv_blocks_per_sm,
         );
-        (
-            m.div_ceil(gemv_rows_per_block(wpr as i32, rows_per_warp)) as u32,
-            wpr as i32,
-        )
+        let rows_per_block = ((THREADS / 32) / wpr) as usize * rows_per_warp;
+        (m.div_ceil(rows_per_block) as u32, wpr as i32)
     }
 
     /// The batch-1 GEMV of kernels/gemv.cu's skeleton for weights of `dtype` with rows of
@@ -461,6 +453,7 @@ impl CudaBackend {
         k: usize,
         fusion: Gemv1Fusion,
     ) -> Result<()> {
+        let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let (mi, ki) = (m as i32, k as i32);
         let (gamma, eps, acc) = (fusion.gamma, fusion.eps, i32::from(fusion.accumulate));
         if f == self.kernels.gemv1_rows_bf16
@@ -478,13 +471,11 @@ impl CudaBackend {
                 _ => (self.kernels.gemv1_staged_bf16_s4, 4),
             };
             let smem = staged_gemv_smem(chunks);
-            let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
             let mut a = args![px, pw, po, mi, ki, wpr, acc];
             self.launch_with(staged, (blocks, 1, 1), THREADS, &mut a, 0, smem as u32)?;
             self.staged_gemvs.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
-        let (blocks, wpr) = self.gemv_grid(m, GEMV_ROWS_PER_WARP);
         let prefetch = self.gemv1_prefetch(dtype, m, k);
         let prewait = i32::from(self.gemv_prewait);
         let mut a = args![px, pw, po, mi, ki, wpr, gamma, eps, acc, prefetch, prewait];
