@@ -15,6 +15,8 @@ export SLUICE_CUDA_CACHE=/tmp/sluice-cuda-cache
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 python3 scripts/cuda/copy_bw.py | tee -a "$OUT/copy_bw.txt"
 q() { echo "=== $*" | tee -a "$OUT/pdl.txt"; timeout 300 env "$@" 2>&1 | grep -E "tg|pp|tok/s|decode|prefill|warn|error|Error" | tail -8 | tee -a "$OUT/pdl.txt"; }
+# The kernel timeline of the `layers` probe (SLUICE_CUDA_TRACE=1) for each setting given.
+trace_layers() { for cfg in "$@"; do echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"; timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -E "timeline:|per step|attention inside" | tee -a "$OUT/layers.txt"; done; }
 if [[ " $what " == *" ab "* ]]; then
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in "SLUICE_PDL=0 SLUICE_FUSED_DECODE=0" "SLUICE_PDL=0 SLUICE_FUSED_DECODE=1" "SLUICE_PDL=1 SLUICE_FUSED_DECODE=0" "SLUICE_PDL=1 SLUICE_FUSED_DECODE=1"; do
@@ -637,12 +639,9 @@ if [[ " $what " == *" chunks26 "* ]]; then # session 26 (measured, then removed:
       q $cfg $B bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
   done
-  for cfg in "X=default" "SLUICE_GEMV_MIN_CHUNKS=4"; do
-    echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
-    timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
-  done
+  trace_layers "X=default" "SLUICE_GEMV_MIN_CHUNKS=4"
 fi
-if [[ " $what " == *" tail26 "* ]]; then # session 26 (measured, then removed: 1B -1.5..-7.7%, 8B -0.4..-3.9%, and the build with it off -0.3%; code in git, 6f6cd2c): SLUICE_TAIL_PREFETCH=<bytes>, each batch-1 GEMV prefetches the front of the next weight's rows into L2 as its warps finish (cuda/tail_prefetch.rs); against the build before it (.devbin/sluice-old, staged by hand)
+if [[ " $what " == *" tail26 "* ]]; then # session 26 (measured, then removed: 1B -1.6..-7.8%, 8B -0.4..-3.9% against off, and the build with it off -0.3%; code in git, 6f6cd2c): SLUICE_TAIL_PREFETCH=<bytes>, each batch-1 GEMV prefetches the front of the next weight's rows into L2 as its warps finish (cuda/tail_prefetch.rs); against the build before it (.devbin/sluice-old, staged by hand)
   export SLUICE_BIN=$B SLUICE_TEST_MODELS=$PWD/.devmodels SLUICE_CUDA_SMOLLM=$PWD/.devmodels/smollm2-small.gguf SLUICE_REQUIRE_CUDA=1
   timeout 300 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
   SLUICE_TAIL_PREFETCH=4194304 timeout 300 /tmp/sluice-bin/test-cuda_golden --test-threads=1 2>&1 | grep -E "test result|panicked|FAILED" | tee -a "$OUT/pdl.txt"
@@ -652,10 +651,7 @@ if [[ " $what " == *" tail26 "* ]]; then # session 26 (measured, then removed: 1
       q $cfg $bin bench model --device cuda --random-weights $preset -p 512 -n 128 -b 1 -r 2
     done
   done
-  for cfg in "X=default" "SLUICE_TAIL_PREFETCH=4194304"; do
-    echo "=== trace layers $cfg" | tee -a "$OUT/layers.txt"
-    timeout 120 env SLUICE_CUDA_TRACE=1 $cfg /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | grep -E "timeline:|per step" | tee -a "$OUT/layers.txt"
-  done
+  trace_layers "X=default" "SLUICE_TAIL_PREFETCH=4194304"
 fi
 if [[ " $what " == *" profile128 "* ]]; then # session 26: every kernel of one decode step at 128 sequences (8B bf16, the sweep's 128 + 64 workload), timed alone: what keeps batch 128 below 10x the PyTorch figure
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -665,7 +661,7 @@ if [[ " $what " == *" profile128 "* ]]; then # session 26: every kernel of one d
   python3 scripts/cuda/ncu_summary.py "$OUT/ncu-b128.csv" --step-marker embedding --title "decode 8B bf16 b128 ctx ~130-190" | tee -a "$OUT/profile.md"
   tail -3 "$OUT/ncu-b128.err"
 fi
-if [[ " $what " == *" attn128 "* ]]; then # session 26: the decode attention at 128 and 256 sequences (2.3 TB/s in profile128: one split per (sequence, KV head), ~2.6 waves of latency-bound blocks) with more key splits
+if [[ " $what " == *" attn128 "* ]]; then # session 26: the decode attention at 128 and 256 sequences (2.3 TB/s in profile128: one split per (sequence, KV head), 1,024 blocks in 1.94 waves) with more key splits
   for cfg in "X=default" "SLUICE_DECODE_BLOCKS_PER_SM=16" "SLUICE_DECODE_BLOCKS_PER_SM=16 SLUICE_DECODE_SPLIT_TILES=1" "SLUICE_DECODE_BLOCKS_PER_SM=32 SLUICE_DECODE_SPLIT_TILES=1" "X=default-again"; do
     echo "=== $cfg" | tee -a "$OUT/pdl.txt"
     timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128,256 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^\| *(128|256)|decode" | tee -a "$OUT/pdl.txt"
