@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -674,4 +674,21 @@ if [[ " $what " == *" attn_stalls128 "* ]]; then # session 26: the decode attent
     $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 \
     > "$OUT/ncu-attn128.txt" 2>&1
   grep -aE "Stall|Warp Cycles|Throughput|Occupancy|Block Limit|Registers|Shared Memory|Grid Size|Waves|DRAM|L2 Hit|Duration" "$OUT/ncu-attn128.txt" | head -80 | tee -a "$OUT/pdl.txt"
+fi
+if [[ " $what " == *" warp27 "* ]]; then # session 27: flash_decode_warp (a warp per (sequence, KV head), 16-key tiles in a ring of 2-4) against the block kernel, 8B and 1B at 64-256 sequences
+  for m in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "SLUICE_DECODE_WARP=0" "SLUICE_DECODE_WARP=2" "SLUICE_DECODE_WARP=3" "SLUICE_DECODE_WARP=4" "SLUICE_DECODE_WARP=0"; do
+      echo "=== $m $cfg" | tee -a "$OUT/pdl.txt"
+      timeout 200 env $cfg $B bench latency --device cuda --random-weights $m --batch-size 64,128,256 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch|^\| decode" | tee -a "$OUT/pdl.txt"
+    done
+  done
+  # Each kernel alone under Nsight Compute at 128 sequences (8B): time and DRAM bytes.
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for kc in "0 flash_decode_bf16_d128" "3 flash_decode_warp3_bf16_d128"; do
+    set -- $kc
+    SLUICE_DECODE_WARP=$1 timeout 200 $NCU --clock-control none --kernel-name $2 --launch-skip 600 --launch-count 5 --csv --page raw --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
+      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 > "$OUT/ncu-$2.csv" 2>/dev/null
+    echo "=== ncu $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-$2.csv" | tail -5 | awk -F'","' '{print $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
+  done
 fi

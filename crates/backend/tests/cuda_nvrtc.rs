@@ -90,7 +90,7 @@ fn compiled_cubin(arch: &str, trace: bool) -> Vec<u8> {
 /// Under programmatic dependent launch (sm_90+) a kernel's blocks may start before the
 /// previous kernel ends, so every kernel must call `pdl_entry()` (directly, or through
 /// the batch-1 GEMV skeletons, which load, stage or prefetch weights first, or the decode
-/// attention, which reads the step's metadata and earlier steps' keys first) before it
+/// attention kernels, which read the step's metadata and earlier steps' keys first) before it
 /// touches shared buffers. A kernel without it would race; this check needs no GPU.
 #[test]
 fn every_kernel_waits_for_its_predecessor_first() {
@@ -109,7 +109,8 @@ fn every_kernel_waits_for_its_predecessor_first() {
             || head.contains("gemv1_pairs_body<")
             || head.contains("gemv1_staged_body<")
             || head.contains("flash_decode<")
-            || head.contains("flash_decode_ahead<");
+            || head.contains("flash_decode_ahead<")
+            || head.contains("flash_decode_warp<");
         assert!(waits, "kernel without pdl_entry() first: {name}");
         kernels += 1;
     }

@@ -834,6 +834,9 @@ fn decode_attention_matches_the_cpu() {
     let Device::Cuda(backend) = &g else {
         return;
     };
+    // (The block kernel's one-split path too: the warp kernel off here, see
+    // warp_decode_attention_matches_the_cpu.)
+    let warp_before = backend.set_decode_warp(0);
     for cluster in [16, 0] {
         let in_force = backend.set_decode_cluster_max(cluster);
         let merges_before = backend.cluster_merges();
@@ -861,6 +864,7 @@ fn decode_attention_matches_the_cpu() {
         );
     }
     backend.set_decode_cluster_max(16);
+    backend.set_decode_warp(warp_before);
 }
 
 /// The batch-1 decode kernel (attention_decode.cu `flash_decode_ahead`: each split's first
@@ -920,6 +924,69 @@ fn batch_one_decode_attention_matches_the_cpu() {
     backend.set_decode_cluster_max(16);
     backend.set_decode_ahead(before.0, before.1);
     backend.set_decode_split_tiles(tiles_before);
+}
+
+/// The warp-per-item decode kernel (attention_decode_warp.cu `flash_decode_warp`: one warp
+/// per (sequence, KV head), 16-key tiles through a ring of 2, 3 or 4 stages) against the
+/// CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
+/// around the 16-key tile ends, 1-15 rows per sequence where GQA allows one m-tile (GQA
+/// 1 / 4 / 7 / 8), block sizes 7, 16 and 32, sliding windows and softcaps. One key split
+/// forced; every call must take the kernel.
+#[test]
+fn warp_decode_attention_matches_the_cpu() {
+    let Some(g) = gpu(CudaWeightType::Auto) else {
+        return;
+    };
+    let Device::Cuda(backend) = &g else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(27);
+    let short: Vec<(usize, usize)> = (0..128).map(|i| (1, 130 + (i * 37) % 61)).collect();
+    let edges: Vec<(usize, usize)> = [1, 2, 15, 16, 17, 31, 32, 33, 48, 49]
+        .iter()
+        .map(|&l| (1, l))
+        .collect();
+    let rows: Vec<(usize, usize)> = (1..16).map(|r| (r, r + 5 * r * r)).collect();
+    // One sequence of two rows among single rows: the host's row bound (t - sequences + 1)
+    // stays 2, so GQA 7 and 8 keep one m-tile.
+    let two_rows: Vec<(usize, usize)> = (0..24)
+        .map(|i| (1 + usize::from(i == 11), 20 + 23 * i))
+        .collect();
+    let cases = [
+        case(32, 8, 128, 16, None, None, short.clone()),
+        case(32, 8, 64, 16, None, None, short[..64].to_vec()),
+        case(32, 8, 128, 16, None, None, edges.clone()),
+        case(16, 2, 64, 7, None, Some(0.7), edges),
+        case(8, 8, 128, 16, Some(33), None, rows.clone()),
+        case(8, 8, 64, 32, None, Some(30.0), rows),
+        case(28, 4, 128, 16, Some(300), None, two_rows.clone()),
+        case(8, 1, 128, 32, None, Some(30.0), two_rows.clone()),
+        case(12, 3, 64, 7, Some(5), None, two_rows),
+        case(32, 8, 128, 16, None, None, vec![(1, 1000), (1, 3)]),
+    ];
+    let ahead = backend.set_decode_ahead(0, false);
+    let tiles = backend.set_decode_split_tiles(1 << 20);
+    let stages_before = backend.set_decode_warp(3);
+    let before = backend.warp_decodes();
+    let mut calls = 0;
+    for stages in [2, 3, 4] {
+        backend.set_decode_warp(stages);
+        for (i, case) in cases.iter().enumerate() {
+            let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
+            calls += 1;
+            let what = format!("case {i} stages {stages}");
+            eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
+            assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
+        }
+    }
+    assert_eq!(
+        backend.warp_decodes() - before,
+        calls,
+        "calls that took flash_decode_warp"
+    );
+    backend.set_decode_ahead(ahead.0, ahead.1);
+    backend.set_decode_split_tiles(tiles);
+    backend.set_decode_warp(stages_before);
 }
 
 #[test]

@@ -59,6 +59,9 @@ const DECODE_SPLIT_TILES: usize = 2;
 /// against 11.6 µs per layer (docs/BENCHMARKS.md).
 const DECODE_AHEAD: usize = 2;
 
+/// Default of `CudaBackend::decode_warp`: `flash_decode_warp` with a ring of 3 tiles.
+const DECODE_WARP_STAGES: usize = 3;
+
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
 /// blocks resident before the previous kernel ends can use, the prefetch only competes
@@ -278,6 +281,12 @@ pub struct CudaBackend {
     cluster_merges: AtomicU64,
     /// Launches of `flash_decode_ahead` so far (for tests).
     ahead_decodes: AtomicU64,
+    /// Ring depth (2, 3 or 4 tiles; 0: off) of `flash_decode_warp`, the decode attention of
+    /// steps with one key split per (sequence, KV head) (`DECODE_WARP_STAGES`, or
+    /// `SLUICE_DECODE_WARP`).
+    decode_warp: AtomicUsize,
+    /// Launches of `flash_decode_warp` so far (for tests).
+    warp_decodes: AtomicU64,
     /// Set after a kernel that leaves the memory system nearly idle while it runs (the
     /// decode attention, the embedding lookup), cleared by every other launch: the
     /// batch-1 GEMV launched next prefetches its whole weight into L2 before its PDL
@@ -474,6 +483,11 @@ impl CudaBackend {
             active_clusters: Mutex::new(std::collections::HashMap::new()),
             cluster_merges: AtomicU64::new(0),
             ahead_decodes: AtomicU64::new(0),
+            decode_warp: AtomicUsize::new(env_usize_or_zero(
+                "SLUICE_DECODE_WARP",
+                DECODE_WARP_STAGES,
+            )),
+            warp_decodes: AtomicU64::new(0),
             memory_idle: AtomicBool::new(false),
             idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
             gemm_autotune: std::env::var("SLUICE_GEMM_AUTOTUNE").map_or(true, |v| v != "0"),
@@ -569,6 +583,34 @@ impl CudaBackend {
     /// returns the previous value. For tests.
     pub fn set_decode_split_tiles(&self, tiles: usize) -> usize {
         self.decode_split_tiles.swap(tiles.max(1), Ordering::SeqCst)
+    }
+
+    /// Sets the ring depth of `flash_decode_warp` (2, 3 or 4 tiles; 0 turns it off);
+    /// returns the previous one. For tests and tuning.
+    pub fn set_decode_warp(&self, stages: usize) -> usize {
+        self.decode_warp.swap(stages, Ordering::SeqCst)
+    }
+
+    /// How many decode-attention launches took `flash_decode_warp` so far.
+    pub fn warp_decodes(&self) -> u64 {
+        self.warp_decodes.load(Ordering::SeqCst)
+    }
+
+    /// `flash_decode_warp` for head dim `hd` at the configured ring depth, where `eligible`
+    /// (a plain decode step over a bf16 cache with one key split) and the depth is one
+    /// the module has.
+    fn decode_warp_kernel(&self, hd: usize, eligible: bool) -> Option<sys::CUfunction> {
+        let k = &self.kernels;
+        let f = match (hd, self.decode_warp.load(Ordering::SeqCst)) {
+            (64, 2) => k.flash_decode_warp2_bf16_d64,
+            (128, 2) => k.flash_decode_warp2_bf16_d128,
+            (64, 3) => k.flash_decode_warp3_bf16_d64,
+            (128, 3) => k.flash_decode_warp3_bf16_d128,
+            (64, 4) => k.flash_decode_warp4_bf16_d64,
+            (128, 4) => k.flash_decode_warp4_bf16_d128,
+            _ => return None,
+        };
+        eligible.then_some(f)
     }
 
     /// How many decode-attention launches took `flash_decode_ahead` so far (see

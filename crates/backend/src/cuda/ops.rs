@@ -1101,90 +1101,111 @@ impl CudaBackend {
         };
         // (splits, partials, the bf16 copy of the output to write or 0)
         let (splits, partial, staged) = if let Some(f) = decode {
-            // One block per (sequence, KV head, row group, key split).
-            let row_groups = if one_tile {
-                1
-            } else {
-                decode_row_groups(g, rows_bound)
-            };
-            let groups = meta.num_seqs * p.n_kv_heads * row_groups;
-            // Blocks per SM: 4 for the one-m-tile kernel (3 for the general one, which
-            // takes few sequences).
-            let per_sm = self.decode_blocks_per_sm;
-            let splits = decode_splits(
-                groups,
-                max_ctx,
-                per_sm * self.sm_count as usize,
-                t * p.n_heads * (hd + 2) * 4,
-                self.decode_split_tiles.load(Ordering::SeqCst),
-            )
-            .min(self.decode_max_splits);
-            // Few blocks (batch-1 decode): the kernel that requests each split's first two
-            // tiles before its PDL wait, with dynamic shared memory for both.
-            let one_per_sm = groups * splits <= self.sm_count as usize;
-            let ahead = match (hd, one_tile, kind) {
-                (64, true, KvKind::Bf16) => {
-                    Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
+            'decode: {
+                // One block per (sequence, KV head, row group, key split).
+                let row_groups = if one_tile {
+                    1
+                } else {
+                    decode_row_groups(g, rows_bound)
+                };
+                let groups = meta.num_seqs * p.n_kv_heads * row_groups;
+                // Blocks per SM: 4 for the one-m-tile kernel (3 for the general one, which
+                // takes few sequences).
+                let per_sm = self.decode_blocks_per_sm;
+                let splits = decode_splits(
+                    groups,
+                    max_ctx,
+                    per_sm * self.sm_count as usize,
+                    t * p.n_heads * (hd + 2) * 4,
+                    self.decode_split_tiles.load(Ordering::SeqCst),
+                )
+                .min(self.decode_max_splits);
+                // Few blocks (batch-1 decode): the kernel that requests each split's first two
+                // tiles before its PDL wait, with dynamic shared memory for both.
+                let one_per_sm = groups * splits <= self.sm_count as usize;
+                let ahead = match (hd, one_tile, kind) {
+                    (64, true, KvKind::Bf16) => {
+                        Some((kern.flash_decode_ahead_bf16_d64, kern.decode_ahead_smem[0]))
+                    }
+                    (128, true, KvKind::Bf16) => {
+                        Some((kern.flash_decode_ahead_bf16_d128, kern.decode_ahead_smem[1]))
+                    }
+                    _ => None,
                 }
-                (128, true, KvKind::Bf16) => {
-                    Some((kern.flash_decode_ahead_bf16_d128, kern.decode_ahead_smem[1]))
+                .filter(|_| {
+                    let mode = self.decode_ahead.load(Ordering::SeqCst);
+                    (mode >= 2 || (mode == 1 && hd == 64)) && one_per_sm
+                });
+                // Many (sequence, KV head) items of one split each (batch 64-128 and up at
+                // short contexts; batch 1 keeps `flash_decode_ahead`): a warp per item (`flash_decode_warp`), no merge.
+                if let Some(fw) = self.decode_warp_kernel(
+                    hd,
+                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none(),
+                ) {
+                    let staged = self.staging_for(out.numel(), t)?;
+                    self.launch(
+                        fw,
+                        (meta.num_seqs as u32, p.n_kv_heads as u32, 1),
+                        32,
+                        &mut args![
+                            pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window,
+                            softcap, max_q_rows, po, staged
+                        ],
+                    )?;
+                    self.warp_decodes.fetch_add(1, Ordering::SeqCst);
+                    break 'decode (1, 0, staged);
                 }
-                _ => None,
+                let (f, smem) = ahead.unwrap_or((f, 0));
+                // (SLUICE_DECODE_SMEM_PAD, an experiment: see `decode_smem_pad`.)
+                let smem = if one_tile && kind == KvKind::Bf16 && one_per_sm {
+                    smem + self.decode_smem_pad
+                } else {
+                    smem
+                };
+                // The splits of one (sequence, KV head) as one thread-block cluster that merges
+                // them through distributed shared memory: no partials, no merge kernel.
+                // Only where every cluster fits on the GPU at once: at batch 8 (64 clusters of
+                // 8 blocks, 512 blocks in all) clusters left a second wave, and the step was
+                // 3.5% slower than with the merge kernel (H100, docs/BENCHMARKS.md).
+                let cluster = splits > 1
+                    && splits <= self.decode_cluster_max.load(Ordering::SeqCst)
+                    && groups <= self.max_active_clusters(f, splits as u32, 128, smem);
+                let partial = if splits > 1 && !cluster {
+                    self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
+                } else {
+                    0
+                };
+                let ci = i32::from(cluster);
+                // The bf16 copy of the output for the output projection (the prefill kernel
+                // below rewrites its rows in both).
+                let staged = self.staging_for(out.numel(), t)?;
+                let grid = (
+                    meta.num_seqs as u32,
+                    (p.n_kv_heads * row_groups) as u32,
+                    splits as u32,
+                );
+                let cluster_z = if cluster { splits as u32 } else { 1 };
+                let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
+                let mut a = args![
+                    pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
+                    max_q_rows, partial, po, staged, ci, late
+                ];
+                // `late_trigger` is flash_decode_ahead's alone, after the general kernel's.
+                let n = if ahead.is_some() {
+                    a.len()
+                } else {
+                    a.len() - 1
+                };
+                self.launch_with(f, grid, 128, &mut a[..n], cluster_z, smem)?;
+                if ahead.is_some() {
+                    self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
+                }
+                // Merged already: no merge kernel below.
+                if cluster {
+                    self.cluster_merges.fetch_add(1, Ordering::SeqCst);
+                }
+                (if cluster { 1 } else { splits }, partial, staged)
             }
-            .filter(|_| {
-                let mode = self.decode_ahead.load(Ordering::SeqCst);
-                (mode >= 2 || (mode == 1 && hd == 64)) && one_per_sm
-            });
-            let (f, smem) = ahead.unwrap_or((f, 0));
-            // (SLUICE_DECODE_SMEM_PAD, an experiment: see `decode_smem_pad`.)
-            let smem = if one_tile && kind == KvKind::Bf16 && one_per_sm {
-                smem + self.decode_smem_pad
-            } else {
-                smem
-            };
-            // The splits of one (sequence, KV head) as one thread-block cluster that merges
-            // them through distributed shared memory: no partials, no merge kernel.
-            // Only where every cluster fits on the GPU at once: at batch 8 (64 clusters of
-            // 8 blocks, 512 blocks in all) clusters left a second wave, and the step was
-            // 3.5% slower than with the merge kernel (H100, docs/BENCHMARKS.md).
-            let cluster = splits > 1
-                && splits <= self.decode_cluster_max.load(Ordering::SeqCst)
-                && groups <= self.max_active_clusters(f, splits as u32, 128, smem);
-            let partial = if splits > 1 && !cluster {
-                self.attention_scratch(t * p.n_heads * splits * (hd + 2) * 4)?
-            } else {
-                0
-            };
-            let ci = i32::from(cluster);
-            // The bf16 copy of the output for the output projection (the prefill kernel
-            // below rewrites its rows in both).
-            let staged = self.staging_for(out.numel(), t)?;
-            let grid = (
-                meta.num_seqs as u32,
-                (p.n_kv_heads * row_groups) as u32,
-                splits as u32,
-            );
-            let cluster_z = if cluster { splits as u32 } else { 1 };
-            let late = i32::from(self.decode_late_trigger.load(Ordering::SeqCst));
-            let mut a = args![
-                pq, pk, pv, pqs, pcl, pbt, bt_cols, bs, nh, nkv, scale, window, softcap,
-                max_q_rows, partial, po, staged, ci, late
-            ];
-            // `late_trigger` is flash_decode_ahead's alone, after the general kernel's.
-            let n = if ahead.is_some() {
-                a.len()
-            } else {
-                a.len() - 1
-            };
-            self.launch_with(f, grid, 128, &mut a[..n], cluster_z, smem)?;
-            if ahead.is_some() {
-                self.ahead_decodes.fetch_add(1, Ordering::SeqCst);
-            }
-            // Merged already: no merge kernel below.
-            if cluster {
-                self.cluster_merges.fetch_add(1, Ordering::SeqCst);
-            }
-            (if cluster { 1 } else { splits }, partial, staged)
         } else {
             // Split-K (flash-decoding): enough blocks to fill the GPU several times over.
             let (splits, split_len) =

@@ -1,0 +1,215 @@
+// ---- Decode attention over many short contexts: one warp per (sequence, KV head) -------
+// (Uses attention_decode.cu's FdBlock, fd_block, fd_rows, fd_row_of, fd_softmax_tile and
+// fd_pv_bf16, and attention_prefill.cu's fragments; bf16 cache, one m-tile: plain decode
+// and chunks of g * q_rows <= 16 packed rows.)
+//
+// Why: at 128 sequences of ~130-190 keys (8B shape, bf16) flash_decode's one block per
+// (sequence, KV head) read K/V at 2.3 TB/s on an H200 (docs/BENCHMARKS.md, session 26):
+// 1,024 blocks of ~3 64-key tiles in 1.94 waves, four blocks per SM (registers and shared
+// memory), each block's pipeline one tile deep and separated by four barriers per tile,
+// filling and draining twice per SM, and a shared-memory merge of its four warps at the
+// end. Here a block is one warp that does all of an item alone: 16-key tiles (K and V)
+// through a STAGES-deep cp.async ring of its own (STAGES - 1 tiles in flight while one
+// is used), Q's A fragments in registers for the whole item, no barrier but __syncwarp,
+// no merge: the warp's softmax state is the item's, and it writes the output itself.
+// Shared memory is STAGES x 8.7 KB (head_dim 128), so 6-12 warps stream per SM, each with
+// its own loads in flight, and a warp that finishes frees its slot for the next block.
+// The table lookup of each tile's keys runs one tile ahead of its copies.
+#define FW_KEYS 16  // keys per tile
+
+template <int HD, int STAGES>
+struct __attribute__((aligned(16))) FwShared {
+    bf16_t k[STAGES][FW_KEYS][HD + FP_PAD];
+    bf16_t v[STAGES][FW_KEYS][HD + FP_PAD];
+};
+
+template <int N>
+__device__ __forceinline__ void fw_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// The cache row of key (tile t's first key + lane % 16) of the block's keys, -1 past the
+// last one (zero-filled).
+__device__ __forceinline__ int fw_tile_row(const FdBlock& b, int t, int n_tiles, int lane) {
+    return t < n_tiles ? fd_row_of(b, b.lo + t * FW_KEYS + (lane & 15)) : -1;
+}
+
+// cp.async copies of one 16-key tile of `cache` into `dst`: lane l copies chunks l + 32 i
+// (a warp instruction covers 2 key rows at head_dim 128, 4 at 64), each key's row from
+// lane (key) of `row` (fw_tile_row). `part` as fd_load_tile's, `nold` relative to the
+// tile's first key.
+template <int HD>
+__device__ __forceinline__ void fw_load_tile(bf16_t (*dst)[HD + FP_PAD], const bf16_t* __restrict__ cache,
+                                               int row, int lane, int part = FD_PART_ALL, int nold = 0) {
+    constexpr int CHUNKS = HD / 8;
+    constexpr int PER_LANE = FW_KEYS * CHUNKS / 32;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int c = lane + 32 * i;
+        const int key = c / CHUNKS, ch = c % CHUNKS;
+        const int r = __shfl_sync(0xffffffffu, row, key);
+        const bool fresh = r >= 0 && key >= nold;
+        if ((part == FD_PART_OLD && fresh) || (part == FD_PART_NEW && !fresh)) continue;
+        const bf16_t* src = r >= 0 ? cache + (long)r * HD + ch * 8 : cache;
+        fp_cp_async16(fp_smem_addr(&dst[key][ch * 8]), src, r >= 0 ? 16 : 0);
+    }
+}
+
+// Q's A fragments (rows g and g + 8 of the packed m-tile, padding rows 0), scaled and
+// rounded to bf16: qf[ks] is k-step ks (dimensions 16 ks ..) as mma.m16n8k16 takes it.
+template <int HD>
+__device__ __forceinline__ void fw_load_q(unsigned int (&qf)[HD / 16][4], const FdBlock& b, int g, int c) {
+    const int ld = b.n_heads * HD;
+    const float* rows[2] = {nullptr, nullptr};
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        const int pr = g + 8 * h2;
+        if (pr < b.m_rows) {
+            const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+            rows[h2] = b.q + (long)(b.q0 + r) * ld + h * HD;
+        }
+    }
+    float2 x[HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            // e: 0 (row g, k 2c), 1 (row g + 8, k 2c), 2 (row g, k 2c + 8), 3 (row g + 8, k 2c + 8)
+            const float* p = rows[e & 1];
+            x[ks][e] = p ? *reinterpret_cast<const float2*>(p + ks * 16 + 2 * c + 8 * (e >> 1))
+                         : make_float2(0.0f, 0.0f);
+        }
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) qf[ks][e] = fp_pack_bf16(x[ks][e].x * b.qscale, x[ks][e].y * b.qscale);
+}
+
+template <int HD, int STAGES>
+__device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __restrict__ kc,
+                                  const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+                                  const int* __restrict__ context_lens, const int* __restrict__ block_tables,
+                                  int bt_cols, int bs, int n_heads, int n_kv, float scale, int window, float softcap,
+                                  int max_q_rows, float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
+    constexpr int NJ = FW_KEYS / 8;  // n8 tiles of S
+    constexpr int KC = HD / 16;      // k-steps of Q.K
+    constexpr int NT = HD / 8;       // n8 tiles of O
+    constexpr unsigned int ROW_BYTES = (HD + FP_PAD) * 2;
+    constexpr unsigned int STAGE_BYTES = FW_KEYS * ROW_BYTES;
+    __shared__ FwShared<HD, STAGES> sh;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    FdBlock b;
+    // (No partials: one split; the grid is (sequences, KV heads, 1).)
+    if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
+                  window, softcap, max_q_rows, nullptr, out, out_bf16, 0) ||
+        b.m_rows > 16) {
+        pdl_entry();
+        return;
+    }
+    const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FW_KEYS + 1 : 0;
+
+    // Before the PDL wait: the first STAGES - 1 tiles' keys of earlier steps (the step's
+    // own keys, at pos0 and after, are the previous kernel's to write).
+    int rows[STAGES - 1];
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) rows[t] = fw_tile_row(b, t, n_tiles, lane);
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) {
+        const int nold = b.pos0 - (b.lo + t * FW_KEYS);
+        if (t < n_tiles) {
+            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, FD_PART_OLD, nold);
+            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, FD_PART_OLD, nold);
+        }
+    }
+    pdl_entry();
+    // Group t: tile t (its old keys went into group 0).
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) {
+        const int nold = b.pos0 - (b.lo + t * FW_KEYS);
+        if (t < n_tiles) {
+            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, FD_PART_NEW, nold);
+            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, FD_PART_NEW, nold);
+        }
+        fp_cp_async_commit();
+    }
+    int row_ahead = fw_tile_row(b, STAGES - 1, n_tiles, lane);
+    unsigned int qf[KC][4];
+    fw_load_q<HD>(qf, b, g, c);
+
+    FdSoftmax st = fd_rows(b, 0, g);
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    const unsigned int k_addr0 = fp_smem_addr(&sh.k[0][(lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
+    const unsigned int v_addr0 = fp_smem_addr(&sh.v[0][((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
+
+    for (int t = 0; t < n_tiles; t++) {
+        const int stage = t % STAGES;
+        fw_cp_async_wait<STAGES - 2>();  // tile t has landed
+        __syncwarp();
+        // Tile t + STAGES - 1 into the stage tile t - 1 used (every lane is past it).
+        const int tn = t + STAGES - 1;
+        if (tn < n_tiles) {
+            const int sn = tn % STAGES;
+            fw_load_tile<HD>(sh.k[sn], kc, row_ahead, lane);
+            fw_load_tile<HD>(sh.v[sn], vc, row_ahead, lane);
+            row_ahead = fw_tile_row(b, tn + 1, n_tiles, lane);
+        }
+        fp_cp_async_commit();
+
+        float sc[NJ][4];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+        const unsigned int k_addr = k_addr0 + stage * STAGE_BYTES;
+#pragma unroll
+        for (int ks = 0; ks < KC; ks++) {
+            unsigned int b0, b1, b2, b3;
+            fp_ldmatrix_x4(k_addr + ks * 32, b0, b1, b2, b3);
+            fp_mma(sc[0], qf[ks], b0, b1);
+            fp_mma(sc[1], qf[ks], b2, b3);
+        }
+        fd_softmax_tile<NJ, NT>(sc, o, st, b, b.lo + t * FW_KEYS, c);
+        fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr0 + stage * STAGE_BYTES);
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+
+    // The output: rows g and g + 8 of the packed tile, O / l (l summed over the row's
+    // four lanes).
+    const unsigned int full = 0xffffffffu;
+    float l[2] = {st.l_a, st.l_b};
+    const int ld = b.n_heads * HD;
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        l[h2] += __shfl_xor_sync(full, l[h2], 1);
+        l[h2] += __shfl_xor_sync(full, l[h2], 2);
+        const int pr = g + 8 * h2;
+        if (pr >= b.m_rows) continue;
+        const float inv = l[h2] > 0.0f ? 1.0f / l[h2] : 0.0f;
+        const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
+        const long base = (long)(b.q0 + r) * ld + h * HD + 2 * c;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            const float y0 = o[j][2 * h2] * inv, y1 = o[j][2 * h2 + 1] * inv;
+            *reinterpret_cast<float2*>(b.out + base + j * 8) = make_float2(y0, y1);
+            if (b.out_bf16) *reinterpret_cast<unsigned int*>(b.out_bf16 + base + j * 8) = fp_pack_bf16(y0, y1);
+        }
+    }
+}
+
+// Instances per head dim and ring depth (STAGES x 8.7 KB of shared memory at head_dim
+// 128, x 4.6 KB at 64). Grid (sequences, KV heads, 1), 32 threads.
+#define FLASH_DECODE_WARP(HD, STAGES) \
+extern "C" __global__ void __launch_bounds__(32) flash_decode_warp##STAGES##_bf16_d##HD( \
+    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
+    const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
+    float scale, int window, float softcap, int max_q_rows, float* out, bf16_t* out_bf16) { \
+    flash_decode_warp<HD, STAGES>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
+                                  n_kv, scale, window, softcap, max_q_rows, out, out_bf16); \
+}
+FLASH_DECODE_WARP(64, 2)
+FLASH_DECODE_WARP(128, 2)
+FLASH_DECODE_WARP(64, 3)
+FLASH_DECODE_WARP(128, 3)
+FLASH_DECODE_WARP(64, 4)
+FLASH_DECODE_WARP(128, 4)
