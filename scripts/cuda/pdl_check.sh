@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -692,3 +692,17 @@ if [[ " $what " == *" warp27 "* ]]; then # session 27: flash_decode_warp (a warp
     echo "=== ncu $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-$2.csv" | tail -5 | awk -F'","' '{print $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
   done
 fi
+if [[ " $what " == *" gemm27 "* ]]; then # session 27: more cuBLASLt candidates for the autotuner (the batch-128 GEMMs ran at 2.6-3.7 TB/s in profile128), 8B at 128 sequences
+  for cfg in "X=default" "SLUICE_GEMM_CANDIDATES=64" "SLUICE_GEMM_CANDIDATES=128" "X=default-again"; do
+    echo "=== $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch|^\| decode" | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" sweep27 "* ]]; then # session 27: batch 128 ran 6% slower inside goals.sh's sweep (after batch 1, 8, 32) than alone in the same call: which earlier run, and whether the GEMM autotuner's picks are the difference
+  for cfg in "128" "32,128" "1,8,32,128" "1,8,32,128 SLUICE_GEMM_AUTOTUNE=0" "128 SLUICE_GEMM_AUTOTUNE=0"; do
+    set -- $cfg
+    echo "=== batch sizes $1 ${2:-}" | tee -a "$OUT/pdl.txt"
+    timeout 200 env ${2:-X=1} $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $1 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch 128|^\| decode" | tail -1 | tee -a "$OUT/pdl.txt"
+  done
+fi
+

@@ -512,9 +512,9 @@ fn attention_case_q(
     rel_err(&down(g, &out), want.as_f32().unwrap())
 }
 
-/// GEMM autotuning (cuda/gemm.rs) times the candidates only of shapes first planned
-/// while the tuning window is open, once per shape, and a tuned plan's product is as
-/// right as any (1e-2 of an f64 product: bf16 inputs).
+/// GEMM autotuning (cuda/gemm.rs) times the candidates of a shape only while the tuning
+/// window is open (also one first planned outside it), once per shape, and a tuned
+/// plan's product is as right as any (1e-2 of an f64 product: bf16 inputs).
 #[test]
 fn gemm_autotuning_only_inside_the_window() {
     let Some(g) = gpu(CudaWeightType::Bf16) else {
@@ -525,11 +525,13 @@ fn gemm_autotuning_only_inside_the_window() {
     let wv = rnd(&mut rng, m * k, 0.5);
     let w = g.load_weight(host(&[m, k], &wv)).unwrap();
     // (token rows, window open, plans expected to be tuned): a shape planned outside the
-    // window keeps the heuristic's choice even when it comes back inside it.
+    // window is timed when it comes back inside it, and every plan at most once.
     for (t, open, want) in [
         (12usize, false, 0u64),
         (20, true, 1),
+        (12, true, 1),
         (12, true, 0),
+        (20, true, 0),
         (20, false, 0),
     ] {
         let xv = rnd(&mut rng, t * k, 1.0);
@@ -836,7 +838,7 @@ fn decode_attention_matches_the_cpu() {
     };
     // (The block kernel's one-split path too: the warp kernel off here, see
     // warp_decode_attention_matches_the_cpu.)
-    let warp_before = backend.set_decode_warp(0);
+    let warp_before = backend.set_decode_warp(0, false);
     for cluster in [16, 0] {
         let in_force = backend.set_decode_cluster_max(cluster);
         let merges_before = backend.cluster_merges();
@@ -864,7 +866,7 @@ fn decode_attention_matches_the_cpu() {
         );
     }
     backend.set_decode_cluster_max(16);
-    backend.set_decode_warp(warp_before);
+    backend.set_decode_warp(warp_before.0, warp_before.1);
 }
 
 /// The batch-1 decode kernel (attention_decode.cu `flash_decode_ahead`: each split's first
@@ -931,7 +933,8 @@ fn batch_one_decode_attention_matches_the_cpu() {
 /// CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
 /// around the 16-key tile ends, 1-15 rows per sequence where GQA allows one m-tile (GQA
 /// 1 / 4 / 7 / 8), block sizes 7, 16 and 32, sliding windows and softcaps. One key split
-/// forced; every call must take the kernel.
+/// and the kernel forced (also where the block kernel would fit in one wave); every call
+/// must take it.
 #[test]
 fn warp_decode_attention_matches_the_cpu() {
     let Some(g) = gpu(CudaWeightType::Auto) else {
@@ -966,11 +969,11 @@ fn warp_decode_attention_matches_the_cpu() {
     ];
     let ahead = backend.set_decode_ahead(0, false);
     let tiles = backend.set_decode_split_tiles(1 << 20);
-    let stages_before = backend.set_decode_warp(3);
+    let warp_before = backend.set_decode_warp(3, true);
     let before = backend.warp_decodes();
     let mut calls = 0;
     for stages in [2, 3, 4] {
-        backend.set_decode_warp(stages);
+        backend.set_decode_warp(stages, true);
         for (i, case) in cases.iter().enumerate() {
             let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
             calls += 1;
@@ -986,7 +989,7 @@ fn warp_decode_attention_matches_the_cpu() {
     );
     backend.set_decode_ahead(ahead.0, ahead.1);
     backend.set_decode_split_tiles(tiles);
-    backend.set_decode_warp(stages_before);
+    backend.set_decode_warp(warp_before.0, warp_before.1);
 }
 
 #[test]

@@ -17,11 +17,16 @@
 //! bucket: shapes that every replay repeats) and outside graph capture time the
 //! heuristic's candidates on the call's inputs (into an output buffer of their own), once,
 //! and keep the fastest (TensorRT-LLM's tactic selection, in miniature). Other shapes (prefill chunks of any
-//! length) take the heuristic's first choice, so no request waits on timing.
+//! length) take the heuristic's first choice, so no request waits on timing. A shape
+//! planned outside the window first (a prefill chunk with as many rows as a decode
+//! bucket) is timed when a bucket's first step brings it back, and may change its
+//! algorithm then, once: the 8B shape's batch-128 decode step ran 5% slower on the
+//! heuristic's choices that a 128-token prefill had planned before it (H200, session 27:
+//! 6.24 against 5.90 ms in `bench latency --batch-size 1,8,32,128`).
 //! `SLUICE_GEMM_AUTOTUNE=0` turns it off. The choice can differ between runs (timing
 //! noise between near-equal candidates), and candidates may sum in different orders
 //! (split-K): outputs can then differ in the last bits from one process to the next, as
-//! with any autotuning library; within a process a shape keeps its algorithm.
+//! with any autotuning library; within a process a shape keeps its algorithm once timed.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -92,6 +97,8 @@ struct Plan {
     algos: Vec<lt_sys::cublasLtMatmulAlgo_t>,
     /// The one in use.
     chosen: usize,
+    /// Whether `tune` has timed the candidates (at most once per plan).
+    timed: bool,
 }
 
 pub struct Gemm {
@@ -181,6 +188,7 @@ impl Gemm {
             d,
             algos,
             chosen: 0,
+            timed: false,
         })
     }
 
@@ -457,15 +465,14 @@ impl Gemm {
             .map_err(|_| BackendError::Device("cuBLASLt plan cache poisoned".into()))?;
         let p = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let mut p = self.plan(key)?;
-                // Not the exact f32 reference path: it is there for its numbers.
-                if tune && dtype != DType::F32 && p.algos.len() > 1 {
-                    self.tune(stream, key, &mut p, (x, w))?;
-                }
-                e.insert(p)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(key)?),
         };
+        // Not the exact f32 reference path: it is there for its numbers. A plan made
+        // outside the window is timed when a window brings its shape back.
+        if tune && !p.timed && dtype != DType::F32 && p.algos.len() > 1 {
+            p.timed = true;
+            self.tune(stream, key, p, (x, w))?;
+        }
         self.run(stream, p, p.chosen, x, w, out, kind.beta())
     }
 }

@@ -285,6 +285,9 @@ pub struct CudaBackend {
     /// steps with one key split per (sequence, KV head) (`DECODE_WARP_STAGES`, or
     /// `SLUICE_DECODE_WARP`).
     decode_warp: AtomicUsize,
+    /// `flash_decode_warp` for every eligible step, also those whose blocks fit in one
+    /// wave of the block kernel (for tests).
+    decode_warp_always: AtomicBool,
     /// Launches of `flash_decode_warp` so far (for tests).
     warp_decodes: AtomicU64,
     /// Set after a kernel that leaves the memory system nearly idle while it runs (the
@@ -487,6 +490,7 @@ impl CudaBackend {
                 "SLUICE_DECODE_WARP",
                 DECODE_WARP_STAGES,
             )),
+            decode_warp_always: AtomicBool::new(false),
             warp_decodes: AtomicU64::new(0),
             memory_idle: AtomicBool::new(false),
             idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
@@ -585,10 +589,15 @@ impl CudaBackend {
         self.decode_split_tiles.swap(tiles.max(1), Ordering::SeqCst)
     }
 
-    /// Sets the ring depth of `flash_decode_warp` (2, 3 or 4 tiles; 0 turns it off);
-    /// returns the previous one. For tests and tuning.
-    pub fn set_decode_warp(&self, stages: usize) -> usize {
-        self.decode_warp.swap(stages, Ordering::SeqCst)
+    /// Sets the ring depth of `flash_decode_warp` (2, 3 or 4 tiles; 0 turns it off) and
+    /// whether it takes every eligible step (`always`) or only those with more items than
+    /// the block kernel fits in one wave; returns the previous setting. For tests and
+    /// tuning.
+    pub fn set_decode_warp(&self, stages: usize, always: bool) -> (usize, bool) {
+        (
+            self.decode_warp.swap(stages, Ordering::SeqCst),
+            self.decode_warp_always.swap(always, Ordering::SeqCst),
+        )
     }
 
     /// How many decode-attention launches took `flash_decode_warp` so far.

@@ -1136,11 +1136,15 @@ impl CudaBackend {
                     let mode = self.decode_ahead.load(Ordering::SeqCst);
                     (mode >= 2 || (mode == 1 && hd == 64)) && one_per_sm
                 });
-                // Many (sequence, KV head) items of one split each (batch 64-128 and up at
-                // short contexts; batch 1 keeps `flash_decode_ahead`): a warp per item (`flash_decode_warp`), no merge.
+                // More (sequence, KV head) items of one split each than the block kernel
+                // fits on the GPU at once (batch 128 and up at short contexts): a warp per
+                // item (`flash_decode_warp`), no merge. (At one wave or less it lost: the
+                // 1B shape at batch 64, 512 items, -4.9%; docs/BENCHMARKS.md, session 27.)
+                let many = groups > per_sm * self.sm_count as usize
+                    || self.decode_warp_always.load(Ordering::SeqCst);
                 if let Some(fw) = self.decode_warp_kernel(
                     hd,
-                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none(),
+                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none() && many,
                 ) {
                     let staged = self.staging_for(out.numel(), t)?;
                     self.launch(
