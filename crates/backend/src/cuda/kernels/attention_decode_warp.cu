@@ -85,6 +85,23 @@ __device__ __forceinline__ void fw_load_q(unsigned int (&qf)[HD / 16][4], const 
         for (int e = 0; e < 4; e++) qf[ks][e] = fp_pack_bf16(x[ks][e].x * b.qscale, x[ks][e].y * b.qscale);
 }
 
+// The part (FD_PART_OLD or FD_PART_NEW) of the first STAGES - 1 tiles into their stages,
+// their rows from fw_tile_row; the new part commits one group per tile.
+template <int HD, int STAGES>
+__device__ __forceinline__ void fw_load_first(FwShared<HD, STAGES>& sh, const bf16_t* __restrict__ kc,
+                                              const bf16_t* __restrict__ vc, const FdBlock& b,
+                                              const int (&rows)[STAGES - 1], int n_tiles, int lane, int part) {
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; t++) {
+        const int nold = b.pos0 - (b.lo + t * FW_KEYS);
+        if (t < n_tiles) {
+            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, part, nold);
+            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, part, nold);
+        }
+        if (part == FD_PART_NEW) fp_cp_async_commit();
+    }
+}
+
 template <int HD, int STAGES>
 __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __restrict__ kc,
                                   const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
@@ -110,29 +127,14 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
     const int n_tiles = b.lo <= b.hi ? (b.hi - b.lo) / FW_KEYS + 1 : 0;
 
     // Before the PDL wait: the first STAGES - 1 tiles' keys of earlier steps (the step's
-    // own keys, at pos0 and after, are the previous kernel's to write).
+    // own keys, at pos0 and after, are the previous kernel's to write); after it the rest
+    // of them, group t = tile t (its old keys went into group 0).
     int rows[STAGES - 1];
 #pragma unroll
     for (int t = 0; t < STAGES - 1; t++) rows[t] = fw_tile_row(b, t, n_tiles, lane);
-#pragma unroll
-    for (int t = 0; t < STAGES - 1; t++) {
-        const int nold = b.pos0 - (b.lo + t * FW_KEYS);
-        if (t < n_tiles) {
-            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, FD_PART_OLD, nold);
-            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, FD_PART_OLD, nold);
-        }
-    }
+    fw_load_first<HD, STAGES>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_OLD);
     pdl_entry();
-    // Group t: tile t (its old keys went into group 0).
-#pragma unroll
-    for (int t = 0; t < STAGES - 1; t++) {
-        const int nold = b.pos0 - (b.lo + t * FW_KEYS);
-        if (t < n_tiles) {
-            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, FD_PART_NEW, nold);
-            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, FD_PART_NEW, nold);
-        }
-        fp_cp_async_commit();
-    }
+    fw_load_first<HD, STAGES>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_NEW);
     int row_ahead = fw_tile_row(b, STAGES - 1, n_tiles, lane);
     unsigned int qf[KC][4];
     fw_load_q<HD>(qf, b, g, c);
