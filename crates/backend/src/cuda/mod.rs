@@ -605,12 +605,11 @@ impl CudaBackend {
         self.warp_decodes.load(Ordering::SeqCst)
     }
 
-    /// `flash_decode_warp` for head dim `hd` at the configured ring depth, where `eligible`
-    /// (a plain decode step over a bf16 cache with one key split) and the depth is one
-    /// the module has.
-    fn decode_warp_kernel(&self, hd: usize, eligible: bool) -> Option<sys::CUfunction> {
+    /// `flash_decode_warp` for head dim `hd` at the configured ring depth (None: off, or
+    /// a head dim or depth the module has no instance of).
+    fn decode_warp_kernel(&self, hd: usize) -> Option<sys::CUfunction> {
         let k = &self.kernels;
-        let f = match (hd, self.decode_warp.load(Ordering::SeqCst)) {
+        Some(match (hd, self.decode_warp.load(Ordering::SeqCst)) {
             (64, 2) => k.flash_decode_warp2_bf16_d64,
             (128, 2) => k.flash_decode_warp2_bf16_d128,
             (64, 3) => k.flash_decode_warp3_bf16_d64,
@@ -618,8 +617,7 @@ impl CudaBackend {
             (64, 4) => k.flash_decode_warp4_bf16_d64,
             (128, 4) => k.flash_decode_warp4_bf16_d128,
             _ => return None,
-        };
-        eligible.then_some(f)
+        })
     }
 
     /// How many decode-attention launches took `flash_decode_ahead` so far (see

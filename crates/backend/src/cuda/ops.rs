@@ -1109,13 +1109,13 @@ impl CudaBackend {
                     decode_row_groups(g, rows_bound)
                 };
                 let groups = meta.num_seqs * p.n_kv_heads * row_groups;
-                // Blocks per SM: 4 for the one-m-tile kernel (3 for the general one, which
-                // takes few sequences).
-                let per_sm = self.decode_blocks_per_sm;
+                // The blocks that fit at once: SMs x blocks per SM (4 for the one-m-tile
+                // kernel; 3 for the general one, which takes few sequences).
+                let slots = self.decode_blocks_per_sm * self.sm_count as usize;
                 let splits = decode_splits(
                     groups,
                     max_ctx,
-                    per_sm * self.sm_count as usize,
+                    slots,
                     t * p.n_heads * (hd + 2) * 4,
                     self.decode_split_tiles.load(Ordering::SeqCst),
                 )
@@ -1140,12 +1140,11 @@ impl CudaBackend {
                 // fits on the GPU at once (batch 128 and up at short contexts): a warp per
                 // item (`flash_decode_warp`), no merge. (At one wave or less it lost: the
                 // 1B shape at batch 64, 512 items, -4.9%; docs/BENCHMARKS.md, session 27.)
-                let many = groups > per_sm * self.sm_count as usize
-                    || self.decode_warp_always.load(Ordering::SeqCst);
-                if let Some(fw) = self.decode_warp_kernel(
-                    hd,
-                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none() && many,
-                ) {
+                let many = groups > slots || self.decode_warp_always.load(Ordering::SeqCst);
+                let warp = self.decode_warp_kernel(hd).filter(|_| {
+                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none() && many
+                });
+                if let Some(fw) = warp {
                     let staged = self.staging_for(out.numel(), t)?;
                     self.launch(
                         fw,

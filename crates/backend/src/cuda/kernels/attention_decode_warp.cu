@@ -117,7 +117,9 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, c = lane & 3;
     FdBlock b;
-    // (No partials: one split; the grid is (sequences, KV heads, 1).)
+    // (No partials: one split; the grid is (sequences, KV heads, 1). More than 16 packed
+    // rows never come: the host sends only steps with g * rows <= 16, as to
+    // flash_decode's one-m-tile kernel.)
     if (!fd_block(b, q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, n_kv, scale,
                   window, softcap, max_q_rows, nullptr, out, out_bf16, 0) ||
         b.m_rows > 16) {
