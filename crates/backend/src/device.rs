@@ -467,6 +467,57 @@ impl Device {
         }
     }
 
+    /// Uploads a step's I32 arrays (`dsts[i][..srcs[i].len()] = srcs[i]`) and then, with
+    /// `resolve`, replaces the negative values uploaded into `dsts[0]` as
+    /// `resolve_token_ids` does (the CPU checks the rows first and then writes nothing
+    /// when one is outside `resolve`; the GPU reads token 0 for it).
+    /// On a GPU one kernel does it all (see cuda/upload.rs), not a copy per array.
+    pub fn upload_i32_segments(
+        &self,
+        dsts: &mut [&mut Tensor],
+        srcs: &[&[i32]],
+        resolve: Option<&Tensor>,
+    ) -> Result<()> {
+        match self {
+            Device::Cuda(g) => g.upload_i32_segments(dsts, srcs, resolve),
+            Device::Cpu(_) => {
+                if dsts.len() != srcs.len() {
+                    return Err(BackendError::Shape(format!(
+                        "upload: {} tensors for {} arrays",
+                        dsts.len(),
+                        srcs.len()
+                    )));
+                }
+                if let Some(p) = resolve {
+                    let (p, first) = (p.as_i32()?, srcs.first().copied().unwrap_or(&[]));
+                    if let Some(&bad) = first
+                        .iter()
+                        .find(|&&v| v < 0 && (-(v as i64) - 1) as usize >= p.len())
+                    {
+                        return Err(BackendError::Shape(format!(
+                            "upload: row {} of {} previous ids",
+                            -(bad as i64) - 1,
+                            p.len()
+                        )));
+                    }
+                }
+                for (d, s) in dsts.iter_mut().zip(srcs) {
+                    self.copy_i32_from_host(d, s)?;
+                }
+                if let (Some(p), Some(t), Some(first)) = (resolve, dsts.first_mut(), srcs.first()) {
+                    let p = p.as_i32()?;
+                    for v in t.as_i32_mut()?[..first.len()]
+                        .iter_mut()
+                        .filter(|v| **v < 0)
+                    {
+                        *v = p[(-(*v as i64) - 1) as usize];
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Copies an F32 device tensor to the host.
     pub fn copy_f32_to_host(&self, src: &Tensor, dst: &mut Vec<f32>) -> Result<()> {
         match src.storage() {

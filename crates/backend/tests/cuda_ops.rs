@@ -327,16 +327,77 @@ fn rope_embedding_gather_argmax_match_the_cpu() {
     lv[4 * v + 5 + 2048] = 60.0;
     lv[v + 3] = 60.0;
     lv[v + 49_152] = 60.0;
-    let mut ids = g.upload(&host_i32(&[-1; 5])).unwrap();
-    g.argmax(&up(&g, &[r, v], &lv), &mut ids).unwrap();
-    let mut got = Vec::new();
-    g.copy_i32_to_host(&ids, &mut got).unwrap();
-    let mut want = c.zeros(DType::I32, &[r]).unwrap();
-    c.argmax(&host(&[r, v], &lv), &mut want).unwrap();
-    assert_eq!(got, want.as_i32().unwrap());
-    assert_eq!(got[2], 777);
-    assert_eq!(got[3], 10);
-    assert_eq!((got[1], got[4]), (3, 5 + 1024));
+    let Device::Cuda(backend) = &g else {
+        unreachable!()
+    };
+    let argmax = |rows: usize, vocab: usize, lv: &[f32]| -> Vec<i32> {
+        let mut ids = g.upload(&host_i32(&vec![-1; rows])).unwrap();
+        g.argmax(&up(&g, &[rows, vocab], lv), &mut ids).unwrap();
+        let mut got = Vec::new();
+        g.copy_i32_to_host(&ids, &mut got).unwrap();
+        let mut want = c.zeros(DType::I32, &[rows]).unwrap();
+        c.argmax(&host(&[rows, vocab], lv), &mut want).unwrap();
+        assert_eq!(got, want.as_i32().unwrap(), "argmax {rows} x {vocab}");
+        got
+    };
+    // One block per row and several (`argmax_split_kernel`, 4,096 logits a block, whose
+    // scratch each call must leave zeroed for the next: every shape runs twice).
+    for split in [false, true] {
+        let was = backend.set_argmax_split(split);
+        let got = argmax(r, v, &lv);
+        assert_eq!(got[2], 777);
+        assert_eq!(got[3], 10);
+        assert_eq!((got[1], got[4]), (3, 5 + 1024));
+        for (rows, vocab) in [
+            (1, 1),
+            (3, 4096),
+            (2, 4097),
+            (1, 49_152),
+            (300, 8_193),
+            (7, 151_936),
+        ] {
+            for _ in 0..2 {
+                let mut lv = rnd(&mut rng, rows * vocab, 10.0);
+                let row = |i: usize| i.min(rows - 1) * vocab;
+                if vocab > 4096 {
+                    // A tie across two blocks: the first index wins.
+                    lv[row(0) + 4095] = 99.0;
+                    lv[row(0) + 4096] = 99.0;
+                    // The winner in the last, partial block.
+                    lv[row(1) + vocab - 1] = 99.0;
+                }
+                // Rows without a value above -inf give 0 (NaN and -inf never win), and a
+                // row whose only finite value sits in its last block gives that one.
+                if rows >= 3 {
+                    for (j, x) in lv[row(2)..row(2) + vocab].iter_mut().enumerate() {
+                        *x = if j % 2 == 0 {
+                            f32::NAN
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                }
+                if rows >= 4 {
+                    for (j, x) in lv[row(3)..row(3) + vocab].iter_mut().enumerate() {
+                        *x = if j % 3 == 0 {
+                            f32::NAN
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                    lv[row(3) + vocab - 2] = -1e30;
+                }
+                let got = argmax(rows, vocab, &lv);
+                if rows >= 3 {
+                    assert_eq!(got[2], 0);
+                }
+                if vocab > 4096 {
+                    assert_eq!(got[0], 4095);
+                }
+            }
+        }
+        backend.set_argmax_split(was);
+    }
 }
 
 struct AttnCase {

@@ -767,13 +767,13 @@ fn padded_decode_batches_leave_the_real_rows_unchanged() {
         for (p, t) in prompts.iter().zip(&tables) {
             b.push_seq(&p[..p.len() - 1], p.len() - 1, t, BLOCK, true);
         }
-        st.prepare(&dev, &cfg, &b, None).unwrap();
+        st.prepare(&dev, &cfg, &b, None, None).unwrap();
         w.run(&dev, &cfg, &mut kv, &mut st).unwrap();
         let mut b = BatchInput::default();
         for (p, t) in prompts.iter().zip(&tables) {
             b.push_seq(&p[p.len() - 1..], p.len(), t, BLOCK, true);
         }
-        st.prepare(&dev, &cfg, &b, pad).unwrap();
+        st.prepare(&dev, &cfg, &b, pad, None).unwrap();
         w.run(&dev, &cfg, &mut kv, &mut st).unwrap();
         let rows = st.logits.rows();
         assert_eq!(rows, pad.unwrap_or(3));

@@ -68,7 +68,7 @@ impl OpHarness {
         let cfg = &self.config;
         let st = &mut self.state;
         let w = &self.weights;
-        st.prepare(dev, cfg, batch, None)?;
+        st.prepare(dev, cfg, batch, None, None)?;
         let mut acc = [0f64; OpKind::ALL.len()];
         dev.synchronize()?;
         let mut clock = Instant::now();

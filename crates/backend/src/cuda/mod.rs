@@ -23,6 +23,7 @@ mod qmma;
 mod readback;
 mod sample;
 pub mod trace;
+mod upload;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -215,6 +216,10 @@ pub struct CudaBackend {
     attention_scratch: Mutex<Option<CudaBuffer>>,
     /// Sampling parameters of a step, uploaded before the sampling kernel.
     sample_staging: Mutex<Option<CudaBuffer>>,
+    /// `argmax`'s per-row slots and tickets (zeroed; each call leaves them zeroed).
+    argmax_scratch: Mutex<Option<CudaBuffer>>,
+    /// `argmax` over several blocks per row unless `SLUICE_ARGMAX_SPLIT=0`.
+    argmax_split: AtomicBool,
     /// Staging for `logprobs`' asked rows (apart from `sample_staging`, which the
     /// sampler queued just before rewrites in place).
     logprob_staging: Mutex<Option<CudaBuffer>>,
@@ -348,6 +353,11 @@ pub struct CudaBackend {
     /// `SLUICE_PINNED_UPLOADS=0`.
     pinned: Mutex<Option<pinned::PinnedStaging>>,
     pinned_uploads: bool,
+    /// A step's input arrays uploaded by one kernel (upload.rs) unless
+    /// `SLUICE_PACKED_UPLOADS=0`.
+    packed_uploads: AtomicBool,
+    /// Uploads done that way so far (for tests).
+    packed_upload_count: AtomicU64,
     /// Sampled ids read back behind an event rather than a stream synchronization
     /// (readback.rs), created on first use.
     readback: Mutex<Option<readback::Readback>>,
@@ -444,6 +454,10 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             attention_scratch: Mutex::new(None),
             sample_staging: Mutex::new(None),
+            argmax_scratch: Mutex::new(None),
+            argmax_split: AtomicBool::new(
+                std::env::var("SLUICE_ARGMAX_SPLIT").map_or(true, |v| v != "0"),
+            ),
             logprob_staging: Mutex::new(None),
             weight_scratch: Mutex::new(None),
             fp8: fp8::Fp8Gemm::new(major, minor),
@@ -514,6 +528,10 @@ impl CudaBackend {
             capturing: AtomicBool::new(false),
             pinned: Mutex::new(None),
             pinned_uploads: std::env::var("SLUICE_PINNED_UPLOADS").map_or(true, |v| v != "0"),
+            packed_uploads: AtomicBool::new(
+                std::env::var("SLUICE_PACKED_UPLOADS").map_or(true, |v| v != "0"),
+            ),
+            packed_upload_count: AtomicU64::new(0),
             readback: Mutex::new(None),
             epoch: AtomicU64::new(0),
             qmma_max_rows: AtomicUsize::new(

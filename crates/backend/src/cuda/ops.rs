@@ -177,6 +177,9 @@ fn norm_threads(cols: usize) -> u32 {
 /// (`NORM_CHUNKS` in kernels/elementwise.cu).
 const NORM_CHUNKS: usize = 4;
 
+/// Logits per block of `argmax_split_kernel` (`ARGMAX_SPAN` in kernels/elementwise.cu).
+const ARGMAX_SPAN: usize = 4096;
+
 /// Block size of the vectorised norm kernels (`rms_norm4_kernel`, `add_rms_norm4_kernel`)
 /// for rows of `cols`, or None where the scalar ones run: `cols` not a multiple of 4, a
 /// row wider than 4 chunks of 1,024 threads, or a pointer that is not 16-byte aligned
@@ -951,9 +954,20 @@ impl CudaBackend {
 
     /// See `Device::resolve_token_ids` (rows out of range read token 0; the host checks).
     pub fn resolve_token_ids(&self, tokens: &mut Tensor, prev: &Tensor) -> Result<()> {
+        let n = tokens.numel();
+        self.resolve_prefix(tokens, n, prev)
+    }
+
+    /// `resolve_token_ids` on the first `n` values of `tokens`.
+    pub(crate) fn resolve_prefix(
+        &self,
+        tokens: &mut Tensor,
+        n: usize,
+        prev: &Tensor,
+    ) -> Result<()> {
         tokens.expect_dtype(DType::I32)?;
         prev.expect_dtype(DType::I32)?;
-        let (t, p) = (tokens.numel() as i32, prev.numel() as i32);
+        let (t, p) = (n.min(tokens.numel()) as i32, prev.numel() as i32);
         if t == 0 {
             return Ok(());
         }
@@ -1298,12 +1312,56 @@ impl CudaBackend {
         }
         self.bind()?;
         let (pl, po, v) = (ptr(logits)?, ptr(out)?, logits.cols() as i32);
+        let splits = logits.cols().div_ceil(ARGMAX_SPAN);
+        if splits > 1 && rows > 0 && self.argmax_split.load(Ordering::Relaxed) {
+            let slots = self.argmax_scratch(rows)?;
+            let tickets = slots + 8 * rows as u64;
+            return self.launch(
+                self.kernels.argmax_split_kernel,
+                (rows as u32, splits as u32, 1),
+                256,
+                &mut args![pl, po, v, slots, tickets],
+            );
+        }
         self.launch(
             self.kernels.argmax_kernel,
             (rows as u32, 1, 1),
             1024,
             &mut args![pl, po, v],
         )
+    }
+
+    /// `argmax_split_kernel`'s zeroed slots (8 bytes a row) then tickets (4 bytes a row)
+    /// for `rows` rows; grown (zeroed) when short. The kernel leaves them zeroed.
+    fn argmax_scratch(&self, rows: usize) -> Result<sys::CUdeviceptr> {
+        let mut guard = self
+            .argmax_scratch
+            .lock()
+            .map_err(|_| BackendError::Device("argmax scratch lock poisoned".into()))?;
+        let need = 12 * rows;
+        if let Some(b) = guard.as_ref().filter(|b| b.len >= need) {
+            return Ok(b.ptr);
+        }
+        if self.capturing.load(Ordering::SeqCst) {
+            return Err(BackendError::Device(
+                "argmax scratch must grow during a CUDA graph capture".into(),
+            ));
+        }
+        // No queued argmax may still use the old slots when they are freed.
+        self.synchronize()?;
+        let len = 12 * rows.next_power_of_two().max(1024);
+        let buf = self.alloc(len)?;
+        // SAFETY: the range lies inside the fresh allocation.
+        unsafe { cudarc::driver::result::memset_d8_async(buf.ptr, 0, len, self.stream) }
+            .map_err(super::derr)?;
+        let p = buf.ptr;
+        *guard = Some(buf);
+        Ok(p)
+    }
+
+    /// Greedy argmax over several blocks per row on or off; returns the previous setting.
+    pub fn set_argmax_split(&self, on: bool) -> bool {
+        self.argmax_split.swap(on, Ordering::Relaxed)
     }
 }
 

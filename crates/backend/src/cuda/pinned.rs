@@ -22,6 +22,8 @@ pub(super) const PINNED_BYTES: usize = 2 << 20;
 
 pub(super) struct PinnedStaging {
     ptr: *mut u8,
+    /// The region's address for kernels (mapped memory: a kernel reads it over the bus).
+    device_ptr: sys::CUdeviceptr,
     ring: Ring,
     ctx: Arc<CudaContext>,
 }
@@ -32,10 +34,24 @@ impl PinnedStaging {
         ctx: &Arc<CudaContext>,
         len: usize,
     ) -> Result<PinnedStaging, drv::DriverError> {
-        // SAFETY: a plain page-locked allocation; freed in Drop.
-        let ptr = unsafe { drv::malloc_host(len, 0) }? as *mut u8;
+        // SAFETY: a page-locked allocation mapped into the device's address space (so a
+        // kernel may read it, `stage`); freed in Drop.
+        let ptr = unsafe { drv::malloc_host(len, sys::CU_MEMHOSTALLOC_DEVICEMAP) }? as *mut u8;
+        let mut device_ptr: sys::CUdeviceptr = 0;
+        // SAFETY: `ptr` is a mapped allocation of this context, just made.
+        if let Err(e) =
+            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, ptr as *mut c_void, 0) }
+                .result()
+        {
+            // SAFETY: allocated above, not handed out.
+            unsafe {
+                let _ = drv::free_host(ptr as *mut c_void);
+            }
+            return Err(e);
+        }
         Ok(PinnedStaging {
             ptr,
+            device_ptr,
             ring: Ring {
                 len: len as u64,
                 written: 0,
@@ -65,6 +81,24 @@ impl PinnedStaging {
         std::ptr::copy_nonoverlapping(src.as_ptr() as *const u8, host, bytes);
         sys::cuMemcpyHtoDAsync_v2(dst, host as *const c_void, bytes, stream).result()?;
         Ok(true)
+    }
+
+    /// Copies `parts` back to back into fresh pinned bytes for a kernel to read (the step
+    /// uploads of `CudaBackend::upload_i32_segments`); their device address, or None
+    /// when the region has no free room. The bytes stay taken until `reset` / `release`
+    /// hands them back, under the same rule as `upload`'s: only once the kernel that
+    /// reads them is known to have completed.
+    pub(super) fn stage(&mut self, parts: &[&[i32]]) -> Option<sys::CUdeviceptr> {
+        let bytes: usize = parts.iter().map(|p| std::mem::size_of_val(*p)).sum();
+        let at = self.ring.take(bytes.max(1).next_multiple_of(16))?;
+        let mut off = at;
+        for p in parts {
+            let n = std::mem::size_of_val(*p);
+            // SAFETY: `take` handed out `bytes` free bytes at `at`, inside the region.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr() as *const u8, self.ptr.add(off), n) };
+            off += n;
+        }
+        Some(self.device_ptr + at as u64)
     }
 
     /// See `Ring::mark`.

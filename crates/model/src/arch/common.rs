@@ -238,13 +238,15 @@ impl RunState {
     ///
     /// `pad_to`: a decode batch (one token per sequence, every row's logits wanted) is
     /// padded with dummy sequences up to this many rows, so that a step graph recorded
-    /// for that size can replay it (see `BatchTensors::upload`).
+    /// for that size can replay it (see `BatchTensors::upload`). `prev_ids`: the previous
+    /// step's sampled ids on the device, where the batch's deferred tokens come from.
     pub fn prepare(
         &mut self,
         device: &Device,
         cfg: &ModelConfig,
         batch: &BatchInput,
         pad_to: Option<usize>,
+        prev_ids: Option<&Tensor>,
     ) -> Result<()> {
         let pad = pad_to.unwrap_or(0);
         let t = batch.num_tokens().max(pad);
@@ -283,7 +285,10 @@ impl RunState {
         }
         self.last.set_rows(l)?;
         self.logits.set_rows(l)?;
-        if self.meta.upload(device, batch, self.cap_tokens, pad)? {
+        if self
+            .meta
+            .upload(device, batch, self.cap_tokens, pad, prev_ids)?
+        {
             self.generation += 1;
         }
         Ok(())
@@ -314,14 +319,16 @@ impl BatchTensors {
     /// Uploads the batch, padded with `pad - seqs` dummy one-token sequences when `pad`
     /// exceeds the sequence count (a pure decode batch): token 0 at position 0, no KV
     /// write (slot -1), attending to one key of block 0 (finite whatever it holds), its
-    /// logits row after the real ones. Their results are never read. Returns whether a
-    /// buffer was reallocated.
+    /// logits row after the real ones. Their results are never read. The batch's deferred
+    /// tokens are taken from `resolve`, the previous step's ids on the device. Returns
+    /// whether a buffer was reallocated.
     fn upload(
         &mut self,
         device: &Device,
         batch: &BatchInput,
         cap_tokens: usize,
         pad: usize,
+        resolve: Option<&Tensor>,
     ) -> Result<bool> {
         let real = batch.seqs.len();
         let s = real.max(pad);
@@ -340,74 +347,64 @@ impl BatchTensors {
             moved = true;
         }
         let cols = self.block_tables.cols();
-        let st = &mut self.staging;
         let as_i32 = |v: u32| -> Result<i32> {
             i32::try_from(v).map_err(|_| ModelError::Batch(format!("value {v} exceeds i32")))
         };
-        macro_rules! put {
-            ($dst:expr, $iter:expr) => {{
-                st.clear();
-                for v in $iter {
-                    st.push(as_i32(v)?);
-                }
-                $dst.set_len(st.len())?;
-                device.copy_i32_from_host(&mut $dst, st)?;
-            }};
-        }
-        let zeros = || std::iter::repeat_n(0u32, extra);
+        // The seven arrays back to back in one staging vector (one upload on a GPU).
+        let st = &mut self.staging;
         st.clear();
+        let mut ends = [0usize; 7];
+        let zeros = || std::iter::repeat_n(0u32, extra);
         for v in batch.tokens.iter().copied().chain(zeros()) {
             st.push(as_i32(v)?);
         }
-        // Tokens still on the device: -(row of the previous step's ids + 1), which
-        // `Device::resolve_token_ids` replaces before the embedding reads them.
+        // Tokens still on the device: -(row of the previous step's ids + 1), which the
+        // upload replaces with those ids (`Device::upload_i32_segments`'s `resolve`)
+        // before the embedding reads them.
         for &(row, src) in &batch.deferred_tokens {
             st[row as usize] = -(src as i32) - 1;
         }
-        self.tokens.set_len(st.len())?;
-        device.copy_i32_from_host(&mut self.tokens, st)?;
-        put!(
-            self.positions,
-            batch.positions.iter().copied().chain(zeros())
-        );
-        st.clear();
+        ends[0] = st.len();
+        for v in batch.positions.iter().copied().chain(zeros()) {
+            st.push(as_i32(v)?);
+        }
+        ends[1] = st.len();
         for &v in &batch.slot_mapping {
             st.push(as_i32(v)?);
         }
         st.resize(st.len() + extra, -1);
-        self.slots.set_len(st.len())?;
-        device.copy_i32_from_host(&mut self.slots, st)?;
+        ends[2] = st.len();
         let mut acc = 0u32;
-        let starts = std::iter::once(0u32).chain(
-            batch
-                .seqs
-                .iter()
-                .map(|q| q.num_tokens as u32)
-                .chain(std::iter::repeat_n(1, extra))
-                .map(|n| {
-                    acc += n;
-                    acc
-                }),
-        );
-        put!(self.query_start, starts);
-        put!(
-            self.context_lens,
-            batch
-                .seqs
-                .iter()
-                .map(|q| q.context_len as u32)
-                .chain(std::iter::repeat_n(1, extra))
-        );
+        st.push(0);
+        for n in batch
+            .seqs
+            .iter()
+            .map(|q| q.num_tokens as u32)
+            .chain(std::iter::repeat_n(1, extra))
+        {
+            acc += n;
+            st.push(as_i32(acc)?);
+        }
+        ends[3] = st.len();
+        for v in batch
+            .seqs
+            .iter()
+            .map(|q| q.context_len as u32)
+            .chain(std::iter::repeat_n(1, extra))
+        {
+            st.push(as_i32(v)?);
+        }
+        ends[4] = st.len();
         let rows = batch.logits_indices.len() as u32;
-        put!(
-            self.logits_rows,
-            batch
-                .logits_indices
-                .iter()
-                .copied()
-                .chain(rows..rows + extra as u32)
-        );
-        st.clear();
+        for v in batch
+            .logits_indices
+            .iter()
+            .copied()
+            .chain(rows..rows + extra as u32)
+        {
+            st.push(as_i32(v)?);
+        }
+        ends[5] = st.len();
         for q in &batch.seqs {
             for &b in &q.block_table {
                 st.push(as_i32(b)?);
@@ -415,8 +412,29 @@ impl BatchTensors {
             st.resize(st.len() + cols - q.block_table.len(), 0);
         }
         st.resize(st.len() + extra * cols, 0);
+        ends[6] = st.len();
+        let seg = |i: usize| &st[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        self.tokens.set_len(seg(0).len())?;
+        self.positions.set_len(seg(1).len())?;
+        self.slots.set_len(seg(2).len())?;
+        self.query_start.set_len(seg(3).len())?;
+        self.context_lens.set_len(seg(4).len())?;
+        self.logits_rows.set_len(seg(5).len())?;
         self.block_tables.set_rows(s.max(1))?;
-        device.copy_i32_from_host(&mut self.block_tables, st)?;
+        let resolve = resolve.filter(|_| !batch.deferred_tokens.is_empty());
+        device.upload_i32_segments(
+            &mut [
+                &mut self.tokens,
+                &mut self.positions,
+                &mut self.slots,
+                &mut self.query_start,
+                &mut self.context_lens,
+                &mut self.logits_rows,
+                &mut self.block_tables,
+            ],
+            &[seg(0), seg(1), seg(2), seg(3), seg(4), seg(5), seg(6)],
+            resolve,
+        )?;
         self.num_seqs = s;
         self.has_mask = false;
         if let Some(m) = &batch.custom_mask {

@@ -464,13 +464,11 @@ impl Model {
         let cfg = &self.config;
         let st = &mut self.state;
         let bucket = self.graphs.bucket(batch);
-        st.prepare(dev, cfg, batch, bucket)?;
+        // The deferred tokens are resolved by the upload, outside any graph: queued
+        // before the replay, read by its embedding.
+        st.prepare(dev, cfg, batch, bucket, prev_ids)?;
         if batch.num_tokens() == 0 {
             return Ok(&st.logits);
-        }
-        if let (Some(prev), false) = (prev_ids, batch.deferred_tokens.is_empty()) {
-            // Outside any graph: queued before the replay, read by its embedding.
-            dev.resolve_token_ids(&mut st.meta.tokens, prev)?;
         }
         match bucket {
             Some(b) => {

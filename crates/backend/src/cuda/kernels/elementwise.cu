@@ -243,6 +243,36 @@ extern "C" __global__ void resolve_tokens_kernel(int* tokens, const int* prev, i
     }
 }
 
+// A step's input arrays in one launch (cuda/upload.rs): `src` is pinned host memory
+// mapped for the device, the arrays back to back (segment s ends at end[s]); each thread
+// loads its values first (all loads in flight at once: each is a trip over the bus),
+// then stores them. Segment `resolve` gets resolve_tokens_kernel's treatment.
+#define UPLOAD_SEGMENTS 8
+struct UploadSegments {
+    const int* src;
+    int* dst[UPLOAD_SEGMENTS];
+    int end[UPLOAD_SEGMENTS];
+    const int* prev;
+    int nseg, resolve, prev_n, pad;
+};
+extern "C" __global__ void upload_segments_kernel(UploadSegments a) { pdl_entry();
+    const long total = a.end[a.nseg - 1];
+    GRID_STRIDE(i, total) {
+        const int v = a.src[i];
+        int s = 0, start = 0;
+        int* dst = a.dst[0];
+#pragma unroll
+        for (int j = 1; j < UPLOAD_SEGMENTS; j++)
+            if (j < a.nseg && i >= a.end[j - 1]) { s = j; start = a.end[j - 1]; dst = a.dst[j]; }
+        int w = v;
+        if (s == a.resolve && v < 0) {
+            const int r = -v - 1;
+            w = r < a.prev_n ? a.prev[r] : 0;
+        }
+        dst[i - start] = w;
+    }
+}
+
 // Writes k, v [T, n_kv * hd] into caches [num_blocks, n_kv, bs, hd] at slots[t]
 // (block * bs + offset; negative = padding, skipped).
 #define KV_WRITE(NAME, KV)                                                                    \
@@ -271,6 +301,44 @@ extern "C" __global__ void argmax_kernel(const float* logits, int* out, int voca
     __shared__ int si[32];
     const int bi = block_argmax(logits + (long)blockIdx.x * vocab, vocab, sv, si);
     if (threadIdx.x == 0) out[blockIdx.x] = bi;
+}
+
+// argmax_kernel over `gridDim.y` blocks per row, each taking ARGMAX_SPAN logits: a
+// single block per row is bound by one SM's load rate (a 49,152-entry row: ~6 us).
+// Each block's best goes into its row's 64-bit slot with atomicMax as a key that
+// orders by value, then by the lower index (ties: the first index, as argmax_kernel);
+// the row's last block to finish (a ticket per row, after a fence: the threadfence
+// reduction of the CUDA samples) writes the id and zeroes the slot and the ticket for
+// the next call. `slots` [rows] and `tickets` [rows] start zeroed (cuda/ops.rs).
+#define ARGMAX_SPAN 4096
+extern "C" __global__ void argmax_split_kernel(const float* logits, int* out, int vocab,
+                                               unsigned long long* slots, unsigned int* tickets) { pdl_entry();
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ bool last;
+    const int row = blockIdx.x, start = blockIdx.y * ARGMAX_SPAN;
+    const int n = min(ARGMAX_SPAN, vocab - start);
+    const float* r = logits + (long)row * vocab + start;
+    const int bi = block_argmax(r, n, sv, si);
+    if (threadIdx.x == 0) {
+        const float v = r[bi];
+        // Only a value above -inf wins (as in argmax_kernel and the host's `argmax`: a row
+        // with none gives 0); a block without one leaves the slot alone.
+        if (v > NEG_INF) {
+            const unsigned int u = __float_as_uint(v);
+            const unsigned int ord = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+            const unsigned long long key = ((unsigned long long)ord << 32) | (0xffffffffu - (unsigned int)(start + bi));
+            atomicMax(slots + row, key);
+        }
+        __threadfence();
+        last = atomicAdd(tickets + row, 1u) == gridDim.y - 1;
+    }
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+        const unsigned long long key = atomicExch(slots + row, 0ull);
+        tickets[row] = 0;
+        out[row] = key == 0 ? 0 : (int)(0xffffffffu - (unsigned int)(key & 0xffffffffu));
+    }
 }
 
 // Fused gate/up rows gu [T, 2F] (gate columns first) -> out [T, F] = act(gate) * up.
