@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [long28]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -705,4 +705,28 @@ if [[ " $what " == *" sweep27 "* ]]; then # session 27: batch 128 ran 6% slower 
     timeout 200 env ${2:-X=1} $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size $1 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch 128|^\| decode" | tail -1 | tee -a "$OUT/pdl.txt"
   done
 fi
-
+if [[ " $what " == *" step28 "* ]]; then # session 28: the step boundary: the seven uploads as one kernel (SLUICE_PACKED_UPLOADS) and the greedy argmax over several blocks per row (SLUICE_ARGMAX_SPLIT), each off against the defaults, batch 1 of both shapes alternating, then 8B at 128 sequences
+  for m in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_PACKED_UPLOADS=0" "SLUICE_ARGMAX_SPLIT=0" "SLUICE_PACKED_UPLOADS=0 SLUICE_ARGMAX_SPLIT=0" "X=default-again" "SLUICE_PACKED_UPLOADS=0 SLUICE_ARGMAX_SPLIT=0"; do
+      q $cfg $B bench model --device cuda --random-weights $m -p 512 -n 128 -b 1 -r 2
+    done
+  done
+  for cfg in "X=default" "SLUICE_PACKED_UPLOADS=0 SLUICE_ARGMAX_SPLIT=0" "X=default-again"; do
+    echo "=== b128 $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch|^\| decode" | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" long28 "* ]]; then # session 28: decode at long contexts (256 sequences of 1,536 keys), bf16 and FP8 weights + caches: step time against the bytes, and the decode attention alone under Nsight Compute
+  for ty in bf16 fp8; do
+    echo "=== long $ty" | tee -a "$OUT/pdl.txt"
+    timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $ty --kv-cache-dtype $ty --batch-size 256 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^batch|^\| (decode|prefill)|KV|capacity" | tee -a "$OUT/pdl.txt"
+  done
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for kc in "bf16 flash_decode_bf16_d128" "fp8 flash_decode_fp8_d128"; do
+    set -- $kc
+    timeout 240 $NCU --clock-control none --kernel-name $2 --launch-skip 96 --launch-count 3 --csv --page raw --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread \
+      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $1 --kv-cache-dtype $1 --batch-size 256 --input-len 1536 --output-len 16 -r 1 > "$OUT/ncu-long-$1.csv" 2>/dev/null
+    echo "=== ncu long $1 $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-long-$1.csv" | tail -3 | awk -F'","' '{print $(NF-5), $(NF-4), $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
+  done
+fi
