@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [long28]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -728,5 +728,12 @@ if [[ " $what " == *" long28 "* ]]; then # session 28: decode at long contexts (
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread \
       $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $1 --kv-cache-dtype $1 --batch-size 256 --input-len 1536 --output-len 16 -r 1 > "$OUT/ncu-long-$1.csv" 2>/dev/null
     echo "=== ncu long $1 $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-long-$1.csv" | tail -3 | awk -F'","' '{print $(NF-5), $(NF-4), $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" readback28 "* ]]; then # session 28: the sampled ids written into the mapped readback slot by a kernel (SLUICE_KERNEL_READBACK, default) against a copy, batch 1 of both shapes alternating
+  for m in llama-3.1-8b-bench llama-3.2-1b-bench; do
+    for cfg in "X=default" "SLUICE_KERNEL_READBACK=0" "X=default-again" "SLUICE_KERNEL_READBACK=0"; do
+      q $cfg $B bench model --device cuda --random-weights $m -p 512 -n 128 -b 1 -r 2
+    done
   done
 fi

@@ -151,10 +151,17 @@ fn step_uploads_land_in_their_tensors() {
 /// byte handed back too early would corrupt a later step's tokens. Every other step
 /// uploads and resolves with `upload_i32_segments` (on a GPU one kernel that reads the
 /// ring itself), the others with a copy and `resolve_token_ids`.
+/// On a GPU it runs twice: the readbacks written into the mapped slots by a kernel (the
+/// default), then copied.
 #[test]
 fn readbacks_return_each_steps_ids_while_the_next_step_is_queued() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for dev in devices() {
+    let mut runs = devices();
+    runs.extend(gpu(CudaWeightType::Bf16));
+    for (run, dev) in runs.into_iter().enumerate() {
+        if let Device::Cuda(b) = &dev {
+            b.set_kernel_readback(run == 1);
+        }
         let n = 10_000;
         let mut prev_dev: Option<Tensor> = None;
         let mut prev_host: Vec<i32> = Vec::new();

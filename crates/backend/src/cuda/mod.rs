@@ -358,6 +358,9 @@ pub struct CudaBackend {
     packed_uploads: AtomicBool,
     /// Uploads done that way so far (for tests).
     packed_upload_count: AtomicU64,
+    /// Sampled ids (and records) written into the mapped readback slot by a kernel
+    /// (readback.rs) unless `SLUICE_KERNEL_READBACK=0`, which copies them.
+    kernel_readback: AtomicBool,
     /// Sampled ids read back behind an event rather than a stream synchronization
     /// (readback.rs), created on first use.
     readback: Mutex<Option<readback::Readback>>,
@@ -532,6 +535,9 @@ impl CudaBackend {
                 std::env::var("SLUICE_PACKED_UPLOADS").map_or(true, |v| v != "0"),
             ),
             packed_upload_count: AtomicU64::new(0),
+            kernel_readback: AtomicBool::new(
+                std::env::var("SLUICE_KERNEL_READBACK").map_or(true, |v| v != "0"),
+            ),
             readback: Mutex::new(None),
             epoch: AtomicU64::new(0),
             qmma_max_rows: AtomicUsize::new(
@@ -943,8 +949,30 @@ impl CudaBackend {
         let rb = guard
             .as_mut()
             .ok_or_else(|| BackendError::Device("readback not created".into()))?;
-        // SAFETY: the tensors' allocations hold their logical elements; bound above.
-        unsafe { rb.start(buf.ptr, src.numel(), extra, self.stream, mark) }.map_err(derr)
+        let (ids, n) = (buf.ptr, src.numel());
+        let (records, m) = extra;
+        let write = |host: sys::CUdeviceptr| -> Result<()> {
+            let (ni, mi) = (n as i32, m as i32);
+            let mut args = [
+                &ids as *const _ as *mut c_void,
+                &ni as *const _ as *mut c_void,
+                &records as *const _ as *mut c_void,
+                &mi as *const _ as *mut c_void,
+                &host as *const _ as *mut c_void,
+            ];
+            self.launch(self.kernels.readback_kernel, (1, 1, 1), 256, &mut args)
+        };
+        let by_kernel = (self.kernel_readback.load(Ordering::Relaxed)
+            && n + m <= i32::MAX as usize)
+            .then_some(&write as &dyn Fn(sys::CUdeviceptr) -> Result<()>);
+        // SAFETY: the tensors' allocations hold their logical elements; bound above; the
+        // kernel writes n + m values.
+        unsafe { rb.start(ids, n, extra, self.stream, mark, by_kernel) }
+    }
+
+    /// Readbacks written by a kernel (true) or copied; returns the previous setting.
+    pub fn set_kernel_readback(&self, on: bool) -> bool {
+        self.kernel_readback.swap(on, Ordering::Relaxed)
     }
 
     /// Waits for readback `ticket` (only for it and the work queued before it, not for

@@ -466,6 +466,7 @@ kernels!(
     gather_rows_kernel,
     resolve_tokens_kernel,
     upload_segments_kernel,
+    readback_kernel,
     kv_write_f32_kernel,
     kv_write_bf16_kernel,
     kv_write_fp8_kernel,

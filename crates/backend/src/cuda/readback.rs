@@ -7,17 +7,28 @@
 //! the readback of step N+1 can be queued while step N's is still to be collected.
 //! The log-probability records of the step (`Device::logprobs`) ride along in the same
 //! slot, behind the ids.
+//!
+//! The slots are mapped into the device's address space, so the values can be written
+//! there by a kernel (`readback_kernel`, the default; `SLUICE_KERNEL_READBACK=0` copies
+//! instead): a copy is an operation of its own between the step's last kernel and the
+//! next step's first, which neither can overlap, where a kernel takes part in the chain
+//! of programmatic dependent launches.
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::{result as drv, sys, CudaContext};
 
+use super::derr;
+use crate::error::Result;
+
 const SLOTS: usize = 2;
 
 struct Slot {
     /// Pinned host memory for `cap` 4-byte values (ids, then records).
     host: *mut i32,
+    /// Its address for kernels.
+    device: sys::CUdeviceptr,
     cap: usize,
     event: sys::CUevent,
     /// The readback queued into this slot and not collected yet: (ticket, ids, record
@@ -33,12 +44,13 @@ pub(super) struct Readback {
 
 impl Readback {
     /// Events for every slot (host memory comes with the first readback).
-    pub(super) fn new(ctx: &Arc<CudaContext>) -> Result<Readback, drv::DriverError> {
+    pub(super) fn new(ctx: &Arc<CudaContext>) -> std::result::Result<Readback, drv::DriverError> {
         let mut slots = Vec::with_capacity(SLOTS);
         for _ in 0..SLOTS {
             let event = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?;
             slots.push(Slot {
                 host: std::ptr::null_mut(),
+                device: 0,
                 cap: 0,
                 event,
                 pending: None,
@@ -54,11 +66,14 @@ impl Readback {
     /// Queues a copy of `n` i32 values at `src` and `m` f32 values at `extra` to the
     /// host, then the slot's event; returns the ticket that `finish` takes. `mark` is the
     /// pinned staging's mark now (handed back by `finish`: every upload queued before
-    /// this readback has completed once its event has).
+    /// this readback has completed once its event has). With `by_kernel`, it is called
+    /// with the slot's device address to queue a kernel that writes the values there
+    /// (ids, then records) instead of the copies.
     ///
     /// # Safety
     /// `src` must hold `n` i32 values and `extra` `m` f32 values; the context must be
-    /// bound to this thread.
+    /// bound to this thread; `by_kernel` must queue on `stream` and write at most `n + m`
+    /// values.
     pub(super) unsafe fn start(
         &mut self,
         src: sys::CUdeviceptr,
@@ -66,33 +81,44 @@ impl Readback {
         (extra, m): (sys::CUdeviceptr, usize),
         stream: sys::CUstream,
         mark: u64,
-    ) -> Result<u64, drv::DriverError> {
+        by_kernel: Option<&dyn Fn(sys::CUdeviceptr) -> Result<()>>,
+    ) -> Result<u64> {
         let ticket = self.next;
         let slot = &mut self.slots[(ticket % SLOTS as u64) as usize];
         if slot.pending.is_some() {
             // Its owner never collected it (a dropped step): let the copy finish before
             // the memory is reused.
-            drv::event::synchronize(slot.event)?;
+            drv::event::synchronize(slot.event).map_err(derr)?;
             slot.pending = None;
         }
         if slot.cap < n + m {
             if !slot.host.is_null() {
-                drv::free_host(slot.host as *mut c_void)?;
+                drv::free_host(slot.host as *mut c_void).map_err(derr)?;
                 slot.host = std::ptr::null_mut();
                 slot.cap = 0;
             }
             let cap = (n + m).next_power_of_two().max(256);
-            slot.host = drv::malloc_host(cap * 4, 0)? as *mut i32;
+            slot.host = drv::malloc_host(cap * 4, sys::CU_MEMHOSTALLOC_DEVICEMAP).map_err(derr)?
+                as *mut i32;
             slot.cap = cap;
+            slot.device = 0;
+            sys::cuMemHostGetDevicePointer_v2(&mut slot.device, slot.host as *mut c_void, 0)
+                .result()
+                .map_err(derr)?;
         }
-        if n > 0 {
-            sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream).result()?;
+        if let Some(write) = by_kernel.filter(|_| n + m > 0) {
+            write(slot.device)?;
+        } else if n > 0 {
+            sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream)
+                .result()
+                .map_err(derr)?;
         }
-        if m > 0 {
+        if m > 0 && by_kernel.is_none() {
             sys::cuMemcpyDtoHAsync_v2(slot.host.add(n) as *mut c_void, extra, m * 4, stream)
-                .result()?;
+                .result()
+                .map_err(derr)?;
         }
-        drv::event::record(slot.event, stream)?;
+        drv::event::record(slot.event, stream).map_err(derr)?;
         slot.pending = Some((ticket, n, m, mark));
         self.next += 1;
         Ok(ticket)
@@ -106,7 +132,7 @@ impl Readback {
         ticket: u64,
         dst: &mut Vec<i32>,
         records: &mut Vec<f32>,
-    ) -> Result<u64, Option<drv::DriverError>> {
+    ) -> std::result::Result<u64, Option<drv::DriverError>> {
         let slot = &mut self.slots[(ticket % SLOTS as u64) as usize];
         let Some((t, n, m, mark)) = slot.pending else {
             return Err(None);

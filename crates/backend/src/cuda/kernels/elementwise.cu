@@ -273,6 +273,15 @@ extern "C" __global__ void upload_segments_kernel(UploadSegments a) { pdl_entry(
     }
 }
 
+// A step's sampled ids (n) and log-probability records (m, f32 bits) into the mapped
+// pinned readback slot `host` (cuda/readback.rs): a kernel, so that it chains with the
+// kernels around it under PDL where a copy would stand between them. One block; the
+// host reads the slot after an event recorded behind this kernel.
+extern "C" __global__ void readback_kernel(const int* ids, int n, const int* records, int m, int* host) { pdl_entry();
+    for (int i = threadIdx.x; i < n + m; i += blockDim.x)
+        host[i] = i < n ? ids[i] : records[i - n];
+}
+
 // Writes k, v [T, n_kv * hd] into caches [num_blocks, n_kv, bs, hd] at slots[t]
 // (block * bs + offset; negative = padding, skipped).
 #define KV_WRITE(NAME, KV)                                                                    \
