@@ -716,17 +716,17 @@ if [[ " $what " == *" step28 "* ]]; then # session 28: the step boundary: the se
     timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --batch-size 128 --input-len 128 --output-len 64 -r 1 2>&1 | grep -E "^batch|^\| decode" | tee -a "$OUT/pdl.txt"
   done
 fi
-if [[ " $what " == *" long28 "* ]]; then # session 28: decode at long contexts (256 sequences of 1,536 keys), bf16 and FP8 weights + caches: step time against the bytes, and the decode attention alone under Nsight Compute
+if [[ " $what " == *" long28 "* ]]; then # session 28: decode at long contexts (64 sequences of 1,536 keys), bf16 and FP8 weights + caches: step time against the bytes, and the decode attention alone under Nsight Compute
   for ty in bf16 fp8; do
     echo "=== long $ty" | tee -a "$OUT/pdl.txt"
-    timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $ty --kv-cache-dtype $ty --batch-size 256 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^batch|^\| (decode|prefill)|KV|capacity" | tee -a "$OUT/pdl.txt"
+    timeout 200 $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $ty --kv-cache-dtype $ty --batch-size 64 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^batch|^\| (decode|prefill)|KV|capacity" | tee -a "$OUT/pdl.txt"
   done
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   for kc in "bf16 flash_decode_bf16_d128" "fp8 flash_decode_fp8_d128"; do
     set -- $kc
     timeout 240 $NCU --clock-control none --kernel-name $2 --launch-skip 96 --launch-count 3 --csv --page raw --print-units base \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread \
-      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $1 --kv-cache-dtype $1 --batch-size 256 --input-len 1536 --output-len 16 -r 1 > "$OUT/ncu-long-$1.csv" 2>/dev/null
+      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $1 --kv-cache-dtype $1 --batch-size 64 --input-len 1536 --output-len 16 -r 1 > "$OUT/ncu-long-$1.csv" 2>/dev/null
     echo "=== ncu long $1 $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-long-$1.csv" | tail -3 | awk -F'","' '{print $(NF-5), $(NF-4), $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
   done
 fi
