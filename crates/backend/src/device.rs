@@ -347,19 +347,8 @@ impl Device {
             Device::Cpu(_) => {
                 let p = prev.as_i32()?;
                 let t = tokens.as_i32_mut()?;
-                if let Some(&bad) = t
-                    .iter()
-                    .find(|&&v| v < 0 && (-(v as i64) - 1) as usize >= p.len())
-                {
-                    return Err(BackendError::Shape(format!(
-                        "resolve_token_ids: row {} of {} previous ids",
-                        -(bad as i64) - 1,
-                        p.len()
-                    )));
-                }
-                for v in t.iter_mut().filter(|v| **v < 0) {
-                    *v = p[(-(*v as i64) - 1) as usize];
-                }
+                check_token_rows("resolve_token_ids", t, p)?;
+                resolve_rows(t, p);
                 Ok(())
             }
             Device::Cuda(g) => g.resolve_token_ids(tokens, prev),
@@ -481,37 +470,16 @@ impl Device {
         match self {
             Device::Cuda(g) => g.upload_i32_segments(dsts, srcs, resolve),
             Device::Cpu(_) => {
-                if dsts.len() != srcs.len() {
-                    return Err(BackendError::Shape(format!(
-                        "upload: {} tensors for {} arrays",
-                        dsts.len(),
-                        srcs.len()
-                    )));
-                }
+                check_segment_count(dsts.len(), srcs.len())?;
                 if let Some(p) = resolve {
-                    let (p, first) = (p.as_i32()?, srcs.first().copied().unwrap_or(&[]));
-                    if let Some(&bad) = first
-                        .iter()
-                        .find(|&&v| v < 0 && (-(v as i64) - 1) as usize >= p.len())
-                    {
-                        return Err(BackendError::Shape(format!(
-                            "upload: row {} of {} previous ids",
-                            -(bad as i64) - 1,
-                            p.len()
-                        )));
-                    }
+                    let first = srcs.first().copied().unwrap_or(&[]);
+                    check_token_rows("upload", first, p.as_i32()?)?;
                 }
                 for (d, s) in dsts.iter_mut().zip(srcs) {
                     self.copy_i32_from_host(d, s)?;
                 }
                 if let (Some(p), Some(t), Some(first)) = (resolve, dsts.first_mut(), srcs.first()) {
-                    let p = p.as_i32()?;
-                    for v in t.as_i32_mut()?[..first.len()]
-                        .iter_mut()
-                        .filter(|v| **v < 0)
-                    {
-                        *v = p[(-(*v as i64) - 1) as usize];
-                    }
+                    resolve_rows(&mut t.as_i32_mut()?[..first.len()], p.as_i32()?);
                 }
                 Ok(())
             }
@@ -1090,4 +1058,37 @@ impl Device {
             Device::Cuda(g) => g.paged_attention(q, k_cache, v_cache, meta, params, out),
         }
     }
+}
+
+/// Error unless every negative token `-(r + 1)` names a row `r` of the `prev` ids.
+fn check_token_rows(op: &str, tokens: &[i32], prev: &[i32]) -> Result<()> {
+    match tokens
+        .iter()
+        .find(|&&v| v < 0 && (-(v as i64) - 1) as usize >= prev.len())
+    {
+        Some(&bad) => Err(BackendError::Shape(format!(
+            "{op}: row {} of {} previous ids",
+            -(bad as i64) - 1,
+            prev.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Replaces every negative token `-(r + 1)` by `prev[r]` (rows checked by
+/// `check_token_rows`).
+fn resolve_rows(tokens: &mut [i32], prev: &[i32]) {
+    for v in tokens.iter_mut().filter(|v| **v < 0) {
+        *v = prev[(-(*v as i64) - 1) as usize];
+    }
+}
+
+/// `upload_i32_segments` needs one source array per tensor.
+pub(crate) fn check_segment_count(tensors: usize, arrays: usize) -> Result<()> {
+    if tensors == arrays {
+        return Ok(());
+    }
+    Err(BackendError::Shape(format!(
+        "upload: {tensors} tensors for {arrays} arrays"
+    )))
 }

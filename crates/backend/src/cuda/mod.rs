@@ -806,6 +806,22 @@ impl CudaBackend {
         self.upload(&packed)
     }
 
+    /// Runs `f` on the pinned staging (pinned.rs), allocated on first use.
+    fn with_pinned<R>(&self, f: impl FnOnce(&mut pinned::PinnedStaging) -> R) -> Result<R> {
+        let mut guard = self
+            .pinned
+            .lock()
+            .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?;
+        if guard.is_none() {
+            *guard =
+                Some(pinned::PinnedStaging::new(&self.ctx, pinned::PINNED_BYTES).map_err(derr)?);
+        }
+        match guard.as_mut() {
+            Some(p) => Ok(f(p)),
+            None => Err(BackendError::Device("pinned staging not created".into())),
+        }
+    }
+
     /// Copies the first `src.len()` elements of an I32 tensor from the host.
     pub fn copy_i32_from_host(&self, dst: &Tensor, src: &[i32]) -> Result<()> {
         let buf = cuda_buf(dst)?;
@@ -823,21 +839,12 @@ impl CudaBackend {
         // Through pinned staging where it has room (not while capturing a graph: a
         // replay would copy from the staging bytes as they are then).
         if self.pinned_uploads && !self.capturing.load(Ordering::SeqCst) {
-            let mut guard = self
-                .pinned
-                .lock()
-                .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?;
-            if guard.is_none() {
-                *guard = Some(
-                    pinned::PinnedStaging::new(&self.ctx, pinned::PINNED_BYTES).map_err(derr)?,
-                );
-            }
-            if let Some(staging) = guard.as_mut() {
-                // SAFETY: the destination range was checked above; the staging region is
-                // only reset after a synchronization of this stream (`synchronize`).
-                if unsafe { staging.upload(buf.ptr, src, self.stream) }.map_err(derr)? {
-                    return Ok(());
-                }
+            let stream = self.stream;
+            // SAFETY: the destination range was checked above; the staging region is
+            // only reset after a synchronization of this stream (`synchronize`).
+            let staged = self.with_pinned(|p| unsafe { p.upload(buf.ptr, src, stream) })?;
+            if staged.map_err(derr)? {
+                return Ok(());
             }
         }
         // SAFETY: `src` is pageable host memory: the driver stages it before returning,

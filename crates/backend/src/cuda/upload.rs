@@ -12,7 +12,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 
-use super::{cuda_buf, derr, pinned, CudaBackend};
+use super::{cuda_buf, CudaBackend};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::Tensor;
@@ -37,22 +37,17 @@ struct UploadSegments {
 
 impl CudaBackend {
     /// `dsts[i][..srcs[i].len()] = srcs[i]` for every i, and then, with `resolve`, what
-    /// `resolve_token_ids` does to those values of `dsts[0]`. One kernel reading the pinned staging
-    /// when it has room and packed uploads are on (`SLUICE_PACKED_UPLOADS=0` turns them
-    /// off); otherwise a copy per array and the resolve kernel.
+    /// `resolve_token_ids` does to those values of `dsts[0]`. One kernel reading the
+    /// pinned staging when it has room and packed uploads are on
+    /// (`SLUICE_PACKED_UPLOADS=0` turns them off); otherwise a copy per array and the
+    /// resolve kernel.
     pub fn upload_i32_segments(
         &self,
         dsts: &mut [&mut Tensor],
         srcs: &[&[i32]],
         resolve: Option<&Tensor>,
     ) -> Result<()> {
-        if dsts.len() != srcs.len() {
-            return Err(BackendError::Shape(format!(
-                "upload: {} tensors for {} arrays",
-                dsts.len(),
-                srcs.len()
-            )));
-        }
+        crate::device::check_segment_count(dsts.len(), srcs.len())?;
         for (d, s) in dsts.iter().zip(srcs) {
             d.expect_dtype(DType::I32)?;
             if std::mem::size_of_val(*s) > cuda_buf(d)?.len {
@@ -80,20 +75,7 @@ impl CudaBackend {
             && !self.capturing.load(Ordering::SeqCst)
         {
             self.bind()?;
-            let staged = {
-                let mut guard = self
-                    .pinned
-                    .lock()
-                    .map_err(|_| BackendError::Device("pinned staging lock poisoned".into()))?;
-                if guard.is_none() {
-                    *guard = Some(
-                        pinned::PinnedStaging::new(&self.ctx, pinned::PINNED_BYTES)
-                            .map_err(derr)?,
-                    );
-                }
-                guard.as_mut().and_then(|s| s.stage(srcs))
-            };
-            if let Some(src) = staged {
+            if let Some(src) = self.with_pinned(|p| p.stage(srcs))? {
                 let mut a = UploadSegments {
                     src,
                     dst: [0; MAX_SEGMENTS],
