@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -734,6 +734,14 @@ if [[ " $what " == *" readback28 "* ]]; then # session 28: the sampled ids writt
   for m in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in "X=default" "SLUICE_KERNEL_READBACK=0" "X=default-again" "SLUICE_KERNEL_READBACK=0"; do
       q $cfg $B bench model --device cuda --random-weights $m -p 512 -n 128 -b 1 -r 2
+    done
+  done
+fi
+if [[ " $what " == *" splits28 "* ]]; then # session 28: more key splits at long contexts (64 sequences of 1,536 keys: one split per (sequence, KV head) by default, ~4 blocks per SM), through the slots the split count aims at (SLUICE_DECODE_BLOCKS_PER_SM 4 = default, 8, 12)
+  for ty in fp8 bf16; do
+    for bps in 4 8 12 4; do
+      echo "=== long $ty SLUICE_DECODE_BLOCKS_PER_SM=$bps" | tee -a "$OUT/pdl.txt"
+      timeout 200 env SLUICE_DECODE_BLOCKS_PER_SM=$bps $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $ty --kv-cache-dtype $ty --batch-size 64 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^\| decode" | tee -a "$OUT/pdl.txt"
     done
   done
 fi
