@@ -215,7 +215,26 @@ pub fn run_latency(a: LatencyArgs) -> Result<()> {
         enable_prefix_caching: false,
         ..a.model.engine_config()?
     };
-    let (mut engine, _, name) = a.model.build_engine(cfg)?;
+    let (mut engine, _, name) = a.model.build_engine(cfg).map_err(|e| {
+        // Out of memory for the KV cache: here it is the one-step prefill that asks for it.
+        let memory = matches!(
+            e.downcast_ref::<sluice_engine::EngineError>(),
+            Some(sluice_engine::EngineError::InvalidRequest {
+                param: Some("gpu_memory_utilization"),
+                ..
+            })
+        );
+        if memory {
+            e.context(format!(
+                "bench latency prefills each batch in one step ({max_b} x {} = {} tokens at \
+                 the largest --batch-size); a smaller --batch-size or --input-len needs less",
+                a.input_len,
+                max_b * a.input_len
+            ))
+        } else {
+            e
+        }
+    })?;
     println!("model: {name}, device: {}", engine.model().device().name());
     for &batch in &a.batch_size {
         latency_of_batch(&mut engine, &a, batch)?;

@@ -308,36 +308,55 @@ fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineErr
             let (free, total) = g
                 .memory_info()
                 .map_err(|e| EngineError::Model(sluice_model::ModelError::from(e)))?;
-            let used = total.saturating_sub(free) as f64;
-            let c = &model.config;
-            // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget
-            // (the run state's f32 buffers plus its two bf16 ones, `xb16` and `qkv16`,
-            // come to less for every preset), plus f32 logits for every sequence, plus
-            // 1 GiB for workspaces and context.
-            let act = cfg.max_num_batched_tokens as f64
-                * 4.0
-                * (6.0 * c.hidden_size as f64
-                    + 4.0 * c.intermediate_size as f64
-                    + 2.0 * c.q_dim() as f64);
-            let logits =
-                cfg.max_num_seqs.max(cfg.max_num_batched_tokens) as f64 * c.vocab_size as f64 * 4.0;
-            let reserve = act + logits + (1u64 << 30) as f64;
-            let budget = total as f64 * cfg.gpu_memory_utilization - used - reserve;
-            if budget <= 0.0 {
-                return Err(EngineError::InvalidRequest {
-                    message: format!(
-                        "out of GPU memory: the weights use {:.1} GiB of {:.1} GiB and \
-                         --gpu-memory-utilization {} leaves nothing for the KV cache",
-                        used / (1u64 << 30) as f64,
-                        total as f64 / (1u64 << 30) as f64,
-                        cfg.gpu_memory_utilization
-                    ),
-                    param: Some("gpu_memory_utilization"),
-                });
-            }
-            Ok(budget as u64)
+            gpu_kv_budget(total as u64, free as u64, &model.config, cfg)
         }
     }
+}
+
+/// The KV cache's bytes on a GPU of `total` bytes with `free` left after the weights:
+/// `gpu_memory_utilization` of the card, less what is in use and a reserve for one step's
+/// activations, its logits and the workspaces. An error that names each part when
+/// nothing is left.
+fn gpu_kv_budget(
+    total: u64,
+    free: u64,
+    c: &sluice_model::ModelConfig,
+    cfg: &EngineConfig,
+) -> Result<u64, EngineError> {
+    let used = total.saturating_sub(free) as f64;
+    // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget (the run
+    // state's f32 buffers plus its two bf16 ones, `xb16` and `qkv16`, come to less for
+    // every preset), plus f32 logits for every sequence, plus 1 GiB for workspaces and
+    // context.
+    let act = cfg.max_num_batched_tokens as f64
+        * 4.0
+        * (6.0 * c.hidden_size as f64 + 4.0 * c.intermediate_size as f64 + 2.0 * c.q_dim() as f64);
+    let logit_rows = cfg.max_num_seqs.max(cfg.max_num_batched_tokens);
+    let logits = logit_rows as f64 * c.vocab_size as f64 * 4.0;
+    let reserve = act + logits + (1u64 << 30) as f64;
+    let cap = total as f64 * cfg.gpu_memory_utilization;
+    let budget = cap - used - reserve;
+    if budget <= 0.0 {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        return Err(EngineError::InvalidRequest {
+            message: format!(
+                "out of GPU memory: --gpu-memory-utilization {} allows {:.1} GiB of the \
+                 card's {:.1} GiB; the weights (and whatever else is on the GPU) use {:.1} \
+                 GiB and one step's activations, logits and workspaces need {:.1} GiB \
+                 (steps of up to {} tokens, --max-num-batched-tokens; logits of {} rows), \
+                 which leaves nothing for the KV cache",
+                cfg.gpu_memory_utilization,
+                gib(cap),
+                gib(total as f64),
+                gib(used),
+                gib(reserve),
+                cfg.max_num_batched_tokens,
+                logit_rows
+            ),
+            param: Some("gpu_memory_utilization"),
+        });
+    }
+    Ok(budget as u64)
 }
 
 impl LlmEngine {
@@ -1333,6 +1352,77 @@ fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gpu_kv_budget_is_what_the_weights_and_one_step_leave() {
+        // Llama-3.1-8B's layer shapes with the benchmark vocabulary on a 140 GiB card
+        // whose weights took 14.3 GiB.
+        use sluice_model::config::{Arch, FfnActivation, RopeScaling};
+        let c = sluice_model::ModelConfig {
+            arch: Arch::Llama,
+            name: "8B shape".into(),
+            hidden_size: 4096,
+            intermediate_size: 14336,
+            n_layers: 32,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            vocab_size: 49_152,
+            max_position: 8192,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_local_theta: None,
+            rope_scaling: RopeScaling::None,
+            rope_style: sluice_backend::RopeStyle::Neox,
+            sliding_window: None,
+            sliding_window_pattern: None,
+            activation: FfnActivation::Silu,
+            tie_embeddings: false,
+            qkv_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            embedding_scale: None,
+            attn_scale: None,
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+        };
+        let gib = 1u64 << 30;
+        let (total, free) = (140 * gib, 140 * gib - 143 * gib / 10);
+        let cfg = EngineConfig {
+            max_num_batched_tokens: 8192,
+            max_num_seqs: 256,
+            gpu_memory_utilization: 0.9,
+            ..EngineConfig::default()
+        };
+        let act = 8192.0 * 4.0 * (6.0 * 4096.0 + 4.0 * 14336.0 + 2.0 * 4096.0);
+        let logits = 8192.0 * 49_152.0 * 4.0;
+        let want = 140.0 * gib as f64 * 0.9 - 14.3 * gib as f64 - act - logits - gib as f64;
+        let got = gpu_kv_budget(total, free, &c, &cfg).unwrap() as f64;
+        assert!(
+            (got - want).abs() < 2.0 * gib as f64 / 10.0,
+            "{got} vs {want}"
+        );
+        // A whole batch's prefill in one step (bench latency: 256 x 1,536 tokens) needs
+        // more than the card: the error says so, not just that the weights are there.
+        let cfg = EngineConfig {
+            max_num_batched_tokens: 256 * 1536,
+            ..cfg
+        };
+        match gpu_kv_budget(total, free, &c, &cfg) {
+            Err(EngineError::InvalidRequest { message, param }) => {
+                assert_eq!(param, Some("gpu_memory_utilization"));
+                for part in [
+                    "393216 tokens",
+                    "--max-num-batched-tokens",
+                    "14.3 GiB",
+                    "126.0 GiB",
+                ] {
+                    assert!(message.contains(part), "{part} not in: {message}");
+                }
+            }
+            other => panic!("expected an out-of-memory error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn stop_strings_are_found_and_prefixes_held_back() {
