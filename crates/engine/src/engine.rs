@@ -308,31 +308,47 @@ fn default_kv_budget(model: &Model, cfg: &EngineConfig) -> Result<u64, EngineErr
             let (free, total) = g
                 .memory_info()
                 .map_err(|e| EngineError::Model(sluice_model::ModelError::from(e)))?;
-            gpu_kv_budget(total as u64, free as u64, &model.config, cfg)
+            gpu_kv_budget(total as u64, free as u64, StepShape::of(&model.config), cfg)
+        }
+    }
+}
+
+/// What one step's activations and logits take per token and row.
+#[derive(Clone, Copy)]
+struct StepShape {
+    /// Bytes of activations per token of a step: ~12 f32 buffers of hidden/ffn width (the
+    /// run state's f32 buffers plus its two bf16 ones, `xb16` and `qkv16`, come to less
+    /// for every preset).
+    act_bytes_per_token: f64,
+    vocab: usize,
+}
+
+impl StepShape {
+    fn of(c: &sluice_model::ModelConfig) -> StepShape {
+        StepShape {
+            act_bytes_per_token: 4.0
+                * (6.0 * c.hidden_size as f64
+                    + 4.0 * c.intermediate_size as f64
+                    + 2.0 * c.q_dim() as f64),
+            vocab: c.vocab_size,
         }
     }
 }
 
 /// The KV cache's bytes on a GPU of `total` bytes with `free` left after the weights:
 /// `gpu_memory_utilization` of the card, less what is in use and a reserve for one step's
-/// activations, its logits and the workspaces. An error that names each part when
-/// nothing is left.
+/// activations (a full token budget), f32 logits for every sequence, and 1 GiB for
+/// workspaces and context. An error that names each part when nothing is left.
 fn gpu_kv_budget(
     total: u64,
     free: u64,
-    c: &sluice_model::ModelConfig,
+    shape: StepShape,
     cfg: &EngineConfig,
 ) -> Result<u64, EngineError> {
     let used = total.saturating_sub(free) as f64;
-    // Activations: ~12 f32 buffers of hidden/ffn width for a full token budget (the run
-    // state's f32 buffers plus its two bf16 ones, `xb16` and `qkv16`, come to less for
-    // every preset), plus f32 logits for every sequence, plus 1 GiB for workspaces and
-    // context.
-    let act = cfg.max_num_batched_tokens as f64
-        * 4.0
-        * (6.0 * c.hidden_size as f64 + 4.0 * c.intermediate_size as f64 + 2.0 * c.q_dim() as f64);
+    let act = cfg.max_num_batched_tokens as f64 * shape.act_bytes_per_token;
     let logit_rows = cfg.max_num_seqs.max(cfg.max_num_batched_tokens);
-    let logits = logit_rows as f64 * c.vocab_size as f64 * 4.0;
+    let logits = logit_rows as f64 * shape.vocab as f64 * 4.0;
     let reserve = act + logits + (1u64 << 30) as f64;
     let cap = total as f64 * cfg.gpu_memory_utilization;
     let budget = cap - used - reserve;
@@ -1355,36 +1371,12 @@ mod tests {
 
     #[test]
     fn the_gpu_kv_budget_is_what_the_weights_and_one_step_leave() {
-        // Llama-3.1-8B's layer shapes with the benchmark vocabulary on a 140 GiB card
-        // whose weights took 14.3 GiB.
-        use sluice_model::config::{Arch, FfnActivation, RopeScaling};
-        let c = sluice_model::ModelConfig {
-            arch: Arch::Llama,
-            name: "8B shape".into(),
-            hidden_size: 4096,
-            intermediate_size: 14336,
-            n_layers: 32,
-            n_heads: 32,
-            n_kv_heads: 8,
-            head_dim: 128,
-            vocab_size: 49_152,
-            max_position: 8192,
-            rms_eps: 1e-5,
-            rope_theta: 500_000.0,
-            rope_local_theta: None,
-            rope_scaling: RopeScaling::None,
-            rope_style: sluice_backend::RopeStyle::Neox,
-            sliding_window: None,
-            sliding_window_pattern: None,
-            activation: FfnActivation::Silu,
-            tie_embeddings: false,
-            qkv_bias: false,
-            qk_norm: false,
-            sandwich_norms: false,
-            embedding_scale: None,
-            attn_scale: None,
-            attn_logit_softcap: None,
-            final_logit_softcap: None,
+        // Llama-3.1-8B's layer shapes (hidden 4096, FFN 14336, 32 heads of 128) with the
+        // benchmark vocabulary, on a 140 GiB card whose weights took 14.3 GiB.
+        let act_per_token = 4.0 * (6.0 * 4096.0 + 4.0 * 14336.0 + 2.0 * 4096.0);
+        let shape = StepShape {
+            act_bytes_per_token: act_per_token,
+            vocab: 49_152,
         };
         let gib = 1u64 << 30;
         let (total, free) = (140 * gib, 140 * gib - 143 * gib / 10);
@@ -1394,10 +1386,10 @@ mod tests {
             gpu_memory_utilization: 0.9,
             ..EngineConfig::default()
         };
-        let act = 8192.0 * 4.0 * (6.0 * 4096.0 + 4.0 * 14336.0 + 2.0 * 4096.0);
+        let act = 8192.0 * act_per_token;
         let logits = 8192.0 * 49_152.0 * 4.0;
         let want = 140.0 * gib as f64 * 0.9 - 14.3 * gib as f64 - act - logits - gib as f64;
-        let got = gpu_kv_budget(total, free, &c, &cfg).unwrap() as f64;
+        let got = gpu_kv_budget(total, free, shape, &cfg).unwrap() as f64;
         assert!(
             (got - want).abs() < 2.0 * gib as f64 / 10.0,
             "{got} vs {want}"
@@ -1408,7 +1400,7 @@ mod tests {
             max_num_batched_tokens: 256 * 1536,
             ..cfg
         };
-        match gpu_kv_budget(total, free, &c, &cfg) {
+        match gpu_kv_budget(total, free, shape, &cfg) {
             Err(EngineError::InvalidRequest { message, param }) => {
                 assert_eq!(param, Some("gpu_memory_utilization"));
                 for part in [
