@@ -34,21 +34,8 @@ impl PinnedStaging {
         ctx: &Arc<CudaContext>,
         len: usize,
     ) -> Result<PinnedStaging, drv::DriverError> {
-        // SAFETY: a page-locked allocation mapped into the device's address space (so a
-        // kernel may read it, `stage`); freed in Drop.
-        let ptr = unsafe { drv::malloc_host(len, sys::CU_MEMHOSTALLOC_DEVICEMAP) }? as *mut u8;
-        let mut device_ptr: sys::CUdeviceptr = 0;
-        // SAFETY: `ptr` is a mapped allocation of this context, just made.
-        if let Err(e) =
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, ptr as *mut c_void, 0) }
-                .result()
-        {
-            // SAFETY: allocated above, not handed out.
-            unsafe {
-                let _ = drv::free_host(ptr as *mut c_void);
-            }
-            return Err(e);
-        }
+        // Freed in Drop.
+        let (ptr, device_ptr) = alloc_mapped(len)?;
         Ok(PinnedStaging {
             ptr,
             device_ptr,
@@ -125,6 +112,27 @@ impl Drop for PinnedStaging {
             let _ = drv::free_host(self.ptr as *mut c_void);
         }
     }
+}
+
+/// `len` bytes of page-locked host memory mapped into the device's address space, so a
+/// kernel may read or write them over the bus: (host pointer, device address). Freed
+/// with `drv::free_host`; nothing is left allocated on an error. The context must be
+/// bound to this thread.
+pub(super) fn alloc_mapped(len: usize) -> Result<(*mut u8, sys::CUdeviceptr), drv::DriverError> {
+    // SAFETY: a plain page-locked allocation with the mapping flag.
+    let ptr = unsafe { drv::malloc_host(len, sys::CU_MEMHOSTALLOC_DEVICEMAP) }? as *mut u8;
+    let mut device: sys::CUdeviceptr = 0;
+    // SAFETY: `ptr` is a mapped allocation of this context, just made.
+    if let Err(e) =
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, ptr as *mut c_void, 0) }.result()
+    {
+        // SAFETY: allocated above, not handed out.
+        unsafe {
+            let _ = drv::free_host(ptr as *mut c_void);
+        }
+        return Err(e);
+    }
+    Ok((ptr, device))
 }
 
 /// The ring's bookkeeping, apart from the memory (so it can be tested without a GPU).

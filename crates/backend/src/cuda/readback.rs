@@ -98,25 +98,24 @@ impl Readback {
                 slot.cap = 0;
             }
             let cap = (n + m).next_power_of_two().max(256);
-            slot.host = drv::malloc_host(cap * 4, sys::CU_MEMHOSTALLOC_DEVICEMAP).map_err(derr)?
-                as *mut i32;
-            slot.cap = cap;
-            slot.device = 0;
-            sys::cuMemHostGetDevicePointer_v2(&mut slot.device, slot.host as *mut c_void, 0)
-                .result()
-                .map_err(derr)?;
+            let (host, device) = super::pinned::alloc_mapped(cap * 4).map_err(derr)?;
+            (slot.host, slot.device, slot.cap) = (host as *mut i32, device, cap);
         }
-        if let Some(write) = by_kernel.filter(|_| n + m > 0) {
-            write(slot.device)?;
-        } else if n > 0 {
-            sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream)
-                .result()
-                .map_err(derr)?;
-        }
-        if m > 0 && by_kernel.is_none() {
-            sys::cuMemcpyDtoHAsync_v2(slot.host.add(n) as *mut c_void, extra, m * 4, stream)
-                .result()
-                .map_err(derr)?;
+        match by_kernel {
+            Some(write) if n + m > 0 => write(slot.device)?,
+            _ => {
+                if n > 0 {
+                    sys::cuMemcpyDtoHAsync_v2(slot.host as *mut c_void, src, n * 4, stream)
+                        .result()
+                        .map_err(derr)?;
+                }
+                if m > 0 {
+                    let dst = slot.host.add(n) as *mut c_void;
+                    sys::cuMemcpyDtoHAsync_v2(dst, extra, m * 4, stream)
+                        .result()
+                        .map_err(derr)?;
+                }
+            }
         }
         drv::event::record(slot.event, stream).map_err(derr)?;
         slot.pending = Some((ticket, n, m, mark));
