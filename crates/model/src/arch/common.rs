@@ -315,6 +315,14 @@ pub fn pre_norm(
     Ok(())
 }
 
+/// Appends `values` to `st` as i32 (an error for one beyond i32's range).
+fn extend_i32(st: &mut Vec<i32>, values: impl IntoIterator<Item = u32>) -> Result<()> {
+    for v in values {
+        st.push(i32::try_from(v).map_err(|_| ModelError::Batch(format!("value {v} exceeds i32")))?);
+    }
+    Ok(())
+}
+
 impl BatchTensors {
     /// Uploads the batch, padded with `pad - seqs` dummy one-token sequences when `pad`
     /// exceeds the sequence count (a pure decode batch): token 0 at position 0, no KV
@@ -347,17 +355,13 @@ impl BatchTensors {
             moved = true;
         }
         let cols = self.block_tables.cols();
-        let as_i32 = |v: u32| -> Result<i32> {
-            i32::try_from(v).map_err(|_| ModelError::Batch(format!("value {v} exceeds i32")))
-        };
         // The seven arrays back to back in one staging vector (one upload on a GPU).
         let st = &mut self.staging;
         st.clear();
         let mut ends = [0usize; 7];
         let zeros = || std::iter::repeat_n(0u32, extra);
-        for v in batch.tokens.iter().copied().chain(zeros()) {
-            st.push(as_i32(v)?);
-        }
+        let ones = || std::iter::repeat_n(1u32, extra);
+        extend_i32(st, batch.tokens.iter().copied().chain(zeros()))?;
         // Tokens still on the device: -(row of the previous step's ids + 1), which the
         // upload replaces with those ids (`Device::upload_i32_segments`'s `resolve`)
         // before the embedding reads them.
@@ -365,50 +369,41 @@ impl BatchTensors {
             st[row as usize] = -(src as i32) - 1;
         }
         ends[0] = st.len();
-        for v in batch.positions.iter().copied().chain(zeros()) {
-            st.push(as_i32(v)?);
-        }
+        extend_i32(st, batch.positions.iter().copied().chain(zeros()))?;
         ends[1] = st.len();
-        for &v in &batch.slot_mapping {
-            st.push(as_i32(v)?);
-        }
+        extend_i32(st, batch.slot_mapping.iter().copied())?;
         st.resize(st.len() + extra, -1);
         ends[2] = st.len();
-        let mut acc = 0u32;
-        st.push(0);
-        for n in batch
-            .seqs
-            .iter()
-            .map(|q| q.num_tokens as u32)
-            .chain(std::iter::repeat_n(1, extra))
-        {
-            acc += n;
-            st.push(as_i32(acc)?);
-        }
+        let starts = batch.seqs.iter().map(|q| q.num_tokens as u32).chain(ones());
+        extend_i32(
+            st,
+            std::iter::once(0).chain(starts.scan(0u32, |acc, n| {
+                *acc += n;
+                Some(*acc)
+            })),
+        )?;
         ends[3] = st.len();
-        for v in batch
-            .seqs
-            .iter()
-            .map(|q| q.context_len as u32)
-            .chain(std::iter::repeat_n(1, extra))
-        {
-            st.push(as_i32(v)?);
-        }
+        extend_i32(
+            st,
+            batch
+                .seqs
+                .iter()
+                .map(|q| q.context_len as u32)
+                .chain(ones()),
+        )?;
         ends[4] = st.len();
         let rows = batch.logits_indices.len() as u32;
-        for v in batch
-            .logits_indices
-            .iter()
-            .copied()
-            .chain(rows..rows + extra as u32)
-        {
-            st.push(as_i32(v)?);
-        }
+        extend_i32(
+            st,
+            batch
+                .logits_indices
+                .iter()
+                .copied()
+                .chain(rows..rows + extra as u32),
+        )?;
         ends[5] = st.len();
         for q in &batch.seqs {
-            for &b in &q.block_table {
-                st.push(as_i32(b)?);
-            }
+            extend_i32(st, q.block_table.iter().copied())?;
             st.resize(st.len() + cols - q.block_table.len(), 0);
         }
         st.resize(st.len() + extra * cols, 0);
