@@ -18,7 +18,7 @@ use crate::error::{BackendError, Result};
 use crate::tensor::Tensor;
 
 /// `UPLOAD_SEGMENTS` in kernels/elementwise.cu.
-pub const MAX_SEGMENTS: usize = 8;
+const MAX_SEGMENTS: usize = 8;
 
 /// `struct UploadSegments` in kernels/elementwise.cu, passed by value.
 #[repr(C)]

@@ -232,21 +232,24 @@ extern "C" __global__ void gather_rows_kernel(const float* x, const int* rows, f
 }
 
 // Overlapped steps: a token the previous step sampled on the device is uploaded as
-// -(r + 1), r its row in that step's ids, and taken from them here, before the embedding.
+// -(r + 1), r its row in that step's P ids `prev`, and taken from them before the
+// embedding (a row outside them reads token 0; the host checks).
+__device__ __forceinline__ int resolved_token(int t, const int* prev, int P) {
+    if (t >= 0) return t;
+    const int r = -t - 1;
+    return r < P ? prev[r] : 0;
+}
+
 extern "C" __global__ void resolve_tokens_kernel(int* tokens, const int* prev, int T, int P) { pdl_entry();
     GRID_STRIDE(i, (long)T) {
-        int t = tokens[i];
-        if (t < 0) {
-            int r = -t - 1;
-            tokens[i] = r < P ? prev[r] : 0;
-        }
+        tokens[i] = resolved_token(tokens[i], prev, P);
     }
 }
 
 // A step's input arrays in one launch (cuda/upload.rs): `src` is pinned host memory
 // mapped for the device, the arrays back to back (segment s ends at end[s]); each thread
 // loads its values first (all loads in flight at once: each is a trip over the bus),
-// then stores them. Segment `resolve` gets resolve_tokens_kernel's treatment.
+// then stores them. Segment `resolve` goes through resolved_token.
 #define UPLOAD_SEGMENTS 8
 struct UploadSegments {
     const int* src;
@@ -264,12 +267,7 @@ extern "C" __global__ void upload_segments_kernel(UploadSegments a) { pdl_entry(
 #pragma unroll
         for (int j = 1; j < UPLOAD_SEGMENTS; j++)
             if (j < a.nseg && i >= a.end[j - 1]) { s = j; start = a.end[j - 1]; dst = a.dst[j]; }
-        int w = v;
-        if (s == a.resolve && v < 0) {
-            const int r = -v - 1;
-            w = r < a.prev_n ? a.prev[r] : 0;
-        }
-        dst[i - start] = w;
+        dst[i - start] = s == a.resolve ? resolved_token(v, a.prev, a.prev_n) : v;
     }
 }
 
