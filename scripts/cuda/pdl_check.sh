@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28] [warp29] [offline29]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -743,5 +743,30 @@ if [[ " $what " == *" splits28 "* ]]; then # session 28: more key splits at long
       echo "=== long $ty SLUICE_DECODE_BLOCKS_PER_SM=$bps" | tee -a "$OUT/pdl.txt"
       timeout 200 env SLUICE_DECODE_BLOCKS_PER_SM=$bps $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype $ty --kv-cache-dtype $ty --batch-size 64 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^\| decode" | tee -a "$OUT/pdl.txt"
     done
+  done
+fi
+if [[ " $what " == *" warp29 "* ]]; then # session 29: flash_decode_warp over an FP8 cache (ring of 4 / 6 / 8 16-key tiles) against the FP8 block kernel: 64 x 1,536 (one wave of the block kernel: the warp kernel forced), 128 x 768 (two waves: the warp kernel by default), then both alone under Nsight Compute
+  for cfg in "SLUICE_DECODE_WARP_FP8=0" "SLUICE_DECODE_WARP_ALWAYS=1 SLUICE_DECODE_WARP_FP8=4" "SLUICE_DECODE_WARP_ALWAYS=1 SLUICE_DECODE_WARP_FP8=6" "SLUICE_DECODE_WARP_ALWAYS=1 SLUICE_DECODE_WARP_FP8=8" "SLUICE_DECODE_WARP_FP8=0"; do
+    echo "=== fp8 64 x 1536 $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size 64 --input-len 1536 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
+  done
+  for cfg in "SLUICE_DECODE_WARP_FP8=0" "SLUICE_DECODE_WARP_FP8=4" "SLUICE_DECODE_WARP_FP8=6" "SLUICE_DECODE_WARP_FP8=8" "SLUICE_DECODE_WARP_FP8=0"; do
+    echo "=== fp8 128 x 768 $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 768 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
+  done
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for kc in "SLUICE_DECODE_WARP_FP8=0 flash_decode_fp8_d128" "SLUICE_DECODE_WARP_FP8=6 flash_decode_warp6_fp8_d128"; do
+    set -- $kc
+    timeout 240 env $1 SLUICE_DECODE_WARP_ALWAYS=1 $NCU --clock-control none --kernel-name $2 --launch-skip 96 --launch-count 3 --csv --page raw --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread \
+      $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size 64 --input-len 1536 --output-len 16 -r 1 > "$OUT/ncu-warp29-$2.csv" 2>/dev/null
+    echo "=== ncu 64 x 1536 $2" | tee -a "$OUT/pdl.txt"; grep -a "$2" "$OUT/ncu-warp29-$2.csv" | tail -3 | awk -F'","' '{print $(NF-5), $(NF-4), $(NF-3), $(NF-2), $(NF-1), $NF}' | tee -a "$OUT/pdl.txt"
+  done
+fi
+if [[ " $what " == *" offline29 "* ]]; then # session 29: offline 1,000 x (1,024 + 1,024), FP8 weights and cache, 512 sequences (TensorRT-LLM's published setting), the FP8 warp kernel (default) against the block kernel
+  for cfg in ${OFFLINE_CFGS:-"X=default" "SLUICE_DECODE_WARP_FP8=0"}; do
+    echo "=== offline 8B fp8 + fp8 cache, 512 sequences, $cfg" | tee -a "$OUT/pdl.txt"
+    timeout 200 env $cfg $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 1024 \
+      --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -8 | tee -a "$OUT/pdl.txt"
   done
 fi

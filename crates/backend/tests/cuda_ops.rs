@@ -900,6 +900,7 @@ fn decode_attention_matches_the_cpu() {
     // (The block kernel's one-split path too: the warp kernel off here, see
     // warp_decode_attention_matches_the_cpu.)
     let warp_before = backend.set_decode_warp(0, false);
+    let fp8_before = backend.set_decode_warp_fp8(0);
     for cluster in [16, 0] {
         let in_force = backend.set_decode_cluster_max(cluster);
         let merges_before = backend.cluster_merges();
@@ -928,6 +929,7 @@ fn decode_attention_matches_the_cpu() {
     }
     backend.set_decode_cluster_max(16);
     backend.set_decode_warp(warp_before.0, warp_before.1);
+    backend.set_decode_warp_fp8(fp8_before);
 }
 
 /// The batch-1 decode kernel (attention_decode.cu `flash_decode_ahead`: each split's first
@@ -990,8 +992,8 @@ fn batch_one_decode_attention_matches_the_cpu() {
 }
 
 /// The warp-per-item decode kernel (attention_decode_warp.cu `flash_decode_warp`: one warp
-/// per (sequence, KV head), 16-key tiles through a ring of 2, 3 or 4 stages) against the
-/// CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
+/// per (sequence, KV head), 16-key tiles through a ring of 2, 3 or 4 stages over a bf16
+/// cache, 4, 6 or 8 over an FP8 one) against the CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
 /// around the 16-key tile ends, 1-15 rows per sequence where GQA allows one m-tile (GQA
 /// 1 / 4 / 7 / 8), block sizes 7, 16 and 32, sliding windows and softcaps. One key split
 /// and the kernel forced (also where the block kernel would fit in one wave); every call
@@ -1031,16 +1033,26 @@ fn warp_decode_attention_matches_the_cpu() {
     let ahead = backend.set_decode_ahead(0, false);
     let tiles = backend.set_decode_split_tiles(1 << 20);
     let warp_before = backend.set_decode_warp(3, true);
+    let fp8_before = backend.set_decode_warp_fp8(0);
     let before = backend.warp_decodes();
     let mut calls = 0;
-    for stages in [2, 3, 4] {
-        backend.set_decode_warp(stages, true);
-        for (i, case) in cases.iter().enumerate() {
-            let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
-            calls += 1;
-            let what = format!("case {i} stages {stages}");
-            eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
-            assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
+    // Each cache type at each of its ring depths (the other type's kernel off, so a call
+    // that took the block kernel instead would miss the count below).
+    for (kv, depths) in [(DType::BF16, [2, 3, 4]), (DType::F8E4M3, [4, 6, 8])] {
+        for stages in depths {
+            if kv == DType::BF16 {
+                backend.set_decode_warp(stages, true);
+            } else {
+                backend.set_decode_warp(0, true);
+                backend.set_decode_warp_fp8(stages);
+            }
+            for (i, case) in cases.iter().enumerate() {
+                let e = attention_case_q(&g, kv, case, 4.0, &mut rng);
+                calls += 1;
+                let what = format!("case {i} kv {kv} stages {stages}");
+                eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
+                assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
+            }
         }
     }
     assert_eq!(
@@ -1051,6 +1063,7 @@ fn warp_decode_attention_matches_the_cpu() {
     backend.set_decode_ahead(ahead.0, ahead.1);
     backend.set_decode_split_tiles(tiles);
     backend.set_decode_warp(warp_before.0, warp_before.1);
+    backend.set_decode_warp_fp8(fp8_before);
 }
 
 #[test]

@@ -34,6 +34,7 @@ use cudarc::driver::{result as drv, sys, CudaContext};
 use crate::dtype::DType;
 use crate::error::{BackendError, Result};
 use crate::tensor::{Storage, Tensor};
+use module::KvKind;
 
 pub use graph::CudaGraph;
 pub use module::{compile_kernels, kernel_source};
@@ -62,6 +63,10 @@ const DECODE_AHEAD: usize = 2;
 
 /// Default of `CudaBackend::decode_warp`: `flash_decode_warp` with a ring of 3 tiles.
 const DECODE_WARP_STAGES: usize = 3;
+
+/// Default of `CudaBackend::decode_warp_fp8`: `flash_decode_warp` over an FP8 cache with a
+/// ring of 6 tiles (a stage is half the bf16 one).
+const DECODE_WARP_FP8_STAGES: usize = 6;
 
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
@@ -290,8 +295,11 @@ pub struct CudaBackend {
     /// steps with one key split per (sequence, KV head) (`DECODE_WARP_STAGES`, or
     /// `SLUICE_DECODE_WARP`).
     decode_warp: AtomicUsize,
+    /// The same over an FP8 cache (4, 6 or 8 tiles; 0: off; `DECODE_WARP_FP8_STAGES`, or
+    /// `SLUICE_DECODE_WARP_FP8`).
+    decode_warp_fp8: AtomicUsize,
     /// `flash_decode_warp` for every eligible step, also those whose blocks fit in one
-    /// wave of the block kernel (for tests).
+    /// wave of the block kernel (for tests, and `SLUICE_DECODE_WARP_ALWAYS=1`).
     decode_warp_always: AtomicBool,
     /// Launches of `flash_decode_warp` so far (for tests).
     warp_decodes: AtomicU64,
@@ -507,7 +515,13 @@ impl CudaBackend {
                 "SLUICE_DECODE_WARP",
                 DECODE_WARP_STAGES,
             )),
-            decode_warp_always: AtomicBool::new(false),
+            decode_warp_fp8: AtomicUsize::new(env_usize_or_zero(
+                "SLUICE_DECODE_WARP_FP8",
+                DECODE_WARP_FP8_STAGES,
+            )),
+            decode_warp_always: AtomicBool::new(
+                std::env::var("SLUICE_DECODE_WARP_ALWAYS").is_ok_and(|v| v == "1"),
+            ),
             warp_decodes: AtomicU64::new(0),
             memory_idle: AtomicBool::new(false),
             idle_prefetch_cap: if idle_prefetch { l2_bytes / 4 * 3 } else { 0 },
@@ -624,23 +638,41 @@ impl CudaBackend {
         )
     }
 
+    /// Sets the ring depth of `flash_decode_warp` over an FP8 cache (4, 6 or 8 tiles; 0
+    /// turns it off); returns the previous one. For tests and tuning.
+    pub fn set_decode_warp_fp8(&self, stages: usize) -> usize {
+        self.decode_warp_fp8.swap(stages, Ordering::SeqCst)
+    }
+
     /// How many decode-attention launches took `flash_decode_warp` so far.
     pub fn warp_decodes(&self) -> u64 {
         self.warp_decodes.load(Ordering::SeqCst)
     }
 
-    /// `flash_decode_warp` for head dim `hd` at the configured ring depth (None: off, or
-    /// a head dim or depth the module has no instance of).
-    fn decode_warp_kernel(&self, hd: usize) -> Option<sys::CUfunction> {
+    /// `flash_decode_warp` for head dim `hd` and cache `kind` at the configured ring depth
+    /// (None: off, or a cache, head dim or depth the module has no instance of).
+    fn decode_warp_kernel(&self, hd: usize, kind: KvKind) -> Option<sys::CUfunction> {
         let k = &self.kernels;
-        Some(match (hd, self.decode_warp.load(Ordering::SeqCst)) {
-            (64, 2) => k.flash_decode_warp2_bf16_d64,
-            (128, 2) => k.flash_decode_warp2_bf16_d128,
-            (64, 3) => k.flash_decode_warp3_bf16_d64,
-            (128, 3) => k.flash_decode_warp3_bf16_d128,
-            (64, 4) => k.flash_decode_warp4_bf16_d64,
-            (128, 4) => k.flash_decode_warp4_bf16_d128,
-            _ => return None,
+        Some(match kind {
+            KvKind::Bf16 => match (hd, self.decode_warp.load(Ordering::SeqCst)) {
+                (64, 2) => k.flash_decode_warp2_bf16_d64,
+                (128, 2) => k.flash_decode_warp2_bf16_d128,
+                (64, 3) => k.flash_decode_warp3_bf16_d64,
+                (128, 3) => k.flash_decode_warp3_bf16_d128,
+                (64, 4) => k.flash_decode_warp4_bf16_d64,
+                (128, 4) => k.flash_decode_warp4_bf16_d128,
+                _ => return None,
+            },
+            KvKind::Fp8 => match (hd, self.decode_warp_fp8.load(Ordering::SeqCst)) {
+                (64, 4) => k.flash_decode_warp4_fp8_d64,
+                (128, 4) => k.flash_decode_warp4_fp8_d128,
+                (64, 6) => k.flash_decode_warp6_fp8_d64,
+                (128, 6) => k.flash_decode_warp6_fp8_d128,
+                (64, 8) => k.flash_decode_warp8_fp8_d64,
+                (128, 8) => k.flash_decode_warp8_fp8_d128,
+                _ => return None,
+            },
+            KvKind::F32 => return None,
         })
     }
 

@@ -1155,9 +1155,9 @@ impl CudaBackend {
                 // item (`flash_decode_warp`), no merge. (At one wave or less it lost: the
                 // 1B shape at batch 64, 512 items, -4.9%; docs/BENCHMARKS.md, session 27.)
                 let many = groups > slots || self.decode_warp_always.load(Ordering::SeqCst);
-                let warp = self.decode_warp_kernel(hd).filter(|_| {
-                    one_tile && kind == KvKind::Bf16 && splits == 1 && ahead.is_none() && many
-                });
+                let warp = self
+                    .decode_warp_kernel(hd, kind)
+                    .filter(|_| one_tile && splits == 1 && ahead.is_none() && many);
                 if let Some(fw) = warp {
                     let staged = self.staging_for(out.numel(), t)?;
                     self.launch(

@@ -1,7 +1,7 @@
-// ---- Decode attention over many short contexts: one warp per (sequence, KV head) -------
-// (Uses attention_decode.cu's FdBlock, fd_block, fd_rows, fd_row_of, fd_softmax_tile and
-// fd_pv_bf16, and attention_prefill.cu's fragments; bf16 cache, one m-tile: plain decode
-// and chunks of g * q_rows <= 16 packed rows.)
+// ---- Decode attention over many items: one warp per (sequence, KV head) -----------------
+// (Uses attention_decode.cu's FdBlock, fd_block, fd_rows, fd_row_of, fd_softmax_tile,
+// fd_pv_bf16 and its FP8 fragment helpers, and attention_prefill.cu's fragments and FaOps;
+// bf16 or FP8 cache, one m-tile: plain decode and chunks of g * q_rows <= 16 packed rows.)
 //
 // Why: at 128 sequences of ~130-190 keys (8B shape, bf16) flash_decode's one block per
 // (sequence, KV head) read K/V at 2.3 TB/s on an H200 (docs/BENCHMARKS.md, session 26):
@@ -16,11 +16,32 @@
 // its own loads in flight, and a warp that finishes frees its slot for the next block.
 // The table lookup of each tile's keys runs one tile ahead of its copies.
 #define FW_KEYS 16  // keys per tile
+//
+// An FP8 (E4M3) cache takes the same warp with fd8_pass's fragments (attention_decode.cu):
+// the 16-key tiles stay FP8 in shared memory (4 KB of K and V a stage at head_dim 128,
+// rows padded to HD + 16 bytes), ldmatrix and the E4M3 -> f16 widening in registers, Q's
+// f16 A fragments in fd8_q_slot's permuted order, O's columns in fd8_o_dim's. Why: at 512
+// sequences of ~1,500 keys (the offline run's steps) flash_decode's FP8 blocks read K/V at
+// ~2.2 TB/s (docs/BENCHMARKS.md, session 28): a two-stage pipeline of 64-key tiles per
+// block, four blocks per SM, the FP8 widening between two barriers. A stage of the warp
+// kernel is half the bf16 one, so a deeper ring (STAGES - 1 tiles in flight per warp)
+// fits beside as many warps.
 
-template <int HD, int STAGES>
+// Per cache type: the padding of a key row in shared memory (16 bytes: the 8 rows of an
+// ldmatrix matrix fall in distinct banks) and the elements of a 16-byte chunk.
+template <typename KV> struct FwKv {
+    static constexpr int PAD = FP_PAD;
+    static constexpr int ELEMS = 8;
+};
+template <> struct FwKv<fp8_t> {
+    static constexpr int PAD = FD8_PAD;
+    static constexpr int ELEMS = 16;
+};
+
+template <int HD, int STAGES, typename KV>
 struct __attribute__((aligned(16))) FwShared {
-    bf16_t k[STAGES][FW_KEYS][HD + FP_PAD];
-    bf16_t v[STAGES][FW_KEYS][HD + FP_PAD];
+    KV k[STAGES][FW_KEYS][HD + FwKv<KV>::PAD];
+    KV v[STAGES][FW_KEYS][HD + FwKv<KV>::PAD];
 };
 
 template <int N>
@@ -34,14 +55,15 @@ __device__ __forceinline__ int fw_tile_row(const FdBlock& b, int t, int n_tiles,
     return t < n_tiles ? fd_row_of(b, b.lo + t * FW_KEYS + (lane & 15)) : -1;
 }
 
-// cp.async copies of one 16-key tile of `cache` into `dst`: lane l copies chunks l + 32 i
-// (a warp instruction covers 2 key rows at head_dim 128, 4 at 64), each key's row from
-// lane (key) of `row` (fw_tile_row). `part` as fd_load_tile's, `nold` relative to the
-// tile's first key.
-template <int HD>
-__device__ __forceinline__ void fw_load_tile(bf16_t (*dst)[HD + FP_PAD], const bf16_t* __restrict__ cache,
-                                               int row, int lane, int part = FD_PART_ALL, int nold = 0) {
-    constexpr int CHUNKS = HD / 8;
+// cp.async copies of one 16-key tile of `cache` into `dst`: lane l copies 16-byte chunks
+// l + 32 i (a warp instruction covers 2 key rows of a bf16 cache at head_dim 128, 4 of an
+// FP8 one), each key's row from lane (key) of `row` (fw_tile_row). `part` as
+// fd_load_tile's, `nold` relative to the tile's first key.
+template <int HD, typename KV>
+__device__ __forceinline__ void fw_load_tile(KV (*dst)[HD + FwKv<KV>::PAD], const KV* __restrict__ cache,
+                                             int row, int lane, int part = FD_PART_ALL, int nold = 0) {
+    constexpr int ELEMS = FwKv<KV>::ELEMS;
+    constexpr int CHUNKS = HD / ELEMS;
     constexpr int PER_LANE = FW_KEYS * CHUNKS / 32;
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) {
@@ -50,15 +72,19 @@ __device__ __forceinline__ void fw_load_tile(bf16_t (*dst)[HD + FP_PAD], const b
         const int r = __shfl_sync(0xffffffffu, row, key);
         const bool fresh = r >= 0 && key >= nold;
         if ((part == FD_PART_OLD && fresh) || (part == FD_PART_NEW && !fresh)) continue;
-        const bf16_t* src = r >= 0 ? cache + (long)r * HD + ch * 8 : cache;
-        fp_cp_async16(fp_smem_addr(&dst[key][ch * 8]), src, r >= 0 ? 16 : 0);
+        const KV* src = r >= 0 ? cache + (long)r * HD + ch * ELEMS : cache;
+        fp_cp_async16(fp_smem_addr(&dst[key][ch * ELEMS]), src, r >= 0 ? 16 : 0);
     }
 }
 
 // Q's A fragments (rows g and g + 8 of the packed m-tile, padding rows 0), scaled and
-// rounded to bf16: qf[ks] is k-step ks (dimensions 16 ks ..) as mma.m16n8k16 takes it.
-template <int HD>
+// rounded to the products' type: qf[ks] is k-step ks as mma.m16n8k16 takes it, k indices
+// 2c, 2c + 1 (e = 0, 1) and 2c + 8, 2c + 9 (e = 2, 3). Those are dimensions 16 ks + 2c
+// and + 8 for a bf16 cache; for an FP8 one the dimensions they meet in the K fragments,
+// 16 ks + 4c and + 2 (fd8_q_slot).
+template <int HD, typename KV>
 __device__ __forceinline__ void fw_load_q(unsigned int (&qf)[HD / 16][4], const FdBlock& b, int g, int c) {
+    constexpr bool F8 = FaOps<KV>::F8;
     const int ld = b.n_heads * HD;
     const float* rows[2] = {nullptr, nullptr};
 #pragma unroll
@@ -76,44 +102,91 @@ __device__ __forceinline__ void fw_load_q(unsigned int (&qf)[HD / 16][4], const 
         for (int e = 0; e < 4; e++) {
             // e: 0 (row g, k 2c), 1 (row g + 8, k 2c), 2 (row g, k 2c + 8), 3 (row g + 8, k 2c + 8)
             const float* p = rows[e & 1];
-            x[ks][e] = p ? *reinterpret_cast<const float2*>(p + ks * 16 + 2 * c + 8 * (e >> 1))
-                         : make_float2(0.0f, 0.0f);
+            const int d = ks * 16 + (F8 ? 4 * c + 2 * (e >> 1) : 2 * c + 8 * (e >> 1));
+            x[ks][e] = p ? *reinterpret_cast<const float2*>(p + d) : make_float2(0.0f, 0.0f);
         }
 #pragma unroll
     for (int ks = 0; ks < HD / 16; ks++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) qf[ks][e] = fp_pack_bf16(x[ks][e].x * b.qscale, x[ks][e].y * b.qscale);
+        for (int e = 0; e < 4; e++) qf[ks][e] = FaOps<KV>::pack(x[ks][e].x * b.qscale, x[ks][e].y * b.qscale);
 }
 
 // The part (FD_PART_OLD or FD_PART_NEW) of the first STAGES - 1 tiles into their stages,
 // their rows from fw_tile_row; the new part commits one group per tile.
-template <int HD, int STAGES>
-__device__ __forceinline__ void fw_load_first(FwShared<HD, STAGES>& sh, const bf16_t* __restrict__ kc,
-                                              const bf16_t* __restrict__ vc, const FdBlock& b,
+template <int HD, int STAGES, typename KV>
+__device__ __forceinline__ void fw_load_first(FwShared<HD, STAGES, KV>& sh, const KV* __restrict__ kc,
+                                              const KV* __restrict__ vc, const FdBlock& b,
                                               const int (&rows)[STAGES - 1], int n_tiles, int lane, int part) {
 #pragma unroll
     for (int t = 0; t < STAGES - 1; t++) {
         const int nold = b.pos0 - (b.lo + t * FW_KEYS);
         if (t < n_tiles) {
-            fw_load_tile<HD>(sh.k[t], kc, rows[t], lane, part, nold);
-            fw_load_tile<HD>(sh.v[t], vc, rows[t], lane, part, nold);
+            fw_load_tile<HD, KV>(sh.k[t], kc, rows[t], lane, part, nold);
+            fw_load_tile<HD, KV>(sh.v[t], vc, rows[t], lane, part, nold);
         }
         if (part == FD_PART_NEW) fp_cp_async_commit();
     }
 }
 
-template <int HD, int STAGES>
-__device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __restrict__ kc,
-                                  const bf16_t* __restrict__ vc, const int* __restrict__ query_start,
+// S = Q.K^T of one 16-key FP8 tile (two n8 tiles), fd8_pass's fragments: lane (g, c) of
+// an x4 at k_addr (keys 8 (i & 1).., bytes 16 (i >> 1).. for matrix i) gets dimensions 4c..
+// 4c + 3 of key g, widened to the f16 B fragments of k indices 2c and 2c + 8. Scaled back
+// by 2^8 (the widening's 2^-8).
+template <int KC>
+__device__ __forceinline__ void fw_qk_fp8(float (&sc)[2][4], const unsigned int (&qf)[KC][4], unsigned int k_addr) {
+#pragma unroll
+    for (int k2 = 0; k2 < KC / 2; k2++) {
+        unsigned int r0, r1, r2, r3, lo, hi;
+        fp_ldmatrix_x4(k_addr + k2 * 32, r0, r1, r2, r3);
+        fp8x4_to_f16x2(r0, lo, hi);
+        fp_mma_f16(sc[0], qf[2 * k2], lo, hi);
+        fp8x4_to_f16x2(r1, lo, hi);
+        fp_mma_f16(sc[1], qf[2 * k2], lo, hi);
+        fp8x4_to_f16x2(r2, lo, hi);
+        fp_mma_f16(sc[0], qf[2 * k2 + 1], lo, hi);
+        fp8x4_to_f16x2(r3, lo, hi);
+        fp_mma_f16(sc[1], qf[2 * k2 + 1], lo, hi);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
+}
+
+// O += P.V over one 16-key FP8 tile (fd8_pass's): ldmatrix .trans at v_addr gives lane
+// (g, c) dimensions 2g and 2g + 1 of keys 2c and 2c + 1, regrouped by byte_perm into the
+// B fragments of an even and an odd n8 tile of O (fd8_o_dim).
+template <int HD>
+__device__ __forceinline__ void fw_pv_fp8(float (&o)[HD / 8][4], const float (&sc)[2][4], unsigned int v_addr) {
+    unsigned int pa[4];
+    pa[0] = fp_pack_f16(sc[0][0], sc[0][1]);
+    pa[1] = fp_pack_f16(sc[0][2], sc[0][3]);
+    pa[2] = fp_pack_f16(sc[1][0], sc[1][1]);
+    pa[3] = fp_pack_f16(sc[1][2], sc[1][3]);
+#pragma unroll
+    for (int db = 0; db < HD / 32; db++) {
+        unsigned int r0, r1, r2, r3;
+        fp_ldmatrix_x4_trans(v_addr + db * 32, r0, r1, r2, r3);
+        fp_mma_f16(o[4 * db], pa, fd8_pair(r0, 0x2404), fd8_pair(r1, 0x2404));
+        fp_mma_f16(o[4 * db + 1], pa, fd8_pair(r0, 0x3414), fd8_pair(r1, 0x3414));
+        fp_mma_f16(o[4 * db + 2], pa, fd8_pair(r2, 0x2404), fd8_pair(r3, 0x2404));
+        fp_mma_f16(o[4 * db + 3], pa, fd8_pair(r2, 0x3414), fd8_pair(r3, 0x3414));
+    }
+}
+
+template <int HD, int STAGES, typename KV>
+__device__ void flash_decode_warp(const float* __restrict__ q, const KV* __restrict__ kc,
+                                  const KV* __restrict__ vc, const int* __restrict__ query_start,
                                   const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                                   int bt_cols, int bs, int n_heads, int n_kv, float scale, int window, float softcap,
                                   int max_q_rows, float* __restrict__ out, bf16_t* __restrict__ out_bf16) {
+    constexpr bool F8 = FaOps<KV>::F8;
     constexpr int NJ = FW_KEYS / 8;  // n8 tiles of S
     constexpr int KC = HD / 16;      // k-steps of Q.K
     constexpr int NT = HD / 8;       // n8 tiles of O
-    constexpr unsigned int ROW_BYTES = (HD + FP_PAD) * 2;
+    constexpr unsigned int ROW_BYTES = (HD + FwKv<KV>::PAD) * sizeof(KV);
     constexpr unsigned int STAGE_BYTES = FW_KEYS * ROW_BYTES;
-    __shared__ FwShared<HD, STAGES> sh;
+    __shared__ FwShared<HD, STAGES, KV> sh;
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, c = lane & 3;
     FdBlock b;
@@ -134,19 +207,25 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
     int rows[STAGES - 1];
 #pragma unroll
     for (int t = 0; t < STAGES - 1; t++) rows[t] = fw_tile_row(b, t, n_tiles, lane);
-    fw_load_first<HD, STAGES>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_OLD);
+    fw_load_first<HD, STAGES, KV>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_OLD);
     pdl_entry();
-    fw_load_first<HD, STAGES>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_NEW);
+    fw_load_first<HD, STAGES, KV>(sh, kc, vc, b, rows, n_tiles, lane, FD_PART_NEW);
     int row_ahead = fw_tile_row(b, STAGES - 1, n_tiles, lane);
     unsigned int qf[KC][4];
-    fw_load_q<HD>(qf, b, g, c);
+    fw_load_q<HD, KV>(qf, b, g, c);
 
     FdSoftmax st = fd_rows(b, 0, g);
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    const unsigned int k_addr0 = fp_smem_addr(&sh.k[0][(lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
-    const unsigned int v_addr0 = fp_smem_addr(&sh.v[0][((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
+    // ldmatrix row addresses: bf16 as fd_qk_bf16 / fd_pv_bf16 take them; FP8 as fd8_pass.
+    const int f8_row = ((lane >> 3) & 1) * 8 + (lane & 7), f8_col = (lane >> 4) * 16;
+    const unsigned int k_addr0 =
+        F8 ? fp_smem_addr(&sh.k[0][f8_row][f8_col])
+           : fp_smem_addr(&sh.k[0][(lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
+    const unsigned int v_addr0 =
+        F8 ? fp_smem_addr(&sh.v[0][f8_row][f8_col])
+           : fp_smem_addr(&sh.v[0][((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
 
     for (int t = 0; t < n_tiles; t++) {
         const int stage = t % STAGES;
@@ -156,8 +235,8 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
         const int tn = t + STAGES - 1;
         if (tn < n_tiles) {
             const int sn = tn % STAGES;
-            fw_load_tile<HD>(sh.k[sn], kc, row_ahead, lane);
-            fw_load_tile<HD>(sh.v[sn], vc, row_ahead, lane);
+            fw_load_tile<HD, KV>(sh.k[sn], kc, row_ahead, lane);
+            fw_load_tile<HD, KV>(sh.v[sn], vc, row_ahead, lane);
             row_ahead = fw_tile_row(b, tn + 1, n_tiles, lane);
         }
         fp_cp_async_commit();
@@ -166,20 +245,27 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
 #pragma unroll
         for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
         const unsigned int k_addr = k_addr0 + stage * STAGE_BYTES;
+        if constexpr (F8) {
+            fw_qk_fp8<KC>(sc, qf, k_addr);
+        } else {
 #pragma unroll
-        for (int ks = 0; ks < KC; ks++) {
-            unsigned int b0, b1, b2, b3;
-            fp_ldmatrix_x4(k_addr + ks * 32, b0, b1, b2, b3);
-            fp_mma(sc[0], qf[ks], b0, b1);
-            fp_mma(sc[1], qf[ks], b2, b3);
+            for (int ks = 0; ks < KC; ks++) {
+                unsigned int b0, b1, b2, b3;
+                fp_ldmatrix_x4(k_addr + ks * 32, b0, b1, b2, b3);
+                fp_mma(sc[0], qf[ks], b0, b1);
+                fp_mma(sc[1], qf[ks], b2, b3);
+            }
         }
         fd_softmax_tile<NJ, NT>(sc, o, st, b, b.lo + t * FW_KEYS, c);
-        fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr0 + stage * STAGE_BYTES);
+        if constexpr (F8) fw_pv_fp8<HD>(o, sc, v_addr0 + stage * STAGE_BYTES);
+        else fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr0 + stage * STAGE_BYTES);
     }
     asm volatile("cp.async.wait_all;" ::: "memory");
 
     // The output: rows g and g + 8 of the packed tile, O / l (l summed over the row's
-    // four lanes).
+    // four lanes). Lane (g, c) holds dimensions j * 8 + 2c, + 1 of n8 tile j (bf16), or
+    // fd8_o_dim(j, c, e) of tiles j and j + 1 (FP8: one even and one odd dimension each,
+    // adjacent; times 2^8, the widening's scale).
     const unsigned int full = 0xffffffffu;
     float l[2] = {st.l_a, st.l_b};
     const int ld = b.n_heads * HD;
@@ -189,31 +275,43 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const bf16_t* __r
         l[h2] += __shfl_xor_sync(full, l[h2], 2);
         const int pr = g + 8 * h2;
         if (pr >= b.m_rows) continue;
-        const float inv = l[h2] > 0.0f ? 1.0f / l[h2] : 0.0f;
+        const float inv = l[h2] > 0.0f ? (F8 ? 256.0f : 1.0f) / l[h2] : 0.0f;
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
-        const long base = (long)(b.q0 + r) * ld + h * HD + 2 * c;
+        const long base = (long)(b.q0 + r) * ld + h * HD;
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            const float y0 = o[j][2 * h2] * inv, y1 = o[j][2 * h2 + 1] * inv;
-            *reinterpret_cast<float2*>(b.out + base + j * 8) = make_float2(y0, y1);
-            if (b.out_bf16) *reinterpret_cast<unsigned int*>(b.out_bf16 + base + j * 8) = fp_pack_bf16(y0, y1);
+        for (int j = 0; j < NT; j += F8 ? 2 : 1) {
+#pragma unroll
+            for (int e = 0; e < (F8 ? 2 : 1); e++) {
+                const int d = F8 ? fd8_o_dim(j, c, e) : j * 8 + 2 * c;
+                const float y0 = (F8 ? o[j][2 * h2 + e] : o[j][2 * h2]) * inv;
+                const float y1 = (F8 ? o[j + 1][2 * h2 + e] : o[j][2 * h2 + 1]) * inv;
+                *reinterpret_cast<float2*>(b.out + base + d) = make_float2(y0, y1);
+                if (b.out_bf16) *reinterpret_cast<unsigned int*>(b.out_bf16 + base + d) = fp_pack_bf16(y0, y1);
+            }
         }
     }
 }
 
-// Instances per head dim and ring depth (STAGES x 8.7 KB of shared memory at head_dim
-// 128, x 4.6 KB at 64). Grid (sequences, KV heads, 1), 32 threads.
-#define FLASH_DECODE_WARP(HD, STAGES) \
-extern "C" __global__ void __launch_bounds__(32) flash_decode_warp##STAGES##_bf16_d##HD( \
-    const float* q, const bf16_t* kc, const bf16_t* vc, const int* query_start, \
+// Instances per cache type, head dim and ring depth. A stage is 8.7 KB at head_dim 128
+// (bf16; 4.6 KB FP8), 4.6 KB at 64 (bf16; 2.6 KB FP8). Grid (sequences, KV heads, 1), 32
+// threads.
+#define FLASH_DECODE_WARP(HD, STAGES, KVN, KV) \
+extern "C" __global__ void __launch_bounds__(32) flash_decode_warp##STAGES##_##KVN##_d##HD( \
+    const float* q, const KV* kc, const KV* vc, const int* query_start, \
     const int* context_lens, const int* block_tables, int bt_cols, int bs, int n_heads, int n_kv, \
     float scale, int window, float softcap, int max_q_rows, float* out, bf16_t* out_bf16) { \
-    flash_decode_warp<HD, STAGES>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
-                                  n_kv, scale, window, softcap, max_q_rows, out, out_bf16); \
+    flash_decode_warp<HD, STAGES, KV>(q, kc, vc, query_start, context_lens, block_tables, bt_cols, bs, n_heads, \
+                                      n_kv, scale, window, softcap, max_q_rows, out, out_bf16); \
 }
-FLASH_DECODE_WARP(64, 2)
-FLASH_DECODE_WARP(128, 2)
-FLASH_DECODE_WARP(64, 3)
-FLASH_DECODE_WARP(128, 3)
-FLASH_DECODE_WARP(64, 4)
-FLASH_DECODE_WARP(128, 4)
+FLASH_DECODE_WARP(64, 2, bf16, bf16_t)
+FLASH_DECODE_WARP(128, 2, bf16, bf16_t)
+FLASH_DECODE_WARP(64, 3, bf16, bf16_t)
+FLASH_DECODE_WARP(128, 3, bf16, bf16_t)
+FLASH_DECODE_WARP(64, 4, bf16, bf16_t)
+FLASH_DECODE_WARP(128, 4, bf16, bf16_t)
+FLASH_DECODE_WARP(64, 4, fp8, fp8_t)
+FLASH_DECODE_WARP(128, 4, fp8, fp8_t)
+FLASH_DECODE_WARP(64, 6, fp8, fp8_t)
+FLASH_DECODE_WARP(128, 6, fp8, fp8_t)
+FLASH_DECODE_WARP(64, 8, fp8, fp8_t)
+FLASH_DECODE_WARP(128, 8, fp8, fp8_t)
