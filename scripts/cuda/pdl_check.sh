@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28] [warp29] [offline29]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28] [warp29] [widen29] [offline29]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -769,4 +769,16 @@ if [[ " $what " == *" offline29 "* ]]; then # session 29: offline 1,000 x (1,024
     timeout 200 env $cfg $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 1024 \
       --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -8 | tee -a "$OUT/pdl.txt"
   done
+fi
+if [[ " $what " == *" widen29 "* ]]; then # session 29: the decode attention's instructions per key: the hardware E4M3 widening, the lazy O rescale and unmasked inner tiles (default) against the old code (SLUICE_CUDA_DEFINES="SLUICE_FD8_SOFT SLUICE_EAGER_RESCALE"), FP8 block and warp kernels and the bf16 ones
+  OLD="SLUICE_CUDA_DEFINES=SLUICE_FD8_SOFT,SLUICE_EAGER_RESCALE"
+  lat() { echo "=== $1 | $2" | tee -a "$OUT/pdl.txt"; timeout 200 env $2 $B bench latency --device cuda --random-weights llama-3.1-8b-bench $1 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"; }
+  F64="--dtype fp8 --kv-cache-dtype fp8 --batch-size 64 --input-len 1536 --output-len 16"
+  F128="--dtype fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 768 --output-len 16"
+  B64="--batch-size 64 --input-len 1536 --output-len 16"
+  B128="--batch-size 128 --input-len 128 --output-len 64"
+  for cfg in "X=new" "$OLD" "X=new-again" "$OLD"; do lat "$F64" "$cfg"; done
+  for cfg in "X=new" "$OLD" "SLUICE_DECODE_WARP_FP8=0" "X=new-again" "$OLD"; do lat "$F128" "$cfg"; done
+  lat "$F64" "SLUICE_DECODE_WARP_ALWAYS=1"
+  for cfg in "X=new" "$OLD" "X=new-again"; do lat "$B64" "$cfg"; lat "$B128" "$cfg"; done
 fi

@@ -36,7 +36,7 @@ pub fn kernel_source_for(trace: bool) -> String {
         ""
     };
     trace.to_string()
-        + &weight_load_define()
+        + &experiment_defines_from_env()
         + &[
             include_str!("kernels/common.cuh"),
             include_str!("kernels/elementwise.cu"),
@@ -55,14 +55,36 @@ pub fn kernel_source_for(trace: bool) -> String {
         .join("\n")
 }
 
-/// The cache hint of the GEMVs' weight loads (`SLUICE_WEIGHT_LOAD=0|2|3|4`, an experiment:
-/// kernels/common.cuh `ld_weight`), as a define; empty for the default
-/// (`.L1::no_allocate`, 1).
-fn weight_load_define() -> String {
-    match std::env::var("SLUICE_WEIGHT_LOAD").ok().as_deref() {
+/// The defines of kernel experiments from the environment: the cache hint of the GEMVs'
+/// weight loads (`SLUICE_WEIGHT_LOAD=0|2|3|4`, kernels/common.cuh `ld_weight`; none for
+/// the default, `.L1::no_allocate`) and `SLUICE_CUDA_DEFINES` (`experiment_defines`).
+/// Empty by default; the kernel cache's key covers the source, defines included.
+fn experiment_defines_from_env() -> String {
+    let mut defines = match std::env::var("SLUICE_WEIGHT_LOAD").ok().as_deref() {
         Some(m @ ("0" | "2" | "3" | "4")) => format!("#define SLUICE_WEIGHT_LOAD {m}\n"),
         _ => String::new(),
-    }
+    };
+    defines.push_str(&experiment_defines(
+        std::env::var("SLUICE_CUDA_DEFINES").ok().as_deref(),
+    ));
+    defines
+}
+
+/// `#define NAME 1` for each name in `list` (space- or comma-separated) that starts with
+/// `SLUICE_` and is made of capitals, digits and underscores: kernel experiments that
+/// are compiled in or out (`SLUICE_CUDA_DEFINES="SLUICE_FD8_SOFT SLUICE_EAGER_RESCALE"`,
+/// kernels/attention_decode.cu). Other words are ignored.
+fn experiment_defines(list: Option<&str>) -> String {
+    list.unwrap_or("")
+        .split([' ', ','])
+        .filter(|w| {
+            w.len() > 7
+                && w.starts_with("SLUICE_")
+                && w.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(|w| format!("#define {w} 1\n"))
+        .collect()
 }
 
 /// Whether the NVRTC library can be loaded (no GPU needed to compile).
@@ -585,3 +607,21 @@ kernels!(
     qmma_q6_k_n4,
     qmma_q6_k_n8,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::experiment_defines;
+
+    #[test]
+    fn experiment_defines_take_only_sluice_names() {
+        assert_eq!(experiment_defines(None), "");
+        assert_eq!(
+            experiment_defines(Some("SLUICE_FD8_SOFT,SLUICE_EAGER_RESCALE")),
+            "#define SLUICE_FD8_SOFT 1\n#define SLUICE_EAGER_RESCALE 1\n"
+        );
+        assert_eq!(
+            experiment_defines(Some("FOO SLUICE_ sluice_x SLUICE_A-B SLUICE_X2")),
+            "#define SLUICE_X2 1\n"
+        );
+    }
+}

@@ -172,9 +172,19 @@ __device__ __forceinline__ FdSoftmax fd_rows(const FdBlock& b, int mtile, int g)
 // offset, in log2 units) through the softcap and the causal / window / split-end mask (a
 // few compares per score; the tile loads dominate), then the online softmax: sc becomes
 // P, O and l are rescaled to the new running max.
-template <int NJ, int NT>
+//
+// `mask` false: the caller knows every key of the tile is visible to every real row of
+// the block (flash_decode_warp's inner tiles); padding rows (zero Q) then get scores of 0
+// instead of -inf, finite state that is never written out.
+// O is rescaled only when some row of the warp has a new running max (alpha != 1; an
+// unchanged max gives alpha = 1 exactly, and a row that has seen nothing keeps -inf and
+// alpha 1): after the first tiles the max rarely moves, and the rescale is NT x 4
+// multiplies per thread per tile, as many instructions as the tile's products. (LAZY
+// false: always, for flash_decode_ahead, whose one or two tiles per split gain nothing
+// and whose head_dim 64 build spilled with the vote.)
+template <int NJ, int NT, bool LAZY = true>
 __device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[NT][4], FdSoftmax& st,
-                                                const FdBlock& b, int k0, int c) {
+                                                const FdBlock& b, int k0, int c, bool mask = true) {
     const unsigned int full = 0xffffffffu;
     if (b.use_cap) {
 #pragma unroll
@@ -182,13 +192,15 @@ __device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[N
 #pragma unroll
             for (int e = 0; e < 4; e++) sc[j][e] = b.cap_out * tanhf(sc[j][e] * b.cap_in);
     }
+    if (mask) {
 #pragma unroll
-    for (int j = 0; j < NJ; j++) {
+        for (int j = 0; j < NJ; j++) {
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int k = k0 + j * 8 + 2 * c + e;
-            if (k > st.u_a || k < st.f_a) sc[j][e] = NEG_INF;
-            if (k > st.u_b || k < st.f_b) sc[j][2 + e] = NEG_INF;
+            for (int e = 0; e < 2; e++) {
+                const int k = k0 + j * 8 + 2 * c + e;
+                if (k > st.u_a || k < st.f_a) sc[j][e] = NEG_INF;
+                if (k > st.u_b || k < st.f_b) sc[j][2 + e] = NEG_INF;
+            }
         }
     }
     float mx_a = NEG_INF, mx_b = NEG_INF;
@@ -205,7 +217,8 @@ __device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[N
     // A row that has seen no key yet keeps max -inf: subtract 0 instead (p = 0).
     const float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
     const float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
-    const float alpha_a = fp_exp2(st.m_a - base_a), alpha_b = fp_exp2(st.m_b - base_b);
+    const float alpha_a = LAZY && mn_a == st.m_a ? 1.0f : fp_exp2(st.m_a - base_a);
+    const float alpha_b = LAZY && mn_b == st.m_b ? 1.0f : fp_exp2(st.m_b - base_b);
     st.m_a = mn_a;
     st.m_b = mn_b;
     float sum_a = 0.0f, sum_b = 0.0f;
@@ -220,6 +233,9 @@ __device__ __forceinline__ void fd_softmax_tile(float (&sc)[NJ][4], float (&o)[N
     }
     st.l_a = st.l_a * alpha_a + sum_a;
     st.l_b = st.l_b * alpha_b + sum_b;
+#ifndef SLUICE_EAGER_RESCALE
+    if (LAZY && !__any_sync(full, alpha_a != 1.0f || alpha_b != 1.0f)) return;
+#endif
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         o[j][0] *= alpha_a;
@@ -594,6 +610,47 @@ __device__ __forceinline__ unsigned int fd8_pair(unsigned int w, unsigned int se
 
 // Issues the cp.async copies of one 64-key FP8 tile: 16-byte chunks, a warp's instruction
 // covering four rows of head_dim 128.
+// The widening of the decode kernels (fd8_pass, flash_decode_warp). On sm_89+ the
+// hardware conversion (cvt.rn.f16x2.e4m3x2: exact f16 values, two instructions per four
+// codes); before that, or with SLUICE_FD8_SOFT defined (an experiment:
+// SLUICE_CUDA_DEFINES), fp8x4_to_f16x2's bit moves (the value times 2^-8, six
+// instructions per four codes, eight for P.V's regrouping). FD8_SCALE takes the widening's
+// scale back out of scores and O. The decode attention at many long contexts is bound by
+// its instructions per key, not by its bytes (docs/BENCHMARKS.md, session 29).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && !defined(SLUICE_FD8_SOFT)
+#define FD8_HW 1
+#define FD8_SCALE 1.0f
+#else
+#define FD8_HW 0
+#define FD8_SCALE 256.0f
+#endif
+
+// Codes 0 and 1 of w as the f16x2 lo, codes 2 and 3 as hi (times 2^-8 without FD8_HW).
+__device__ __forceinline__ void fd8_widen(unsigned int w, unsigned int& lo, unsigned int& hi) {
+#if FD8_HW
+    asm("{.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(w));
+#else
+    fp8x4_to_f16x2(w, lo, hi);
+#endif
+}
+
+// P.V's B fragments from a word of ldmatrix .trans (dimensions 2g, 2g + 1 of keys 2c in
+// bytes 0, 1 and of key 2c + 1 in bytes 2, 3): `even` = dimension 2g of both keys as an
+// f16x2, `odd` = dimension 2g + 1.
+__device__ __forceinline__ void fd8_pairs(unsigned int w, unsigned int& even, unsigned int& odd) {
+#if FD8_HW
+    unsigned int lo, hi;
+    fd8_widen(w, lo, hi);
+    even = __byte_perm(lo, hi, 0x5410);
+    odd = __byte_perm(lo, hi, 0x7632);
+#else
+    even = fd8_pair(w, 0x2404);
+    odd = fd8_pair(w, 0x3414);
+#endif
+}
+
 template <int HD>
 __device__ __forceinline__ void fd8_load_tile(fp8_t (*dst)[HD + FD8_PAD], const fp8_t* __restrict__ cache,
                                               const int* srow) {
@@ -692,20 +749,20 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
                     unsigned int r0, r1, r2, r3;
                     fp_ldmatrix_x4(k_addr + np * 16 * ROW + k2 * 32, r0, r1, r2, r3);
                     unsigned int lo, hi;
-                    fp8x4_to_f16x2(r0, lo, hi);
+                    fd8_widen(r0, lo, hi);
                     fp_mma_f16(sc[2 * np], q0, lo, hi);
-                    fp8x4_to_f16x2(r1, lo, hi);
+                    fd8_widen(r1, lo, hi);
                     fp_mma_f16(sc[2 * np + 1], q0, lo, hi);
-                    fp8x4_to_f16x2(r2, lo, hi);
+                    fd8_widen(r2, lo, hi);
                     fp_mma_f16(sc[2 * np], q1, lo, hi);
-                    fp8x4_to_f16x2(r3, lo, hi);
+                    fd8_widen(r3, lo, hi);
                     fp_mma_f16(sc[2 * np + 1], q1, lo, hi);
                 }
             }
 #pragma unroll
             for (int j = 0; j < NJ; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
+                for (int e = 0; e < 4; e++) sc[j][e] *= FD8_SCALE;
             fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
 #pragma unroll
             for (int kk = 0; kk < NJ / 2; kk++) {
@@ -720,10 +777,15 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
                     fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW + db * 32, r0, r1, r2, r3);
                     // r0 / r1: keys 0-7 / 8-15, dimensions 32 db + 0..15; r2 / r3: + 16..31.
                     // Bytes 0, 2 of each are dimension 2g of keys 2c, 2c + 1; bytes 1, 3 are 2g + 1.
-                    fp_mma_f16(o[4 * db], pa, fd8_pair(r0, 0x2404), fd8_pair(r1, 0x2404));
-                    fp_mma_f16(o[4 * db + 1], pa, fd8_pair(r0, 0x3414), fd8_pair(r1, 0x3414));
-                    fp_mma_f16(o[4 * db + 2], pa, fd8_pair(r2, 0x2404), fd8_pair(r3, 0x2404));
-                    fp_mma_f16(o[4 * db + 3], pa, fd8_pair(r2, 0x3414), fd8_pair(r3, 0x3414));
+                    unsigned int e0, o0, e1, o1, e2, o2, e3, o3;
+                    fd8_pairs(r0, e0, o0);
+                    fd8_pairs(r1, e1, o1);
+                    fd8_pairs(r2, e2, o2);
+                    fd8_pairs(r3, e3, o3);
+                    fp_mma_f16(o[4 * db], pa, e0, e1);
+                    fp_mma_f16(o[4 * db + 1], pa, o0, o1);
+                    fp_mma_f16(o[4 * db + 2], pa, e2, e3);
+                    fp_mma_f16(o[4 * db + 3], pa, o2, o3);
                 }
             }
         }
@@ -744,8 +806,8 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int d = fd8_o_dim(t, c, e);
-            sh.o[warp][g][d] = o[t][e] * 256.0f;
-            sh.o[warp][g + 8][d] = o[t][2 + e] * 256.0f;
+            sh.o[warp][g][d] = o[t][e] * FD8_SCALE;
+            sh.o[warp][g + 8][d] = o[t][2 + e] * FD8_SCALE;
         }
     }
     fd_merge_warps<HD, KW>(sh.o, s_m, s_l, c_m, c_l, b, mt0, st.m_a, st.m_b, st.l_a, st.l_b);
@@ -1045,7 +1107,7 @@ __device__ __forceinline__ void fd_pass_ahead(FdAheadShared<HD>& sh, const FdBlo
                 fp_smem_addr(&sh.u.kv.v[stage][koff + ((lane >> 3) & 1) * 8 + (lane & 7)][(lane >> 4) * 8]);
             float sc[NJ][4];
             fd_qk_bf16<NJ, KC, ROW_BYTES>(sc, q_addr, k_addr);
-            fd_softmax_tile<NJ, NT>(sc, o, st, b, kt + koff, c);
+            fd_softmax_tile<NJ, NT, false>(sc, o, st, b, kt + koff, c);
             fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr);
         }
         // Tile jt's rows are no longer read (its copies were issued two tiles ago).

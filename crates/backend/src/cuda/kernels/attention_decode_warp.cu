@@ -130,27 +130,27 @@ __device__ __forceinline__ void fw_load_first(FwShared<HD, STAGES, KV>& sh, cons
 
 // S = Q.K^T of one 16-key FP8 tile (two n8 tiles), fd8_pass's fragments: lane (g, c) of
 // an x4 at k_addr (keys 8 (i & 1).., bytes 16 (i >> 1).. for matrix i) gets dimensions 4c..
-// 4c + 3 of key g, widened to the f16 B fragments of k indices 2c and 2c + 8. Scaled back
-// by 2^8 (the widening's 2^-8).
+// 4c + 3 of key g, widened (fd8_widen) to the f16 B fragments of k indices 2c and 2c + 8.
+// Times FD8_SCALE (undoing the bit-move widening's 2^-8 where that is used).
 template <int KC>
 __device__ __forceinline__ void fw_qk_fp8(float (&sc)[2][4], const unsigned int (&qf)[KC][4], unsigned int k_addr) {
 #pragma unroll
     for (int k2 = 0; k2 < KC / 2; k2++) {
         unsigned int r0, r1, r2, r3, lo, hi;
         fp_ldmatrix_x4(k_addr + k2 * 32, r0, r1, r2, r3);
-        fp8x4_to_f16x2(r0, lo, hi);
+        fd8_widen(r0, lo, hi);
         fp_mma_f16(sc[0], qf[2 * k2], lo, hi);
-        fp8x4_to_f16x2(r1, lo, hi);
+        fd8_widen(r1, lo, hi);
         fp_mma_f16(sc[1], qf[2 * k2], lo, hi);
-        fp8x4_to_f16x2(r2, lo, hi);
+        fd8_widen(r2, lo, hi);
         fp_mma_f16(sc[0], qf[2 * k2 + 1], lo, hi);
-        fp8x4_to_f16x2(r3, lo, hi);
+        fd8_widen(r3, lo, hi);
         fp_mma_f16(sc[1], qf[2 * k2 + 1], lo, hi);
     }
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) sc[j][e] *= 256.0f;
+        for (int e = 0; e < 4; e++) sc[j][e] *= FD8_SCALE;
 }
 
 // O += P.V over one 16-key FP8 tile (fd8_pass's): ldmatrix .trans at v_addr gives lane
@@ -167,10 +167,15 @@ __device__ __forceinline__ void fw_pv_fp8(float (&o)[HD / 8][4], const float (&s
     for (int db = 0; db < HD / 32; db++) {
         unsigned int r0, r1, r2, r3;
         fp_ldmatrix_x4_trans(v_addr + db * 32, r0, r1, r2, r3);
-        fp_mma_f16(o[4 * db], pa, fd8_pair(r0, 0x2404), fd8_pair(r1, 0x2404));
-        fp_mma_f16(o[4 * db + 1], pa, fd8_pair(r0, 0x3414), fd8_pair(r1, 0x3414));
-        fp_mma_f16(o[4 * db + 2], pa, fd8_pair(r2, 0x2404), fd8_pair(r3, 0x2404));
-        fp_mma_f16(o[4 * db + 3], pa, fd8_pair(r2, 0x3414), fd8_pair(r3, 0x3414));
+        unsigned int e0, o0, e1, o1, e2, o2, e3, o3;
+        fd8_pairs(r0, e0, o0);
+        fd8_pairs(r1, e1, o1);
+        fd8_pairs(r2, e2, o2);
+        fd8_pairs(r3, e3, o3);
+        fp_mma_f16(o[4 * db], pa, e0, e1);
+        fp_mma_f16(o[4 * db + 1], pa, o0, o1);
+        fp_mma_f16(o[4 * db + 2], pa, e2, e3);
+        fp_mma_f16(o[4 * db + 3], pa, o2, o3);
     }
 }
 
@@ -256,7 +261,11 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const KV* __restr
                 fp_mma(sc[1], qf[ks], b2, b3);
             }
         }
-        fd_softmax_tile<NJ, NT>(sc, o, st, b, b.lo + t * FW_KEYS, c);
+        // Tiles wholly before the step's first row and inside every row's window need no
+        // mask (padding rows then hold finite junk, never written).
+        const int k0 = b.lo + t * FW_KEYS;
+        const bool edge = k0 + FW_KEYS - 1 > b.pos0 || (b.window > 0 && k0 < b.hi - b.window + 1);
+        fd_softmax_tile<NJ, NT>(sc, o, st, b, k0, c, edge);
         if constexpr (F8) fw_pv_fp8<HD>(o, sc, v_addr0 + stage * STAGE_BYTES);
         else fd_pv_bf16<NJ, HD, ROW_BYTES>(o, sc, v_addr0 + stage * STAGE_BYTES);
     }
@@ -265,7 +274,7 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const KV* __restr
     // The output: rows g and g + 8 of the packed tile, O / l (l summed over the row's
     // four lanes). Lane (g, c) holds dimensions j * 8 + 2c, + 1 of n8 tile j (bf16), or
     // fd8_o_dim(j, c, e) of tiles j and j + 1 (FP8: one even and one odd dimension each,
-    // adjacent; times 2^8, the widening's scale).
+    // adjacent; times FD8_SCALE).
     const unsigned int full = 0xffffffffu;
     float l[2] = {st.l_a, st.l_b};
     const int ld = b.n_heads * HD;
@@ -275,7 +284,7 @@ __device__ void flash_decode_warp(const float* __restrict__ q, const KV* __restr
         l[h2] += __shfl_xor_sync(full, l[h2], 2);
         const int pr = g + 8 * h2;
         if (pr >= b.m_rows) continue;
-        const float inv = l[h2] > 0.0f ? (F8 ? 256.0f : 1.0f) / l[h2] : 0.0f;
+        const float inv = l[h2] > 0.0f ? (F8 ? FD8_SCALE : 1.0f) / l[h2] : 0.0f;
         const int r = pr / b.gh, h = b.kvh * b.gh + pr % b.gh;
         const long base = (long)(b.q0 + r) * ld + h * HD;
 #pragma unroll
