@@ -993,7 +993,8 @@ fn batch_one_decode_attention_matches_the_cpu() {
 
 /// The warp-per-item decode kernel (attention_decode_warp.cu `flash_decode_warp`: one warp
 /// per (sequence, KV head), 16-key tiles through a ring of 2, 3 or 4 stages over a bf16
-/// cache, 4, 6 or 8 over an FP8 one) against the CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
+/// cache, 4, 6 or 8 over an FP8 one, and the FP8 default that picks 6 or 4 by the
+/// step's items) against the CPU: the 8B and 1B shapes at 64-128 sequences of short contexts, contexts of 1-33 keys
 /// around the 16-key tile ends, 1-15 rows per sequence where GQA allows one m-tile (GQA
 /// 1 / 4 / 7 / 8), block sizes 7, 16 and 32, sliding windows and softcaps. One key split
 /// and the kernel forced (also where the block kernel would fit in one wave); every call
@@ -1038,8 +1039,12 @@ fn warp_decode_attention_matches_the_cpu() {
     let mut calls = 0;
     // Each cache type at each of its ring depths (the other type's kernel off, so a call
     // that took the block kernel instead would miss the count below).
-    for (kv, depths) in [(DType::BF16, [2, 3, 4]), (DType::F8E4M3, [4, 6, 8])] {
-        for stages in depths {
+    // (FP8 depth 1: 6 or 4 chosen per call, the default.)
+    for (kv, depths) in [
+        (DType::BF16, &[2, 3, 4][..]),
+        (DType::F8E4M3, &[4, 6, 8, 1][..]),
+    ] {
+        for &stages in depths {
             if kv == DType::BF16 {
                 backend.set_decode_warp(stages, true);
             } else {

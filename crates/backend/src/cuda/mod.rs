@@ -64,9 +64,14 @@ const DECODE_AHEAD: usize = 2;
 /// Default of `CudaBackend::decode_warp`: `flash_decode_warp` with a ring of 3 tiles.
 const DECODE_WARP_STAGES: usize = 3;
 
-/// Default of `CudaBackend::decode_warp_fp8`: `flash_decode_warp` over an FP8 cache with a
-/// ring of 6 tiles (a stage is half the bf16 one).
-const DECODE_WARP_FP8_STAGES: usize = 6;
+/// Default of `CudaBackend::decode_warp_fp8`: the ring depth of `flash_decode_warp` over an
+/// FP8 cache chosen per step: 6 tiles while one wave of those warps holds every (sequence,
+/// KV head) item, else 4, which fit more warps per SM (12 against 8 at head_dim 128).
+/// Measured on an H200 (docs/BENCHMARKS.md, session 29), 8B shape, FP8 weights and cache:
+/// 128 × 768 keys (1,024 items) 6.43 / 6.46 ms a decode step at 6 against 6.70 / 6.98 at
+/// 4; the offline run's 512 sequences (4,096 items) 14,360.6 output tokens/s at 4
+/// against 13,900.2 at 6 and 13,142.3 at 8.
+const DECODE_WARP_FP8_AUTO: usize = 1;
 
 /// Default of `CudaBackend::gemv_prefetch`. Measured on an H100 (8B / 1B shapes, batch
 /// 1, tokens/s): none 172.1 / 879, 8 MiB 172.1 / 904, 24 MiB 165.6 / 859: beyond what the
@@ -295,8 +300,8 @@ pub struct CudaBackend {
     /// steps with one key split per (sequence, KV head) (`DECODE_WARP_STAGES`, or
     /// `SLUICE_DECODE_WARP`).
     decode_warp: AtomicUsize,
-    /// The same over an FP8 cache (4, 6 or 8 tiles; 0: off; `DECODE_WARP_FP8_STAGES`, or
-    /// `SLUICE_DECODE_WARP_FP8`).
+    /// The same over an FP8 cache (4, 6 or 8 tiles; 0: off; `DECODE_WARP_FP8_AUTO`: 6 or
+    /// 4 by the step's items; `SLUICE_DECODE_WARP_FP8`).
     decode_warp_fp8: AtomicUsize,
     /// `flash_decode_warp` for every eligible step, also those whose blocks fit in one
     /// wave of the block kernel (for tests, and `SLUICE_DECODE_WARP_ALWAYS=1`).
@@ -313,7 +318,7 @@ pub struct CudaBackend {
     /// quarters of L2 (0 without PDL, or with `SLUICE_IDLE_PREFETCH=0`).
     idle_prefetch_cap: i64,
     /// `cuOccupancyMaxActiveClusters` by (kernel, cluster size, dynamic shared memory),
-    /// asked once each.
+    /// asked once each; and `resident_blocks` by (kernel, 0, block size).
     active_clusters: Mutex<std::collections::HashMap<(usize, u32, u32), usize>>,
     /// At most this many key splits in the decode attention (`SLUICE_DECODE_MAX_SPLITS`,
     /// for tuning; unbounded by default).
@@ -517,7 +522,7 @@ impl CudaBackend {
             )),
             decode_warp_fp8: AtomicUsize::new(env_usize_or_zero(
                 "SLUICE_DECODE_WARP_FP8",
-                DECODE_WARP_FP8_STAGES,
+                DECODE_WARP_FP8_AUTO,
             )),
             decode_warp_always: AtomicBool::new(
                 std::env::var("SLUICE_DECODE_WARP_ALWAYS").is_ok_and(|v| v == "1"),
@@ -638,8 +643,9 @@ impl CudaBackend {
         )
     }
 
-    /// Sets the ring depth of `flash_decode_warp` over an FP8 cache (4, 6 or 8 tiles; 0
-    /// turns it off); returns the previous one. For tests and tuning.
+    /// Sets the ring depth of `flash_decode_warp` over an FP8 cache (4, 6 or 8 tiles; 1
+    /// chooses 6 or 4 per step, the default; 0 turns it off); returns the previous one. For
+    /// tests and tuning.
     pub fn set_decode_warp_fp8(&self, stages: usize) -> usize {
         self.decode_warp_fp8.swap(stages, Ordering::SeqCst)
     }
@@ -649,12 +655,13 @@ impl CudaBackend {
         self.warp_decodes.load(Ordering::SeqCst)
     }
 
-    /// `flash_decode_warp` for head dim `hd` and cache `kind` at the configured ring depth
-    /// (None: off, or a cache, head dim or depth the module has no instance of).
-    fn decode_warp_kernel(&self, hd: usize, kind: KvKind) -> Option<sys::CUfunction> {
+    /// `flash_decode_warp` for head dim `hd` and cache `kind` at the configured ring depth,
+    /// for a step of `items` (sequence, KV head) pairs (None: off, or a cache, head dim or
+    /// depth the module has no instance of).
+    fn decode_warp_kernel(&self, hd: usize, kind: KvKind, items: usize) -> Option<sys::CUfunction> {
         let k = &self.kernels;
-        Some(match kind {
-            KvKind::Bf16 => match (hd, self.decode_warp.load(Ordering::SeqCst)) {
+        match kind {
+            KvKind::Bf16 => Some(match (hd, self.decode_warp.load(Ordering::SeqCst)) {
                 (64, 2) => k.flash_decode_warp2_bf16_d64,
                 (128, 2) => k.flash_decode_warp2_bf16_d128,
                 (64, 3) => k.flash_decode_warp3_bf16_d64,
@@ -662,18 +669,66 @@ impl CudaBackend {
                 (64, 4) => k.flash_decode_warp4_bf16_d64,
                 (128, 4) => k.flash_decode_warp4_bf16_d128,
                 _ => return None,
-            },
-            KvKind::Fp8 => match (hd, self.decode_warp_fp8.load(Ordering::SeqCst)) {
-                (64, 4) => k.flash_decode_warp4_fp8_d64,
-                (128, 4) => k.flash_decode_warp4_fp8_d128,
-                (64, 6) => k.flash_decode_warp6_fp8_d64,
-                (128, 6) => k.flash_decode_warp6_fp8_d128,
-                (64, 8) => k.flash_decode_warp8_fp8_d64,
-                (128, 8) => k.flash_decode_warp8_fp8_d128,
-                _ => return None,
-            },
-            KvKind::F32 => return None,
-        })
+            }),
+            KvKind::Fp8 => {
+                let fp8 = |depth| {
+                    Some(match (hd, depth) {
+                        (64, 4) => k.flash_decode_warp4_fp8_d64,
+                        (128, 4) => k.flash_decode_warp4_fp8_d128,
+                        (64, 6) => k.flash_decode_warp6_fp8_d64,
+                        (128, 6) => k.flash_decode_warp6_fp8_d128,
+                        (64, 8) => k.flash_decode_warp8_fp8_d64,
+                        (128, 8) => k.flash_decode_warp8_fp8_d128,
+                        _ => return None,
+                    })
+                };
+                match self.decode_warp_fp8.load(Ordering::SeqCst) {
+                    DECODE_WARP_FP8_AUTO => {
+                        let six = fp8(6)?;
+                        // (A driver that does not answer gives 0: depth 4, also correct.)
+                        if items <= self.resident_blocks(six, 32) {
+                            Some(six)
+                        } else {
+                            fp8(4)
+                        }
+                    }
+                    depth => fp8(depth),
+                }
+            }
+            KvKind::F32 => None,
+        }
+    }
+
+    /// How many blocks of `block` threads of `f` (no dynamic shared memory) fit on the
+    /// device at once (0 if the driver does not answer); asked once per kernel.
+    fn resident_blocks(&self, f: sys::CUfunction, block: u32) -> usize {
+        // (Cached beside the cluster counts, under cluster size 0.)
+        let key = (f as usize, 0, block);
+        let known = self
+            .active_clusters
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied());
+        if let Some(n) = known {
+            return n;
+        }
+        let mut per_sm: std::ffi::c_int = 0;
+        // SAFETY: `f` is a kernel of our module; plain out-parameter.
+        let ok = unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, f, block as i32, 0)
+        }
+        .result()
+        .is_ok();
+        let n = if ok {
+            per_sm.max(0) as usize * self.sm_count as usize
+        } else {
+            0
+        };
+        tracing::debug!("at most {n} blocks of {block} threads resident (kernel {f:?})");
+        if let Ok(mut m) = self.active_clusters.lock() {
+            m.insert(key, n);
+        }
+        n
     }
 
     /// How many decode-attention launches took `flash_decode_ahead` so far (see

@@ -1156,7 +1156,7 @@ impl CudaBackend {
                 // 1B shape at batch 64, 512 items, -4.9%; docs/BENCHMARKS.md, session 27.)
                 let many = groups > slots || self.decode_warp_always.load(Ordering::SeqCst);
                 let warp = self
-                    .decode_warp_kernel(hd, kind)
+                    .decode_warp_kernel(hd, kind, groups)
                     .filter(|_| one_tile && splits == 1 && ahead.is_none() && many);
                 if let Some(fw) = warp {
                     let staged = self.staging_for(out.numel(), t)?;
