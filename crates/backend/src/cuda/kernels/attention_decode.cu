@@ -651,6 +651,26 @@ __device__ __forceinline__ void fd8_pairs(unsigned int w, unsigned int& even, un
 #endif
 }
 
+// O's n8 tiles 4 db .. 4 db + 3 (dimensions 32 db .. 32 db + 31, fd8_o_dim) += P.V over 16
+// FP8 keys: one ldmatrix .trans x4 at v_addr (keys 0-7 / 8-15 of dimensions 32 db + 0..15
+// in matrices 0 / 1, + 16..31 in 2 / 3), its words regrouped by fd8_pairs into the B
+// fragments of an even and an odd tile each. pa: P's A fragments (f16).
+template <int NT>
+__device__ __forceinline__ void fd8_pv_step(float (&o)[NT][4], const unsigned int (&pa)[4], unsigned int v_addr,
+                                            int db) {
+    unsigned int r0, r1, r2, r3;
+    fp_ldmatrix_x4_trans(v_addr, r0, r1, r2, r3);
+    unsigned int e0, o0, e1, o1, e2, o2, e3, o3;
+    fd8_pairs(r0, e0, o0);
+    fd8_pairs(r1, e1, o1);
+    fd8_pairs(r2, e2, o2);
+    fd8_pairs(r3, e3, o3);
+    fp_mma_f16(o[4 * db], pa, e0, e1);
+    fp_mma_f16(o[4 * db + 1], pa, o0, o1);
+    fp_mma_f16(o[4 * db + 2], pa, e2, e3);
+    fp_mma_f16(o[4 * db + 3], pa, o2, o3);
+}
+
 template <int HD>
 __device__ __forceinline__ void fd8_load_tile(fp8_t (*dst)[HD + FD8_PAD], const fp8_t* __restrict__ cache,
                                               const int* srow) {
@@ -772,21 +792,7 @@ __device__ __forceinline__ void fd8_pass(FdSharedF8<HD>& sh, bf16_t (*sq)[HD + F
                 pa[2] = fp_pack_f16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
                 pa[3] = fp_pack_f16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
-                for (int db = 0; db < HD / 32; db++) {
-                    unsigned int r0, r1, r2, r3;
-                    fp_ldmatrix_x4_trans(v_addr + kk * 16 * ROW + db * 32, r0, r1, r2, r3);
-                    // r0 / r1: keys 0-7 / 8-15, dimensions 32 db + 0..15; r2 / r3: + 16..31.
-                    // Bytes 0, 2 of each are dimension 2g of keys 2c, 2c + 1; bytes 1, 3 are 2g + 1.
-                    unsigned int e0, o0, e1, o1, e2, o2, e3, o3;
-                    fd8_pairs(r0, e0, o0);
-                    fd8_pairs(r1, e1, o1);
-                    fd8_pairs(r2, e2, o2);
-                    fd8_pairs(r3, e3, o3);
-                    fp_mma_f16(o[4 * db], pa, e0, e1);
-                    fp_mma_f16(o[4 * db + 1], pa, o0, o1);
-                    fp_mma_f16(o[4 * db + 2], pa, e2, e3);
-                    fp_mma_f16(o[4 * db + 3], pa, o2, o3);
-                }
+                for (int db = 0; db < HD / 32; db++) fd8_pv_step<NT>(o, pa, v_addr + kk * 16 * ROW + db * 32, db);
             }
         }
         // Tile jt's rows are no longer read (its loads were issued two tiles ago).

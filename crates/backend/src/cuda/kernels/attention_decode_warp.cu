@@ -153,9 +153,7 @@ __device__ __forceinline__ void fw_qk_fp8(float (&sc)[2][4], const unsigned int 
         for (int e = 0; e < 4; e++) sc[j][e] *= FD8_SCALE;
 }
 
-// O += P.V over one 16-key FP8 tile (fd8_pass's): ldmatrix .trans at v_addr gives lane
-// (g, c) dimensions 2g and 2g + 1 of keys 2c and 2c + 1, regrouped by byte_perm into the
-// B fragments of an even and an odd n8 tile of O (fd8_o_dim).
+// O += P.V over one 16-key FP8 tile, 32 dimensions per fd8_pv_step (fd8_pass's).
 template <int HD>
 __device__ __forceinline__ void fw_pv_fp8(float (&o)[HD / 8][4], const float (&sc)[2][4], unsigned int v_addr) {
     unsigned int pa[4];
@@ -164,19 +162,7 @@ __device__ __forceinline__ void fw_pv_fp8(float (&o)[HD / 8][4], const float (&s
     pa[2] = fp_pack_f16(sc[1][0], sc[1][1]);
     pa[3] = fp_pack_f16(sc[1][2], sc[1][3]);
 #pragma unroll
-    for (int db = 0; db < HD / 32; db++) {
-        unsigned int r0, r1, r2, r3;
-        fp_ldmatrix_x4_trans(v_addr + db * 32, r0, r1, r2, r3);
-        unsigned int e0, o0, e1, o1, e2, o2, e3, o3;
-        fd8_pairs(r0, e0, o0);
-        fd8_pairs(r1, e1, o1);
-        fd8_pairs(r2, e2, o2);
-        fd8_pairs(r3, e3, o3);
-        fp_mma_f16(o[4 * db], pa, e0, e1);
-        fp_mma_f16(o[4 * db + 1], pa, o0, o1);
-        fp_mma_f16(o[4 * db + 2], pa, e2, e3);
-        fp_mma_f16(o[4 * db + 3], pa, o2, o3);
-    }
+    for (int db = 0; db < HD / 32; db++) fd8_pv_step<HD / 8>(o, pa, v_addr + db * 32, db);
 }
 
 template <int HD, int STAGES, typename KV>
