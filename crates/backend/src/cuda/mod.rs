@@ -660,41 +660,37 @@ impl CudaBackend {
     /// depth the module has no instance of).
     fn decode_warp_kernel(&self, hd: usize, kind: KvKind, items: usize) -> Option<sys::CUfunction> {
         let k = &self.kernels;
-        match kind {
-            KvKind::Bf16 => Some(match (hd, self.decode_warp.load(Ordering::SeqCst)) {
-                (64, 2) => k.flash_decode_warp2_bf16_d64,
-                (128, 2) => k.flash_decode_warp2_bf16_d128,
-                (64, 3) => k.flash_decode_warp3_bf16_d64,
-                (128, 3) => k.flash_decode_warp3_bf16_d128,
-                (64, 4) => k.flash_decode_warp4_bf16_d64,
-                (128, 4) => k.flash_decode_warp4_bf16_d128,
+        let instance = |depth| {
+            Some(match (kind, hd, depth) {
+                (KvKind::Bf16, 64, 2) => k.flash_decode_warp2_bf16_d64,
+                (KvKind::Bf16, 128, 2) => k.flash_decode_warp2_bf16_d128,
+                (KvKind::Bf16, 64, 3) => k.flash_decode_warp3_bf16_d64,
+                (KvKind::Bf16, 128, 3) => k.flash_decode_warp3_bf16_d128,
+                (KvKind::Bf16, 64, 4) => k.flash_decode_warp4_bf16_d64,
+                (KvKind::Bf16, 128, 4) => k.flash_decode_warp4_bf16_d128,
+                (KvKind::Fp8, 64, 4) => k.flash_decode_warp4_fp8_d64,
+                (KvKind::Fp8, 128, 4) => k.flash_decode_warp4_fp8_d128,
+                (KvKind::Fp8, 64, 6) => k.flash_decode_warp6_fp8_d64,
+                (KvKind::Fp8, 128, 6) => k.flash_decode_warp6_fp8_d128,
+                (KvKind::Fp8, 64, 8) => k.flash_decode_warp8_fp8_d64,
+                (KvKind::Fp8, 128, 8) => k.flash_decode_warp8_fp8_d128,
                 _ => return None,
-            }),
-            KvKind::Fp8 => {
-                let fp8 = |depth| {
-                    Some(match (hd, depth) {
-                        (64, 4) => k.flash_decode_warp4_fp8_d64,
-                        (128, 4) => k.flash_decode_warp4_fp8_d128,
-                        (64, 6) => k.flash_decode_warp6_fp8_d64,
-                        (128, 6) => k.flash_decode_warp6_fp8_d128,
-                        (64, 8) => k.flash_decode_warp8_fp8_d64,
-                        (128, 8) => k.flash_decode_warp8_fp8_d128,
-                        _ => return None,
-                    })
-                };
-                match self.decode_warp_fp8.load(Ordering::SeqCst) {
-                    DECODE_WARP_FP8_AUTO => {
-                        let six = fp8(6)?;
-                        // (A driver that does not answer gives 0: depth 4, also correct.)
-                        if items <= self.resident_blocks(six, 32) {
-                            Some(six)
-                        } else {
-                            fp8(4)
-                        }
+            })
+        };
+        match kind {
+            KvKind::Bf16 => instance(self.decode_warp.load(Ordering::SeqCst)),
+            KvKind::Fp8 => match self.decode_warp_fp8.load(Ordering::SeqCst) {
+                DECODE_WARP_FP8_AUTO => {
+                    let six = instance(6)?;
+                    // (A driver that does not answer gives 0: depth 4, also correct.)
+                    if items <= self.resident_blocks(six, 32) {
+                        Some(six)
+                    } else {
+                        instance(4)
                     }
-                    depth => fp8(depth),
                 }
-            }
+                depth => instance(depth),
+            },
             KvKind::F32 => None,
         }
     }
@@ -703,7 +699,26 @@ impl CudaBackend {
     /// device at once (0 if the driver does not answer); asked once per kernel.
     fn resident_blocks(&self, f: sys::CUfunction, block: u32) -> usize {
         // (Cached beside the cluster counts, under cluster size 0.)
-        let key = (f as usize, 0, block);
+        self.occupancy_once((f as usize, 0, block), || {
+            let mut per_sm: std::ffi::c_int = 0;
+            // SAFETY: `f` is a kernel of our module; plain out-parameter.
+            let ok = unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, f, block as i32, 0)
+            }
+            .result()
+            .is_ok();
+            let n = if ok {
+                per_sm.max(0) as usize * self.sm_count as usize
+            } else {
+                0
+            };
+            tracing::debug!("at most {n} blocks of {block} threads resident (kernel {f:?})");
+            n
+        })
+    }
+
+    /// The occupancy answer cached under `key` in `active_clusters`, or `ask()`'s, cached.
+    fn occupancy_once(&self, key: (usize, u32, u32), ask: impl FnOnce() -> usize) -> usize {
         let known = self
             .active_clusters
             .lock()
@@ -712,19 +727,7 @@ impl CudaBackend {
         if let Some(n) = known {
             return n;
         }
-        let mut per_sm: std::ffi::c_int = 0;
-        // SAFETY: `f` is a kernel of our module; plain out-parameter.
-        let ok = unsafe {
-            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, f, block as i32, 0)
-        }
-        .result()
-        .is_ok();
-        let n = if ok {
-            per_sm.max(0) as usize * self.sm_count as usize
-        } else {
-            0
-        };
-        tracing::debug!("at most {n} blocks of {block} threads resident (kernel {f:?})");
+        let n = ask();
         if let Ok(mut m) = self.active_clusters.lock() {
             m.insert(key, n);
         }
@@ -1182,39 +1185,29 @@ impl CudaBackend {
         block: u32,
         smem: u32,
     ) -> usize {
-        let key = (f as usize, cluster_z, smem);
-        let known = self
-            .active_clusters
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied());
-        if let Some(n) = known {
-            return n;
-        }
-        let mut attr = cluster_attribute(cluster_z);
-        let config = sys::CUlaunchConfig {
-            gridDimX: 1,
-            gridDimY: 1,
-            gridDimZ: cluster_z,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem,
-            hStream: self.stream,
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: `f` is a kernel of our module, `config` and `attr` outlive the call.
-        let ok = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
-            .result()
-            .is_ok();
-        let n = if ok { n.max(0) as usize } else { 0 };
-        tracing::debug!("at most {n} clusters of {cluster_z} blocks resident (kernel {f:?})");
-        if let Ok(mut m) = self.active_clusters.lock() {
-            m.insert(key, n);
-        }
-        n
+        self.occupancy_once((f as usize, cluster_z, smem), || {
+            let mut attr = cluster_attribute(cluster_z);
+            let config = sys::CUlaunchConfig {
+                gridDimX: 1,
+                gridDimY: 1,
+                gridDimZ: cluster_z,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.stream,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            let mut n: std::ffi::c_int = 0;
+            // SAFETY: `f` is a kernel of our module, `config` and `attr` outlive the call.
+            let ok = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
+                .result()
+                .is_ok();
+            let n = if ok { n.max(0) as usize } else { 0 };
+            tracing::debug!("at most {n} clusters of {cluster_z} blocks resident (kernel {f:?})");
+            n
+        })
     }
 
     /// Launches `f` with the given arguments (each a pointer to the argument's value).
