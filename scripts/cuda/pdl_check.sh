@@ -3,7 +3,7 @@
 # dependent launch (PDL) and the fused norm/residual GEMVs each on and off (environment
 # switches SLUICE_PDL and SLUICE_FUSED_DECODE), on the same card, against the device copy
 # bandwidth measured in the same call.
-#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28] [warp29] [widen29] [offline29]
+#   usage: bash scripts/cuda/pdl_check.sh [tests] [ab] [ab2] [sweep] [batched] [fp8] [latency] [offline_fp8] [final] [prefill_ab] [fp8_ab] [profile64] [decode_ab] [norm_ab] [attn_stalls] [epi_ab] [knobs] [pairs] [pinned] [splits] [async] [cluster] [session11] [serve_ab] [kvfp8] [offline_kvfp8] [serve_kv] [qmma] [qmma_profile] [qmma_splits] [logprobs] [penalties] [gemv] [gemv_step] [prewait] [profile1] [layers] [idle] [splits18] [tiles] [final18] [gemvpre] [stage] [stage2] [trigger] [final21] [ahead] [ahead2] [ahead3] [final22] [ahead128] [next23] [pad23] [push23] [final23] [carve23] [pad24] [wl24] [wlq24] [wl24b] [next25] [next25b] [chunks26] [tail26] [profile128] [attn128] [attn_stalls128] [warp27] [gemm27] [sweep27] [step28] [readback28] [long28] [splits28] [warp29] [widen29] [offline29] [auto30]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sluice-out}
@@ -781,4 +781,15 @@ if [[ " $what " == *" widen29 "* ]]; then # session 29: the decode attention's i
   for cfg in "X=new" "$OLD" "SLUICE_DECODE_WARP_FP8=0" "X=new-again" "$OLD"; do lat "$F128" "$cfg"; done
   lat "$F64" "SLUICE_DECODE_WARP_ALWAYS=1"
   for cfg in "X=new" "$OLD" "X=new-again"; do lat "$B64" "$cfg"; lat "$B128" "$cfg"; done
+fi
+if [[ " $what " == *" auto30 "* ]]; then # prepared in session 29, not yet run: the FP8 warp kernel's automatic depth (6 while one wave of those warps holds every item, else 4) against fixed depths around its threshold (8 warps per SM x 132 SMs = 1,056 items at head_dim 128), then the offline run with the default
+  for bs in 96 128 160 192 256; do
+    for cfg in "X=auto" "SLUICE_DECODE_WARP_FP8=4" "SLUICE_DECODE_WARP_FP8=6"; do
+      echo "=== fp8 $bs x 768 $cfg" | tee -a "$OUT/pdl.txt"
+      timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size $bs --input-len 768 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
+    done
+  done
+  echo "=== offline 8B fp8 + fp8 cache, 512 sequences, default" | tee -a "$OUT/pdl.txt"
+  timeout 200 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 1024 \
+    --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -8 | tee -a "$OUT/pdl.txt"
 fi
