@@ -783,10 +783,12 @@ if [[ " $what " == *" widen29 "* ]]; then # session 29: the decode attention's i
   for cfg in "X=new" "$OLD" "X=new-again"; do lat "$B64" "$cfg"; lat "$B128" "$cfg"; done
 fi
 if [[ " $what " == *" auto30 "* ]]; then # prepared in session 29, not yet run: the FP8 warp kernel's automatic depth (6 while one wave of those warps holds every item, else 4) against fixed depths around its threshold (8 warps per SM x 132 SMs = 1,056 items at head_dim 128), then the offline run with the default
-  for bs in 96 128 160 192 256; do
+  # (Batch x prompt near 98k tokens: bench latency prefills each batch in one step.)
+  for shape in "96 1024" "128 768" "160 608" "192 512" "256 384"; do
+    set -- $shape
     for cfg in "X=auto" "SLUICE_DECODE_WARP_FP8=4" "SLUICE_DECODE_WARP_FP8=6"; do
-      echo "=== fp8 $bs x 768 $cfg" | tee -a "$OUT/pdl.txt"
-      timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size $bs --input-len 768 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
+      echo "=== fp8 $1 x $2 $cfg" | tee -a "$OUT/pdl.txt"
+      timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size $1 --input-len $2 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
     done
   done
   echo "=== offline 8B fp8 + fp8 cache, 512 sequences, default" | tee -a "$OUT/pdl.txt"
