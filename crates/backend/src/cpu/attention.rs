@@ -305,6 +305,47 @@ struct Geometry {
     block_size: usize,
     scale: f32,
     softcap: Option<f32>,
+    /// `SLUICE_E4M3_PRODUCTS` (an experiment, docs/kv-cache.md): Q (`q`), P (`p`) or both
+    /// (`1`) rounded to E4M3 before their products, as a tensor-core attention on E4M3
+    /// operands (`mma` m16n8k32, sm_89+) would take them, to price its quality before
+    /// writing it.
+    e4m3_q: bool,
+    e4m3_p: bool,
+}
+
+/// (Q, P) rounded to E4M3 by `SLUICE_E4M3_PRODUCTS` (read once).
+fn e4m3_products() -> (bool, bool) {
+    static ON: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    *ON.get_or_init(
+        || match std::env::var("SLUICE_E4M3_PRODUCTS").ok().as_deref() {
+            Some("1") => (true, true),
+            Some("q") => (true, false),
+            Some("p") => (false, true),
+            _ => (false, false),
+        },
+    )
+}
+
+/// `x` rounded to the E4M3 grid scaled by `s` (`s` times the nearest code to `x / s`).
+fn e4m3_round(x: f32, s: f32) -> f32 {
+    crate::quant::fp8::e4m3_to_f32(crate::quant::fp8::e4m3_from_f32(x / s)) * s
+}
+
+/// Each head's row of `q` (`hd` wide) on the E4M3 grid, scaled so that its largest
+/// magnitude is 448 (E4M3's largest finite value): per-row scales, as an E4M3 `mma`
+/// with the scale applied to its f32 scores would use.
+fn e4m3_rows(q: &[f32], hd: usize) -> Vec<f32> {
+    let mut r = q.to_vec();
+    for row in r.chunks_mut(hd) {
+        let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if amax > 0.0 && amax.is_finite() {
+            let s = amax / 448.0;
+            for x in row.iter_mut() {
+                *x = e4m3_round(*x, s);
+            }
+        }
+    }
+    r
 }
 
 /// What one task attends to: positions `lo..=hi` of KV head `kv_head`, minus the new
@@ -342,6 +383,8 @@ fn attend_group(
     out: &mut [f32],
 ) {
     let (hd, group) = (g.hd, g.group);
+    let rounded_q = g.e4m3_q.then(|| e4m3_rows(q, hd));
+    let q = rounded_q.as_deref().unwrap_or(q);
     let (block_table, kv_head, lo, hi) = (sp.block_table, sp.kv_head, sp.lo, sp.hi);
     let (acc, rest) = scratch.split_at_mut(group * hd);
     let (scores, rest) = rest.split_at_mut(group * TILE);
@@ -401,7 +444,11 @@ fn attend_group(
             }
             let v = vc.row(row_of(pos + j), hd, g.isa, vbuf);
             for h in 0..group {
-                let e = scores[h * TILE + j];
+                let mut e = scores[h * TILE + j];
+                if g.e4m3_p {
+                    // P <= 1, scaled by 448 onto the grid (l keeps the unrounded sum).
+                    e = e4m3_round(e, 1.0 / 448.0);
+                }
                 for (a, b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(v) {
                     *a += e * b;
                 }
@@ -548,6 +595,8 @@ impl CpuBackend {
             block_size,
             scale: p.scale,
             softcap: p.softcap,
+            e4m3_q: e4m3_products().0,
+            e4m3_p: e4m3_products().1,
         };
         let isa = g.isa;
         let o = SendPtr(out.as_f32_mut()?.as_mut_ptr());
@@ -615,6 +664,24 @@ mod tests {
     /// (they decode to the table's NaN, `0x7fc00000` with the code's sign), for every
     /// code at every position of rows of many lengths (whole 16-code chunks or not).
     use crate::quant::fp8::E4M3_TO_F32;
+
+    #[test]
+    fn e4m3_rows_put_each_row_on_its_scaled_grid() {
+        // Row 0's largest magnitude maps to 448 exactly; 1.0 (= 448 / 448 * 1) and 0 stay;
+        // a value between two grid points goes to the nearer. Row 1 is all zeros.
+        let hd = 4;
+        let q = [448.0, -1.0, 0.0, 100.0, 0.0, 0.0, 0.0, 0.0];
+        let r = super::e4m3_rows(&q, hd);
+        assert_eq!(&r[..4], &[448.0, -1.0, 0.0, 96.0]);
+        assert_eq!(&r[4..], &[0.0; 4]);
+        let r = super::e4m3_rows(&[2.0, 0.3], 2);
+        // Scale 2 / 448: 0.3 / s = 67.2 -> 64 (the grid step is 8 from 64 to 128).
+        assert_eq!(r[0], 2.0);
+        assert!((r[1] - 64.0 * 2.0 / 448.0).abs() < 1e-7, "{}", r[1]);
+        // P's grid: 1 / 448 per unit, so p = 0.5 stays and 0.3 goes to 0.3 * 448 = 134.4 -> 128.
+        assert_eq!(super::e4m3_round(0.5, 1.0 / 448.0), 0.5);
+        assert!((super::e4m3_round(0.3, 1.0 / 448.0) - 128.0 / 448.0).abs() < 1e-7);
+    }
 
     #[test]
     fn fp8_row_decode_equals_the_table() {
