@@ -181,6 +181,17 @@ pub fn run_throughput(a: ThroughputArgs) -> Result<()> {
             step_s * 1e3,
             engine.model().weight_bytes() as f64 / step_s / 1e9
         );
+        let decode_steps = m.steps - m.prompt_steps;
+        let per_ms = |s: f64, n: u64| if n > 0 { s / n as f64 * 1e3 } else { 0.0 };
+        println!(
+            "  {} steps with prompt tokens: {:.1} s, {:.2} ms each; {} decode-only steps: {:.1} s, {:.2} ms each",
+            m.prompt_steps,
+            m.prompt_step_seconds,
+            per_ms(m.prompt_step_seconds, m.prompt_steps),
+            decode_steps,
+            m.step_seconds - m.prompt_step_seconds,
+            per_ms(m.step_seconds - m.prompt_step_seconds, decode_steps),
+        );
     }
     Ok(())
 }

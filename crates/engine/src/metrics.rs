@@ -101,6 +101,11 @@ pub struct EngineMetrics {
     pub overlapped_steps: u64,
     pub batched_tokens: u64,
     pub step_seconds: f64,
+    /// Of `steps` and `step_seconds`: the steps that fed some sequence prompt tokens
+    /// (prefill chunks, alone or beside decodes); the others only decoded (with drafts,
+    /// if speculating).
+    pub prompt_steps: u64,
+    pub prompt_step_seconds: f64,
     /// Where the steps' time went, from the host's side (sums over all steps).
     pub step_phases: StepPhases,
     pub ttft: Histogram,
@@ -124,6 +129,8 @@ impl Default for EngineMetrics {
             overlapped_steps: 0,
             batched_tokens: 0,
             step_seconds: 0.0,
+            prompt_steps: 0,
+            prompt_step_seconds: 0.0,
             step_phases: StepPhases::default(),
             ttft: Histogram::new(LATENCY_BUCKETS),
             itl: Histogram::new(LATENCY_BUCKETS),
@@ -146,6 +153,15 @@ impl EngineMetrics {
         self.step_phases.add(&phases);
         self.batched_tokens += out.num_batched_tokens as u64;
         self.step_seconds += took.as_secs_f64();
+        // A decoding sequence takes one token plus its drafts; more is a prompt chunk.
+        if out
+            .scheduled
+            .iter()
+            .any(|s| s.num_new_tokens > s.num_spec_tokens + 1)
+        {
+            self.prompt_steps += 1;
+            self.prompt_step_seconds += took.as_secs_f64();
+        }
         self.scheduler = stats;
     }
 }
@@ -153,6 +169,52 @@ impl EngineMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seq(new: usize, spec: usize) -> crate::scheduler::ScheduledSeq {
+        crate::scheduler::ScheduledSeq {
+            seq_id: crate::sequence::SeqId(0),
+            num_new_tokens: new,
+            num_computed_before: 10,
+            num_spec_tokens: spec,
+            produces_token: true,
+        }
+    }
+
+    #[test]
+    fn steps_with_prompt_tokens_are_counted_apart() {
+        let mut m = EngineMetrics::default();
+        let step = |seqs: Vec<crate::scheduler::ScheduledSeq>| SchedulerOutput {
+            num_batched_tokens: seqs.iter().map(|s| s.num_new_tokens).sum(),
+            scheduled: seqs,
+            preempted: Vec::new(),
+        };
+        let ms = Duration::from_millis;
+        let stats = SchedulerStats::default();
+        // Decodes, a decode with 4 drafts, a mixed step, a prefill alone. (A prompt
+        // chunk of one token counts as a decode: it costs as much.)
+        m.record_step(
+            &step(vec![seq(1, 0), seq(1, 0)]),
+            ms(10),
+            StepPhases::default(),
+            stats,
+        );
+        m.record_step(&step(vec![seq(5, 4)]), ms(20), StepPhases::default(), stats);
+        m.record_step(
+            &step(vec![seq(1, 0), seq(300, 0)]),
+            ms(40),
+            StepPhases::default(),
+            stats,
+        );
+        m.record_step(
+            &step(vec![seq(512, 0)]),
+            ms(80),
+            StepPhases::default(),
+            stats,
+        );
+        assert_eq!((m.steps, m.prompt_steps), (4, 2));
+        assert!((m.step_seconds - 0.150).abs() < 1e-9);
+        assert!((m.prompt_step_seconds - 0.120).abs() < 1e-9);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
