@@ -782,7 +782,7 @@ if [[ " $what " == *" widen29 "* ]]; then # session 29: the decode attention's i
   lat "$F64" "SLUICE_DECODE_WARP_ALWAYS=1"
   for cfg in "X=new" "$OLD" "X=new-again"; do lat "$B64" "$cfg"; lat "$B128" "$cfg"; done
 fi
-if [[ " $what " == *" auto30 "* ]]; then # prepared in session 29, not yet run: the FP8 warp kernel's automatic depth (6 while one wave of those warps holds every item, else 4) against fixed depths around its threshold (8 warps per SM x 132 SMs = 1,056 items at head_dim 128), then the offline run with the default
+if [[ " $what " == *" auto30 "* ]]; then # prepared in session 29, not yet run: the FP8 warp kernel's automatic depth (6 while one wave of those warps holds every item, else 4) against fixed depths around its threshold (8 warps per SM x 132 SMs = 1,056 items at head_dim 128), its instruction mix under Nsight Compute, then the offline run with the default (steps with prompt tokens timed apart)
   # (Batch x prompt near 98k tokens: bench latency prefills each batch in one step.)
   for shape in "96 1024" "128 768" "160 608" "192 512" "256 384"; do
     set -- $shape
@@ -791,6 +791,21 @@ if [[ " $what " == *" auto30 "* ]]; then # prepared in session 29, not yet run: 
       timeout 200 env $cfg $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size $1 --input-len $2 --output-len 16 -r 1 2>&1 | grep -E "^\| decode|rror" | tee -a "$OUT/pdl.txt"
     done
   done
+  # What the FP8 warp kernel's instructions are (128 x 768, 6 stages): per pipe, and how
+  # full the issue slots are. If the ALU/FMA pipes dominate, the widening and softmax
+  # are the target; if issue is low, latency.
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 240 $NCU --clock-control none --kernel-name flash_decode_warp6_fp8_d128 --launch-skip 96 --launch-count 2 --csv --page raw --print-units base \
+    --metrics gpu__time_duration.sum,smsp__inst_executed.sum,sm__inst_executed_pipe_alu.sum,sm__inst_executed_pipe_fma.sum,sm__inst_executed_pipe_fmaheavy.sum,sm__inst_executed_pipe_xu.sum,sm__inst_executed_pipe_lsu.sum,sm__inst_executed_pipe_tensor.sum,sm__inst_executed_pipe_uniform.sum,sm__inst_issued.avg.pct_of_peak_sustained_active,smsp__warps_issue_stalled_long_scoreboard.avg,smsp__warps_issue_stalled_wait.avg,smsp__warps_issue_stalled_math_pipe_throttle.avg \
+    $B bench latency --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --batch-size 128 --input-len 768 --output-len 16 -r 1 > "$OUT/ncu-auto30.csv" 2>/dev/null
+  python3 - "$OUT/ncu-auto30.csv" <<'PY' | tee -a "$OUT/pdl.txt"
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+hdr = next((r for r in rows if "Kernel Name" in r), None)
+for r in rows:
+    if hdr and len(r) == len(hdr) and r[hdr.index("Kernel Name")].startswith("flash"):
+        print({k: r[i] for i, k in enumerate(hdr) if k.startswith(("gpu__", "sm__", "smsp__"))})
+PY
   echo "=== offline 8B fp8 + fp8 cache, 512 sequences, default" | tee -a "$OUT/pdl.txt"
   timeout 200 $B bench throughput --device cuda --random-weights llama-3.1-8b-bench --dtype fp8 --kv-cache-dtype fp8 --input-len 1024 --output-len 1024 \
     --num-prompts 1000 --max-num-seqs 512 --max-num-batched-tokens 8192 2>&1 | grep -vE "^\s*$" | tail -8 | tee -a "$OUT/pdl.txt"
