@@ -31,7 +31,7 @@ status=0
 run_tests() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
   # SLUICE_CUDA_TESTS: a subset, when a call has little device time.
-  for t in ${SLUICE_CUDA_TESTS:-cuda_nvrtc cuda_ops cuda_fp8 cuda_kquant cuda_legacy_quant cuda_fused_decode cuda_overlap forward_reference cuda_golden cuda_batch_invariance overlapped_steps}; do
+  for t in ${SLUICE_CUDA_TESTS:-cuda_nvrtc cuda_ops cuda_attention cuda_fp8 cuda_kquant cuda_legacy_quant cuda_fused_decode cuda_overlap forward_reference cuda_golden cuda_batch_invariance overlapped_steps}; do
     echo "=== test $t"
     # Full logs stay on the machine (the device tool returns at most 8 files); what is
     # printed also goes to $OUT/tests.txt. A test that hangs (a kernel waiting on a flag

@@ -459,8 +459,8 @@ if [[ " $what " == *" final21 "* ]]; then # session 21's build against session 2
   timeout 120 /tmp/sluice-bin/bench-cuda_gemv layers 2>&1 | tee -a "$OUT/layers.txt"
 fi
 if [[ " $what " == *" ahead "* ]]; then # session 22: the batch-1 decode attention with each split's tiles requested before the wait (SLUICE_DECODE_AHEAD), with its late PDL trigger and without
-  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
-  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --nocapture --test-threads=1 decode_attention 2>&1 | tee /tmp/ahead-test.log | grep -E "test result|panicked|FAILED|> 2e-2" | tee -a "$OUT/tests.txt"
+  echo "=== test cuda_attention decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_attention --nocapture --test-threads=1 decode_attention 2>&1 | tee /tmp/ahead-test.log | grep -E "test result|panicked|FAILED|> 2e-2" | tee -a "$OUT/tests.txt"
   grep -E "rel err" /tmp/ahead-test.log | sort -t' ' -k1,1 | awk '{print $NF, $0}' | sort -g -k4 | tail -3 | tee -a "$OUT/tests.txt"
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
     for cfg in ${AHEAD_CFGS:-"SLUICE_DECODE_AHEAD=0" "X=late" "SLUICE_DECODE_LATE_TRIGGER=0" "SLUICE_DECODE_AHEAD=0 X=again" "X=late-again"}; do
@@ -520,8 +520,8 @@ if [[ " $what " == *" ahead128 "* ]]; then # session 22: flash_decode_ahead at h
   done
 fi
 if [[ " $what " == *" next23 "* ]]; then # prepared in session 22, not yet run: the spill-free head_dim 128 flash_decode_ahead (SLUICE_DECODE_AHEAD=2) and staging every plain bf16 GEMV (SLUICE_GEMV_STAGE_ALL=1), against the defaults
-  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
-  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
+  echo "=== test cuda_attention decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_attention --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
   echo "=== test cuda_fused_decode, SLUICE_GEMV_STAGE_ALL=1" | tee -a "$OUT/tests.txt"
   SLUICE_GEMV_STAGE_ALL=1 SLUICE_REQUIRE_CUDA=1 timeout 100 /tmp/sluice-bin/test-cuda_fused_decode --test-threads=1 2>&1 | grep -E "test result|panicked" | tee -a "$OUT/tests.txt"
   for preset in llama-3.1-8b-bench llama-3.2-1b-bench; do
@@ -547,8 +547,8 @@ if [[ " $what " == *" pad23 "* ]]; then # session 23: the batch-1 decode attenti
   done
 fi
 if [[ " $what " == *" push23 "* ]]; then # session 23: the one-barrier (push) cluster merge of flash_decode_ahead against the two-barrier one, and padding its blocks (SLUICE_DECODE_PUSH_MERGE: branch wip/push-merge, first version)
-  echo "=== test cuda_ops decode_attention" | tee -a "$OUT/tests.txt"
-  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_ops --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
+  echo "=== test cuda_attention decode_attention" | tee -a "$OUT/tests.txt"
+  SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_attention --test-threads=1 decode_attention 2>&1 | grep -E "test result|panicked|> 2e-2" | tee -a "$OUT/tests.txt"
   echo "=== test cuda_golden" | tee -a "$OUT/tests.txt"
   SLUICE_REQUIRE_CUDA=1 timeout 200 /tmp/sluice-bin/test-cuda_golden --test-threads=1 2>&1 | grep -E "test result|panicked" | tee -a "$OUT/tests.txt"
   for cfg in "X=default" "SLUICE_DECODE_PUSH_MERGE=0" "X=default-again" "SLUICE_DECODE_PUSH_MERGE=0 X=again" "SLUICE_DECODE_SMEM_PAD=30720" "SLUICE_DECODE_SMEM_PAD=66560"; do

@@ -8,7 +8,7 @@ MODELS=${SLUICE_TEST_MODELS:-../shared/models}
 mkdir -p .devbin .devmodels
 cargo build --release -p sluice-cli
 cp target/release/sluice .devbin/sluice
-for spec in "sluice-backend cuda_nvrtc" "sluice-backend cuda_ops" "sluice-backend cuda_fp8" "sluice-backend cuda_kquant" "sluice-backend cuda_legacy_quant" "sluice-backend cuda_fused_decode" "sluice-backend cuda_overlap" "sluice-model forward_reference" "sluice-cli cuda_golden" "sluice-engine cuda_batch_invariance" "sluice-engine overlapped_steps"; do
+for spec in "sluice-backend cuda_nvrtc" "sluice-backend cuda_ops" "sluice-backend cuda_attention" "sluice-backend cuda_fp8" "sluice-backend cuda_kquant" "sluice-backend cuda_legacy_quant" "sluice-backend cuda_fused_decode" "sluice-backend cuda_overlap" "sluice-model forward_reference" "sluice-cli cuda_golden" "sluice-engine cuda_batch_invariance" "sluice-engine overlapped_steps"; do
   set -- $spec
   exe=$(cargo test --release -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import sys,json

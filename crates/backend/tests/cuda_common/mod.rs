@@ -99,3 +99,21 @@ pub fn tuned_plans(g: &Device) -> u64 {
         Device::Cpu(_) => 0,
     }
 }
+
+/// An I32 tensor of `v` on `g` (one element allocated at least).
+pub fn up_i32(g: &Device, v: &[i32]) -> Tensor {
+    g.upload(&host_i32(v)).unwrap()
+}
+
+/// An I32 tensor of `v` in host memory (one element allocated at least).
+pub fn host_i32(v: &[i32]) -> Tensor {
+    let mut t = Tensor::zeros_cpu(sluice_backend::DType::I32, &[v.len().max(1)]).unwrap();
+    t.as_i32_mut().unwrap()[..v.len()].copy_from_slice(v);
+    t.set_len(v.len()).unwrap();
+    t
+}
+
+/// The CPU backend the GPU is compared with (two threads).
+pub fn cpu() -> Device {
+    Device::cpu(Some(2))
+}
