@@ -52,15 +52,11 @@ fn case(
     }
 }
 
-/// kv_write + paged_attention on both devices; the CPU cache is f32, the GPU's `kv`
-/// (an FP8 cache is FP8 on both, and both must write the same codes: the CPU then
-/// attends over exactly the GPU's K/V values).
-fn attention_case(g: &Device, kv: DType, case: &AttnCase, rng: &mut ChaCha8Rng) -> f64 {
-    attention_case_q(g, kv, case, 1.0, rng)
-}
-
-/// `attention_case` with queries uniform in `[-q_amp, q_amp)`: a larger amplitude makes
-/// the softmax peakier, so a key wrongly masked in or out moves the output more.
+/// kv_write + paged_attention on both devices, the relative error of the GPU's output;
+/// the CPU cache is f32, the GPU's `kv` (an FP8 cache is FP8 on both, and both must
+/// write the same codes: the CPU then attends over exactly the GPU's K/V values).
+/// Queries uniform in `[-q_amp, q_amp)`: a larger amplitude makes the softmax peakier,
+/// so a key wrongly masked in or out moves the output more.
 fn attention_case_q(
     g: &Device,
     kv: DType,
@@ -233,6 +229,27 @@ fn kv_tolerance(kv: DType) -> f64 {
     }
 }
 
+/// Each of `cases` over a `kv` cache with queries of amplitude `q_amp` within
+/// `kv_tolerance` of the CPU (`setting` names the configuration in the messages);
+/// returns how many ran.
+fn cases_match(
+    g: &Device,
+    kv: DType,
+    cases: &[AttnCase],
+    q_amp: f32,
+    rng: &mut ChaCha8Rng,
+    setting: &str,
+) -> u64 {
+    let tol = kv_tolerance(kv);
+    for (i, case) in cases.iter().enumerate() {
+        let e = attention_case_q(g, kv, case, q_amp, rng);
+        let what = format!("{setting} case {i} kv {kv} q_amp {q_amp}");
+        eprintln!("{what}: rel err {e:.2e} (tol {tol:.0e})");
+        assert!(e <= tol, "{what}: {e:.3e} > {tol:.0e}");
+    }
+    cases.len() as u64
+}
+
 #[test]
 fn paged_attention_matches_the_cpu() {
     let Some(g) = gpu(CudaWeightType::Auto) else {
@@ -312,13 +329,8 @@ fn paged_attention_matches_the_cpu() {
             seqs: vec![(9, 30)],
         },
     ];
-    for (i, case) in cases.iter().enumerate() {
-        for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
-            let e = attention_case(&g, kv, case, &mut rng);
-            let tol = kv_tolerance(kv);
-            eprintln!("attention case {i} kv {kv}: rel err {e:.2e} (tol {tol:.0e})");
-            assert!(e <= tol, "attention case {i} kv {kv}: {e:.3e} > {tol:.0e}");
-        }
+    for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
+        cases_match(&g, kv, &cases, 1.0, &mut rng, "attention");
     }
 }
 
@@ -406,19 +418,9 @@ fn prefill_attention_matches_the_cpu() {
         // many sequences of every kind, GQA 1, hd 128, block size 32
         case(4, 4, 128, 32, None, None, many),
     ];
-    for (i, case) in cases.iter().enumerate() {
-        for q_amp in [1.0, 4.0] {
-            for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
-                let e = attention_case_q(&g, kv, case, q_amp, &mut rng);
-                let tol = kv_tolerance(kv);
-                eprintln!(
-                    "prefill case {i} q_amp {q_amp} kv {kv}: rel err {e:.2e} (tol {tol:.0e})"
-                );
-                assert!(
-                    e <= tol,
-                    "prefill case {i} q_amp {q_amp} kv {kv}: {e:.3e} > {tol:.0e}"
-                );
-            }
+    for q_amp in [1.0, 4.0] {
+        for kv in [DType::F32, DType::BF16, DType::F8E4M3] {
+            cases_match(&g, kv, &cases, q_amp, &mut rng, "prefill");
         }
     }
 }
@@ -482,18 +484,10 @@ fn decode_attention_matches_the_cpu() {
     for cluster in [16, 0] {
         let in_force = backend.set_decode_cluster_max(cluster);
         let merges_before = backend.cluster_merges();
-        for (i, case) in cases.iter().enumerate() {
-            for q_amp in [1.0, 4.0] {
-                for kv in [DType::BF16, DType::F8E4M3] {
-                    let e = attention_case_q(&g, kv, case, q_amp, &mut rng);
-                    eprintln!(
-                        "decode case {i} q_amp {q_amp} kv {kv} clusters up to {in_force}: rel err {e:.2e} (tol 2e-2)"
-                    );
-                    assert!(
-                        e <= 2e-2,
-                        "decode case {i} q_amp {q_amp} kv {kv} cluster {in_force}: {e:.3e} > 2e-2"
-                    );
-                }
+        for q_amp in [1.0, 4.0] {
+            for kv in [DType::BF16, DType::F8E4M3] {
+                let setting = format!("decode, clusters up to {in_force},");
+                cases_match(&g, kv, &cases, q_amp, &mut rng, &setting);
             }
         }
         // Each setting took the path it names: clusters where allowed (sm_90), none
@@ -551,13 +545,8 @@ fn batch_one_decode_attention_matches_the_cpu() {
         backend.set_decode_cluster_max(cluster);
         backend.set_decode_ahead(2, late);
         backend.set_decode_split_tiles(split_tiles);
-        for (i, case) in cases.iter().enumerate() {
-            let e = attention_case_q(&g, DType::BF16, case, 4.0, &mut rng);
-            calls += 1;
-            let what = format!("case {i} cluster {cluster} late {late} split tiles {split_tiles}");
-            eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
-            assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
-        }
+        let setting = format!("cluster {cluster} late {late} split tiles {split_tiles}");
+        calls += cases_match(&g, DType::BF16, &cases, 4.0, &mut rng, &setting);
     }
     assert_eq!(
         backend.ahead_decodes() - ahead_before,
@@ -629,13 +618,7 @@ fn warp_decode_attention_matches_the_cpu() {
                 backend.set_decode_warp(0, true);
                 backend.set_decode_warp_fp8(stages);
             }
-            for (i, case) in cases.iter().enumerate() {
-                let e = attention_case_q(&g, kv, case, 4.0, &mut rng);
-                calls += 1;
-                let what = format!("case {i} kv {kv} stages {stages}");
-                eprintln!("{what}: rel err {e:.2e} (tol 2e-2)");
-                assert!(e <= 2e-2, "{what}: {e:.3e} > 2e-2");
-            }
+            calls += cases_match(&g, kv, &cases, 4.0, &mut rng, &format!("stages {stages}"));
         }
     }
     assert_eq!(
