@@ -587,6 +587,7 @@ impl CpuBackend {
                 Some(m)
             }
         };
+        let (e4m3_q, e4m3_p) = e4m3_products();
         let g = Geometry {
             isa: Isa::select(&self.features),
             hd,
@@ -595,8 +596,8 @@ impl CpuBackend {
             block_size,
             scale: p.scale,
             softcap: p.softcap,
-            e4m3_q: e4m3_products().0,
-            e4m3_p: e4m3_products().1,
+            e4m3_q,
+            e4m3_p,
         };
         let isa = g.isa;
         let o = SendPtr(out.as_f32_mut()?.as_mut_ptr());
